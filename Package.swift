@@ -1,0 +1,59 @@
+// swift-tools-version: 6.0
+// fem-client: the node half of a Federated Execution Manager.
+// Layers (who may import whom) are described in docs/architecture.md.
+import PackageDescription
+
+let package = Package(
+    name: "fem-client",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "fem-client", targets: ["fem-client"]),
+        .executable(name: "femctl", targets: ["femctl"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
+        .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+    ],
+    targets: [
+        // 1. C system libraries: a module map and a shim.h each, nothing else.
+        .systemLibrary(name: "CRabbitMQ", path: "Sources/CRabbitMQ", pkgConfig: "librabbitmq",
+                       providers: [.apt(["librabbitmq-dev"])]),
+        .systemLibrary(name: "CCurl", path: "Sources/CCurl", pkgConfig: "libcurl",
+                       providers: [.apt(["libcurl4-openssl-dev"])]),
+        .systemLibrary(name: "CGit2", path: "Sources/CGit2", pkgConfig: "libgit2",
+                       providers: [.apt(["libgit2-dev"])]),
+
+        // glibc functions that need _GNU_SOURCE (posix_spawn chdir, pipe2).
+        .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
+
+        // 2. The one Swift layer that owns C pointers and raw system calls. Knows nothing of tasks.
+        .target(name: "FEMSystem", dependencies: ["CRabbitMQ", "CCurl", "CGit2", "CLinux"]),
+
+        // 3. The core: task model, tool-plan language, state machine, runner, ports. No I/O.
+        .target(name: "FEMCore", dependencies: [.product(name: "Logging", package: "swift-log")]),
+
+        // 4. Implementations of the core's ports. Siblings never import each other.
+        .target(name: "FEMJournal", dependencies: ["FEMCore", .product(name: "GRDB", package: "GRDB.swift")]),
+        .target(name: "FEMTransport", dependencies: ["FEMCore", "FEMSystem"]),
+        .target(name: "FEMStaging", dependencies: ["FEMCore", "FEMSystem"]),
+        .target(name: "FEMLaunchers", dependencies: ["FEMCore", "FEMSystem"]),
+
+        // 5. Composition root (config, wiring, commands) and the two thin executables.
+        .target(name: "FEMNode", dependencies: [
+            "FEMCore", "FEMSystem", "FEMJournal", "FEMTransport", "FEMStaging", "FEMLaunchers",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "TOMLKit", package: "TOMLKit"),
+        ]),
+        .executableTarget(name: "fem-client", dependencies: ["FEMNode"]),
+        .executableTarget(name: "femctl", dependencies: ["FEMNode"]),
+
+        .testTarget(name: "FEMCoreTests", dependencies: ["FEMCore"], resources: [.copy("Corpus")]),
+        .testTarget(name: "FEMJournalTests", dependencies: ["FEMJournal", "FEMCore"]),
+        .testTarget(name: "FEMNodeTests", dependencies: ["FEMNode", "FEMCore", "FEMSystem"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["FEMCore", "FEMSystem", "FEMNode"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,160 @@
+import Foundation
+
+/// The detail object of an event. Known fields are typed; `data` carries the rest (progress metrics, the
+/// manifest summary, the duplicate's state).
+public struct EventDetail: Sendable, Codable, Equatable {
+    public var exitCode: Int32?
+    public var failureClass: FailureClass?
+    public var message: String?
+    public var data: [String: JSONValue]?
+
+    public init(exitCode: Int32? = nil, failureClass: FailureClass? = nil, message: String? = nil,
+                data: [String: JSONValue]? = nil) {
+        self.exitCode = exitCode
+        self.failureClass = failureClass
+        self.message = message
+        self.data = data
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case exitCode = "exit_code"
+        case failureClass = "failure_class"
+        case message
+        case data
+    }
+
+    public static let none = EventDetail()
+}
+
+/// What an event reports: a state change, or something that happened without one.
+public enum EventKind: String, Sendable, Codable {
+    case state
+    case duplicate
+    case progress
+    case notice
+}
+
+/// Wire protocol v1: one task event, published on `fem.events` with key `node.<id>.task.<state|kind>`.
+public struct TaskEvent: Sendable, Codable, Equatable {
+    public static let schemaVersion = 1
+
+    public var schemaVersion: Int
+    public var kind: EventKind
+    public var nodeID: String
+    public var taskID: String?
+    public var executionID: String?
+    public var state: TaskState
+    /// Per task, starting at 1, without gaps: an orchestrator can order events and notice a missing one.
+    public var seq: Int
+    public var time: Date
+    public var detail: EventDetail
+
+    public init(kind: EventKind, nodeID: String, taskID: String?, executionID: String?, state: TaskState, seq: Int,
+                time: Date, detail: EventDetail) {
+        self.schemaVersion = Self.schemaVersion
+        self.kind = kind
+        self.nodeID = nodeID
+        self.taskID = taskID
+        self.executionID = executionID
+        self.state = state
+        self.seq = seq
+        self.time = time
+        self.detail = detail
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case schemaVersion = "schema_version"
+        case kind
+        case nodeID = "node_id"
+        case taskID = "task_id"
+        case executionID = "execution_id"
+        case state, seq, time, detail
+    }
+
+    public var routingKey: String {
+        "node.\(nodeID).task.\(kind == .state ? state.rawValue : kind.rawValue)"
+    }
+
+    public func encoded() -> Data { (try? JSONEncoder.fem.encode(self)) ?? Data() }
+}
+
+/// Wire protocol v1: the node's periodic sign of life, key `node.<id>.heartbeat`.
+public struct Heartbeat: Sendable, Codable, Equatable {
+    public var schemaVersion = 1
+    public var kind = "heartbeat"
+    public var nodeID: String
+    public var version: String
+    public var time: Date
+    public var running: Int
+    public var queued: Int
+    public var freeDiskBytes: UInt64?
+    public var launchers: [String]
+    public var datasets: [DatasetAdvert]
+
+    public init(nodeID: String, version: String, time: Date, running: Int, queued: Int, freeDiskBytes: UInt64?,
+                launchers: [String], datasets: [DatasetAdvert] = []) {
+        self.nodeID = nodeID
+        self.version = version
+        self.time = time
+        self.running = running
+        self.queued = queued
+        self.freeDiskBytes = freeDiskBytes
+        self.launchers = launchers
+        self.datasets = datasets
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case schemaVersion = "schema_version"
+        case kind
+        case nodeID = "node_id"
+        case version, time, running, queued
+        case freeDiskBytes = "free_disk_bytes"
+        case launchers, datasets
+    }
+
+    public var routingKey: String { "node.\(nodeID).heartbeat" }
+}
+
+/// What the heartbeat says about a dataset: its id and labels, never its host path.
+public struct DatasetAdvert: Sendable, Codable, Equatable {
+    public var id: String
+    public var labels: [String: String]
+
+    public init(id: String, labels: [String: String]) {
+        self.id = id
+        self.labels = labels
+    }
+}
+
+/// Wire protocol v1: a control message on `fem.control`, key `node.<id>`.
+public struct ControlMessage: Sendable, Codable, Equatable {
+    public var schemaVersion: Int
+    public var type: String
+    public var taskID: String
+    public var reason: String?
+
+    public init(type: String = "cancel", taskID: String, reason: String? = nil) {
+        self.schemaVersion = 1
+        self.type = type
+        self.taskID = taskID
+        self.reason = reason
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case schemaVersion = "schema_version"
+        case type
+        case taskID = "task_id"
+        case reason
+    }
+}
+
+/// Exchange and queue names of wire protocol v1, in one place.
+public enum WireNames {
+    public static let tasksExchange = "fem.tasks"
+    public static let controlExchange = "fem.control"
+    public static let eventsExchange = "fem.events"
+    public static func taskQueue(node: String) -> String { "fem.node.\(node)" }
+    public static func controlQueue(node: String) -> String { "fem.node.\(node).control" }
+    public static func nodeKey(_ node: String) -> String { "node.\(node)" }
+    public static let broadcastKey = "all"
+}

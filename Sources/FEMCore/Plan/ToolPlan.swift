@@ -1,0 +1,139 @@
+/// A tool plan: how to run one tool, written once by its author. See docs/templates/README.md.
+public struct ToolPlan: Sendable, Equatable {
+    public static let supportedSchemaVersions = [1]
+    public static let launchers = ["docker", "process", "flower"]
+
+    public var schemaVersion: Int
+    public var id: String
+    public var version: String
+    public var description: String?
+    public var launcher: String
+    public var image: String?
+    public var pullPolicy: PullPolicy?
+    public var source: PlanSource?
+    public var command: PlanCommand
+    public var env: [String: String]
+    public var inputs: [String]
+    public var outputs: [OutputRule]
+    public var resources: Resources
+    public var network: NetworkMode
+    public var timeoutSeconds: Int?
+    public var flower: FlowerPlan?
+}
+
+public enum PullPolicy: String, Sendable, Equatable, CaseIterable {
+    case always
+    case ifNotPresent = "if-not-present"
+}
+
+public enum NetworkMode: String, Sendable, Equatable, CaseIterable {
+    case none
+    case host
+}
+
+public enum PlanSource: Sendable, Equatable {
+    case git(GitSource)
+    case files([SourceFile])
+}
+
+public struct GitSource: Sendable, Equatable {
+    public var url: String
+    public var ref: String?
+    public var commit: String?
+    public var credentials: String?
+}
+
+public struct SourceFile: Sendable, Equatable {
+    public var url: String
+    /// Relative path under the sandbox's `src/` folder.
+    public var path: String
+    public var sha256: String?
+    public var credentials: String?
+}
+
+public struct PlanCommand: Sendable, Equatable {
+    public var base: [String]
+    public var args: [PlanArg]
+}
+
+public enum ArgType: String, Sendable, Equatable, CaseIterable {
+    case str, int, float, bool, file, dataset
+}
+
+public struct PlanArg: Sendable, Equatable {
+    public var id: String
+    public var type: ArgType
+    public var prefix: String?
+    /// Prefix and value as two argv items (true) or one (`prefix + value`).
+    public var separate: Bool
+    public var position: Int?
+    public var required: Bool
+    public var defaultValue: JSONValue?
+    public var description: String?
+}
+
+public struct OutputRule: Sendable, Equatable {
+    /// A glob relative to the sandbox's `out/` folder: `*`, `?`, `**` and `[...]`.
+    public var pattern: String
+    public var maxBytes: Int64?
+}
+
+public struct Resources: Sendable, Equatable {
+    public var cpus: Double?
+    public var memoryMB: Int?
+    public var gpus: Int?
+    public var storageMB: Int?
+
+    public static let none = Resources(cpus: nil, memoryMB: nil, gpus: nil, storageMB: nil)
+}
+
+public enum FlowerMode: String, Sendable, Equatable, CaseIterable {
+    case supernode
+    case script
+}
+
+public struct FlowerPlan: Sendable, Equatable {
+    public var mode: FlowerMode
+    /// For `script`: the client script, relative to `src/`. For `supernode`: the app folder under `src/`.
+    public var entry: String?
+    public var requirements: [String]
+    public var nodeConfig: [String: JSONValue]
+}
+
+/// A task: one run of a plan on a node, as the orchestrator sends it.
+public struct TaskSpec: Sendable, Equatable {
+    public static let supportedSchemaVersions = [1]
+
+    public var schemaVersion: Int
+    public var taskID: String
+    public var executionID: String
+    public var plan: ToolPlan
+    public var params: [String: JSONValue]
+    public var timeoutSeconds: Int?
+    public var stageOut: StageOutTarget?
+    public var flower: FlowerTask?
+}
+
+public struct StageOutTarget: Sendable, Equatable, CustomStringConvertible {
+    /// `https://`, `http://` or `file://`.
+    public var url: String
+    /// A credentials reference resolved from the node config.
+    public var credentials: String?
+    /// A bearer token carried in the message. A secret: never logged or described.
+    public var token: String?
+
+    public init(url: String, credentials: String?, token: String?) {
+        self.url = url
+        self.credentials = credentials
+        self.token = token
+    }
+
+    public var description: String { url }
+}
+
+public struct FlowerTask: Sendable, Equatable {
+    /// SuperLink address (supernode mode) or server address (script mode), `host:port`.
+    public var server: String
+    public var insecure: Bool
+    public var rootCertificates: String?
+}

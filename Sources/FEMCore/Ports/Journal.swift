@@ -1,0 +1,96 @@
+import Foundation
+
+/// A task as the journal holds it.
+public struct TaskRecord: Sendable, Equatable {
+    public var taskID: String
+    public var executionID: String
+    public var state: TaskState
+    /// The task document as received (validated), the source of truth for re-reading the spec.
+    public var document: JSONValue
+    public var launcher: String
+    public var receivedAt: Date
+    public var updatedAt: Date
+    /// The last event sequence number used for this task.
+    public var seq: Int
+    public var handle: LaunchHandle?
+    public var exitCode: Int32?
+    public var failureClass: FailureClass?
+    public var message: String?
+    public var cancelRequested: Bool
+
+    public init(taskID: String, executionID: String, state: TaskState, document: JSONValue, launcher: String,
+                receivedAt: Date, updatedAt: Date, seq: Int, handle: LaunchHandle?, exitCode: Int32?,
+                failureClass: FailureClass?, message: String?, cancelRequested: Bool) {
+        self.taskID = taskID
+        self.executionID = executionID
+        self.state = state
+        self.document = document
+        self.launcher = launcher
+        self.receivedAt = receivedAt
+        self.updatedAt = updatedAt
+        self.seq = seq
+        self.handle = handle
+        self.exitCode = exitCode
+        self.failureClass = failureClass
+        self.message = message
+        self.cancelRequested = cancelRequested
+    }
+}
+
+public enum Admission: Sendable, Equatable {
+    case admitted
+    case duplicate(TaskRecord)
+}
+
+/// An event waiting in the outbox until the broker confirms it.
+public struct OutboxEntry: Sendable, Equatable {
+    public var id: Int64
+    public var routingKey: String
+    public var body: Data
+
+    public init(id: Int64, routingKey: String, body: Data) {
+        self.id = id
+        self.routingKey = routingKey
+        self.body = body
+    }
+}
+
+/// Events not yet confirmed by the broker. The publisher removes an entry only after the broker confirmed it.
+public protocol Outbox: Sendable {
+    func pendingEvents(limit: Int) throws -> [OutboxEntry]
+    func confirmEvents(_ ids: [Int64]) throws
+}
+
+/// The node's single source of truth. Every state change and its event are written in one transaction, so an
+/// event can be late but never lost, and never sent for a change that did not happen.
+public protocol Journal: Outbox {
+    var nodeID: String { get }
+
+    /// Records a new task in state `received` (with its event), or reports the existing one.
+    func admit(_ spec: TaskSpec, document: JSONValue, at: Date) throws -> Admission
+    /// Records an event for a message that could not be accepted. The task row, if the id is known and new, is
+    /// kept in state `rejected`.
+    func recordRejection(taskID: String?, executionID: String?, message: String, at: Date) throws
+    @discardableResult
+    func transition(_ taskID: String, to state: TaskState, detail: EventDetail, at: Date) throws -> TaskEvent
+    /// An event without a state change (duplicate, progress, notice).
+    @discardableResult
+    func note(_ taskID: String, kind: EventKind, detail: EventDetail, at: Date) throws -> TaskEvent
+    func task(_ id: String) throws -> TaskRecord?
+    func tasks(states: Set<TaskState>?, limit: Int) throws -> [TaskRecord]
+    /// Every event of a task, in order.
+    func history(_ taskID: String) throws -> [TaskEvent]
+    func setHandle(_ taskID: String, _ handle: LaunchHandle?) throws
+    func setCancelRequested(_ taskID: String) throws
+    /// Step markers: what stage-in or stage-out already did, so a restarted daemon does not repeat it.
+    func markStep(_ taskID: String, _ step: String, info: String) throws
+    func step(_ taskID: String, _ step: String) throws -> String?
+}
+
+extension Journal {
+    public func counts() throws -> (running: Int, queued: Int) {
+        let active = try tasks(states: [.stagingIn, .running, .stagingOut], limit: 100_000).count
+        let queued = try tasks(states: [.received], limit: 100_000).count
+        return (active, queued)
+    }
+}

@@ -1,0 +1,104 @@
+import Foundation
+
+/// What a launcher hands back after starting work: opaque to the runner, persisted by the journal, and given
+/// back to `recover` after a restart (as Nomad's task handles). Versioned so a newer daemon can read an old one.
+public struct LaunchHandle: Sendable, Codable, Equatable {
+    public var launcher: String
+    public var version: Int
+    public var data: [String: String]
+
+    public init(launcher: String, version: Int = 1, data: [String: String]) {
+        self.launcher = launcher
+        self.version = version
+        self.data = data
+    }
+}
+
+/// Prepared work: the validated task, the command after expansion, and where its logs go on the host.
+public struct LaunchJob: Sendable {
+    public var task: TaskSpec
+    public var command: RenderedCommand
+    /// Host paths of the sandbox.
+    public var sandbox: ToolPaths
+    public var stdoutPath: String
+    public var stderrPath: String
+
+    public init(task: TaskSpec, command: RenderedCommand, sandbox: ToolPaths) {
+        self.task = task
+        self.command = command
+        self.sandbox = sandbox
+        self.stdoutPath = "\(sandbox.logs)/stdout.log"
+        self.stderrPath = "\(sandbox.logs)/stderr.log"
+    }
+}
+
+/// How launched work ended.
+public struct LaunchOutcome: Sendable, Equatable {
+    public var exitCode: Int32?
+    public var signal: Int32?
+    public var outOfMemory: Bool
+    public var message: String?
+
+    public init(exitCode: Int32?, signal: Int32? = nil, outOfMemory: Bool = false, message: String? = nil) {
+        self.exitCode = exitCode
+        self.signal = signal
+        self.outOfMemory = outOfMemory
+        self.message = message
+    }
+
+    public var succeeded: Bool { exitCode == 0 && !outOfMemory }
+}
+
+public enum Recovery: Sendable, Equatable {
+    /// Still running: the runner waits for it again.
+    case running
+    /// Ended while the daemon was down.
+    case exited(LaunchOutcome)
+    /// Cannot be followed any more (the reason says why); the task fails with `node_restart`.
+    case lost(String)
+}
+
+/// A launch failed for a reason that belongs to the node, not the tool.
+public struct LaunchError: Error, CustomStringConvertible, Sendable {
+    public var failureClass: FailureClass
+    public var message: String
+
+    public init(_ failureClass: FailureClass, _ message: String) {
+        self.failureClass = failureClass
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+/// One way of running prepared work. Every launcher has the same shape (see Sources/FEMLaunchers).
+public protocol Launcher: Sendable {
+    var name: String { get }
+    /// How the tool sees its sandbox, given the host paths.
+    func toolPaths(forHost sandbox: ToolPaths) -> ToolPaths
+    /// How the tool sees a dataset, given its host path.
+    func datasetPath(id: String, hostPath: String) -> String
+    /// Node policy for this launcher: nil when allowed, else the reason the task is declined.
+    func policyCheck(_ job: LaunchJob) -> String?
+    /// Starts the work. `persist` is called with the handle as soon as it identifies the work, before the work
+    /// can have finished, so that a crash right after still leaves the handle in the journal.
+    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle
+    /// Waits until the work ends.
+    func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome
+    /// Asks the work to stop, then forces it after `grace`.
+    func stop(_ handle: LaunchHandle, grace: Duration) async
+    /// After a daemon restart: what became of the work this handle names.
+    func recover(_ handle: LaunchHandle) async -> Recovery
+}
+
+/// The launchers this node can use, built explicitly by the executable (no registration by side effect).
+public struct LauncherRegistry: Sendable {
+    public private(set) var launchers: [String: any Launcher] = [:]
+
+    public init(_ launchers: [any Launcher]) {
+        for l in launchers { self.launchers[l.name] = l }
+    }
+
+    public func launcher(named name: String) -> (any Launcher)? { launchers[name] }
+    public var names: [String] { launchers.keys.sorted() }
+}

@@ -1,0 +1,90 @@
+import Foundation
+
+/// A stage failed; the class says which kind of failure the task ends with.
+public struct StageError: Error, CustomStringConvertible, Sendable {
+    public var failureClass: FailureClass
+    public var message: String
+
+    public init(_ failureClass: FailureClass, _ message: String) {
+        self.failureClass = failureClass
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+/// Node policy refused the task: it ends `declined` with this reason.
+public struct PolicyDecline: Error, CustomStringConvertible, Sendable {
+    public var reason: String
+    public init(_ reason: String) { self.reason = reason }
+    public var description: String { reason }
+}
+
+/// Creates and removes task sandboxes under the work dir.
+public protocol SandboxProvider: Sendable {
+    /// Creates (or finds) `<work_dir>/sandboxes/<task_id>/{src,in,out,logs}` and returns its host paths.
+    func prepare(taskID: String) throws -> ToolPaths
+    func paths(taskID: String) -> ToolPaths
+}
+
+/// What a stage may tell the runner while it works.
+public struct StageReporter: Sendable {
+    public var progress: @Sendable (String, [String: JSONValue]) -> Void
+    /// Journal step markers, so a restarted stage skips what it already did.
+    public var isDone: @Sendable (String) -> String?
+    public var markDone: @Sendable (String, String) -> Void
+
+    public init(progress: @escaping @Sendable (String, [String: JSONValue]) -> Void,
+                isDone: @escaping @Sendable (String) -> String?,
+                markDone: @escaping @Sendable (String, String) -> Void) {
+        self.progress = progress
+        self.isDone = isDone
+        self.markDone = markDone
+    }
+}
+
+/// Prepares a task before launch: sources, files, images. Each step idempotent and journaled as done.
+public protocol StageIn: Sendable {
+    func stageIn(_ job: LaunchJob, reporter: StageReporter) async throws
+}
+
+/// The final result of a task, handed to stage-out.
+public struct TaskOutcome: Sendable, Equatable {
+    public var state: TaskState
+    public var detail: EventDetail
+
+    public init(state: TaskState, detail: EventDetail) {
+        self.state = state
+        self.detail = detail
+    }
+}
+
+/// Where stage-out put things, for the final event.
+public struct StageOutSummary: Sendable, Equatable {
+    public var files: Int
+    public var bytes: Int64
+    public var location: String?
+    public var awaitingApproval: Bool
+
+    public init(files: Int, bytes: Int64, location: String?, awaitingApproval: Bool = false) {
+        self.files = files
+        self.bytes = bytes
+        self.location = location
+        self.awaitingApproval = awaitingApproval
+    }
+}
+
+/// Collects logs and declared outputs after the launcher finished, whatever the outcome, and sends them to the
+/// task's stage-out target.
+public protocol StageOut: Sendable {
+    /// Nil when this node can deliver to `target`; else the reason the task is declined before it runs.
+    func check(_ target: StageOutTarget?) -> String?
+    func stageOut(_ job: LaunchJob, record: TaskRecord, outcome: TaskOutcome, reporter: StageReporter) async throws
+        -> StageOutSummary
+}
+
+/// Stage-in that does nothing but report: for plans without sources.
+public struct NoStageIn: StageIn {
+    public init() {}
+    public func stageIn(_ job: LaunchJob, reporter: StageReporter) async throws {}
+}

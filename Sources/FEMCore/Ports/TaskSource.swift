@@ -1,0 +1,21 @@
+/// A message from the broker, with the means to acknowledge it once it is safely journaled.
+public struct InboundMessage: Sendable {
+    public enum Channel: Sendable { case task, control }
+
+    public var channel: Channel
+    public var body: [UInt8]
+    public var redelivered: Bool
+    public var ack: @Sendable () -> Void
+
+    public init(channel: Channel, body: [UInt8], redelivered: Bool, ack: @escaping @Sendable () -> Void) {
+        self.channel = channel
+        self.body = body
+        self.redelivered = redelivered
+        self.ack = ack
+    }
+}
+
+/// Where tasks come from: the broker in the daemon, a file for `fem-client run`, a fake in tests.
+public protocol TaskSource: Sendable {
+    func messages() -> AsyncStream<InboundMessage>
+}

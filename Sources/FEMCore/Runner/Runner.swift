@@ -1,0 +1,446 @@
+import Foundation
+import Logging
+
+/// Node settings the runner needs: identity, concurrency, timeouts and the datasets it may mount.
+public struct RunnerSettings: Sendable {
+    public var nodeID: String
+    public var nodeName: String
+    public var maxConcurrentTasks: Int
+    public var defaultTimeoutSeconds: Int
+    /// A task may ask for more time than its plan declares only when this is true.
+    public var allowTimeoutAbovePlan: Bool
+    /// Upper bound for any task, whatever it asks.
+    public var maxTimeoutSeconds: Int
+    public var stopGrace: Duration
+    /// Dataset id → host path.
+    public var datasets: [String: String]
+
+    public init(nodeID: String, nodeName: String? = nil, maxConcurrentTasks: Int = 2, defaultTimeoutSeconds: Int = 3600,
+                allowTimeoutAbovePlan: Bool = false, maxTimeoutSeconds: Int = 7 * 24 * 3600,
+                stopGrace: Duration = .seconds(10), datasets: [String: String] = [:]) {
+        self.nodeID = nodeID
+        self.nodeName = nodeName ?? nodeID
+        self.maxConcurrentTasks = maxConcurrentTasks
+        self.defaultTimeoutSeconds = defaultTimeoutSeconds
+        self.allowTimeoutAbovePlan = allowTimeoutAbovePlan
+        self.maxTimeoutSeconds = maxTimeoutSeconds
+        self.stopGrace = stopGrace
+        self.datasets = datasets
+    }
+}
+
+/// Drives each task through `received → staging_in → running → staging_out → completed | failed | cancelled`
+/// (or `declined`). It knows only the core's ports: journal, launchers, sandboxes, stage-in and stage-out.
+public actor Runner {
+    let settings: RunnerSettings
+    let journal: any Journal
+    let registry: LauncherRegistry
+    let sandboxes: any SandboxProvider
+    let stageIn: any StageIn
+    let stageOut: any StageOut
+    let logger: Logger
+    /// Called after every journal write that adds an event, to wake the publisher.
+    let eventsAdded: @Sendable () -> Void
+
+    private var queue: [String] = []
+    private var active: [String: AsyncStream<String>.Continuation] = [:]
+    private var idleWaiters: [CheckedContinuation<Void, Never>] = []
+
+    public init(settings: RunnerSettings, journal: any Journal, registry: LauncherRegistry,
+                sandboxes: any SandboxProvider, stageIn: any StageIn, stageOut: any StageOut, logger: Logger,
+                eventsAdded: @escaping @Sendable () -> Void = {}) {
+        self.settings = settings
+        self.journal = journal
+        self.registry = registry
+        self.sandboxes = sandboxes
+        self.stageIn = stageIn
+        self.stageOut = stageOut
+        self.logger = logger
+        self.eventsAdded = eventsAdded
+    }
+
+    public var queuedCount: Int { queue.count }
+    public var activeCount: Int { active.count }
+
+    /// Queues a journaled task; it starts when a slot is free.
+    public func enqueue(_ taskID: String) {
+        guard active[taskID] == nil, !queue.contains(taskID) else { return }
+        queue.append(taskID)
+        pump()
+    }
+
+    /// Waits until nothing is queued or running.
+    public func waitUntilIdle() async {
+        if queue.isEmpty && active.isEmpty { return }
+        await withCheckedContinuation { idleWaiters.append($0) }
+    }
+
+    /// Cancels a task wherever it is: queued tasks end at once, running ones are stopped.
+    public func cancel(_ taskID: String, reason: String?) {
+        let why = reason.map { "cancelled: \($0)" } ?? "cancelled by the orchestrator"
+        if let i = queue.firstIndex(of: taskID) {
+            queue.remove(at: i)
+            record(taskID, .cancelled, EventDetail(message: why))
+            logger.info("cancelled before it started", metadata: ["task": "\(taskID)"])
+            signalIdleIfNeeded()
+            return
+        }
+        if let signal = active[taskID] {
+            try? journal.setCancelRequested(taskID)
+            signal.yield(why)
+            logger.info("cancel requested; stopping", metadata: ["task": "\(taskID)"])
+            return
+        }
+        guard let rec = try? journal.task(taskID) else {
+            logger.warning("cancel for a task this node does not know; ignored", metadata: ["task": "\(taskID)"])
+            return
+        }
+        if rec.state.isTerminal {
+            logger.info("cancel for a task that already ended (\(rec.state.rawValue)); ignored",
+                        metadata: ["task": "\(taskID)"])
+        } else {
+            try? journal.setCancelRequested(taskID)
+            logger.info("cancel recorded; the task stops when it is resumed", metadata: ["task": "\(taskID)"])
+        }
+    }
+
+    /// After a restart: every task the journal holds in a non-final state is resumed, re-attached or failed.
+    public func recover() {
+        let open: [TaskRecord]
+        do {
+            open = try journal.tasks(states: [.received, .stagingIn, .running, .stagingOut], limit: 1_000_000)
+        } catch {
+            logger.error("cannot read the journal to recover tasks: \(error)")
+            return
+        }
+        for rec in open.sorted(by: { $0.receivedAt < $1.receivedAt }) {
+            logger.info("recovering task in state \(rec.state.rawValue)", metadata: ["task": "\(rec.taskID)"])
+            enqueue(rec.taskID)
+        }
+    }
+
+    private func pump() {
+        while active.count < settings.maxConcurrentTasks, !queue.isEmpty {
+            let id = queue.removeFirst()
+            let (stream, continuation) = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingNewest(1))
+            active[id] = continuation
+            Task { [weak self] in
+                await self?.execute(id, cancelSignal: stream)
+                await self?.finished(id)
+            }
+        }
+    }
+
+    private func finished(_ id: String) {
+        active[id]?.finish()
+        active[id] = nil
+        pump()
+        signalIdleIfNeeded()
+    }
+
+    private func signalIdleIfNeeded() {
+        guard queue.isEmpty && active.isEmpty else { return }
+        let waiters = idleWaiters
+        idleWaiters = []
+        waiters.forEach { $0.resume() }
+    }
+
+    // MARK: - One task
+
+    @discardableResult
+    private func record(_ taskID: String, _ state: TaskState, _ detail: EventDetail) -> Bool {
+        do {
+            try journal.transition(taskID, to: state, detail: detail, at: Date())
+            eventsAdded()
+            var meta: Logger.Metadata = ["task": "\(taskID)"]
+            if let c = detail.failureClass { meta["class"] = "\(c.rawValue)" }
+            if let e = detail.exitCode { meta["exit"] = "\(e)" }
+            let text = detail.message.map { "\(state.rawValue): \($0)" } ?? state.rawValue
+            if state == .failed || state == .declined {
+                logger.warning("\(text)", metadata: meta)
+            } else {
+                logger.info("\(text)", metadata: meta)
+            }
+            return true
+        } catch {
+            logger.error("journal refused \(state.rawValue): \(error)", metadata: ["task": "\(taskID)"])
+            return false
+        }
+    }
+
+    private func reporter(for taskID: String, state: TaskState) -> StageReporter {
+        let journal = self.journal
+        let logger = self.logger
+        let eventsAdded = self.eventsAdded
+        return StageReporter(
+            progress: { message, data in
+                logger.info("\(message)", metadata: ["task": "\(taskID)"])
+                _ = try? journal.note(taskID, kind: .progress, detail: EventDetail(message: message, data: data),
+                                      at: Date())
+                eventsAdded()
+            },
+            isDone: { step in (try? journal.step(taskID, step)) ?? nil },
+            markDone: { step, info in try? journal.markStep(taskID, step, info: info) })
+    }
+
+    private func execute(_ taskID: String, cancelSignal: AsyncStream<String>) async {
+        guard let rec = try? journal.task(taskID) else {
+            logger.error("task vanished from the journal", metadata: ["task": "\(taskID)"])
+            return
+        }
+        let spec: TaskSpec
+        do {
+            spec = try DocumentReader.readTask(rec.document, requireTaskID: true)
+        } catch {
+            // The document was valid when it was admitted; a newer node may be stricter.
+            record(taskID, .failed, EventDetail(failureClass: .runnerSystemFailure,
+                                                message: "the journaled task can no longer be read: \(error)"))
+            return
+        }
+        if rec.cancelRequested && rec.state != .stagingOut {
+            record(taskID, .cancelled, EventDetail(message: "cancelled by the orchestrator"))
+            return
+        }
+
+        let prepared: (job: LaunchJob, launcher: any Launcher)
+        switch prepare(spec) {
+        case .success(let p): prepared = p
+        case .failure(let decline):
+            record(taskID, .declined, EventDetail(message: decline.reason))
+            return
+        }
+        let job = prepared.job
+        let launcher = prepared.launcher
+
+        var state = rec.state
+        var outcome: TaskOutcome?
+
+        if state == .received || state == .stagingIn {
+            if state == .received { record(taskID, .stagingIn, .none) }
+            state = .stagingIn
+            do {
+                do {
+                    _ = try sandboxes.prepare(taskID: taskID)
+                } catch {
+                    throw StageError(.runnerSystemFailure, "cannot create the sandbox: \(error)")
+                }
+                try await stageIn.stageIn(job, reporter: reporter(for: taskID, state: .stagingIn))
+            } catch let decline as PolicyDecline {
+                record(taskID, .declined, EventDetail(message: decline.reason))
+                return
+            } catch let error as StageError {
+                outcome = TaskOutcome(state: .failed, detail: EventDetail(failureClass: error.failureClass,
+                                                                          message: error.message))
+            } catch {
+                outcome = TaskOutcome(state: .failed, detail: EventDetail(failureClass: .stageInFailure,
+                                                                          message: "\(error)"))
+            }
+            if outcome == nil {
+                let runDetail = EventDetail(message: "launched with \(launcher.name)",
+                                            data: ["timeout_seconds": .int(Int64(job.command.timeoutSeconds ?? 0))])
+                record(taskID, .running, runDetail)
+                state = .running
+                outcome = await launch(job, launcher: launcher, cancelSignal: cancelSignal)
+            }
+        } else if state == .running {
+            outcome = await reattach(rec, job: job, launcher: launcher, cancelSignal: cancelSignal)
+        } else if state == .stagingOut {
+            // The staging_out event carries the outcome it was entered with.
+            let entered = (try? journal.history(taskID))?.last { $0.kind == .state && $0.state == .stagingOut }
+            let saved = entered?.detail.data?["outcome"]?.stringValue.flatMap(TaskState.init) ?? .failed
+            var detail = entered?.detail ?? EventDetail(failureClass: .nodeRestart)
+            detail.data?["outcome"] = nil
+            outcome = TaskOutcome(state: saved, detail: detail)
+        }
+        guard var outcome else { return }
+
+        if state != .stagingOut {
+            var entering = outcome.detail
+            entering.data = (entering.data ?? [:]).merging(["outcome": .string(outcome.state.rawValue)]) { $1 }
+            record(taskID, .stagingOut, entering)
+        }
+        guard let current = try? journal.task(taskID) else { return }
+        do {
+            let summary = try await stageOut.stageOut(job, record: current, outcome: outcome,
+                                                      reporter: reporter(for: taskID, state: .stagingOut))
+            var data = outcome.detail.data ?? [:]
+            data["outputs"] = .object(["files": .int(Int64(summary.files)), "bytes": .int(summary.bytes),
+                                       "location": summary.location.map(JSONValue.string) ?? .null])
+            outcome.detail.data = data
+        } catch {
+            let message = (error as? StageError)?.message ?? "\(error)"
+            if outcome.state == .completed {
+                outcome = TaskOutcome(state: .failed, detail: EventDetail(exitCode: outcome.detail.exitCode,
+                                                                          failureClass: .stageOutFailure,
+                                                                          message: message))
+            } else {
+                outcome.detail.message = (outcome.detail.message ?? "") + "; stage-out also failed: \(message)"
+            }
+        }
+        record(taskID, outcome.state, outcome.detail)
+    }
+
+    /// Picks the launcher, checks node policy and renders the command. A failure here is a decline.
+    private func prepare(_ spec: TaskSpec) -> Result<(job: LaunchJob, launcher: any Launcher), PolicyDecline> {
+        guard let launcher = registry.launcher(named: spec.plan.launcher) else {
+            return .failure(PolicyDecline("launcher \"\(spec.plan.launcher)\" is not enabled on this node (enabled: "
+                                          + (registry.names.isEmpty ? "none" : registry.names.joined(separator: ", "))
+                                          + ")"))
+        }
+        let timeout: Int
+        switch effectiveTimeout(spec) {
+        case .success(let t): timeout = t
+        case .failure(let d): return .failure(d)
+        }
+        let hostPaths = sandboxes.paths(taskID: spec.taskID)
+        var datasets: [String: String] = [:]
+        for (id, path) in settings.datasets { datasets[id] = launcher.datasetPath(id: id, hostPath: path) }
+        let context = RenderContext(nodeID: settings.nodeID, nodeName: settings.nodeName,
+                                    paths: launcher.toolPaths(forHost: hostPaths), datasets: datasets)
+        let command: RenderedCommand
+        do {
+            command = try Renderer.render(spec, context: context, timeoutSeconds: timeout)
+        } catch {
+            return .failure(PolicyDecline("\(error)"))
+        }
+        let job = LaunchJob(task: spec, command: command, sandbox: hostPaths)
+        if let reason = stageOut.check(spec.stageOut) { return .failure(PolicyDecline(reason)) }
+        if let reason = launcher.policyCheck(job) { return .failure(PolicyDecline(reason)) }
+        return .success((job, launcher))
+    }
+
+    func effectiveTimeout(_ spec: TaskSpec) -> Result<Int, PolicyDecline> {
+        let planTimeout = spec.plan.timeoutSeconds
+        if let asked = spec.timeoutSeconds, let planTimeout, asked > planTimeout, !settings.allowTimeoutAbovePlan {
+            return .failure(PolicyDecline("timeout_seconds \(asked) is above the plan's \(planTimeout), and this node "
+                                          + "does not allow tasks to extend a plan's timeout"))
+        }
+        let t = spec.timeoutSeconds ?? planTimeout ?? settings.defaultTimeoutSeconds
+        if t > settings.maxTimeoutSeconds {
+            return .failure(PolicyDecline("timeout \(t) s is above this node's limit of \(settings.maxTimeoutSeconds) s"))
+        }
+        return .success(t)
+    }
+
+    private func launch(_ job: LaunchJob, launcher: any Launcher, cancelSignal: AsyncStream<String>) async
+        -> TaskOutcome {
+        let taskID = job.task.taskID
+        let journal = self.journal
+        do {
+            try FileManager.default.createDirectory(atPath: job.sandbox.logs, withIntermediateDirectories: true)
+            let handle = try await launcher.start(job) { handle in try journal.setHandle(taskID, handle) }
+            return await supervise(job, handle: handle, launcher: launcher, cancelSignal: cancelSignal)
+        } catch let error as LaunchError {
+            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: error.failureClass,
+                                                                   message: error.message))
+        } catch {
+            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
+                                                                   message: "cannot start: \(error)"))
+        }
+    }
+
+    private func reattach(_ rec: TaskRecord, job: LaunchJob, launcher: any Launcher,
+                          cancelSignal: AsyncStream<String>) async -> TaskOutcome {
+        guard let handle = rec.handle else {
+            return TaskOutcome(state: .failed, detail: EventDetail(
+                failureClass: .nodeRestart, message: "the daemon stopped before the task was started; not run again"))
+        }
+        switch await launcher.recover(handle) {
+        case .running:
+            logger.info("re-attached to running work", metadata: ["task": "\(rec.taskID)"])
+            _ = try? journal.note(rec.taskID, kind: .notice, detail: EventDetail(message: "re-attached after a daemon restart"),
+                                  at: Date())
+            eventsAdded()
+            return await supervise(job, handle: handle, launcher: launcher, cancelSignal: cancelSignal)
+        case .exited(let outcome):
+            logger.info("work finished while the daemon was down; collected", metadata: ["task": "\(rec.taskID)"])
+            return classify(outcome)
+        case .lost(let why):
+            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .nodeRestart, message: why))
+        }
+    }
+
+    private enum Race: Sendable {
+        case exited(LaunchOutcome)
+        case waitFailed(String)
+        case timedOut
+        case cancelled(String)
+        case ignore
+    }
+
+    /// Waits for the work, racing its end against the timeout and a cancel request.
+    private func supervise(_ job: LaunchJob, handle: LaunchHandle, launcher: any Launcher,
+                           cancelSignal: AsyncStream<String>) async -> TaskOutcome {
+        let timeout = job.command.timeoutSeconds ?? settings.defaultTimeoutSeconds
+        let elapsed = Date().timeIntervalSince((try? journal.history(job.task.taskID))?
+            .last(where: { $0.state == .running && $0.kind == .state })?.time ?? Date())
+        let remaining = max(0, Double(timeout) - elapsed)
+        let grace = settings.stopGrace
+        let result: (Race, LaunchOutcome?) = await withTaskGroup(of: Race.self) { group in
+            group.addTask {
+                do { return .exited(try await launcher.wait(handle)) } catch { return .waitFailed("\(error)") }
+            }
+            group.addTask {
+                do { try await Task.sleep(for: .milliseconds(Int(remaining * 1000))) } catch { return .ignore }
+                return .timedOut
+            }
+            group.addTask {
+                for await why in cancelSignal { return .cancelled(why) }
+                return .ignore
+            }
+            var first: Race = .ignore
+            while let r = await group.next() {
+                if case .ignore = r { continue }
+                first = r
+                break
+            }
+            switch first {
+            case .exited, .waitFailed, .ignore:
+                group.cancelAll()
+                if case .exited(let o) = first { return (first, o) }
+                return (first, nil)
+            case .timedOut, .cancelled:
+                await launcher.stop(handle, grace: grace)
+                var ended: LaunchOutcome?
+                while let r = await group.next() {
+                    if case .exited(let o) = r { ended = o; break }
+                    if case .waitFailed = r { break }
+                }
+                group.cancelAll()
+                return (first, ended)
+            }
+        }
+        switch result.0 {
+        case .exited(let outcome):
+            return classify(outcome)
+        case .waitFailed(let why):
+            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
+                                                                   message: "lost track of the work: \(why)"))
+        case .timedOut:
+            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: result.1?.exitCode, failureClass: .timeout,
+                                                                   message: "stopped after the timeout of \(timeout) s"))
+        case .cancelled(let why):
+            return TaskOutcome(state: .cancelled, detail: EventDetail(exitCode: result.1?.exitCode, message: why))
+        case .ignore:
+            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
+                                                                   message: "supervision ended without a result"))
+        }
+    }
+
+    func classify(_ outcome: LaunchOutcome) -> TaskOutcome {
+        if outcome.outOfMemory {
+            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: outcome.exitCode, failureClass: .outOfMemory,
+                                                                   message: outcome.message ?? "killed for exceeding its memory limit"))
+        }
+        if let sig = outcome.signal {
+            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: outcome.exitCode, failureClass: .taskFailure,
+                                                                   message: outcome.message ?? "killed by signal \(sig)"))
+        }
+        if outcome.exitCode == 0 {
+            return TaskOutcome(state: .completed, detail: EventDetail(exitCode: 0, message: outcome.message))
+        }
+        return TaskOutcome(state: .failed, detail: EventDetail(
+            exitCode: outcome.exitCode, failureClass: .taskFailure,
+            message: outcome.message ?? "exited with code \(outcome.exitCode.map(String.init) ?? "?")"))
+    }
+}

@@ -1,0 +1,264 @@
+import FEMCore
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import GRDB
+
+/// The journal in SQLite (WAL, through GRDB). A state change, its history row and its outbox row are one
+/// transaction: after a crash the database says exactly what happened and which events are still to send.
+public final class SQLiteJournal: Journal, @unchecked Sendable {
+    public let nodeID: String
+    public let path: String
+    private let db: DatabasePool
+
+    public init(path: String, nodeID: String) throws {
+        self.nodeID = nodeID
+        self.path = path
+        var config = Configuration()
+        config.busyMode = .timeout(10)
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = NORMAL")
+        }
+        db = try DatabasePool(path: path, configuration: config)
+        // The journal can hold tokens of stage-out targets: readable by the node's user only.
+        for suffix in ["", "-wal", "-shm"] { chmod(path + suffix, 0o600) }
+        try Self.migrator.migrate(db)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1") { db in
+            try db.execute(sql: """
+                CREATE TABLE tasks (
+                    task_id TEXT PRIMARY KEY,
+                    execution_id TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    document TEXT NOT NULL,
+                    launcher TEXT NOT NULL,
+                    received_at TEXT NOT NULL,
+                    updated_at TEXT NOT NULL,
+                    seq INTEGER NOT NULL,
+                    handle TEXT,
+                    exit_code INTEGER,
+                    failure_class TEXT,
+                    message TEXT,
+                    cancel_requested INTEGER NOT NULL DEFAULT 0
+                );
+                CREATE INDEX tasks_state ON tasks(state);
+                CREATE TABLE events (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    task_id TEXT,
+                    seq INTEGER NOT NULL,
+                    kind TEXT NOT NULL,
+                    state TEXT NOT NULL,
+                    at TEXT NOT NULL,
+                    body TEXT NOT NULL
+                );
+                CREATE INDEX events_task ON events(task_id, seq);
+                CREATE TABLE outbox (
+                    id INTEGER PRIMARY KEY AUTOINCREMENT,
+                    routing_key TEXT NOT NULL,
+                    body BLOB NOT NULL
+                );
+                CREATE TABLE steps (
+                    task_id TEXT NOT NULL,
+                    step TEXT NOT NULL,
+                    info TEXT NOT NULL,
+                    done_at TEXT NOT NULL,
+                    PRIMARY KEY (task_id, step)
+                );
+                """)
+        }
+        return m
+    }
+
+    // MARK: - Writes
+
+    public func admit(_ spec: TaskSpec, document: JSONValue, at: Date) throws -> Admission {
+        try db.write { db in
+            if let existing = try Self.fetchTask(db, spec.taskID) { return .duplicate(existing) }
+            var doc = document.objectValue ?? [:]
+            doc["task_id"] = .string(spec.taskID)
+            try db.execute(sql: """
+                INSERT INTO tasks (task_id, execution_id, state, document, launcher, received_at, updated_at, seq)
+                VALUES (?, ?, ?, ?, ?, ?, ?, 0)
+                """, arguments: [spec.taskID, spec.executionID, TaskState.received.rawValue,
+                                 String(decoding: JSONValue.object(doc).encoded(), as: UTF8.self), spec.plan.launcher,
+                                 FEMTime.format(at), FEMTime.format(at)])
+            _ = try self.appendEvent(db, taskID: spec.taskID, executionID: spec.executionID, kind: .state,
+                                     state: .received, detail: .none, at: at)
+            return .admitted
+        }
+    }
+
+    public func recordRejection(taskID: String?, executionID: String?, message: String, at: Date) throws {
+        try db.write { db in
+            var id = taskID
+            if let taskID, try Self.fetchTask(db, taskID) != nil {
+                // Never overwrite a task we already have with the rejection of a bad copy.
+                id = taskID
+            } else if let taskID {
+                try db.execute(sql: """
+                    INSERT INTO tasks (task_id, execution_id, state, document, launcher, received_at, updated_at, seq,
+                                       message)
+                    VALUES (?, ?, ?, '{}', '', ?, ?, 0, ?)
+                    """, arguments: [taskID, executionID ?? "", TaskState.rejected.rawValue, FEMTime.format(at),
+                                     FEMTime.format(at), message])
+            }
+            _ = try self.appendEvent(db, taskID: id, executionID: executionID, kind: .state, state: .rejected,
+                                     detail: EventDetail(message: message), at: at, updateRow: false)
+        }
+    }
+
+    @discardableResult
+    public func transition(_ taskID: String, to state: TaskState, detail: EventDetail, at: Date) throws -> TaskEvent {
+        try db.write { db in
+            guard let rec = try Self.fetchTask(db, taskID) else { throw JournalError.unknownTask(taskID) }
+            guard rec.state.canMove(to: state) else {
+                throw JournalError.illegalTransition(taskID, rec.state, state)
+            }
+            try db.execute(sql: """
+                UPDATE tasks SET state = ?, updated_at = ?, exit_code = COALESCE(?, exit_code),
+                    failure_class = COALESCE(?, failure_class), message = COALESCE(?, message) WHERE task_id = ?
+                """, arguments: [state.rawValue, FEMTime.format(at), detail.exitCode, detail.failureClass?.rawValue,
+                                 detail.message, taskID])
+            return try self.appendEvent(db, taskID: taskID, executionID: rec.executionID, kind: .state, state: state,
+                                        detail: detail, at: at)
+        }
+    }
+
+    @discardableResult
+    public func note(_ taskID: String, kind: EventKind, detail: EventDetail, at: Date) throws -> TaskEvent {
+        try db.write { db in
+            guard let rec = try Self.fetchTask(db, taskID) else { throw JournalError.unknownTask(taskID) }
+            return try self.appendEvent(db, taskID: taskID, executionID: rec.executionID, kind: kind, state: rec.state,
+                                        detail: detail, at: at)
+        }
+    }
+
+    /// Adds the event to the history and the outbox, with the task's next sequence number.
+    private func appendEvent(_ db: Database, taskID: String?, executionID: String?, kind: EventKind, state: TaskState,
+                             detail: EventDetail, at: Date, updateRow: Bool = true) throws -> TaskEvent {
+        var seq = 1
+        if let taskID {
+            let last = try Int.fetchOne(db, sql: "SELECT MAX(seq) FROM events WHERE task_id = ?",
+                                        arguments: [taskID]) ?? 0
+            seq = last + 1
+            if updateRow {
+                try db.execute(sql: "UPDATE tasks SET seq = ? WHERE task_id = ?", arguments: [seq, taskID])
+            }
+        }
+        let event = TaskEvent(kind: kind, nodeID: nodeID, taskID: taskID, executionID: executionID, state: state,
+                              seq: seq, time: at, detail: detail)
+        let body = event.encoded()
+        try db.execute(sql: "INSERT INTO events (task_id, seq, kind, state, at, body) VALUES (?, ?, ?, ?, ?, ?)",
+                       arguments: [taskID, seq, kind.rawValue, state.rawValue, FEMTime.format(at),
+                                   String(decoding: body, as: UTF8.self)])
+        try db.execute(sql: "INSERT INTO outbox (routing_key, body) VALUES (?, ?)",
+                       arguments: [event.routingKey, body])
+        return event
+    }
+
+    public func setHandle(_ taskID: String, _ handle: LaunchHandle?) throws {
+        let text = try handle.map { String(decoding: try JSONEncoder.fem.encode($0), as: UTF8.self) }
+        try db.write { db in
+            try db.execute(sql: "UPDATE tasks SET handle = ? WHERE task_id = ?", arguments: [text, taskID])
+        }
+    }
+
+    public func setCancelRequested(_ taskID: String) throws {
+        try db.write { db in
+            try db.execute(sql: "UPDATE tasks SET cancel_requested = 1 WHERE task_id = ?", arguments: [taskID])
+        }
+    }
+
+    public func markStep(_ taskID: String, _ step: String, info: String) throws {
+        try db.write { db in
+            try db.execute(sql: "INSERT OR REPLACE INTO steps (task_id, step, info, done_at) VALUES (?, ?, ?, ?)",
+                           arguments: [taskID, step, info, FEMTime.format(Date())])
+        }
+    }
+
+    // MARK: - Reads
+
+    public func step(_ taskID: String, _ step: String) throws -> String? {
+        try db.read { db in
+            try String.fetchOne(db, sql: "SELECT info FROM steps WHERE task_id = ? AND step = ?",
+                                arguments: [taskID, step])
+        }
+    }
+
+    public func task(_ id: String) throws -> TaskRecord? {
+        try db.read { db in try Self.fetchTask(db, id) }
+    }
+
+    public func tasks(states: Set<TaskState>?, limit: Int) throws -> [TaskRecord] {
+        try db.read { db in
+            var sql = "SELECT * FROM tasks"
+            var args: [String] = []
+            if let states {
+                sql += " WHERE state IN (\(states.map { _ in "?" }.joined(separator: ",")))"
+                args = states.map(\.rawValue)
+            }
+            sql += " ORDER BY received_at DESC, rowid DESC LIMIT \(limit)"
+            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map(Self.record)
+        }
+    }
+
+    public func history(_ taskID: String) throws -> [TaskEvent] {
+        try db.read { db in
+            try String.fetchAll(db, sql: "SELECT body FROM events WHERE task_id = ? ORDER BY seq", arguments: [taskID])
+                .compactMap { try? JSONDecoder.fem.decode(TaskEvent.self, from: Data($0.utf8)) }
+        }
+    }
+
+    public func pendingEvents(limit: Int) throws -> [OutboxEntry] {
+        try db.read { db in
+            try Row.fetchAll(db, sql: "SELECT id, routing_key, body FROM outbox ORDER BY id LIMIT ?",
+                             arguments: [limit]).map {
+                OutboxEntry(id: $0["id"], routingKey: $0["routing_key"], body: $0["body"])
+            }
+        }
+    }
+
+    public func confirmEvents(_ ids: [Int64]) throws {
+        guard !ids.isEmpty else { return }
+        try db.write { db in
+            try db.execute(sql: "DELETE FROM outbox WHERE id IN (\(ids.map { _ in "?" }.joined(separator: ",")))",
+                           arguments: StatementArguments(ids))
+        }
+    }
+
+    public func outboxCount() throws -> Int {
+        try db.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") ?? 0 }
+    }
+
+    private static func fetchTask(_ db: Database, _ id: String) throws -> TaskRecord? {
+        try Row.fetchOne(db, sql: "SELECT * FROM tasks WHERE task_id = ?", arguments: [id]).map(record)
+    }
+
+    private static func record(_ row: Row) -> TaskRecord {
+        let doc = (try? JSONValue.parse(Data((row["document"] as String).utf8))) ?? .object([:])
+        let handle = (row["handle"] as String?).flatMap { try? JSONDecoder.fem.decode(LaunchHandle.self, from: Data($0.utf8)) }
+        return TaskRecord(taskID: row["task_id"], executionID: row["execution_id"],
+                          state: TaskState(rawValue: row["state"]) ?? .failed, document: doc, launcher: row["launcher"],
+                          receivedAt: FEMTime.parse(row["received_at"]) ?? Date(),
+                          updatedAt: FEMTime.parse(row["updated_at"]) ?? Date(), seq: row["seq"], handle: handle,
+                          exitCode: (row["exit_code"] as Int64?).map { Int32(truncatingIfNeeded: $0) },
+                          failureClass: (row["failure_class"] as String?).flatMap(FailureClass.init),
+                          message: row["message"], cancelRequested: (row["cancel_requested"] as Int64) != 0)
+    }
+}
+
+public enum JournalError: Error, CustomStringConvertible {
+    case unknownTask(String)
+    case illegalTransition(String, TaskState, TaskState)
+
+    public var description: String {
+        switch self {
+        case .unknownTask(let id): "task \(id) is not in the journal"
+        case .illegalTransition(let id, let from, let to): "task \(id) cannot go from \(from.rawValue) to \(to.rawValue)"
+        }
+    }
+}

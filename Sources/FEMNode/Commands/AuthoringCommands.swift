@@ -1,0 +1,256 @@
+import ArgumentParser
+import FEMCore
+import FEMJournal
+import Foundation
+import Logging
+
+/// Reading documents for the authoring commands: a plan or a task file, with `--param k=v` overrides typed by
+/// the plan's argument types.
+enum DocumentFile {
+    static func load(_ path: String) throws -> JSONValue {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ValidationError("cannot read \(path)")
+        }
+        do {
+            return try JSONValue.parse(data)
+        } catch {
+            throw ValidationError("\(path): \(error)")
+        }
+    }
+
+    /// A task document from a task file, or a plan file wrapped into a local task.
+    static func task(from path: String, params: [String]) throws -> JSONValue {
+        let value = try load(path)
+        var task: [String: JSONValue]
+        if value["plan"] != nil {
+            task = value.objectValue ?? [:]
+        } else {
+            task = ["schema_version": .int(1), "execution_id": .string("local-\(shortID())"), "plan": value]
+        }
+        var given = task["params"]?.objectValue ?? [:]
+        let args = task["plan"]?["command"]?["args"].flatMap { v -> [JSONValue]? in
+            if case .array(let a) = v { a } else { nil }
+        } ?? []
+        for p in params {
+            guard let eq = p.firstIndex(of: "=") else {
+                throw ValidationError("--param \(p): expected name=value")
+            }
+            let name = String(p[..<eq])
+            let text = String(p[p.index(after: eq)...])
+            let type = args.first { $0["id"]?.stringValue == name }?["type"]?.stringValue
+            given[name] = typed(text, type: type)
+        }
+        task["params"] = .object(given)
+        return .object(task)
+    }
+
+    /// `--param count=3` is an integer when the plan says `int`; otherwise the text as given, so a wrong value
+    /// gets the validator's message naming the parameter.
+    static func typed(_ text: String, type: String?) -> JSONValue {
+        switch type {
+        case "int": Int64(text).map(JSONValue.int) ?? .string(text)
+        case "float": Double(text).map(JSONValue.double) ?? .string(text)
+        case "bool": text == "true" ? .bool(true) : text == "false" ? .bool(false) : .string(text)
+        default: .string(text)
+        }
+    }
+
+    static func shortID() -> String { String(UUID().uuidString.lowercased().prefix(8)) }
+}
+
+extension FEMClientCommand {
+    struct Validate: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check a tool plan or a task file and list every problem with its JSON path.")
+        @Argument(help: "A plan (*.plan.json) or task (*.task.json) file.") var file: String
+        @Flag(help: "Print the result as JSON.") var json = false
+
+        func run() async throws {
+            let value = try DocumentFile.load(file)
+            do {
+                let doc = try DocumentReader.readAny(value)
+                let what: String
+                switch doc {
+                case .plan(let p): what = "plan \(p.id) \(p.version) (\(p.launcher))"
+                case .task(let t): what = "task for plan \(t.plan.id) \(t.plan.version), execution \(t.executionID)"
+                }
+                if json {
+                    print(#"{"errors":[],"valid":true}"#)
+                } else {
+                    print("\(file): ok, \(what)")
+                }
+            } catch let e as FEMCore.ValidationError {
+                if json {
+                    let errors = e.issues.map { JSONValue.object(["path": .string($0.path), "message": .string($0.message)]) }
+                    print(String(decoding: JSONValue.object(["valid": .bool(false), "errors": .array(errors)]).encoded(),
+                                 as: UTF8.self))
+                } else {
+                    print("\(file): \(e.issues.count) problem\(e.issues.count == 1 ? "" : "s")")
+                    for issue in e.issues { print("  \(issue)") }
+                }
+                throw ExitCode(1)
+            }
+        }
+    }
+
+    struct Render: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Print the exact argv, image, mounts, environment and limits the node would use.")
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "A task file (or a plan file).") var file: String
+        @Option(name: .customLong("param"), help: "Set a parameter: name=value (repeatable).") var params: [String] = []
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let config = try LocalNode.config(options.config, workDir: nil)
+            let task = try LocalNode.readTask(file, params: params)
+            let registry = NodeAssembly.launchers(config)
+            let host = ToolPaths.under("\(config.workDir)/sandboxes/\(task.taskID)")
+            let launcher = registry.launcher(named: task.plan.launcher)
+            var datasets: [String: String] = [:]
+            for (id, d) in config.datasets { datasets[id] = launcher?.datasetPath(id: id, hostPath: d.path) ?? d.path }
+            let context = RenderContext(nodeID: config.nodeID, nodeName: config.nodeName,
+                                        paths: launcher?.toolPaths(forHost: host) ?? host, datasets: datasets)
+            let timeout = task.timeoutSeconds ?? task.plan.timeoutSeconds ?? config.defaultTimeoutSeconds
+            let rendered: RenderedCommand
+            do {
+                rendered = try Renderer.render(task, context: context, timeoutSeconds: timeout)
+            } catch {
+                throw ValidationError("cannot render: \(error)")
+            }
+            if json {
+                let e = JSONEncoder.fem
+                e.outputFormatting.insert(.prettyPrinted)
+                print(String(decoding: try e.encode(rendered), as: UTF8.self))
+                return
+            }
+            print("launcher     \(rendered.launcher)\(launcher == nil ? "  (not enabled on this node)" : "")")
+            if let image = rendered.image { print("image        \(image)") }
+            print("argv")
+            for (i, a) in rendered.argv.enumerated() { print("  [\(i)] \(quote(a))") }
+            print("working dir  \(rendered.workingDirectory)")
+            print("environment")
+            for (k, v) in rendered.environment.sorted(by: { $0.key < $1.key }) { print("  \(k)=\(quote(v))") }
+            print("mounts")
+            print("  sandbox  \(rendered.paths.sandbox)  (src, in read-only for docker; out writable; logs)")
+            for id in rendered.datasets { print("  dataset \(id)  \(datasets[id] ?? "?")  read-only") }
+            var limits = ["timeout \(timeout) s", "network \(rendered.network)"]
+            if let c = rendered.cpus { limits.append("cpus \(c)") }
+            if let m = rendered.memoryMB { limits.append("memory \(m) MB") }
+            if let g = rendered.gpus { limits.append("gpus \(g)") }
+            if let s = rendered.storageMB { limits.append("storage \(s) MB") }
+            print("limits       \(limits.joined(separator: ", "))")
+        }
+
+        func quote(_ s: String) -> String {
+            let needs = s.isEmpty || s.contains { " \"'$`;\\|&<>()*?!\t\n".contains($0) }
+            return needs ? "'" + s.replacingOccurrences(of: "'", with: "'\\''") + "'" : s
+        }
+    }
+
+    struct Run: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run a task or plan locally through the daemon's runner, without a broker (a dry run).")
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "A task file or a plan file.") var file: String
+        @Option(name: .customLong("param"), help: "Set a parameter: name=value (repeatable).") var params: [String] = []
+        @Option(help: "Work dir for local runs (journal and sandboxes).") var workDir = "var/local-runs"
+        @Option(help: "Where outputs and logs are staged out.") var output: String?
+
+        func run() async throws {
+            let config = try LocalNode.config(options.config, workDir: workDir)
+            var task = try LocalNode.readTask(file, params: params, freshID: true)
+            let outDir = URL(fileURLWithPath: output ?? "\(config.workDir)/outputs").standardizedFileURL.path
+            task.stageOut = StageOutTarget(url: "file://\(outDir)", credentials: nil, token: nil)
+            var document = try DocumentFile.task(from: file, params: params).objectValue ?? [:]
+            document["task_id"] = .string(task.taskID)
+            document["stage_out"] = .object(["url": .string("file://\(outDir)")])
+
+            let logPath = "\(config.workDir)/run.log"
+            try FileManager.default.createDirectory(atPath: config.workDir, withIntermediateDirectories: true)
+            let logger = Logger(label: "fem-client-run", factory: try LineLogHandler.factory(path: logPath))
+            let printer = EventPrinter()
+            let box = WakeBox()
+            let node = try NodeAssembly(config: config, logger: logger) { box.fire() }
+            box.set { printer.drain(node.journal) }
+
+            print("task \(task.taskID): \(task.plan.id) \(task.plan.version) with launcher \(task.plan.launcher)")
+            guard case .admitted = try node.journal.admit(task, document: .object(document), at: Date()) else {
+                throw ValidationError("task \(task.taskID) already exists in \(config.journalPath)")
+            }
+            printer.drain(node.journal)
+            await node.runner.enqueue(task.taskID)
+            await node.runner.waitUntilIdle()
+            printer.drain(node.journal)
+            guard let rec = try node.journal.task(task.taskID) else { throw ExitCode(2) }
+            let sandbox = node.sandboxes.paths(taskID: task.taskID)
+            print("")
+            print("state    \(rec.state.rawValue)\(rec.failureClass.map { " (\($0.rawValue))" } ?? "")")
+            print("logs     \(sandbox.logs)/stdout.log, \(sandbox.logs)/stderr.log")
+            print("outputs  \(outDir)/\(task.executionID)/\(config.nodeID)  (manifest.json lists them)")
+            print("journal  \(config.journalPath); node log \(logPath)")
+            if rec.state != .completed { throw ExitCode(1) }
+        }
+    }
+}
+
+/// Prints events from the outbox as they are written (the local stand-in for the broker).
+final class EventPrinter: @unchecked Sendable {
+    private let lock = NSLock()
+
+    func drain(_ journal: SQLiteJournal) {
+        lock.withLock {
+            guard let entries = try? journal.pendingEvents(limit: 1000), !entries.isEmpty else { return }
+            for entry in entries {
+                if let e = try? JSONDecoder.fem.decode(TaskEvent.self, from: entry.body) {
+                    print(TaskView.eventLine(e))
+                }
+            }
+            try? journal.confirmEvents(entries.map(\.id))
+            flushOut()
+        }
+    }
+}
+
+/// Settings for local commands: the node config when it exists, else a local node with the process launcher.
+enum LocalNode {
+    static func config(_ path: String, workDir: String?) throws -> NodeConfig {
+        var config: NodeConfig
+        if FileManager.default.fileExists(atPath: path) {
+            do {
+                config = try NodeConfig.load(path: path)
+            } catch let e as ConfigError {
+                throw ValidationError(e.description)
+            }
+        } else {
+            config = NodeConfig.local
+        }
+        if let workDir { config.workDir = NodeConfig.absolutePath(workDir) }
+        config.workDir = NodeConfig.absolutePath(config.workDir)
+        return config
+    }
+
+    static func readTask(_ file: String, params: [String], freshID: Bool = false) throws -> TaskSpec {
+        let value = try DocumentFile.task(from: file, params: params)
+        do {
+            var task = try DocumentReader.readTask(value)
+            if freshID { task.taskID = "local-\(DocumentFile.shortID())" }
+            return task
+        } catch let e as FEMCore.ValidationError {
+            throw ValidationError("\(file):\n" + e.issues.map { "  \($0)" }.joined(separator: "\n"))
+        }
+    }
+}
+
+extension NodeConfig {
+    /// A node for local authoring runs when no config file exists.
+    static var local: NodeConfig {
+        NodeConfig(nodeID: "local", nodeName: "local", workDir: "var/local-runs", logFile: "var/local-runs/run.log",
+                   maxConcurrentTasks: 1, heartbeatSeconds: 30, defaultTimeoutSeconds: 3600,
+                   maxTimeoutSeconds: 604_800, allowTimeoutAbovePlan: true, stopGraceSeconds: 5, brokerURL: "",
+                   brokerPassword: nil, caFile: "", certFile: "", keyFile: "", prefetch: 1, maxMessageBytes: 1 << 20,
+                   enabledLaunchers: ["process"], processAllowedExecutables: [],
+                   processPath: "/usr/local/bin:/usr/bin:/bin", maxOutputFileBytes: 1 << 30,
+                   maxOutputTaskBytes: 4 << 30, datasets: [:], source: "(built-in local defaults)")
+    }
+}

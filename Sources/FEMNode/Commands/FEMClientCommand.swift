@@ -1,0 +1,193 @@
+import ArgumentParser
+import FEMCore
+import FEMJournal
+import FEMSystem
+import FEMTransport
+import Foundation
+import Logging
+
+/// `fem-client`: the node daemon and the node's local tools.
+public struct FEMClientCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "fem-client",
+        abstract: "The node half of a Federated Execution Manager.",
+        version: FEMVersion.string,
+        subcommands: [Daemon.self, Check.self, Tasks.self, Show.self, Validate.self, Render.self, Run.self])
+
+    public init() {}
+}
+
+struct ConfigOption: ParsableArguments {
+    @Option(name: .long, help: "The node configuration file (or FEM_CONFIG).")
+    var config: String = ProcessInfo.processInfo.environment["FEM_CONFIG"] ?? "config/fem-client.toml"
+
+    func load() throws -> NodeConfig {
+        do {
+            return try NodeConfig.load(path: config)
+        } catch let e as ConfigError {
+            throw ValidationError(e.description)
+        }
+    }
+}
+
+extension FEMClientCommand {
+    struct Daemon: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run the receiver daemon: take tasks from the broker, run them, report back.")
+        @OptionGroup var options: ConfigOption
+
+        func run() async throws {
+            let config = try options.load()
+            try await NodeDaemon.run(config: config)
+        }
+    }
+
+    struct Check: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check the configuration, the broker over TLS with these certificates, and the work dir.")
+        @OptionGroup var options: ConfigOption
+
+        func run() async throws {
+            var failures: [String] = []
+            let config: NodeConfig
+            do {
+                config = try NodeConfig.load(path: options.config)
+                print("ok    configuration \(options.config) (node \(config.nodeID))")
+            } catch let e as ConfigError {
+                print("FAIL  \(e.description)")
+                throw ExitCode(1)
+            }
+            do {
+                try FileManager.default.createDirectory(atPath: config.workDir, withIntermediateDirectories: true)
+                let probe = "\(config.workDir)/.fem-check-\(getpid())"
+                try Data("x".utf8).write(to: URL(fileURLWithPath: probe))
+                try FileManager.default.removeItem(atPath: probe)
+                let free = freeDiskBytes(at: config.workDir).map { " (\($0 / 1_048_576) MiB free)" } ?? ""
+                print("ok    work dir \(config.workDir) is writable\(free)")
+            } catch {
+                failures.append("work dir \(config.workDir) is not writable: \(error.localizedDescription)")
+                print("FAIL  \(failures.last!)")
+            }
+            do {
+                let endpoint = try config.endpoint()
+                let conn = try AMQPConnection(endpoint: endpoint)
+                try conn.openChannel(1)
+                print("ok    broker \(endpoint) reachable over TLS with client certificate \(config.certFile)")
+            } catch {
+                failures.append("broker: \(error)")
+                print("FAIL  \(failures.last!)")
+            }
+            print("info  launchers enabled: \(config.enabledLaunchers.joined(separator: ", "))")
+            print("info  datasets: \(config.datasets.isEmpty ? "none" : config.datasets.keys.sorted().joined(separator: ", "))")
+            print("info  libraries: rabbitmq-c \(LibraryVersions.rabbitmq), libgit2 \(LibraryVersions.libgit2), "
+                  + LibraryVersions.curl)
+            if !failures.isEmpty { throw ExitCode(1) }
+        }
+    }
+
+    struct Tasks: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List tasks from the node's journal, newest first.")
+        @OptionGroup var options: ConfigOption
+        @Option(help: "Only tasks in this state (repeatable).") var state: [String] = []
+        @Option(help: "At most this many tasks.") var limit = 50
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let config = try options.load()
+            let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+            var states: Set<TaskState>?
+            if !state.isEmpty {
+                states = Set(try state.map {
+                    guard let s = TaskState(rawValue: $0) else {
+                        throw ValidationError("--state: \"\($0)\" is not one of "
+                                              + TaskState.allCases.map(\.rawValue).joined(separator: ", "))
+                    }
+                    return s
+                })
+            }
+            let rows = try journal.tasks(states: states, limit: limit)
+            if json {
+                let items: [JSONValue] = rows.map(TaskView.json)
+                print(String(decoding: JSONValue.array(items).encoded(), as: UTF8.self))
+                return
+            }
+            print(TaskView.tableHeader)
+            for r in rows { print(TaskView.tableRow(r)) }
+        }
+    }
+
+    struct Show: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show one task and every event it had.")
+        @OptionGroup var options: ConfigOption
+        @Argument(help: "The task id.") var taskID: String
+        @Flag(help: "Print JSON.") var json = false
+
+        func run() async throws {
+            let config = try options.load()
+            let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+            guard let rec = try journal.task(taskID) else {
+                throw ValidationError("task \(taskID) is not in the journal at \(config.journalPath)")
+            }
+            let history = try journal.history(taskID)
+            if json {
+                var obj = TaskView.json(rec).objectValue ?? [:]
+                obj["events"] = .array(history.compactMap { try? JSONDecoder().decode(JSONValue.self, from: $0.encoded()) })
+                obj["sandbox"] = .string("\(config.workDir)/sandboxes/\(taskID)")
+                print(String(decoding: JSONValue.object(obj).encoded(), as: UTF8.self))
+                return
+            }
+            print("task       \(rec.taskID)")
+            print("execution  \(rec.executionID)")
+            print("state      \(rec.state.rawValue)")
+            print("launcher   \(rec.launcher)")
+            if let e = rec.exitCode { print("exit code  \(e)") }
+            if let c = rec.failureClass { print("class      \(c.rawValue)") }
+            if let m = rec.message { print("message    \(m)") }
+            print("sandbox    \(config.workDir)/sandboxes/\(taskID)")
+            print("events:")
+            for e in history { print("  " + TaskView.eventLine(e)) }
+        }
+    }
+}
+
+/// How tasks and events print, shared by `tasks`, `show`, `run` and `femctl watch`.
+enum TaskView {
+    static let tableHeader = pad("TASK", 38) + pad("STATE", 18) + pad("LAUNCHER", 10) + pad("UPDATED", 26) + "DETAIL"
+
+    static func tableRow(_ r: TaskRecord) -> String {
+        var detail = r.failureClass.map { "\($0.rawValue) " } ?? ""
+        if let e = r.exitCode { detail += "exit=\(e) " }
+        detail += r.message ?? ""
+        return pad(r.taskID, 38) + pad(r.state.rawValue, 18) + pad(r.launcher, 10) + pad(FEMTime.format(r.updatedAt), 26)
+            + detail
+    }
+
+    static func json(_ r: TaskRecord) -> JSONValue {
+        var o: [String: JSONValue] = [
+            "task_id": .string(r.taskID), "execution_id": .string(r.executionID), "state": .string(r.state.rawValue),
+            "launcher": .string(r.launcher), "received_at": .string(FEMTime.format(r.receivedAt)),
+            "updated_at": .string(FEMTime.format(r.updatedAt)), "seq": .int(Int64(r.seq)),
+        ]
+        if let e = r.exitCode { o["exit_code"] = .int(Int64(e)) }
+        if let c = r.failureClass { o["failure_class"] = .string(c.rawValue) }
+        if let m = r.message { o["message"] = .string(m) }
+        return .object(o)
+    }
+
+    static func eventLine(_ e: TaskEvent) -> String {
+        var s = "\(FEMTime.format(e.time))  #\(e.seq)  \(e.kind == .state ? e.state.rawValue : e.kind.rawValue)"
+        if let c = e.detail.failureClass { s += "  class=\(c.rawValue)" }
+        if let x = e.detail.exitCode { s += "  exit=\(x)" }
+        if let m = e.detail.message { s += "  \(m)" }
+        return s
+    }
+
+    static func pad(_ s: String, _ n: Int) -> String {
+        s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count)
+    }
+}
+
+/// Flushes standard output (so piped readers see lines at once).
+func flushOut() {
+    fflush(nil)
+}

@@ -1,0 +1,207 @@
+import ArgumentParser
+import FEMCore
+import FEMSystem
+import FEMTransport
+import Foundation
+
+/// `femctl`: the operator's side. Submits tasks, watches their events, cancels them.
+public struct FEMCtlCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "femctl",
+        abstract: "Submit, watch and cancel fem-client tasks through the broker.",
+        version: FEMVersion.string,
+        subcommands: [Submit.self, Watch.self, Cancel.self])
+
+    public init() {}
+}
+
+/// Broker settings for femctl. From a checkout, the local development broker's files are the defaults.
+struct BrokerOptions: ParsableArguments {
+    static let devDir = "var/dev-broker"
+    static let env = ProcessInfo.processInfo.environment
+
+    @Option(help: "amqps://user@host:port/vhost (or FEMCTL_BROKER_URL).")
+    var brokerURL = env["FEMCTL_BROKER_URL"] ?? "amqps://fem@localhost:5671/%2f"
+    @Option(help: "CA certificate (or FEMCTL_CA_FILE).") var ca = env["FEMCTL_CA_FILE"] ?? "\(devDir)/ca.pem"
+    @Option(help: "Client certificate (or FEMCTL_CERT_FILE).") var cert = env["FEMCTL_CERT_FILE"] ?? "\(devDir)/operator.pem"
+    @Option(help: "Client key (or FEMCTL_KEY_FILE).") var key = env["FEMCTL_KEY_FILE"] ?? "\(devDir)/operator.key"
+    @Option(help: "File holding the broker password (or FEMCTL_BROKER_PASSWORD).")
+    var passwordFile = env["FEMCTL_PASSWORD_FILE"] ?? "\(devDir)/password"
+
+    func connect() throws -> AMQPConnection {
+        var password = Self.env["FEMCTL_BROKER_PASSWORD"]
+        if password == nil, let text = try? String(contentsOfFile: passwordFile, encoding: .utf8) {
+            password = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        do {
+            let endpoint = try BrokerURL.parse(brokerURL, password: password, caFile: ca, certFile: cert, keyFile: key)
+            return try AMQPConnection(endpoint: endpoint)
+        } catch let e as ConfigError {
+            throw ValidationError(e.problems.joined(separator: "; "))
+        } catch {
+            throw ValidationError("broker: \(error)")
+        }
+    }
+}
+
+extension FEMCtlCommand {
+    struct Submit: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Send a task to nodes; prints the task id.")
+        @OptionGroup var broker: BrokerOptions
+        @Argument(help: "A task file.") var file: String
+        @Option(help: "A node id (repeatable).") var node: [String] = []
+        @Flag(help: "Send to every node (routing key `all`).") var all = false
+        @Option(name: .customLong("param"), help: "Set a parameter: name=value (repeatable).") var params: [String] = []
+        @Option(help: "Send this many copies, each with a fresh task id (for load tests).") var count = 1
+
+        func validate() throws {
+            if node.isEmpty == !all { throw ValidationError("give --node <id> (one or more) or --all") }
+            if count < 1 { throw ValidationError("--count must be at least 1") }
+        }
+
+        func run() async throws {
+            var document = try DocumentFile.task(from: file, params: params).objectValue ?? [:]
+            let givenID = document["task_id"]?.stringValue
+            do {
+                _ = try DocumentReader.readTask(.object(document))
+            } catch let e as FEMCore.ValidationError {
+                throw ValidationError("\(file):\n" + e.issues.map { "  \($0)" }.joined(separator: "\n"))
+            }
+            let conn = try broker.connect()
+            try conn.openChannel(1)
+            try conn.declareExchange(WireNames.tasksExchange)
+            for n in node {
+                // Declare the node's queue too, so a task sent before the node's first start waits for it.
+                let q = WireNames.taskQueue(node: n)
+                _ = try conn.declareQueue(q)
+                try conn.bindQueue(q, exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(n))
+                try conn.bindQueue(q, exchange: WireNames.tasksExchange, routingKey: WireNames.broadcastKey)
+            }
+            try conn.enablePublisherConfirms()
+            let keys = all ? [WireNames.broadcastKey] : node.map(WireNames.nodeKey)
+            var published: UInt64 = 0
+            for i in 0..<count {
+                let id = (count == 1 ? givenID : nil) ?? UUID().uuidString.lowercased()
+                document["task_id"] = .string(id)
+                let body = Array(JSONValue.object(document).encoded())
+                for key in keys {
+                    try conn.publish(exchange: WireNames.tasksExchange, routingKey: key, body: body)
+                    published += 1
+                }
+                print(id)
+                if (i + 1) % 200 == 0 { _ = try conn.waitForConfirms(upTo: published) }
+            }
+            let nacked = try conn.waitForConfirms(upTo: published)
+            if !nacked.isEmpty {
+                throw ValidationError("the broker refused \(nacked.count) publish(es)")
+            }
+        }
+    }
+
+    struct Cancel: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Cancel a task on a node.")
+        @OptionGroup var broker: BrokerOptions
+        @Argument(help: "The task id.") var taskID: String
+        @Option(help: "The node running it.") var node: String
+        @Option(help: "Why (appears in the cancelled event).") var reason: String?
+
+        func run() async throws {
+            let conn = try broker.connect()
+            try conn.openChannel(1)
+            try conn.declareExchange(WireNames.controlExchange)
+            try conn.enablePublisherConfirms()
+            let body = try JSONEncoder.fem.encode(ControlMessage(taskID: taskID, reason: reason))
+            try conn.publish(exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(node), body: Array(body))
+            _ = try conn.waitForConfirms(upTo: 1)
+            print("cancel sent for \(taskID) to node \(node)")
+        }
+    }
+
+    struct Watch: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Show task states live from fem.events.")
+        @OptionGroup var broker: BrokerOptions
+        @Option(help: "Only this execution.") var execution: String?
+        @Option(help: "Only these nodes (repeatable).") var node: [String] = []
+        @Option(help: "Read from this durable queue instead of a private one (created if needed).") var queue: String?
+        @Option(help: "Exit after this many tasks reached a final state.") var untilDone: Int?
+        @Option(help: "Exit after this many seconds.") var timeout: Double?
+        @Flag(help: "Print each event as a JSON line instead of a table.") var json = false
+        @Flag(help: "Also show heartbeats.") var heartbeats = false
+
+        func run() async throws {
+            let conn = try broker.connect()
+            try conn.openChannel(1)
+            try conn.declareExchange(WireNames.eventsExchange)
+            let q = try conn.declareQueue(queue ?? "", durable: queue != nil, exclusive: queue == nil,
+                                          autoDelete: queue == nil)
+            let nodes = node.isEmpty ? ["*"] : node
+            for n in nodes {
+                try conn.bindQueue(q, exchange: WireNames.eventsExchange, routingKey: "node.\(n).task.#")
+                if heartbeats { try conn.bindQueue(q, exchange: WireNames.eventsExchange, routingKey: "node.\(n).heartbeat") }
+            }
+            try conn.consume(queue: q, noAck: queue == nil)
+            if !json { FileHandle.standardError.write(Data("watching fem.events (queue \(q)); Ctrl-C to stop\n".utf8)) }
+            flushOut()
+
+            var table = WatchTable()
+            var done = Set<String>()
+            let deadline = timeout.map { Date().addingTimeInterval($0) }
+            while deadline.map({ Date() < $0 }) ?? true {
+                guard let d = try conn.nextDelivery(timeoutMilliseconds: 500) else { continue }
+                if queue != nil { try conn.ack(deliveryTag: d.deliveryTag) }
+                let text = String(decoding: d.body, as: UTF8.self)
+                if d.routingKey.hasSuffix(".heartbeat") {
+                    if heartbeats { print(json ? text : "heartbeat \(text)") }
+                    flushOut()
+                    continue
+                }
+                guard let e = try? JSONDecoder.fem.decode(TaskEvent.self, from: Data(d.body)) else { continue }
+                if let execution, e.executionID != execution { continue }
+                if json {
+                    print(text)
+                } else {
+                    table.apply(e)
+                    table.render()
+                }
+                flushOut()
+                if e.kind == .state && e.state.isTerminal, let id = e.taskID {
+                    done.insert("\(e.nodeID)/\(id)")
+                    if let untilDone, done.count >= untilDone { return }
+                }
+            }
+        }
+    }
+}
+
+/// The live table of `femctl watch`: one row per node and task. Redrawn in place on a terminal; on a pipe each
+/// event is one line.
+struct WatchTable {
+    var rows: [String: (event: TaskEvent, order: Int)] = [:]
+    let tty = isatty(STDOUT_FILENO) == 1
+
+    mutating func apply(_ e: TaskEvent) {
+        let key = "\(e.nodeID)/\(e.taskID ?? "-")"
+        let order = rows[key]?.order ?? rows.count
+        if let old = rows[key], old.event.seq > e.seq { return }
+        rows[key] = (e, order)
+        if !tty { print(line(e)) }
+    }
+
+    func render() {
+        guard tty else { return }
+        var out = "\u{1B}[H\u{1B}[2J"
+        out += TaskView.pad("NODE", 14) + TaskView.pad("TASK", 38) + TaskView.pad("STATE", 18) + TaskView.pad("SEQ", 5)
+            + "DETAIL\n"
+        for (_, row) in rows.sorted(by: { $0.value.order < $1.value.order }) { out += line(row.event) + "\n" }
+        print(out, terminator: "")
+    }
+
+    func line(_ e: TaskEvent) -> String {
+        var detail = e.detail.failureClass.map { "\($0.rawValue) " } ?? ""
+        if let x = e.detail.exitCode { detail += "exit=\(x) " }
+        detail += e.detail.message ?? ""
+        let state = e.kind == .state ? e.state.rawValue : "\(e.state.rawValue)/\(e.kind.rawValue)"
+        return TaskView.pad(e.nodeID, 14) + TaskView.pad(e.taskID ?? "-", 38) + TaskView.pad(state, 18)
+            + TaskView.pad("\(e.seq)", 5) + detail
+    }
+}

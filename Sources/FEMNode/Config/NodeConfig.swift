@@ -1,0 +1,348 @@
+import FEMCore
+import FEMSystem
+import Foundation
+import TOMLKit
+
+/// The node's configuration (`config/fem-client.toml`). Every key can be overridden by an environment variable
+/// named `FEM_<SECTION>_<KEY>` (`FEM_BROKER_URL`, `FEM_NODE_MAX_CONCURRENT_TASKS`, …). An unknown key or a bad
+/// value stops the daemon at start with the key's name and what is wrong.
+public struct NodeConfig: Sendable {
+    public struct Dataset: Sendable, Equatable {
+        public var path: String
+        public var labels: [String: String]
+    }
+
+    public var nodeID: String
+    public var nodeName: String
+    public var workDir: String
+    public var logFile: String
+    public var maxConcurrentTasks: Int
+    public var heartbeatSeconds: Int
+    public var defaultTimeoutSeconds: Int
+    public var maxTimeoutSeconds: Int
+    public var allowTimeoutAbovePlan: Bool
+    public var stopGraceSeconds: Int
+
+    public var brokerURL: String
+    public var brokerPassword: String?
+    public var caFile: String
+    public var certFile: String
+    public var keyFile: String
+    public var prefetch: Int
+    public var maxMessageBytes: Int
+
+    public var enabledLaunchers: [String]
+    public var processAllowedExecutables: [String]
+    public var processPath: String
+
+    public var maxOutputFileBytes: Int64
+    public var maxOutputTaskBytes: Int64
+
+    public var datasets: [String: Dataset]
+    /// Where the file was read from, for messages.
+    public var source: String
+
+    public var journalPath: String { "\(workDir)/journal.sqlite" }
+
+    /// The broker endpoint parsed from the URL, with the password from `password_file` or
+    /// `FEM_BROKER_PASSWORD` (never from the URL or the file itself).
+    public func endpoint() throws -> AMQPEndpoint {
+        try BrokerURL.parse(brokerURL, password: brokerPassword, caFile: caFile, certFile: certFile, keyFile: keyFile)
+    }
+}
+
+public struct ConfigError: Error, CustomStringConvertible, Sendable {
+    public var problems: [String]
+    public var description: String {
+        "configuration is not valid:\n" + problems.map { "  - \($0)" }.joined(separator: "\n")
+    }
+}
+
+/// `amqps://user@host:port/vhost`.
+public enum BrokerURL {
+    public static func parse(_ url: String, password: String?, caFile: String, certFile: String, keyFile: String) throws
+        -> AMQPEndpoint {
+        guard let c = URLComponents(string: url), c.scheme == "amqps", let host = c.host, !host.isEmpty else {
+            throw ConfigError(problems: ["broker.url: \"\(redacted(url))\" is not an amqps://user@host:port/vhost URL "
+                                         + "(only TLS is supported)"])
+        }
+        if c.password != nil {
+            throw ConfigError(problems: ["broker.url: must not contain a password; use broker.password_file or "
+                                         + "FEM_BROKER_PASSWORD"])
+        }
+        var vhost = c.percentEncodedPath
+        if vhost.hasPrefix("/") { vhost.removeFirst() }
+        vhost = vhost.isEmpty ? "/" : (vhost.removingPercentEncoding ?? vhost)
+        return AMQPEndpoint(host: host, port: c.port ?? 5671, vhost: vhost, user: c.user ?? "guest", password: password,
+                            caFile: caFile, certFile: certFile, keyFile: keyFile)
+    }
+
+    static func redacted(_ url: String) -> String {
+        guard var c = URLComponents(string: url), c.password != nil else { return url }
+        c.password = "***"
+        return c.string ?? "***"
+    }
+}
+
+extension NodeConfig {
+    enum Kind {
+        case string, path, int(min: Int, max: Int), bool, strings
+    }
+
+    struct Key: @unchecked Sendable {
+        var name: String
+        var kind: Kind
+        var fallback: Any?
+        var envName: String { "FEM_" + name.replacingOccurrences(of: ".", with: "_").uppercased() }
+    }
+
+    static let keys: [Key] = [
+        Key(name: "node.id", kind: .string, fallback: nil),
+        Key(name: "node.name", kind: .string, fallback: ""),
+        Key(name: "node.work_dir", kind: .path, fallback: absolutePath("var")),
+        Key(name: "node.log_file", kind: .path, fallback: absolutePath("receiver.log")),
+        Key(name: "node.max_concurrent_tasks", kind: .int(min: 1, max: 1024), fallback: 2),
+        Key(name: "node.heartbeat_interval", kind: .int(min: 1, max: 86_400), fallback: 30),
+        Key(name: "node.default_timeout", kind: .int(min: 1, max: 31_536_000), fallback: 3600),
+        Key(name: "node.max_timeout", kind: .int(min: 1, max: 31_536_000), fallback: 604_800),
+        Key(name: "node.allow_timeout_above_plan", kind: .bool, fallback: false),
+        Key(name: "node.stop_grace", kind: .int(min: 0, max: 3600), fallback: 10),
+        Key(name: "broker.url", kind: .string, fallback: nil),
+        Key(name: "broker.password_file", kind: .path, fallback: ""),
+        Key(name: "broker.ca_file", kind: .path, fallback: nil),
+        Key(name: "broker.cert_file", kind: .path, fallback: nil),
+        Key(name: "broker.key_file", kind: .path, fallback: nil),
+        Key(name: "broker.prefetch", kind: .int(min: 1, max: 65_535), fallback: 16),
+        Key(name: "broker.max_message_bytes", kind: .int(min: 1024, max: 128 << 20), fallback: 1 << 20),
+        Key(name: "launchers.enabled", kind: .strings, fallback: ["process"]),
+        Key(name: "launchers.process.allowed_executables", kind: .strings, fallback: [String]()),
+        Key(name: "launchers.process.path", kind: .string, fallback: "/usr/local/bin:/usr/bin:/bin"),
+        Key(name: "outputs.max_file_bytes", kind: .int(min: 1, max: Int.max), fallback: 1 << 30),
+        Key(name: "outputs.max_task_bytes", kind: .int(min: 1, max: Int.max), fallback: 4 << 30),
+    ]
+
+    public static let knownLaunchers = ["process"]
+
+    /// Loads `path`, applies environment overrides, and checks everything, reporting every problem at once.
+    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws
+        -> NodeConfig {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw ConfigError(problems: ["cannot read the configuration file \(path) (run install.sh to create it "
+                                         + "from config/fem-client.example.toml)"])
+        }
+        return try parse(text, source: path, environment: environment)
+    }
+
+    public static func parse(_ text: String, source: String, environment: [String: String]) throws -> NodeConfig {
+        let table: TOMLTable
+        do {
+            table = try TOMLTable(string: text)
+        } catch let e as TOMLParseError {
+            throw ConfigError(problems: ["\(source): \(e.description) at line \(e.source.begin.line)"])
+        } catch {
+            throw ConfigError(problems: ["\(source): \(error)"])
+        }
+        var problems: [String] = []
+        var flat: [String: TOMLValueConvertible] = [:]
+        var datasets: [String: Dataset] = [:]
+        flatten(table, prefix: "", into: &flat, datasets: &datasets, problems: &problems)
+        let known = Set(keys.map(\.name))
+        for name in flat.keys.sorted() where !known.contains(name) {
+            problems.append("\(name): is not a known key (known keys are listed in config/fem-client.example.toml)")
+        }
+
+        var values: [String: Any] = [:]
+        for key in keys {
+            if let env = environment[key.envName] {
+                if let v = fromEnvironment(env, key: key, problems: &problems) { values[key.name] = v }
+            } else if let v = flat[key.name] {
+                if let v = fromTOML(v, key: key, problems: &problems) { values[key.name] = v }
+            } else if let f = key.fallback {
+                values[key.name] = f
+            } else {
+                problems.append("\(key.name): is required (or set \(key.envName))")
+            }
+        }
+        let enabled = values["launchers.enabled"] as? [String] ?? []
+        for l in enabled where !knownLaunchers.contains(l) {
+            problems.append("launchers.enabled: \"\(l)\" is not a launcher this build has (it has: "
+                            + knownLaunchers.joined(separator: ", ") + ")")
+        }
+        if let id = values["node.id"] as? String, !Patterns.matches(#"^[a-z0-9][a-z0-9-]{0,62}$"#, id) {
+            problems.append("node.id: \"\(id)\" must be lowercase letters, digits and '-' (it names queues)")
+        }
+        var password = environment["FEM_BROKER_PASSWORD"]
+        if password == nil, let file = values["broker.password_file"] as? String, !file.isEmpty {
+            if let text = try? String(contentsOfFile: file, encoding: .utf8) {
+                password = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            } else {
+                problems.append("broker.password_file: cannot read \(file)")
+            }
+        }
+        if let url = values["broker.url"] as? String {
+            do {
+                _ = try BrokerURL.parse(url, password: nil, caFile: "", certFile: "", keyFile: "")
+            } catch let e as ConfigError {
+                problems += e.problems
+            }
+        }
+        for name in ["broker.ca_file", "broker.cert_file", "broker.key_file"] {
+            if let p = values[name] as? String, !FileManager.default.isReadableFile(atPath: p) {
+                problems.append("\(name): cannot read \(p)")
+            }
+        }
+        if !problems.isEmpty { throw ConfigError(problems: problems) }
+
+        let id = values["node.id"] as! String
+        let name = values["node.name"] as! String
+        return NodeConfig(
+            nodeID: id, nodeName: name.isEmpty ? id : name, workDir: values["node.work_dir"] as! String,
+            logFile: values["node.log_file"] as! String,
+            maxConcurrentTasks: values["node.max_concurrent_tasks"] as! Int,
+            heartbeatSeconds: values["node.heartbeat_interval"] as! Int,
+            defaultTimeoutSeconds: values["node.default_timeout"] as! Int,
+            maxTimeoutSeconds: values["node.max_timeout"] as! Int,
+            allowTimeoutAbovePlan: values["node.allow_timeout_above_plan"] as! Bool,
+            stopGraceSeconds: values["node.stop_grace"] as! Int,
+            brokerURL: values["broker.url"] as! String, brokerPassword: password,
+            caFile: values["broker.ca_file"] as! String, certFile: values["broker.cert_file"] as! String,
+            keyFile: values["broker.key_file"] as! String, prefetch: values["broker.prefetch"] as! Int,
+            maxMessageBytes: values["broker.max_message_bytes"] as! Int,
+            enabledLaunchers: enabled,
+            processAllowedExecutables: values["launchers.process.allowed_executables"] as! [String],
+            processPath: values["launchers.process.path"] as! String,
+            maxOutputFileBytes: Int64(values["outputs.max_file_bytes"] as! Int),
+            maxOutputTaskBytes: Int64(values["outputs.max_task_bytes"] as! Int),
+            datasets: datasets, source: source)
+    }
+
+    private static func flatten(_ table: TOMLTable, prefix: String, into flat: inout [String: TOMLValueConvertible],
+                                datasets: inout [String: Dataset], problems: inout [String]) {
+        for key in table.keys {
+            let name = prefix.isEmpty ? key : "\(prefix).\(key)"
+            guard let value = table[key] else { continue }
+            if name == "datasets" {
+                guard let t = value.table else {
+                    problems.append("datasets: expected a table of [datasets.<id>] sections")
+                    continue
+                }
+                for id in t.keys {
+                    readDataset(id, t[id], into: &datasets, problems: &problems)
+                }
+            } else if let sub = value.table {
+                flatten(sub, prefix: name, into: &flat, datasets: &datasets, problems: &problems)
+            } else {
+                flat[name] = value
+            }
+        }
+    }
+
+    private static func readDataset(_ id: String, _ value: TOMLValueConvertible?, into datasets: inout [String: Dataset],
+                                    problems: inout [String]) {
+        let where_ = "datasets.\(id)"
+        guard Patterns.matches(Patterns.datasetID, id) else {
+            problems.append("\(where_): \"\(id)\" is not a valid dataset id")
+            return
+        }
+        guard let t = value?.table else {
+            problems.append("\(where_): expected a table with path and labels")
+            return
+        }
+        var labels: [String: String] = [:]
+        for k in t.keys where k != "path" && k != "labels" {
+            problems.append("\(where_).\(k): is not a known key (path, labels)")
+        }
+        if let l = t["labels"] {
+            if let lt = l.table {
+                for k in lt.keys { labels[k] = lt[k]?.string ?? lt[k].map { "\($0)" } }
+            } else {
+                problems.append("\(where_).labels: expected a table of strings")
+            }
+        }
+        guard let path = t["path"]?.string, path.hasPrefix("/") else {
+            problems.append("\(where_).path: is required and must be an absolute path")
+            return
+        }
+        if !FileManager.default.fileExists(atPath: path) {
+            problems.append("\(where_).path: \(path) does not exist")
+        }
+        datasets[id] = Dataset(path: path, labels: labels)
+    }
+
+    private static func fromTOML(_ v: TOMLValueConvertible, key: Key, problems: inout [String]) -> Any? {
+        switch key.kind {
+        case .string, .path:
+            guard let s = v.string else {
+                problems.append("\(key.name): expected a string, got \(v.type)")
+                return nil
+            }
+            if case .path = key.kind { return absolutePath(s) }
+            return s
+        case .int(let min, let max):
+            guard let i = v.int else {
+                problems.append("\(key.name): expected an integer, got \(v.type)")
+                return nil
+            }
+            return checkRange(i, key: key, min: min, max: max, problems: &problems)
+        case .bool:
+            guard let b = v.bool else {
+                problems.append("\(key.name): expected true or false, got \(v.type)")
+                return nil
+            }
+            return b
+        case .strings:
+            guard let a = v.array else {
+                problems.append("\(key.name): expected an array of strings, got \(v.type)")
+                return nil
+            }
+            var out: [String] = []
+            for item in a {
+                guard let s = item.string else {
+                    problems.append("\(key.name): expected an array of strings, found \(item.type)")
+                    return nil
+                }
+                out.append(s)
+            }
+            return out
+        }
+    }
+
+    private static func fromEnvironment(_ text: String, key: Key, problems: inout [String]) -> Any? {
+        switch key.kind {
+        case .string:
+            return text
+        case .path:
+            return absolutePath(text)
+        case .int(let min, let max):
+            guard let i = Int(text) else {
+                problems.append("\(key.name) (from \(key.envName)): \"\(text)\" is not an integer")
+                return nil
+            }
+            return checkRange(i, key: key, min: min, max: max, problems: &problems)
+        case .bool:
+            switch text.lowercased() {
+            case "true", "1", "yes": return true
+            case "false", "0", "no": return false
+            default:
+                problems.append("\(key.name) (from \(key.envName)): \"\(text)\" is not true or false")
+                return nil
+            }
+        case .strings:
+            return text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        }
+    }
+
+    /// Relative paths are taken from the current directory (start.sh runs from the checkout).
+    public static func absolutePath(_ path: String) -> String {
+        guard !path.isEmpty, !path.hasPrefix("/") else { return path }
+        return URL(fileURLWithPath: path).standardizedFileURL.path
+    }
+
+    private static func checkRange(_ i: Int, key: Key, min: Int, max: Int, problems: inout [String]) -> Int? {
+        guard i >= min && i <= max else {
+            problems.append("\(key.name): \(i) is out of range (\(min)…\(max))")
+            return nil
+        }
+        return i
+    }
+}

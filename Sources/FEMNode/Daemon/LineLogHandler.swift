@@ -1,0 +1,78 @@
+import Foundation
+import Logging
+import FEMCore
+
+/// One readable line per thing that happened: `2026-11-23T09:00:00.123Z WARN  task=ab12 failed: …`.
+/// Writes to a file (receiver.log) or standard error. Messages never carry secrets: the code that logs passes
+/// none (the broker password and stage-out tokens are never formatted into text).
+public struct LineLogHandler: LogHandler {
+    final class Sink: @unchecked Sendable {
+        let handle: FileHandle
+        let lock = NSLock()
+        init(handle: FileHandle) { self.handle = handle }
+        func write(_ line: String) {
+            lock.withLock { handle.write(Data(line.utf8)) }
+        }
+    }
+
+    private let sink: Sink
+    private let label: String
+    public var metadata: Logger.Metadata = [:]
+    public var logLevel: Logger.Level = .info
+
+    public subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    init(label: String, sink: Sink) {
+        self.label = label
+        self.sink = sink
+    }
+
+    /// A factory for `LoggingSystem.bootstrap` (or `Logger(label:factory:)`) writing to `path`, or stderr if nil.
+    public static func factory(path: String?) throws -> @Sendable (String) -> LineLogHandler {
+        let handle: FileHandle
+        if let path {
+            if !FileManager.default.fileExists(atPath: path) {
+                FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640])
+            }
+            guard let h = FileHandle(forWritingAtPath: path) else {
+                throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
+            }
+            h.seekToEndOfFile()
+            handle = h
+        } else {
+            handle = FileHandle.standardError
+        }
+        let sink = Sink(handle: handle)
+        return { label in LineLogHandler(label: label, sink: sink) }
+    }
+
+    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
+                    source: String, file: String, function: String, line: UInt) {
+        var merged = metadata
+        if let explicit { merged.merge(explicit) { $1 } }
+        let lvl: String
+        switch level {
+        case .trace: lvl = "TRACE"
+        case .debug: lvl = "DEBUG"
+        case .info: lvl = "INFO "
+        case .notice: lvl = "NOTE "
+        case .warning: lvl = "WARN "
+        case .error: lvl = "ERROR"
+        case .critical: lvl = "CRIT "
+        }
+        var text = "\(FEMTimeText.now()) \(lvl)"
+        if let task = merged.removeValue(forKey: "task") { text += " task=\(task)" }
+        text += " \(message)"
+        for (k, v) in merged.sorted(by: { $0.key < $1.key }) { text += " \(k)=\(v)" }
+        sink.write(text.replacingOccurrences(of: "\n", with: " | ") + "\n")
+    }
+}
+
+enum FEMTimeText {
+    static func now() -> String {
+        FEMTime.format(Date())
+    }
+}

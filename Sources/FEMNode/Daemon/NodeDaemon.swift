@@ -1,0 +1,78 @@
+import FEMCore
+import FEMSystem
+import FEMTransport
+import Foundation
+import Logging
+
+/// The receiver daemon: broker → receiver → journal → runner, with the outbox publisher and a heartbeat.
+public enum NodeDaemon {
+    public static func run(config: NodeConfig) async throws {
+        ignoreSIGPIPE()
+        let makeHandler = try LineLogHandler.factory(path: config.logFile)
+        let logger = Logger(label: "fem-client", factory: makeHandler)
+        let endpoint = try config.endpoint()
+
+        // The publisher needs the journal and the runner needs the publisher's wake-up: break the cycle with a box.
+        let wake = WakeBox()
+        let node = try NodeAssembly(config: config, logger: logger) { wake.fire() }
+        let publisher = AMQPEventPublisher(endpoint: endpoint, outbox: node.journal, logger: logger)
+        wake.set { publisher.wake() }
+        publisher.start()
+
+        let launchers = node.registry.names.joined(separator: ",")
+        logger.notice("""
+            fem-client \(FEMVersion.string) starting: node \(config.nodeID), broker \(endpoint), launchers \(launchers), \
+            work dir \(config.workDir), up to \(config.maxConcurrentTasks) tasks at once
+            """)
+        await node.runner.recover()
+
+        let source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
+                                    logger: logger)
+        let receiver = Receiver(nodeID: config.nodeID, maxMessageBytes: config.maxMessageBytes, journal: node.journal,
+                                runner: node.runner, logger: logger) { publisher.wake() }
+
+        let heartbeat = Task {
+            while !Task.isCancelled {
+                let beat = await node.heartbeat(version: FEMVersion.string)
+                if let body = try? JSONEncoder.fem.encode(beat) {
+                    publisher.publishHeartbeat(routingKey: beat.routingKey, body: body)
+                }
+                try? await Task.sleep(for: .seconds(config.heartbeatSeconds))
+            }
+        }
+
+        let signals = SignalWatcher(signals: [SIGTERM, SIGINT]) { sig in
+            logger.notice("signal \(sig): no longer taking tasks; stopping (work still running is recovered at the next start)")
+            source.stop()
+        }
+        await receiver.run(source)
+        heartbeat.cancel()
+        publisher.stop(timeout: 5)
+        signals.cancel()
+        logger.notice("stopped")
+    }
+}
+
+final class WakeBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var action: (@Sendable () -> Void)?
+    func set(_ a: @escaping @Sendable () -> Void) { lock.withLock { action = a } }
+    func fire() { lock.withLock { action }?() }
+}
+
+/// Turns SIGTERM/SIGINT into a callback on a dispatch queue.
+final class SignalWatcher: @unchecked Sendable {
+    private var sources: [DispatchSourceSignal] = []
+
+    init(signals: [Int32], handler: @escaping @Sendable (Int32) -> Void) {
+        for sig in signals {
+            signal(sig, SIG_IGN)
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            s.setEventHandler { handler(sig) }
+            s.resume()
+            sources.append(s)
+        }
+    }
+
+    func cancel() { sources.forEach { $0.cancel() } }
+}

@@ -1,0 +1,63 @@
+import FEMCore
+import FEMJournal
+import FEMLaunchers
+import FEMStaging
+import FEMSystem
+import Foundation
+import Logging
+
+/// The one place where concrete parts are chosen and wired together, for the daemon and for `fem-client run`.
+public struct NodeAssembly: Sendable {
+    public let config: NodeConfig
+    public let journal: SQLiteJournal
+    public let registry: LauncherRegistry
+    public let runner: Runner
+    public let sandboxes: DirectorySandboxes
+
+    public init(config: NodeConfig, logger: Logger, eventsAdded: @escaping @Sendable () -> Void) throws {
+        self.config = config
+        try FileManager.default.createDirectory(atPath: config.workDir, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o750])
+        journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+        registry = Self.launchers(config)
+        sandboxes = DirectorySandboxes(workDir: config.workDir)
+        let settings = RunnerSettings(
+            nodeID: config.nodeID, nodeName: config.nodeName, maxConcurrentTasks: config.maxConcurrentTasks,
+            defaultTimeoutSeconds: config.defaultTimeoutSeconds, allowTimeoutAbovePlan: config.allowTimeoutAbovePlan,
+            maxTimeoutSeconds: config.maxTimeoutSeconds, stopGrace: .seconds(config.stopGraceSeconds),
+            datasets: config.datasets.mapValues(\.path))
+        runner = Runner(settings: settings, journal: journal, registry: registry, sandboxes: sandboxes,
+                        stageIn: NoStageIn(),
+                        stageOut: LocalStageOut(nodeID: config.nodeID,
+                                                limits: OutputLimits(maxFileBytes: config.maxOutputFileBytes,
+                                                                     maxTaskBytes: config.maxOutputTaskBytes)),
+                        logger: logger, eventsAdded: eventsAdded)
+    }
+
+    /// The explicit launcher registry: only what the node config enables.
+    static func launchers(_ config: NodeConfig) -> LauncherRegistry {
+        var list: [any Launcher] = []
+        for name in config.enabledLaunchers {
+            switch name {
+            case "process":
+                list.append(ProcessLauncher(config: ProcessLauncherConfig(
+                    allowedExecutables: config.processAllowedExecutables, path: config.processPath)))
+            default:
+                continue  // NodeConfig rejects launchers this build does not have.
+            }
+        }
+        return LauncherRegistry(list)
+    }
+
+    public func heartbeat(version: String) async -> Heartbeat {
+        let counts = (try? journal.counts()) ?? (running: 0, queued: 0)
+        return Heartbeat(nodeID: config.nodeID, version: version, time: Date(), running: counts.running,
+                         queued: counts.queued, freeDiskBytes: freeDiskBytes(at: config.workDir),
+                         launchers: registry.names,
+                         datasets: config.datasets.keys.sorted().map { DatasetAdvert(id: $0, labels: config.datasets[$0]!.labels) })
+    }
+}
+
+public enum FEMVersion {
+    public static let string = "0.1.0"
+}

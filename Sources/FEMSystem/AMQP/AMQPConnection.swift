@@ -1,0 +1,395 @@
+import CRabbitMQ
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where and how to reach an AMQP broker over TLS. The password, if any, is a secret: it is never part of a
+/// description or an error.
+public struct AMQPEndpoint: Sendable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    public var vhost: String
+    public var user: String
+    public var password: String?
+    public var caFile: String
+    public var certFile: String
+    public var keyFile: String
+    /// Seconds; 0 disables AMQP heartbeats.
+    public var heartbeatSeconds: Int
+    public var connectTimeoutSeconds: Int
+
+    public init(host: String, port: Int, vhost: String, user: String, password: String?, caFile: String,
+                certFile: String, keyFile: String, heartbeatSeconds: Int = 30, connectTimeoutSeconds: Int = 10) {
+        self.host = host
+        self.port = port
+        self.vhost = vhost
+        self.user = user
+        self.password = password
+        self.caFile = caFile
+        self.certFile = certFile
+        self.keyFile = keyFile
+        self.heartbeatSeconds = heartbeatSeconds
+        self.connectTimeoutSeconds = connectTimeoutSeconds
+    }
+
+    /// `amqps://user@host:port/vhost`, never with the password.
+    public var description: String {
+        let v = vhost == "/" ? "%2f" : vhost
+        return "amqps://\(user)@\(host):\(port)/\(v)"
+    }
+}
+
+/// An AMQP failure, classified so that callers can tell "fix your certificates" from "the broker is down".
+public struct AMQPError: Error, CustomStringConvertible, Sendable {
+    public enum Code: Sendable, Equatable {
+        case connect          // TCP connect failed or timed out
+        case tls              // handshake, peer or hostname verification failed
+        case tlsSetup         // local CA / certificate / key files unusable
+        case login            // broker refused the credentials
+        case closedByServer   // connection.close or channel.close from the broker
+        case connectionLost   // socket error, heartbeat timeout
+        case protocolError    // anything else the library reported
+    }
+    public var code: Code
+    public var message: String
+
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+
+    public var description: String { message }
+}
+
+/// One received message. Bodies are copied out of rabbitmq-c's buffers before the envelope is destroyed.
+public struct AMQPDelivery: Sendable {
+    public var channel: UInt16
+    public var deliveryTag: UInt64
+    public var exchange: String
+    public var routingKey: String
+    public var redelivered: Bool
+    public var body: [UInt8]
+}
+
+/// Owns one rabbitmq-c connection and its TLS socket. Not thread-safe: exactly one thread may use an instance
+/// (two threads on one connection corrupt frames). The handle is freed only in `deinit`, so a throwing
+/// `init` cannot free it twice.
+public final class AMQPConnection {
+    // Method ids from amqp_framing.h; the C macros are casts, which Swift does not import.
+    static let basicAckMethod: UInt32 = 0x003C_0050
+    static let basicNackMethod: UInt32 = 0x003C_0078
+    static let basicReturnMethod: UInt32 = 0x003C_0032
+    static let channelCloseMethod: UInt32 = 0x0014_0028
+    static let connectionCloseMethod: UInt32 = 0x000A_0032
+
+    private let state: amqp_connection_state_t
+    private var opened = false
+    public let endpoint: AMQPEndpoint
+
+    public init(endpoint: AMQPEndpoint) throws {
+        guard let state = amqp_new_connection() else {
+            throw AMQPError(.protocolError, "rabbitmq-c could not allocate a connection")
+        }
+        self.state = state
+        self.endpoint = endpoint
+        guard let socket = amqp_ssl_socket_new(state) else {
+            throw AMQPError(.tlsSetup, "rabbitmq-c could not create a TLS socket")
+        }
+        // Peer and hostname verification are always on; there is no switch to turn them off.
+        amqp_ssl_socket_set_verify_peer(socket, 1)
+        amqp_ssl_socket_set_verify_hostname(socket, 1)
+        if amqp_ssl_socket_set_cacert(socket, endpoint.caFile) != AMQP_STATUS_OK.rawValue {
+            throw AMQPError(.tlsSetup, "cannot load the CA certificate file \(endpoint.caFile)")
+        }
+        if amqp_ssl_socket_set_key(socket, endpoint.certFile, endpoint.keyFile) != AMQP_STATUS_OK.rawValue {
+            throw AMQPError(.tlsSetup,
+                            "cannot load the client certificate \(endpoint.certFile) with key \(endpoint.keyFile)")
+        }
+        var handshake = timeval(tv_sec: endpoint.connectTimeoutSeconds, tv_usec: 0)
+        _ = amqp_set_handshake_timeout(state, &handshake)
+        // The RPC timeout is infinite by default; a broker that stops answering must not hang a thread forever.
+        var rpc = timeval(tv_sec: max(endpoint.connectTimeoutSeconds, 10), tv_usec: 0)
+        _ = amqp_set_rpc_timeout(state, &rpc)
+
+        var connectTimeout = timeval(tv_sec: endpoint.connectTimeoutSeconds, tv_usec: 0)
+        let status = amqp_socket_open_noblock(socket, endpoint.host, Int32(endpoint.port), &connectTimeout)
+        if status != AMQP_STATUS_OK.rawValue {
+            throw Self.openError(status, endpoint: endpoint)
+        }
+        opened = true
+        let reply: amqp_rpc_reply_t
+        if let password = endpoint.password {
+            reply = fem_amqp_login_plain(state, endpoint.vhost, 0, 131_072, Int32(endpoint.heartbeatSeconds),
+                                         endpoint.user, password)
+        } else {
+            reply = fem_amqp_login_external(state, endpoint.vhost, 0, 131_072, Int32(endpoint.heartbeatSeconds),
+                                            endpoint.user)
+        }
+        if let error = Self.error(from: reply, doing: "log in to \(endpoint)") {
+            if error.code == .connectionLost || error.code == .protocolError {
+                // A broker that rejects our client certificate closes the socket right after the handshake, so
+                // the failure surfaces here (TLS 1.3) rather than in the open call.
+                throw AMQPError(.tls, "the broker at \(endpoint.host):\(endpoint.port) closed the connection during "
+                                + "login (\(error.message)); is the client certificate \(endpoint.certFile) "
+                                + "signed by a CA the broker trusts?")
+            }
+            throw AMQPError(error.code == .closedByServer ? .login : error.code, error.message)
+        }
+    }
+
+    deinit {
+        if opened {
+            _ = amqp_connection_close(state, Int32(AMQP_REPLY_SUCCESS))
+        }
+        amqp_destroy_connection(state)
+    }
+
+    private static func openError(_ status: Int32, endpoint: AMQPEndpoint) -> AMQPError {
+        let text = String(cString: amqp_error_string2(status))
+        let place = "\(endpoint.host):\(endpoint.port)"
+        switch status {
+        case AMQP_STATUS_SSL_HOSTNAME_VERIFY_FAILED.rawValue:
+            return AMQPError(.tls, "TLS: the broker certificate at \(place) does not match the name \(endpoint.host)")
+        case AMQP_STATUS_SSL_PEER_VERIFY_FAILED.rawValue:
+            return AMQPError(.tls, "TLS: the broker certificate at \(place) is not signed by the CA in "
+                             + "\(endpoint.caFile)")
+        case AMQP_STATUS_SSL_CONNECTION_FAILED.rawValue, AMQP_STATUS_SSL_ERROR.rawValue:
+            return AMQPError(.tls, "TLS handshake with \(place) failed (\(text)); check the CA file "
+                             + "\(endpoint.caFile) and that the broker accepts the client certificate "
+                             + "\(endpoint.certFile)")
+        default:
+            return AMQPError(.connect, "cannot connect to the broker at \(place): \(text)")
+        }
+    }
+
+    /// Turns an `amqp_rpc_reply_t` into an error, or nil when it is normal.
+    static func error(from reply: amqp_rpc_reply_t, doing what: String) -> AMQPError? {
+        switch reply.reply_type {
+        case AMQP_RESPONSE_NORMAL:
+            return nil
+        case AMQP_RESPONSE_LIBRARY_EXCEPTION:
+            let text = String(cString: amqp_error_string2(reply.library_error))
+            let code: AMQPError.Code
+            switch reply.library_error {
+            case AMQP_STATUS_CONNECTION_CLOSED.rawValue, AMQP_STATUS_SOCKET_ERROR.rawValue,
+                 AMQP_STATUS_HEARTBEAT_TIMEOUT.rawValue, AMQP_STATUS_SSL_ERROR.rawValue,
+                 AMQP_STATUS_SOCKET_CLOSED.rawValue, AMQP_STATUS_TIMEOUT.rawValue:
+                code = .connectionLost
+            default:
+                code = .protocolError
+            }
+            return AMQPError(code, "cannot \(what): \(text)")
+        case AMQP_RESPONSE_SERVER_EXCEPTION:
+            if reply.reply.id == connectionCloseMethod, let decoded = reply.reply.decoded {
+                let close = decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
+                return AMQPError(.closedByServer, "cannot \(what): the broker closed the connection: "
+                                 + "\(close.reply_code) \(string(close.reply_text))")
+            }
+            if reply.reply.id == channelCloseMethod, let decoded = reply.reply.decoded {
+                let close = decoded.assumingMemoryBound(to: amqp_channel_close_t.self).pointee
+                return AMQPError(.closedByServer, "cannot \(what): the broker closed the channel: "
+                                 + "\(close.reply_code) \(string(close.reply_text))")
+            }
+            return AMQPError(.closedByServer, "cannot \(what): the broker answered with method \(reply.reply.id)")
+        default:
+            return AMQPError(.protocolError, "cannot \(what): no reply from the library")
+        }
+    }
+
+    static func string(_ bytes: amqp_bytes_t) -> String {
+        guard bytes.len > 0, let p = bytes.bytes else { return "" }
+        let buffer = UnsafeRawBufferPointer(start: p, count: bytes.len)
+        return String(decoding: buffer, as: UTF8.self)
+    }
+
+    private func check(_ what: String) throws {
+        if let error = Self.error(from: amqp_get_rpc_reply(state), doing: what) { throw error }
+    }
+
+    // MARK: - Topology
+
+    public func openChannel(_ channel: UInt16) throws {
+        _ = amqp_channel_open(state, channel)
+        try check("open channel \(channel)")
+    }
+
+    public func declareExchange(_ name: String, type: String = "topic", durable: Bool = true, channel: UInt16 = 1) throws {
+        _ = amqp_exchange_declare(state, channel, amqp_cstring_bytes(name), amqp_cstring_bytes(type),
+                                  0, durable ? 1 : 0, 0, 0, amqp_empty_table)
+        try check("declare exchange \(name)")
+    }
+
+    public func declareQueue(_ name: String, durable: Bool = true, exclusive: Bool = false, autoDelete: Bool = false,
+                             channel: UInt16 = 1) throws -> String {
+        guard let ok = amqp_queue_declare(state, channel, name.isEmpty ? amqp_empty_bytes : amqp_cstring_bytes(name),
+                                          0, durable ? 1 : 0, exclusive ? 1 : 0, autoDelete ? 1 : 0,
+                                          amqp_empty_table) else {
+            try check("declare queue \(name)")
+            throw AMQPError(.protocolError, "cannot declare queue \(name)")
+        }
+        return Self.string(ok.pointee.queue)
+    }
+
+    public func bindQueue(_ queue: String, exchange: String, routingKey: String, channel: UInt16 = 1) throws {
+        _ = amqp_queue_bind(state, channel, amqp_cstring_bytes(queue), amqp_cstring_bytes(exchange),
+                            amqp_cstring_bytes(routingKey), amqp_empty_table)
+        try check("bind queue \(queue) to \(exchange) with \(routingKey)")
+    }
+
+    public func setPrefetch(_ count: UInt16, channel: UInt16 = 1) throws {
+        _ = amqp_basic_qos(state, channel, 0, count, 0)
+        try check("set prefetch \(count)")
+    }
+
+    public func consume(queue: String, channel: UInt16 = 1, noAck: Bool = false) throws {
+        _ = amqp_basic_consume(state, channel, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, noAck ? 1 : 0, 0,
+                               amqp_empty_table)
+        try check("consume from \(queue)")
+    }
+
+    public func enablePublisherConfirms(channel: UInt16 = 1) throws {
+        _ = amqp_confirm_select(state, channel)
+        try check("enable publisher confirms")
+    }
+
+    // MARK: - Messages
+
+    /// The socket's file descriptor, for `poll()` beside a wake-up pipe.
+    public var socketDescriptor: Int32 {
+        guard let socket = amqp_get_socket(state) else { return -1 }
+        return amqp_socket_get_sockfd(socket)
+    }
+
+    /// True when rabbitmq-c already holds data or frames, so `poll()` on the socket would wrongly say "nothing".
+    public var hasBufferedData: Bool {
+        amqp_frames_enqueued(state) != 0 || amqp_data_in_buffer(state) != 0
+    }
+
+    /// Waits up to `timeoutMilliseconds` for a delivery. Returns nil on timeout or on a frame that was not a
+    /// delivery (heartbeats, confirms); throws when the connection or channel is gone.
+    public func nextDelivery(timeoutMilliseconds: Int) throws -> AMQPDelivery? {
+        amqp_maybe_release_buffers(state)
+        var envelope = amqp_envelope_t()
+        var timeout = timeval(tv_sec: timeoutMilliseconds / 1000, tv_usec: Int((timeoutMilliseconds % 1000) * 1000))
+        let reply = amqp_consume_message(state, &envelope, &timeout, 0)
+        if reply.reply_type == AMQP_RESPONSE_NORMAL {
+            defer { amqp_destroy_envelope(&envelope) }
+            let body: [UInt8]
+            if envelope.message.body.len > 0, let p = envelope.message.body.bytes {
+                body = Array(UnsafeRawBufferPointer(start: p, count: envelope.message.body.len))
+            } else {
+                body = []
+            }
+            return AMQPDelivery(channel: envelope.channel, deliveryTag: envelope.delivery_tag,
+                                exchange: Self.string(envelope.exchange), routingKey: Self.string(envelope.routing_key),
+                                redelivered: envelope.redelivered != 0, body: body)
+        }
+        if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && reply.library_error == AMQP_STATUS_TIMEOUT.rawValue {
+            return nil
+        }
+        if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
+            && reply.library_error == AMQP_STATUS_UNEXPECTED_STATE.rawValue {
+            // A frame other than a delivery arrived (as rabbitmq-c's examples handle it): read it and see whether
+            // the broker is closing something.
+            var frame = amqp_frame_t()
+            var zero = timeval(tv_sec: 0, tv_usec: 0)
+            let status = amqp_simple_wait_frame_noblock(state, &frame, &zero)
+            if status == AMQP_STATUS_TIMEOUT.rawValue { return nil }
+            if status != AMQP_STATUS_OK.rawValue {
+                throw AMQPError(.connectionLost, "connection lost: \(String(cString: amqp_error_string2(status)))")
+            }
+            if frame.frame_type == UInt8(AMQP_FRAME_METHOD) {
+                let id = frame.payload.method.id
+                if id == Self.connectionCloseMethod || id == Self.channelCloseMethod {
+                    throw AMQPError(.closedByServer, "the broker closed the connection or channel")
+                }
+            }
+            return nil
+        }
+        throw Self.error(from: reply, doing: "receive a message")
+            ?? AMQPError(.protocolError, "cannot receive a message")
+    }
+
+    public func ack(deliveryTag: UInt64, channel: UInt16 = 1) throws {
+        let status = amqp_basic_ack(state, channel, deliveryTag, 0)
+        if status != AMQP_STATUS_OK.rawValue {
+            throw AMQPError(.connectionLost, "cannot ack: \(String(cString: amqp_error_string2(status)))")
+        }
+    }
+
+    /// Publishes one persistent JSON message. With confirms enabled, the broker's ack arrives later
+    /// (see `waitForConfirms`).
+    public func publish(exchange: String, routingKey: String, body: [UInt8], persistent: Bool = true,
+                        channel: UInt16 = 1) throws {
+        var props = amqp_basic_properties_t()
+        props._flags = 0x8000 | 0x1000  // AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG
+        props.delivery_mode = persistent ? 2 : 1
+        let status: Int32 = "application/json".withCString { contentType in
+            props.content_type = amqp_cstring_bytes(contentType)
+            return body.withUnsafeBufferPointer { buffer in
+                let bytes = amqp_bytes_t(len: buffer.count, bytes: UnsafeMutableRawPointer(mutating: buffer.baseAddress))
+                return amqp_basic_publish(state, channel, amqp_cstring_bytes(exchange), amqp_cstring_bytes(routingKey),
+                                          0, 0, &props, bytes)
+            }
+        }
+        if status != AMQP_STATUS_OK.rawValue {
+            throw AMQPError(.connectionLost, "cannot publish: \(String(cString: amqp_error_string2(status)))")
+        }
+    }
+
+    /// Waits until the broker has confirmed every publish up to `lastTag` (publish sequence numbers count from 1
+    /// on a channel in confirm mode). Returns the tags that were nacked.
+    public func waitForConfirms(upTo lastTag: UInt64, timeoutSeconds: Int = 30) throws -> Set<UInt64> {
+        var confirmed: UInt64 = 0
+        var nacked = Set<UInt64>()
+        var pendingSingles = Set<UInt64>()
+        let deadline = monotonicSeconds() + Double(timeoutSeconds)
+        while confirmed < lastTag {
+            let remaining = deadline - monotonicSeconds()
+            if remaining <= 0 {
+                throw AMQPError(.connectionLost, "the broker did not confirm publishes within \(timeoutSeconds) s")
+            }
+            var frame = amqp_frame_t()
+            var tv = timeval(tv_sec: Int(remaining), tv_usec: Int((remaining - Double(Int(remaining))) * 1_000_000))
+            let status = amqp_simple_wait_frame_noblock(state, &frame, &tv)
+            if status == AMQP_STATUS_TIMEOUT.rawValue { continue }
+            if status != AMQP_STATUS_OK.rawValue {
+                throw AMQPError(.connectionLost, "connection lost while waiting for confirms: "
+                                + String(cString: amqp_error_string2(status)))
+            }
+            guard frame.frame_type == UInt8(AMQP_FRAME_METHOD) else { continue }
+            let id = frame.payload.method.id
+            if id == Self.basicAckMethod, let d = frame.payload.method.decoded {
+                let ack = d.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
+                Self.advance(&confirmed, &pendingSingles, tag: ack.delivery_tag, multiple: ack.multiple != 0)
+            } else if id == Self.basicNackMethod, let d = frame.payload.method.decoded {
+                let nack = d.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
+                let from = nack.multiple != 0 ? confirmed + 1 : nack.delivery_tag
+                for tag in from...nack.delivery_tag { nacked.insert(tag) }
+                Self.advance(&confirmed, &pendingSingles, tag: nack.delivery_tag, multiple: nack.multiple != 0)
+            } else if id == Self.connectionCloseMethod || id == Self.channelCloseMethod {
+                throw AMQPError(.closedByServer, "the broker closed the connection while confirming publishes")
+            }
+        }
+        return nacked
+    }
+
+    private static func advance(_ confirmed: inout UInt64, _ singles: inout Set<UInt64>, tag: UInt64, multiple: Bool) {
+        if multiple {
+            confirmed = max(confirmed, tag)
+        } else {
+            singles.insert(tag)
+        }
+        while singles.contains(confirmed + 1) {
+            singles.remove(confirmed + 1)
+            confirmed += 1
+        }
+        singles = singles.filter { $0 > confirmed }
+    }
+}
+
+func monotonicSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+}

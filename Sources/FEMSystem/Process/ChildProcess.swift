@@ -1,0 +1,134 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import CLinux
+
+/// How a child process ended.
+public enum ExitStatus: Sendable, Equatable {
+    case exited(Int32)
+    case signaled(Int32)
+}
+
+/// Spawns host processes with posix_spawn: an argv array (never a shell), its own process group, a given
+/// environment and working directory, stdout/stderr appended to files, stdin from /dev/null.
+/// Exit is reported at once by a thread blocked in waitpid (Foundation.Process polls and waits for grandchildren).
+public enum ChildProcess {
+    public struct Spawned: Sendable {
+        public var pid: Int32
+        /// The kernel's start time of the process (clock ticks since boot), to tell it from a reused PID later.
+        public var startTime: UInt64
+    }
+
+    public static func spawn(executable: String, arguments: [String], environment: [String: String],
+                             workingDirectory: String, stdoutPath: String, stderrPath: String) throws -> Spawned {
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, stdoutPath, O_WRONLY | O_CREAT | O_APPEND, 0o640)
+        posix_spawn_file_actions_addopen(&actions, 2, stderrPath, O_WRONLY | O_CREAT | O_APPEND, 0o640)
+        fem_spawn_add_chdir(&actions, workingDirectory)
+
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        // Own process group (pgid = pid) so the whole tree can be signalled; default signal dispositions (the
+        // daemon ignores SIGPIPE, and ignored signals survive exec) and an empty signal mask.
+        posix_spawnattr_setpgroup(&attributes, 0)
+        var defaults = sigset_t()
+        sigfillset(&defaults)
+        sigdelset(&defaults, SIGKILL)
+        sigdelset(&defaults, SIGSTOP)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF
+                                                    | POSIX_SPAWN_SETSIGMASK))
+
+        let argv = [executable] + arguments
+        let envp = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        var pid: pid_t = 0
+        let rc = withCStrings(argv) { cArgv in
+            withCStrings(envp) { cEnv in
+                posix_spawn(&pid, executable, &actions, &attributes, cArgv, cEnv)
+            }
+        }
+        if rc != 0 {
+            throw SystemError("posix_spawn", errno: rc, "cannot start \(executable)")
+        }
+        return Spawned(pid: pid, startTime: startTime(of: pid) ?? 0)
+    }
+
+    /// Blocks the calling thread until the child exits (use from a dedicated thread, see `exitStatus(of:)`).
+    public static func waitBlocking(pid: Int32) -> ExitStatus {
+        var status: Int32 = 0
+        while true {
+            let r = waitpid(pid, &status, 0)
+            if r == pid { break }
+            if r == -1 && errno == EINTR { continue }
+            // ECHILD: not our child any more (already reaped); report it as lost.
+            return .signaled(0)
+        }
+        let termSig = status & 0x7f
+        if termSig == 0 { return .exited((status >> 8) & 0xff) }
+        return .signaled(termSig)
+    }
+
+    /// Waits for a child of this process without blocking a Swift concurrency thread.
+    public static func exitStatus(of pid: Int32) async -> ExitStatus {
+        await withCheckedContinuation { (continuation: CheckedContinuation<ExitStatus, Never>) in
+            let thread = Thread {
+                continuation.resume(returning: waitBlocking(pid: pid))
+            }
+            thread.name = "fem-wait-\(pid)"
+            thread.start()
+        }
+    }
+
+    /// Sends `signal` to a whole process group. Returns false when the group no longer exists.
+    @discardableResult
+    public static func signalGroup(_ pgid: Int32, _ signal: Int32) -> Bool {
+        guard pgid > 1 else { return false }
+        return kill(-pgid, signal) == 0
+    }
+
+    /// True while any process of the group exists.
+    public static func groupExists(_ pgid: Int32) -> Bool {
+        guard pgid > 1 else { return false }
+        return kill(-pgid, 0) == 0 || errno == EPERM
+    }
+
+    /// Field 22 of /proc/<pid>/stat: the start time in clock ticks after boot.
+    public static func startTime(of pid: Int32) -> UInt64? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        // After "pid (comm)" the fields start at 3 (state); starttime is field 22.
+        guard fields.count > 19 else { return nil }
+        return UInt64(fields[19])
+    }
+
+    /// Resolves `name` against a PATH value the way execvp would; a name with a slash is taken as it is.
+    public static func resolveExecutable(_ name: String, path: String) -> String? {
+        if name.contains("/") {
+            return access(name, X_OK) == 0 ? name : nil
+        }
+        for dir in path.split(separator: ":") where !dir.isEmpty {
+            let candidate = "\(dir)/\(name)"
+            var st = stat()
+            if stat(candidate, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, access(candidate, X_OK) == 0 {
+                return candidate
+            }
+        }
+        return nil
+    }
+}
+
+private func withCStrings<R>(_ strings: [String], _ body: (UnsafePointer<UnsafeMutablePointer<CChar>?>) -> R) -> R {
+    var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+    pointers.append(nil)
+    defer { pointers.forEach { free($0) } }
+    return pointers.withUnsafeBufferPointer { body($0.baseAddress!) }
+}

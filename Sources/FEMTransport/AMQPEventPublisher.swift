@@ -1,0 +1,121 @@
+import FEMCore
+import FEMSystem
+import Foundation
+import Logging
+
+/// Drains the journal's outbox to `fem.events` with publisher confirms, on its own connection and thread.
+/// An entry leaves the outbox only after the broker confirmed it: a broker outage delays events, never loses them.
+public final class AMQPEventPublisher: @unchecked Sendable {
+    private let endpoint: AMQPEndpoint
+    private let outbox: any Outbox
+    private let logger: Logger
+    private let wakeup = WakeupPipe()
+    private let lock = NSLock()
+    private var stopped = false
+    private var heartbeat: (key: String, body: Data)?
+    private var thread: Thread?
+    private let done = DispatchSemaphore(value: 0)
+    public let batchSize: Int
+
+    public init(endpoint: AMQPEndpoint, outbox: any Outbox, logger: Logger, batchSize: Int = 256) {
+        self.endpoint = endpoint
+        self.outbox = outbox
+        self.logger = logger
+        self.batchSize = batchSize
+    }
+
+    public func start() {
+        let t = Thread { [self] in
+            runLoop()
+            done.signal()
+        }
+        t.name = "fem-amqp-publisher"
+        thread = t
+        t.start()
+    }
+
+    /// New events are in the outbox.
+    public func wake() { wakeup.wake() }
+
+    /// Heartbeats are not journaled: only the newest matters, and it is sent at the next chance.
+    public func publishHeartbeat(routingKey: String, body: Data) {
+        lock.withLock { heartbeat = (routingKey, body) }
+        wakeup.wake()
+    }
+
+    /// Stops after one more attempt to drain the outbox, waiting at most `timeout`.
+    public func stop(timeout: Double = 5) {
+        lock.withLock { stopped = true }
+        wakeup.wake()
+        _ = done.wait(timeout: .now() + timeout)
+    }
+
+    private var isStopped: Bool { lock.withLock { stopped } }
+
+    private func runLoop() {
+        var backoff = 0.5
+        var everConnected = false
+        while true {
+            do {
+                let conn = try AMQPConnection(endpoint: endpoint)
+                try conn.openChannel(1)
+                try conn.declareExchange(WireNames.eventsExchange)
+                try conn.enablePublisherConfirms()
+                if everConnected { logger.notice("event publisher reconnected") }
+                everConnected = true
+                backoff = 0.5
+                try serve(conn)
+                return
+            } catch {
+                if isStopped { return }
+                logger.warning("event publisher: \(error); retrying in \(String(format: "%.1f", backoff)) s")
+                let deadline = Date().addingTimeInterval(backoff)
+                while Date() < deadline && !isStopped { Thread.sleep(forTimeInterval: 0.1) }
+                backoff = min(backoff * 2, 15)
+            }
+        }
+    }
+
+    private func serve(_ conn: AMQPConnection) throws {
+        var published: UInt64 = 0  // publish sequence number on this channel
+        while true {
+            let stopping = isStopped
+            let beat = lock.withLock { () -> (key: String, body: Data)? in
+                defer { heartbeat = nil }
+                return heartbeat
+            }
+            let batch = try outbox.pendingEvents(limit: batchSize)
+            if batch.isEmpty && beat == nil {
+                if stopping { return }
+                let ready = wakeup.poll(socket: conn.socketDescriptor, timeoutMilliseconds: 1000)
+                if ready.socket || !ready.wakeup {
+                    // Service the connection (heartbeats, a close from the broker).
+                    _ = try conn.nextDelivery(timeoutMilliseconds: 1)
+                }
+                continue
+            }
+            let first = published + 1
+            for entry in batch {
+                try conn.publish(exchange: WireNames.eventsExchange, routingKey: entry.routingKey,
+                                 body: Array(entry.body))
+                published += 1
+            }
+            if let beat {
+                try conn.publish(exchange: WireNames.eventsExchange, routingKey: beat.key, body: Array(beat.body),
+                                 persistent: false)
+                published += 1
+            }
+            let nacked = try conn.waitForConfirms(upTo: published)
+            var confirmed: [Int64] = []
+            for (i, entry) in batch.enumerated() where !nacked.contains(first + UInt64(i)) {
+                confirmed.append(entry.id)
+            }
+            try outbox.confirmEvents(confirmed)
+            if !nacked.isEmpty {
+                logger.warning("the broker refused \(nacked.count) event(s); they stay in the outbox")
+                Thread.sleep(forTimeInterval: 0.5)
+            }
+            if stopping && batch.count < batchSize { return }
+        }
+    }
+}

@@ -1,0 +1,146 @@
+import FEMCore
+import FEMSystem
+import Foundation
+import Logging
+
+/// Consumes the node's task queue and control queue. One dedicated thread owns the connection; acks from async
+/// code wake it through a pipe. After a reconnect, acks for the old connection's delivery tags are dropped
+/// (the broker redelivers those messages, and the journal recognises them as duplicates).
+public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
+    public static let taskChannel: UInt16 = 1
+    public static let controlChannel: UInt16 = 2
+
+    private let endpoint: AMQPEndpoint
+    private let nodeID: String
+    private let prefetch: UInt16
+    private let logger: Logger
+    private let wakeup = WakeupPipe()
+    private let lock = NSLock()
+    private var pendingAcks: [(generation: Int, channel: UInt16, tag: UInt64)] = []
+    private var generation = 0
+    private var stopped = false
+    private var started = false
+    private var continuation: AsyncStream<InboundMessage>.Continuation?
+    private let stream: AsyncStream<InboundMessage>
+
+    public init(endpoint: AMQPEndpoint, nodeID: String, prefetch: Int, logger: Logger) {
+        self.endpoint = endpoint
+        self.nodeID = nodeID
+        self.prefetch = UInt16(clamping: max(1, prefetch))
+        self.logger = logger
+        let (stream, continuation) = AsyncStream<InboundMessage>.makeStream()
+        self.stream = stream
+        self.continuation = continuation
+    }
+
+    public func messages() -> AsyncStream<InboundMessage> {
+        lock.withLock {
+            if !started {
+                started = true
+                let thread = Thread { [self] in runLoop() }
+                thread.name = "fem-amqp-consumer"
+                thread.start()
+            }
+        }
+        return stream
+    }
+
+    public func stop() {
+        lock.withLock { stopped = true }
+        wakeup.wake()
+    }
+
+    private var isStopped: Bool { lock.withLock { stopped } }
+
+    /// Declares the node's side of wire protocol v1 on a connection: both exchanges, both queues, the bindings.
+    public static func declareTopology(_ conn: AMQPConnection, nodeID: String, prefetch: UInt16) throws {
+        try conn.openChannel(taskChannel)
+        try conn.declareExchange(WireNames.tasksExchange, channel: taskChannel)
+        let queue = WireNames.taskQueue(node: nodeID)
+        _ = try conn.declareQueue(queue, channel: taskChannel)
+        try conn.bindQueue(queue, exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(nodeID),
+                           channel: taskChannel)
+        try conn.bindQueue(queue, exchange: WireNames.tasksExchange, routingKey: WireNames.broadcastKey,
+                           channel: taskChannel)
+        try conn.setPrefetch(prefetch, channel: taskChannel)
+
+        try conn.openChannel(controlChannel)
+        try conn.declareExchange(WireNames.controlExchange, channel: controlChannel)
+        let control = WireNames.controlQueue(node: nodeID)
+        _ = try conn.declareQueue(control, channel: controlChannel)
+        try conn.bindQueue(control, exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(nodeID),
+                           channel: controlChannel)
+        try conn.setPrefetch(32, channel: controlChannel)
+    }
+
+    private func runLoop() {
+        var backoff = 0.5
+        var everConnected = false
+        while !isStopped {
+            do {
+                let conn = try AMQPConnection(endpoint: endpoint)
+                try Self.declareTopology(conn, nodeID: nodeID, prefetch: prefetch)
+                try conn.consume(queue: WireNames.taskQueue(node: nodeID), channel: Self.taskChannel)
+                try conn.consume(queue: WireNames.controlQueue(node: nodeID), channel: Self.controlChannel)
+                let gen = lock.withLock { () -> Int in
+                    generation += 1
+                    pendingAcks.removeAll()
+                    return generation
+                }
+                logger.notice(everConnected ? "reconnected to the broker at \(endpoint)"
+                              : "connected to the broker at \(endpoint)")
+                everConnected = true
+                backoff = 0.5
+                try serve(conn, generation: gen)
+                return
+            } catch {
+                if isStopped { break }
+                logger.warning("broker connection: \(error); retrying in \(String(format: "%.1f", backoff)) s")
+                let deadline = Date().addingTimeInterval(backoff)
+                while Date() < deadline && !isStopped { Thread.sleep(forTimeInterval: 0.1) }
+                backoff = min(backoff * 2, 15)
+            }
+        }
+        continuation?.finish()
+    }
+
+    private func serve(_ conn: AMQPConnection, generation gen: Int) throws {
+        while !isStopped {
+            try flushAcks(conn, generation: gen)
+            if conn.hasBufferedData {
+                try receive(conn, timeout: 1000, generation: gen)
+                continue
+            }
+            let ready = wakeup.poll(socket: conn.socketDescriptor, timeoutMilliseconds: 1000)
+            if ready.socket {
+                try receive(conn, timeout: 1000, generation: gen)
+            } else if !ready.wakeup {
+                // Idle: let rabbitmq-c process heartbeats and notice a dead connection.
+                try receive(conn, timeout: 1, generation: gen)
+            }
+        }
+        try flushAcks(conn, generation: gen)
+        continuation?.finish()
+    }
+
+    private func flushAcks(_ conn: AMQPConnection, generation gen: Int) throws {
+        let acks = lock.withLock { () -> [(generation: Int, channel: UInt16, tag: UInt64)] in
+            defer { pendingAcks.removeAll() }
+            return pendingAcks
+        }
+        for ack in acks where ack.generation == gen {
+            try conn.ack(deliveryTag: ack.tag, channel: ack.channel)
+        }
+    }
+
+    private func receive(_ conn: AMQPConnection, timeout: Int, generation gen: Int) throws {
+        guard let d = try conn.nextDelivery(timeoutMilliseconds: timeout) else { return }
+        let channel: InboundMessage.Channel = d.channel == Self.controlChannel ? .control : .task
+        let message = InboundMessage(channel: channel, body: d.body, redelivered: d.redelivered) { [weak self] in
+            guard let self else { return }
+            self.lock.withLock { self.pendingAcks.append((gen, d.channel, d.deliveryTag)) }
+            self.wakeup.wake()
+        }
+        continuation?.yield(message)
+    }
+}

@@ -1,0 +1,8 @@
+import FEMNode
+
+@main
+struct FEMClientMain {
+    static func main() async {
+        await FEMClientCommand.main()
+    }
+}

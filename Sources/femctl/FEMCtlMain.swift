@@ -1,0 +1,8 @@
+import FEMNode
+
+@main
+struct FEMCtlMain {
+    static func main() async {
+        await FEMCtlCommand.main()
+    }
+}
