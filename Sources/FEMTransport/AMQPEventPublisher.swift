@@ -77,7 +77,6 @@ public final class AMQPEventPublisher: @unchecked Sendable {
     }
 
     private func serve(_ conn: AMQPConnection) throws {
-        var published: UInt64 = 0  // publish sequence number on this channel
         while true {
             let stopping = isStopped
             let beat = lock.withLock { () -> (key: String, body: Data)? in
@@ -94,22 +93,17 @@ public final class AMQPEventPublisher: @unchecked Sendable {
                 }
                 continue
             }
-            let first = published + 1
+            var tags: [UInt64] = []
             for entry in batch {
-                try conn.publish(exchange: WireNames.eventsExchange, routingKey: entry.routingKey,
-                                 body: Array(entry.body))
-                published += 1
+                tags.append(try conn.publish(exchange: WireNames.eventsExchange, routingKey: entry.routingKey,
+                                             body: Array(entry.body)))
             }
             if let beat {
                 try conn.publish(exchange: WireNames.eventsExchange, routingKey: beat.key, body: Array(beat.body),
                                  persistent: false)
-                published += 1
             }
-            let nacked = try conn.waitForConfirms(upTo: published)
-            var confirmed: [Int64] = []
-            for (i, entry) in batch.enumerated() where !nacked.contains(first + UInt64(i)) {
-                confirmed.append(entry.id)
-            }
+            let nacked = try conn.waitForConfirms()
+            let confirmed = zip(batch, tags).filter { !nacked.contains($0.1) }.map(\.0.id)
             try outbox.confirmEvents(confirmed)
             if !nacked.isEmpty {
                 logger.warning("the broker refused \(nacked.count) event(s); they stay in the outbox")

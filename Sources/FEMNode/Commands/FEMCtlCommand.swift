@@ -79,19 +79,19 @@ extension FEMCtlCommand {
             }
             try conn.enablePublisherConfirms()
             let keys = all ? [WireNames.broadcastKey] : node.map(WireNames.nodeKey)
-            var published: UInt64 = 0
             for i in 0..<count {
                 let id = (count == 1 ? givenID : nil) ?? UUID().uuidString.lowercased()
                 document["task_id"] = .string(id)
                 let body = Array(JSONValue.object(document).encoded())
                 for key in keys {
                     try conn.publish(exchange: WireNames.tasksExchange, routingKey: key, body: body)
-                    published += 1
                 }
                 print(id)
-                if (i + 1) % 200 == 0 { _ = try conn.waitForConfirms(upTo: published) }
+                if (i + 1) % 200 == 0, !(try conn.waitForConfirms()).isEmpty {
+                    throw ValidationError("the broker refused some publishes")
+                }
             }
-            let nacked = try conn.waitForConfirms(upTo: published)
+            let nacked = try conn.waitForConfirms()
             if !nacked.isEmpty {
                 throw ValidationError("the broker refused \(nacked.count) publish(es)")
             }
@@ -112,7 +112,7 @@ extension FEMCtlCommand {
             try conn.enablePublisherConfirms()
             let body = try JSONEncoder.fem.encode(ControlMessage(taskID: taskID, reason: reason))
             try conn.publish(exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(node), body: Array(body))
-            _ = try conn.waitForConfirms(upTo: 1)
+            _ = try conn.waitForConfirms()
             print("cancel sent for \(taskID) to node \(node)")
         }
     }

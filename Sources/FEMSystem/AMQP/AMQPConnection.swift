@@ -202,6 +202,14 @@ public final class AMQPConnection {
         return String(decoding: buffer, as: UTF8.self)
     }
 
+    /// rabbitmq-c keeps `amqp_bytes_t` as pointer + length; a Swift String's C pointer lives only for one call,
+    /// so every string argument is copied for the duration of `body`.
+    private func withBytes<R>(_ strings: [String], _ body: ([amqp_bytes_t]) throws -> R) rethrows -> R {
+        let copies = strings.map { strdup($0)! }
+        defer { copies.forEach { free($0) } }
+        return try body(copies.map { amqp_bytes_t(len: strlen($0), bytes: UnsafeMutableRawPointer($0)) })
+    }
+
     private func check(_ what: String) throws {
         if let error = Self.error(from: amqp_get_rpc_reply(state), doing: what) { throw error }
     }
@@ -214,16 +222,19 @@ public final class AMQPConnection {
     }
 
     public func declareExchange(_ name: String, type: String = "topic", durable: Bool = true, channel: UInt16 = 1) throws {
-        _ = amqp_exchange_declare(state, channel, amqp_cstring_bytes(name), amqp_cstring_bytes(type),
-                                  0, durable ? 1 : 0, 0, 0, amqp_empty_table)
+        withBytes([name, type]) { b in
+            _ = amqp_exchange_declare(state, channel, b[0], b[1], 0, durable ? 1 : 0, 0, 0, amqp_empty_table)
+        }
         try check("declare exchange \(name)")
     }
 
     public func declareQueue(_ name: String, durable: Bool = true, exclusive: Bool = false, autoDelete: Bool = false,
                              channel: UInt16 = 1) throws -> String {
-        guard let ok = amqp_queue_declare(state, channel, name.isEmpty ? amqp_empty_bytes : amqp_cstring_bytes(name),
-                                          0, durable ? 1 : 0, exclusive ? 1 : 0, autoDelete ? 1 : 0,
-                                          amqp_empty_table) else {
+        let declared = withBytes([name]) { b in
+            amqp_queue_declare(state, channel, name.isEmpty ? amqp_empty_bytes : b[0], 0, durable ? 1 : 0,
+                               exclusive ? 1 : 0, autoDelete ? 1 : 0, amqp_empty_table)
+        }
+        guard let ok = declared else {
             try check("declare queue \(name)")
             throw AMQPError(.protocolError, "cannot declare queue \(name)")
         }
@@ -231,8 +242,9 @@ public final class AMQPConnection {
     }
 
     public func bindQueue(_ queue: String, exchange: String, routingKey: String, channel: UInt16 = 1) throws {
-        _ = amqp_queue_bind(state, channel, amqp_cstring_bytes(queue), amqp_cstring_bytes(exchange),
-                            amqp_cstring_bytes(routingKey), amqp_empty_table)
+        withBytes([queue, exchange, routingKey]) { b in
+            _ = amqp_queue_bind(state, channel, b[0], b[1], b[2], amqp_empty_table)
+        }
         try check("bind queue \(queue) to \(exchange) with \(routingKey)")
     }
 
@@ -242,8 +254,9 @@ public final class AMQPConnection {
     }
 
     public func consume(queue: String, channel: UInt16 = 1, noAck: Bool = false) throws {
-        _ = amqp_basic_consume(state, channel, amqp_cstring_bytes(queue), amqp_empty_bytes, 0, noAck ? 1 : 0, 0,
-                               amqp_empty_table)
+        withBytes([queue]) { b in
+            _ = amqp_basic_consume(state, channel, b[0], amqp_empty_bytes, 0, noAck ? 1 : 0, 0, amqp_empty_table)
+        }
         try check("consume from \(queue)")
     }
 
@@ -319,32 +332,32 @@ public final class AMQPConnection {
 
     /// Publishes one persistent JSON message. With confirms enabled, the broker's ack arrives later
     /// (see `waitForConfirms`).
+    @discardableResult
     public func publish(exchange: String, routingKey: String, body: [UInt8], persistent: Bool = true,
-                        channel: UInt16 = 1) throws {
+                        channel: UInt16 = 1) throws -> UInt64 {
         var props = amqp_basic_properties_t()
         props._flags = 0x8000 | 0x1000  // AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG
         props.delivery_mode = persistent ? 2 : 1
-        let status: Int32 = "application/json".withCString { contentType in
-            props.content_type = amqp_cstring_bytes(contentType)
+        let status: Int32 = withBytes(["application/json", exchange, routingKey]) { b in
+            props.content_type = b[0]
             return body.withUnsafeBufferPointer { buffer in
                 let bytes = amqp_bytes_t(len: buffer.count, bytes: UnsafeMutableRawPointer(mutating: buffer.baseAddress))
-                return amqp_basic_publish(state, channel, amqp_cstring_bytes(exchange), amqp_cstring_bytes(routingKey),
-                                          0, 0, &props, bytes)
+                return amqp_basic_publish(state, channel, b[1], b[2], 0, 0, &props, bytes)
             }
         }
         if status != AMQP_STATUS_OK.rawValue {
             throw AMQPError(.connectionLost, "cannot publish: \(String(cString: amqp_error_string2(status)))")
         }
+        publishedTags += 1
+        return publishedTags
     }
 
-    /// Waits until the broker has confirmed every publish up to `lastTag` (publish sequence numbers count from 1
-    /// on a channel in confirm mode). Returns the tags that were nacked.
-    public func waitForConfirms(upTo lastTag: UInt64, timeoutSeconds: Int = 30) throws -> Set<UInt64> {
-        var confirmed: UInt64 = 0
-        var nacked = Set<UInt64>()
-        var pendingSingles = Set<UInt64>()
+    /// Waits until the broker has confirmed (acked or nacked) every publish made so far on channel 1 in confirm
+    /// mode. Returns the publish tags (counting from 1 on the channel) that were nacked since the last call.
+    public func waitForConfirms(timeoutSeconds: Int = 30) throws -> Set<UInt64> {
+        let lastTag = publishedTags
         let deadline = monotonicSeconds() + Double(timeoutSeconds)
-        while confirmed < lastTag {
+        while confirmedThrough < lastTag {
             let remaining = deadline - monotonicSeconds()
             if remaining <= 0 {
                 throw AMQPError(.connectionLost, "the broker did not confirm publishes within \(timeoutSeconds) s")
@@ -361,30 +374,34 @@ public final class AMQPConnection {
             let id = frame.payload.method.id
             if id == Self.basicAckMethod, let d = frame.payload.method.decoded {
                 let ack = d.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
-                Self.advance(&confirmed, &pendingSingles, tag: ack.delivery_tag, multiple: ack.multiple != 0)
+                confirm(tag: ack.delivery_tag, multiple: ack.multiple != 0, nack: false)
             } else if id == Self.basicNackMethod, let d = frame.payload.method.decoded {
                 let nack = d.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
-                let from = nack.multiple != 0 ? confirmed + 1 : nack.delivery_tag
-                for tag in from...nack.delivery_tag { nacked.insert(tag) }
-                Self.advance(&confirmed, &pendingSingles, tag: nack.delivery_tag, multiple: nack.multiple != 0)
+                confirm(tag: nack.delivery_tag, multiple: nack.multiple != 0, nack: true)
             } else if id == Self.connectionCloseMethod || id == Self.channelCloseMethod {
                 throw AMQPError(.closedByServer, "the broker closed the connection while confirming publishes")
             }
         }
-        return nacked
+        defer { nackedTags.removeAll() }
+        return nackedTags
     }
 
-    private static func advance(_ confirmed: inout UInt64, _ singles: inout Set<UInt64>, tag: UInt64, multiple: Bool) {
+    /// Publisher-confirm bookkeeping: tags are per channel and cumulative for the connection's life.
+    private var publishedTags: UInt64 = 0
+    private var confirmedThrough: UInt64 = 0
+    private var confirmedSingles = Set<UInt64>()
+    private var nackedTags = Set<UInt64>()
+
+    private func confirm(tag: UInt64, multiple: Bool, nack: Bool) {
         if multiple {
-            confirmed = max(confirmed, tag)
+            if nack { for t in (confirmedThrough + 1)...max(tag, confirmedThrough + 1) where t <= tag { nackedTags.insert(t) } }
+            confirmedThrough = max(confirmedThrough, tag)
         } else {
-            singles.insert(tag)
+            if nack { nackedTags.insert(tag) }
+            confirmedSingles.insert(tag)
         }
-        while singles.contains(confirmed + 1) {
-            singles.remove(confirmed + 1)
-            confirmed += 1
-        }
-        singles = singles.filter { $0 > confirmed }
+        while confirmedSingles.remove(confirmedThrough + 1) != nil { confirmedThrough += 1 }
+        confirmedSingles = confirmedSingles.filter { $0 > confirmedThrough }
     }
 }
 

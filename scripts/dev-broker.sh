@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# A local RabbitMQ for development and tests: TLS only on 127.0.0.1, client certificates required, a CA and
+# certificates made here. Started as our own process (no systemd); stopped by the PID it recorded.
+#
+#   scripts/dev-broker.sh start  [--dir DIR] [--port PORT] [--name NAME]
+#   scripts/dev-broker.sh stop   [--dir DIR]
+#   scripts/dev-broker.sh status [--dir DIR]
+#   scripts/dev-broker.sh certs  [--dir DIR]      (only make the certificates)
+#
+# DIR (default var/dev-broker) holds: ca.pem, server.{pem,key}, node.{pem,key}, operator.{pem,key},
+# rogue-ca.pem and rogue-client.{pem,key} (signed by another CA, for tests), password (broker user "fem"),
+# broker.pid, and the broker's own mnesia/log folders.
+set -euo pipefail
+
+cmd=${1:-}; shift || true
+dir=var/dev-broker
+port=5671
+name=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dir) dir=$2; shift 2 ;;
+    --port) port=$2; shift 2 ;;
+    --name) name=$2; shift 2 ;;
+    *) echo "dev-broker.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+[[ -n "$name" ]] || name="fem-dev-$port"
+node="$name@localhost"
+pidfile="$dir/broker.pid"
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || { echo "dev-broker.sh: $1 is missing (install $2)" >&2; exit 1; }
+}
+
+make_cert() { # name cn usage signer_ca signer_key
+  local n=$1 cn=$2 usage=$3 ca=$4 cakey=$5
+  openssl req -newkey rsa:2048 -nodes -keyout "$dir/$n.key" -out "$dir/$n.csr" -subj "/CN=$cn" 2>/dev/null
+  printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=%s\nbasicConstraints=CA:FALSE\n' "$usage" > "$dir/$n.ext"
+  openssl x509 -req -in "$dir/$n.csr" -CA "$ca" -CAkey "$cakey" -CAcreateserial -out "$dir/$n.pem" -days 825 \
+    -sha256 -extfile "$dir/$n.ext" 2>/dev/null
+  rm -f "$dir/$n.csr" "$dir/$n.ext"
+  chmod 600 "$dir/$n.key"
+}
+
+certs() {
+  need openssl openssl
+  [[ -f "$dir/ca.pem" && -f "$dir/operator.pem" && -f "$dir/rogue-client.pem" ]] && return 0
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/ca.key" -out "$dir/ca.pem" -days 3650 \
+    -subj "/CN=fem development CA" 2>/dev/null
+  make_cert server localhost serverAuth "$dir/ca.pem" "$dir/ca.key"
+  make_cert node fem-node clientAuth "$dir/ca.pem" "$dir/ca.key"
+  make_cert operator fem-operator clientAuth "$dir/ca.pem" "$dir/ca.key"
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$dir/rogue-ca.key" -out "$dir/rogue-ca.pem" -days 3650 \
+    -subj "/CN=some other CA" 2>/dev/null
+  make_cert rogue-client fem-node clientAuth "$dir/rogue-ca.pem" "$dir/rogue-ca.key"
+  chmod 600 "$dir"/*.key
+}
+
+running() {
+  [[ -f "$pidfile" ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+start() {
+  need /usr/sbin/rabbitmq-server "apt-get install rabbitmq-server"
+  certs
+  if running; then echo "broker $node already running (pid $(cat "$pidfile")) on localhost:$port"; return 0; fi
+  [[ -f "$dir/password" ]] || { head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$dir/password"; chmod 600 "$dir/password"; }
+  mkdir -p "$dir/mnesia" "$dir/log" "$dir/etc"
+  cat > "$dir/etc/rabbitmq.conf" <<EOF
+listeners.tcp = none
+listeners.ssl.default = 127.0.0.1:$port
+ssl_options.cacertfile = $dir/etc/ca.pem
+ssl_options.certfile = $dir/etc/server.pem
+ssl_options.keyfile = $dir/etc/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
+default_user = fem
+default_pass = $(cat "$dir/password")
+loopback_users = none
+log.file.level = info
+EOF
+  echo "[]." > "$dir/etc/enabled_plugins"
+  cp "$dir/ca.pem" "$dir/server.pem" "$dir/server.key" "$dir/etc/"
+  chown -R rabbitmq:rabbitmq "$dir/mnesia" "$dir/log" "$dir/etc"
+  chmod 700 "$dir/etc"
+  local dist=$((port + 20000))
+  env RABBITMQ_NODENAME="$node" RABBITMQ_NODE_PORT="$((port + 1000))" RABBITMQ_DIST_PORT="$dist" \
+      RABBITMQ_MNESIA_BASE="$dir/mnesia" RABBITMQ_LOG_BASE="$dir/log" RABBITMQ_CONFIG_FILE="$dir/etc/rabbitmq.conf" \
+      RABBITMQ_ENABLED_PLUGINS_FILE="$dir/etc/enabled_plugins" RABBITMQ_PID_FILE="$dir/mnesia/broker.pid" \
+      setsid /usr/sbin/rabbitmq-server > "$dir/log/stdout.log" 2>&1 < /dev/null &
+  local launcher=$!
+  # The broker writes its own (Erlang VM) PID; that is the process we stop later.
+  for _ in $(seq 1 120); do
+    if [[ -s "$dir/mnesia/broker.pid" ]]; then break; fi
+    if ! kill -0 "$launcher" 2>/dev/null; then
+      echo "dev-broker.sh: rabbitmq-server exited; see $dir/log" >&2; tail -20 "$dir/log/stdout.log" >&2; exit 1
+    fi
+    sleep 0.5
+  done
+  cp "$dir/mnesia/broker.pid" "$pidfile"
+  if ! timeout 90 rabbitmqctl -n "$node" await_startup >/dev/null 2>&1; then
+    echo "dev-broker.sh: broker $node did not start; see $dir/log" >&2; tail -20 "$dir/log/stdout.log" >&2; exit 1
+  fi
+  echo "broker $node running (pid $(cat "$pidfile")) on localhost:$port, TLS only, client certificates required"
+}
+
+stop() {
+  if ! running; then echo "broker in $dir is not running"; rm -f "$pidfile"; return 0; fi
+  local pid; pid=$(cat "$pidfile")
+  kill -TERM "$pid"
+  for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+  kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+  rm -f "$pidfile" "$dir/mnesia/broker.pid"
+  echo "broker in $dir stopped (pid $pid)"
+}
+
+case "$cmd" in
+  start) start ;;
+  stop) stop ;;
+  certs) certs ;;
+  status) if running; then echo "running (pid $(cat "$pidfile"))"; else echo "not running"; exit 1; fi ;;
+  *) sed -n '2,12p' "$0"; exit 2 ;;
+esac
