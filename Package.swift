@@ -50,7 +50,7 @@ let package = Package(
         .executableTarget(name: "fem-client", dependencies: ["FEMNode"]),
         .executableTarget(name: "femctl", dependencies: ["FEMNode"]),
 
-        .testTarget(name: "FEMCoreTests", dependencies: ["FEMCore"], resources: [.copy("Corpus")]),
+        .testTarget(name: "FEMCoreTests", dependencies: ["FEMCore"], exclude: ["Corpus", "schema_check.py"]),
         .testTarget(name: "FEMJournalTests", dependencies: ["FEMJournal", "FEMCore"]),
         .testTarget(name: "FEMNodeTests", dependencies: ["FEMNode", "FEMCore", "FEMSystem"]),
         .testTarget(name: "IntegrationTests", dependencies: ["FEMCore", "FEMSystem", "FEMNode"]),

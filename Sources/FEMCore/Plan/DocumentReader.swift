@@ -34,15 +34,21 @@ public enum DocumentReader {
         let executionID = f.string("execution_id", required: true, pattern: Patterns.taskID)
         let plan = plan(f.raw("plan", required: true), path: "plan", log: log)
         var params: [String: JSONValue] = [:]
+        var paramsReadable = true
         if let raw = f.raw("params", required: false) {
-            if case .object(let o) = raw { params = o } else { log.add("params", "expected an object, got \(raw.typeName)") }
+            if case .object(let o) = raw {
+                params = o
+            } else {
+                log.add("params", "expected an object, got \(raw.typeName)")
+                paramsReadable = false
+            }
         }
         let timeout = f.int("timeout_seconds", min: 1)
         let stageOut = stageOut(f.object("stage_out"))
         let flower = flowerTask(f.object("flower"))
         f.finish()
         if let plan {
-            checkParams(params, against: plan, log: log)
+            if paramsReadable { checkParams(params, against: plan, log: log) }
             if plan.launcher == "flower" && flower == nil && value["flower"] == nil {
                 log.add("flower", "is required for a plan with launcher \"flower\" (the server address)")
             }

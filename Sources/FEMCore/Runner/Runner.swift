@@ -327,7 +327,6 @@ public actor Runner {
         let taskID = job.task.taskID
         let journal = self.journal
         do {
-            try FileManager.default.createDirectory(atPath: job.sandbox.logs, withIntermediateDirectories: true)
             let handle = try await launcher.start(job) { handle in try journal.setHandle(taskID, handle) }
             return await supervise(job, handle: handle, launcher: launcher, cancelSignal: cancelSignal)
         } catch let error as LaunchError {

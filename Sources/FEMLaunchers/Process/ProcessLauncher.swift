@@ -71,6 +71,7 @@ public final class ProcessLauncher: Launcher, @unchecked Sendable {
         }
         let spawned: ChildProcess.Spawned
         do {
+            try FileManager.default.createDirectory(atPath: job.sandbox.logs, withIntermediateDirectories: true)
             spawned = try ChildProcess.spawn(executable: executable, arguments: Array(job.command.argv.dropFirst()),
                                              environment: environment(job),
                                              workingDirectory: job.command.workingDirectory,

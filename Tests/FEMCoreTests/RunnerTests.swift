@@ -1,0 +1,285 @@
+@testable import FEMCore
+import Foundation
+import Logging
+import Testing
+
+/// A launcher whose work is scripted: exit with a code after a delay, or run until stopped.
+final class FakeLauncher: Launcher, @unchecked Sendable {
+    enum Script: Sendable { case exit(Int32, after: Duration), hang, failToStart, oom }
+    let name: String
+    let script: Script
+    let recovery: Recovery
+    private let lock = NSLock()
+    private var stopped: [String: AsyncStream<Void>.Continuation] = [:]
+    private var streams: [String: AsyncStream<Void>] = [:]
+    private(set) var started: [String] = []
+    private(set) var stops = 0
+    var declineReason: String?
+
+    init(name: String = "process", script: Script, recovery: Recovery = .lost("gone")) {
+        self.name = name
+        self.script = script
+        self.recovery = recovery
+    }
+
+    func toolPaths(forHost sandbox: ToolPaths) -> ToolPaths { sandbox }
+    func datasetPath(id: String, hostPath: String) -> String { hostPath }
+    func policyCheck(_ job: LaunchJob) -> String? { declineReason }
+
+    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
+        if case .failToStart = script { throw LaunchError(.runnerSystemFailure, "engine unreachable") }
+        let id = job.task.taskID
+        let (s, c) = AsyncStream<Void>.makeStream()
+        lock.withLock {
+            started.append(id)
+            streams[id] = s
+            stopped[id] = c
+        }
+        let h = LaunchHandle(launcher: name, data: ["id": id])
+        try persist(h)
+        return h
+    }
+
+    func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome {
+        let id = handle.data["id"]!
+        let stream = lock.withLock { streams[id] }
+        switch script {
+        case .exit(let code, let delay):
+            try? await Task.sleep(for: delay)
+            return LaunchOutcome(exitCode: code)
+        case .oom:
+            return LaunchOutcome(exitCode: 137, outOfMemory: true)
+        case .hang, .failToStart:
+            if let stream { for await _ in stream { break } }
+            return LaunchOutcome(exitCode: 143, signal: 15)
+        }
+    }
+
+    func stop(_ handle: LaunchHandle, grace: Duration) async {
+        lock.withLock {
+            stops += 1
+            stopped[handle.data["id"]!]?.yield()
+        }
+    }
+
+    func recover(_ handle: LaunchHandle) async -> Recovery { recovery }
+}
+
+struct FakeSandboxes: SandboxProvider {
+    func prepare(taskID: String) throws -> ToolPaths { paths(taskID: taskID) }
+    func paths(taskID: String) -> ToolPaths { .under("/fake/\(taskID)") }
+}
+
+final class FakeStageOut: StageOut, @unchecked Sendable {
+    private let lock = NSLock()
+    private(set) var outcomes: [TaskState] = []
+    var fail = false
+    func check(_ target: StageOutTarget?) -> String? {
+        target?.url.hasPrefix("https://") == true ? "no https here" : nil
+    }
+    func stageOut(_ job: LaunchJob, record: TaskRecord, outcome: TaskOutcome, reporter: StageReporter) async throws
+        -> StageOutSummary {
+        lock.withLock { outcomes.append(outcome.state) }
+        if fail { throw StageError(.stageOutFailure, "upload server said 500") }
+        return StageOutSummary(files: 2, bytes: 10, location: "file:///x")
+    }
+}
+
+struct RunnerTests {
+    let journal = MemoryJournal(nodeID: "n1")
+
+    func runner(_ launcher: FakeLauncher?, stageOut: FakeStageOut = FakeStageOut(), max: Int = 2,
+                settings: ((inout RunnerSettings) -> Void)? = nil) -> Runner {
+        var s = RunnerSettings(nodeID: "n1", maxConcurrentTasks: max, stopGrace: .milliseconds(100))
+        settings?(&s)
+        return Runner(settings: s, journal: journal, registry: LauncherRegistry(launcher.map { [$0] } ?? []),
+                      sandboxes: FakeSandboxes(), stageIn: NoStageIn(), stageOut: stageOut,
+                      logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+    }
+
+    func admit(_ id: String, launcher: String = "process", timeout: Int? = nil, planTimeout: Int? = nil,
+               stageOut: String? = nil) throws {
+        var plan: [String: JSONValue] = ["schema_version": 1, "id": "t", "version": "1", "launcher": .string(launcher),
+                                         "command": .object(["base": .array(["/bin/true"])])]
+        if launcher == "docker" { plan["image"] = "x" }
+        if let planTimeout { plan["timeout_seconds"] = .int(Int64(planTimeout)) }
+        var doc: [String: JSONValue] = ["schema_version": 1, "task_id": .string(id), "execution_id": "e", "plan": .object(plan)]
+        if let timeout { doc["timeout_seconds"] = .int(Int64(timeout)) }
+        if let stageOut { doc["stage_out"] = .object(["url": .string(stageOut)]) }
+        let spec = try DocumentReader.readTask(.object(doc), requireTaskID: true)
+        #expect(try journal.admit(spec, document: .object(doc), at: Date()) == .admitted)
+    }
+
+    func states(_ id: String) throws -> [TaskState] {
+        try journal.history(id).filter { $0.kind == .state }.map(\.state)
+    }
+
+    @Test func successGoesThroughEveryStateInOrder() async throws {
+        let r = runner(FakeLauncher(script: .exit(0, after: .zero)))
+        try admit("a")
+        await r.enqueue("a")
+        await r.waitUntilIdle()
+        #expect(try states("a") == [.received, .stagingIn, .running, .stagingOut, .completed])
+        #expect(try journal.history("a").map(\.seq) == [1, 2, 3, 4, 5])
+    }
+
+    @Test func nonZeroExitFailsWithTheCode() async throws {
+        let r = runner(FakeLauncher(script: .exit(3, after: .zero)))
+        try admit("a")
+        await r.enqueue("a")
+        await r.waitUntilIdle()
+        let rec = try #require(try journal.task("a"))
+        #expect(rec.state == .failed && rec.exitCode == 3 && rec.failureClass == .taskFailure)
+    }
+
+    @Test func timeoutStopsTheWork() async throws {
+        let launcher = FakeLauncher(script: .hang)
+        let r = runner(launcher)
+        try admit("a", timeout: 1)
+        await r.enqueue("a")
+        await r.waitUntilIdle()
+        #expect(try journal.task("a")?.failureClass == .timeout)
+        #expect(launcher.stops == 1)
+    }
+
+    @Test func cancelWhileRunningAndWhileQueued() async throws {
+        let launcher = FakeLauncher(script: .hang)
+        let r = runner(launcher, max: 1)
+        try admit("a")
+        try admit("b")
+        await r.enqueue("a")
+        await r.enqueue("b")
+        while launcher.started.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+        await r.cancel("b", reason: "operator")
+        await r.cancel("a", reason: nil)
+        await r.waitUntilIdle()
+        #expect(try states("b") == [.received, .cancelled])
+        #expect(try journal.task("a")?.state == .cancelled)
+        #expect(launcher.started == ["a"])
+    }
+
+    @Test func launcherNotEnabledIsDeclinedWithTheReason() async throws {
+        let r = runner(FakeLauncher(script: .exit(0, after: .zero)))
+        try admit("a", launcher: "docker")
+        await r.enqueue("a")
+        await r.waitUntilIdle()
+        let rec = try #require(try journal.task("a"))
+        #expect(rec.state == .declined)
+        #expect(rec.message?.contains("launcher \"docker\" is not enabled") == true)
+    }
+
+    @Test func timeoutAbovePlanIsDeclinedUnlessAllowed() async throws {
+        let r = runner(FakeLauncher(script: .exit(0, after: .zero)))
+        try admit("a", timeout: 100, planTimeout: 10)
+        await r.enqueue("a")
+        await r.waitUntilIdle()
+        #expect(try journal.task("a")?.state == .declined)
+        let allowing = runner(FakeLauncher(script: .exit(0, after: .zero))) { $0.allowTimeoutAbovePlan = true }
+        try admit("b", timeout: 100, planTimeout: 10)
+        await allowing.enqueue("b")
+        await allowing.waitUntilIdle()
+        #expect(try journal.task("b")?.state == .completed)
+    }
+
+    @Test func unsupportedStageOutTargetIsDeclined() async throws {
+        let r = runner(FakeLauncher(script: .exit(0, after: .zero)))
+        try admit("a", stageOut: "https://up/x")
+        await r.enqueue("a")
+        await r.waitUntilIdle()
+        #expect(try journal.task("a")?.message == "no https here")
+    }
+
+    @Test func stageOutFailureFailsACompletedTask() async throws {
+        let so = FakeStageOut()
+        so.fail = true
+        let r = runner(FakeLauncher(script: .exit(0, after: .zero)), stageOut: so)
+        try admit("a")
+        await r.enqueue("a")
+        await r.waitUntilIdle()
+        let rec = try #require(try journal.task("a"))
+        #expect(rec.state == .failed && rec.failureClass == .stageOutFailure)
+    }
+
+    @Test func outOfMemoryIsItsOwnClass() async throws {
+        let r = runner(FakeLauncher(script: .oom))
+        try admit("a")
+        await r.enqueue("a")
+        await r.waitUntilIdle()
+        #expect(try journal.task("a")?.failureClass == .outOfMemory)
+    }
+
+    @Test func concurrencyIsBounded() async throws {
+        let launcher = FakeLauncher(script: .exit(0, after: .milliseconds(50)))
+        let r = runner(launcher, max: 2)
+        for i in 0..<6 { try admit("t\(i)") }
+        for i in 0..<6 { await r.enqueue("t\(i)") }
+        #expect(await r.activeCount <= 2)
+        await r.waitUntilIdle()
+        #expect(try journal.tasks(states: [.completed], limit: 10).count == 6)
+    }
+
+    @Test func recoveryFailsLostWorkWithNodeRestartAndResumesTheRest() async throws {
+        try admit("running")
+        try journal.transition("running", to: .stagingIn, detail: .none, at: Date())
+        try journal.transition("running", to: .running, detail: .none, at: Date())
+        try journal.setHandle("running", LaunchHandle(launcher: "process", data: ["id": "running"]))
+        try admit("queued")
+        let launcher = FakeLauncher(script: .exit(0, after: .zero), recovery: .lost("the process did not survive"))
+        let r = runner(launcher)
+        await r.recover()
+        await r.waitUntilIdle()
+        let lost = try #require(try journal.task("running"))
+        #expect(lost.state == .failed && lost.failureClass == .nodeRestart)
+        #expect(try states("running").suffix(2) == [.stagingOut, .failed])
+        #expect(try journal.task("queued")?.state == .completed)
+        #expect(launcher.started == ["queued"])
+    }
+
+    @Test func recoveryReattachesToWorkThatIsStillRunning() async throws {
+        try admit("a")
+        try journal.transition("a", to: .stagingIn, detail: .none, at: Date())
+        try journal.transition("a", to: .running, detail: .none, at: Date())
+        try journal.setHandle("a", LaunchHandle(launcher: "process", data: ["id": "a"]))
+        let launcher = FakeLauncher(script: .exit(0, after: .milliseconds(10)), recovery: .running)
+        let r = runner(launcher)
+        await r.recover()
+        await r.waitUntilIdle()
+        #expect(try journal.task("a")?.state == .completed)
+        #expect(launcher.started.isEmpty, "re-attached, not started again")
+    }
+
+    @Test func receiverRejectsMalformedAndIgnoresDuplicates() async throws {
+        let r = runner(FakeLauncher(script: .exit(0, after: .zero)))
+        let receiver = Receiver(nodeID: "n1", maxMessageBytes: 2000, journal: journal, runner: r,
+                                logger: Logger(label: "t", factory: { _ in SwiftLogNoOpLogHandler() }), eventsAdded: {})
+        let acks = Counter()
+        func send(_ body: [UInt8]) async {
+            await receiver.handle(InboundMessage(channel: .task, body: body, redelivered: false) { acks.add() })
+        }
+        await send(Array("not json".utf8))
+        await send([0xff, 0xfe, 0x7b])
+        await send(Array(#"{"schema_version":1,"task_id":"m1"}"#.utf8))
+        await send(Array(String(repeating: "x", count: 3000).utf8))
+        let valid = #"{"schema_version":1,"task_id":"ok","execution_id":"e","plan":{"schema_version":1,"id":"t","version":"1","launcher":"process","command":{"base":["/bin/true"]}}}"#
+        await send(Array(valid.utf8))
+        await send(Array(valid.utf8))
+        await r.waitUntilIdle()
+        #expect(acks.value == 6)
+        let rejected = journal.unattributedEvents.map { $0.detail.message ?? "" }
+        #expect(rejected.contains { $0.contains("not JSON") })
+        #expect(rejected.contains { $0.contains("not valid UTF-8") })
+        #expect(rejected.contains { $0.contains("over the limit of 2000 bytes") })
+        #expect(try journal.task("m1")?.state == .rejected)
+        #expect(try journal.task("m1")?.message?.contains("execution_id: is required") == true)
+        let okEvents = try journal.history("ok")
+        #expect(okEvents.filter { $0.kind == .state && $0.state == .running }.count == 1)
+        #expect(okEvents.contains { $0.kind == .duplicate })
+    }
+}
+
+final class Counter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var n = 0
+    func add() { lock.withLock { n += 1 } }
+    var value: Int { lock.withLock { n } }
+}

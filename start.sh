@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Starts the fem-client receiver daemon in the background (log: receiver.log, pid: var/fem-client.pid).
+# Builds first if needed (install.sh). If the configured broker is the local development broker and it is not
+# running, sets it up: RabbitMQ on localhost:5671, TLS only, client certificates required (var/dev-broker).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+bin=.build/release/fem-client
+if [[ ! -x $bin || ! -x .build/release/femctl || ! -f config/fem-client.toml ]]; then
+  bash install.sh
+fi
+config=${FEM_CONFIG:-config/fem-client.toml}
+
+# The local development broker is the one whose certificates live in var/dev-broker.
+if [[ -z "${FEM_BROKER_URL:-}" ]] && grep -Eq '^url *= *"amqps://[^@]*@localhost:5671/' "$config" \
+   && grep -Eq '^ca_file *= *"var/dev-broker/' "$config"; then
+  bash scripts/dev-broker.sh start --dir var/dev-broker --port 5671
+fi
+
+mkdir -p var
+pidfile=var/fem-client.pid
+if [[ -f $pidfile ]] && kill -0 "$(cat $pidfile)" 2>/dev/null; then
+  echo "fem-client is already running (pid $(cat $pidfile)); bash stop.sh stops it"
+  exit 0
+fi
+if ! $bin check --config "$config" > var/check.out 2>&1; then
+  cat var/check.out
+  echo "start.sh: fem-client check failed; fix the above and run bash start.sh again" >&2
+  exit 1
+fi
+nohup $bin daemon --config "$config" >> var/daemon.out 2>&1 < /dev/null &
+echo $! > $pidfile
+sleep 1
+if ! kill -0 "$(cat $pidfile)" 2>/dev/null; then
+  echo "start.sh: the daemon exited at once:" >&2; tail -20 var/daemon.out >&2; exit 1
+fi
+echo "fem-client running (pid $(cat $pidfile)); follow it with: tail -f receiver.log"
+echo "submit the example: .build/release/femctl submit docs/templates/examples/hello-process.task.json --node \$(grep -m1 '^id' $config | cut -d'\"' -f2)"

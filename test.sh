@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The test command (README, CI): installs what the tests need, starts the real services on loopback
+# (RabbitMQ with TLS and client certificates), runs `swift test`, and stops what it started.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+packages=(pkg-config openssl librabbitmq-dev libcurl4-openssl-dev libgit2-dev libsqlite3-dev rabbitmq-server amqp-tools)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "test.sh: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+python3 -c "import jsonschema" 2>/dev/null || python3 -m pip install -q jsonschema
+
+services=$(pwd)/.build-test/services
+mkdir -p "$services"
+started=()
+cleanup() {
+  for s in "${started[@]}"; do
+    case "$s" in
+      broker:*) bash scripts/dev-broker.sh stop --dir "${s#broker:}" || true ;;
+    esac
+  done
+}
+trap cleanup EXIT
+
+# The shared test broker. Tests that restart a broker start their own (scripts/dev-broker.sh) and stop it.
+bash scripts/dev-broker.sh start --dir "$services/broker" --port 5699 --name fem-test
+started+=("broker:$services/broker")
+
+export FEM_TEST_BROKER_DIR="$services/broker"
+export FEM_TEST_BROKER_PORT=5699
+export FEM_TEST_SCRATCH="$services"
+
+swift build --build-tests
+FEM_TEST_BIN_DIR="$(swift build --show-bin-path)" swift test --skip-build "$@"
