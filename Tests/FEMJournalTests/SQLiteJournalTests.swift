@@ -1,0 +1,85 @@
+import FEMCore
+import FEMJournal
+import Foundation
+import Testing
+
+struct SQLiteJournalTests {
+    let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fem-journal-\(UUID().uuidString)").path
+
+    init() throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    func spec(_ id: String) throws -> (TaskSpec, JSONValue) {
+        let doc: JSONValue = .object([
+            "schema_version": .int(1), "task_id": .string(id), "execution_id": .string("e"),
+            "plan": .object(["schema_version": .int(1), "id": .string("t"), "version": .string("1"),
+                             "launcher": .string("process"), "command": .object(["base": .array([.string("/bin/true")])])]),
+        ])
+        return (try DocumentReader.readTask(doc, requireTaskID: true), doc)
+    }
+
+    @Test func admitOnceThenDuplicate() throws {
+        let j = try SQLiteJournal(path: "\(dir)/j.sqlite", nodeID: "n1")
+        let (s, d) = try spec("a")
+        #expect(try j.admit(s, document: d, at: Date()) == .admitted)
+        guard case .duplicate(let existing) = try j.admit(s, document: d, at: Date()) else {
+            Issue.record("second admit should be a duplicate")
+            return
+        }
+        #expect(existing.state == .received)
+    }
+
+    @Test func transitionsAreCheckedAndNumberedAndSurviveReopening() throws {
+        let path = "\(dir)/j.sqlite"
+        do {
+            let j = try SQLiteJournal(path: path, nodeID: "n1")
+            let (s, d) = try spec("a")
+            _ = try j.admit(s, document: d, at: Date())
+            try j.transition("a", to: .stagingIn, detail: .none, at: Date())
+            #expect(throws: JournalError.self) { try j.transition("a", to: .completed, detail: .none, at: Date()) }
+            try j.transition("a", to: .running, detail: .none, at: Date())
+            try j.setHandle("a", LaunchHandle(launcher: "process", data: ["pid": "42"]))
+            try j.markStep("a", "upload:out/x", info: "abc")
+        }
+        let j = try SQLiteJournal(path: path, nodeID: "n1")
+        let rec = try #require(try j.task("a"))
+        #expect(rec.state == .running)
+        #expect(rec.handle?.data["pid"] == "42")
+        #expect(try j.history("a").map(\.seq) == [1, 2, 3])
+        #expect(try j.history("a").map(\.state) == [.received, .stagingIn, .running])
+        #expect(try j.step("a", "upload:out/x") == "abc")
+        #expect(try j.step("a", "upload:out/y") == nil)
+    }
+
+    @Test func outboxKeepsEventsUntilConfirmed() throws {
+        let j = try SQLiteJournal(path: "\(dir)/j.sqlite", nodeID: "n1")
+        let (s, d) = try spec("a")
+        _ = try j.admit(s, document: d, at: Date())
+        try j.transition("a", to: .stagingIn, detail: .none, at: Date())
+        try j.recordRejection(taskID: nil, executionID: nil, message: "not JSON", at: Date())
+        let pending = try j.pendingEvents(limit: 10)
+        #expect(pending.map(\.routingKey) == ["node.n1.task.received", "node.n1.task.staging_in",
+                                               "node.n1.task.rejected"])
+        try j.confirmEvents([pending[0].id])
+        #expect(try j.pendingEvents(limit: 10).map(\.id) == Array(pending.dropFirst().map(\.id)))
+        let event = try JSONDecoder.fem.decode(TaskEvent.self, from: pending[2].body)
+        #expect(event.taskID == nil && event.detail.message == "not JSON")
+    }
+
+    @Test func rejectionOfABadCopyNeverOverwritesAKnownTask() throws {
+        let j = try SQLiteJournal(path: "\(dir)/j.sqlite", nodeID: "n1")
+        let (s, d) = try spec("a")
+        _ = try j.admit(s, document: d, at: Date())
+        try j.recordRejection(taskID: "a", executionID: "e", message: "bad copy", at: Date())
+        #expect(try j.task("a")?.state == .received)
+        #expect(try j.history("a").last?.state == .rejected)
+    }
+
+    @Test func journalFileIsPrivate() throws {
+        let path = "\(dir)/j.sqlite"
+        _ = try SQLiteJournal(path: path, nodeID: "n1")
+        let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+    }
+}

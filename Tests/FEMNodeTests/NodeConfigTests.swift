@@ -1,0 +1,106 @@
+@testable import FEMNode
+import Foundation
+import Testing
+
+struct NodeConfigTests {
+    static let dir: String = {
+        let d = FileManager.default.temporaryDirectory.appendingPathComponent("fem-config-\(UUID().uuidString)").path
+        try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        for f in ["ca.pem", "c.pem", "c.key"] { FileManager.default.createFile(atPath: "\(d)/\(f)", contents: Data()) }
+        return d
+    }()
+
+    static func toml(_ extra: String = "", broker: String = "url = \"amqps://fem@localhost:5671/%2f\"") -> String {
+        """
+        [node]
+        id = "n1"
+        \(extra)
+        [broker]
+        \(broker)
+        ca_file = "\(dir)/ca.pem"
+        cert_file = "\(dir)/c.pem"
+        key_file = "\(dir)/c.key"
+        password_file = ""
+        """
+    }
+
+    static func problems(_ text: String, env: [String: String] = [:]) -> [String] {
+        do {
+            _ = try NodeConfig.parse(text, source: "test.toml", environment: env)
+            return []
+        } catch let e as ConfigError {
+            return e.problems
+        } catch {
+            return ["\(error)"]
+        }
+    }
+
+    @Test func exampleConfigIsValidOnceTheDevBrokerFilesExist() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        var text = try String(contentsOf: root.appendingPathComponent("config/fem-client.example.toml"), encoding: .utf8)
+        text = text.replacingOccurrences(of: "var/dev-broker/ca.pem", with: "\(Self.dir)/ca.pem")
+            .replacingOccurrences(of: "var/dev-broker/node.pem", with: "\(Self.dir)/c.pem")
+            .replacingOccurrences(of: "var/dev-broker/node.key", with: "\(Self.dir)/c.key")
+        let c = try NodeConfig.parse(text, source: "example", environment: ["FEM_BROKER_PASSWORD": "pw"])
+        #expect(c.nodeID == "dev-node")
+        #expect(c.enabledLaunchers == ["process"])
+        #expect(c.workDir.hasPrefix("/"))
+        #expect(try c.endpoint().description == "amqps://fem@localhost:5671/%2f")
+    }
+
+    @Test func defaultsApply() throws {
+        let c = try NodeConfig.parse(Self.toml(), source: "t", environment: [:])
+        #expect(c.maxConcurrentTasks == 2 && c.heartbeatSeconds == 30 && c.prefetch == 16)
+        #expect(c.brokerPassword == nil)
+    }
+
+    @Test func unknownKeyIsNamed() {
+        #expect(Self.problems(Self.toml("max_concurent_tasks = 3")) == [
+            "node.max_concurent_tasks: is not a known key (known keys are listed in config/fem-client.example.toml)",
+        ])
+    }
+
+    @Test func badValuesAreNamedAllAtOnce() {
+        let p = Self.problems(Self.toml("max_concurrent_tasks = 0\nheartbeat_interval = \"often\""))
+        #expect(p.contains("node.max_concurrent_tasks: 0 is out of range (1…1024)"))
+        #expect(p.contains("node.heartbeat_interval: expected an integer, got string"))
+    }
+
+    @Test func environmentOverridesTheFile() throws {
+        let c = try NodeConfig.parse(Self.toml(), source: "t", environment: [
+            "FEM_BROKER_URL": "amqps://other@broker.example:5999/prod", "FEM_NODE_MAX_CONCURRENT_TASKS": "7",
+            "FEM_LAUNCHERS_ENABLED": "process", "FEM_BROKER_PASSWORD": "pw",
+        ])
+        #expect(c.maxConcurrentTasks == 7)
+        let e = try c.endpoint()
+        #expect(e.host == "broker.example" && e.port == 5999 && e.vhost == "prod" && e.user == "other")
+        #expect(e.password == "pw")
+        #expect(!e.description.contains("pw"))
+        #expect(Self.problems(Self.toml(), env: ["FEM_NODE_MAX_CONCURRENT_TASKS": "many"])
+                == ["node.max_concurrent_tasks (from FEM_NODE_MAX_CONCURRENT_TASKS): \"many\" is not an integer"])
+    }
+
+    @Test func brokerURLMustBeTLSAndCarryNoPassword() {
+        #expect(Self.problems(Self.toml(broker: "url = \"amqp://fem@localhost:5672/\"")).first?
+            .contains("only TLS is supported") == true)
+        let p = Self.problems(Self.toml(broker: "url = \"amqps://fem:hunter2@localhost/\""))
+        #expect(p.first?.contains("must not contain a password") == true)
+        #expect(!p.joined().contains("hunter2"))
+    }
+
+    @Test func unknownLauncherAndMissingFilesAreNamed() {
+        let p = Self.problems(Self.toml("[launchers]\nenabled = [\"slurm\"]").replacingOccurrences(of: "c.key", with: "nope.key"))
+        #expect(p.contains { $0.hasPrefix("launchers.enabled: \"slurm\" is not a launcher this build has") })
+        #expect(p.contains { $0.hasPrefix("broker.key_file: cannot read") })
+    }
+
+    @Test func datasetsNeedAnAbsoluteExistingPath() throws {
+        let ok = try NodeConfig.parse(Self.toml() + "\n[datasets.cohort-a]\npath = \"\(Self.dir)\"\nlabels = { kind = \"csv\" }",
+                                      source: "t", environment: [:])
+        #expect(ok.datasets["cohort-a"] == NodeConfig.Dataset(path: Self.dir, labels: ["kind": "csv"]))
+        let p = Self.problems(Self.toml() + "\n[datasets.b]\npath = \"relative\"\ncolour = 1")
+        #expect(p.contains("datasets.b.path: is required and must be an absolute path"))
+        #expect(p.contains("datasets.b.colour: is not a known key (path, labels)"))
+    }
+}

@@ -1,0 +1,187 @@
+import FEMCore
+import FEMSystem
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The receiver spine against a real RabbitMQ with TLS and client certificates (started by test.sh) and real
+/// `fem-client daemon` processes.
+@Suite(.serialized)
+struct ReceiverSpineTests {
+    @Test func submittedTaskCompletesWithEveryEventInOrder() throws {
+        let node = try TestNode("spine")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = Tasks.task(["/bin/sh", "-c", "echo hello from the task"])
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)])
+        let events = op.events(of: Tasks.id(t)).filter { $0.kind == .state }
+        #expect(events.map(\.state) == [.received, .stagingIn, .running, .stagingOut, .completed])
+        #expect(events.map(\.seq) == [1, 2, 3, 4, 5])
+        #expect(events.allSatisfy { $0.nodeID == node.id && $0.executionID == "exec-test" && $0.schemaVersion == 1 })
+        #expect(events.last?.detail.exitCode == 0)
+        let stdout = try String(contentsOfFile: "\(node.dir)/var/sandboxes/\(Tasks.id(t))/logs/stdout.log", encoding: .utf8)
+        #expect(stdout == "hello from the task\n")
+        #expect(node.log.contains("task=\(Tasks.id(t)) completed"))
+        // The journal answers `tasks` and `show`.
+        let show = try node.run(["show", Tasks.id(t), "--json"])
+        #expect(show.status == 0)
+        let shown = try JSONValue.parse(Data(show.output.utf8))
+        #expect(shown["state"] == .string("completed"))
+        if case .array(let evs)? = shown["events"] { #expect(evs.count == 5) } else { Issue.record("no events in show") }
+    }
+
+    @Test func nonZeroExitFailsWithTheExitCode() throws {
+        let node = try TestNode("exit")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = Tasks.task(["/bin/sh", "-c", "echo oops >&2; exit 3"])
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)])
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .failed)
+        #expect(final.detail.failureClass == .taskFailure)
+        #expect(final.detail.exitCode == 3)
+        #expect(node.log.contains("failed: exited with code 3"))
+    }
+
+    @Test func timeoutStopsTheWholeProcessGroup() throws {
+        let node = try TestNode("timeout")
+        try node.start()
+        let op = try Operator(node: node)
+        let marker = "fem-timeout-\(UUID().uuidString.prefix(8))"
+        // The shell starts a child and a grandchild; all of them must go.
+        let t = Tasks.task(["/bin/sh", "-c", "sleep 60 & sleep 61; : \(marker)", marker], timeout: 1)
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 20)
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .failed && final.detail.failureClass == .timeout)
+        try eventually("the timed-out process group to be gone") { processes(withMarker: marker).isEmpty }
+    }
+
+    @Test func cancelStopsARunningTask() throws {
+        let node = try TestNode("cancel")
+        try node.start()
+        let op = try Operator(node: node)
+        let marker = "fem-cancel-\(UUID().uuidString.prefix(8))"
+        let t = Tasks.task(["/bin/sh", "-c", "sleep 60; : \(marker)", marker])
+        try op.submit(t)
+        try op.waitFor("the task to run") { evs in evs.contains { $0.taskID == Tasks.id(t) && $0.state == .running } }
+        try eventually("the process to start") { !processes(withMarker: marker).isEmpty }
+        try op.cancel(Tasks.id(t))
+        try op.waitForFinal([Tasks.id(t)])
+        #expect(op.finalState(of: Tasks.id(t))?.state == .cancelled)
+        try eventually("the cancelled process to be gone") { processes(withMarker: marker).isEmpty }
+    }
+
+    @Test func aDuplicateTaskIDIsNotRunTwice() throws {
+        let node = try TestNode("dup")
+        try node.start()
+        let op = try Operator(node: node)
+        let out = "\(node.dir)/runs.txt"
+        let t = Tasks.task(["/bin/sh", "-c", "echo run >> \(out)"])
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)])
+        try op.submit(t)
+        try op.waitFor("the duplicate notice") { evs in evs.contains { $0.taskID == Tasks.id(t) && $0.kind == .duplicate } }
+        #expect(try String(contentsOfFile: out, encoding: .utf8) == "run\n")
+        #expect(op.events(of: Tasks.id(t)).filter { $0.kind == .state && $0.state == .running }.count == 1)
+        let dup = try #require(op.events(of: Tasks.id(t)).first { $0.kind == .duplicate })
+        #expect(dup.detail.message?.contains("was not run again") == true)
+    }
+
+    @Test func malformedMessagesAreRejectedAndDoNotBlockTheQueue() throws {
+        let node = try TestNode("malformed")
+        try node.start()
+        let op = try Operator(node: node)
+        var missing = Tasks.task(["/bin/true"], id: "bad-missing")
+        missing["execution_id"] = nil
+        var mistyped = Tasks.task(["/bin/true"], id: "bad-typed")
+        mistyped["timeout_seconds"] = .string("sixty")
+        var unknownLauncher = Tasks.task(["/bin/true"], id: "bad-launcher")
+        if case .object(var p)? = unknownLauncher["plan"] {
+            p["launcher"] = .string("slurm")
+            unknownLauncher["plan"] = .object(p)
+        }
+        try op.publish(Array("{this is not json".utf8))
+        try op.publish([0x7b, 0x22, 0xff, 0xfe, 0x22, 0x7d])
+        try op.submit(missing)
+        try op.submit(mistyped)
+        try op.submit(unknownLauncher)
+        try op.publish(Array(repeating: UInt8(ascii: " "), count: 70_000))
+        let good = Tasks.task(["/bin/true"])
+        try op.submit(good)
+        try op.waitForFinal([Tasks.id(good)])
+        #expect(op.finalState(of: Tasks.id(good))?.state == .completed)
+        let rejections = op.seen.filter { $0.state == .rejected }
+        #expect(rejections.count == 6)
+        let messages = rejections.compactMap(\.detail.message)
+        #expect(messages.contains { $0.contains("not JSON") })
+        #expect(messages.contains { $0.contains("not valid UTF-8") })
+        #expect(messages.contains { $0.contains("execution_id: is required") })
+        #expect(messages.contains { $0.contains("timeout_seconds: expected an integer, got string") })
+        #expect(messages.contains { $0.contains(#"plan.launcher: "slurm" is not one of docker, process, flower"#) })
+        #expect(messages.contains { $0.contains("over the limit of 65536 bytes") })
+        #expect(rejections.first { $0.detail.message?.contains("execution_id") == true }?.taskID == "bad-missing")
+        #expect(node.pid != nil && kill(node.pid!, 0) == 0, "the daemon is still running")
+    }
+
+    @Test func aClientCertificateFromAnotherCAIsRefusedClearly() throws {
+        let node = try TestNode("rogue", cert: "rogue-client")
+        let check = try node.run(["check"])
+        #expect(check.status == 1)
+        #expect(check.output.contains("FAIL  broker"))
+        #expect(check.output.contains("client certificate"))
+        #expect(check.output.contains("rogue-client.pem"))
+        #expect(!check.output.contains(try String(contentsOfFile: "\(node.brokerDir)/password", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)))
+        let good = try TestNode("goodcert")
+        let ok = try good.run(["check"])
+        #expect(ok.status == 0, "\(ok.output)")
+    }
+
+    @Test func afterSIGKILLEveryRunningTaskEndsAndIsReported() throws {
+        let node = try TestNode("sigkill")
+        try node.start()
+        let op = try Operator(node: node)
+        let marker = "fem-sigkill-\(UUID().uuidString.prefix(8))"
+        let tasks = (0..<2).map { _ in Tasks.task(["/bin/sh", "-c", "sleep 60; : \(marker)", marker]) }
+        for t in tasks { try op.submit(t) }
+        try op.waitFor("both tasks to run") { evs in
+            tasks.allSatisfy { t in evs.contains { $0.taskID == Tasks.id(t) && $0.state == .running } }
+        }
+        try eventually("both processes to start") { processes(withMarker: marker).count >= 2 }
+        node.kill(SIGKILL)
+        #expect(processes(withMarker: marker).count >= 2, "the work outlived the daemon")
+        try node.start()
+        try op.waitForFinal(tasks.map(Tasks.id))
+        for t in tasks {
+            let final = try #require(op.finalState(of: Tasks.id(t)))
+            #expect(final.state == .failed && final.detail.failureClass == .nodeRestart)
+            #expect(op.events(of: Tasks.id(t)).filter { $0.kind == .state }.map(\.seq)
+                    == Array(1...op.events(of: Tasks.id(t)).filter { $0.kind == .state }.count))
+        }
+        try eventually("the orphaned processes to be stopped") { processes(withMarker: marker).isEmpty }
+    }
+
+    @Test func heartbeatsArrive() throws {
+        let node = try TestNode("beat")
+        try node.start()
+        let op = try Operator(node: node)
+        let conn = op.conn
+        let q = try conn.declareQueue("", durable: false, exclusive: true, autoDelete: true)
+        try conn.bindQueue(q, exchange: WireNames.eventsExchange, routingKey: "node.\(node.id).heartbeat")
+        try conn.consume(queue: q, noAck: true)
+        var beat: Heartbeat?
+        let deadline = Date().addingTimeInterval(10)
+        while beat == nil && Date() < deadline {
+            if let d = try conn.nextDelivery(timeoutMilliseconds: 200), d.routingKey.hasSuffix(".heartbeat") {
+                beat = try JSONDecoder.fem.decode(Heartbeat.self, from: Data(d.body))
+            }
+        }
+        let b = try #require(beat, "no heartbeat within 10 s")
+        #expect(b.nodeID == node.id && b.launchers == ["process"] && (b.freeDiskBytes ?? 0) > 0)
+    }
+}

@@ -1,0 +1,312 @@
+import FEMCore
+import FEMSystem
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What test.sh provides: a running RabbitMQ with TLS and client certificates, and the built binaries.
+/// Missing pieces fail the test with a message that says what is missing (integration tests never skip).
+enum TestEnv {
+    static let env = ProcessInfo.processInfo.environment
+    static let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent().path
+
+    static func brokerDir() throws -> String {
+        guard let d = env["FEM_TEST_BROKER_DIR"], FileManager.default.fileExists(atPath: "\(d)/ca.pem") else {
+            throw HarnessError("FEM_TEST_BROKER_DIR is not set or holds no certificates: run the tests with "
+                               + "`bash test.sh`, which starts RabbitMQ with TLS on 127.0.0.1")
+        }
+        return d
+    }
+
+    static func brokerPort() throws -> Int {
+        guard let p = env["FEM_TEST_BROKER_PORT"].flatMap(Int.init) else {
+            throw HarnessError("FEM_TEST_BROKER_PORT is not set: run the tests with `bash test.sh`")
+        }
+        return p
+    }
+
+    static var binDir: String { env["FEM_TEST_BIN_DIR"] ?? "\(repoRoot)/.build/debug" }
+
+    static func binary(_ name: String) throws -> String {
+        let path = "\(binDir)/\(name)"
+        guard FileManager.default.isExecutableFile(atPath: path) else {
+            throw HarnessError("\(path) is missing: build first (`swift build --build-tests`, as test.sh does)")
+        }
+        return path
+    }
+
+    static func scratch(_ name: String) throws -> String {
+        let base = env["FEM_TEST_SCRATCH"] ?? FileManager.default.temporaryDirectory.path
+        let dir = "\(base)/\(name)-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }
+}
+
+struct HarnessError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+/// A broker of the test's own, for tests that stop and restart it.
+final class OwnBroker {
+    let dir: String
+    let port: Int
+
+    init(port: Int) throws {
+        self.port = port
+        dir = try TestEnv.scratch("broker-\(port)")
+        try run("start")
+    }
+
+    func run(_ command: String) throws {
+        let out = try Shell.run(["/bin/bash", "\(TestEnv.repoRoot)/scripts/dev-broker.sh", command, "--dir", dir,
+                                 "--port", "\(port)", "--name", "fem-test-\(port)"])
+        if out.status != 0 { throw HarnessError("dev-broker.sh \(command) failed: \(out.output)") }
+    }
+
+    deinit { try? run("stop") }
+}
+
+enum Shell {
+    static func run(_ argv: [String], environment: [String: String]? = nil, cwd: String? = nil)
+        throws -> (status: Int32, output: String) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: argv[0])
+        p.arguments = Array(argv.dropFirst())
+        if let environment { p.environment = environment }
+        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        try p.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    }
+}
+
+/// A real `fem-client daemon` process with its own config, work dir and node id.
+final class TestNode {
+    let id: String
+    let dir: String
+    let brokerDir: String
+    let port: Int
+    var pid: Int32?
+
+    init(_ name: String, brokerDir: String? = nil, port: Int? = nil, extra: String = "", maxConcurrent: Int = 2,
+         cert: String = "node") throws {
+        id = "\(name)-\(UUID().uuidString.prefix(6).lowercased())"
+        dir = try TestEnv.scratch(id)
+        self.brokerDir = try brokerDir ?? TestEnv.brokerDir()
+        self.port = try port ?? TestEnv.brokerPort()
+        let config = """
+            [node]
+            id = "\(id)"
+            work_dir = "\(dir)/var"
+            log_file = "\(dir)/receiver.log"
+            max_concurrent_tasks = \(maxConcurrent)
+            heartbeat_interval = 2
+            stop_grace = 1
+            [broker]
+            url = "amqps://fem@localhost:\(self.port)/%2f"
+            password_file = "\(self.brokerDir)/password"
+            ca_file = "\(self.brokerDir)/ca.pem"
+            cert_file = "\(self.brokerDir)/\(cert).pem"
+            key_file = "\(self.brokerDir)/\(cert).key"
+            prefetch = 8
+            max_message_bytes = 65536
+            \(extra)
+            """
+        try config.write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
+
+    var configPath: String { "\(dir)/fem-client.toml" }
+    var log: String { (try? String(contentsOfFile: "\(dir)/receiver.log", encoding: .utf8)) ?? "" }
+
+    /// Starts the daemon and waits until it is consuming.
+    func start() throws {
+        let connectedBefore = log.components(separatedBy: "connected to the broker").count
+        let spawned = try ChildProcess.spawn(executable: try TestEnv.binary("fem-client"),
+                                             arguments: ["daemon", "--config", configPath],
+                                             environment: ["PATH": "/usr/bin:/bin"], workingDirectory: dir,
+                                             stdoutPath: "\(dir)/daemon.out", stderrPath: "\(dir)/daemon.out")
+        pid = spawned.pid
+        let deadline = Date().addingTimeInterval(30)
+        while log.components(separatedBy: "connected to the broker").count <= connectedBefore {
+            if Date() > deadline {
+                throw HarnessError("the daemon did not connect within 30 s; log:\n\(log)\n"
+                                   + ((try? String(contentsOfFile: "\(dir)/daemon.out", encoding: .utf8)) ?? ""))
+            }
+            Thread.sleep(forTimeInterval: 0.05)
+        }
+    }
+
+    func kill(_ signal: Int32) {
+        guard let pid else { return }
+        Glibc.kill(pid, signal)
+        _ = ChildProcess.waitBlocking(pid: pid)
+        self.pid = nil
+    }
+
+    func stop() { kill(SIGTERM) }
+
+    deinit { kill(SIGKILL) }
+
+    func run(_ args: [String]) throws -> (status: Int32, output: String) {
+        try Shell.run([try TestEnv.binary("fem-client")] + args + ["--config", configPath])
+    }
+}
+
+/// The orchestrator's side for tests: publishes tasks and control messages, and reads events from a durable
+/// queue bound before anything is sent.
+final class Operator {
+    let brokerDir: String
+    let port: Int
+    let nodeID: String
+    var conn: AMQPConnection
+    var seen: [TaskEvent] = []
+    private var seenKeys = Set<String>()
+
+    init(node: TestNode, cert: String = "operator") throws {
+        brokerDir = node.brokerDir
+        port = node.port
+        nodeID = node.id
+        conn = try Self.connect(brokerDir: brokerDir, port: port, cert: cert)
+        try setUp()
+    }
+
+    static func connect(brokerDir: String, port: Int, cert: String) throws -> AMQPConnection {
+        let password = try String(contentsOfFile: "\(brokerDir)/password", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        return try AMQPConnection(endpoint: AMQPEndpoint(
+            host: "localhost", port: port, vhost: "/", user: "fem", password: password, caFile: "\(brokerDir)/ca.pem",
+            certFile: "\(brokerDir)/\(cert).pem", keyFile: "\(brokerDir)/\(cert).key"))
+    }
+
+    var eventsQueue: String { "test.events.\(nodeID)" }
+
+    private func setUp() throws {
+        try conn.openChannel(1)
+        for x in [WireNames.tasksExchange, WireNames.controlExchange, WireNames.eventsExchange] {
+            try conn.declareExchange(x)
+        }
+        _ = try conn.declareQueue(eventsQueue)
+        try conn.bindQueue(eventsQueue, exchange: WireNames.eventsExchange, routingKey: "node.\(nodeID).#")
+        // As femctl does: the node's task queue exists before the first task is sent.
+        let q = WireNames.taskQueue(node: nodeID)
+        _ = try conn.declareQueue(q)
+        try conn.bindQueue(q, exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(nodeID))
+        try conn.bindQueue(q, exchange: WireNames.tasksExchange, routingKey: WireNames.broadcastKey)
+        try conn.consume(queue: eventsQueue, noAck: true)
+    }
+
+    /// After a broker restart.
+    func reconnect(timeout: Double = 60) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            do {
+                conn = try Self.connect(brokerDir: brokerDir, port: port, cert: "operator")
+                try setUp()
+                return
+            } catch {
+                if Date() > deadline { throw error }
+                Thread.sleep(forTimeInterval: 0.5)
+            }
+        }
+    }
+
+    func publish(_ body: [UInt8]) throws {
+        try conn.publish(exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(nodeID), body: body)
+    }
+
+    func submit(_ task: [String: JSONValue]) throws {
+        try publish(Array(JSONValue.object(task).encoded()))
+    }
+
+    func cancel(_ taskID: String) throws {
+        let body = try JSONEncoder.fem.encode(ControlMessage(taskID: taskID, reason: "test"))
+        try conn.publish(exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(nodeID), body: Array(body))
+    }
+
+    /// Reads events until `done` holds for what has been seen, or fails after `timeout` seconds.
+    /// Duplicated deliveries of one event (at-least-once) are kept once.
+    @discardableResult
+    func waitFor(_ what: String, timeout: Double = 30, _ done: ([TaskEvent]) -> Bool) throws -> [TaskEvent] {
+        let deadline = Date().addingTimeInterval(timeout)
+        while !done(seen) {
+            if Date() > deadline {
+                throw HarnessError("timed out after \(Int(timeout)) s waiting for \(what); events seen:\n"
+                                   + seen.suffix(30).map { "  \($0.taskID ?? "-") #\($0.seq) \($0.kind) \($0.state) "
+                                       + "\($0.detail.message ?? "")" }.joined(separator: "\n"))
+            }
+            guard let d = try conn.nextDelivery(timeoutMilliseconds: 200) else { continue }
+            if d.routingKey.hasSuffix(".heartbeat") { continue }
+            let e = try JSONDecoder.fem.decode(TaskEvent.self, from: Data(d.body))
+            let key = "\(e.taskID ?? "-")#\(e.seq)#\(e.detail.message ?? "")"
+            if e.taskID == nil || seenKeys.insert(key).inserted { seen.append(e) }
+        }
+        return seen
+    }
+
+    func events(of taskID: String) -> [TaskEvent] { seen.filter { $0.taskID == taskID } }
+
+    func finalState(of taskID: String) -> TaskEvent? {
+        events(of: taskID).last { $0.kind == .state && $0.state.isTerminal }
+    }
+
+    func waitForFinal(_ ids: [String], timeout: Double = 30) throws {
+        try waitFor("\(ids.count) task(s) to end", timeout: timeout) { events in
+            let done = Set(events.filter { $0.kind == .state && $0.state.isTerminal }.compactMap(\.taskID))
+            return ids.allSatisfy(done.contains)
+        }
+    }
+}
+
+enum Tasks {
+    static func plan(_ base: [String], timeout: Int? = nil, outputs: [String] = [],
+                     args: [JSONValue] = []) -> JSONValue {
+        var p: [String: JSONValue] = [
+            "schema_version": .int(1), "id": .string("test-tool"), "version": .string("1.0"),
+            "launcher": .string("process"),
+            "command": .object(["base": .array(base.map(JSONValue.string)), "args": .array(args)]),
+            "outputs": .array(outputs.map { .object(["pattern": .string($0)]) }),
+        ]
+        if let timeout { p["timeout_seconds"] = .int(Int64(timeout)) }
+        return .object(p)
+    }
+
+    static func task(_ base: [String], id: String = UUID().uuidString.lowercased(), timeout: Int? = nil,
+                     params: [String: JSONValue] = [:], args: [JSONValue] = []) -> [String: JSONValue] {
+        var t: [String: JSONValue] = ["schema_version": .int(1), "task_id": .string(id),
+                                      "execution_id": .string("exec-test"), "plan": plan(base, args: args),
+                                      "params": .object(params)]
+        if let timeout { t["timeout_seconds"] = .int(Int64(timeout)) }
+        return t
+    }
+
+    static func id(_ t: [String: JSONValue]) -> String { t["task_id"]!.stringValue! }
+}
+
+/// Host processes whose command line contains `marker` (to prove a process group is gone).
+func processes(withMarker marker: String) -> [Int32] {
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+    return entries.compactMap { name -> Int32? in
+        guard let pid = Int32(name),
+              let data = FileManager.default.contents(atPath: "/proc/\(name)/cmdline") else { return nil }
+        let cmd = String(decoding: data.map { $0 == 0 ? 32 : $0 }, as: UTF8.self)
+        // Zombies have an empty cmdline.
+        return cmd.contains(marker) ? pid : nil
+    }
+}
+
+func eventually(_ what: String, timeout: Double = 10, _ check: () -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while !check() {
+        if Date() > deadline { throw HarnessError("timed out waiting for \(what)") }
+        Thread.sleep(forTimeInterval: 0.05)
+    }
+}
