@@ -20,6 +20,10 @@ services=$(pwd)/.build-test/services
 mkdir -p "$services"
 started=()
 cleanup() {
+  # Brokers that tests started for themselves (they record their PIDs under $services), if a test died.
+  for pidfile in "$services"/*/broker.pid; do
+    [[ -f "$pidfile" ]] && bash scripts/dev-broker.sh stop --dir "$(dirname "$pidfile")" || true
+  done
   for s in "${started[@]}"; do
     case "$s" in
       broker:*) bash scripts/dev-broker.sh stop --dir "${s#broker:}" || true ;;

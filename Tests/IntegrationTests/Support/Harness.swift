@@ -72,20 +72,24 @@ final class OwnBroker {
 }
 
 enum Shell {
+    /// Runs a command to its exit. Output goes through a file, not a pipe: a daemon the command starts (a broker,
+    /// epmd) may keep inherited descriptors open long after the command itself has exited.
     static func run(_ argv: [String], environment: [String: String]? = nil, cwd: String? = nil)
         throws -> (status: Int32, output: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: argv[0])
-        p.arguments = Array(argv.dropFirst())
-        if let environment { p.environment = environment }
-        if let cwd { p.currentDirectoryURL = URL(fileURLWithPath: cwd) }
-        let pipe = Pipe()
-        p.standardOutput = pipe
-        p.standardError = pipe
-        try p.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+        let outPath = FileManager.default.temporaryDirectory.appendingPathComponent("fem-shell-\(UUID().uuidString)").path
+        FileManager.default.createFile(atPath: outPath, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: outPath) }
+        // Foundation.Process on Linux reports an exit only after every grandchild exits; waitpid does not.
+        let child = try ChildProcess.spawn(executable: argv[0], arguments: Array(argv.dropFirst()),
+                                           environment: environment ?? ProcessInfo.processInfo.environment,
+                                           workingDirectory: cwd ?? FileManager.default.currentDirectoryPath,
+                                           stdoutPath: outPath, stderrPath: outPath)
+        let status: Int32
+        switch ChildProcess.waitBlocking(pid: child.pid) {
+        case .exited(let code): status = code
+        case .signaled(let sig): status = 128 + sig
+        }
+        return (status, (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "")
     }
 }
 
@@ -167,7 +171,11 @@ final class Operator {
     let brokerDir: String
     let port: Int
     let nodeID: String
+    /// Consumes events.
     var conn: AMQPConnection
+    /// Publishes tasks and control messages, in confirm mode (waiting for confirms on a consuming connection would
+    /// swallow deliveries).
+    var pub: AMQPConnection
     var seen: [TaskEvent] = []
     private var seenKeys = Set<String>()
 
@@ -176,6 +184,7 @@ final class Operator {
         port = node.port
         nodeID = node.id
         conn = try Self.connect(brokerDir: brokerDir, port: port, cert: cert)
+        pub = try Self.connect(brokerDir: brokerDir, port: port, cert: cert)
         try setUp()
     }
 
@@ -201,7 +210,16 @@ final class Operator {
         _ = try conn.declareQueue(q)
         try conn.bindQueue(q, exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(nodeID))
         try conn.bindQueue(q, exchange: WireNames.tasksExchange, routingKey: WireNames.broadcastKey)
-        try conn.consume(queue: eventsQueue, noAck: true)
+        // Manual acks: an event the broker sent but we had not read when it stopped is sent again.
+        try conn.consume(queue: eventsQueue, noAck: false)
+        try pub.openChannel(1)
+        try pub.enablePublisherConfirms()
+    }
+
+    /// Waits until the broker confirmed everything published so far.
+    func confirmPublished() throws {
+        let nacked = try pub.waitForConfirms()
+        if !nacked.isEmpty { throw HarnessError("the broker refused \(nacked.count) publish(es)") }
     }
 
     /// After a broker restart.
@@ -210,6 +228,7 @@ final class Operator {
         while true {
             do {
                 conn = try Self.connect(brokerDir: brokerDir, port: port, cert: "operator")
+                pub = try Self.connect(brokerDir: brokerDir, port: port, cert: "operator")
                 try setUp()
                 return
             } catch {
@@ -220,7 +239,7 @@ final class Operator {
     }
 
     func publish(_ body: [UInt8]) throws {
-        try conn.publish(exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(nodeID), body: body)
+        try pub.publish(exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(nodeID), body: body)
     }
 
     func submit(_ task: [String: JSONValue]) throws {
@@ -229,7 +248,7 @@ final class Operator {
 
     func cancel(_ taskID: String) throws {
         let body = try JSONEncoder.fem.encode(ControlMessage(taskID: taskID, reason: "test"))
-        try conn.publish(exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(nodeID), body: Array(body))
+        try pub.publish(exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(nodeID), body: Array(body))
     }
 
     /// Reads events until `done` holds for what has been seen, or fails after `timeout` seconds.
@@ -244,6 +263,7 @@ final class Operator {
                                        + "\($0.detail.message ?? "")" }.joined(separator: "\n"))
             }
             guard let d = try conn.nextDelivery(timeoutMilliseconds: 200) else { continue }
+            try conn.ack(deliveryTag: d.deliveryTag, channel: d.channel)
             if d.routingKey.hasSuffix(".heartbeat") { continue }
             let e = try JSONDecoder.fem.decode(TaskEvent.self, from: Data(d.body))
             let key = "\(e.taskID ?? "-")#\(e.seq)#\(e.detail.message ?? "")"
