@@ -18,23 +18,17 @@ python3 -c "import jsonschema" 2>/dev/null || python3 -m pip install -q jsonsche
 
 services=$(pwd)/.build-test/services
 mkdir -p "$services"
-started=()
+# Every broker here, the shared one and those tests start for themselves, records its PID under $services;
+# on exit each is stopped by that PID.
 cleanup() {
-  # Brokers that tests started for themselves (they record their PIDs under $services), if a test died.
   for pidfile in "$services"/*/broker.pid; do
-    [[ -f "$pidfile" ]] && bash scripts/dev-broker.sh stop --dir "$(dirname "$pidfile")" || true
-  done
-  for s in "${started[@]}"; do
-    case "$s" in
-      broker:*) bash scripts/dev-broker.sh stop --dir "${s#broker:}" || true ;;
-    esac
+    [[ -f "$pidfile" ]] && { bash scripts/dev-broker.sh stop --dir "$(dirname "$pidfile")" || true; }
   done
 }
 trap cleanup EXIT
 
 # The shared test broker. Tests that restart a broker start their own (scripts/dev-broker.sh) and stop it.
 bash scripts/dev-broker.sh start --dir "$services/broker" --port 5699 --name fem-test
-started+=("broker:$services/broker")
 
 export FEM_TEST_BROKER_DIR="$services/broker"
 export FEM_TEST_BROKER_PORT=5699

@@ -120,7 +120,7 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
             }
             try db.execute(sql: """
                 UPDATE tasks SET state = ?, updated_at = ?, exit_code = COALESCE(?, exit_code),
-                    failure_class = COALESCE(?, failure_class), message = COALESCE(?, message) WHERE task_id = ?
+                    failure_class = COALESCE(?, failure_class), message = ? WHERE task_id = ?
                 """, arguments: [state.rawValue, FEMTime.format(at), detail.exitCode, detail.failureClass?.rawValue,
                                  detail.message, taskID])
             return try self.appendEvent(db, taskID: taskID, executionID: rec.executionID, kind: .state, state: state,

@@ -181,6 +181,20 @@ struct RunnerTests {
         #expect(try journal.task("b")?.state == .completed)
     }
 
+    @Test func aSourceTheNodeCannotFetchIsDeclinedNotIgnored() async throws {
+        let launcher = FakeLauncher(script: .exit(0, after: .zero))
+        let r = runner(launcher)
+        let doc: JSONValue = ["schema_version": 1, "task_id": "src", "execution_id": "e", "plan": [
+            "schema_version": 1, "id": "t", "version": "1", "launcher": "process",
+            "source": ["git": ["url": "git://127.0.0.1/x.git"]], "command": ["base": ["/bin/true"]]]]
+        _ = try journal.admit(try DocumentReader.readTask(doc, requireTaskID: true), document: doc, at: Date())
+        await r.enqueue("src")
+        await r.waitUntilIdle()
+        #expect(try journal.task("src")?.state == .declined)
+        #expect(try journal.task("src")?.message == "this node cannot fetch git sources (git stage-in is not enabled)")
+        #expect(launcher.started.isEmpty)
+    }
+
     @Test func unsupportedStageOutTargetIsDeclined() async throws {
         let r = runner(FakeLauncher(script: .exit(0, after: .zero)))
         try admit("a", stageOut: "https://up/x")

@@ -15,6 +15,7 @@ public struct TaskRecord: Sendable, Equatable {
     public var handle: LaunchHandle?
     public var exitCode: Int32?
     public var failureClass: FailureClass?
+    /// The message of the latest state change (nil when it had none).
     public var message: String?
     public var cancelRequested: Bool
 

@@ -69,7 +69,7 @@ public final class MemoryJournal: Journal, @unchecked Sendable {
             r.updatedAt = at
             r.exitCode = detail.exitCode ?? r.exitCode
             r.failureClass = detail.failureClass ?? r.failureClass
-            r.message = detail.message ?? r.message
+            r.message = detail.message
             rows[taskID] = r
             return append(taskID, r.executionID, .state, state, detail, at)
         }

@@ -45,6 +45,8 @@ public struct StageReporter: Sendable {
 
 /// Prepares a task before launch: sources, files, images. Each step idempotent and journaled as done.
 public protocol StageIn: Sendable {
+    /// Nil when this node can prepare what `plan` needs; else the reason the task is declined before it runs.
+    func check(_ plan: ToolPlan) -> String?
     func stageIn(_ job: LaunchJob, reporter: StageReporter) async throws
 }
 
@@ -83,8 +85,15 @@ public protocol StageOut: Sendable {
         -> StageOutSummary
 }
 
-/// Stage-in that does nothing but report: for plans without sources.
+/// Stage-in for a node that fetches nothing: plans with a `source` are declined, never run without their code.
 public struct NoStageIn: StageIn {
     public init() {}
+    public func check(_ plan: ToolPlan) -> String? {
+        switch plan.source {
+        case nil: nil
+        case .git?: "this node cannot fetch git sources (git stage-in is not enabled)"
+        case .files?: "this node cannot download task files (HTTP stage-in is not enabled)"
+        }
+    }
     public func stageIn(_ job: LaunchJob, reporter: StageReporter) async throws {}
 }

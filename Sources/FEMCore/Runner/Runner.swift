@@ -304,6 +304,7 @@ public actor Runner {
             return .failure(PolicyDecline("\(error)"))
         }
         let job = LaunchJob(task: spec, command: command, sandbox: hostPaths)
+        if let reason = stageIn.check(spec.plan) { return .failure(PolicyDecline(reason)) }
         if let reason = stageOut.check(spec.stageOut) { return .failure(PolicyDecline(reason)) }
         if let reason = launcher.policyCheck(job) { return .failure(PolicyDecline(reason)) }
         return .success((job, launcher))

@@ -87,6 +87,7 @@ extension FEMCtlCommand {
                     try conn.publish(exchange: WireNames.tasksExchange, routingKey: key, body: body)
                 }
                 print(id)
+                flushOut()
                 if (i + 1) % 200 == 0, !(try conn.waitForConfirms()).isEmpty {
                     throw ValidationError("the broker refused some publishes")
                 }
