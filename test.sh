@@ -4,16 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-packages=(pkg-config openssl librabbitmq-dev libcurl4-openssl-dev libgit2-dev libsqlite3-dev rabbitmq-server amqp-tools)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "test.sh: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+bash scripts/install-packages.sh
 python3 -c "import jsonschema" 2>/dev/null || python3 -m pip install -q jsonschema
 
 services=$(pwd)/.build-test/services

@@ -53,26 +53,12 @@ public final class AMQPEventPublisher: @unchecked Sendable {
     private var isStopped: Bool { lock.withLock { stopped } }
 
     private func runLoop() {
-        var backoff = 0.5
-        var everConnected = false
-        while true {
-            do {
-                let conn = try AMQPConnection(endpoint: endpoint)
-                try conn.openChannel(1)
-                try conn.declareExchange(WireNames.eventsExchange)
-                try conn.enablePublisherConfirms()
-                if everConnected { logger.notice("event publisher reconnected") }
-                everConnected = true
-                backoff = 0.5
-                try serve(conn)
-                return
-            } catch {
-                if isStopped { return }
-                logger.warning("event publisher: \(error); retrying in \(String(format: "%.1f", backoff)) s")
-                let deadline = Date().addingTimeInterval(backoff)
-                while Date() < deadline && !isStopped { Thread.sleep(forTimeInterval: 0.1) }
-                backoff = min(backoff * 2, 15)
-            }
+        runReconnecting(endpoint, label: "event publisher", logger: logger, isStopped: { isStopped }) { conn, again in
+            try conn.openChannel(1)
+            try conn.declareExchange(WireNames.eventsExchange)
+            try conn.enablePublisherConfirms()
+            if again { logger.notice("event publisher reconnected") }
+            try serve(conn)
         }
     }
 

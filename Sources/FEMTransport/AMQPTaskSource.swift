@@ -74,32 +74,17 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
     }
 
     private func runLoop() {
-        var backoff = 0.5
-        var everConnected = false
-        while !isStopped {
-            do {
-                let conn = try AMQPConnection(endpoint: endpoint)
-                try Self.declareTopology(conn, nodeID: nodeID, prefetch: prefetch)
-                try conn.consume(queue: WireNames.taskQueue(node: nodeID), channel: Self.taskChannel)
-                try conn.consume(queue: WireNames.controlQueue(node: nodeID), channel: Self.controlChannel)
-                let gen = lock.withLock { () -> Int in
-                    generation += 1
-                    pendingAcks.removeAll()
-                    return generation
-                }
-                logger.notice(everConnected ? "reconnected to the broker at \(endpoint)"
-                              : "connected to the broker at \(endpoint)")
-                everConnected = true
-                backoff = 0.5
-                try serve(conn, generation: gen)
-                return
-            } catch {
-                if isStopped { break }
-                logger.warning("broker connection: \(error); retrying in \(String(format: "%.1f", backoff)) s")
-                let deadline = Date().addingTimeInterval(backoff)
-                while Date() < deadline && !isStopped { Thread.sleep(forTimeInterval: 0.1) }
-                backoff = min(backoff * 2, 15)
+        runReconnecting(endpoint, label: "broker connection", logger: logger, isStopped: { isStopped }) { conn, again in
+            try Self.declareTopology(conn, nodeID: nodeID, prefetch: prefetch)
+            try conn.consume(queue: WireNames.taskQueue(node: nodeID), channel: Self.taskChannel)
+            try conn.consume(queue: WireNames.controlQueue(node: nodeID), channel: Self.controlChannel)
+            let gen = lock.withLock { () -> Int in
+                generation += 1
+                pendingAcks.removeAll()
+                return generation
             }
+            logger.notice("\(again ? "reconnected" : "connected") to the broker at \(endpoint)")
+            try serve(conn, generation: gen)
         }
         continuation?.finish()
     }

@@ -27,7 +27,7 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     func policyCheck(_ job: LaunchJob) -> String? { declineReason }
 
     func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
-        if case .failToStart = script { throw LaunchError(.runnerSystemFailure, "engine unreachable") }
+        if case .failToStart = script { throw TaskFailure(.runnerSystemFailure, "engine unreachable") }
         let id = job.task.taskID
         let (s, c) = AsyncStream<Void>.makeStream()
         lock.withLock {
@@ -80,7 +80,7 @@ final class FakeStageOut: StageOut, @unchecked Sendable {
     func stageOut(_ job: LaunchJob, record: TaskRecord, outcome: TaskOutcome, reporter: StageReporter) async throws
         -> StageOutSummary {
         lock.withLock { outcomes.append(outcome.state) }
-        if fail { throw StageError(.stageOutFailure, "upload server said 500") }
+        if fail { throw TaskFailure(.stageOutFailure, "upload server said 500") }
         return StageOutSummary(files: 2, bytes: 10, location: "file:///x")
     }
 }

@@ -58,19 +58,6 @@ public enum Recovery: Sendable, Equatable {
     case lost(String)
 }
 
-/// A launch failed for a reason that belongs to the node, not the tool.
-public struct LaunchError: Error, CustomStringConvertible, Sendable {
-    public var failureClass: FailureClass
-    public var message: String
-
-    public init(_ failureClass: FailureClass, _ message: String) {
-        self.failureClass = failureClass
-        self.message = message
-    }
-
-    public var description: String { message }
-}
-
 /// One way of running prepared work. Every launcher has the same shape (see Sources/FEMLaunchers).
 public protocol Launcher: Sendable {
     var name: String { get }

@@ -1,7 +1,8 @@
 import Foundation
 
-/// A stage failed; the class says which kind of failure the task ends with.
-public struct StageError: Error, CustomStringConvertible, Sendable {
+/// A stage or a launch failed; the class says which kind of failure the task ends with (a stage-in step throws
+/// `stage_in_failure`, a launcher that cannot reach its engine `runner_system_failure`, …).
+public struct TaskFailure: Error, CustomStringConvertible, Sendable {
     public var failureClass: FailureClass
     public var message: String
 

@@ -222,18 +222,14 @@ public actor Runner {
                 do {
                     _ = try sandboxes.prepare(taskID: taskID)
                 } catch {
-                    throw StageError(.runnerSystemFailure, "cannot create the sandbox: \(error)")
+                    throw TaskFailure(.runnerSystemFailure, "cannot create the sandbox: \(error)")
                 }
                 try await stageIn.stageIn(job, reporter: reporter(for: taskID, state: .stagingIn))
             } catch let decline as PolicyDecline {
                 record(taskID, .declined, EventDetail(message: decline.reason))
                 return
-            } catch let error as StageError {
-                outcome = TaskOutcome(state: .failed, detail: EventDetail(failureClass: error.failureClass,
-                                                                          message: error.message))
             } catch {
-                outcome = TaskOutcome(state: .failed, detail: EventDetail(failureClass: .stageInFailure,
-                                                                          message: "\(error)"))
+                outcome = Self.failed(error, otherwise: .stageInFailure, "")
             }
             if outcome == nil {
                 let runDetail = EventDetail(message: "launched with \(launcher.name)",
@@ -268,7 +264,7 @@ public actor Runner {
                                        "location": summary.location.map(JSONValue.string) ?? .null])
             outcome.detail.data = data
         } catch {
-            let message = (error as? StageError)?.message ?? "\(error)"
+            let message = (error as? TaskFailure)?.message ?? "\(error)"
             if outcome.state == .completed {
                 outcome = TaskOutcome(state: .failed, detail: EventDetail(exitCode: outcome.detail.exitCode,
                                                                           failureClass: .stageOutFailure,
@@ -330,13 +326,17 @@ public actor Runner {
         do {
             let handle = try await launcher.start(job) { handle in try journal.setHandle(taskID, handle) }
             return await supervise(job, handle: handle, launcher: launcher, cancelSignal: cancelSignal)
-        } catch let error as LaunchError {
-            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: error.failureClass,
-                                                                   message: error.message))
         } catch {
-            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
-                                                                   message: "cannot start: \(error)"))
+            return Self.failed(error, otherwise: .runnerSystemFailure, "cannot start: ")
         }
+    }
+
+    /// A failure outcome: a `TaskFailure` keeps its class and message; any other error gets `otherwise`.
+    static func failed(_ error: Error, otherwise: FailureClass, _ prefix: String) -> TaskOutcome {
+        if let f = error as? TaskFailure {
+            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: f.failureClass, message: f.message))
+        }
+        return TaskOutcome(state: .failed, detail: EventDetail(failureClass: otherwise, message: "\(prefix)\(error)"))
     }
 
     private func reattach(_ rec: TaskRecord, job: LaunchJob, launcher: any Launcher,

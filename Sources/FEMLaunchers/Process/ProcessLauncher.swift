@@ -67,7 +67,7 @@ public final class ProcessLauncher: Launcher, @unchecked Sendable {
 
     public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
         guard let executable = resolve(job) else {
-            throw LaunchError(.taskFailure, "executable \"\(job.command.argv.first ?? "")\" is not found")
+            throw TaskFailure(.taskFailure, "executable \"\(job.command.argv.first ?? "")\" is not found")
         }
         let spawned: ChildProcess.Spawned
         do {
@@ -77,7 +77,7 @@ public final class ProcessLauncher: Launcher, @unchecked Sendable {
                                              workingDirectory: job.command.workingDirectory,
                                              stdoutPath: job.stdoutPath, stderrPath: job.stderrPath)
         } catch {
-            throw LaunchError(.runnerSystemFailure, "\(error)")
+            throw TaskFailure(.runnerSystemFailure, "\(error)")
         }
         let pid = spawned.pid
         let waiter = Task { await ChildProcess.exitStatus(of: pid) }
@@ -91,7 +91,7 @@ public final class ProcessLauncher: Launcher, @unchecked Sendable {
     public func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome {
         guard let pid = Int32(handle.data["pid"] ?? ""),
               let waiter = lock.withLock({ exits[pid] }) else {
-            throw LaunchError(.runnerSystemFailure, "no process is known for this handle")
+            throw TaskFailure(.runnerSystemFailure, "no process is known for this handle")
         }
         let status = await waiter.value
         lock.withLock { _ = exits.removeValue(forKey: pid) }

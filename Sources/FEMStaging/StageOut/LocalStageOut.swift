@@ -30,7 +30,7 @@ public struct LocalStageOut: StageOut {
             return StageOutSummary(files: files.count, bytes: bytes, location: job.sandbox.sandbox)
         }
         guard target.url.hasPrefix("file://") else {
-            throw StageError(.stageOutFailure, "unsupported stage-out target \(target.url)")
+            throw TaskFailure(.stageOutFailure, "unsupported stage-out target \(target.url)")
         }
         let root = String(target.url.dropFirst("file://".count))
         let dest = "\(root)/\(job.task.executionID)/\(nodeID)"
@@ -43,10 +43,10 @@ public struct LocalStageOut: StageOut {
             }
             try FileManager.default.createDirectory(atPath: dest, withIntermediateDirectories: true)
             try manifest.encoded().write(to: URL(fileURLWithPath: "\(dest)/manifest.json"), options: .atomic)
-        } catch let e as StageError {
+        } catch let e as TaskFailure {
             throw e
         } catch {
-            throw StageError(.stageOutFailure, "cannot write to \(dest): \(error.localizedDescription)")
+            throw TaskFailure(.stageOutFailure, "cannot write to \(dest): \(error.localizedDescription)")
         }
         return StageOutSummary(files: files.count, bytes: bytes, location: dest)
     }

@@ -55,11 +55,11 @@ public enum OutputCollector {
             let file = try describe("\(sandbox.output)/\(rel)", as: "out/\(rel)")
             let cap = min(rule.maxBytes ?? limits.maxFileBytes, limits.maxFileBytes)
             if file.size > cap {
-                throw StageError(.stageOutFailure, "output out/\(rel) is \(file.size) bytes, over the limit of \(cap) bytes")
+                throw TaskFailure(.stageOutFailure, "output out/\(rel) is \(file.size) bytes, over the limit of \(cap) bytes")
             }
             total += file.size
             if total > limits.maxTaskBytes {
-                throw StageError(.stageOutFailure, "outputs exceed the task limit of \(limits.maxTaskBytes) bytes at "
+                throw TaskFailure(.stageOutFailure, "outputs exceed the task limit of \(limits.maxTaskBytes) bytes at "
                                  + "out/\(rel)")
             }
             files.append(file)
@@ -95,7 +95,7 @@ public enum OutputCollector {
 
     public static func describe(_ path: String, as name: String) throws -> CollectedFile {
         guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw StageError(.stageOutFailure, "cannot read \(name)")
+            throw TaskFailure(.stageOutFailure, "cannot read \(name)")
         }
         defer { try? handle.close() }
         var hash = SHA256()

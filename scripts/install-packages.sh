@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs the Debian packages fem-client needs (to build, and to run the local TLS broker), if any are missing.
+# Used by install.sh and test.sh.
+set -euo pipefail
+packages=(pkg-config openssl librabbitmq-dev libcurl4-openssl-dev libgit2-dev libsqlite3-dev rabbitmq-server amqp-tools)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+((${#missing[@]})) || exit 0
+echo "install-packages.sh: installing ${missing[*]}"
+if [[ $(id -u) -ne 0 ]]; then sudo=sudo; else sudo=; fi
+$sudo apt-get update -qq
+# rabbitmq-server's package would start a system broker; RUNLEVEL=1 keeps it from doing so: we run our own.
+DEBIAN_FRONTEND=noninteractive RUNLEVEL=1 $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
