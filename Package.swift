@@ -52,6 +52,7 @@ let package = Package(
 
         .testTarget(name: "FEMCoreTests", dependencies: ["FEMCore"], exclude: ["Corpus", "schema_check.py"]),
         .testTarget(name: "FEMJournalTests", dependencies: ["FEMJournal", "FEMCore"]),
+        .testTarget(name: "FEMLaunchersTests", dependencies: ["FEMLaunchers", "FEMCore", "FEMSystem"]),
         .testTarget(name: "FEMNodeTests", dependencies: ["FEMNode", "FEMCore", "FEMSystem"]),
         .testTarget(name: "IntegrationTests", dependencies: ["FEMCore", "FEMSystem", "FEMNode"]),
     ],

@@ -21,9 +21,10 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
         }
         db = try DatabasePool(path: path, configuration: config)
-        // The journal can hold tokens of stage-out targets: readable by the node's user only.
-        for suffix in ["", "-wal", "-shm"] { chmod(path + suffix, 0o600) }
         try Self.migrator.migrate(db)
+        // The journal can hold tokens of stage-out targets: readable by the node's user only (after migrating, so
+        // the WAL and shared-memory files exist too).
+        for suffix in ["", "-wal", "-shm"] { chmod(path + suffix, 0o600) }
     }
 
     static var migrator: DatabaseMigrator {

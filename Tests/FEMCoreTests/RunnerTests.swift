@@ -29,20 +29,26 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
         if case .failToStart = script { throw TaskFailure(.runnerSystemFailure, "engine unreachable") }
         let id = job.task.taskID
-        let (s, c) = AsyncStream<Void>.makeStream()
-        lock.withLock {
-            started.append(id)
-            streams[id] = s
-            stopped[id] = c
-        }
+        lock.withLock { started.append(id) }
+        _ = signal(id)
         let h = LaunchHandle(launcher: name, data: ["id": id])
         try persist(h)
         return h
     }
 
+    /// The stop signal of one piece of work, made on first use (at start, or at re-attach).
+    private func signal(_ id: String) -> AsyncStream<Void> {
+        lock.withLock {
+            if let s = streams[id] { return s }
+            let (s, c) = AsyncStream<Void>.makeStream()
+            streams[id] = s
+            stopped[id] = c
+            return s
+        }
+    }
+
     func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome {
-        let id = handle.data["id"]!
-        let stream = lock.withLock { streams[id] }
+        let stream: AsyncStream<Void>? = signal(handle.data["id"]!)
         switch script {
         case .exit(let code, let delay):
             try? await Task.sleep(for: delay)
@@ -56,13 +62,14 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     }
 
     func stop(_ handle: LaunchHandle, grace: Duration) async {
+        _ = signal(handle.data["id"]!)
         lock.withLock {
             stops += 1
             stopped[handle.data["id"]!]?.yield()
         }
     }
 
-    func recover(_ handle: LaunchHandle) async -> Recovery { recovery }
+    func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery { recovery }
 }
 
 struct FakeSandboxes: SandboxProvider {
@@ -260,6 +267,32 @@ struct RunnerTests {
         await r.waitUntilIdle()
         #expect(try journal.task("a")?.state == .completed)
         #expect(launcher.started.isEmpty, "re-attached, not started again")
+    }
+
+    @Test func aCancelRecordedBeforeARestartStopsReattachedWork() async throws {
+        try admit("a")
+        try journal.transition("a", to: .stagingIn, detail: .none, at: Date())
+        try journal.transition("a", to: .running, detail: .none, at: Date())
+        try journal.setHandle("a", LaunchHandle(launcher: "process", data: ["id": "a"]))
+        try journal.setCancelRequested("a")
+        let launcher = FakeLauncher(script: .hang, recovery: .running)
+        let r = runner(launcher)
+        await r.recover()
+        await r.waitUntilIdle()
+        #expect(try journal.task("a")?.state == .cancelled)
+        #expect(launcher.stops == 1, "the re-attached work was stopped")
+    }
+
+    @Test func aRunningTaskWhoseLauncherWasDisabledFailsInsteadOfHanging() async throws {
+        try admit("a", launcher: "docker")
+        try journal.transition("a", to: .stagingIn, detail: .none, at: Date())
+        try journal.transition("a", to: .running, detail: .none, at: Date())
+        let r = runner(FakeLauncher(script: .exit(0, after: .zero)))
+        await r.recover()
+        await r.waitUntilIdle()
+        let rec = try #require(try journal.task("a"))
+        #expect(rec.state == .failed && rec.failureClass == .runnerSystemFailure)
+        #expect(rec.message?.hasPrefix("cannot resume after a restart: launcher \"docker\" is not enabled") == true)
     }
 
     @Test func receiverRejectsMalformedAndIgnoresDuplicates() async throws {

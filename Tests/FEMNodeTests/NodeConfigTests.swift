@@ -95,6 +95,13 @@ struct NodeConfigTests {
         #expect(p.contains { $0.hasPrefix("broker.key_file: cannot read") })
     }
 
+    @Test func localCommandsDoNotNeedTheBrokerFiles() throws {
+        let text = Self.toml().replacingOccurrences(of: "\(Self.dir)/c.key", with: "/nonexistent/c.key")
+        #expect(Self.problems(text).contains { $0.hasPrefix("broker.key_file: cannot read") })
+        let c = try NodeConfig.parse(text, source: "t", environment: [:], brokerFiles: false)
+        #expect(c.nodeID == "n1")
+    }
+
     @Test func datasetsNeedAnAbsoluteExistingPath() throws {
         let ok = try NodeConfig.parse(Self.toml() + "\n[datasets.cohort-a]\npath = \"\(Self.dir)\"\nlabels = { kind = \"csv\" }",
                                       source: "t", environment: [:])

@@ -74,8 +74,10 @@ public protocol Launcher: Sendable {
     func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome
     /// Asks the work to stop, then forces it after `grace`.
     func stop(_ handle: LaunchHandle, grace: Duration) async
-    /// After a daemon restart: what became of the work this handle names.
-    func recover(_ handle: LaunchHandle) async -> Recovery
+    /// After a daemon restart: what became of the job's work. `handle` is nil when the daemon died between starting
+    /// the work and journaling its handle; a launcher then finds the work by what it stamped on it (an environment
+    /// variable, a container label).
+    func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery
 }
 
 /// The launchers this node can use, built explicitly by the executable (no registration by side effect).

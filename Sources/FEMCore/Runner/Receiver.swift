@@ -62,10 +62,10 @@ public struct Receiver: Sendable {
         do {
             switch try journal.admit(spec, document: value, at: now) {
             case .admitted:
-                eventsAdded()
-                message.ack()
                 logger.info("received \(spec.plan.id) \(spec.plan.version) (\(spec.plan.launcher)), execution \(spec.executionID)",
                             metadata: ["task": "\(spec.taskID)"])
+                eventsAdded()
+                message.ack()
                 await runner.enqueue(spec.taskID)
             case .duplicate(let existing):
                 let text = "task \(spec.taskID) was already received (now \(existing.state.rawValue)); "
@@ -73,10 +73,10 @@ public struct Receiver: Sendable {
                 try journal.note(spec.taskID, kind: .duplicate,
                                  detail: EventDetail(message: text, data: ["state": .string(existing.state.rawValue)]),
                                  at: now)
-                eventsAdded()
-                message.ack()
                 logger.notice("duplicate delivery ignored (task is \(existing.state.rawValue))",
                               metadata: ["task": "\(spec.taskID)"])
+                eventsAdded()
+                message.ack()
             }
         } catch {
             // Not acknowledged: the broker redelivers after a reconnect, and the journal decides again.
@@ -88,9 +88,9 @@ public struct Receiver: Sendable {
     private func reject(_ message: InboundMessage, taskID: String?, executionID: String?, reason: String, at: Date) {
         do {
             try journal.recordRejection(taskID: taskID, executionID: executionID, message: reason, at: at)
+            logger.warning("rejected: \(reason)", metadata: taskID.map { ["task": "\($0)"] } ?? [:])
             eventsAdded()
             message.ack()
-            logger.warning("rejected: \(reason)", metadata: taskID.map { ["task": "\($0)"] } ?? [:])
         } catch {
             logger.error("cannot journal a rejection, leaving it unacknowledged: \(error)")
         }

@@ -151,7 +151,6 @@ public actor Runner {
     private func record(_ taskID: String, _ state: TaskState, _ detail: EventDetail) -> Bool {
         do {
             try journal.transition(taskID, to: state, detail: detail, at: Date())
-            eventsAdded()
             var meta: Logger.Metadata = ["task": "\(taskID)"]
             if let c = detail.failureClass { meta["class"] = "\(c.rawValue)" }
             if let e = detail.exitCode { meta["exit"] = "\(e)" }
@@ -161,6 +160,8 @@ public actor Runner {
             } else {
                 logger.info("\(text)", metadata: meta)
             }
+            // After the log line, so receiver.log never lags behind what the orchestrator sees.
+            eventsAdded()
             return true
         } catch {
             logger.error("journal refused \(state.rawValue): \(error)", metadata: ["task": "\(taskID)"])
@@ -168,7 +169,7 @@ public actor Runner {
         }
     }
 
-    private func reporter(for taskID: String, state: TaskState) -> StageReporter {
+    private func reporter(for taskID: String) -> StageReporter {
         let journal = self.journal
         let logger = self.logger
         let eventsAdded = self.eventsAdded
@@ -197,7 +198,8 @@ public actor Runner {
                                                 message: "the journaled task can no longer be read: \(error)"))
             return
         }
-        if rec.cancelRequested && rec.state != .stagingOut {
+        let notStarted = rec.state == .received || rec.state == .stagingIn
+        if rec.cancelRequested && notStarted {
             record(taskID, .cancelled, EventDetail(message: "cancelled by the orchestrator"))
             return
         }
@@ -205,9 +207,18 @@ public actor Runner {
         let prepared: (job: LaunchJob, launcher: any Launcher)
         switch prepare(spec) {
         case .success(let p): prepared = p
-        case .failure(let decline):
+        case .failure(let decline) where notStarted:
             record(taskID, .declined, EventDetail(message: decline.reason))
             return
+        case .failure(let decline):
+            // Work already ran under a policy the node no longer has (its config changed across a restart).
+            record(taskID, .failed, EventDetail(failureClass: .runnerSystemFailure,
+                                                message: "cannot resume after a restart: \(decline.reason)"))
+            return
+        }
+        if rec.cancelRequested && rec.state == .running {
+            // Cancelled while the daemon was down: stop the work once re-attached.
+            active[taskID]?.yield("cancelled by the orchestrator")
         }
         let job = prepared.job
         let launcher = prepared.launcher
@@ -224,7 +235,7 @@ public actor Runner {
                 } catch {
                     throw TaskFailure(.runnerSystemFailure, "cannot create the sandbox: \(error)")
                 }
-                try await stageIn.stageIn(job, reporter: reporter(for: taskID, state: .stagingIn))
+                try await stageIn.stageIn(job, reporter: reporter(for: taskID))
             } catch let decline as PolicyDecline {
                 record(taskID, .declined, EventDetail(message: decline.reason))
                 return
@@ -258,7 +269,7 @@ public actor Runner {
         guard let current = try? journal.task(taskID) else { return }
         do {
             let summary = try await stageOut.stageOut(job, record: current, outcome: outcome,
-                                                      reporter: reporter(for: taskID, state: .stagingOut))
+                                                      reporter: reporter(for: taskID))
             var data = outcome.detail.data ?? [:]
             data["outputs"] = .object(["files": .int(Int64(summary.files)), "bytes": .int(summary.bytes),
                                        "location": summary.location.map(JSONValue.string) ?? .null])
@@ -341,12 +352,12 @@ public actor Runner {
 
     private func reattach(_ rec: TaskRecord, job: LaunchJob, launcher: any Launcher,
                           cancelSignal: AsyncStream<String>) async -> TaskOutcome {
-        guard let handle = rec.handle else {
-            return TaskOutcome(state: .failed, detail: EventDetail(
-                failureClass: .nodeRestart, message: "the daemon stopped before the task was started; not run again"))
-        }
-        switch await launcher.recover(handle) {
+        switch await launcher.recover(job, handle: rec.handle) {
         case .running:
+            guard let handle = rec.handle else {
+                return TaskOutcome(state: .failed, detail: EventDetail(
+                    failureClass: .nodeRestart, message: "work without a journaled handle cannot be followed"))
+            }
             logger.info("re-attached to running work", metadata: ["task": "\(rec.taskID)"])
             _ = try? journal.note(rec.taskID, kind: .notice, detail: EventDetail(message: "re-attached after a daemon restart"),
                                   at: Date())

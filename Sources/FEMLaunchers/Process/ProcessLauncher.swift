@@ -120,18 +120,23 @@ public final class ProcessLauncher: Launcher, @unchecked Sendable {
         ChildProcess.signalGroup(pgid, SIGKILL)
     }
 
-    /// A host process cannot be re-attached (it is no longer our child, so its exit code is lost). Whatever is
-    /// left of its group is stopped, and the task fails with `node_restart`.
-    public func recover(_ handle: LaunchHandle) async -> Recovery {
-        guard let pid = Int32(handle.data["pid"] ?? ""), let pgid = Int32(handle.data["pgid"] ?? "") else {
-            return .lost("the launch handle is unreadable")
+    /// A host process cannot be re-attached (it is no longer our child, so its exit status is lost). Whatever is
+    /// left of it is stopped, and the task fails with `node_restart`. The work is found by its journaled PID (if the
+    /// kernel's start time still matches) and by the `FEM_SANDBOX` entry every process of the task inherits, which
+    /// also covers a daemon that died before it could journal the PID.
+    public func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery {
+        var groups = ChildProcess.processGroups(withEnvironmentEntry: "FEM_SANDBOX=\(job.command.environment["FEM_SANDBOX"] ?? job.sandbox.sandbox)")
+        if let handle, let pid = Int32(handle.data["pid"] ?? ""), let pgid = Int32(handle.data["pgid"] ?? ""),
+           ChildProcess.startTime(of: pid).map({ "\($0)" == handle.data["start_time"] }) ?? false {
+            groups.insert(pgid)
         }
-        let sameProcess = ChildProcess.startTime(of: pid).map { "\($0)" == handle.data["start_time"] } ?? false
-        if sameProcess || ChildProcess.groupExists(pgid) {
-            await Self.terminateGroup(pgid, grace: .seconds(5))
-            return .lost("the daemon restarted while the process ran; a host process cannot be re-attached, so it "
-                         + "was stopped and not run again")
+        guard !groups.isEmpty else {
+            return .lost("the process ended while the daemon was down; its exit status is unknown")
         }
-        return .lost("the process ended while the daemon was down; its exit status is unknown")
+        await withTaskGroup(of: Void.self) { all in
+            for pgid in groups { all.addTask { await Self.terminateGroup(pgid, grace: .seconds(5)) } }
+        }
+        return .lost("the daemon restarted while the process ran; a host process cannot be re-attached, so it was "
+                     + "stopped and not run again")
     }
 }

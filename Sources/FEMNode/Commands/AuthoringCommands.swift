@@ -218,7 +218,7 @@ enum LocalNode {
         var config: NodeConfig
         if FileManager.default.fileExists(atPath: path) {
             do {
-                config = try NodeConfig.load(path: path)
+                config = try NodeConfig.load(path: path, brokerFiles: false)
             } catch let e as ConfigError {
                 throw ValidationError(e.description)
             }

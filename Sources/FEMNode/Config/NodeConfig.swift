@@ -124,16 +124,19 @@ extension NodeConfig {
     public static let knownLaunchers = ["process"]
 
     /// Loads `path`, applies environment overrides, and checks everything, reporting every problem at once.
-    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws
-        -> NodeConfig {
+    /// `brokerFiles: false` skips reading the broker's certificate and password files, for local commands that never
+    /// connect (`fem-client run`, `render`).
+    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment,
+                            brokerFiles: Bool = true) throws -> NodeConfig {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw ConfigError(problems: ["cannot read the configuration file \(path) (run install.sh to create it "
                                          + "from config/fem-client.example.toml)"])
         }
-        return try parse(text, source: path, environment: environment)
+        return try parse(text, source: path, environment: environment, brokerFiles: brokerFiles)
     }
 
-    public static func parse(_ text: String, source: String, environment: [String: String]) throws -> NodeConfig {
+    public static func parse(_ text: String, source: String, environment: [String: String],
+                             brokerFiles: Bool = true) throws -> NodeConfig {
         let table: TOMLTable
         do {
             table = try TOMLTable(string: text)
@@ -172,7 +175,7 @@ extension NodeConfig {
             problems.append("node.id: \"\(id)\" must be lowercase letters, digits and '-' (it names queues)")
         }
         var password = environment["FEM_BROKER_PASSWORD"]
-        if password == nil, let file = values["broker.password_file"] as? String, !file.isEmpty {
+        if brokerFiles, password == nil, let file = values["broker.password_file"] as? String, !file.isEmpty {
             if let text = try? String(contentsOfFile: file, encoding: .utf8) {
                 password = text.trimmingCharacters(in: .whitespacesAndNewlines)
             } else {
@@ -186,7 +189,7 @@ extension NodeConfig {
                 problems += e.problems
             }
         }
-        for name in ["broker.ca_file", "broker.cert_file", "broker.key_file"] {
+        for name in ["broker.ca_file", "broker.cert_file", "broker.key_file"] where brokerFiles {
             if let p = values[name] as? String, !FileManager.default.isReadableFile(atPath: p) {
                 problems.append("\(name): cannot read \(p)")
             }

@@ -100,6 +100,31 @@ public enum ChildProcess {
         return kill(-pgid, 0) == 0 || errno == EPERM
     }
 
+    /// Process groups of the processes whose environment holds exactly `entry` (`NAME=value`), read from /proc.
+    /// Lets a restarted daemon find work it started even when it died before recording the PID.
+    public static func processGroups(withEnvironmentEntry entry: String) -> Set<Int32> {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        let needle = Array(entry.utf8)
+        var groups = Set<Int32>()
+        for name in names {
+            guard let pid = Int32(name), pid != getpid(),
+                  let environ = FileManager.default.contents(atPath: "/proc/\(name)/environ") else { continue }
+            if environ.split(separator: 0).contains(where: { Array($0) == needle }), let pgid = processGroup(of: pid) {
+                groups.insert(pgid)
+            }
+        }
+        return groups
+    }
+
+    /// Field 5 of /proc/<pid>/stat: the process group.
+    public static func processGroup(of pid: Int32) -> Int32? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 2 else { return nil }
+        return Int32(fields[2])
+    }
+
     /// Field 22 of /proc/<pid>/stat: the start time in clock ticks after boot.
     public static func startTime(of pid: Int32) -> UInt64? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),

@@ -1,0 +1,99 @@
+import FEMCore
+import FEMLaunchers
+import FEMSystem
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The process launcher against real host processes.
+struct ProcessLauncherTests {
+    let root = FileManager.default.temporaryDirectory.appendingPathComponent("fem-proc-\(UUID().uuidString)").path
+
+    func job(_ base: [String], env: [String: JSONValue] = [:], id: String = "t1") throws -> LaunchJob {
+        let doc: JSONValue = ["schema_version": 1, "task_id": .string(id), "execution_id": "e", "plan": [
+            "schema_version": 1, "id": "t", "version": "1", "launcher": "process",
+            "command": ["base": .array(base.map(JSONValue.string))], "env": .object(env)]]
+        let task = try DocumentReader.readTask(doc, requireTaskID: true)
+        let paths = ToolPaths.under("\(root)/\(id)")
+        for d in [paths.src, paths.input, paths.output, paths.logs] {
+            try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        }
+        let command = try Renderer.render(task, context: RenderContext(nodeID: "n1", nodeName: "n1", paths: paths,
+                                                                       datasets: [:]), timeoutSeconds: 30)
+        return LaunchJob(task: task, command: command, sandbox: paths)
+    }
+
+    /// True once no process of the job is left (a SIGKILL is delivered asynchronously: allow it two seconds).
+    func gone(_ j: LaunchJob) async -> Bool {
+        for _ in 0..<40 {
+            if ChildProcess.processGroups(withEnvironmentEntry: "FEM_SANDBOX=\(j.sandbox.sandbox)").isEmpty { return true }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        return false
+    }
+
+    func groupAlive(_ handle: LaunchHandle) -> Bool {
+        // A zombie still counts for kill(0); look at the leader's state instead.
+        guard let pid = handle.data["pid"],
+              let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
+        return !stat.contains(") Z ")
+    }
+
+    @Test func exitCodeAndScrubbedEnvironment() async throws {
+        setenv("FEM_LEAK_CHECK", "secret", 1)
+        let launcher = ProcessLauncher(config: ProcessLauncherConfig())
+        let j = try job(["/bin/sh", "-c", "env | sort > \"$FEM_OUTPUT_DIR/env.txt\"; exit 4"], env: ["GREETING": "hi"])
+        let handle = try await launcher.start(j) { _ in }
+        let outcome = try await launcher.wait(handle)
+        #expect(outcome.exitCode == 4)
+        let env = try String(contentsOfFile: "\(j.sandbox.output)/env.txt", encoding: .utf8)
+        #expect(env.contains("GREETING=hi\n"))
+        #expect(env.contains("FEM_TASK_ID=t1\n"))
+        #expect(env.contains("HOME=\(j.sandbox.sandbox)\n"))
+        #expect(!env.contains("FEM_LEAK_CHECK"), "the daemon's environment does not leak into tasks")
+    }
+
+    @Test func stopEndsTheWholeGroup() async throws {
+        let launcher = ProcessLauncher(config: ProcessLauncherConfig())
+        let j = try job(["/bin/sh", "-c", "trap '' TERM; sleep 60 & sleep 61; wait"])
+        let handle = try await launcher.start(j) { _ in }
+        try await Task.sleep(for: .milliseconds(200))
+        #expect(ChildProcess.processGroups(withEnvironmentEntry: "FEM_SANDBOX=\(j.sandbox.sandbox)").count == 1)
+        await launcher.stop(handle, grace: .milliseconds(300))
+        let outcome = try await launcher.wait(handle)
+        #expect(outcome.signal == SIGKILL, "TERM was ignored, so KILL after the grace period")
+        #expect(await gone(j), "neither the shell nor its background sleep survives")
+    }
+
+    @Test func recoveryFindsWorkWithoutAJournaledHandle() async throws {
+        let launcher = ProcessLauncher(config: ProcessLauncherConfig())
+        let j = try job(["/bin/sleep", "60"], id: "orphan")
+        let handle = try await launcher.start(j) { _ in }
+        #expect(groupAlive(handle))
+        // As if the daemon died before journaling the handle.
+        let result = await ProcessLauncher(config: ProcessLauncherConfig()).recover(j, handle: nil)
+        guard case .lost(let why) = result else { Issue.record("expected lost, got \(result)"); return }
+        #expect(why.contains("was stopped and not run again"))
+        _ = try await launcher.wait(handle)
+        #expect(await gone(j))
+    }
+
+    @Test func recoveryOfWorkThatAlreadyEnded() async throws {
+        let j = try job(["/bin/true"], id: "ended")
+        let result = await ProcessLauncher(config: ProcessLauncherConfig()).recover(
+            j, handle: LaunchHandle(launcher: "process", data: ["pid": "999999", "pgid": "999999", "start_time": "1"]))
+        #expect(result == .lost("the process ended while the daemon was down; its exit status is unknown"))
+    }
+
+    @Test func allowlistAndMissingExecutablesAreDeclined() throws {
+        let limited = ProcessLauncher(config: ProcessLauncherConfig(allowedExecutables: ["python3", "/bin/echo"]))
+        #expect(limited.policyCheck(try job(["/bin/echo", "x"])) == nil)
+        #expect(limited.policyCheck(try job(["echo", "x"])) == nil, "a name resolves on PATH to an allowed path")
+        let refused = try #require(limited.policyCheck(try job(["/bin/sh", "-c", "true"])))
+        #expect(refused.contains("is not in this node's allowed executables"))
+        let open = ProcessLauncher(config: ProcessLauncherConfig())
+        #expect(open.policyCheck(try job(["no-such-program-fem"]))?.contains("is not found on this node") == true)
+    }
+}
