@@ -59,7 +59,6 @@ public actor Runner {
         self.eventsAdded = eventsAdded
     }
 
-    public var queuedCount: Int { queue.count }
     public var activeCount: Int { active.count }
 
     /// Queues a journaled task; it starts when a slot is free.

@@ -16,7 +16,6 @@ public struct LineLogHandler: LogHandler {
     }
 
     private let sink: Sink
-    private let label: String
     public var metadata: Logger.Metadata = [:]
     public var logLevel: Logger.Level = .info
 
@@ -25,8 +24,7 @@ public struct LineLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    init(label: String, sink: Sink) {
-        self.label = label
+    init(sink: Sink) {
         self.sink = sink
     }
 
@@ -46,7 +44,7 @@ public struct LineLogHandler: LogHandler {
             handle = FileHandle.standardError
         }
         let sink = Sink(handle: handle)
-        return { label in LineLogHandler(label: label, sink: sink) }
+        return { _ in LineLogHandler(sink: sink) }
     }
 
     public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
@@ -63,16 +61,10 @@ public struct LineLogHandler: LogHandler {
         case .error: lvl = "ERROR"
         case .critical: lvl = "CRIT "
         }
-        var text = "\(FEMTimeText.now()) \(lvl)"
+        var text = "\(FEMTime.format(Date())) \(lvl)"
         if let task = merged.removeValue(forKey: "task") { text += " task=\(task)" }
         text += " \(message)"
         for (k, v) in merged.sorted(by: { $0.key < $1.key }) { text += " \(k)=\(v)" }
         sink.write(text.replacingOccurrences(of: "\n", with: " | ") + "\n")
-    }
-}
-
-enum FEMTimeText {
-    static func now() -> String {
-        FEMTime.format(Date())
     }
 }

@@ -2,7 +2,7 @@ import FEMCore
 import Foundation
 
 /// `manifest.json`: the provenance record of a task's stage-out, uploaded last, checkable file by file.
-public struct Manifest: Codable, Sendable {
+public struct Manifest: Encodable, Sendable {
     public var schemaVersion = 1
     public var taskID: String
     public var executionID: String

@@ -5,8 +5,8 @@ import Glibc
 #endif
 
 /// One file that leaves the node.
-public struct CollectedFile: Sendable, Equatable, Codable {
-    /// Path on the host.
+public struct CollectedFile: Sendable, Equatable, Encodable {
+    /// Path on the host (not part of the manifest).
     public var source: String
     /// Path in the upload: `logs/stdout.log`, `out/result.csv`, `manifest.json`.
     public var path: String
@@ -19,13 +19,6 @@ public struct CollectedFile: Sendable, Equatable, Codable {
         self.path = path
         self.size = size
         self.sha256 = sha256
-    }
-    public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        source = ""
-        path = try c.decode(String.self, forKey: .path)
-        size = try c.decode(Int64.self, forKey: .size)
-        sha256 = try c.decode(String.self, forKey: .sha256)
     }
 }
 

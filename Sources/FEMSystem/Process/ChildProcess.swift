@@ -118,21 +118,22 @@ public enum ChildProcess {
 
     /// Field 5 of /proc/<pid>/stat: the process group.
     public static func processGroup(of pid: Int32) -> Int32? {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = text.lastIndex(of: ")") else { return nil }
-        let fields = text[text.index(after: close)...].split(separator: " ")
-        guard fields.count > 2 else { return nil }
-        return Int32(fields[2])
+        statField(pid, 5).flatMap { Int32($0) }
     }
 
     /// Field 22 of /proc/<pid>/stat: the start time in clock ticks after boot.
     public static func startTime(of pid: Int32) -> UInt64? {
+        statField(pid, 22).flatMap { UInt64($0) }
+    }
+
+    /// Field `n` (numbered from 1, as in proc(5)) of /proc/<pid>/stat. Fields are counted after the command name,
+    /// which may itself contain spaces and parentheses.
+    static func statField(_ pid: Int32, _ n: Int) -> Substring? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
               let close = text.lastIndex(of: ")") else { return nil }
         let fields = text[text.index(after: close)...].split(separator: " ")
-        // After "pid (comm)" the fields start at 3 (state); starttime is field 22.
-        guard fields.count > 19 else { return nil }
-        return UInt64(fields[19])
+        // fields[0] is field 3 (state).
+        return fields.count > n - 3 ? fields[n - 3] : nil
     }
 
     /// Resolves `name` against a PATH value the way execvp would; a name with a slash is taken as it is.
