@@ -51,6 +51,7 @@ let package = Package(
         .executableTarget(name: "femctl", dependencies: ["FEMNode"]),
 
         .testTarget(name: "FEMCoreTests", dependencies: ["FEMCore"], exclude: ["Corpus", "schema_check.py"]),
+        .testTarget(name: "FEMSystemTests", dependencies: ["FEMSystem"]),
         .testTarget(name: "FEMJournalTests", dependencies: ["FEMJournal", "FEMCore"]),
         .testTarget(name: "FEMLaunchersTests", dependencies: ["FEMLaunchers", "FEMCore", "FEMSystem"]),
         .testTarget(name: "FEMNodeTests", dependencies: ["FEMNode", "FEMCore", "FEMSystem"]),

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The test command (README, CI): installs what the tests need, starts the real services on loopback
-# (RabbitMQ with TLS and client certificates), runs `swift test`, and stops what it started.
+# (RabbitMQ with TLS and client certificates, dockerd without a bridge network), runs `swift test`, and stops
+# what it started.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-bash scripts/install-packages.sh
+bash scripts/install-packages.sh busybox-static
 python3 -c "import jsonschema" 2>/dev/null || python3 -m pip install -q jsonschema
 
 services=$(pwd)/.build-test/services
@@ -12,6 +13,7 @@ mkdir -p "$services"
 # Every broker here, the shared one and those tests start for themselves, records its PID under $services;
 # on exit each is stopped by that PID.
 cleanup() {
+  bash scripts/dev-docker.sh stop --dir "$services/docker" || true
   for pidfile in "$services"/*/broker.pid; do
     [[ -f "$pidfile" ]] && { bash scripts/dev-broker.sh stop --dir "$(dirname "$pidfile")" || true; }
   done
@@ -20,6 +22,8 @@ trap cleanup EXIT
 
 # The shared test broker. Tests that restart a broker start their own (scripts/dev-broker.sh) and stop it.
 bash scripts/dev-broker.sh start --dir "$services/broker" --port 5699 --name fem-test
+# dockerd (reused if one already answers; stopped at exit only if started here) and the image fem-test/busybox:1.
+bash scripts/dev-docker.sh start --dir "$services/docker"
 
 export FEM_TEST_BROKER_DIR="$services/broker"
 export FEM_TEST_BROKER_PORT=5699

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages fem-client needs (to build, and to run the local TLS broker), if any are missing.
-# Used by install.sh and test.sh.
+# Used by install.sh and test.sh; extra package names on the command line are added (test.sh's test-only needs).
 set -euo pipefail
-packages=(pkg-config openssl librabbitmq-dev libcurl4-openssl-dev libgit2-dev libsqlite3-dev rabbitmq-server amqp-tools)
+packages=(pkg-config openssl curl librabbitmq-dev libcurl4-openssl-dev libgit2-dev libsqlite3-dev rabbitmq-server amqp-tools
+          docker.io "$@")
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,0 +1,242 @@
+import Foundation
+
+/// What went wrong talking to dockerd, classified so a caller can tell "unreachable" from "no such image" from
+/// "the registry refused". Registry credentials never appear in a message.
+public struct DockerError: Error, CustomStringConvertible, Sendable, Equatable {
+    public enum Code: Sendable, Equatable {
+        case unreachable     // no dockerd on the socket
+        case notFound        // 404: no such image or container
+        case conflict        // 409
+        case pullFailed      // an error inside a pull stream, or the registry refused
+        case server          // any other non-2xx answer
+    }
+    public var code: Code
+    public var message: String
+    public var description: String { message }
+}
+
+/// Engine API v1.41 over the unix socket, through libcurl. Knows nothing of tasks.
+public struct DockerEngine: Sendable {
+    public static let apiVersion = "v1.41"
+    public var socket: String
+
+    public init(socket: String = "/var/run/docker.sock") {
+        self.socket = socket
+    }
+
+    // MARK: - Plumbing
+
+    func request(_ method: String, _ path: String, body: [UInt8]? = nil, headers: [(String, String)] = [],
+                 timeout: Int = 60) throws -> HTTPResponse {
+        try reachable { try HTTPTransfer.perform(httpRequest(method, path, body: body, headers: headers, timeout: timeout)) }
+    }
+
+    /// A request whose answer is streamed to `sink` (pull progress, logs).
+    func stream(_ method: String, _ path: String, headers: [(String, String)] = [],
+                sink: (UnsafeRawBufferPointer) -> Bool) throws -> HTTPResponse {
+        try reachable { try HTTPTransfer.perform(httpRequest(method, path, headers: headers, timeout: 0), sink: sink) }
+    }
+
+    private func httpRequest(_ method: String, _ path: String, body: [UInt8]? = nil, headers: [(String, String)] = [],
+                             timeout: Int) -> HTTPRequest {
+        HTTPRequest(method: method, url: "http://localhost/\(Self.apiVersion)\(path)", headers: headers, body: body,
+                    unixSocket: socket, timeoutSeconds: timeout)
+    }
+
+    private func reachable(_ body: () throws -> HTTPResponse) throws -> HTTPResponse {
+        do {
+            return try body()
+        } catch let e as HTTPError where e.code == .connect {
+            throw DockerError(code: .unreachable, message: "dockerd is not reachable on \(socket) (is it running?)")
+        }
+    }
+
+    /// Decodes `{"message": "..."}`, dockerd's error body.
+    static func message(_ body: [UInt8]) -> String {
+        if let obj = try? JSONSerialization.jsonObject(with: Data(body)) as? [String: Any],
+           let m = obj["message"] as? String { return m }
+        return String(decoding: body.prefix(500), as: UTF8.self)
+    }
+
+    @discardableResult
+    func expect(_ r: HTTPResponse, _ ok: Set<Int>, _ what: String) throws -> HTTPResponse {
+        if ok.contains(r.status) { return r }
+        let text = "\(what): \(Self.message(r.body))"
+        switch r.status {
+        case 404: throw DockerError(code: .notFound, message: text)
+        case 409: throw DockerError(code: .conflict, message: text)
+        default: throw DockerError(code: .server, message: "\(text) (HTTP \(r.status))")
+        }
+    }
+
+    static func escape(_ s: String) -> String {
+        s.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+/?:@")))
+            ?? s
+    }
+
+    // MARK: - System
+
+    public func ping() throws -> Bool {
+        let r = try HTTPTransfer.perform(HTTPRequest(url: "http://localhost/_ping", unixSocket: socket, timeoutSeconds: 5))
+        return r.status == 200 && String(decoding: r.body, as: UTF8.self) == "OK"
+    }
+
+    public struct Version: Decodable, Sendable {
+        public var Version: String
+        public var ApiVersion: String
+    }
+
+    public func version() throws -> Version {
+        let r = try expect(request("GET", "/version"), [200], "version")
+        return try JSONDecoder().decode(Version.self, from: Data(r.body))
+    }
+
+    // MARK: - Images
+
+    public struct ImageInfo: Decodable, Sendable {
+        public var Id: String
+        public var RepoDigests: [String]?
+    }
+
+    /// Nil when the image is not present locally.
+    public func inspectImage(_ reference: String) throws -> ImageInfo? {
+        let r = try request("GET", "/images/\(reference)/json")
+        if r.status == 404 { return nil }
+        try expect(r, [200], "inspect image \(reference)")
+        return try JSONDecoder().decode(ImageInfo.self, from: Data(r.body))
+    }
+
+    /// Pulls `reference` (`repo:tag` or `repo@sha256:…`). `registryAuth` is the base64 JSON for `X-Registry-Auth`.
+    /// dockerd reports some failures inside a 200 stream as `{"error": …}` lines; those throw `.pullFailed`.
+    public func pull(_ reference: String, registryAuth: String? = nil, progress: (String) -> Void = { _ in }) throws {
+        let (repo, tagOrDigest) = Self.split(reference)
+        var path = "/images/create?fromImage=\(Self.escape(repo))"
+        if let t = tagOrDigest { path += "&tag=\(Self.escape(t))" }
+        var pending: [UInt8] = []
+        var head: [UInt8] = []  // the start of the body, for the message of a non-200 answer
+        var streamError: String?
+        let r = try stream("POST", path, headers: registryAuth.map { [("X-Registry-Auth", $0)] } ?? []) { chunk in
+            if head.count < 65_536 { head.append(contentsOf: chunk.prefix(65_536 - head.count)) }
+            pending.append(contentsOf: chunk)
+            while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
+                let line = Array(pending[..<nl])
+                pending.removeSubrange(...nl)
+                guard let obj = try? JSONSerialization.jsonObject(with: Data(line)) as? [String: Any] else { continue }
+                if let e = obj["error"] as? String { streamError = e; continue }
+                if let status = obj["status"] as? String {
+                    let id = (obj["id"] as? String).map { "\($0): " } ?? ""
+                    let detail = obj["progress"] as? String ?? ""
+                    progress("\(id)\(status) \(detail)".trimmingCharacters(in: .whitespaces))
+                }
+            }
+            return true
+        }
+        if r.status != 200 {
+            throw DockerError(code: r.status == 404 ? .notFound : .pullFailed,
+                              message: "pull \(reference): \(Self.message(head))")
+        }
+        if let streamError {
+            throw DockerError(code: .pullFailed, message: "pull \(reference): \(streamError)")
+        }
+    }
+
+    /// `registry:5000/repo:tag` → (`registry:5000/repo`, `tag`); `repo@sha256:…` → (`repo`, `sha256:…`).
+    public static func split(_ reference: String) -> (String, String?) {
+        if let at = reference.firstIndex(of: "@") {
+            return (String(reference[..<at]), String(reference[reference.index(after: at)...]))
+        }
+        let lastSlash = reference.lastIndex(of: "/") ?? reference.startIndex
+        if let colon = reference[lastSlash...].lastIndex(of: ":") {
+            return (String(reference[..<colon]), String(reference[reference.index(after: colon)...]))
+        }
+        return (reference, "latest")
+    }
+
+    // MARK: - Containers
+
+    /// Creates a container from an Engine API create body (`Image`, `Cmd`, `HostConfig`, `Labels`, …).
+    public func createContainer(name: String?, body: [String: Any]) throws -> String {
+        let data = try JSONSerialization.data(withJSONObject: body)
+        let path = "/containers/create" + (name.map { "?name=\(Self.escape($0))" } ?? "")
+        let r = try expect(request("POST", path, body: Array(data)), [201], "create container")
+        guard let obj = try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any],
+              let id = obj["Id"] as? String else {
+            throw DockerError(code: .server, message: "create container: no Id in the answer")
+        }
+        return id
+    }
+
+    public func start(_ id: String) throws {
+        try expect(request("POST", "/containers/\(id)/start"), [204, 304], "start container \(id.prefix(12))")
+    }
+
+    /// Blocks until the container is not running; returns its exit code. Returns at once if it already exited.
+    public func wait(_ id: String) throws -> Int {
+        let r = try expect(request("POST", "/containers/\(id)/wait?condition=not-running", timeout: 0), [200],
+                           "wait for container \(id.prefix(12))")
+        let obj = try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any]
+        return obj?["StatusCode"] as? Int ?? -1
+    }
+
+    public struct ContainerState: Sendable, Equatable {
+        public var running: Bool
+        public var exitCode: Int
+        public var oomKilled: Bool
+        public var labels: [String: String]
+    }
+
+    /// Nil when there is no such container.
+    public func inspectContainer(_ id: String) throws -> ContainerState? {
+        let r = try request("GET", "/containers/\(id)/json")
+        if r.status == 404 { return nil }
+        try expect(r, [200], "inspect container \(id.prefix(12))")
+        let obj = try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any] ?? [:]
+        let state = obj["State"] as? [String: Any] ?? [:]
+        let config = obj["Config"] as? [String: Any] ?? [:]
+        return ContainerState(running: state["Running"] as? Bool ?? false, exitCode: state["ExitCode"] as? Int ?? -1,
+                              oomKilled: state["OOMKilled"] as? Bool ?? false,
+                              labels: config["Labels"] as? [String: String] ?? [:])
+    }
+
+    /// Container ids (all states) that carry every label in `labels`.
+    public func containers(labels: [String: String]) throws -> [String] {
+        let filter = try JSONSerialization.data(withJSONObject: ["label": labels.map { "\($0.key)=\($0.value)" }])
+        let query = Self.escape(String(decoding: filter, as: UTF8.self))
+        let r = try expect(request("GET", "/containers/json?all=true&filters=\(query)"), [200], "list containers")
+        let list = try JSONSerialization.jsonObject(with: Data(r.body)) as? [[String: Any]] ?? []
+        return list.compactMap { $0["Id"] as? String }
+    }
+
+    public func kill(_ id: String, signal: String = "KILL") throws {
+        let r = try request("POST", "/containers/\(id)/kill?signal=\(signal)")
+        // 409: not running any more, which is what we wanted.
+        try expect(r, [204, 409], "kill container \(id.prefix(12))")
+    }
+
+    public func remove(_ id: String, force: Bool = true) throws {
+        let r = try request("DELETE", "/containers/\(id)?force=\(force)&v=true")
+        try expect(r, [204, 404], "remove container \(id.prefix(12))")
+    }
+
+    public enum Stream: UInt8, Sendable { case stdout = 1, stderr = 2 }
+
+    /// Streams a container's logs (`Tty: false`), demultiplexing dockerd's 8-byte frame headers
+    /// (stream, 0, 0, 0, big-endian length). With `follow`, returns when the container stops.
+    public func logs(_ id: String, follow: Bool, handler: (Stream, UnsafeRawBufferPointer) -> Void) throws {
+        var pending: [UInt8] = []
+        var head: [UInt8] = []
+        let r = try stream("GET", "/containers/\(id)/logs?stdout=true&stderr=true&follow=\(follow)") { chunk in
+            if head.count < 65_536 { head.append(contentsOf: chunk.prefix(65_536 - head.count)) }
+            pending.append(contentsOf: chunk)
+            while pending.count >= 8 {
+                let length = Int(pending[4]) << 24 | Int(pending[5]) << 16 | Int(pending[6]) << 8 | Int(pending[7])
+                guard pending.count >= 8 + length else { break }
+                let stream = Stream(rawValue: pending[0]) ?? .stdout
+                pending[8..<(8 + length)].withUnsafeBytes { handler(stream, $0) }
+                pending.removeFirst(8 + length)
+            }
+            return true
+        }
+        try expect(HTTPResponse(status: r.status, body: head), [200], "logs of container \(id.prefix(12))")
+    }
+}

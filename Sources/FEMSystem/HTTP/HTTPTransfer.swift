@@ -1,0 +1,166 @@
+import CCurl
+import Foundation
+
+/// One HTTP request through libcurl: over TCP (with TLS verification always on) or over a unix socket (the Docker
+/// Engine API). Header values may be secrets (`Authorization`, `X-Registry-Auth`): they never appear in an error
+/// or a description.
+public struct HTTPRequest: Sendable {
+    public var method: String
+    public var url: String
+    public var headers: [(String, String)]
+    public var body: [UInt8]?
+    public var unixSocket: String?
+    /// 0 means no overall limit (streams such as logs and pulls run as long as they need).
+    public var timeoutSeconds: Int
+    public var connectTimeoutSeconds: Int
+    public var caFile: String?
+
+    public init(method: String = "GET", url: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
+                unixSocket: String? = nil, timeoutSeconds: Int = 30, connectTimeoutSeconds: Int = 10,
+                caFile: String? = nil) {
+        self.method = method
+        self.url = url
+        self.headers = headers
+        self.body = body
+        self.unixSocket = unixSocket
+        self.timeoutSeconds = timeoutSeconds
+        self.connectTimeoutSeconds = connectTimeoutSeconds
+        self.caFile = caFile
+    }
+}
+
+public struct HTTPResponse: Sendable {
+    public var status: Int
+    /// The body, unless a streaming handler consumed it.
+    public var body: [UInt8]
+}
+
+public struct HTTPError: Error, CustomStringConvertible, Sendable {
+    public enum Code: Sendable, Equatable {
+        case connect       // could not connect (refused, no such socket, DNS)
+        case timeout
+        case tls
+        case transfer      // the connection broke mid-way
+        case aborted       // the streaming handler asked to stop
+        case setup
+    }
+    public var code: Code
+    public var message: String
+
+    public var description: String { message }
+}
+
+/// Performs requests. Not shared between threads: each call makes and frees its own easy handle.
+public enum HTTPTransfer {
+    private static let globalInit: Void = { _ = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) }()
+
+    /// Receives body bytes as they arrive; returns false to abort the transfer.
+    public typealias Sink = (UnsafeRawBufferPointer) -> Bool
+
+    /// Performs `request`, collecting the body.
+    public static func perform(_ request: HTTPRequest) throws -> HTTPResponse {
+        try run(request, sink: nil)
+    }
+
+    /// Performs `request`, streaming the body to `sink` instead of collecting it. libcurl calls back only during
+    /// the transfer, so the sink does not escape.
+    public static func perform(_ request: HTTPRequest, sink: (UnsafeRawBufferPointer) -> Bool) throws -> HTTPResponse {
+        try withoutActuallyEscaping(sink) { try run(request, sink: $0) }
+    }
+
+    private static func run(_ request: HTTPRequest, sink: Sink?) throws -> HTTPResponse {
+        _ = globalInit
+        guard let handle = curl_easy_init() else { throw HTTPError(code: .setup, message: "libcurl: no easy handle") }
+        defer { curl_easy_cleanup(handle) }
+
+        final class Context {
+            var collected: [UInt8] = []
+            var sink: Sink?
+            var aborted = false
+        }
+        let context = Context()
+        context.sink = sink
+        let unmanaged = Unmanaged.passRetained(context)
+        defer { unmanaged.release() }
+
+        // libcurl writes into this during perform, so it must outlive every setopt call (an inout array pointer
+        // would not).
+        let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
+        errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
+        defer { errorBuffer.deallocate() }
+        var headerList: UnsafeMutablePointer<curl_slist>?
+        defer { curl_slist_free_all(headerList) }
+        for (name, value) in request.headers {
+            headerList = curl_slist_append(headerList, "\(name): \(value)")
+        }
+        if request.body != nil && !request.headers.contains(where: { $0.0.lowercased() == "content-type" }) {
+            headerList = curl_slist_append(headerList, "Content-Type: application/json")
+        }
+        // libcurl would otherwise send "Expect: 100-continue" and wait for the server on larger bodies.
+        headerList = curl_slist_append(headerList, "Expect:")
+
+        let write: fem_curl_data_cb = { data, size, count, user in
+            let ctx = Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue()
+            let n = size * count
+            let buffer = UnsafeRawBufferPointer(start: data, count: n)
+            if let sink = ctx.sink {
+                if !sink(buffer) {
+                    ctx.aborted = true
+                    return 0  // a short count makes libcurl stop with CURLE_WRITE_ERROR
+                }
+            } else {
+                ctx.collected.append(contentsOf: buffer)
+            }
+            return n
+        }
+
+        var setup: [CURLcode] = []
+        setup.append(fem_curl_setopt_string(handle, CURLOPT_URL, request.url))
+        setup.append(fem_curl_setopt_string(handle, CURLOPT_CUSTOMREQUEST, request.method))
+        setup.append(fem_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1))
+        setup.append(fem_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, request.connectTimeoutSeconds * 1000))
+        setup.append(fem_curl_setopt_long(handle, CURLOPT_TIMEOUT_MS, request.timeoutSeconds * 1000))
+        setup.append(fem_curl_setopt_long(handle, CURLOPT_SSL_VERIFYPEER, 1))
+        setup.append(fem_curl_setopt_long(handle, CURLOPT_SSL_VERIFYHOST, 2))
+        setup.append(fem_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, headerList))
+        setup.append(fem_curl_setopt_datafn(handle, CURLOPT_WRITEFUNCTION, write))
+        setup.append(fem_curl_setopt_pointer(handle, CURLOPT_WRITEDATA, unmanaged.toOpaque()))
+        setup.append(fem_curl_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer))
+        if let socket = request.unixSocket {
+            setup.append(fem_curl_setopt_string(handle, CURLOPT_UNIX_SOCKET_PATH, socket))
+        }
+        if let ca = request.caFile {
+            setup.append(fem_curl_setopt_string(handle, CURLOPT_CAINFO, ca))
+        }
+        if let bad = setup.first(where: { $0 != CURLE_OK }) {
+            throw HTTPError(code: .setup, message: "libcurl setup failed: \(String(cString: curl_easy_strerror(bad)))")
+        }
+
+        let code: CURLcode = (request.body ?? []).withUnsafeBytes { bytes in
+            if request.body != nil {
+                _ = fem_curl_setopt_offset(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(bytes.count))
+                _ = fem_curl_setopt_pointer(handle, CURLOPT_POSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress))
+            }
+            return curl_easy_perform(handle)
+        }
+        if code != CURLE_OK {
+            let detail = String(cString: errorBuffer).isEmpty ? String(cString: curl_easy_strerror(code))
+                : String(cString: errorBuffer)
+            let place = request.unixSocket.map { "\(request.url) via \($0)" } ?? request.url
+            if context.aborted {
+                throw HTTPError(code: .aborted, message: "\(request.method) \(place): stopped by the receiver")
+            }
+            let kind: HTTPError.Code
+            switch code {
+            case CURLE_COULDNT_CONNECT, CURLE_COULDNT_RESOLVE_HOST: kind = .connect
+            case CURLE_OPERATION_TIMEDOUT: kind = .timeout
+            case CURLE_PEER_FAILED_VERIFICATION, CURLE_SSL_CONNECT_ERROR, CURLE_SSL_CACERT_BADFILE: kind = .tls
+            default: kind = .transfer
+            }
+            throw HTTPError(code: kind, message: "\(request.method) \(place): \(detail)")
+        }
+        var status = 0
+        _ = fem_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
+        return HTTPResponse(status: status, body: context.collected)
+    }
+}

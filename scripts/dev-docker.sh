@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# A Docker Engine for development and tests: reuses a dockerd that already answers on /var/run/docker.sock,
+# otherwise starts one with no bridge network (containers get `none` or `host` only) and records its PID.
+# Also makes the test image fem-test/busybox:1 from busybox-static (no registry is reachable here).
+#
+#   scripts/dev-docker.sh start [--dir DIR]     (DIR holds dockerd.pid and dockerd.log; default var/dev-docker)
+#   scripts/dev-docker.sh stop  [--dir DIR]     (stops dockerd only if this script started it)
+set -euo pipefail
+cmd=${1:-}; shift || true
+dir=var/dev-docker
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dir) dir=$2; shift 2 ;;
+    *) echo "dev-docker.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
+sock=/var/run/docker.sock
+ping() { curl -sf --max-time 2 --unix-socket "$sock" http://localhost/_ping >/dev/null 2>&1; }
+
+start() {
+  command -v dockerd >/dev/null || { echo "dev-docker.sh: dockerd is missing (apt-get install docker.io)" >&2; exit 1; }
+  if ping; then
+    echo "dockerd already answers on $sock (not started by this script)"
+  else
+    dockerd --bridge=none --iptables=false --ip-masq=false --ip6tables=false > "$dir/dockerd.log" 2>&1 &
+    echo $! > "$dir/dockerd.pid"
+    for _ in $(seq 1 120); do ping && break; sleep 0.25; done
+    ping || { echo "dev-docker.sh: dockerd did not answer; see $dir/dockerd.log" >&2; tail -20 "$dir/dockerd.log" >&2; exit 1; }
+    echo "dockerd running (pid $(cat "$dir/dockerd.pid")), no bridge network"
+  fi
+  if ! curl -sf --unix-socket "$sock" http://localhost/v1.41/images/fem-test/busybox:1/json >/dev/null; then
+    local root; root=$(mktemp -d)
+    mkdir -p "$root/bin" "$root/tmp"
+    cp /bin/busybox "$root/bin/busybox"
+    for tool in sh echo cat ls id sleep wc head tail true false env mount grep awk ip ifconfig touch mkdir rm dd; do
+      ln -s busybox "$root/bin/$tool"
+    done
+    tar -C "$root" -c . | curl -sf --unix-socket "$sock" -X POST -H "Content-Type: application/x-tar" \
+      --data-binary @- "http://localhost/v1.41/images/create?fromSrc=-&repo=fem-test/busybox&tag=1" >/dev/null
+    rm -rf "$root"
+    echo "image fem-test/busybox:1 imported"
+  fi
+}
+
+stop() {
+  if [[ -f "$dir/dockerd.pid" ]] && kill -0 "$(cat "$dir/dockerd.pid")" 2>/dev/null; then
+    local pid; pid=$(cat "$dir/dockerd.pid")
+    kill -TERM "$pid"
+    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
+    echo "dockerd stopped (pid $pid)"
+  fi
+  rm -f "$dir/dockerd.pid"
+}
+
+case "$cmd" in
+  start) start ;;
+  stop) stop ;;
+  *) sed -n '2,8p' "$0"; exit 2 ;;
+esac
