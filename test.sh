@@ -22,7 +22,7 @@ trap cleanup EXIT
 
 # The shared test broker. Tests that restart a broker start their own (scripts/dev-broker.sh) and stop it.
 bash scripts/dev-broker.sh start --dir "$services/broker" --port 5699 --name fem-test
-# dockerd (reused if one already answers; stopped at exit only if started here) and the image fem-test/busybox:1.
+# dockerd (reused if one already answers; stopped at exit only if started here) and the image fem-test/busybox:2.
 bash scripts/dev-docker.sh start --dir "$services/docker"
 
 export FEM_TEST_BROKER_DIR="$services/broker"

@@ -3,11 +3,11 @@ import Foundation
 import Testing
 
 /// The Engine API client against a real dockerd (test.sh starts one with scripts/dev-docker.sh, and imports the
-/// image fem-test/busybox:1). Missing pieces fail with a message that says what is missing.
+/// image fem-test/busybox:2). Missing pieces fail with a message that says what is missing.
 @Suite(.serialized)
 struct DockerEngineTests {
     let engine = DockerEngine()
-    static let image = "fem-test/busybox:1"
+    static let image = "fem-test/busybox:2"
 
     func requireEngine() throws {
         let up = (try? engine.ping()) ?? false

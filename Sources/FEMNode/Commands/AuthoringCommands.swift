@@ -250,7 +250,11 @@ extension NodeConfig {
                    maxTimeoutSeconds: 604_800, allowTimeoutAbovePlan: true, stopGraceSeconds: 5, brokerURL: "",
                    brokerPassword: nil, caFile: "", certFile: "", keyFile: "", prefetch: 1, maxMessageBytes: 1 << 20,
                    enabledLaunchers: ["process"], processAllowedExecutables: [],
-                   processPath: "/usr/local/bin:/usr/bin:/bin", maxOutputFileBytes: 1 << 30,
+                   processPath: "/usr/local/bin:/usr/bin:/bin",
+                   docker: DockerSettings(socket: "/var/run/docker.sock", allowedImages: [], user: "65534:65534",
+                                          pidsLimit: 256, defaultMemoryMB: 512, maxMemoryMB: 8192, maxCPUs: 2,
+                                          tmpfsMB: 64, allowHostNetwork: false, allowGPUs: false),
+                   registries: [:], maxOutputFileBytes: 1 << 30,
                    maxOutputTaskBytes: 4 << 30, datasets: [:], source: "(built-in local defaults)")
     }
 }

@@ -77,6 +77,15 @@ extension FEMClientCommand {
                 failures.append("broker: \(error)")
                 print("FAIL  \(failures.last!)")
             }
+            if config.enabledLaunchers.contains("docker") {
+                do {
+                    let v = try DockerEngine(socket: config.docker.socket).version()
+                    print("ok    dockerd \(v.Version) (API \(v.ApiVersion)) on \(config.docker.socket)")
+                } catch {
+                    failures.append("docker: \(error)")
+                    print("FAIL  \(failures.last!)")
+                }
+            }
             print("info  launchers enabled: \(config.enabledLaunchers.joined(separator: ", "))")
             print("info  datasets: \(config.datasets.isEmpty ? "none" : config.datasets.keys.sorted().joined(separator: ", "))")
             print("info  libraries: rabbitmq-c \(LibraryVersions.rabbitmq), libgit2 \(LibraryVersions.libgit2), "

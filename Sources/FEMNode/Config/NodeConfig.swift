@@ -7,6 +7,27 @@ import TOMLKit
 /// named `FEM_<SECTION>_<KEY>` (`FEM_BROKER_URL`, `FEM_NODE_MAX_CONCURRENT_TASKS`, …). An unknown key or a bad
 /// value stops the daemon at start with the key's name and what is wrong.
 public struct NodeConfig: Sendable {
+    /// `[launchers.docker]`: what containers may do on this node.
+    public struct DockerSettings: Sendable, Equatable {
+        public var socket: String
+        /// Exact references, `repo/*` (anything under a path), or digest pins `repo@sha256:…`.
+        public var allowedImages: [String]
+        public var user: String
+        public var pidsLimit: Int
+        public var defaultMemoryMB: Int
+        public var maxMemoryMB: Int
+        public var maxCPUs: Int
+        public var tmpfsMB: Int
+        public var allowHostNetwork: Bool
+        public var allowGPUs: Bool
+    }
+
+    public struct RegistryLogin: Sendable, Equatable {
+        public var username: String
+        /// A secret: never printed.
+        public var password: String
+    }
+
     public struct Dataset: Sendable, Equatable {
         public var path: String
         public var labels: [String: String]
@@ -34,6 +55,10 @@ public struct NodeConfig: Sendable {
     public var enabledLaunchers: [String]
     public var processAllowedExecutables: [String]
     public var processPath: String
+
+    public var docker: DockerSettings
+    /// Registry host (`127.0.0.1:5000`) → credentials for image pulls.
+    public var registries: [String: RegistryLogin]
 
     public var maxOutputFileBytes: Int64
     public var maxOutputTaskBytes: Int64
@@ -117,11 +142,21 @@ extension NodeConfig {
         Key(name: "launchers.enabled", kind: .strings, fallback: ["process"]),
         Key(name: "launchers.process.allowed_executables", kind: .strings, fallback: [String]()),
         Key(name: "launchers.process.path", kind: .string, fallback: "/usr/local/bin:/usr/bin:/bin"),
+        Key(name: "launchers.docker.socket", kind: .path, fallback: "/var/run/docker.sock"),
+        Key(name: "launchers.docker.allowed_images", kind: .strings, fallback: [String]()),
+        Key(name: "launchers.docker.user", kind: .string, fallback: "65534:65534"),
+        Key(name: "launchers.docker.pids_limit", kind: .int(min: 16, max: 1_000_000), fallback: 256),
+        Key(name: "launchers.docker.default_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 512),
+        Key(name: "launchers.docker.max_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 8192),
+        Key(name: "launchers.docker.max_cpus", kind: .int(min: 1, max: 1024), fallback: 2),
+        Key(name: "launchers.docker.tmpfs_mb", kind: .int(min: 1, max: 1 << 20), fallback: 64),
+        Key(name: "launchers.docker.allow_host_network", kind: .bool, fallback: false),
+        Key(name: "launchers.docker.allow_gpus", kind: .bool, fallback: false),
         Key(name: "outputs.max_file_bytes", kind: .int(min: 1, max: Int.max), fallback: 1 << 30),
         Key(name: "outputs.max_task_bytes", kind: .int(min: 1, max: Int.max), fallback: 4 << 30),
     ]
 
-    public static let knownLaunchers = ["process"]
+    public static let knownLaunchers = ["process", "docker"]
 
     /// Loads `path`, applies environment overrides, and checks everything, reporting every problem at once.
     /// `brokerFiles: false` skips reading the broker's certificate and password files, for local commands that never
@@ -148,6 +183,11 @@ extension NodeConfig {
         var problems: [String] = []
         var flat: [String: TOMLValueConvertible] = [:]
         var datasets: [String: Dataset] = [:]
+        var registries: [String: RegistryLogin] = [:]
+        if let r = table["registries"] {
+            readRegistries(r, brokerFiles: brokerFiles, into: &registries, problems: &problems)
+            table.remove(at: "registries")
+        }
         flatten(table, prefix: "", into: &flat, datasets: &datasets, problems: &problems)
         let known = Set(keys.map(\.name))
         for name in flat.keys.sorted() where !known.contains(name) {
@@ -214,6 +254,16 @@ extension NodeConfig {
             enabledLaunchers: enabled,
             processAllowedExecutables: values["launchers.process.allowed_executables"] as! [String],
             processPath: values["launchers.process.path"] as! String,
+            docker: DockerSettings(
+                socket: values["launchers.docker.socket"] as! String,
+                allowedImages: values["launchers.docker.allowed_images"] as! [String],
+                user: values["launchers.docker.user"] as! String, pidsLimit: values["launchers.docker.pids_limit"] as! Int,
+                defaultMemoryMB: values["launchers.docker.default_memory_mb"] as! Int,
+                maxMemoryMB: values["launchers.docker.max_memory_mb"] as! Int,
+                maxCPUs: values["launchers.docker.max_cpus"] as! Int, tmpfsMB: values["launchers.docker.tmpfs_mb"] as! Int,
+                allowHostNetwork: values["launchers.docker.allow_host_network"] as! Bool,
+                allowGPUs: values["launchers.docker.allow_gpus"] as! Bool),
+            registries: registries,
             maxOutputFileBytes: Int64(values["outputs.max_file_bytes"] as! Int),
             maxOutputTaskBytes: Int64(values["outputs.max_task_bytes"] as! Int),
             datasets: datasets, source: source)
@@ -237,6 +287,43 @@ extension NodeConfig {
             } else {
                 flat[name] = value
             }
+        }
+    }
+
+    /// `[registries."host:port"]` with `username` and `password_file` (or `password_env`, the name of a variable).
+    private static func readRegistries(_ value: TOMLValueConvertible, brokerFiles: Bool,
+                                       into registries: inout [String: RegistryLogin], problems: inout [String]) {
+        guard let t = value.table else {
+            problems.append("registries: expected [registries.\"host:port\"] sections")
+            return
+        }
+        for host in t.keys {
+            let at = "registries.\"\(host)\""
+            guard let r = t[host]?.table else {
+                problems.append("\(at): expected a table with username and password_file")
+                continue
+            }
+            for k in r.keys where !["username", "password_file", "password_env"].contains(k) {
+                problems.append("\(at).\(k): is not a known key (username, password_file, password_env)")
+            }
+            guard let user = r["username"]?.string else {
+                problems.append("\(at).username: is required")
+                continue
+            }
+            var password = ""
+            if let env = r["password_env"]?.string {
+                password = ProcessInfo.processInfo.environment[env] ?? ""
+                if password.isEmpty && brokerFiles { problems.append("\(at).password_env: \(env) is not set") }
+            } else if let file = r["password_file"]?.string {
+                if let text = try? String(contentsOfFile: absolutePath(file), encoding: .utf8) {
+                    password = text.trimmingCharacters(in: .whitespacesAndNewlines)
+                } else if brokerFiles {
+                    problems.append("\(at).password_file: cannot read \(file)")
+                }
+            } else {
+                problems.append("\(at): needs password_file or password_env")
+            }
+            registries[host] = RegistryLogin(username: user, password: password)
         }
     }
 

@@ -27,7 +27,7 @@ public struct NodeAssembly: Sendable {
             maxTimeoutSeconds: config.maxTimeoutSeconds, stopGrace: .seconds(config.stopGraceSeconds),
             datasets: config.datasets.mapValues(\.path))
         runner = Runner(settings: settings, journal: journal, registry: registry, sandboxes: sandboxes,
-                        stageIn: NoStageIn(),
+                        stageIn: Self.stageIn(config),
                         stageOut: LocalStageOut(nodeID: config.nodeID,
                                                 limits: OutputLimits(maxFileBytes: config.maxOutputFileBytes,
                                                                      maxTaskBytes: config.maxOutputTaskBytes)),
@@ -42,11 +42,28 @@ public struct NodeAssembly: Sendable {
             case "process":
                 list.append(ProcessLauncher(config: ProcessLauncherConfig(
                     allowedExecutables: config.processAllowedExecutables, path: config.processPath)))
+            case "docker":
+                let d = config.docker
+                list.append(DockerLauncher(config: DockerLauncherConfig(
+                    socket: d.socket, allowedImages: d.allowedImages, user: d.user, pidsLimit: d.pidsLimit,
+                    defaultMemoryMB: d.defaultMemoryMB, maxMemoryMB: d.maxMemoryMB, maxCPUs: d.maxCPUs, tmpfsMB: d.tmpfsMB,
+                    allowHostNetwork: d.allowHostNetwork, allowGPUs: d.allowGPUs, nodeID: config.nodeID,
+                    datasets: config.datasets.mapValues(\.path))))
             default:
                 continue  // NodeConfig rejects launchers this build does not have.
             }
         }
         return LauncherRegistry(list)
+    }
+
+    /// Stage-in steps: the image pull when docker is enabled, in front of the (source-declining) base step.
+    static func stageIn(_ config: NodeConfig) -> any StageIn {
+        guard config.enabledLaunchers.contains("docker") else { return NoStageIn() }
+        var auth: [String: String] = [:]
+        for (host, login) in config.registries {
+            auth[host] = ImageStageIn.authHeader(username: login.username, password: login.password, server: host)
+        }
+        return ImageStageIn(engine: DockerEngine(socket: config.docker.socket), registryAuth: auth, next: NoStageIn())
     }
 
     public func heartbeat(version: String) async -> Heartbeat {

@@ -156,7 +156,11 @@ public struct DockerEngine: Sendable {
 
     /// Creates a container from an Engine API create body (`Image`, `Cmd`, `HostConfig`, `Labels`, …).
     public func createContainer(name: String?, body: [String: Any]) throws -> String {
-        let data = try JSONSerialization.data(withJSONObject: body)
+        try createContainer(name: name, json: try JSONSerialization.data(withJSONObject: body))
+    }
+
+    /// The same, with the body already encoded.
+    public func createContainer(name: String?, json data: Data) throws -> String {
         let path = "/containers/create" + (name.map { "?name=\(Self.escape($0))" } ?? "")
         let r = try expect(request("POST", path, body: Array(data)), [201], "create container")
         guard let obj = try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any],
@@ -179,6 +183,8 @@ public struct DockerEngine: Sendable {
     }
 
     public struct ContainerState: Sendable, Equatable {
+        /// `created`, `running`, `exited`, …
+        public var status: String
         public var running: Bool
         public var exitCode: Int
         public var oomKilled: Bool
@@ -193,7 +199,7 @@ public struct DockerEngine: Sendable {
         let obj = try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any] ?? [:]
         let state = obj["State"] as? [String: Any] ?? [:]
         let config = obj["Config"] as? [String: Any] ?? [:]
-        return ContainerState(running: state["Running"] as? Bool ?? false, exitCode: state["ExitCode"] as? Int ?? -1,
+        return ContainerState(status: state["Status"] as? String ?? "", running: state["Running"] as? Bool ?? false, exitCode: state["ExitCode"] as? Int ?? -1,
                               oomKilled: state["OOMKilled"] as? Bool ?? false,
                               labels: config["Labels"] as? [String: String] ?? [:])
     }

@@ -1,0 +1,91 @@
+import FEMCore
+import FEMSystem
+import Foundation
+
+/// Stage-in step for docker plans: makes the plan's image present through the Engine API, then hands over to the
+/// next step. Pull policy: a plan's `pull_policy`, else `if-not-present` for digests and `always` for tags. The
+/// resolved image (digest or id) is journaled as step `image`, so a restarted stage-in does not pull again.
+public struct ImageStageIn: StageIn {
+    let engine: DockerEngine
+    /// Registry host → the `X-Registry-Auth` value (base64 JSON). Secrets: never logged.
+    let registryAuth: [String: String]
+    let next: any StageIn
+
+    public init(engine: DockerEngine, registryAuth: [String: String], next: any StageIn) {
+        self.engine = engine
+        self.registryAuth = registryAuth
+        self.next = next
+    }
+
+    public func check(_ plan: ToolPlan) -> String? { next.check(plan) }
+
+    public func stageIn(_ job: LaunchJob, reporter: StageReporter) async throws {
+        try await next.stageIn(job, reporter: reporter)
+        let plan = job.task.plan
+        guard plan.launcher == "docker", let image = plan.image, reporter.isDone("image") == nil else { return }
+        let policy = plan.pullPolicy ?? (image.contains("@") ? .ifNotPresent : .always)
+        let auth = registryAuth[Self.registryHost(image)]
+        let engine = self.engine
+        let resolved: String = try await offload("fem-pull") {
+            do {
+                if policy == .ifNotPresent, let info = try engine.inspectImage(image) {
+                    reporter.progress("image \(image) is present; not pulled", ["image": .string(image)])
+                    return info.RepoDigests?.first ?? info.Id
+                }
+                reporter.progress("pulling \(image)", ["image": .string(image)])
+                var last = ""
+                try engine.pull(image, registryAuth: auth) { line in
+                    // Layer states, not every progress-bar tick.
+                    guard !line.contains("["), line != last else { return }
+                    last = line
+                    reporter.progress("pull \(image): \(line)", ["image": .string(image)])
+                }
+                guard let info = try engine.inspectImage(image) else {
+                    throw TaskFailure(.stageInFailure, "image \(image) is not present after its pull")
+                }
+                return info.RepoDigests?.first { $0.hasPrefix(DockerEngine.split(image).0 + "@") } ?? info.Id
+            } catch let e as DockerError {
+                throw Self.failure(e, image: image)
+            }
+        }
+        reporter.markDone("image", resolved)
+        reporter.progress("image \(image) ready (\(resolved))", ["image": .string(image), "digest": .string(resolved)])
+    }
+
+    /// What went wrong, in words an administrator can act on.
+    static func failure(_ e: DockerError, image: String) -> TaskFailure {
+        let text = e.message.lowercased()
+        switch e.code {
+        case .unreachable:
+            return TaskFailure(.runnerSystemFailure, e.message)
+        case .notFound:
+            return TaskFailure(.stageInFailure, "image \(image) was not found in its registry (\(e.message))")
+        default:
+            if text.contains("unauthorized") || text.contains("authentication required") || text.contains("denied") {
+                return TaskFailure(.stageInFailure, "the registry refused the credentials for \(image) (\(e.message))")
+            }
+            if text.contains("connection refused") || text.contains("no such host") || text.contains("i/o timeout") {
+                return TaskFailure(.stageInFailure, "the registry of \(image) is unreachable (\(e.message))")
+            }
+            if text.contains("manifest unknown") || text.contains("not found") {
+                return TaskFailure(.stageInFailure, "image \(image) was not found in its registry (\(e.message))")
+            }
+            return TaskFailure(.stageInFailure, "cannot pull \(image): \(e.message)")
+        }
+    }
+
+    /// `127.0.0.1:5000/fem/x:1` → `127.0.0.1:5000`; `library/busybox` → `docker.io`.
+    public static func registryHost(_ image: String) -> String {
+        guard let slash = image.firstIndex(of: "/") else { return "docker.io" }
+        let first = String(image[..<slash])
+        return first.contains(".") || first.contains(":") || first == "localhost" ? first : "docker.io"
+    }
+
+    /// The `X-Registry-Auth` header value for a login.
+    public static func authHeader(username: String, password: String, server: String) -> String {
+        let json = try? JSONSerialization.data(withJSONObject: ["username": username, "password": password,
+                                                                "serveraddress": server], options: [.sortedKeys])
+        return (json ?? Data()).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+    }
+}

@@ -1,0 +1,191 @@
+import FEMCore
+import FEMSystem
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The docker launcher through a real daemon, a real TLS broker and a real dockerd (test.sh starts both; the image
+/// fem-test/busybox:2 comes from scripts/dev-docker.sh).
+@Suite(.serialized)
+struct DockerLauncherTests {
+    static let image = "fem-test/busybox:2"
+    let engine = DockerEngine()
+
+    func dockerNode(_ name: String, extra: String = "") throws -> TestNode {
+        let up = (try? engine.ping()) ?? false
+        try #require(up, "dockerd is not answering on /var/run/docker.sock: run the tests with `bash test.sh`")
+        let data = try TestEnv.scratch("dataset")
+        try "id,value\n1,42\n".write(toFile: "\(data)/table.csv", atomically: true, encoding: .utf8)
+        chmod(data, 0o755)
+        chmod("\(data)/table.csv", 0o644)
+        return try TestNode(name, extra: """
+            [launchers]
+            enabled = ["docker", "process"]
+            [launchers.docker]
+            allowed_images = ["fem-test/*"]
+            \(extra)
+            [datasets.demo]
+            path = "\(data)"
+            """)
+    }
+
+    static func task(_ script: String, id: String = UUID().uuidString.lowercased(), image: String = image,
+                     timeout: Int? = nil, memoryMB: Int? = nil, outputs: [String] = []) -> [String: JSONValue] {
+        var resources: [String: JSONValue] = ["cpus": .double(0.5)]
+        if let memoryMB { resources["memory_mb"] = .int(Int64(memoryMB)) }
+        var t: [String: JSONValue] = [
+            "schema_version": 1, "task_id": .string(id), "execution_id": "exec-docker",
+            "plan": ["schema_version": 1, "id": "docker-test", "version": "1", "launcher": "docker",
+                     "image": .string(image), "pull_policy": "if-not-present", "inputs": ["demo"],
+                     "command": ["base": ["/bin/sh", "-c", .string(script)]],
+                     "outputs": .array(outputs.map { ["pattern": .string($0)] }), "resources": .object(resources)],
+        ]
+        if let timeout { t["timeout_seconds"] = .int(Int64(timeout)) }
+        return t
+    }
+
+    func sandbox(_ node: TestNode, _ taskID: String) -> String { "\(node.dir)/var/sandboxes/\(taskID)" }
+
+    func containers(of taskID: String) throws -> [String] {
+        try engine.containers(labels: ["org.fem-client.task": taskID])
+    }
+
+    @Test func everySecureDefaultHoldsInsideTheContainer() throws {
+        let node = try dockerNode("dk-secure")
+        try node.start()
+        let op = try Operator(node: node)
+        let probe = """
+            exec > /fem/out/report.txt
+            echo uid=$(id -u) gid=$(id -g)
+            grep -E '^(CapEff|CapPrm|NoNewPrivs)' /proc/self/status
+            echo net=$(ls /sys/class/net | tr '\\n' ' ')
+            touch /probe 2>/dev/null && echo root=writable || echo root=readonly
+            touch /tmp/probe 2>/dev/null && echo tmp=writable || echo tmp=readonly
+            touch /fem/in/probe 2>/dev/null && echo in=writable || echo in=readonly
+            touch /fem/src/probe 2>/dev/null && echo src=writable || echo src=readonly
+            touch /fem/data/demo/probe 2>/dev/null && echo data=writable || echo data=readonly
+            echo data=$(tail -1 /fem/data/demo/table.csv)
+            echo pids=$(cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max 2>/dev/null)
+            echo dataset_env=$FEM_DATASET_DEMO out_env=$FEM_OUTPUT_DIR
+            echo on-stderr >&2
+            """
+        let t = Self.task(probe, outputs: ["report.txt"])
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .completed, "\(final.detail.message ?? "")")
+        let report = try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/out/report.txt", encoding: .utf8)
+        for line in ["uid=65534 gid=65534", "CapEff:\t0000000000000000", "CapPrm:\t0000000000000000", "NoNewPrivs:\t1",
+                     "net=lo", "root=readonly", "tmp=writable", "in=readonly", "src=readonly", "data=readonly",
+                     "data=1,42", "pids=256", "dataset_env=/fem/data/demo out_env=/fem/out"] {
+            #expect(report.contains(line + "\n"), "report lacks \(line):\n\(report)")
+        }
+        let stderr = try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/logs/stderr.log", encoding: .utf8)
+        #expect(stderr == "on-stderr\n")
+        #expect(try containers(of: Tasks.id(t)).isEmpty, "the container is removed after the task")
+        #expect(op.events(of: Tasks.id(t)).contains { $0.kind == .progress && $0.detail.message?.contains("ready") == true })
+    }
+
+    @Test func anImageOffTheAllowlistIsDeclinedBeforeAnyPull() throws {
+        let node = try dockerNode("dk-allow")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = Self.task("true", image: "127.0.0.1:5999/miner/xmrig:latest")
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)])
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .declined)
+        #expect(final.detail.message == "image \"127.0.0.1:5999/miner/xmrig:latest\" is not on this node's allowlist (launchers.docker.allowed_images)")
+        #expect(!op.events(of: Tasks.id(t)).contains { $0.state == .stagingIn }, "nothing was staged, nothing pulled")
+    }
+
+    @Test func exitCodeAndLogs() throws {
+        let node = try dockerNode("dk-exit")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = Self.task("echo line one; echo line two; echo oops >&2; exit 3")
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .failed && final.detail.failureClass == .taskFailure && final.detail.exitCode == 3)
+        #expect(try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/logs/stdout.log", encoding: .utf8)
+            == "line one\nline two\n")
+        #expect(try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/logs/stderr.log", encoding: .utf8) == "oops\n")
+    }
+
+    @Test func aMemoryLimitKillIsReportedAsOutOfMemory() throws {
+        let node = try dockerNode("dk-oom")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = Self.task("dd if=/dev/zero of=/dev/null bs=64M count=4", memoryMB: 8)
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .failed && final.detail.failureClass == .outOfMemory, "\(final.detail)")
+    }
+
+    @Test func timeoutAndCancelStopAndRemoveTheContainer() throws {
+        let node = try dockerNode("dk-stop")
+        try node.start()
+        let op = try Operator(node: node)
+        let slow = Self.task("sleep 60", timeout: 2)
+        let cancelled = Self.task("sleep 60")
+        try op.submit(slow)
+        try op.submit(cancelled)
+        try op.waitFor("the second container to run", timeout: 60) { evs in
+            evs.contains { $0.taskID == Tasks.id(cancelled) && $0.state == .running }
+        }
+        try eventually("its container to exist", timeout: 20) { ((try? containers(of: Tasks.id(cancelled))) ?? []).count == 1 }
+        try op.cancel(Tasks.id(cancelled))
+        try op.waitForFinal([Tasks.id(slow), Tasks.id(cancelled)], timeout: 60)
+        #expect(op.finalState(of: Tasks.id(slow))?.detail.failureClass == .timeout)
+        #expect(op.finalState(of: Tasks.id(cancelled))?.state == .cancelled)
+        #expect(try containers(of: Tasks.id(slow)).isEmpty)
+        #expect(try containers(of: Tasks.id(cancelled)).isEmpty)
+    }
+
+    @Test func afterSIGKILLTheDaemonReattachesAndCompletesExactlyOnce() throws {
+        let node = try dockerNode("dk-reattach")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = Self.task("echo started; sleep 20; echo finished > /fem/out/done.txt; echo done", outputs: ["done.txt"])
+        try op.submit(t)
+        try op.waitFor("the container to run", timeout: 60) { evs in
+            evs.contains { $0.taskID == Tasks.id(t) && $0.state == .running }
+        }
+        try eventually("the container to exist", timeout: 20) { ((try? containers(of: Tasks.id(t))) ?? []).count == 1 }
+        let container = try containers(of: Tasks.id(t))
+        node.kill(SIGKILL)
+        #expect(try engine.inspectContainer(container[0])?.running == true, "the container outlives the daemon")
+        try node.start()
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let events = op.events(of: Tasks.id(t))
+        #expect(op.finalState(of: Tasks.id(t))?.state == .completed)
+        #expect(events.filter { $0.kind == .state && $0.state == .running }.count == 1, "started once")
+        #expect(events.contains { $0.kind == .notice && $0.detail.message?.contains("re-attached") == true })
+        #expect(try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/logs/stdout.log", encoding: .utf8)
+            == "started\ndone\n")
+        #expect(try containers(of: Tasks.id(t)).isEmpty)
+    }
+
+    @Test func anUnreachableDockerdFailsTheTaskAndTheDaemonGoesOn() throws {
+        let node = try dockerNode("dk-down", extra: "socket = \"/nonexistent/docker.sock\"")
+        let check = try node.run(["check"])
+        #expect(check.status == 1)
+        #expect(check.output.contains("FAIL  docker: dockerd is not reachable on /nonexistent/docker.sock"))
+        try node.start()
+        let op = try Operator(node: node)
+        let t = Self.task("true")
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)])
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .failed && final.detail.failureClass == .runnerSystemFailure)
+        #expect(final.detail.message?.contains("dockerd is not reachable") == true)
+        let after = Tasks.task(["/bin/true"])
+        try op.submit(after)
+        try op.waitForFinal([Tasks.id(after)])
+        #expect(op.finalState(of: Tasks.id(after))?.state == .completed, "the daemon keeps running")
+    }
+}
