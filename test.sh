@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The test command (README, CI): installs what the tests need, starts the real services on loopback
-# (RabbitMQ with TLS and client certificates, dockerd without a bridge network), runs `swift test`, and stops
-# what it started.
+# (RabbitMQ with TLS and client certificates, dockerd without a bridge network, two image registries), runs
+# `swift test`, and stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-bash scripts/install-packages.sh busybox-static
+bash scripts/install-packages.sh busybox-static docker-registry apache2-utils
 python3 -c "import jsonschema" 2>/dev/null || python3 -m pip install -q jsonschema
 
 services=$(pwd)/.build-test/services
@@ -13,6 +13,7 @@ mkdir -p "$services"
 # Every broker here, the shared one and those tests start for themselves, records its PID under $services;
 # on exit each is stopped by that PID.
 cleanup() {
+  bash scripts/dev-registry.sh stop --dir "$services/registry" || true
   bash scripts/dev-docker.sh stop --dir "$services/docker" || true
   for pidfile in "$services"/*/broker.pid; do
     [[ -f "$pidfile" ]] && { bash scripts/dev-broker.sh stop --dir "$(dirname "$pidfile")" || true; }
@@ -24,10 +25,13 @@ trap cleanup EXIT
 bash scripts/dev-broker.sh start --dir "$services/broker" --port 5699 --name fem-test
 # dockerd (reused if one already answers; stopped at exit only if started here) and the image fem-test/busybox:2.
 bash scripts/dev-docker.sh start --dir "$services/docker"
+# Registries on 127.0.0.1:5000 (open) and :5001 (htpasswd), with the test images pushed.
+bash scripts/dev-registry.sh start --dir "$services/registry"
 
 export FEM_TEST_BROKER_DIR="$services/broker"
 export FEM_TEST_BROKER_PORT=5699
 export FEM_TEST_SCRATCH="$services"
+export FEM_TEST_REGISTRY_DIR="$services/registry"
 
 swift build --build-tests
 FEM_TEST_BIN_DIR="$(swift build --show-bin-path)" swift test --skip-build "$@"

@@ -140,6 +140,11 @@ public struct DockerEngine: Sendable {
         }
     }
 
+    /// Removes a local image (404 is fine: it is gone either way).
+    public func removeImage(_ reference: String) throws {
+        try expect(request("DELETE", "/images/\(reference)?force=true"), [200, 404], "remove image \(reference)")
+    }
+
     /// `registry:5000/repo:tag` → (`registry:5000/repo`, `tag`); `repo@sha256:…` → (`repo`, `sha256:…`).
     public static func split(_ reference: String) -> (String, String?) {
         if let at = reference.firstIndex(of: "@") {
