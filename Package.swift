@@ -9,6 +9,7 @@ let package = Package(
     products: [
         .executable(name: "fem-client", targets: ["fem-client"]),
         .executable(name: "femctl", targets: ["femctl"]),
+        .executable(name: "fem-bench", targets: ["fem-bench"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -49,6 +50,9 @@ let package = Package(
         ]),
         .executableTarget(name: "fem-client", dependencies: ["FEMNode"]),
         .executableTarget(name: "femctl", dependencies: ["FEMNode"]),
+        // Benchmarks' driver (bench/*.sh build it with `swift build -c release --product fem-bench`).
+        .executableTarget(name: "fem-bench", dependencies: ["FEMCore", "FEMSystem", "FEMLaunchers"],
+                          path: "bench/fem-bench"),
 
         .testTarget(name: "FEMCoreTests", dependencies: ["FEMCore"], exclude: ["Corpus", "schema_check.py"]),
         .testTarget(name: "FEMSystemTests", dependencies: ["FEMSystem"]),

@@ -72,6 +72,13 @@ struct ProcessLauncherTests {
         let j = try job(["/bin/sleep", "60"], id: "orphan")
         let handle = try await launcher.start(j) { _ in }
         #expect(groupAlive(handle))
+        // Until the child has exec'd, /proc shows the parent's environment; a restarted daemon looks much later.
+        var visible = false
+        for _ in 0..<100 where !visible {
+            visible = !ChildProcess.processGroups(withEnvironmentEntry: "FEM_SANDBOX=\(j.sandbox.sandbox)").isEmpty
+            if !visible { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        try #require(visible, "the task's process never showed its environment")
         // As if the daemon died before journaling the handle.
         let result = await ProcessLauncher(config: ProcessLauncherConfig()).recover(j, handle: nil)
         guard case .lost(let why) = result else { Issue.record("expected lost, got \(result)"); return }

@@ -170,6 +170,45 @@ struct DockerLauncherTests {
         #expect(try containers(of: Tasks.id(t)).isEmpty)
     }
 
+    @Test func aContainerThatFinishedWhileTheDaemonWasDownIsCollected() throws {
+        let node = try dockerNode("dk-collect")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = Self.task("echo working; sleep 3; echo result > /fem/out/r.txt; exit 5", outputs: ["r.txt"])
+        try op.submit(t)
+        try op.waitFor("the container to run", timeout: 60) { evs in
+            evs.contains { $0.taskID == Tasks.id(t) && $0.state == .running }
+        }
+        try eventually("the container to exist", timeout: 20) { ((try? containers(of: Tasks.id(t))) ?? []).count == 1 }
+        let container = try containers(of: Tasks.id(t))[0]
+        node.kill(SIGKILL)
+        try eventually("the container to exit while the daemon is down", timeout: 30) {
+            (try? engine.inspectContainer(container))??.running == false
+        }
+        try node.start()
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .failed && final.detail.exitCode == 5 && final.detail.failureClass == .taskFailure)
+        #expect(try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/logs/stdout.log", encoding: .utf8) == "working\n")
+        #expect(try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/out/r.txt", encoding: .utf8) == "result\n")
+        #expect(op.events(of: Tasks.id(t)).filter { $0.kind == .state && $0.state == .running }.count == 1)
+        #expect(try containers(of: Tasks.id(t)).isEmpty, "collected and removed")
+    }
+
+    @Test func containersOfUnknownTasksAreLeftAloneAndLogged() throws {
+        let node = try dockerNode("dk-foreign")
+        let foreign = try engine.createContainer(name: nil, body: [
+            "Image": Self.image, "Cmd": ["true"],
+            "Labels": ["org.fem-client.node": node.id, "org.fem-client.task": "not-in-the-journal"],
+            "HostConfig": ["NetworkMode": "none"],
+        ])
+        defer { try? engine.remove(foreign) }
+        try node.start()
+        try eventually("the notice in receiver.log") { node.log.contains("task not-in-the-journal") }
+        #expect(node.log.contains("container \(foreign.prefix(12)) is labelled for task not-in-the-journal, which this node's journal does not know; left alone"))
+        #expect(try engine.inspectContainer(foreign) != nil, "left alone")
+    }
+
     @Test func anUnreachableDockerdFailsTheTaskAndTheDaemonGoesOn() throws {
         let node = try dockerNode("dk-down", extra: "socket = \"/nonexistent/docker.sock\"")
         let check = try node.run(["check"])

@@ -25,6 +25,9 @@ public enum NodeDaemon {
             work dir \(config.workDir), up to \(config.maxConcurrentTasks) tasks at once
             """)
         await node.runner.recover()
+        if config.enabledLaunchers.contains("docker") {
+            reportForeignContainers(config: config, journal: node.journal, logger: logger)
+        }
 
         let source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
                                     logger: logger)
@@ -50,6 +53,22 @@ public enum NodeDaemon {
         publisher.stop(timeout: 5)
         signals.cancel()
         logger.notice("stopped")
+    }
+}
+
+/// Containers labelled with this node whose task the journal does not know are left alone, and said so.
+func reportForeignContainers(config: NodeConfig, journal: any Journal, logger: Logger) {
+    let engine = DockerEngine(socket: config.docker.socket)
+    do {
+        for id in try engine.containers(labels: ["org.fem-client.node": config.nodeID]) {
+            let task = try engine.inspectContainer(id)?.labels["org.fem-client.task"] ?? "?"
+            let known = (try? journal.task(task)) ?? nil
+            if known == nil {
+                logger.notice("container \(id.prefix(12)) is labelled for task \(task), which this node's journal does not know; left alone")
+            }
+        }
+    } catch {
+        logger.warning("cannot list containers: \(error)")
     }
 }
 
