@@ -2,6 +2,9 @@ import FEMCore
 import FEMSystem
 import Foundation
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Image stage-in against real registries (test.sh starts them with scripts/dev-registry.sh): 127.0.0.1:5000
 /// without auth, 127.0.0.1:5001 with htpasswd.
@@ -95,6 +98,39 @@ struct RegistryPullTests {
         #expect(final.detail.message?.hasPrefix("the registry refused the credentials for \(Self.privateImage)") == true,
                 "\(final.detail.message ?? "")")
         #expect(!bad.log.contains("not-the-password") && !(final.detail.message ?? "").contains("not-the-password"))
+    }
+
+    /// The authors' docker example, end to end with `fem-client run`: pulled from the local registry, run locked
+    /// down, its dataset counted, its output staged out.
+    @Test func theHelloDockerExampleRuns() throws {
+        _ = try registryDir()
+        let dir = try TestEnv.scratch("hello-docker")
+        try FileManager.default.createDirectory(atPath: "\(dir)/data", withIntermediateDirectories: true)
+        try "a\nb\nc\n".write(toFile: "\(dir)/data/rows.txt", atomically: true, encoding: .utf8)
+        chmod("\(dir)/data", 0o755)
+        chmod("\(dir)/data/rows.txt", 0o644)
+        try """
+            [node]
+            id = "hello"
+            [broker]
+            url = "amqps://fem@localhost:5671/%2f"
+            ca_file = "unused"
+            cert_file = "unused"
+            key_file = "unused"
+            [launchers]
+            enabled = ["docker"]
+            [launchers.docker]
+            allowed_images = ["127.0.0.1:5000/fem/*"]
+            [datasets.demo]
+            path = "\(dir)/data"
+            """.write(toFile: "\(dir)/node.toml", atomically: true, encoding: .utf8)
+        let r = try Shell.run([try TestEnv.binary("fem-client"), "run",
+                               "\(TestEnv.repoRoot)/docs/templates/examples/hello-docker.task.json",
+                               "--config", "\(dir)/node.toml", "--work-dir", "\(dir)/work"], cwd: dir)
+        #expect(r.status == 0, "\(r.output)")
+        #expect(r.output.contains("state    completed"))
+        let count = try String(contentsOfFile: "\(dir)/work/outputs/exec-docker-1/hello/out/count.txt", encoding: .utf8)
+        #expect(count.trimmingCharacters(in: .whitespaces) == "3\n")
     }
 
     @Test func unknownImageAndRegistryDownEachSaySo() throws {
