@@ -1,6 +1,7 @@
 import ArgumentParser
 import FEMCore
 import FEMJournal
+import FEMLaunchers
 import Foundation
 import Logging
 
@@ -251,9 +252,10 @@ extension NodeConfig {
                    brokerPassword: nil, caFile: "", certFile: "", keyFile: "", prefetch: 1, maxMessageBytes: 1 << 20,
                    enabledLaunchers: ["process"], processAllowedExecutables: [],
                    processPath: "/usr/local/bin:/usr/bin:/bin",
-                   docker: DockerSettings(socket: "/var/run/docker.sock", allowedImages: [], user: "65534:65534",
-                                          pidsLimit: 256, defaultMemoryMB: 512, maxMemoryMB: 8192, maxCPUs: 2,
-                                          tmpfsMB: 64, allowHostNetwork: false, allowGPUs: false),
+                   docker: DockerLauncherConfig(socket: "/var/run/docker.sock", allowedImages: [], user: "65534:65534",
+                                                pidsLimit: 256, defaultMemoryMB: 512, maxMemoryMB: 8192, maxCPUs: 2,
+                                                tmpfsMB: 64, allowHostNetwork: false, allowGPUs: false, nodeID: "local",
+                                                datasets: [:]),
                    registries: [:], maxOutputFileBytes: 1 << 30,
                    maxOutputTaskBytes: 4 << 30, datasets: [:], source: "(built-in local defaults)")
     }

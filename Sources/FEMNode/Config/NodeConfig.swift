@@ -1,4 +1,5 @@
 import FEMCore
+import FEMLaunchers
 import FEMSystem
 import Foundation
 import TOMLKit
@@ -7,21 +8,6 @@ import TOMLKit
 /// named `FEM_<SECTION>_<KEY>` (`FEM_BROKER_URL`, `FEM_NODE_MAX_CONCURRENT_TASKS`, …). An unknown key or a bad
 /// value stops the daemon at start with the key's name and what is wrong.
 public struct NodeConfig: Sendable {
-    /// `[launchers.docker]`: what containers may do on this node.
-    public struct DockerSettings: Sendable, Equatable {
-        public var socket: String
-        /// Exact references, `repo/*` (anything under a path), or digest pins `repo@sha256:…`.
-        public var allowedImages: [String]
-        public var user: String
-        public var pidsLimit: Int
-        public var defaultMemoryMB: Int
-        public var maxMemoryMB: Int
-        public var maxCPUs: Int
-        public var tmpfsMB: Int
-        public var allowHostNetwork: Bool
-        public var allowGPUs: Bool
-    }
-
     public struct RegistryLogin: Sendable, Equatable {
         public var username: String
         /// A secret: never printed.
@@ -56,7 +42,8 @@ public struct NodeConfig: Sendable {
     public var processAllowedExecutables: [String]
     public var processPath: String
 
-    public var docker: DockerSettings
+    /// `[launchers.docker]`; its node id and datasets are filled in when the launcher is built.
+    public var docker: DockerLauncherConfig
     /// Registry host (`127.0.0.1:5000`) → credentials for image pulls.
     public var registries: [String: RegistryLogin]
 
@@ -254,7 +241,7 @@ extension NodeConfig {
             enabledLaunchers: enabled,
             processAllowedExecutables: values["launchers.process.allowed_executables"] as! [String],
             processPath: values["launchers.process.path"] as! String,
-            docker: DockerSettings(
+            docker: DockerLauncherConfig(
                 socket: values["launchers.docker.socket"] as! String,
                 allowedImages: values["launchers.docker.allowed_images"] as! [String],
                 user: values["launchers.docker.user"] as! String, pidsLimit: values["launchers.docker.pids_limit"] as! Int,
@@ -262,7 +249,7 @@ extension NodeConfig {
                 maxMemoryMB: values["launchers.docker.max_memory_mb"] as! Int,
                 maxCPUs: values["launchers.docker.max_cpus"] as! Int, tmpfsMB: values["launchers.docker.tmpfs_mb"] as! Int,
                 allowHostNetwork: values["launchers.docker.allow_host_network"] as! Bool,
-                allowGPUs: values["launchers.docker.allow_gpus"] as! Bool),
+                allowGPUs: values["launchers.docker.allow_gpus"] as! Bool, nodeID: id, datasets: [:]),
             registries: registries,
             maxOutputFileBytes: Int64(values["outputs.max_file_bytes"] as! Int),
             maxOutputTaskBytes: Int64(values["outputs.max_task_bytes"] as! Int),

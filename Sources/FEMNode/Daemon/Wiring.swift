@@ -43,12 +43,10 @@ public struct NodeAssembly: Sendable {
                 list.append(ProcessLauncher(config: ProcessLauncherConfig(
                     allowedExecutables: config.processAllowedExecutables, path: config.processPath)))
             case "docker":
-                let d = config.docker
-                list.append(DockerLauncher(config: DockerLauncherConfig(
-                    socket: d.socket, allowedImages: d.allowedImages, user: d.user, pidsLimit: d.pidsLimit,
-                    defaultMemoryMB: d.defaultMemoryMB, maxMemoryMB: d.maxMemoryMB, maxCPUs: d.maxCPUs, tmpfsMB: d.tmpfsMB,
-                    allowHostNetwork: d.allowHostNetwork, allowGPUs: d.allowGPUs, nodeID: config.nodeID,
-                    datasets: config.datasets.mapValues(\.path))))
+                var docker = config.docker
+                docker.nodeID = config.nodeID
+                docker.datasets = config.datasets.mapValues(\.path)
+                list.append(DockerLauncher(config: docker))
             default:
                 continue  // NodeConfig rejects launchers this build does not have.
             }
