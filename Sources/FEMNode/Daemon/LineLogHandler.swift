@@ -33,7 +33,7 @@ public struct LineLogHandler: LogHandler {
         let handle: FileHandle
         if let path {
             if !FileManager.default.fileExists(atPath: path) {
-                FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640])
+                _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640])
             }
             guard let h = FileHandle(forWritingAtPath: path) else {
                 throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
@@ -47,12 +47,12 @@ public struct LineLogHandler: LogHandler {
         return { _ in LineLogHandler(sink: sink) }
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
-                    source: String, file: String, function: String, line: UInt) {
+    public func log(event: LogEvent) {
         var merged = metadata
-        if let explicit { merged.merge(explicit) { $1 } }
+        if let explicit = event.metadata { merged.merge(explicit) { $1 } }
+        let message = event.message
         let lvl: String
-        switch level {
+        switch event.level {
         case .trace: lvl = "TRACE"
         case .debug: lvl = "DEBUG"
         case .info: lvl = "INFO "
