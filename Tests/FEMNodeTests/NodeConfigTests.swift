@@ -6,7 +6,7 @@ struct NodeConfigTests {
     static let dir: String = {
         let d = FileManager.default.temporaryDirectory.appendingPathComponent("fem-config-\(UUID().uuidString)").path
         try? FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
-        for f in ["ca.pem", "c.pem", "c.key"] { FileManager.default.createFile(atPath: "\(d)/\(f)", contents: Data()) }
+        for f in ["ca.pem", "c.pem", "c.key"] { _ = FileManager.default.createFile(atPath: "\(d)/\(f)", contents: Data()) }
         return d
     }()
 

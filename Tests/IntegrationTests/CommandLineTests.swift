@@ -27,7 +27,7 @@ struct CommandLineTests {
         watcher.arguments = ["watch", "--node", node.id, "--until-done", "1", "--timeout", "30"]
         watcher.environment = femctlEnvironment(node)
         let watchOut = "\(node.dir)/watch.out"
-        FileManager.default.createFile(atPath: watchOut, contents: nil)
+        _ = FileManager.default.createFile(atPath: watchOut, contents: nil)
         watcher.standardOutput = try FileHandle(forWritingTo: URL(fileURLWithPath: watchOut))
         watcher.standardError = FileHandle.nullDevice
         try watcher.run()

@@ -189,8 +189,8 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
 
     /// Writes the container's stdout and stderr, from the start, into `<logs>/stdout.log` and `stderr.log`.
     static func writeLogs(_ engine: DockerEngine, _ id: String, follow: Bool, to logs: String) throws {
-        FileManager.default.createFile(atPath: "\(logs)/stdout.log", contents: nil)
-        FileManager.default.createFile(atPath: "\(logs)/stderr.log", contents: nil)
+        _ = FileManager.default.createFile(atPath: "\(logs)/stdout.log", contents: nil)
+        _ = FileManager.default.createFile(atPath: "\(logs)/stderr.log", contents: nil)
         guard let out = FileHandle(forWritingAtPath: "\(logs)/stdout.log"),
               let err = FileHandle(forWritingAtPath: "\(logs)/stderr.log") else {
             throw TaskFailure(.runnerSystemFailure, "cannot write the logs in \(logs)")

@@ -77,7 +77,7 @@ enum Shell {
     static func run(_ argv: [String], environment: [String: String]? = nil, cwd: String? = nil)
         throws -> (status: Int32, output: String) {
         let outPath = FileManager.default.temporaryDirectory.appendingPathComponent("fem-shell-\(UUID().uuidString)").path
-        FileManager.default.createFile(atPath: outPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
         defer { try? FileManager.default.removeItem(atPath: outPath) }
         // Foundation.Process on Linux reports an exit only after every grandchild exits; waitpid does not.
         let child = try ChildProcess.spawn(executable: argv[0], arguments: Array(argv.dropFirst()),
