@@ -53,6 +53,8 @@ struct DockerEngineTests {
         #expect(err == "err\n")
         let state = try #require(try engine.inspectContainer(id))
         #expect(!state.running && state.exitCode == 3 && !state.oomKilled && state.labels["fem.test"] == label)
+        #expect(abs(state.created.timeIntervalSinceNow) < 60, "creation time parsed: \(state.created)")
+        #expect(try !engine.wasOOMKilled(id, state: state, since: state.created))
         // wait on a container that already exited returns at once.
         #expect(try engine.wait(id) == 3)
         try engine.remove(id)
@@ -68,6 +70,8 @@ struct DockerEngineTests {
         #expect(try engine.inspectContainer(id)?.running == true)
         try engine.kill(id, signal: "KILL")
         #expect(try engine.wait(id) == 137)
+        let killed = try #require(try engine.inspectContainer(id))
+        #expect(try !engine.wasOOMKilled(id, state: killed, since: killed.created), "a plain SIGKILL is not an OOM")
         try engine.kill(id)  // already stopped: not an error
     }
 
@@ -79,7 +83,7 @@ struct DockerEngineTests {
         try engine.start(id)
         _ = try engine.wait(id)
         let state = try #require(try engine.inspectContainer(id))
-        #expect(state.oomKilled, "exit \(state.exitCode)")
+        #expect(try engine.wasOOMKilled(id, state: state, since: state.created), "exit \(state.exitCode)")
     }
 
     @Test func pullFromARegistryThatIsDownSaysSo() throws {

@@ -168,9 +168,9 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
             do {
                 try Self.writeLogs(engine, id, follow: true, to: logs)
                 let code = try engine.wait(id)
-                let state = try engine.inspectContainer(id)
+                let oom = try engine.inspectContainer(id).map { try engine.wasOOMKilled(id, state: $0, since: $0.created) }
                 try? engine.remove(id)
-                return Self.outcome(code: code, oom: state?.oomKilled ?? false)
+                return Self.outcome(code: code, oom: oom ?? false)
             } catch let e as DockerError {
                 throw TaskFailure(.runnerSystemFailure, e.message)
             }
@@ -235,8 +235,9 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
                     return .lost("the container was created but never started; it was removed and not run again")
                 }
                 try Self.writeLogs(engine, id, follow: false, to: job.sandbox.logs)
+                let oom = try engine.wasOOMKilled(id, state: state, since: state.created)
                 try? engine.remove(id)
-                return .exited(Self.outcome(code: state.exitCode, oom: state.oomKilled))
+                return .exited(Self.outcome(code: state.exitCode, oom: oom))
             }
         } catch {
             return .lost("cannot inspect the task's container: \(error)")

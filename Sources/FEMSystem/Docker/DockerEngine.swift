@@ -69,6 +69,15 @@ public struct DockerEngine: Sendable {
         }
     }
 
+    /// dockerd's RFC 3339 times carry nanoseconds, which ISO8601DateFormatter does not read: drop the fraction.
+    static func parseTime(_ text: String) -> Date? {
+        var t = text
+        if let dot = t.firstIndex(of: "."), let end = t[dot...].firstIndex(where: { $0 == "Z" || $0 == "+" || $0 == "-" }) {
+            t.removeSubrange(dot..<end)
+        }
+        return ISO8601DateFormatter().date(from: t)
+    }
+
     static func escape(_ s: String) -> String {
         s.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed.subtracting(CharacterSet(charactersIn: "&=+/?:@")))
             ?? s
@@ -194,6 +203,8 @@ public struct DockerEngine: Sendable {
         public var exitCode: Int
         public var oomKilled: Bool
         public var labels: [String: String]
+        /// When the container was created.
+        public var created: Date
     }
 
     /// Nil when there is no such container.
@@ -206,7 +217,26 @@ public struct DockerEngine: Sendable {
         let config = obj["Config"] as? [String: Any] ?? [:]
         return ContainerState(status: state["Status"] as? String ?? "", running: state["Running"] as? Bool ?? false, exitCode: state["ExitCode"] as? Int ?? -1,
                               oomKilled: state["OOMKilled"] as? Bool ?? false,
-                              labels: config["Labels"] as? [String: String] ?? [:])
+                              labels: config["Labels"] as? [String: String] ?? [:],
+                              created: (obj["Created"] as? String).flatMap(Self.parseTime) ?? Date())
+    }
+
+    /// Whether the kernel's OOM killer ended the container. dockerd's `OOMKilled` flag can lose a race with the exit
+    /// on cgroup v2, so for an exit code of 137 the container's `oom` events are consulted too (they may trail the
+    /// exit by a moment).
+    public func wasOOMKilled(_ id: String, state: ContainerState, since: Date) throws -> Bool {
+        if state.oomKilled { return true }
+        guard state.exitCode == 137 else { return false }
+        let filter = try JSONSerialization.data(withJSONObject: ["container": [id], "event": ["oom"], "type": ["container"]])
+        let query = Self.escape(String(decoding: filter, as: UTF8.self))
+        for attempt in 0..<5 {
+            if attempt > 0 { Thread.sleep(forTimeInterval: 0.2) }
+            let until = Int(Date().timeIntervalSince1970) + 1
+            let r = try expect(request("GET", "/events?since=\(Int(since.timeIntervalSince1970) - 1)&until=\(until)&filters=\(query)"),
+                               [200], "events of container \(id.prefix(12))")
+            if String(decoding: r.body, as: UTF8.self).contains("\"oom\"") { return true }
+        }
+        return false
     }
 
     /// Container ids (all states) that carry every label in `labels`.
