@@ -150,7 +150,8 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
             let body = try JSONSerialization.data(withJSONObject: createBody(job))
             try prepareSandbox(job.sandbox)
             let id = try await offload("fem-docker-create") { try engine.createContainer(name: nil, json: body) }
-            let handle = LaunchHandle(launcher: name, data: ["container": id, "logs": job.sandbox.logs])
+            let handle = LaunchHandle(launcher: name, data: ["container": id, "stdout": job.stdoutPath,
+                                                             "stderr": job.stderrPath])
             try persist(handle)
             try await offload("fem-docker-start") { try engine.start(id) }
             return handle
@@ -163,10 +164,12 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
     public func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome {
         guard let id = handle.data["container"] else { throw TaskFailure(.runnerSystemFailure, "no container in handle") }
         let engine = self.engine
-        guard let logs = handle.data["logs"] else { throw TaskFailure(.runnerSystemFailure, "no log folder in handle") }
+        guard let stdout = handle.data["stdout"], let stderr = handle.data["stderr"] else {
+            throw TaskFailure(.runnerSystemFailure, "no log files in handle")
+        }
         return try await offload("fem-docker-wait") {
             do {
-                try Self.writeLogs(engine, id, follow: true, to: logs)
+                try Self.writeLogs(engine, id, follow: true, stdout: stdout, stderr: stderr)
                 let code = try engine.wait(id)
                 let oom = try engine.inspectContainer(id).map { try engine.wasOOMKilled(id, state: $0, since: $0.created) }
                 try? engine.remove(id)
@@ -187,13 +190,13 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
         return LaunchOutcome(exitCode: Int32(code))
     }
 
-    /// Writes the container's stdout and stderr, from the start, into `<logs>/stdout.log` and `stderr.log`.
-    static func writeLogs(_ engine: DockerEngine, _ id: String, follow: Bool, to logs: String) throws {
-        _ = FileManager.default.createFile(atPath: "\(logs)/stdout.log", contents: nil)
-        _ = FileManager.default.createFile(atPath: "\(logs)/stderr.log", contents: nil)
-        guard let out = FileHandle(forWritingAtPath: "\(logs)/stdout.log"),
-              let err = FileHandle(forWritingAtPath: "\(logs)/stderr.log") else {
-            throw TaskFailure(.runnerSystemFailure, "cannot write the logs in \(logs)")
+    /// Writes the container's stdout and stderr, from the start, into the job's log files (replacing what an
+    /// earlier attempt wrote, so a re-attached task's logs are whole and not doubled).
+    static func writeLogs(_ engine: DockerEngine, _ id: String, follow: Bool, stdout: String, stderr: String) throws {
+        _ = FileManager.default.createFile(atPath: stdout, contents: nil)
+        _ = FileManager.default.createFile(atPath: stderr, contents: nil)
+        guard let out = FileHandle(forWritingAtPath: stdout), let err = FileHandle(forWritingAtPath: stderr) else {
+            throw TaskFailure(.runnerSystemFailure, "cannot write the logs \(stdout) and \(stderr)")
         }
         defer {
             try? out.close()
@@ -234,7 +237,7 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
                     try? engine.remove(id)
                     return .lost("the container was created but never started; it was removed and not run again")
                 }
-                try Self.writeLogs(engine, id, follow: false, to: job.sandbox.logs)
+                try Self.writeLogs(engine, id, follow: false, stdout: job.stdoutPath, stderr: job.stderrPath)
                 let oom = try engine.wasOOMKilled(id, state: state, since: state.created)
                 try? engine.remove(id)
                 return .exited(Self.outcome(code: state.exitCode, oom: oom))

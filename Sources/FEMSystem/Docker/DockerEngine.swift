@@ -31,10 +31,24 @@ public struct DockerEngine: Sendable {
         try reachable { try HTTPTransfer.perform(httpRequest(method, path, body: body, headers: headers, timeout: timeout)) }
     }
 
-    /// A request whose answer is streamed to `sink` (pull progress, logs).
+    /// A request whose answer is streamed to `sink` (pull progress, logs). The response's body holds the first
+    /// 64 KiB of what was streamed, for the message of a non-2xx answer.
     func stream(_ method: String, _ path: String, headers: [(String, String)] = [],
                 sink: (UnsafeRawBufferPointer) -> Bool) throws -> HTTPResponse {
-        try reachable { try HTTPTransfer.perform(httpRequest(method, path, headers: headers, timeout: 0), sink: sink) }
+        var head: [UInt8] = []
+        var r = try reachable {
+            try HTTPTransfer.perform(httpRequest(method, path, headers: headers, timeout: 0)) { chunk in
+                if head.count < 65_536 { head.append(contentsOf: chunk.prefix(65_536 - head.count)) }
+                return sink(chunk)
+            }
+        }
+        r.body = head
+        return r
+    }
+
+    /// The `filters=` query value of the Engine API: a JSON object of string lists, percent-encoded.
+    static func filters(_ f: [String: [String]]) throws -> String {
+        escape(String(decoding: try JSONSerialization.data(withJSONObject: f, options: [.sortedKeys]), as: UTF8.self))
     }
 
     private func httpRequest(_ method: String, _ path: String, body: [UInt8]? = nil, headers: [(String, String)] = [],
@@ -122,10 +136,8 @@ public struct DockerEngine: Sendable {
         var path = "/images/create?fromImage=\(Self.escape(repo))"
         if let t = tagOrDigest { path += "&tag=\(Self.escape(t))" }
         var pending: [UInt8] = []
-        var head: [UInt8] = []  // the start of the body, for the message of a non-200 answer
         var streamError: String?
         let r = try stream("POST", path, headers: registryAuth.map { [("X-Registry-Auth", $0)] } ?? []) { chunk in
-            if head.count < 65_536 { head.append(contentsOf: chunk.prefix(65_536 - head.count)) }
             pending.append(contentsOf: chunk)
             while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
                 let line = Array(pending[..<nl])
@@ -142,7 +154,7 @@ public struct DockerEngine: Sendable {
         }
         if r.status != 200 {
             throw DockerError(code: r.status == 404 ? .notFound : .pullFailed,
-                              message: "pull \(reference): \(Self.message(head))")
+                              message: "pull \(reference): \(Self.message(r.body))")
         }
         if let streamError {
             throw DockerError(code: .pullFailed, message: "pull \(reference): \(streamError)")
@@ -227,8 +239,7 @@ public struct DockerEngine: Sendable {
     public func wasOOMKilled(_ id: String, state: ContainerState, since: Date) throws -> Bool {
         if state.oomKilled { return true }
         guard state.exitCode == 137 else { return false }
-        let filter = try JSONSerialization.data(withJSONObject: ["container": [id], "event": ["oom"], "type": ["container"]])
-        let query = Self.escape(String(decoding: filter, as: UTF8.self))
+        let query = try Self.filters(["container": [id], "event": ["oom"], "type": ["container"]])
         for attempt in 0..<5 {
             if attempt > 0 { Thread.sleep(forTimeInterval: 0.2) }
             let until = Int(Date().timeIntervalSince1970) + 1
@@ -241,8 +252,7 @@ public struct DockerEngine: Sendable {
 
     /// Container ids (all states) that carry every label in `labels`.
     public func containers(labels: [String: String]) throws -> [String] {
-        let filter = try JSONSerialization.data(withJSONObject: ["label": labels.map { "\($0.key)=\($0.value)" }])
-        let query = Self.escape(String(decoding: filter, as: UTF8.self))
+        let query = try Self.filters(["label": labels.map { "\($0.key)=\($0.value)" }])
         let r = try expect(request("GET", "/containers/json?all=true&filters=\(query)"), [200], "list containers")
         let list = try JSONSerialization.jsonObject(with: Data(r.body)) as? [[String: Any]] ?? []
         return list.compactMap { $0["Id"] as? String }
@@ -265,9 +275,7 @@ public struct DockerEngine: Sendable {
     /// (stream, 0, 0, 0, big-endian length). With `follow`, returns when the container stops.
     public func logs(_ id: String, follow: Bool, handler: (Stream, UnsafeRawBufferPointer) -> Void) throws {
         var pending: [UInt8] = []
-        var head: [UInt8] = []
         let r = try stream("GET", "/containers/\(id)/logs?stdout=true&stderr=true&follow=\(follow)") { chunk in
-            if head.count < 65_536 { head.append(contentsOf: chunk.prefix(65_536 - head.count)) }
             pending.append(contentsOf: chunk)
             while pending.count >= 8 {
                 let length = Int(pending[4]) << 24 | Int(pending[5]) << 16 | Int(pending[6]) << 8 | Int(pending[7])
@@ -278,6 +286,6 @@ public struct DockerEngine: Sendable {
             }
             return true
         }
-        try expect(HTTPResponse(status: r.status, body: head), [200], "logs of container \(id.prefix(12))")
+        try expect(r, [200], "logs of container \(id.prefix(12))")
     }
 }

@@ -78,13 +78,8 @@ public enum ChildProcess {
 
     /// Waits for a child of this process without blocking a Swift concurrency thread.
     public static func exitStatus(of pid: Int32) async -> ExitStatus {
-        await withCheckedContinuation { (continuation: CheckedContinuation<ExitStatus, Never>) in
-            let thread = Thread {
-                continuation.resume(returning: waitBlocking(pid: pid))
-            }
-            thread.name = "fem-wait-\(pid)"
-            thread.start()
-        }
+        // The body cannot throw, so the fallback is never used.
+        (try? await offload("fem-wait-\(pid)") { waitBlocking(pid: pid) }) ?? .signaled(0)
     }
 
     /// Sends `signal` to a whole process group. Returns false when the group no longer exists.
