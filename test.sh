@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The test command (README, CI): installs what the tests need, starts the real services on loopback
-# (RabbitMQ with TLS and client certificates, dockerd without a bridge network, two image registries), runs
+# (RabbitMQ with TLS and client certificates, dockerd without a bridge network, two image registries, nginx with
+# TLS serving git, task files and WebDAV uploads, a git daemon), runs
 # `swift test`, and stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-bash scripts/install-packages.sh busybox-static docker-registry apache2-utils
+bash scripts/install-packages.sh busybox-static docker-registry apache2-utils nginx fcgiwrap git
 python3 -c "import jsonschema" 2>/dev/null || python3 -m pip install -q jsonschema
 
 services=$(pwd)/.build-test/services
@@ -13,6 +14,7 @@ mkdir -p "$services"
 # Every broker here, the shared one and those tests start for themselves, records its PID under $services;
 # on exit each is stopped by that PID.
 cleanup() {
+  bash scripts/dev-web.sh stop --dir "$services/web" || true
   bash scripts/dev-registry.sh stop --dir "$services/registry" || true
   bash scripts/dev-docker.sh stop --dir "$services/docker" || true
   for pidfile in "$services"/*/broker.pid; do
@@ -27,11 +29,14 @@ bash scripts/dev-broker.sh start --dir "$services/broker" --port 5699 --name fem
 bash scripts/dev-docker.sh start --dir "$services/docker"
 # Registries on 127.0.0.1:5000 (open) and :5001 (htpasswd), with the test images pushed.
 bash scripts/dev-registry.sh start --dir "$services/registry"
+# nginx (https://localhost:18443 with a private CA, http://127.0.0.1:18080) and git daemon (127.0.0.1:19418).
+bash scripts/dev-web.sh start --dir "$services/web"
 
 export FEM_TEST_BROKER_DIR="$services/broker"
 export FEM_TEST_BROKER_PORT=5699
 export FEM_TEST_SCRATCH="$services"
 export FEM_TEST_REGISTRY_DIR="$services/registry"
+export FEM_TEST_WEB_DIR="$services/web"
 
 swift build --build-tests
 FEM_TEST_BIN_DIR="$(swift build --show-bin-path)" swift test --skip-build "$@"

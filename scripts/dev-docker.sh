@@ -7,14 +7,8 @@
 #   scripts/dev-docker.sh stop  [--dir DIR]     (stops dockerd only if this script started it)
 set -euo pipefail
 cmd=${1:-}; shift || true
-dir=var/dev-docker
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --dir) dir=$2; shift 2 ;;
-    *) echo "dev-docker.sh: unknown option $1" >&2; exit 2 ;;
-  esac
-done
-mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
+source "$(dirname "$0")/lib.sh"
+parse_dir dev-docker.sh var/dev-docker "$@"
 sock=/var/run/docker.sock
 ping() { curl -sf --max-time 2 --unix-socket "$sock" http://localhost/_ping >/dev/null 2>&1; }
 
@@ -45,14 +39,7 @@ start() {
 }
 
 stop() {
-  if [[ -f "$dir/dockerd.pid" ]] && kill -0 "$(cat "$dir/dockerd.pid")" 2>/dev/null; then
-    local pid; pid=$(cat "$dir/dockerd.pid")
-    kill -TERM "$pid"
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid"
-    echo "dockerd stopped (pid $pid)"
-  fi
-  rm -f "$dir/dockerd.pid"
+  stop_pid dockerd "$dir/dockerd.pid" 60
 }
 
 case "$cmd" in

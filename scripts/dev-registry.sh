@@ -8,14 +8,8 @@
 #   scripts/dev-registry.sh stop  [--dir DIR]
 set -euo pipefail
 cmd=${1:-}; shift || true
-dir=var/dev-registry
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --dir) dir=$2; shift 2 ;;
-    *) echo "dev-registry.sh: unknown option $1" >&2; exit 2 ;;
-  esac
-done
-mkdir -p "$dir"; dir=$(cd "$dir" && pwd)
+source "$(dirname "$0")/lib.sh"
+parse_dir dev-registry.sh var/dev-registry "$@"
 
 up() { curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$1/v2/"; }
 
@@ -56,16 +50,7 @@ start() {
 }
 
 stop() {
-  for port in 5000 5001; do
-    local f="$dir/registry-$port.pid"
-    if [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null; then
-      kill -TERM "$(cat "$f")"
-      for _ in $(seq 1 40); do kill -0 "$(cat "$f")" 2>/dev/null || break; sleep 0.25; done
-      kill -0 "$(cat "$f")" 2>/dev/null && kill -KILL "$(cat "$f")"
-      echo "registry on $port stopped (pid $(cat "$f"))"
-    fi
-    rm -f "$f"
-  done
+  for port in 5000 5001; do stop_pid "registry on $port" "$dir/registry-$port.pid"; done
 }
 
 case "$cmd" in

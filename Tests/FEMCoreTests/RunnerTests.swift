@@ -75,6 +75,7 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
 struct FakeSandboxes: SandboxProvider {
     func prepare(taskID: String) throws -> ToolPaths { paths(taskID: taskID) }
     func paths(taskID: String) -> ToolPaths { .under("/fake/\(taskID)") }
+    func finished(taskID: String, state: TaskState) {}
 }
 
 final class FakeStageOut: StageOut, @unchecked Sendable {

@@ -26,6 +26,8 @@ public protocol SandboxProvider: Sendable {
     /// Creates (or finds) `<work_dir>/sandboxes/<task_id>/{src,in,out,logs}` and returns its host paths.
     func prepare(taskID: String) throws -> ToolPaths
     func paths(taskID: String) -> ToolPaths
+    /// The task reached a final state (after stage-out): its sandbox may be removed, per the node's retention.
+    func finished(taskID: String, state: TaskState)
 }
 
 /// What a stage may tell the runner while it works.

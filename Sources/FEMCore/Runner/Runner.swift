@@ -284,6 +284,7 @@ public actor Runner {
             }
         }
         record(taskID, outcome.state, outcome.detail)
+        sandboxes.finished(taskID: taskID, state: outcome.state)
     }
 
     /// Picks the launcher, checks node policy and renders the command. A failure here is a decline.

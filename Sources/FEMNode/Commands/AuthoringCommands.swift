@@ -244,19 +244,26 @@ enum LocalNode {
 }
 
 extension NodeConfig {
-    /// A node for local authoring runs when no config file exists.
+    /// A node for local authoring runs when no config file exists: the documented defaults, with local
+    /// sources (file:// git remotes and plain paths) allowed, and no broker.
     static var local: NodeConfig {
-        NodeConfig(nodeID: "local", nodeName: "local", workDir: "var/local-runs", logFile: "var/local-runs/run.log",
-                   maxConcurrentTasks: 1, heartbeatSeconds: 30, defaultTimeoutSeconds: 3600,
-                   maxTimeoutSeconds: 604_800, allowTimeoutAbovePlan: true, stopGraceSeconds: 5, brokerURL: "",
-                   brokerPassword: nil, caFile: "", certFile: "", keyFile: "", prefetch: 1, maxMessageBytes: 1 << 20,
-                   enabledLaunchers: ["process"], processAllowedExecutables: [],
-                   processPath: "/usr/local/bin:/usr/bin:/bin",
-                   docker: DockerLauncherConfig(socket: "/var/run/docker.sock", allowedImages: [], user: "65534:65534",
-                                                pidsLimit: 256, defaultMemoryMB: 512, maxMemoryMB: 8192, maxCPUs: 2,
-                                                tmpfsMB: 64, allowHostNetwork: false, allowGPUs: false, nodeID: "local",
-                                                datasets: [:]),
-                   registries: [:], maxOutputFileBytes: 1 << 30,
-                   maxOutputTaskBytes: 4 << 30, datasets: [:], source: "(built-in local defaults)")
+        let text = """
+            [node]
+            id = "local"
+            work_dir = "var/local-runs"
+            log_file = "var/local-runs/run.log"
+            max_concurrent_tasks = 1
+            allow_timeout_above_plan = true
+            stop_grace = 5
+            [broker]
+            url = "amqps://local@localhost/"
+            ca_file = ""
+            cert_file = ""
+            key_file = ""
+            [stage_in]
+            git_allowed_urls = ["https://", "file://"]
+            """
+        // The text above is fixed and valid; a failure here is a programming error caught by the tests.
+        return try! parse(text, source: "(built-in local defaults)", environment: [:], brokerFiles: false)
     }
 }

@@ -1,5 +1,6 @@
 import FEMCore
 import FEMLaunchers
+import FEMStaging
 import FEMSystem
 import Foundation
 import TOMLKit
@@ -8,12 +9,6 @@ import TOMLKit
 /// named `FEM_<SECTION>_<KEY>` (`FEM_BROKER_URL`, `FEM_NODE_MAX_CONCURRENT_TASKS`, …). An unknown key or a bad
 /// value stops the daemon at start with the key's name and what is wrong.
 public struct NodeConfig: Sendable {
-    public struct RegistryLogin: Sendable, Equatable {
-        public var username: String
-        /// A secret: never printed.
-        public var password: String
-    }
-
     public struct Dataset: Sendable, Equatable {
         public var path: String
         public var labels: [String: String]
@@ -44,8 +39,22 @@ public struct NodeConfig: Sendable {
 
     /// `[launchers.docker]`; its node id and datasets are filled in when the launcher is built.
     public var docker: DockerLauncherConfig
-    /// Registry host (`127.0.0.1:5000`) → credentials for image pulls.
-    public var registries: [String: RegistryLogin]
+    /// Registry host (`127.0.0.1:5000`) → credentials for image pulls (always with a username).
+    public var registries: [String: Credential]
+    /// `[credentials."name"]`: logins plans and tasks name by reference (git, task files, stage-out).
+    public var credentials: [String: Credential]
+
+    /// `[stage_in]`: which URLs sources may come from, checksums, a private CA, retries.
+    public var gitAllowedURLs: [String]
+    public var fileAllowedURLs: [String]
+    public var requireSHA256: Bool
+    public var stageInCAFile: String?
+    public var retries: Int
+    public var retryDelayMilliseconds: Int
+
+    /// `[sandboxes]`: hours a finished task's sandbox is kept, by how it ended (0: removed at once).
+    public var keepCompletedHours: Int
+    public var keepFailedHours: Int
 
     public var maxOutputFileBytes: Int64
     public var maxOutputTaskBytes: Int64
@@ -139,6 +148,14 @@ extension NodeConfig {
         Key(name: "launchers.docker.tmpfs_mb", kind: .int(min: 1, max: 1 << 20), fallback: 64),
         Key(name: "launchers.docker.allow_host_network", kind: .bool, fallback: false),
         Key(name: "launchers.docker.allow_gpus", kind: .bool, fallback: false),
+        Key(name: "stage_in.git_allowed_urls", kind: .strings, fallback: ["https://"]),
+        Key(name: "stage_in.file_allowed_urls", kind: .strings, fallback: ["https://"]),
+        Key(name: "stage_in.require_sha256", kind: .bool, fallback: true),
+        Key(name: "stage_in.ca_file", kind: .path, fallback: ""),
+        Key(name: "stage_in.retries", kind: .int(min: 1, max: 20), fallback: 4),
+        Key(name: "stage_in.retry_delay_ms", kind: .int(min: 0, max: 600_000), fallback: 1000),
+        Key(name: "sandboxes.keep_completed_hours", kind: .int(min: 0, max: 87_600), fallback: 24),
+        Key(name: "sandboxes.keep_failed_hours", kind: .int(min: 0, max: 87_600), fallback: 168),
         Key(name: "outputs.max_file_bytes", kind: .int(min: 1, max: Int.max), fallback: 1 << 30),
         Key(name: "outputs.max_task_bytes", kind: .int(min: 1, max: Int.max), fallback: 4 << 30),
     ]
@@ -170,10 +187,16 @@ extension NodeConfig {
         var problems: [String] = []
         var flat: [String: TOMLValueConvertible] = [:]
         var datasets: [String: Dataset] = [:]
-        var registries: [String: RegistryLogin] = [:]
+        var registries: [String: Credential] = [:]
         if let r = table["registries"] {
-            readRegistries(r, brokerFiles: brokerFiles, into: &registries, problems: &problems)
+            registries = readLogins(r, section: "registries", tokens: false, brokerFiles: brokerFiles, problems: &problems)
             table.remove(at: "registries")
+        }
+        var credentials: [String: Credential] = [:]
+        if let c = table["credentials"] {
+            credentials = readLogins(c, section: "credentials", tokens: true, brokerFiles: brokerFiles,
+                                     problems: &problems)
+            table.remove(at: "credentials")
         }
         flatten(table, prefix: "", into: &flat, datasets: &datasets, problems: &problems)
         let known = Set(keys.map(\.name))
@@ -221,6 +244,9 @@ extension NodeConfig {
                 problems.append("\(name): cannot read \(p)")
             }
         }
+        if let ca = values["stage_in.ca_file"] as? String, !ca.isEmpty, !FileManager.default.isReadableFile(atPath: ca) {
+            problems.append("stage_in.ca_file: cannot read \(ca)")
+        }
         if !problems.isEmpty { throw ConfigError(problems: problems) }
 
         let id = values["node.id"] as! String
@@ -250,7 +276,14 @@ extension NodeConfig {
                 maxCPUs: values["launchers.docker.max_cpus"] as! Int, tmpfsMB: values["launchers.docker.tmpfs_mb"] as! Int,
                 allowHostNetwork: values["launchers.docker.allow_host_network"] as! Bool,
                 allowGPUs: values["launchers.docker.allow_gpus"] as! Bool, nodeID: id, datasets: [:]),
-            registries: registries,
+            registries: registries, credentials: credentials,
+            gitAllowedURLs: values["stage_in.git_allowed_urls"] as! [String],
+            fileAllowedURLs: values["stage_in.file_allowed_urls"] as! [String],
+            requireSHA256: values["stage_in.require_sha256"] as! Bool,
+            stageInCAFile: (values["stage_in.ca_file"] as! String).isEmpty ? nil : values["stage_in.ca_file"] as? String,
+            retries: values["stage_in.retries"] as! Int, retryDelayMilliseconds: values["stage_in.retry_delay_ms"] as! Int,
+            keepCompletedHours: values["sandboxes.keep_completed_hours"] as! Int,
+            keepFailedHours: values["sandboxes.keep_failed_hours"] as! Int,
             maxOutputFileBytes: Int64(values["outputs.max_file_bytes"] as! Int),
             maxOutputTaskBytes: Int64(values["outputs.max_task_bytes"] as! Int),
             datasets: datasets, source: source)
@@ -277,41 +310,52 @@ extension NodeConfig {
         }
     }
 
-    /// `[registries."host:port"]` with `username` and `password_file` (or `password_env`, the name of a variable).
-    private static func readRegistries(_ value: TOMLValueConvertible, brokerFiles: Bool,
-                                       into registries: inout [String: RegistryLogin], problems: inout [String]) {
+    /// Named logins: `[registries."host:port"]` (username and password) and `[credentials."name"]` (username and
+    /// password for basic, or a token for bearer). Secrets come from a file or an environment variable, never from
+    /// the configuration itself.
+    private static func readLogins(_ value: TOMLValueConvertible, section: String, tokens: Bool, brokerFiles: Bool,
+                                   problems: inout [String]) -> [String: Credential] {
+        var logins: [String: Credential] = [:]
+        let secretKeys = ["password_file", "password_env"] + (tokens ? ["token_file", "token_env"] : [])
+        let allowed = ["username"] + secretKeys
         guard let t = value.table else {
-            problems.append("registries: expected [registries.\"host:port\"] sections")
-            return
+            problems.append("\(section): expected [\(section).\"name\"] sections")
+            return logins
         }
-        for host in t.keys {
-            let at = "registries.\"\(host)\""
-            guard let r = t[host]?.table else {
-                problems.append("\(at): expected a table with username and password_file")
+        for name in t.keys {
+            let at = "\(section).\"\(name)\""
+            guard let r = t[name]?.table else {
+                problems.append("\(at): expected a table with \(allowed.joined(separator: ", "))")
                 continue
             }
-            for k in r.keys where !["username", "password_file", "password_env"].contains(k) {
-                problems.append("\(at).\(k): is not a known key (username, password_file, password_env)")
+            for k in r.keys where !allowed.contains(k) {
+                problems.append("\(at).\(k): is not a known key (\(allowed.joined(separator: ", ")))")
             }
-            guard let user = r["username"]?.string else {
-                problems.append("\(at).username: is required")
+            let user = r["username"]?.string
+            let given = secretKeys.filter { r[$0] != nil }
+            guard given.count == 1, let source = r[given[0]]?.string else {
+                problems.append("\(at): needs exactly one of \(secretKeys.joined(separator: ", "))")
                 continue
             }
-            var password = ""
-            if let env = r["password_env"]?.string {
-                password = ProcessInfo.processInfo.environment[env] ?? ""
-                if password.isEmpty && brokerFiles { problems.append("\(at).password_env: \(env) is not set") }
-            } else if let file = r["password_file"]?.string {
-                if let text = try? String(contentsOfFile: absolutePath(file), encoding: .utf8) {
-                    password = text.trimmingCharacters(in: .whitespacesAndNewlines)
-                } else if brokerFiles {
-                    problems.append("\(at).password_file: cannot read \(file)")
-                }
-            } else {
-                problems.append("\(at): needs password_file or password_env")
+            let isToken = given[0].hasPrefix("token")
+            if isToken && user != nil {
+                problems.append("\(at).username: a token login has no username (use password_file for basic auth)")
             }
-            registries[host] = RegistryLogin(username: user, password: password)
+            if !isToken && user == nil {
+                problems.append("\(at).username: is required with \(given[0])")
+            }
+            var secret = ""
+            if given[0].hasSuffix("_env") {
+                secret = ProcessInfo.processInfo.environment[source] ?? ""
+                if secret.isEmpty && brokerFiles { problems.append("\(at).\(given[0]): \(source) is not set") }
+            } else if let text = try? String(contentsOfFile: absolutePath(source), encoding: .utf8) {
+                secret = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            } else if brokerFiles {
+                problems.append("\(at).\(given[0]): cannot read \(source)")
+            }
+            logins[name] = Credential(username: isToken ? nil : user, secret: secret)
         }
+        return logins
     }
 
     private static func readDataset(_ id: String, _ value: TOMLValueConvertible?, into datasets: inout [String: Dataset],

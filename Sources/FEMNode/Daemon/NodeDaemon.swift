@@ -40,6 +40,10 @@ public enum NodeDaemon {
                 if let body = try? JSONEncoder.fem.encode(beat) {
                     publisher.publishHeartbeat(routingKey: beat.routingKey, body: body)
                 }
+                let removed = node.sandboxes.sweep(journal: node.journal)
+                if !removed.isEmpty {
+                    logger.info("removed \(removed.count) sandboxes past their retention: \(removed.joined(separator: ", "))")
+                }
                 try? await Task.sleep(for: .seconds(config.heartbeatSeconds))
             }
         }

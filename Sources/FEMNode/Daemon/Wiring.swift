@@ -20,14 +20,15 @@ public struct NodeAssembly: Sendable {
                                                 attributes: [.posixPermissions: 0o750])
         journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
         registry = Self.launchers(config)
-        sandboxes = DirectorySandboxes(workDir: config.workDir)
+        sandboxes = DirectorySandboxes(workDir: config.workDir, retention: SandboxRetention(
+            completed: .seconds(config.keepCompletedHours * 3600), other: .seconds(config.keepFailedHours * 3600)))
         let settings = RunnerSettings(
             nodeID: config.nodeID, nodeName: config.nodeName, maxConcurrentTasks: config.maxConcurrentTasks,
             defaultTimeoutSeconds: config.defaultTimeoutSeconds, allowTimeoutAbovePlan: config.allowTimeoutAbovePlan,
             maxTimeoutSeconds: config.maxTimeoutSeconds, stopGrace: .seconds(config.stopGraceSeconds),
             datasets: config.datasets.mapValues(\.path))
         runner = Runner(settings: settings, journal: journal, registry: registry, sandboxes: sandboxes,
-                        stageIn: Self.stageIn(config),
+                        stageIn: try Self.stageIn(config),
                         stageOut: LocalStageOut(nodeID: config.nodeID,
                                                 limits: OutputLimits(maxFileBytes: config.maxOutputFileBytes,
                                                                      maxTaskBytes: config.maxOutputTaskBytes)),
@@ -54,14 +55,19 @@ public struct NodeAssembly: Sendable {
         return LauncherRegistry(list)
     }
 
-    /// Stage-in steps: the image pull when docker is enabled, in front of the (source-declining) base step.
-    static func stageIn(_ config: NodeConfig) -> any StageIn {
-        guard config.enabledLaunchers.contains("docker") else { return NoStageIn() }
+    /// Stage-in steps: the plan's source (git or task files) into `src/`, then the image pull when docker is enabled.
+    static func stageIn(_ config: NodeConfig) throws -> any StageIn {
+        let sources = try SourceStageIn(policy: SourcePolicy(
+            gitURLPrefixes: config.gitAllowedURLs, fileURLPrefixes: config.fileAllowedURLs,
+            requireSHA256: config.requireSHA256, caFile: config.stageInCAFile,
+            retry: RetryPolicy(attempts: config.retries, base: .milliseconds(config.retryDelayMilliseconds)),
+            credentials: config.credentials, cacheDir: "\(config.workDir)/cache/git"))
+        guard config.enabledLaunchers.contains("docker") else { return sources }
         var auth: [String: String] = [:]
         for (host, login) in config.registries {
-            auth[host] = ImageStageIn.authHeader(username: login.username, password: login.password, server: host)
+            auth[host] = ImageStageIn.authHeader(username: login.username ?? "", password: login.secret, server: host)
         }
-        return ImageStageIn(engine: DockerEngine(socket: config.docker.socket), registryAuth: auth, next: NoStageIn())
+        return ImageStageIn(engine: DockerEngine(socket: config.docker.socket), registryAuth: auth, next: sources)
     }
 
     public func heartbeat(version: String) async -> Heartbeat {

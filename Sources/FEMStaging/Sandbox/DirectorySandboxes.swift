@@ -2,12 +2,15 @@ import FEMCore
 import Foundation
 
 /// Sandboxes as folders: `<work_dir>/sandboxes/<task_id>/{src,in,out,logs}`. Task ids are validated
-/// (letters, digits, `.`, `_`, `-`; no leading dot), so a sandbox path can never leave the root.
+/// (letters, digits, `.`, `_`, `-`; no leading dot), so a sandbox path can never leave the root. Finished tasks'
+/// sandboxes are removed after their retention: at once when it is zero, else by `sweep`.
 public struct DirectorySandboxes: SandboxProvider {
     public let root: String
+    public let retention: SandboxRetention
 
-    public init(workDir: String) {
+    public init(workDir: String, retention: SandboxRetention = .keepAll) {
         root = "\(workDir)/sandboxes"
+        self.retention = retention
     }
 
     public func paths(taskID: String) -> ToolPaths {
@@ -21,5 +24,52 @@ public struct DirectorySandboxes: SandboxProvider {
                                                     attributes: [.posixPermissions: 0o750])
         }
         return p
+    }
+
+    public func finished(taskID: String, state: TaskState) {
+        if retention.keep(state) == .zero { remove(taskID) }
+    }
+
+    /// Removes the sandboxes of finished tasks whose retention has passed; returns their task ids. Sandboxes of
+    /// tasks the journal does not know, or that are still active, are left alone.
+    @discardableResult
+    public func sweep(journal: any Journal, now: Date = Date()) -> [String] {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return [] }
+        var removed: [String] = []
+        for id in names.sorted() {
+            guard let rec = try? journal.task(id), rec.state.isTerminal else { continue }
+            if now.timeIntervalSince(rec.updatedAt) >= retention.keep(rec.state).seconds {
+                remove(id)
+                removed.append(id)
+            }
+        }
+        return removed
+    }
+
+    private func remove(_ taskID: String) {
+        try? FileManager.default.removeItem(atPath: "\(root)/\(taskID)")
+    }
+}
+
+/// How long a finished task's sandbox is kept: completed ones, and the rest (failed, cancelled, declined), which
+/// an administrator may want to look into.
+public struct SandboxRetention: Sendable, Equatable {
+    public var completed: Duration
+    public var other: Duration
+
+    public init(completed: Duration, other: Duration) {
+        self.completed = completed
+        self.other = other
+    }
+
+    public static let keepAll = SandboxRetention(completed: .seconds(Int64.max / 4), other: .seconds(Int64.max / 4))
+
+    public func keep(_ state: TaskState) -> Duration { state == .completed ? completed : other }
+}
+
+extension Duration {
+    var seconds: Double {
+        let c = components
+        return Double(c.seconds) + Double(c.attoseconds) / 1e18
     }
 }

@@ -130,7 +130,9 @@ public enum HTTPTransfer {
             setup.append(fem_curl_setopt_string(handle, CURLOPT_UNIX_SOCKET_PATH, socket))
         }
         if let ca = request.caFile {
+            // A private CA in addition to the system's (OpenSSL reads both the file and the folder).
             setup.append(fem_curl_setopt_string(handle, CURLOPT_CAINFO, ca))
+            setup.append(fem_curl_setopt_string(handle, CURLOPT_CAPATH, "/etc/ssl/certs"))
         }
         if let bad = setup.first(where: { $0 != CURLE_OK }) {
             throw HTTPError(code: .setup, message: "libcurl setup failed: \(String(cString: curl_easy_strerror(bad)))")

@@ -330,3 +330,48 @@ func eventually(_ what: String, timeout: Double = 10, _ check: () -> Bool) throw
         Thread.sleep(forTimeInterval: 0.05)
     }
 }
+
+/// A real HTTP server that answers the first `failures` requests with 503 (Support/flaky_server.py), for retry
+/// tests. Started here, stopped by its PID.
+final class FlakyServer {
+    let dir: String
+    let root: String
+    let url: String
+    private var pid: Int32?
+
+    init(failures: Int) throws {
+        dir = try TestEnv.scratch("flaky")
+        root = "\(dir)/root"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        let script = "\(TestEnv.repoRoot)/Tests/IntegrationTests/Support/flaky_server.py"
+        let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        guard let python else { throw HarnessError("python3 is missing (apt-get install python3)") }
+        pid = try ChildProcess.spawn(executable: python, arguments: [script, root, "\(failures)"],
+                                     environment: ["PATH": "/usr/bin:/bin"], workingDirectory: dir,
+                                     stdoutPath: "\(dir)/server.log", stderrPath: "\(dir)/server.log").pid
+        var port: String?
+        let deadline = Date().addingTimeInterval(10)
+        while port == nil && Date() < deadline {
+            port = try? String(contentsOfFile: "\(dir)/port", encoding: .utf8)
+            if port == nil { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        guard let port else {
+            throw HarnessError("flaky_server.py did not start: \((try? String(contentsOfFile: "\(dir)/server.log", encoding: .utf8)) ?? "")")
+        }
+        url = "http://127.0.0.1:\(port)"
+    }
+
+    /// "METHOD PATH STATUS" for every request so far.
+    func requests() -> [String] {
+        ((try? String(contentsOfFile: "\(dir)/requests.log", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+    }
+
+    func stop() {
+        guard let pid else { return }
+        Glibc.kill(pid, SIGTERM)
+        _ = ChildProcess.waitBlocking(pid: pid)
+        self.pid = nil
+    }
+
+    deinit { stop() }
+}

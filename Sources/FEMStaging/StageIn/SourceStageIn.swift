@@ -1,0 +1,226 @@
+import FEMCore
+import FEMSystem
+import Foundation
+
+/// What the node allows stage-in to fetch, and how.
+public struct SourcePolicy: Sendable {
+    /// URL prefixes a plan's git source may use (`https://git.example.org/`, `git://`, `file:///srv/tools/`).
+    public var gitURLPrefixes: [String]
+    /// URL prefixes a task file may be downloaded from.
+    public var fileURLPrefixes: [String]
+    /// Must every task file carry a `sha256`?
+    public var requireSHA256: Bool
+    /// A private CA (PEM) for https git remotes and downloads, added to the system's.
+    public var caFile: String?
+    public var retry: RetryPolicy
+    /// `[credentials."name"]` from the node config.
+    public var credentials: [String: Credential]
+    /// Bare git caches live here, one per remote URL.
+    public var cacheDir: String
+
+    public init(gitURLPrefixes: [String], fileURLPrefixes: [String], requireSHA256: Bool, caFile: String?,
+                retry: RetryPolicy, credentials: [String: Credential], cacheDir: String) {
+        self.gitURLPrefixes = gitURLPrefixes
+        self.fileURLPrefixes = fileURLPrefixes
+        self.requireSHA256 = requireSHA256
+        self.caFile = caFile
+        self.retry = retry
+        self.credentials = credentials
+        self.cacheDir = cacheDir
+    }
+}
+
+/// Stage-in of a plan's `source` into the sandbox's `src/`: a git checkout through a per-node cache, or task
+/// files over HTTP(S) checked against their sha256. Each step is journaled (`git` → the commit, `file:<path>` →
+/// its sha256), so a restarted stage-in does not clone or download again.
+public struct SourceStageIn: StageIn {
+    let policy: SourcePolicy
+
+    public init(policy: SourcePolicy) throws {
+        self.policy = policy
+        if let ca = policy.caFile {
+            try Git.useCertificateAuthorities(file: ca, directory: "/etc/ssl/certs")
+        }
+    }
+
+    public func check(_ plan: ToolPlan) -> String? {
+        switch plan.source {
+        case nil:
+            return nil
+        case .git(let g)?:
+            if let problem = urlProblem(g.url, field: "source.git.url", allowed: policy.gitURLPrefixes) { return problem }
+            if let ref = g.credentials, policy.credentials[ref] == nil {
+                return "source.git.credentials: \"\(ref)\" is not defined in this node's [credentials]"
+            }
+            return nil
+        case .files(let files)?:
+            for (i, f) in files.enumerated() {
+                let field = "source.files[\(i)]"
+                if let problem = urlProblem(f.url, field: "\(field).url", allowed: policy.fileURLPrefixes) { return problem }
+                if f.sha256 == nil && policy.requireSHA256 {
+                    return "\(field).sha256: is required on this node (stage_in.require_sha256)"
+                }
+                if let ref = f.credentials, policy.credentials[ref] == nil {
+                    return "\(field).credentials: \"\(ref)\" is not defined in this node's [credentials]"
+                }
+            }
+            return nil
+        }
+    }
+
+    private func urlProblem(_ url: String, field: String, allowed: [String]) -> String? {
+        if let c = URLComponents(string: url), c.user != nil || c.password != nil {
+            return "\(field): must not carry a login; name one of the node's [credentials] instead"
+        }
+        let plainPath = url.hasPrefix("/") ? "file://" + url : url
+        if allowed.contains(where: { url.hasPrefix($0) || plainPath.hasPrefix($0) }) { return nil }
+        return "\(field): \"\(url)\" is not allowed on this node (allowed: "
+            + (allowed.isEmpty ? "none" : allowed.joined(separator: ", ")) + ")"
+    }
+
+    public func stageIn(_ job: LaunchJob, reporter: StageReporter) async throws {
+        switch job.task.plan.source {
+        case nil: return
+        case .git(let g)?: try await git(g, into: job.sandbox.src, reporter: reporter)
+        case .files(let files)?: try await download(files, into: job.sandbox.src, reporter: reporter)
+        }
+    }
+
+    // MARK: - Git
+
+    private func git(_ source: GitSource, into src: String, reporter: StageReporter) async throws {
+        if let done = reporter.isDone("git") {
+            reporter.progress("git \(source.url) already checked out at \(done)", ["commit": .string(done)])
+            return
+        }
+        let policy = self.policy
+        let login = source.credentials.flatMap { policy.credentials[$0] }.map {
+            GitLogin(username: $0.username ?? "token", password: $0.secret)
+        }
+        var urlHash = SHA256()
+        urlHash.update(Array(source.url.utf8))
+        let cache = "\(policy.cacheDir)/\(urlHash.finalizeHex().prefix(32)).git"
+        let commit: String = try await offload("fem-git") {
+            try FileManager.default.createDirectory(atPath: policy.cacheDir, withIntermediateDirectories: true)
+            let lock = try FileLock(path: cache + ".lock")
+            defer { lock.unlock() }
+            do {
+                reporter.progress("git fetch \(source.url)", ["url": .string(source.url)])
+                let started = ContinuousClock.now
+                let fetched = try Git.fetch(url: source.url, into: cache, login: login)
+                let millis = (ContinuousClock.now - started).seconds * 1000
+                reporter.progress("git \(fetched.cloned ? "cloned" : "fetched") \(source.url): "
+                                  + "\(fetched.receivedObjects) objects in \(Int(millis)) ms",
+                                  ["url": .string(source.url), "cloned": .bool(fetched.cloned),
+                                   "objects": .int(Int64(fetched.receivedObjects)),
+                                   "bytes": .int(Int64(fetched.receivedBytes))])
+                let resolved = try Git.resolve(repository: cache, revision: source.ref ?? source.commit)
+                if let pinned = source.commit, resolved != pinned {
+                    throw TaskFailure(.stageInFailure, "source.git.commit: \(source.ref.map { "ref \"\($0)\"" } ?? "the checkout") "
+                                      + "is at \(resolved), not at the pinned commit \(pinned)")
+                }
+                try Git.checkout(repository: cache, commit: resolved, into: src)
+                return resolved
+            } catch let e as GitError {
+                throw TaskFailure(.stageInFailure, e.message)
+            }
+        }
+        let escaping = SandboxPaths.escapingSymlinks(under: src)
+        if let first = escaping.first {
+            throw TaskFailure(.stageInFailure, "source.git: the repository's symlink \(first.path) points outside the "
+                              + "sandbox (\(first.target)); refused" + (escaping.count > 1 ? " (and \(escaping.count - 1) more)" : ""))
+        }
+        reporter.markDone("git", commit)
+        reporter.progress("git \(source.url) checked out at \(commit)",
+                          ["url": .string(source.url), "commit": .string(commit)])
+    }
+
+    // MARK: - Files
+
+    private func download(_ files: [SourceFile], into src: String, reporter: StageReporter) async throws {
+        for (i, file) in files.enumerated() {
+            let step = "file:\(file.path)"
+            let field = "source.files[\(i)]"
+            if let done = reporter.isDone(step), FileManager.default.fileExists(atPath: "\(src)/\(file.path)") {
+                reporter.progress("\(file.path) already downloaded (sha256 \(done))", ["path": .string(file.path)])
+                continue
+            }
+            let dest: String
+            do {
+                dest = try SandboxPaths.prepareFile(root: src, relative: file.path)
+            } catch let e as TaskFailure {
+                throw TaskFailure(.stageInFailure, "\(field).\(e.message)")
+            }
+            let policy = self.policy
+            let auth = file.credentials.flatMap { policy.credentials[$0] }?.authorization
+            let result: (sha: String, bytes: Int64) = try await offload("fem-download") {
+                try policy.retry.run(retryable: Self.retryable, waiting: { attempt, pause, error in
+                    reporter.progress("\(field): attempt \(attempt) failed (\(error)); trying again in \(pause)",
+                                      ["path": .string(file.path), "attempt": .int(Int64(attempt))])
+                }) {
+                    try Self.fetchFile(file.url, to: dest, authorization: auth, caFile: policy.caFile, field: field)
+                }
+            }
+            if let expected = file.sha256, expected != result.sha {
+                try? FileManager.default.removeItem(atPath: dest)
+                throw TaskFailure(.stageInFailure, "\(field).sha256: checksum mismatch for \(file.path): expected "
+                                  + "\(expected), got \(result.sha)")
+            }
+            reporter.markDone(step, result.sha)
+            reporter.progress("downloaded \(file.path): \(result.bytes) bytes, sha256 \(result.sha)",
+                              ["path": .string(file.path), "bytes": .int(result.bytes), "sha256": .string(result.sha)])
+        }
+    }
+
+    static func retryable(_ error: any Error) -> Bool {
+        if let e = error as? HTTPStatusError { return e.retryable }
+        if let e = error as? HTTPError { return [.connect, .timeout, .transfer].contains(e.code) }
+        return false
+    }
+
+    /// One GET, streamed to `<dest>.part` and hashed on the way, renamed into place on a 200.
+    static func fetchFile(_ url: String, to dest: String, authorization: String?, caFile: String?, field: String)
+        throws -> (sha: String, bytes: Int64) {
+        let partial = dest + ".part"
+        let fd = open(partial, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0o640)
+        guard fd >= 0 else {
+            throw TaskFailure(.stageInFailure, "\(field): cannot create \(partial): \(String(cString: strerror(errno)))")
+        }
+        var hasher = SHA256()
+        var bytes: Int64 = 0
+        var head: [UInt8] = []
+        var writeFailed = false
+        let request = HTTPRequest(method: "GET", url: url, headers: authorization.map { [("Authorization", $0)] } ?? [],
+                                  timeoutSeconds: 0, caFile: caFile)
+        let response: HTTPResponse
+        do {
+            defer { close(fd) }
+            response = try HTTPTransfer.perform(request) { chunk in
+                if head.count < 512 { head += chunk.prefix(512 - head.count) }
+                hasher.update(chunk)
+                bytes += Int64(chunk.count)
+                var offset = 0
+                while offset < chunk.count {
+                    let n = write(fd, chunk.baseAddress! + offset, chunk.count - offset)
+                    if n < 0 && errno == EINTR { continue }
+                    guard n > 0 else { writeFailed = true; return false }
+                    offset += n
+                }
+                return true
+            }
+        } catch let e as HTTPError {
+            try? FileManager.default.removeItem(atPath: partial)
+            if writeFailed { throw TaskFailure(.stageInFailure, "\(field): cannot write \(partial) (disk full?)") }
+            throw e
+        }
+        guard response.status == 200 else {
+            try? FileManager.default.removeItem(atPath: partial)
+            throw HTTPStatusError(status: response.status, what: "\(field): GET \(url)",
+                                  serverText: String(decoding: head, as: UTF8.self))
+        }
+        guard rename(partial, dest) == 0 else {
+            throw TaskFailure(.stageInFailure, "\(field): cannot move \(partial) into place")
+        }
+        return (hasher.finalizeHex(), bytes)
+    }
+}

@@ -1,0 +1,75 @@
+import Foundation
+
+/// A login from the node config's `[credentials."name"]`, named by plans and tasks by reference only. With a
+/// username it is HTTP basic (and a git https login); without one, the secret is a bearer token. A secret: never
+/// described, logged or put in an error.
+public struct Credential: Sendable, Equatable, CustomStringConvertible {
+    public var username: String?
+    public var secret: String
+
+    public init(username: String?, secret: String) {
+        self.username = username
+        self.secret = secret
+    }
+
+    /// The `Authorization` header value.
+    public var authorization: String {
+        guard let username else { return "Bearer \(secret)" }
+        return "Basic " + Data("\(username):\(secret)".utf8).base64EncodedString()
+    }
+
+    public var description: String { username.map { "Credential(basic \($0), ***)" } ?? "Credential(bearer ***)" }
+}
+
+/// How transfers are retried: connection errors, timeouts, broken transfers, 429 and 5xx answers are tried again
+/// after `base`, 2×`base`, 4×`base`… up to `attempts` tries in all; anything else fails at once.
+public struct RetryPolicy: Sendable, Equatable {
+    public var attempts: Int
+    public var base: Duration
+
+    public init(attempts: Int, base: Duration) {
+        self.attempts = max(1, attempts)
+        self.base = base
+    }
+
+    public func delay(afterAttempt n: Int) -> Duration { base * (1 << min(n - 1, 10)) }
+
+    /// Runs `body` until it succeeds, throws a non-retryable error, or the attempts are used up. `retryable`
+    /// tells which errors are worth another try; `waiting` hears of each retry (attempt, delay, error).
+    public func run<T>(retryable: (any Error) -> Bool, waiting: (Int, Duration, any Error) -> Void,
+                       _ body: () throws -> T) throws -> T {
+        var attempt = 1
+        while true {
+            do {
+                return try body()
+            } catch {
+                guard retryable(error), attempt < attempts else { throw error }
+                let pause = delay(afterAttempt: attempt)
+                waiting(attempt, pause, error)
+                Thread.sleep(forTimeInterval: pause.seconds)
+                attempt += 1
+            }
+        }
+    }
+}
+
+/// An HTTP answer that is not a success: the status and the start of the server's text, for the event.
+public struct HTTPStatusError: Error, CustomStringConvertible, Sendable {
+    public var status: Int
+    public var what: String
+    public var serverText: String
+
+    public var retryable: Bool { status == 429 || status >= 500 }
+
+    public var description: String {
+        let reason: String
+        switch status {
+        case 401: reason = "the server asks for credentials, or refused the ones given (401)"
+        case 403: reason = "the server forbids it (403)"
+        case 404: reason = "not found on the server (404)"
+        default: reason = "the server answered \(status)"
+        }
+        let text = serverText.trimmingCharacters(in: .whitespacesAndNewlines)
+        return "\(what): \(reason)" + (text.isEmpty ? "" : ": \(text.prefix(200))")
+    }
+}
