@@ -11,6 +11,10 @@ python3 -c "import jsonschema" 2>/dev/null || python3 -m pip install -q jsonsche
 
 services=$(pwd)/.build-test/services
 mkdir -p "$services"
+# State of earlier runs: the shared broker's queues (one durable queue per test operator; thousands slow its start)
+# and the tests' scratch folders. Service folders holding a running service's PID file are kept.
+rm -rf "$services/broker/mnesia"
+find "$services" -mindepth 1 -maxdepth 1 -type d ! -name broker ! -name docker ! -name registry ! -name web   -exec rm -rf {} +
 # Every broker here, the shared one and those tests start for themselves, records its PID under $services;
 # on exit each is stopped by that PID.
 cleanup() {

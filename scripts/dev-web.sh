@@ -104,7 +104,7 @@ start() {
   nginx_conf
   if ! running "$dir/fcgiwrap.pid"; then
     rm -f "$dir/fcgiwrap.sock"
-    fcgiwrap -c 2 -s "unix:$dir/fcgiwrap.sock" > "$dir/fcgiwrap.log" 2>&1 &
+    fcgiwrap -s "unix:$dir/fcgiwrap.sock" > "$dir/fcgiwrap.log" 2>&1 &
     echo $! > "$dir/fcgiwrap.pid"
     for _ in $(seq 1 40); do [[ -S "$dir/fcgiwrap.sock" ]] && break; sleep 0.1; done
     chmod 666 "$dir/fcgiwrap.sock"

@@ -32,6 +32,8 @@ public enum EventKind: String, Sendable, Codable {
     case duplicate
     case progress
     case notice
+    /// An airlock decision on a task's outputs (who, when, why), journaled by `fem-client outputs approve|reject`.
+    case approval
 }
 
 /// Wire protocol v1: one task event, published on `fem.events` with key `node.<id>.task.<state|kind>`.

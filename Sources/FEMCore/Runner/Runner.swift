@@ -94,7 +94,9 @@ public actor Runner {
             logger.warning("cancel for a task this node does not know; ignored", metadata: ["task": "\(taskID)"])
             return
         }
-        if rec.state.isTerminal {
+        if rec.state == .awaitingApproval {
+            record(taskID, .cancelled, EventDetail(message: why + "; its outputs were not sent"))
+        } else if rec.state.isTerminal {
             logger.info("cancel for a task that already ended (\(rec.state.rawValue)); ignored",
                         metadata: ["task": "\(taskID)"])
         } else {
@@ -116,7 +118,20 @@ public actor Runner {
             logger.info("recovering task in state \(rec.state.rawValue)", metadata: ["task": "\(rec.taskID)"])
             enqueue(rec.taskID)
         }
+        resumeDecided()
     }
+
+    /// Tasks whose outputs waited for approval and now have a decision (`fem-client outputs approve|reject`
+    /// journals it) go on with their stage-out. Waiting tasks hold no slot; the daemon calls this every second.
+    public func resumeDecided() {
+        guard let waiting = try? journal.tasks(states: [.awaitingApproval], limit: 100_000) else { return }
+        for rec in waiting where ((try? journal.step(rec.taskID, Self.approvalStep)) ?? nil) != nil {
+            enqueue(rec.taskID)
+        }
+    }
+
+    /// The journal step holding an airlock decision: `approved` or `rejected: <reason>`.
+    public static let approvalStep = "approval"
 
     private func pump() {
         while active.count < settings.maxConcurrentTasks, !queue.isEmpty {
@@ -250,7 +265,7 @@ public actor Runner {
             }
         } else if state == .running {
             outcome = await reattach(rec, job: job, launcher: launcher, cancelSignal: cancelSignal)
-        } else if state == .stagingOut {
+        } else if state == .stagingOut || state == .awaitingApproval {
             // The staging_out event carries the outcome it was entered with.
             let entered = (try? journal.history(taskID))?.last { $0.kind == .state && $0.state == .stagingOut }
             let saved = entered?.detail.data?["outcome"]?.stringValue.flatMap(TaskState.init) ?? .failed
@@ -269,9 +284,23 @@ public actor Runner {
         do {
             let summary = try await stageOut.stageOut(job, record: current, outcome: outcome,
                                                       reporter: reporter(for: taskID))
+            var outputs: [String: JSONValue] = ["files": .int(Int64(summary.files)), "bytes": .int(summary.bytes),
+                                                "location": summary.location.map(JSONValue.string) ?? .null]
+            if summary.awaitingApproval {
+                record(taskID, .awaitingApproval, EventDetail(
+                    message: "outputs wait for approval (fem-client outputs show|approve|reject \(taskID))",
+                    data: ["outputs": .object(outputs)]))
+                return
+            }
+            if let decision = (try? journal.step(taskID, Self.approvalStep)) ?? nil {
+                outputs["approval"] = .string(decision)
+                if decision.hasPrefix("rejected") {
+                    outcome.detail.message = [outcome.detail.message, "outputs \(decision); nothing was uploaded"]
+                        .compactMap { $0 }.joined(separator: "; ")
+                }
+            }
             var data = outcome.detail.data ?? [:]
-            data["outputs"] = .object(["files": .int(Int64(summary.files)), "bytes": .int(summary.bytes),
-                                       "location": summary.location.map(JSONValue.string) ?? .null])
+            data["outputs"] = .object(outputs)
             outcome.detail.data = data
         } catch {
             let message = (error as? TaskFailure)?.message ?? "\(error)"

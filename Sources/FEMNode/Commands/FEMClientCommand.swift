@@ -12,7 +12,8 @@ public struct FEMClientCommand: AsyncParsableCommand {
         commandName: "fem-client",
         abstract: "The node half of a Federated Execution Manager.",
         version: FEMVersion.string,
-        subcommands: [Daemon.self, Check.self, Tasks.self, Show.self, Validate.self, Render.self, Run.self])
+        subcommands: [Daemon.self, Check.self, Tasks.self, Show.self, OutputsCommand.self, Validate.self, Render.self,
+                      Run.self])
 
     public init() {}
 }

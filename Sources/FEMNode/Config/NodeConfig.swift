@@ -58,6 +58,13 @@ public struct NodeConfig: Sendable {
 
     public var maxOutputFileBytes: Int64
     public var maxOutputTaskBytes: Int64
+    /// `[outputs]`: where stage-out may send, the airlock, a private CA for https targets, retries.
+    public var outputAllowedURLs: [String]
+    public var requireApproval: Bool
+    public var holdLogs: Bool
+    public var outputCAFile: String?
+    public var outputRetries: Int
+    public var outputRetryDelayMilliseconds: Int
 
     public var datasets: [String: Dataset]
     /// Where the file was read from, for messages.
@@ -158,6 +165,12 @@ extension NodeConfig {
         Key(name: "sandboxes.keep_failed_hours", kind: .int(min: 0, max: 87_600), fallback: 168),
         Key(name: "outputs.max_file_bytes", kind: .int(min: 1, max: Int.max), fallback: 1 << 30),
         Key(name: "outputs.max_task_bytes", kind: .int(min: 1, max: Int.max), fallback: 4 << 30),
+        Key(name: "outputs.allowed_urls", kind: .strings, fallback: ["https://"]),
+        Key(name: "outputs.require_approval", kind: .bool, fallback: false),
+        Key(name: "outputs.hold_logs", kind: .bool, fallback: true),
+        Key(name: "outputs.ca_file", kind: .path, fallback: ""),
+        Key(name: "outputs.retries", kind: .int(min: 1, max: 50), fallback: 5),
+        Key(name: "outputs.retry_delay_ms", kind: .int(min: 0, max: 600_000), fallback: 1000),
     ]
 
     public static let knownLaunchers = ["process", "docker"]
@@ -244,8 +257,10 @@ extension NodeConfig {
                 problems.append("\(name): cannot read \(p)")
             }
         }
-        if let ca = values["stage_in.ca_file"] as? String, !ca.isEmpty, !FileManager.default.isReadableFile(atPath: ca) {
-            problems.append("stage_in.ca_file: cannot read \(ca)")
+        for name in ["stage_in.ca_file", "outputs.ca_file"] {
+            if let ca = nonEmpty(values[name]), !FileManager.default.isReadableFile(atPath: ca) {
+                problems.append("\(name): cannot read \(ca)")
+            }
         }
         if !problems.isEmpty { throw ConfigError(problems: problems) }
 
@@ -280,12 +295,17 @@ extension NodeConfig {
             gitAllowedURLs: values["stage_in.git_allowed_urls"] as! [String],
             fileAllowedURLs: values["stage_in.file_allowed_urls"] as! [String],
             requireSHA256: values["stage_in.require_sha256"] as! Bool,
-            stageInCAFile: (values["stage_in.ca_file"] as! String).isEmpty ? nil : values["stage_in.ca_file"] as? String,
+            stageInCAFile: nonEmpty(values["stage_in.ca_file"]),
             retries: values["stage_in.retries"] as! Int, retryDelayMilliseconds: values["stage_in.retry_delay_ms"] as! Int,
             keepCompletedHours: values["sandboxes.keep_completed_hours"] as! Int,
             keepFailedHours: values["sandboxes.keep_failed_hours"] as! Int,
             maxOutputFileBytes: Int64(values["outputs.max_file_bytes"] as! Int),
             maxOutputTaskBytes: Int64(values["outputs.max_task_bytes"] as! Int),
+            outputAllowedURLs: values["outputs.allowed_urls"] as! [String],
+            requireApproval: values["outputs.require_approval"] as! Bool, holdLogs: values["outputs.hold_logs"] as! Bool,
+            outputCAFile: nonEmpty(values["outputs.ca_file"]),
+            outputRetries: values["outputs.retries"] as! Int,
+            outputRetryDelayMilliseconds: values["outputs.retry_delay_ms"] as! Int,
             datasets: datasets, source: source)
     }
 
@@ -451,6 +471,11 @@ extension NodeConfig {
         case .strings:
             return text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         }
+    }
+
+    private static func nonEmpty(_ value: Any?) -> String? {
+        guard let s = value as? String, !s.isEmpty else { return nil }
+        return s
     }
 
     /// Relative paths are taken from the current directory (start.sh runs from the checkout).

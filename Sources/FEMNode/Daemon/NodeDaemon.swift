@@ -48,12 +48,22 @@ public enum NodeDaemon {
             }
         }
 
+        // Airlock decisions are journaled by `fem-client outputs approve|reject` (another process): look for them.
+        let approvals = Task {
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(1))
+                await node.runner.resumeDecided()
+                publisher.wake()
+            }
+        }
+
         let signals = SignalWatcher(signals: [SIGTERM, SIGINT]) { sig in
             logger.notice("signal \(sig): no longer taking tasks; stopping (work still running is recovered at the next start)")
             source.stop()
         }
         await receiver.run(source)
         heartbeat.cancel()
+        approvals.cancel()
         publisher.stop(timeout: 5)
         signals.cancel()
         logger.notice("stopped")

@@ -29,9 +29,15 @@ public struct NodeAssembly: Sendable {
             datasets: config.datasets.mapValues(\.path))
         runner = Runner(settings: settings, journal: journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
-                        stageOut: LocalStageOut(nodeID: config.nodeID,
-                                                limits: OutputLimits(maxFileBytes: config.maxOutputFileBytes,
-                                                                     maxTaskBytes: config.maxOutputTaskBytes)),
+                        stageOut: OutputDelivery(policy: DeliveryPolicy(
+                            nodeID: config.nodeID,
+                            limits: OutputLimits(maxFileBytes: config.maxOutputFileBytes,
+                                                 maxTaskBytes: config.maxOutputTaskBytes),
+                            allowedURLs: config.outputAllowedURLs, requireApproval: config.requireApproval,
+                            holdLogs: config.holdLogs,
+                            retry: RetryPolicy(attempts: config.outputRetries,
+                                               base: .milliseconds(config.outputRetryDelayMilliseconds)),
+                            credentials: config.credentials, caFile: config.outputCAFile)),
                         logger: logger, eventsAdded: eventsAdded)
     }
 

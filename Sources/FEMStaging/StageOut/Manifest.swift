@@ -9,6 +9,8 @@ public struct Manifest: Encodable, Sendable {
     public var nodeID: String
     public var tool: [String: String]
     public var image: String?
+    /// The image as pulled: its repository digest (or image id).
+    public var imageDigest: String?
     public var gitCommit: String?
     public var params: [String: JSONValue]
     public var exitCode: Int32?
@@ -24,6 +26,7 @@ public struct Manifest: Encodable, Sendable {
         case executionID = "execution_id"
         case nodeID = "node_id"
         case tool, image
+        case imageDigest = "image_digest"
         case gitCommit = "git_commit"
         case params
         case exitCode = "exit_code"
@@ -35,12 +38,13 @@ public struct Manifest: Encodable, Sendable {
     }
 
     public init(job: LaunchJob, record: TaskRecord, nodeID: String, outcome: TaskOutcome, startedAt: Date?,
-                gitCommit: String?, files: [CollectedFile]) {
+                gitCommit: String?, imageDigest: String?, files: [CollectedFile]) {
         taskID = job.task.taskID
         executionID = job.task.executionID
         self.nodeID = nodeID
         tool = ["id": job.task.plan.id, "version": job.task.plan.version, "launcher": job.task.plan.launcher]
         image = job.task.plan.image
+        self.imageDigest = imageDigest
         self.gitCommit = gitCommit
         params = job.task.params
         exitCode = outcome.detail.exitCode

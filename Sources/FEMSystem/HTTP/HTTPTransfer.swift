@@ -1,5 +1,8 @@
 import CCurl
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// One HTTP request through libcurl: over TCP (with TLS verification always on) or over a unix socket (the Docker
 /// Engine API). Header values may be secrets (`Authorization`, `X-Registry-Auth`): they never appear in an error
@@ -14,10 +17,13 @@ public struct HTTPRequest: Sendable {
     public var timeoutSeconds: Int
     public var connectTimeoutSeconds: Int
     public var caFile: String?
+    /// A file to send as the body (PUT), streamed from disk: memory stays flat whatever its size.
+    public var bodyFile: String?
 
     public init(method: String = "GET", url: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
                 unixSocket: String? = nil, timeoutSeconds: Int = 30, connectTimeoutSeconds: Int = 10,
-                caFile: String? = nil) {
+                caFile: String? = nil, bodyFile: String? = nil) {
+        self.bodyFile = bodyFile
         self.method = method
         self.url = url
         self.headers = headers
@@ -77,6 +83,7 @@ public enum HTTPTransfer {
             var collected: [UInt8] = []
             var sink: Sink?
             var aborted = false
+            var upload: Int32 = -1
         }
         let context = Context()
         context.sink = sink
@@ -129,6 +136,27 @@ public enum HTTPTransfer {
         if let socket = request.unixSocket {
             setup.append(fem_curl_setopt_string(handle, CURLOPT_UNIX_SOCKET_PATH, socket))
         }
+        if let path = request.bodyFile {
+            context.upload = open(path, O_RDONLY | O_CLOEXEC)
+            guard context.upload >= 0 else {
+                throw HTTPError(code: .setup, message: "\(request.method) \(request.url): cannot open \(path)")
+            }
+            var st = stat()
+            fstat(context.upload, &st)
+            let read: fem_curl_data_cb = { data, size, count, user in
+                let ctx = Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue()
+                while true {
+                    let n = Glibc.read(ctx.upload, data, size * count)
+                    if n >= 0 { return n }
+                    if errno != EINTR { return Int(CURL_READFUNC_ABORT) }
+                }
+            }
+            setup.append(fem_curl_setopt_long(handle, CURLOPT_UPLOAD, 1))
+            setup.append(fem_curl_setopt_offset(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(st.st_size)))
+            setup.append(fem_curl_setopt_datafn(handle, CURLOPT_READFUNCTION, read))
+            setup.append(fem_curl_setopt_pointer(handle, CURLOPT_READDATA, unmanaged.toOpaque()))
+        }
+        defer { if context.upload >= 0 { close(context.upload) } }
         if let ca = request.caFile {
             // A private CA in addition to the system's (OpenSSL reads both the file and the folder).
             setup.append(fem_curl_setopt_string(handle, CURLOPT_CAINFO, ca))

@@ -339,14 +339,15 @@ final class FlakyServer {
     let url: String
     private var pid: Int32?
 
-    init(failures: Int) throws {
+    /// `downAfter`: after that many stored PUTs, answer 503 to everything until `comeBack()`.
+    init(failures: Int, downAfter: Int? = nil) throws {
         dir = try TestEnv.scratch("flaky")
         root = "\(dir)/root"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
         let script = "\(TestEnv.repoRoot)/Tests/IntegrationTests/Support/flaky_server.py"
         let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first { FileManager.default.isExecutableFile(atPath: $0) }
         guard let python else { throw HarnessError("python3 is missing (apt-get install python3)") }
-        pid = try ChildProcess.spawn(executable: python, arguments: [script, root, "\(failures)"],
+        pid = try ChildProcess.spawn(executable: python, arguments: [script, root, "\(failures)"] + (downAfter.map { ["\($0)"] } ?? []),
                                      environment: ["PATH": "/usr/bin:/bin"], workingDirectory: dir,
                                      stdoutPath: "\(dir)/server.log", stderrPath: "\(dir)/server.log").pid
         var port: String?
@@ -359,6 +360,10 @@ final class FlakyServer {
             throw HarnessError("flaky_server.py did not start: \((try? String(contentsOfFile: "\(dir)/server.log", encoding: .utf8)) ?? "")")
         }
         url = "http://127.0.0.1:\(port)"
+    }
+
+    func comeBack() {
+        _ = FileManager.default.createFile(atPath: "\(dir)/up", contents: Data())
     }
 
     /// "METHOD PATH STATUS" for every request so far.

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""A small real HTTP server for retry tests: answers the first N requests with 503, then serves GET from ROOT
-and stores PUT bodies under ROOT (as WebDAV PUT does). Listens on 127.0.0.1 on a free port, which it writes to
-ROOT/../port; every request is logged to ROOT/../requests.log as "METHOD PATH STATUS".
+"""A small real HTTP server for retry tests: answers the first FAILURES requests with 503, then serves GET from
+ROOT and stores PUT bodies under ROOT (as WebDAV PUT does). With DOWN_AFTER, after that many stored PUTs it answers
+every request with 503 (as a server that went down) until the file ROOT/../up exists. Listens on 127.0.0.1 on a
+free port, which it writes to ROOT/../port; every request is logged to ROOT/../requests.log as "METHOD PATH STATUS".
 
-    flaky_server.py ROOT FAILURES
+    flaky_server.py ROOT FAILURES [DOWN_AFTER]
 """
 import http.server
 import os
@@ -11,7 +12,9 @@ import sys
 import threading
 
 root = os.path.abspath(sys.argv[1])
-state = {"failures": int(sys.argv[2])}
+state = {"failures": int(sys.argv[2]), "stored": 0,
+         "down_after": int(sys.argv[3]) if len(sys.argv) > 3 else None}
+up_marker = os.path.join(os.path.dirname(root), "up")
 lock = threading.Lock()
 log_path = os.path.join(os.path.dirname(root), "requests.log")
 
@@ -35,11 +38,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def fail_first(self):
         with lock:
+            down = state["down_after"] is not None and state["stored"] >= state["down_after"] \
+                and not os.path.exists(up_marker)
             if state["failures"] > 0:
                 state["failures"] -= 1
                 fail = True
             else:
-                fail = False
+                fail = down
         if fail:
             # Read (and drop) a request body, so the client sees the answer and not a reset.
             length = int(self.headers.get("Content-Length") or 0)
@@ -77,6 +82,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 f.write(chunk)
                 length -= len(chunk)
         os.replace(path + ".tmp", path)
+        with lock:
+            state["stored"] += 1
         self.answer(201, b"created\n")
 
 

@@ -1,0 +1,193 @@
+import FEMCore
+import FEMSystem
+import Foundation
+
+/// What the node allows stage-out to do.
+public struct DeliveryPolicy: Sendable {
+    public var nodeID: String
+    public var limits: OutputLimits
+    /// URL prefixes a task's `stage_out.url` may use (`https://fem.example.org/uploads/`, `file:///mnt/outbox/`).
+    public var allowedURLs: [String]
+    /// Hold outputs as `awaiting_approval` until a local administrator approves or rejects them.
+    public var requireApproval: Bool
+    /// With approval: do the logs wait too (true), or go at once (false)?
+    public var holdLogs: Bool
+    public var retry: RetryPolicy
+    public var credentials: [String: Credential]
+    /// A private CA for https targets, in addition to the system's.
+    public var caFile: String?
+
+    public init(nodeID: String, limits: OutputLimits, allowedURLs: [String], requireApproval: Bool, holdLogs: Bool,
+                retry: RetryPolicy, credentials: [String: Credential], caFile: String?) {
+        self.nodeID = nodeID
+        self.limits = limits
+        self.allowedURLs = allowedURLs
+        self.requireApproval = requireApproval
+        self.holdLogs = holdLogs
+        self.retry = retry
+        self.credentials = credentials
+        self.caFile = caFile
+    }
+}
+
+/// Stage-out: collects the task's logs and declared outputs, writes `manifest.json` into the sandbox, holds them
+/// for approval when the node requires it, then delivers them to the task's target (`https://`/`http://` PUT to
+/// `<url>/<execution_id>/<node_id>/<path>`, or a `file://` folder), the manifest last. Each delivered file is
+/// journaled (`upload:<path>` → its sha256), so a restarted stage-out sends only what was not yet confirmed. A task
+/// without a target keeps its outputs and manifest in its sandbox.
+public struct OutputDelivery: StageOut {
+    let policy: DeliveryPolicy
+
+    public init(policy: DeliveryPolicy) {
+        self.policy = policy
+    }
+
+    public func check(_ target: StageOutTarget?) -> String? {
+        guard let target else { return nil }
+        guard let scheme = URLComponents(string: target.url)?.scheme, ["https", "http", "file"].contains(scheme) else {
+            return "stage_out.url: \"\(target.url)\" is not an https://, http:// or file:// URL"
+        }
+        if let c = URLComponents(string: target.url), c.user != nil || c.password != nil {
+            return "stage_out.url: must not carry a login; name one of the node's [credentials] or send a token"
+        }
+        guard policy.allowedURLs.contains(where: { target.url.hasPrefix($0) }) else {
+            return "stage_out.url: \"\(target.url)\" is not allowed on this node (allowed: "
+                + (policy.allowedURLs.isEmpty ? "none" : policy.allowedURLs.joined(separator: ", ")) + ")"
+        }
+        if let ref = target.credentials, policy.credentials[ref] == nil {
+            return "stage_out.credentials: \"\(ref)\" is not defined in this node's [credentials]"
+        }
+        return nil
+    }
+
+    public func stageOut(_ job: LaunchJob, record: TaskRecord, outcome: TaskOutcome, reporter: StageReporter) async throws
+        -> StageOutSummary {
+        let files = try OutputCollector.collect(plan: job.task.plan, sandbox: job.sandbox, limits: policy.limits)
+        let manifest = Manifest(job: job, record: record, nodeID: policy.nodeID, outcome: outcome,
+                                startedAt: record.receivedAt, gitCommit: reporter.isDone("git"),
+                                imageDigest: reporter.isDone("image"), files: files)
+        let manifestPath = "\(job.sandbox.sandbox)/manifest.json"
+        do {
+            try manifest.encoded().write(to: URL(fileURLWithPath: manifestPath), options: .atomic)
+        } catch {
+            throw TaskFailure(.stageOutFailure, "cannot write \(manifestPath): \(error.localizedDescription)")
+        }
+        let bytes = files.reduce(Int64(0)) { $0 + $1.size }
+        guard let target = job.task.stageOut else {
+            return StageOutSummary(files: files.count, bytes: bytes, location: job.sandbox.sandbox)
+        }
+        let destination = try Self.destination(target, job: job, policy: policy)
+        let manifestFile = try OutputCollector.describe(manifestPath, as: "manifest.json")
+
+        var sendNow = files
+        if policy.requireApproval {
+            let decision = reporter.isDone(Runner.approvalStep)
+            if decision == nil || decision?.hasPrefix("rejected") == true {
+                // Logs may go ahead of the decision when the node says so; outputs and the manifest never do.
+                sendNow = policy.holdLogs ? [] : files.filter { $0.path.hasPrefix("logs/") }
+                try await deliver(sendNow, to: destination, reporter: reporter)
+                let location = sendNow.isEmpty ? nil : destination.description
+                return StageOutSummary(files: sendNow.count, bytes: sendNow.reduce(0) { $0 + $1.size },
+                                       location: location, awaitingApproval: decision == nil)
+            }
+        }
+        try await deliver(sendNow + [manifestFile], to: destination, reporter: reporter)
+        return StageOutSummary(files: files.count, bytes: bytes, location: destination.description)
+    }
+
+    private func deliver(_ files: [CollectedFile], to destination: any OutputDestination,
+                         reporter: StageReporter) async throws {
+        let retry = policy.retry
+        for file in files {
+            let step = "upload:\(file.path)"
+            if reporter.isDone(step) == file.sha256 { continue }
+            let started = ContinuousClock.now
+            try await offload("fem-upload") {
+                try retry.run(retryable: SourceStageIn.retryable, waiting: { attempt, pause, error in
+                    reporter.progress("upload of \(file.path): attempt \(attempt) failed (\(error)); trying again "
+                                      + "in \(pause)", ["path": .string(file.path), "attempt": .int(Int64(attempt))])
+                }) {
+                    do {
+                        try destination.put(file)
+                    } catch let e as HTTPStatusError {
+                        throw e.retryable ? e : TaskFailure(.stageOutFailure, e.description)
+                    }
+                }
+            }
+            reporter.markDone(step, file.sha256)
+            let ms = Int((ContinuousClock.now - started).seconds * 1000)
+            reporter.progress("uploaded \(file.path) (\(file.size) bytes in \(ms) ms)",
+                              ["path": .string(file.path), "bytes": .int(file.size), "sha256": .string(file.sha256)])
+        }
+    }
+
+    static func destination(_ target: StageOutTarget, job: LaunchJob, policy: DeliveryPolicy) throws
+        -> any OutputDestination {
+        let base = target.url.hasSuffix("/") ? String(target.url.dropLast()) : target.url
+        let prefix = "\(base)/\(job.task.executionID)/\(policy.nodeID)"
+        if target.url.hasPrefix("file://") {
+            return FolderDestination(root: String(prefix.dropFirst("file://".count)))
+        }
+        var authorization: String?
+        if let token = target.token {
+            authorization = "Bearer \(token)"
+        } else if let ref = target.credentials {
+            authorization = policy.credentials[ref]?.authorization
+        }
+        return HTTPDestination(prefix: prefix, authorization: authorization, caFile: policy.caFile)
+    }
+}
+
+/// Where delivered files go.
+protocol OutputDestination: Sendable, CustomStringConvertible {
+    /// Sends one file; throws `HTTPStatusError`/`HTTPError` (retried when transient) or `TaskFailure`.
+    func put(_ file: CollectedFile) throws
+}
+
+/// HTTP PUT of each file to `<prefix>/<path>`: WebDAV servers and presigned-URL object stores. The authorization
+/// header is a secret: never in a description, a log line or an error.
+struct HTTPDestination: OutputDestination {
+    let prefix: String
+    let authorization: String?
+    let caFile: String?
+
+    var description: String { prefix }
+
+    func put(_ file: CollectedFile) throws {
+        let encoded = file.path.split(separator: "/").map {
+            $0.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/;")))
+                ?? String($0)
+        }.joined(separator: "/")
+        let url = "\(prefix)/\(encoded)"
+        var headers = [("Content-Type", "application/octet-stream")]
+        if let authorization { headers.append(("Authorization", authorization)) }
+        let response = try HTTPTransfer.perform(HTTPRequest(method: "PUT", url: url, headers: headers, timeoutSeconds: 0,
+                                                            caFile: caFile, bodyFile: file.source))
+        guard (200..<300).contains(response.status) else {
+            throw HTTPStatusError(status: response.status, what: "PUT \(url)",
+                                  serverText: String(decoding: response.body.prefix(300), as: UTF8.self))
+        }
+    }
+}
+
+/// A local or mounted folder: each file copied to `<root>/<path>` through a temporary name.
+struct FolderDestination: OutputDestination {
+    let root: String
+
+    var description: String { "file://\(root)" }
+
+    func put(_ file: CollectedFile) throws {
+        let fm = FileManager.default
+        let path = "\(root)/\(file.path)"
+        do {
+            try fm.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+            let partial = path + ".partial"
+            try? fm.removeItem(atPath: partial)
+            try fm.copyItem(atPath: file.source, toPath: partial)
+            try? fm.removeItem(atPath: path)
+            try fm.moveItem(atPath: partial, toPath: path)
+        } catch {
+            throw TaskFailure(.stageOutFailure, "cannot write \(path): \(error.localizedDescription)")
+        }
+    }
+}

@@ -1,0 +1,250 @@
+import FEMCore
+import FEMSystem
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Stage-out through real daemons: nginx with WebDAV PUT and basic auth (scripts/dev-web.sh, started by test.sh)
+/// for deliveries and the airlock, and a real HTTP server of the test's own that answers 503 or goes down
+/// (Support/flaky_server.py) for retries and resumption across a daemon restart.
+@Suite(.serialized)
+struct StageOutTests {
+    let web: String
+
+    init() throws {
+        guard let d = TestEnv.env["FEM_TEST_WEB_DIR"], FileManager.default.fileExists(atPath: "\(d)/ca.pem") else {
+            throw HarnessError("FEM_TEST_WEB_DIR is not set or has no ca.pem: run the tests with `bash test.sh`, which "
+                               + "starts nginx with WebDAV (scripts/dev-web.sh)")
+        }
+        web = d
+    }
+
+    func node(_ name: String, allowed: [String] = [], outputs: String = "") throws -> TestNode {
+        let urls = (["https://localhost:18443/dav/", "http://127.0.0.1:18080/dav/"] + allowed)
+            .map { "\"\($0)\"" }.joined(separator: ", ")
+        return try TestNode(name, extra: """
+            [outputs]
+            allowed_urls = [\(urls)]
+            ca_file = "\(web)/ca.pem"
+            retries = 4
+            retry_delay_ms = 100
+            \(outputs)
+            [credentials.upload-login]
+            username = "fem-upload"
+            password_file = "\(web)/password-fem-upload"
+            """)
+    }
+
+    /// A process task writing `script`'s outputs, collected by `patterns`, delivered to `stageOut`.
+    func task(_ script: String, patterns: [String], stageOut: [String: JSONValue]?) -> [String: JSONValue] {
+        var t = Tasks.task(["/bin/sh", "-c", script])
+        guard case .object(var plan) = t["plan"] else { return t }
+        plan["outputs"] = .array(patterns.map { ["pattern": .string($0)] })
+        t["plan"] = .object(plan)
+        t["execution_id"] = .string("exec-\(UUID().uuidString.prefix(8).lowercased())")
+        if let stageOut { t["stage_out"] = .object(stageOut) }
+        return t
+    }
+
+    static let writeOutputs = """
+        cd "$FEM_OUTPUT_DIR" && mkdir -p sub && echo "id,value" > result.csv && echo "1,42" >> result.csv \
+        && head -c 2000000 /dev/urandom > sub/data.bin && echo scratch > ignored.tmp \
+        && ln -s /etc/passwd leak.csv && echo done
+        """
+
+    func sha256(ofFile path: String) throws -> String {
+        let data = try #require(FileManager.default.contents(atPath: path), "\(path) is missing")
+        var h = SHA256()
+        h.update(Array(data))
+        return h.finalizeHex()
+    }
+
+    struct ManifestFile: Decodable { var path: String; var size: Int64; var sha256: String }
+    struct Manifest: Decodable {
+        var task_id: String
+        var node_id: String
+        var state: String
+        var exit_code: Int32?
+        var tool: [String: String]
+        var files: [ManifestFile]
+    }
+
+    func manifest(at path: String) throws -> Manifest {
+        let data = try #require(FileManager.default.contents(atPath: path), "\(path) is missing")
+        return try JSONDecoder().decode(Manifest.self, from: data)
+    }
+
+    func run(_ op: Operator, _ t: [String: JSONValue], timeout: Double = 30) throws -> TaskEvent {
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: timeout)
+        return try #require(op.finalState(of: Tasks.id(t)))
+    }
+
+    func uploaded(_ prefix: String, _ t: [String: JSONValue], _ node: TestNode) -> String {
+        "\(web)/dav/\(prefix)/\(t["execution_id"]!.stringValue!)/\(node.id)"
+    }
+
+    @Test func outputsAndLogsArriveIntactOverWebDAVAndTheManifestChecksOut() throws {
+        let node = try node("so-dav")
+        try node.start()
+        let op = try Operator(node: node)
+        let prefix = "run-\(UUID().uuidString.prefix(6).lowercased())"
+        let t = task(Self.writeOutputs, patterns: ["*.csv", "sub/**"],
+                     stageOut: ["url": .string("https://localhost:18443/dav/\(prefix)"), "credentials": "upload-login"])
+        let e = try run(op, t)
+        #expect(e.state == .completed, "\(e.detail)")
+        let dest = uploaded(prefix, t, node)
+        #expect(e.detail.data?["outputs"]?["location"]?.stringValue == "https://localhost:18443/dav/\(prefix)/"
+                + "\(t["execution_id"]!.stringValue!)/\(node.id)")
+        #expect(e.detail.data?["outputs"]?["files"] == 4)
+
+        let m = try manifest(at: "\(dest)/manifest.json")
+        #expect(m.task_id == Tasks.id(t) && m.node_id == node.id && m.state == "completed" && m.exit_code == 0)
+        #expect(m.tool["id"] == "test-tool")
+        #expect(m.files.map(\.path) == ["logs/stdout.log", "logs/stderr.log", "out/result.csv", "out/sub/data.bin"])
+        for f in m.files {
+            #expect(try sha256(ofFile: "\(dest)/\(f.path)") == f.sha256, "\(f.path)")
+            let size = try FileManager.default.attributesOfItem(atPath: "\(dest)/\(f.path)")[.size] as? Int64
+            #expect(size == f.size, "\(f.path)")
+        }
+        #expect(m.files.first { $0.path == "out/sub/data.bin" }?.size == 2_000_000)
+        // The symlink to a file outside out/ matches *.csv but never leaves; neither does an undeclared file.
+        #expect(!FileManager.default.fileExists(atPath: "\(dest)/out/leak.csv"))
+        #expect(!FileManager.default.fileExists(atPath: "\(dest)/out/ignored.tmp"))
+        let password = try String(contentsOfFile: "\(web)/password-fem-upload", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(!node.log.contains(password))
+    }
+
+    @Test func aRefusedLoginGivesUpAtOnceWithTheServersAnswerAndNeverLogsTheToken() throws {
+        let node = try node("so-401")
+        try node.start()
+        let op = try Operator(node: node)
+        let token = "tok-\(UUID().uuidString)"
+        let t = task("echo hi > \"$FEM_OUTPUT_DIR\"/r.txt", patterns: ["*.txt"],
+                     stageOut: ["url": "http://127.0.0.1:18080/dav/refused", "token": .string(token)])
+        let e = try run(op, t)
+        #expect(e.state == .failed && e.detail.failureClass == .stageOutFailure, "\(e.detail)")
+        #expect(e.detail.message?.contains("(401)") == true, "\(e.detail)")
+        #expect(e.detail.message?.contains("401 Authorization Required") == true, "the server's answer: \(e.detail)")
+        #expect(!op.events(of: Tasks.id(t)).contains { $0.detail.message?.contains("trying again") == true })
+        #expect(!node.log.contains(token))
+        #expect(!op.events(of: Tasks.id(t)).contains { String(decoding: (try? JSONEncoder().encode($0)) ?? Data(), as: UTF8.self).contains(token) })
+    }
+
+    @Test func aServerAnswering503TwiceIsRetriedThenAccepts() throws {
+        let server = try FlakyServer(failures: 2)
+        defer { server.stop() }
+        let node = try node("so-503", allowed: ["\(server.url)/"])
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task("echo result > \"$FEM_OUTPUT_DIR\"/r.txt", patterns: ["*.txt"],
+                     stageOut: ["url": .string("\(server.url)/up")])
+        let e = try run(op, t)
+        #expect(e.state == .completed, "\(e.detail)")
+        let requests = server.requests()
+        #expect(requests.prefix(2).allSatisfy { $0.hasSuffix(" 503") }, "\(requests)")
+        #expect(requests.filter { $0.hasSuffix(" 201") }.count == 4, "logs x2, r.txt, manifest: \(requests)")
+        let dest = "\(server.root)/up/\(t["execution_id"]!.stringValue!)/\(node.id)"
+        #expect(try String(contentsOfFile: "\(dest)/out/r.txt", encoding: .utf8) == "result\n")
+        #expect(op.events(of: Tasks.id(t)).filter { $0.detail.message?.contains("trying again") == true }.count == 2)
+    }
+
+    @Test func anUploadServerDownAcrossARestartResumesWithoutResendingConfirmedFiles() throws {
+        // Three stored PUTs (the two logs and out/a.txt), then the server is down until comeBack().
+        let server = try FlakyServer(failures: 0, downAfter: 3)
+        defer { server.stop() }
+        let node = try node("so-resume", allowed: ["\(server.url)/"], outputs: "")
+        var config = try String(contentsOfFile: node.configPath, encoding: .utf8)
+        config = config.replacingOccurrences(of: "retries = 4", with: "retries = 50")
+            .replacingOccurrences(of: "retry_delay_ms = 100", with: "retry_delay_ms = 200")
+        try config.write(toFile: node.configPath, atomically: true, encoding: .utf8)
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task("cd \"$FEM_OUTPUT_DIR\" && echo a > a.txt && echo b > b.txt && echo c > c.txt", patterns: ["*.txt"],
+                     stageOut: ["url": .string("\(server.url)/resume")])
+        try op.submit(t)
+        try eventually("the server to go down mid-way through the uploads", timeout: 30) {
+            server.requests().contains { $0.hasSuffix(" 503") }
+        }
+        node.kill(SIGKILL)
+        server.comeBack()
+        try node.start()
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let e = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(e.state == .completed, "\(e.detail)")
+        let stored = server.requests().filter { $0.hasSuffix(" 201") }.map { $0.split(separator: " ")[1] }
+        #expect(stored.count == Set(stored).count, "a file was sent twice: \(server.requests())")
+        #expect(stored.count == 6, "logs x2, a, b, c, manifest: \(server.requests())")
+        #expect(stored.last?.hasSuffix("/manifest.json") == true)
+        let dest = "\(server.root)/resume/\(t["execution_id"]!.stringValue!)/\(node.id)"
+        for name in ["a", "b", "c"] {
+            #expect(try String(contentsOfFile: "\(dest)/out/\(name).txt", encoding: .utf8) == "\(name)\n")
+        }
+    }
+
+    @Test func anOversizeOutputFailsTheTaskAndNamesTheFile() throws {
+        let node = try node("so-big", outputs: "max_file_bytes = 1000")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task("head -c 5000 /dev/zero > \"$FEM_OUTPUT_DIR\"/big.bin; echo ok > \"$FEM_OUTPUT_DIR\"/small.txt",
+                     patterns: ["*"], stageOut: ["url": "http://127.0.0.1:18080/dav/big", "credentials": "upload-login"])
+        let e = try run(op, t)
+        #expect(e.state == .failed && e.detail.failureClass == .stageOutFailure, "\(e.detail)")
+        #expect(e.detail.message?.contains("out/big.bin is 5000 bytes, over the limit of 1000 bytes") == true, "\(e.detail)")
+        #expect(!FileManager.default.fileExists(atPath: "\(web)/dav/big/\(t["execution_id"]!.stringValue!)"))
+    }
+
+    @Test func theAirlockHoldsOutputsUntilApprovedAndNeverSendsRejectedOnes() throws {
+        let node = try node("so-airlock", outputs: "require_approval = true")
+        try node.start()
+        let op = try Operator(node: node)
+        let prefix = "airlock-\(UUID().uuidString.prefix(6).lowercased())"
+        let target: [String: JSONValue] = ["url": .string("http://127.0.0.1:18080/dav/\(prefix)"),
+                                           "credentials": "upload-login"]
+        let approved = task("echo fine > \"$FEM_OUTPUT_DIR\"/ok.txt", patterns: ["*.txt"], stageOut: target)
+        let rejected = task("echo 'patient 123' > \"$FEM_OUTPUT_DIR\"/leak.txt", patterns: ["*.txt"], stageOut: target)
+        try op.submit(approved)
+        try op.submit(rejected)
+        _ = try op.waitFor("both tasks to wait for approval") { events in
+            [approved, rejected].allSatisfy { t in
+                events.contains { $0.taskID == Tasks.id(t) && $0.state == .awaitingApproval }
+            }
+        }
+        // Nothing has left the node.
+        for t in [approved, rejected] {
+            #expect(!FileManager.default.fileExists(atPath: uploaded(prefix, t, node)))
+        }
+        let list = try node.run(["outputs", "list"])
+        #expect(list.status == 0 && list.output.contains(Tasks.id(approved)) && list.output.contains(Tasks.id(rejected)),
+                "\(list.output)")
+        let show = try node.run(["outputs", "show", Tasks.id(approved)])
+        #expect(show.output.contains("out/ok.txt") && show.output.contains("awaiting_approval"), "\(show.output)")
+
+        let yes = try node.run(["outputs", "approve", Tasks.id(approved), "--by", "steward-anna", "--reason", "aggregate only"])
+        #expect(yes.status == 0, "\(yes.output)")
+        let no = try node.run(["outputs", "reject", Tasks.id(rejected), "--by", "steward-anna", "--reason", "row-level data"])
+        #expect(no.status == 0, "\(no.output)")
+        let again = try node.run(["outputs", "approve", Tasks.id(rejected)])
+        #expect(again.status != 0 && again.output.contains("already decided"), "\(again.output)")
+
+        try op.waitForFinal([Tasks.id(approved), Tasks.id(rejected)])
+        let a = try #require(op.finalState(of: Tasks.id(approved)))
+        #expect(a.state == .completed)
+        #expect(a.detail.data?["outputs"]?["approval"] == "approved")
+        let dest = uploaded(prefix, approved, node)
+        #expect(try String(contentsOfFile: "\(dest)/out/ok.txt", encoding: .utf8) == "fine\n")
+        #expect(FileManager.default.fileExists(atPath: "\(dest)/manifest.json"))
+
+        let r = try #require(op.finalState(of: Tasks.id(rejected)))
+        #expect(r.detail.message?.contains("outputs rejected: row-level data; nothing was uploaded") == true, "\(r.detail)")
+        #expect(!FileManager.default.fileExists(atPath: uploaded(prefix, rejected, node)))
+
+        let decisions = (op.events(of: Tasks.id(approved)) + op.events(of: Tasks.id(rejected))).filter { $0.kind == .approval }
+        #expect(decisions.count == 2)
+        #expect(decisions.allSatisfy { $0.detail.data?["by"] == "steward-anna" && $0.detail.data?["at"] != nil })
+        #expect(decisions.contains { $0.detail.data?["decision"] == "rejected" && $0.detail.data?["reason"] == "row-level data" })
+    }
+}
