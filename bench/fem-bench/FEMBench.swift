@@ -9,18 +9,20 @@ import Foundation
 ///   launcher vs `docker run --rm --network none IMAGE true`.
 /// - `fem-bench git URL N`: git stage-in (clone into a fresh cache, checkout into a fresh sandbox) vs `git clone`;
 ///   then a cached update (fetch + checkout) vs `git fetch` + `git checkout` in the peer's clone.
+/// - `fem-bench upload URL FILE N` (FEM_BENCH_USER / FEM_BENCH_PASSWORD_FILE, FEM_BENCH_CA): stage-out of FILE as a
+///   task's only output (collect, sha256, PUT) vs `curl -T FILE` to the same server.
 @main
 struct FEMBench {
     static func main() async throws {
         let args = CommandLine.arguments
-        guard args.count == 4, let n = Int(args[3]), ["docker", "git"].contains(args[1]) else {
-            FileHandle.standardError.write(Data("usage: fem-bench docker IMAGE ROUNDS | fem-bench git URL ROUNDS\n".utf8))
+        let usage = "usage: fem-bench docker IMAGE ROUNDS | git URL ROUNDS | upload URL FILE ROUNDS\n"
+        switch (args.count, args.count > 1 ? args[1] : "") {
+        case (4, "docker"): try await docker(image: args[2], rounds: Int(args[3]) ?? 10)
+        case (4, "git"): try await git(url: args[2], rounds: Int(args[3]) ?? 5)
+        case (5, "upload"): try await upload(url: args[2], file: args[3], rounds: Int(args[4]) ?? 3)
+        default:
+            FileHandle.standardError.write(Data(usage.utf8))
             exit(2)
-        }
-        if args[1] == "git" {
-            try await git(url: args[2], rounds: n)
-        } else {
-            try await docker(image: args[2], rounds: n)
         }
     }
 
@@ -131,6 +133,73 @@ struct FEMBench {
         print(String(format: "cached update            median %.0f ms (fetch, nothing new, + checkout into a new sandbox)",
                      median(oursUpdate) * 1000))
         print(String(format: "git fetch + checkout     median %.0f ms", median(theirsUpdate) * 1000))
+    }
+
+    static func upload(url: String, file: String, rounds n: Int) async throws {
+        let env = ProcessInfo.processInfo.environment
+        let user = env["FEM_BENCH_USER"] ?? ""
+        let password = env["FEM_BENCH_PASSWORD_FILE"].flatMap { try? String(contentsOfFile: $0, encoding: .utf8) }?
+            .trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("fem-bench-upload-\(getpid())").path
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let paths = ToolPaths.under(root)
+        for d in [paths.src, paths.input, paths.output, paths.logs] {
+            try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        }
+        // The output is the benchmark file itself, linked into out/ (no copy).
+        try FileManager.default.linkItem(atPath: file, toPath: "\(paths.output)/big.bin")
+        let size = (try FileManager.default.attributesOfItem(atPath: file)[.size] as? Int64) ?? 0
+        let delivery = OutputDelivery(policy: DeliveryPolicy(
+            nodeID: "bench", limits: OutputLimits(maxFileBytes: Int64.max, maxTaskBytes: Int64.max),
+            allowedURLs: [url], requireApproval: false, holdLogs: true, retry: RetryPolicy(attempts: 1, base: .zero),
+            credentials: ["bench": Credential(username: user, secret: password)], caFile: env["FEM_BENCH_CA"]))
+        guard let curl = ChildProcess.resolveExecutable("curl", path: "/usr/local/bin:/usr/bin:/bin") else {
+            fatalError("curl not found")
+        }
+        var ours: [Double] = [], theirs: [Double] = [], hashing: [Double] = []
+        for i in 0..<n {
+            let doc: JSONValue = ["schema_version": 1, "task_id": .string("up\(i)"), "execution_id": .string("bench-\(i)"),
+                                  "stage_out": ["url": .string(url), "credentials": "bench"],
+                                  "plan": ["schema_version": 1, "id": "bench", "version": "1", "launcher": "process",
+                                           "command": ["base": ["true"]], "outputs": [["pattern": "big.bin"]]]]
+            let task = try DocumentReader.readTask(doc, requireTaskID: true)
+            let command = try Renderer.render(task, context: RenderContext(nodeID: "bench", nodeName: "bench",
+                                                                           paths: paths, datasets: [:]), timeoutSeconds: 60)
+            let job = LaunchJob(task: task, command: command, sandbox: paths)
+            let record = TaskRecord(taskID: "up\(i)", executionID: "bench-\(i)", state: .stagingOut, document: doc,
+                                    launcher: "process", receivedAt: Date(), updatedAt: Date(), seq: 0, handle: nil,
+                                    exitCode: 0, failureClass: nil, message: nil, cancelRequested: false)
+            let reporter = StageReporter(progress: { _, _ in }, isDone: { _ in nil }, markDone: { _, _ in })
+            let th = Date()
+            _ = try OutputCollector.describe("\(paths.output)/big.bin", as: "out/big.bin")
+            hashing.append(Date().timeIntervalSince(th))
+
+            let t0 = Date()
+            _ = try await delivery.stageOut(job, record: record, outcome: TaskOutcome(state: .completed, detail: .none),
+                                            reporter: reporter)
+            ours.append(Date().timeIntervalSince(t0))
+
+            let t1 = Date()
+            var args = ["-sS", "-f", "-o", "/dev/null", "-T", file, "-u", "\(user):\(password)",
+                        "\(url)/curl-\(i)/big.bin"]
+            if let ca = env["FEM_BENCH_CA"] { args += ["--cacert", ca] }
+            let p = try ChildProcess.spawn(executable: curl, arguments: args, environment: ["PATH": "/usr/bin:/bin"],
+                                           workingDirectory: root, stdoutPath: "/dev/null", stderrPath: "\(root)/curl.err")
+            let status = await ChildProcess.exitStatus(of: p.pid)
+            theirs.append(Date().timeIntervalSince(t1))
+            guard status == .exited(0) else { fatalError("curl \(i) ended \(status)") }
+        }
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        let mb = Double(size) / 1_000_000
+        let a = median(ours), b = median(theirs)
+        print(String(format: "file                     %.0f MB, %d rounds (alternating)", mb, n))
+        print(String(format: "fem-client stage-out     median %.2f s = %.0f MB/s (collect + sha256 + PUT + manifest)", a, mb / a))
+        print(String(format: "  of which sha256        median %.2f s", median(hashing)))
+        print(String(format: "curl -T                  median %.2f s = %.0f MB/s", b, mb / b))
+        print(String(format: "ratio throughput         %.2f (stage-out / curl)", b / a))
+        print(String(format: "bench peak RSS           %.0f MiB (the file is streamed, never held in memory)",
+                     Double(usage.ru_maxrss) / 1024))
     }
 
     static func median(_ xs: [Double]) -> Double {
