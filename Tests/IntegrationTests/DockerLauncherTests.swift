@@ -157,6 +157,10 @@ struct DockerLauncherTests {
         }
         try eventually("the container to exist", timeout: 20) { ((try? containers(of: Tasks.id(t))) ?? []).count == 1 }
         let container = try containers(of: Tasks.id(t))
+        // Created is not started: a kill between the two is a different case (the container is removed, not run).
+        try eventually("the container to be running", timeout: 20) {
+            (try? engine.inspectContainer(container[0]))??.running == true
+        }
         node.kill(SIGKILL)
         #expect(try engine.inspectContainer(container[0])?.running == true, "the container outlives the daemon")
         try node.start()
@@ -181,6 +185,9 @@ struct DockerLauncherTests {
         }
         try eventually("the container to exist", timeout: 20) { ((try? containers(of: Tasks.id(t))) ?? []).count == 1 }
         let container = try containers(of: Tasks.id(t))[0]
+        try eventually("the container to be running", timeout: 20) {
+            (try? engine.inspectContainer(container))??.running == true
+        }
         node.kill(SIGKILL)
         try eventually("the container to exit while the daemon is down", timeout: 30) {
             (try? engine.inspectContainer(container))??.running == false
