@@ -26,11 +26,14 @@ let package = Package(
         .systemLibrary(name: "CGit2", path: "Sources/CGit2", pkgConfig: "libgit2",
                        providers: [.apt(["libgit2-dev"])]),
 
+        .systemLibrary(name: "CCrypto", path: "Sources/CCrypto", pkgConfig: "libcrypto",
+                       providers: [.apt(["libssl-dev"])]),
+
         // glibc functions that need _GNU_SOURCE (posix_spawn chdir, pipe2).
         .systemLibrary(name: "CLinux", path: "Sources/CLinux"),
 
         // 2. The one Swift layer that owns C pointers and raw system calls. Knows nothing of tasks.
-        .target(name: "FEMSystem", dependencies: ["CRabbitMQ", "CCurl", "CGit2", "CLinux"]),
+        .target(name: "FEMSystem", dependencies: ["CRabbitMQ", "CCurl", "CGit2", "CCrypto", "CLinux"]),
 
         // 3. The core: task model, tool-plan language, state machine, runner, ports. No I/O.
         .target(name: "FEMCore", dependencies: [.product(name: "Logging", package: "swift-log")]),

@@ -186,7 +186,7 @@ public struct SourceStageIn: StageIn {
         guard fd >= 0 else {
             throw TaskFailure(.stageInFailure, "\(field): cannot create \(partial): \(String(cString: strerror(errno)))")
         }
-        var hasher = SHA256()
+        let hasher = SHA256Digest()
         var bytes: Int64 = 0
         var head: [UInt8] = []
         var writeFailed = false

@@ -1,4 +1,5 @@
 import FEMCore
+import FEMSystem
 import Foundation
 #if canImport(Glibc)
 import Glibc
@@ -87,16 +88,11 @@ public enum OutputCollector {
     }
 
     public static func describe(_ path: String, as name: String) throws -> CollectedFile {
-        guard let handle = FileHandle(forReadingAtPath: path) else {
-            throw TaskFailure(.stageOutFailure, "cannot read \(name)")
+        do {
+            let (size, sha) = try SHA256Digest.file(path)
+            return CollectedFile(source: path, path: name, size: size, sha256: sha)
+        } catch {
+            throw TaskFailure(.stageOutFailure, "cannot read \(name): \(error)")
         }
-        defer { try? handle.close() }
-        var hash = SHA256()
-        var size: Int64 = 0
-        while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
-            hash.update(chunk)
-            size += Int64(chunk.count)
-        }
-        return CollectedFile(source: path, path: name, size: size, sha256: hash.finalizeHex())
     }
 }
