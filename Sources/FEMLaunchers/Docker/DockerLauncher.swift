@@ -169,11 +169,16 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
         }
         return try await offload("fem-docker-wait") {
             do {
+                let memory = try engine.inspectContainer(id).flatMap { MemoryEventsWatch(pid: $0.pid) }
                 try Self.writeLogs(engine, id, follow: true, stdout: stdout, stderr: stderr)
                 let code = try engine.wait(id)
-                let oom = try engine.inspectContainer(id).map { try engine.wasOOMKilled(id, state: $0, since: $0.created) }
+                let seen = memory?.stop()
+                var oom = try engine.inspectContainer(id).map { try engine.wasOOMKilled(id, state: $0, since: $0.created) }
+                    ?? false
+                // Killed (137) after hitting its memory limit, or with an OOM kill counted in its cgroup.
+                if code == 137, let seen, seen.oomKills > 0 || seen.limitHits > 0 { oom = true }
                 try? engine.remove(id)
-                return Self.outcome(code: code, oom: oom ?? false)
+                return Self.outcome(code: code, oom: oom)
             } catch let e as DockerError {
                 throw TaskFailure(.runnerSystemFailure, e.message)
             }

@@ -217,6 +217,8 @@ public struct DockerEngine: Sendable {
         public var labels: [String: String]
         /// When the container was created.
         public var created: Date
+        /// The host pid of the container's first process while it runs, else 0.
+        public var pid: Int32 = 0
     }
 
     /// Nil when there is no such container.
@@ -230,7 +232,8 @@ public struct DockerEngine: Sendable {
         return ContainerState(status: state["Status"] as? String ?? "", running: state["Running"] as? Bool ?? false, exitCode: state["ExitCode"] as? Int ?? -1,
                               oomKilled: state["OOMKilled"] as? Bool ?? false,
                               labels: config["Labels"] as? [String: String] ?? [:],
-                              created: (obj["Created"] as? String).flatMap(Self.parseTime) ?? Date())
+                              created: (obj["Created"] as? String).flatMap(Self.parseTime) ?? Date(),
+                              pid: Int32(state["Pid"] as? Int ?? 0))
     }
 
     /// Whether the kernel's OOM killer ended the container. dockerd's `OOMKilled` flag can lose a race with the exit
