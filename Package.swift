@@ -64,7 +64,7 @@ let package = Package(
         .testTarget(name: "FEMLaunchersTests", dependencies: ["FEMLaunchers", "FEMCore", "FEMSystem"]),
         .testTarget(name: "FEMNodeTests", dependencies: ["FEMNode", "FEMCore", "FEMSystem"]),
         .testTarget(name: "IntegrationTests", dependencies: ["FEMCore", "FEMSystem", "FEMNode"],
-                    exclude: ["Support/flaky_server.py"]),
+                    exclude: ["Support/flaky_server.py", "Flower"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -42,5 +42,18 @@ export FEM_TEST_SCRATCH="$services"
 export FEM_TEST_REGISTRY_DIR="$services/registry"
 export FEM_TEST_WEB_DIR="$services/web"
 
+# Flower 1.41 for the federation tests: the orchestrator's side (SuperLink, `flwr run`, a legacy server) runs from
+# this environment; nodes make their own under FEM_TEST_VENV_DIR. Both are kept between runs (about 45 s to make).
+cache=$(pwd)/.build-test/cache
+if [[ ! -f "$cache/flwr/.ready" ]]; then
+  echo "test.sh: installing flwr 1.41.0 into $cache/flwr (once)"
+  rm -rf "$cache/flwr"; mkdir -p "$cache"
+  /usr/bin/python3 -m venv "$cache/flwr"
+  "$cache/flwr/bin/pip" install -q --disable-pip-version-check flwr==1.41.0 numpy
+  touch "$cache/flwr/.ready"
+fi
+export FEM_TEST_FLWR_VENV="$cache/flwr"
+export FEM_TEST_VENV_DIR="$cache/venvs"
+
 swift build --build-tests
 FEM_TEST_BIN_DIR="$(swift build --show-bin-path)" swift test --skip-build "$@"

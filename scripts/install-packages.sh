@@ -2,7 +2,7 @@
 # Installs the Debian packages fem-client needs (to build, and to run the local TLS broker), if any are missing.
 # Used by install.sh and test.sh; extra package names on the command line are added (test.sh's test-only needs).
 set -euo pipefail
-packages=(pkg-config openssl curl librabbitmq-dev libcurl4-openssl-dev libgit2-dev libsqlite3-dev libssl-dev rabbitmq-server amqp-tools
+packages=(pkg-config openssl curl librabbitmq-dev libcurl4-openssl-dev libgit2-dev libsqlite3-dev libssl-dev python3 python3-venv rabbitmq-server amqp-tools
           docker.io "$@")
 missing=()
 for p in "${packages[@]}"; do

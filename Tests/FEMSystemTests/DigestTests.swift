@@ -34,3 +34,28 @@ struct DigestTests {
         #expect(throws: SystemError.self) { try SHA256Digest.file(path + ".missing") }
     }
 }
+
+@Suite
+struct FileTailTests {
+    @Test func followsAGrowingFileAndReadsTheRestWhenStopped() async throws {
+        let path = NSTemporaryDirectory() + "fem-tail-\(UUID().uuidString)"
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let stop = Flag()
+        let lines = FileTail.lines(of: path, interval: .milliseconds(20)) { stop.isSet }
+        let writer = Task {
+            try await Task.sleep(for: .milliseconds(100))  // the file does not exist yet when following starts
+            try "one\ntw".write(toFile: path, atomically: false, encoding: .utf8)
+            try await Task.sleep(for: .milliseconds(100))
+            let h = try #require(FileHandle(forWritingAtPath: path))
+            try h.seekToEnd()
+            try h.write(contentsOf: Data("o\nthree\nlast-without-newline".utf8))
+            try h.close()
+            try await Task.sleep(for: .milliseconds(100))
+            stop.set()
+        }
+        var seen: [String] = []
+        for await line in lines { seen.append(line) }
+        try await writer.value
+        #expect(seen == ["one", "two", "three", "last-without-newline"])
+    }
+}

@@ -50,6 +50,7 @@ public enum JSONValue: Sendable, Equatable, Codable {
 
     public var stringValue: String? { if case .string(let s) = self { s } else { nil } }
     public var objectValue: [String: JSONValue]? { if case .object(let o) = self { o } else { nil } }
+    public var intValue: Int64? { if case .int(let i) = self { i } else { nil } }
 
     public subscript(key: String) -> JSONValue? { objectValue?[key] }
 

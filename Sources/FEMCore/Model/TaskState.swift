@@ -50,4 +50,6 @@ public enum FailureClass: String, Sendable, Codable, CaseIterable {
     case runnerSystemFailure = "runner_system_failure"
     case nodeRestart = "node_restart"
     case outOfMemory = "out_of_memory"
+    /// The work could not reach its server (a Flower SuperLink) for longer than the node allows.
+    case serverUnreachable = "server_unreachable"
 }

@@ -75,6 +75,8 @@ public struct RenderedCommand: Sendable, Equatable, Codable {
     public var gpus: Int?
     public var storageMB: Int?
     public var network: String
+    /// A flower plan's `node_config`, placeholders expanded, values as text (`--node-config k=v ...`).
+    public var flowerNodeConfig: [String: String]?
 
     enum CodingKeys: String, CodingKey {
         case launcher, argv, environment
@@ -86,6 +88,7 @@ public struct RenderedCommand: Sendable, Equatable, Codable {
         case gpus
         case storageMB = "storage_mb"
         case network
+        case flowerNodeConfig = "flower_node_config"
     }
 }
 
@@ -168,15 +171,31 @@ public enum Renderer {
         env["FEM_SRC_DIR"] = context.paths.src
         env["FEM_INPUT_DIR"] = context.paths.input
         env["FEM_OUTPUT_DIR"] = context.paths.output
+        var flowerNodeConfig: [String: String]?
+        if let flower = plan.flower {
+            var config: [String: String] = [:]
+            for (k, v) in flower.nodeConfig {
+                switch v {
+                case .string(let s): config[k] = try expand(s)
+                case .int(let i): config[k] = String(i)
+                case .double(let d): config[k] = String(d)
+                case .bool(let b): config[k] = b ? "true" : "false"
+                default: continue
+                }
+            }
+            flowerNodeConfig = config
+        }
         for id in usedDatasets.sorted() {
             if let path = context.datasets[id] { env["FEM_DATASET_\(envSafe(id))"] = path }
         }
-        return RenderedCommand(launcher: plan.launcher, argv: argv, environment: env,
+        var command = RenderedCommand(launcher: plan.launcher, argv: argv, environment: env,
                                workingDirectory: plan.source == nil ? context.paths.sandbox : context.paths.src,
                                image: plan.image, datasets: usedDatasets.sorted(), paths: context.paths,
                                timeoutSeconds: timeoutSeconds, cpus: plan.resources.cpus,
                                memoryMB: plan.resources.memoryMB, gpus: plan.resources.gpus,
                                storageMB: plan.resources.storageMB, network: plan.network.rawValue)
+        command.flowerNodeConfig = flowerNodeConfig
+        return command
     }
 
     /// `my-data.v2` → `MY_DATA_V2`, for `FEM_DATASET_<ID>` variables.

@@ -78,6 +78,26 @@ public protocol Launcher: Sendable {
     /// the work and journaling its handle; a launcher then finds the work by what it stamped on it (an environment
     /// variable, a container label).
     func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery
+    func signal(in line: String) -> LaunchSignal?
+    var unreachableLimit: Duration? { get }
+}
+
+/// What a launcher reads in its work's log lines (a Flower SuperNode connecting or losing its SuperLink).
+public enum LaunchSignal: Sendable, Equatable {
+    /// Worth an event, nothing more.
+    case notice(String)
+    /// The work reached its server; a pending "unreachable" deadline is lifted.
+    case connected(String)
+    /// The work lost (or has not yet reached) its server; past the launcher's `unreachableLimit` the task fails
+    /// with `server_unreachable`.
+    case disconnected(String)
+}
+
+extension Launcher {
+    /// Signals this launcher reads in a line of its work's output. None by default.
+    public func signal(in line: String) -> LaunchSignal? { nil }
+    /// How long the work may stay disconnected from its server. Nil: no limit.
+    public var unreachableLimit: Duration? { nil }
 }
 
 /// The launchers this node can use, built explicitly by the executable (no registration by side effect).

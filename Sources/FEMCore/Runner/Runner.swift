@@ -29,6 +29,38 @@ public struct RunnerSettings: Sendable {
     }
 }
 
+/// What the log readers of one running task have seen, shared with its supervision.
+final class WatchState: @unchecked Sendable {
+    private let lock = NSLock()
+    private var isStopped = false
+    private var error: String?
+    private var lostSince: (ContinuousClock.Instant, String)?
+    private var linked: Bool?
+
+    var stopped: Bool { lock.withLock { isStopped } }
+    func stop() { lock.withLock { isStopped = true } }
+    var reportedError: String? { lock.withLock { error } }
+    func reportError(_ m: String) { lock.withLock { if error == nil { error = m } } }
+    var disconnected: (ContinuousClock.Instant, String)? { lock.withLock { lostSince } }
+
+    /// True when this changes the link's state (so that only changes become events).
+    func connect() -> Bool {
+        lock.withLock {
+            lostSince = nil
+            defer { linked = true }
+            return linked != true
+        }
+    }
+
+    func disconnect(_ why: String) -> Bool {
+        lock.withLock {
+            if lostSince == nil { lostSince = (ContinuousClock.now, why) }
+            defer { linked = false }
+            return linked != false
+        }
+    }
+}
+
 /// Drives each task through `received → staging_in → running → staging_out → completed | failed | cancelled`
 /// (or `declined`). It knows only the core's ports: journal, launchers, sandboxes, stage-in and stage-out.
 public actor Runner {
@@ -41,6 +73,9 @@ public actor Runner {
     let logger: Logger
     /// Called after every journal write that adds an event, to wake the publisher.
     let eventsAdded: @Sendable () -> Void
+    /// Reads the work's logs while it runs, for reporter-protocol lines and launcher signals.
+    let follower: any LineFollower
+    let hooks: any HookRunner
 
     private var queue: [String] = []
     private var active: [String: AsyncStream<String>.Continuation] = [:]
@@ -48,7 +83,10 @@ public actor Runner {
 
     public init(settings: RunnerSettings, journal: any Journal, registry: LauncherRegistry,
                 sandboxes: any SandboxProvider, stageIn: any StageIn, stageOut: any StageOut, logger: Logger,
+                follower: any LineFollower = NoLineFollower(), hooks: any HookRunner = NoHooks(),
                 eventsAdded: @escaping @Sendable () -> Void = {}) {
+        self.follower = follower
+        self.hooks = hooks
         self.settings = settings
         self.journal = journal
         self.registry = registry
@@ -405,6 +443,12 @@ public actor Runner {
         case waitFailed(String)
         case timedOut
         case cancelled(String)
+        /// The tool reported an error (reporter protocol).
+        case reportedError(String)
+        /// The tool reported `Finished`.
+        case finished
+        /// The work stayed away from its server past the launcher's limit.
+        case unreachable(String)
         case ignore
     }
 
@@ -416,6 +460,17 @@ public actor Runner {
             .last(where: { $0.state == .running && $0.kind == .state })?.time ?? Date())
         let remaining = max(0, Double(timeout) - elapsed)
         let grace = settings.stopGrace
+
+        // The work's logs, read while it runs: reporter lines on stdout, launcher signals on both.
+        let watch = WatchState()
+        let (verdicts, verdict) = AsyncStream<Race>.makeStream()
+        let readers = [(job.stdoutPath, true), (job.stderrPath, false)].map { path, isStdout in
+            let lines = follower.lines(of: path) { watch.stopped }
+            let handle = lineHandler(job.task.taskID, launcher: launcher, watch: watch, verdict: verdict)
+            return Task { for await line in lines { handle(line, isStdout) } }
+        }
+        let limit = launcher.unreachableLimit
+
         let result: (Race, LaunchOutcome?) = await withTaskGroup(of: Race.self) { group in
             group.addTask {
                 do { return .exited(try await launcher.wait(handle)) } catch { return .waitFailed("\(error)") }
@@ -428,6 +483,21 @@ public actor Runner {
                 for await why in cancelSignal { return .cancelled(why) }
                 return .ignore
             }
+            group.addTask {
+                for await v in verdicts { return v }
+                return .ignore
+            }
+            if let limit {
+                group.addTask {
+                    while !Task.isCancelled {
+                        if let (since, why) = watch.disconnected, ContinuousClock.now - since > limit {
+                            return .unreachable("\(why), for longer than \(limit.components.seconds) s")
+                        }
+                        try? await Task.sleep(for: .milliseconds(250))
+                    }
+                    return .ignore
+                }
+            }
             var first: Race = .ignore
             while let r = await group.next() {
                 if case .ignore = r { continue }
@@ -439,7 +509,7 @@ public actor Runner {
                 group.cancelAll()
                 if case .exited(let o) = first { return (first, o) }
                 return (first, nil)
-            case .timedOut, .cancelled:
+            case .timedOut, .cancelled, .reportedError, .finished, .unreachable:
                 await launcher.stop(handle, grace: grace)
                 var ended: LaunchOutcome?
                 while let r = await group.next() {
@@ -450,20 +520,92 @@ public actor Runner {
                 return (first, ended)
             }
         }
+        // Read what the work wrote last (an error report just before it exited), then stop reading.
+        watch.stop()
+        for r in readers { await r.value }
+        verdict.finish()
+
+        let exit = result.1?.exitCode
         switch result.0 {
         case .exited(let outcome):
+            if let error = watch.reportedError {
+                return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .taskFailure,
+                                                                       message: error))
+            }
             return classify(outcome)
+        case .reportedError(let message):
+            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .taskFailure,
+                                                                   message: message))
+        case .finished:
+            return TaskOutcome(state: .completed, detail: EventDetail(
+                exitCode: exit, message: "the tool reported Finished; its processes were stopped"))
+        case .unreachable(let why):
+            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .serverUnreachable,
+                                                                   message: why))
         case .waitFailed(let why):
             return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
                                                                    message: "lost track of the work: \(why)"))
         case .timedOut:
-            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: result.1?.exitCode, failureClass: .timeout,
+            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .timeout,
                                                                    message: "stopped after the timeout of \(timeout) s"))
         case .cancelled(let why):
-            return TaskOutcome(state: .cancelled, detail: EventDetail(exitCode: result.1?.exitCode, message: why))
+            return TaskOutcome(state: .cancelled, detail: EventDetail(exitCode: exit, message: why))
         case .ignore:
             return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
                                                                    message: "supervision ended without a result"))
+        }
+    }
+
+    /// What each line of the work's logs means: reporter messages (stdout only) and launcher signals.
+    private nonisolated func lineHandler(_ taskID: String, launcher: any Launcher, watch: WatchState,
+                                         verdict: AsyncStream<Race>.Continuation)
+        -> @Sendable (String, Bool) -> Void {
+        let journal = self.journal
+        let logger = self.logger
+        let eventsAdded = self.eventsAdded
+        let hooks = self.hooks
+        let meta: Logger.Metadata = ["task": "\(taskID)"]
+        let note: @Sendable (EventKind, String, [String: JSONValue]?) -> Void = { kind, message, data in
+            logger.info("\(message)", metadata: meta)
+            _ = try? journal.note(taskID, kind: kind, detail: EventDetail(message: message, data: data), at: Date())
+            eventsAdded()
+        }
+        return { line, isStdout in
+            if let signal = launcher.signal(in: line) {
+                switch signal {
+                case .notice(let m): note(.notice, m, nil)
+                case .connected(let m):
+                    if watch.connect() { note(.notice, m, ["link": "connected"]) }
+                case .disconnected(let m):
+                    if watch.disconnect(m) { note(.notice, m, ["link": "disconnected"]) }
+                }
+            }
+            guard isStdout, let report = ReportMessage.parse(line) else { return }
+            switch report {
+            case .model(let round, let metrics):
+                let shown = metrics.keys.sorted().map { "\($0) \(metrics[$0].map { $0.stringValue ?? String(decoding: $0.encoded(), as: UTF8.self) } ?? "")" }
+                note(.progress, "round \(round.map(String.init) ?? "?")" + (shown.isEmpty ? "" : ": " + shown.joined(separator: ", ")),
+                     ["round": round.map { .int(Int64($0)) } ?? .null, "metrics": .object(metrics)])
+            case .print(let text):
+                logger.info("tool: \(text)", metadata: meta)
+            case .info(let text):
+                logger.info("tool info: \(text)", metadata: meta)
+                if report.isFinished {
+                    note(.progress, "the tool reported Finished", ["finished": true])
+                    verdict.yield(.finished)
+                }
+            case .error(let message):
+                watch.reportError(message)
+                logger.warning("tool error: \(message)", metadata: meta)
+                verdict.yield(.reportedError(message))
+            case .trigger(let name, let arguments):
+                if let ran = hooks.run(name, arguments: arguments, taskID: taskID) {
+                    note(.notice, "trigger \"\(name)\": \(ran)", ["trigger": .string(name)])
+                } else {
+                    note(.notice, "trigger \"\(name)\" ignored: this node defines no hook of that name",
+                         ["trigger": .string(name)])
+                }
+            }
         }
     }
 

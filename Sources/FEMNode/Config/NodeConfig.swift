@@ -39,6 +39,10 @@ public struct NodeConfig: Sendable {
 
     /// `[launchers.docker]`; its node id and datasets are filled in when the launcher is built.
     public var docker: DockerLauncherConfig
+    /// `[launchers.flower]`.
+    public var flower: FlowerLauncherConfig
+    /// `[hooks]`: name → argv of a program a tool may trigger by name (reporter protocol `trigger`); nothing else runs.
+    public var hooks: [String: [String]]
     /// Registry host (`127.0.0.1:5000`) → credentials for image pulls (always with a username).
     public var registries: [String: Credential]
     /// `[credentials."name"]`: logins plans and tasks name by reference (git, task files, stage-out).
@@ -155,6 +159,14 @@ extension NodeConfig {
         Key(name: "launchers.docker.tmpfs_mb", kind: .int(min: 1, max: 1 << 20), fallback: 64),
         Key(name: "launchers.docker.allow_host_network", kind: .bool, fallback: false),
         Key(name: "launchers.docker.allow_gpus", kind: .bool, fallback: false),
+        Key(name: "launchers.flower.python", kind: .path, fallback: "/usr/bin/python3"),
+        Key(name: "launchers.flower.venv_dir", kind: .path, fallback: ""),
+        Key(name: "launchers.flower.wheel_dir", kind: .path, fallback: ""),
+        Key(name: "launchers.flower.allow_insecure", kind: .bool, fallback: false),
+        Key(name: "launchers.flower.root_certificates", kind: .path, fallback: ""),
+        Key(name: "launchers.flower.connect_attempts", kind: .int(min: 1, max: 100), fallback: 10),
+        Key(name: "launchers.flower.retry_delay_ms", kind: .int(min: 0, max: 600_000), fallback: 1000),
+        Key(name: "launchers.flower.unreachable_seconds", kind: .int(min: 1, max: 86_400), fallback: 120),
         Key(name: "stage_in.git_allowed_urls", kind: .strings, fallback: ["https://"]),
         Key(name: "stage_in.file_allowed_urls", kind: .strings, fallback: ["https://"]),
         Key(name: "stage_in.require_sha256", kind: .bool, fallback: true),
@@ -173,7 +185,7 @@ extension NodeConfig {
         Key(name: "outputs.retry_delay_ms", kind: .int(min: 0, max: 600_000), fallback: 1000),
     ]
 
-    public static let knownLaunchers = ["process", "docker"]
+    public static let knownLaunchers = ["process", "docker", "flower"]
 
     /// Loads `path`, applies environment overrides, and checks everything, reporting every problem at once.
     /// `brokerFiles: false` skips reading the broker's certificate and password files, for local commands that never
@@ -204,6 +216,11 @@ extension NodeConfig {
         if let r = table["registries"] {
             registries = readLogins(r, section: "registries", tokens: false, brokerFiles: brokerFiles, problems: &problems)
             table.remove(at: "registries")
+        }
+        var hooks: [String: [String]] = [:]
+        if let h = table["hooks"] {
+            hooks = readHooks(h, problems: &problems)
+            table.remove(at: "hooks")
         }
         var credentials: [String: Credential] = [:]
         if let c = table["credentials"] {
@@ -291,6 +308,17 @@ extension NodeConfig {
                 maxCPUs: values["launchers.docker.max_cpus"] as! Int, tmpfsMB: values["launchers.docker.tmpfs_mb"] as! Int,
                 allowHostNetwork: values["launchers.docker.allow_host_network"] as! Bool,
                 allowGPUs: values["launchers.docker.allow_gpus"] as! Bool, nodeID: id, datasets: [:]),
+            flower: FlowerLauncherConfig(
+                python: values["launchers.flower.python"] as! String,
+                venvDir: nonEmpty(values["launchers.flower.venv_dir"]) ?? "\(values["node.work_dir"] as! String)/venvs",
+                wheelDir: nonEmpty(values["launchers.flower.wheel_dir"]),
+                allowInsecure: values["launchers.flower.allow_insecure"] as! Bool,
+                rootCertificates: nonEmpty(values["launchers.flower.root_certificates"]),
+                connectAttempts: values["launchers.flower.connect_attempts"] as! Int,
+                retryDelay: .milliseconds(values["launchers.flower.retry_delay_ms"] as! Int),
+                unreachableLimit: .seconds(values["launchers.flower.unreachable_seconds"] as! Int),
+                path: values["launchers.process.path"] as! String),
+            hooks: hooks,
             registries: registries, credentials: credentials,
             gitAllowedURLs: values["stage_in.git_allowed_urls"] as! [String],
             fileAllowedURLs: values["stage_in.file_allowed_urls"] as! [String],
@@ -376,6 +404,27 @@ extension NodeConfig {
             logins[name] = Credential(username: isToken ? nil : user, secret: secret)
         }
         return logins
+    }
+
+    /// `[hooks]`: `name = ["/absolute/program", "fixed", "args"]`.
+    private static func readHooks(_ value: TOMLValueConvertible, problems: inout [String]) -> [String: [String]] {
+        guard let t = value.table else {
+            problems.append("hooks: expected a table of name = [\"/program\", \"args\"...]")
+            return [:]
+        }
+        var hooks: [String: [String]] = [:]
+        for name in t.keys {
+            let argv = t[name]?.array?.compactMap { $0.string } ?? []
+            guard let program = argv.first, program.hasPrefix("/"), argv.count == t[name]?.array?.count else {
+                problems.append("hooks.\(name): expected an array of strings starting with an absolute program path")
+                continue
+            }
+            if !FileManager.default.isExecutableFile(atPath: program) {
+                problems.append("hooks.\(name): \(program) is not an executable file")
+            }
+            hooks[name] = argv
+        }
+        return hooks
     }
 
     private static func readDataset(_ id: String, _ value: TOMLValueConvertible?, into datasets: inout [String: Dataset],

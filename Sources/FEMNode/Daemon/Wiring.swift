@@ -38,7 +38,9 @@ public struct NodeAssembly: Sendable {
                             retry: RetryPolicy(attempts: config.outputRetries,
                                                base: .milliseconds(config.outputRetryDelayMilliseconds)),
                             credentials: config.credentials, caFile: config.outputCAFile)),
-                        logger: logger, eventsAdded: eventsAdded)
+                        logger: logger, follower: LogFiles(),
+                        hooks: NodeHooks(hooks: config.hooks, logFile: "\(config.workDir)/hooks.log", logger: logger),
+                        eventsAdded: eventsAdded)
     }
 
     /// The explicit launcher registry: only what the node config enables.
@@ -49,6 +51,8 @@ public struct NodeAssembly: Sendable {
             case "process":
                 list.append(ProcessLauncher(config: ProcessLauncherConfig(
                     allowedExecutables: config.processAllowedExecutables, path: config.processPath)))
+            case "flower":
+                list.append(FlowerLauncher(config: config.flower))
             case "docker":
                 var docker = config.docker
                 docker.nodeID = config.nodeID
@@ -82,6 +86,40 @@ public struct NodeAssembly: Sendable {
                          queued: counts.queued, freeDiskBytes: freeDiskBytes(at: config.workDir),
                          launchers: registry.names,
                          datasets: config.datasets.keys.sorted().map { DatasetAdvert(id: $0, labels: config.datasets[$0]!.labels) })
+    }
+}
+
+/// Task logs followed through the file system.
+struct LogFiles: LineFollower {
+    func lines(of path: String, until stop: @escaping @Sendable () -> Bool) -> AsyncStream<String> {
+        FileTail.lines(of: path, until: stop)
+    }
+}
+
+/// The node's `[hooks]`: a tool's `trigger` runs the program of that name, with the trigger's arguments as one
+/// more argument, in the background; its output goes to `<work_dir>/hooks.log`. Names not in the config run nothing.
+struct NodeHooks: HookRunner {
+    let hooks: [String: [String]]
+    let logFile: String
+    let logger: Logger
+
+    func run(_ name: String, arguments: String, taskID: String) -> String? {
+        guard let argv = hooks[name] else { return nil }
+        let args = Array(argv.dropFirst()) + (arguments.isEmpty ? [] : [arguments])
+        do {
+            let child = try ChildProcess.spawn(executable: argv[0], arguments: args,
+                                               environment: ["PATH": "/usr/local/bin:/usr/bin:/bin", "FEM_TASK_ID": taskID,
+                                                             "LANG": "C.UTF-8"],
+                                               workingDirectory: "/", stdoutPath: logFile, stderrPath: logFile)
+            let logger = self.logger
+            Task {
+                let status = await ChildProcess.exitStatus(of: child.pid)
+                logger.info("hook \(name) (pid \(child.pid)) ended: \(status)", metadata: ["task": "\(taskID)"])
+            }
+            return "ran hook \(argv[0]) (pid \(child.pid))"
+        } catch {
+            return "hook \(argv[0]) could not start: \(error)"
+        }
     }
 }
 
