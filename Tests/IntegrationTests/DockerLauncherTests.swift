@@ -115,6 +115,23 @@ struct DockerLauncherTests {
         #expect(try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/logs/stderr.log", encoding: .utf8) == "oops\n")
     }
 
+    @Test func reporterLinesFromAContainerBecomeEvents() throws {
+        let node = try dockerNode("dk-report")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = Self.task("""
+            echo '{"type": "model", "round": 1, "metrics": {"accuracy": 0.8}}'
+            echo '{"type": "error", "exception": "RuntimeError: no rows in /fem/data/demo"}'
+            sleep 30
+            """)
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .failed && final.detail.message == "RuntimeError: no rows in /fem/data/demo", "\(final.detail)")
+        #expect(op.events(of: Tasks.id(t)).contains { $0.kind == .progress && $0.detail.data?["round"] == 1 })
+        try eventually("the container to be removed", timeout: 20) { ((try? containers(of: Tasks.id(t))) ?? [""]).isEmpty }
+    }
+
     @Test func aMemoryLimitKillIsReportedAsOutOfMemory() throws {
         let node = try dockerNode("dk-oom")
         try node.start()

@@ -85,8 +85,10 @@ struct FlowerTests {
     }
 
     func superlink(_ dir: String, port: Int) throws -> Service {
+        // The ServerApp runs in this environment (flwr and numpy): no `uv sync` of the app's dependencies at run time.
         let s = try Service("\(venv)/bin/flower-superlink", ["--insecure", "--port", "\(port)",
-                                                            "--database", "\(dir)/superlink.db"],
+                                                            "--database", "\(dir)/superlink.db",
+                                                            "--disable-runtime-dependency-installation"],
                             env: env.merging(["FLWR_HOME": "\(dir)/superlink-home"]) { $1 }, dir: dir, name: "superlink")
         try eventually("the SuperLink to listen on \(port)", timeout: 30) {
             FlowerProbe.accepts(port: port) || !ChildProcess.groupExists(s.pid)
@@ -95,13 +97,14 @@ struct FlowerTests {
         return s
     }
 
-    /// A git repository (file://) holding the legacy client and the reporter helper: the `script` mode's source.
+    /// A git repository (file://) holding the legacy client and the reporter helper shipped in docs/templates: the
+    /// `script` mode's source.
     func legacySource(_ dir: String) throws -> JSONValue {
         let repo = "\(dir)/legacy-repo"
         try FileManager.default.createDirectory(atPath: repo, withIntermediateDirectories: true)
-        for f in ["client.py", "fem_reporter.py"] {
-            try FileManager.default.copyItem(atPath: "\(Self.flowerDir)/legacy/\(f)", toPath: "\(repo)/\(f)")
-        }
+        try FileManager.default.copyItem(atPath: "\(Self.flowerDir)/legacy/client.py", toPath: "\(repo)/client.py")
+        try FileManager.default.copyItem(atPath: "\(TestEnv.repoRoot)/docs/templates/fem_reporter.py",
+                                         toPath: "\(repo)/fem_reporter.py")
         for args in [["init", "-q", "-b", "main"], ["add", "."], ["commit", "-qm", "client"]] {
             let r = try Shell.run(["/usr/bin/git", "-c", "user.name=t", "-c", "user.email=t@example.org"] + args, cwd: repo)
             try #require(r.status == 0, "git \(args): \(r.output)")
@@ -140,6 +143,7 @@ struct FlowerTests {
         try pyproject.write(toFile: "\(app)/pyproject.toml", atomically: true, encoding: .utf8)
         let cli = env.merging(["FLWR_HOME": "\(dir)/cli-home"]) { $1 }
         let run = try Shell.run(["\(venv)/bin/flwr", "run", app, "local", "--stream"], environment: cli, cwd: app)
+        try run.output.write(toFile: "\(dir)/flwr-run.log", atomically: true, encoding: .utf8)
         let runID = try #require(run.output.range(of: #"started run (\d+)"#, options: .regularExpression)
             .map { String(run.output[$0].split(separator: " ").last!) }, "flwr run printed no run id: \(run.output)")
 
@@ -150,9 +154,10 @@ struct FlowerTests {
             #expect(Set(progressRounds(op, Tasks.id(t))) == [1, 2, 3], "rounds: \(progressRounds(op, Tasks.id(t)))")
         }
         // `flwr run` exits 0 even when a run failed: the run's status is asked of the SuperLink.
-        let ls = try Shell.run(["\(venv)/bin/flwr", "ls", app, "local", "--run-id", runID, "--format", "json"],
-                               environment: cli, cwd: app)
-        #expect(ls.output.contains("\"completed:success\"") || ls.output.contains("finished:completed"),
+        // (`flwr run` moved the pyproject's connection into FLWR_HOME as "local".)
+        let ls = try Shell.run(["\(venv)/bin/flwr", "ls", "local", "--run-id", runID, "--format", "json"],
+                               environment: cli, cwd: dir)
+        #expect(ls.output.contains("\"success\": true") && ls.output.contains("finished:completed"),
                 "flwr ls: \(ls.output)")
         #expect(ChildProcess.processGroups(withEnvironmentEntry: "FEM_EXECUTION_ID=exec-flower").isEmpty
                 || tasks.allSatisfy { t in

@@ -82,6 +82,9 @@ public final class FlowerLauncher: Launcher, Sendable {
         if let r = text.range(of: "SuperNode ID: ") {
             return .connected("connected to the SuperLink (SuperNode ID \(text[r.upperBound...].trimmingCharacters(in: .whitespaces)))")
         }
+        if text.contains("Connection successful after") {
+            return .connected("reached the SuperLink again")
+        }
         if text.contains("Connection attempt failed") {
             return .disconnected("cannot reach the SuperLink (the SuperNode keeps retrying)")
         }

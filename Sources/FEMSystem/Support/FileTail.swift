@@ -5,7 +5,7 @@ import Glibc
 
 /// Follows a growing file (a task's log) line by line, polling: from its start, until `stop()` is true, after
 /// which what is left is read and the stream ends. A file that does not exist yet is waited for. Lines longer than
-/// `maxLine` are cut (the rest of such a line is dropped).
+/// `maxLine` are cut (the rest of such a line is dropped); empty lines are skipped.
 public enum FileTail {
     public static func lines(of path: String, interval: Duration = .milliseconds(100), maxLine: Int = 64 * 1024,
                              until stop: @escaping @Sendable () -> Bool) -> AsyncStream<String> {
@@ -30,8 +30,11 @@ public enum FileTail {
                             let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
                             if n <= 0 { break }
                             for byte in buffer[0..<n] {
-                                if byte == UInt8(ascii: "\n") {
-                                    if !skipping { continuation.yield(String(decoding: pending, as: UTF8.self)) }
+                                // A carriage return ends a line too (progress output rewrites its line).
+                                if byte == UInt8(ascii: "\n") || byte == UInt8(ascii: "\r") {
+                                    if !skipping && !pending.isEmpty {
+                                        continuation.yield(String(decoding: pending, as: UTF8.self))
+                                    }
                                     pending.removeAll(keepingCapacity: true)
                                     skipping = false
                                 } else if pending.count < maxLine {
@@ -45,7 +48,11 @@ public enum FileTail {
                         }
                     }
                     if last { break }
-                    try? await Task.sleep(for: interval)
+                    // Sleep in small steps, so that a stop is seen at once (a task's end waits for its last lines).
+                    let until = ContinuousClock.now + interval
+                    while ContinuousClock.now < until, !stop(), !Task.isCancelled {
+                        try? await Task.sleep(for: .milliseconds(5))
+                    }
                 }
                 if !pending.isEmpty && !skipping { continuation.yield(String(decoding: pending, as: UTF8.self)) }
                 continuation.finish()

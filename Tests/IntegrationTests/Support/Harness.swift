@@ -158,7 +158,17 @@ final class TestNode {
 
     func stop() { kill(SIGTERM) }
 
-    deinit { kill(SIGKILL) }
+    /// A test that ends early leaves the daemon's host processes behind (a daemon that dies leaves them for its next
+    /// start to stop): stop every process group started with one of this node's sandboxes.
+    deinit {
+        kill(SIGKILL)
+        let sandboxes = (try? FileManager.default.contentsOfDirectory(atPath: "\(dir)/var/sandboxes")) ?? []
+        for name in sandboxes {
+            for pgid in ChildProcess.processGroups(withEnvironmentEntry: "FEM_SANDBOX=\(dir)/var/sandboxes/\(name)") {
+                ChildProcess.signalGroup(pgid, SIGKILL)
+            }
+        }
+    }
 
     func run(_ args: [String]) throws -> (status: Int32, output: String) {
         try Shell.run([try TestEnv.binary("fem-client")] + args + ["--config", configPath])
