@@ -228,9 +228,7 @@ struct FlowerTests {
 
     @Test func aSuperLinkThatNeverAnswersFailsTheTaskWithItsOwnClass() throws {
         let node = try node("fl-unreachable", extra: "")
-        var config = try String(contentsOfFile: node.configPath, encoding: .utf8)
-        config = config.replacingOccurrences(of: "unreachable_seconds = 120", with: "unreachable_seconds = 3")
-        try config.write(toFile: node.configPath, atomically: true, encoding: .utf8)
+        try node.editConfig { $0.replacingOccurrences(of: "unreachable_seconds = 120", with: "unreachable_seconds = 3") }
         try node.start()
         let op = try Operator(node: node)
         let t = task(mode: "supernode", server: "127.0.0.1:19591")  // nothing listens there

@@ -13,11 +13,7 @@ struct StageInTests {
     let web: String
 
     init() throws {
-        guard let d = TestEnv.env["FEM_TEST_WEB_DIR"], FileManager.default.fileExists(atPath: "\(d)/ca.pem") else {
-            throw HarnessError("FEM_TEST_WEB_DIR is not set or has no ca.pem: run the tests with `bash test.sh`, which "
-                               + "starts nginx and git daemon (scripts/dev-web.sh)")
-        }
-        web = d
+        web = try TestEnv.webDir()
     }
 
     func node(_ name: String, extra: String = "") throws -> TestNode {
@@ -313,9 +309,9 @@ struct StageInTests {
         h.update(Array(content.utf8))
         let node = try node("si-retry", extra: "")
         // The flaky server is plain http on its own port: allow it on this node only.
-        var config = try String(contentsOfFile: node.configPath, encoding: .utf8)
-        config = config.replacingOccurrences(of: "file_allowed_urls = [", with: "file_allowed_urls = [\"\(server.url)/\", ")
-        try config.write(toFile: node.configPath, atomically: true, encoding: .utf8)
+        try node.editConfig {
+            $0.replacingOccurrences(of: "file_allowed_urls = [", with: "file_allowed_urls = [\"\(server.url)/\", ")
+        }
         try node.start()
         let op = try Operator(node: node)
         let t = task(source: files([("\(server.url)/data.txt", "data.txt", h.finalizeHex(), nil)]),
@@ -372,9 +368,7 @@ struct StageInTests {
 
     @Test func sandboxesAreRemovedAfterTheirRetention() throws {
         let node = try node("si-retention", extra: "")
-        var config = try String(contentsOfFile: node.configPath, encoding: .utf8)
-        config += "\n[sandboxes]\nkeep_completed_hours = 0\nkeep_failed_hours = 1\n"
-        try config.write(toFile: node.configPath, atomically: true, encoding: .utf8)
+        try node.editConfig { $0 + "\n[sandboxes]\nkeep_completed_hours = 0\nkeep_failed_hours = 1\n" }
         try node.start()
         let op = try Operator(node: node)
         let ok = Tasks.task(["/bin/true"])

@@ -14,11 +14,7 @@ struct StageOutTests {
     let web: String
 
     init() throws {
-        guard let d = TestEnv.env["FEM_TEST_WEB_DIR"], FileManager.default.fileExists(atPath: "\(d)/ca.pem") else {
-            throw HarnessError("FEM_TEST_WEB_DIR is not set or has no ca.pem: run the tests with `bash test.sh`, which "
-                               + "starts nginx with WebDAV (scripts/dev-web.sh)")
-        }
-        web = d
+        web = try TestEnv.webDir()
     }
 
     func node(_ name: String, allowed: [String] = [], outputs: String = "") throws -> TestNode {
@@ -157,10 +153,10 @@ struct StageOutTests {
         let server = try FlakyServer(failures: 0, downAfter: 3)
         defer { server.stop() }
         let node = try node("so-resume", allowed: ["\(server.url)/"], outputs: "")
-        var config = try String(contentsOfFile: node.configPath, encoding: .utf8)
-        config = config.replacingOccurrences(of: "retries = 4", with: "retries = 50")
-            .replacingOccurrences(of: "retry_delay_ms = 100", with: "retry_delay_ms = 200")
-        try config.write(toFile: node.configPath, atomically: true, encoding: .utf8)
+        try node.editConfig {
+            $0.replacingOccurrences(of: "retries = 4", with: "retries = 50")
+                .replacingOccurrences(of: "retry_delay_ms = 100", with: "retry_delay_ms = 200")
+        }
         try node.start()
         let op = try Operator(node: node)
         let t = task("cd \"$FEM_OUTPUT_DIR\" && echo a > a.txt && echo b > b.txt && echo c > c.txt", patterns: ["*.txt"],

@@ -38,6 +38,15 @@ enum TestEnv {
         return path
     }
 
+    /// scripts/dev-web.sh's folder: nginx (git over https, task files, WebDAV) and git daemon, with their CA.
+    static func webDir() throws -> String {
+        guard let d = env["FEM_TEST_WEB_DIR"], FileManager.default.fileExists(atPath: "\(d)/ca.pem") else {
+            throw HarnessError("FEM_TEST_WEB_DIR is not set or has no ca.pem: run the tests with `bash test.sh`, which "
+                               + "starts nginx and git daemon (scripts/dev-web.sh)")
+        }
+        return d
+    }
+
     static func scratch(_ name: String) throws -> String {
         let base = env["FEM_TEST_SCRATCH"] ?? FileManager.default.temporaryDirectory.path
         let dir = "\(base)/\(name)-\(UUID().uuidString.prefix(8))"
@@ -129,6 +138,12 @@ final class TestNode {
     }
 
     var configPath: String { "\(dir)/fem-client.toml" }
+
+    /// Changes the config file before `start()` (a test's own tweak on top of its suite's node).
+    func editConfig(_ change: (String) -> String) throws {
+        let text = try String(contentsOfFile: configPath, encoding: .utf8)
+        try change(text).write(toFile: configPath, atomically: true, encoding: .utf8)
+    }
     var log: String { (try? String(contentsOfFile: "\(dir)/receiver.log", encoding: .utf8)) ?? "" }
 
     /// Starts the daemon and waits until it is consuming.
