@@ -190,8 +190,9 @@ public struct SourceStageIn: StageIn {
         var bytes: Int64 = 0
         var head: [UInt8] = []
         var writeFailed = false
-        let request = HTTPRequest(method: "GET", url: url, headers: authorization.map { [("Authorization", $0)] } ?? [],
+        var request = HTTPRequest(method: "GET", url: url, headers: authorization.map { [("Authorization", $0)] } ?? [],
                                   timeoutSeconds: 0, caFile: caFile)
+        request.stallSeconds = 60
         let response: HTTPResponse
         do {
             defer { close(fd) }

@@ -161,8 +161,10 @@ struct HTTPDestination: OutputDestination {
         let url = "\(prefix)/\(encoded)"
         var headers = [("Content-Type", "application/octet-stream")]
         if let authorization { headers.append(("Authorization", authorization)) }
-        let response = try HTTPTransfer.perform(HTTPRequest(method: "PUT", url: url, headers: headers, timeoutSeconds: 0,
-                                                            caFile: caFile, bodyFile: file.source))
+        var request = HTTPRequest(method: "PUT", url: url, headers: headers, timeoutSeconds: 0, caFile: caFile,
+                                  bodyFile: file.source)
+        request.stallSeconds = 60
+        let response = try HTTPTransfer.perform(request)
         guard (200..<300).contains(response.status) else {
             throw HTTPStatusError(status: response.status, what: "PUT \(url)",
                                   serverText: String(decoding: response.body.prefix(300), as: UTF8.self))

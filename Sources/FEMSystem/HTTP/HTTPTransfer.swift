@@ -19,6 +19,9 @@ public struct HTTPRequest: Sendable {
     public var caFile: String?
     /// A file to send as the body (PUT), streamed from disk: memory stays flat whatever its size.
     public var bodyFile: String?
+    /// Give up (as a timeout) when fewer than 1 byte/s moved for this many seconds: for transfers without an overall
+    /// limit that must not hang on a stalled server.
+    public var stallSeconds: Int?
 
     public init(method: String = "GET", url: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
                 unixSocket: String? = nil, timeoutSeconds: Int = 30, connectTimeoutSeconds: Int = 10,
@@ -135,6 +138,10 @@ public enum HTTPTransfer {
         setup.append(fem_curl_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer))
         if let socket = request.unixSocket {
             setup.append(fem_curl_setopt_string(handle, CURLOPT_UNIX_SOCKET_PATH, socket))
+        }
+        if let stall = request.stallSeconds {
+            setup.append(fem_curl_setopt_long(handle, CURLOPT_LOW_SPEED_LIMIT, 1))
+            setup.append(fem_curl_setopt_long(handle, CURLOPT_LOW_SPEED_TIME, stall))
         }
         if let path = request.bodyFile {
             context.upload = open(path, O_RDONLY | O_CLOEXEC)
