@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts the fem-client receiver daemon in the background (log: receiver.log, pid: var/fem-client.pid).
-# Builds first if needed (install.sh). If the configured broker is the local development broker and it is not
+# Installs and builds first if needed (install.sh); otherwise brings the release build up to date with the checkout. If the configured broker is the local development broker and it is not
 # running, sets it up: RabbitMQ on localhost:5671, TLS only, client certificates required (var/dev-broker).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -8,6 +8,11 @@ cd "$(dirname "$0")"
 bin=.build/release/fem-client
 if [[ ! -x $bin || ! -x .build/release/femctl || ! -f config/fem-client.toml ]]; then
   bash install.sh
+else
+  # After a `git pull`: new system packages, and an incremental release build (seconds when nothing changed).
+  bash scripts/install-packages.sh
+  swift build -c release --product fem-client 2>&1 | tail -1
+  swift build -c release --product femctl 2>&1 | tail -1
 fi
 config=${FEM_CONFIG:-config/fem-client.toml}
 

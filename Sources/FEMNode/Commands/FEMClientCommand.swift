@@ -87,6 +87,17 @@ extension FEMClientCommand {
                     print("FAIL  \(failures.last!)")
                 }
             }
+            if config.enabledLaunchers.contains("flower") {
+                let python = config.flower.python
+                if FileManager.default.isExecutableFile(atPath: python) {
+                    print("ok    flower: Python environments from \(python) in \(config.flower.venvDir)"
+                          + (config.flower.wheelDir.map { " (wheels from \($0) only)" } ?? " (from PyPI)"))
+                } else {
+                    failures.append("flower: launchers.flower.python \(python) is not an executable "
+                                    + "(apt-get install python3 python3-venv)")
+                    print("FAIL  \(failures.last!)")
+                }
+            }
             print("info  launchers enabled: \(config.enabledLaunchers.joined(separator: ", "))")
             print("info  datasets: \(config.datasets.isEmpty ? "none" : config.datasets.keys.sorted().joined(separator: ", "))")
             print("info  libraries: rabbitmq-c \(LibraryVersions.rabbitmq), libgit2 \(LibraryVersions.libgit2), "
