@@ -243,4 +243,26 @@ struct StageOutTests {
         #expect(decisions.allSatisfy { $0.detail.data?["by"] == "steward-anna" && $0.detail.data?["at"] != nil })
         #expect(decisions.contains { $0.detail.data?["decision"] == "rejected" && $0.detail.data?["reason"] == "row-level data" })
     }
+
+    @Test func withHoldLogsOffTheLogsGoAheadOfTheDecisionAndTheOutputsWait() throws {
+        let node = try node("so-logs-first", outputs: "require_approval = true\nhold_logs = false")
+        try node.start()
+        let op = try Operator(node: node)
+        let prefix = "logs-first-\(UUID().uuidString.prefix(6).lowercased())"
+        let t = task("echo working; echo secret > \"$FEM_OUTPUT_DIR\"/result.txt", patterns: ["*.txt"],
+                     stageOut: ["url": .string("http://127.0.0.1:18080/dav/\(prefix)"), "credentials": "upload-login"])
+        try op.submit(t)
+        _ = try op.waitFor("the outputs to wait for approval") { events in
+            events.contains { $0.taskID == Tasks.id(t) && $0.state == .awaitingApproval }
+        }
+        let dest = uploaded(prefix, t, node)
+        #expect(try String(contentsOfFile: "\(dest)/logs/stdout.log", encoding: .utf8) == "working\n")
+        #expect(!FileManager.default.fileExists(atPath: "\(dest)/out/result.txt"))
+        #expect(!FileManager.default.fileExists(atPath: "\(dest)/manifest.json"))
+        let no = try node.run(["outputs", "reject", Tasks.id(t), "--reason", "not aggregated"])
+        #expect(no.status == 0, "\(no.output)")
+        try op.waitForFinal([Tasks.id(t)])
+        #expect(op.finalState(of: Tasks.id(t))?.detail.data?["outputs"]?["approval"] == "rejected: not aggregated")
+        #expect(!FileManager.default.fileExists(atPath: "\(dest)/out/result.txt"))
+    }
 }
