@@ -66,10 +66,3 @@ public struct SandboxRetention: Sendable, Equatable {
 
     public func keep(_ state: TaskState) -> Duration { state == .completed ? completed : other }
 }
-
-extension Duration {
-    var seconds: Double {
-        let c = components
-        return Double(c.seconds) + Double(c.attoseconds) / 1e18
-    }
-}

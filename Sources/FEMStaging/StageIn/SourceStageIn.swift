@@ -97,7 +97,7 @@ public struct SourceStageIn: StageIn {
         let login = source.credentials.flatMap { policy.credentials[$0] }.map {
             GitLogin(username: $0.username ?? "token", password: $0.secret)
         }
-        var urlHash = SHA256()
+        let urlHash = SHA256Digest()
         urlHash.update(Array(source.url.utf8))
         let cache = "\(policy.cacheDir)/\(urlHash.finalizeHex().prefix(32)).git"
         let commit: String = try await offload("fem-git") {
@@ -154,7 +154,7 @@ public struct SourceStageIn: StageIn {
             let policy = self.policy
             let auth = file.credentials.flatMap { policy.credentials[$0] }?.authorization
             let result: (sha: String, bytes: Int64) = try await offload("fem-download") {
-                try policy.retry.run(retryable: Self.retryable, waiting: { attempt, pause, error in
+                try policy.retry.run(retryable: RetryPolicy.transient, waiting: { attempt, pause, error in
                     reporter.progress("\(field): attempt \(attempt) failed (\(error)); trying again in \(pause)",
                                       ["path": .string(file.path), "attempt": .int(Int64(attempt))])
                 }) {
@@ -170,12 +170,6 @@ public struct SourceStageIn: StageIn {
             reporter.progress("downloaded \(file.path): \(result.bytes) bytes, sha256 \(result.sha)",
                               ["path": .string(file.path), "bytes": .int(result.bytes), "sha256": .string(result.sha)])
         }
-    }
-
-    static func retryable(_ error: any Error) -> Bool {
-        if let e = error as? HTTPStatusError { return e.retryable }
-        if let e = error as? HTTPError { return [.connect, .timeout, .transfer].contains(e.code) }
-        return false
     }
 
     /// One GET, streamed to `<dest>.part` and hashed on the way, renamed into place on a 200.

@@ -103,7 +103,7 @@ public struct OutputDelivery: StageOut {
             if reporter.isDone(step) == file.sha256 { continue }
             let started = ContinuousClock.now
             try await offload("fem-upload") {
-                try retry.run(retryable: SourceStageIn.retryable, waiting: { attempt, pause, error in
+                try retry.run(retryable: RetryPolicy.transient, waiting: { attempt, pause, error in
                     reporter.progress("upload of \(file.path): attempt \(attempt) failed (\(error)); trying again "
                                       + "in \(pause)", ["path": .string(file.path), "attempt": .int(Int64(attempt))])
                 }) {

@@ -1,3 +1,4 @@
+import FEMSystem
 import Foundation
 
 /// A login from the node config's `[credentials."name"]`, named by plans and tasks by reference only. With a
@@ -33,6 +34,14 @@ public struct RetryPolicy: Sendable, Equatable {
     }
 
     public func delay(afterAttempt n: Int) -> Duration { base * (1 << min(n - 1, 10)) }
+
+    /// The transfer failures worth another try: connection errors, timeouts (a stall included), broken transfers,
+    /// and 429 or 5xx answers.
+    public static func transient(_ error: any Error) -> Bool {
+        if let e = error as? HTTPStatusError { return e.retryable }
+        if let e = error as? HTTPError { return [.connect, .timeout, .transfer].contains(e.code) }
+        return false
+    }
 
     /// Runs `body` until it succeeds, throws a non-retryable error, or the attempts are used up. `retryable`
     /// tells which errors are worth another try; `waiting` hears of each retry (attempt, delay, error).
@@ -71,5 +80,12 @@ public struct HTTPStatusError: Error, CustomStringConvertible, Sendable {
         }
         let text = serverText.trimmingCharacters(in: .whitespacesAndNewlines)
         return "\(what): \(reason)" + (text.isEmpty ? "" : ": \(text.prefix(200))")
+    }
+}
+
+extension Duration {
+    var seconds: Double {
+        let c = components
+        return Double(c.seconds) + Double(c.attoseconds) / 1e18
     }
 }
