@@ -52,6 +52,20 @@ struct DockerLauncherTests {
         try engine.containers(labels: ["org.fem-client.task": taskID])
     }
 
+    /// The task's container once it runs. Created is not started: a daemon killed between the two is a different
+    /// case (the container is removed, not run), so restart tests wait for a running one.
+    func runningContainer(of t: [String: JSONValue], _ op: Operator) throws -> String {
+        try op.waitFor("the container to run", timeout: 60) { evs in
+            evs.contains { $0.taskID == Tasks.id(t) && $0.state == .running }
+        }
+        try eventually("the container to exist", timeout: 20) { ((try? containers(of: Tasks.id(t))) ?? []).count == 1 }
+        let container = try containers(of: Tasks.id(t))[0]
+        try eventually("the container to be running", timeout: 20) {
+            (try? engine.inspectContainer(container))??.running == true
+        }
+        return container
+    }
+
     @Test func everySecureDefaultHoldsInsideTheContainer() throws {
         let node = try dockerNode("dk-secure")
         try node.start()
@@ -169,17 +183,9 @@ struct DockerLauncherTests {
         let op = try Operator(node: node)
         let t = Self.task("echo started; sleep 20; echo finished > /fem/out/done.txt; echo done", outputs: ["done.txt"])
         try op.submit(t)
-        try op.waitFor("the container to run", timeout: 60) { evs in
-            evs.contains { $0.taskID == Tasks.id(t) && $0.state == .running }
-        }
-        try eventually("the container to exist", timeout: 20) { ((try? containers(of: Tasks.id(t))) ?? []).count == 1 }
-        let container = try containers(of: Tasks.id(t))
-        // Created is not started: a kill between the two is a different case (the container is removed, not run).
-        try eventually("the container to be running", timeout: 20) {
-            (try? engine.inspectContainer(container[0]))??.running == true
-        }
+        let container = try runningContainer(of: t, op)
         node.kill(SIGKILL)
-        #expect(try engine.inspectContainer(container[0])?.running == true, "the container outlives the daemon")
+        #expect(try engine.inspectContainer(container)?.running == true, "the container outlives the daemon")
         try node.start()
         try op.waitForFinal([Tasks.id(t)], timeout: 60)
         let events = op.events(of: Tasks.id(t))
@@ -197,14 +203,7 @@ struct DockerLauncherTests {
         let op = try Operator(node: node)
         let t = Self.task("echo working; sleep 3; echo result > /fem/out/r.txt; exit 5", outputs: ["r.txt"])
         try op.submit(t)
-        try op.waitFor("the container to run", timeout: 60) { evs in
-            evs.contains { $0.taskID == Tasks.id(t) && $0.state == .running }
-        }
-        try eventually("the container to exist", timeout: 20) { ((try? containers(of: Tasks.id(t))) ?? []).count == 1 }
-        let container = try containers(of: Tasks.id(t))[0]
-        try eventually("the container to be running", timeout: 20) {
-            (try? engine.inspectContainer(container))??.running == true
-        }
+        let container = try runningContainer(of: t, op)
         node.kill(SIGKILL)
         try eventually("the container to exit while the daemon is down", timeout: 30) {
             (try? engine.inspectContainer(container))??.running == false
