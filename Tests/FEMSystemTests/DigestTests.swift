@@ -37,11 +37,10 @@ struct DigestTests {
 
 @Suite
 struct FileTailTests {
-    @Test func followsAGrowingFileAndReadsTheRestWhenStopped() async throws {
+    @Test func followsAGrowingFileAndReadsTheRestWhenFinished() async throws {
         let path = NSTemporaryDirectory() + "fem-tail-\(UUID().uuidString)"
         defer { try? FileManager.default.removeItem(atPath: path) }
-        let stop = Flag()
-        let lines = FileTail.lines(of: path, interval: .milliseconds(20)) { stop.isSet }
+        let (lines, finish) = FileTail.follow(path, interval: .milliseconds(20))
         let writer = Task {
             try await Task.sleep(for: .milliseconds(100))  // the file does not exist yet when following starts
             try "one\ntw".write(toFile: path, atomically: false, encoding: .utf8)
@@ -51,7 +50,7 @@ struct FileTailTests {
             try h.write(contentsOf: Data("o\nthree\nlast-without-newline".utf8))
             try h.close()
             try await Task.sleep(for: .milliseconds(100))
-            stop.set()
+            finish()
         }
         var seen: [String] = []
         for await line in lines { seen.append(line) }

@@ -63,9 +63,9 @@ public enum ReportMessage: Sendable, Equatable {
 /// Reads the lines a file grows by while a task runs (its stdout and stderr logs). Implemented over the file system
 /// by the composition root; the core only consumes the lines.
 public protocol LineFollower: Sendable {
-    /// Complete lines of `path` from its start, and those appended while it grows. Once `stop()` is true the
-    /// follower reads what is left and finishes the stream.
-    func lines(of path: String, until stop: @escaping @Sendable () -> Bool) -> AsyncStream<String>
+    /// Complete lines of `path` from its start, and those appended while it grows. After `finish()` the follower
+    /// reads what is left and ends the stream.
+    func follow(_ path: String) -> (lines: AsyncStream<String>, finish: @Sendable () -> Void)
 }
 
 /// Runs a node hook named by a `trigger` report: only hooks the node config defines (an allowlist).
@@ -77,8 +77,8 @@ public protocol HookRunner: Sendable {
 /// A follower that yields nothing (tests, and nodes that do not read reports).
 public struct NoLineFollower: LineFollower {
     public init() {}
-    public func lines(of path: String, until stop: @escaping @Sendable () -> Bool) -> AsyncStream<String> {
-        AsyncStream { $0.finish() }
+    public func follow(_ path: String) -> (lines: AsyncStream<String>, finish: @Sendable () -> Void) {
+        (AsyncStream { $0.finish() }, {})
     }
 }
 

@@ -32,13 +32,10 @@ public struct RunnerSettings: Sendable {
 /// What the log readers of one running task have seen, shared with its supervision.
 final class WatchState: @unchecked Sendable {
     private let lock = NSLock()
-    private var isStopped = false
     private var error: String?
     private var lostSince: (ContinuousClock.Instant, String)?
     private var linked: Bool?
 
-    var stopped: Bool { lock.withLock { isStopped } }
-    func stop() { lock.withLock { isStopped = true } }
     var reportedError: String? { lock.withLock { error } }
     func reportError(_ m: String) { lock.withLock { if error == nil { error = m } } }
     var disconnected: (ContinuousClock.Instant, String)? { lock.withLock { lostSince } }
@@ -221,17 +218,23 @@ public actor Runner {
         }
     }
 
-    private func reporter(for taskID: String) -> StageReporter {
+    /// An event without a state change (progress, notice), with its line in the log: safe from any thread.
+    private nonisolated func noter(for taskID: String) -> @Sendable (EventKind, String, [String: JSONValue]?) -> Void {
         let journal = self.journal
         let logger = self.logger
         let eventsAdded = self.eventsAdded
+        return { kind, message, data in
+            logger.info("\(message)", metadata: ["task": "\(taskID)"])
+            _ = try? journal.note(taskID, kind: kind, detail: EventDetail(message: message, data: data), at: Date())
+            eventsAdded()
+        }
+    }
+
+    private func reporter(for taskID: String) -> StageReporter {
+        let journal = self.journal
+        let note = noter(for: taskID)
         return StageReporter(
-            progress: { message, data in
-                logger.info("\(message)", metadata: ["task": "\(taskID)"])
-                _ = try? journal.note(taskID, kind: .progress, detail: EventDetail(message: message, data: data),
-                                      at: Date())
-                eventsAdded()
-            },
+            progress: { message, data in note(.progress, message, data) },
             isDone: { step in (try? journal.step(taskID, step)) ?? nil },
             markDone: { step, info in try? journal.markStep(taskID, step, info: info) })
     }
@@ -464,10 +467,10 @@ public actor Runner {
         // The work's logs, read while it runs: reporter lines on stdout, launcher signals on both.
         let watch = WatchState()
         let (verdicts, verdict) = AsyncStream<Race>.makeStream()
-        let readers = [(job.stdoutPath, true), (job.stderrPath, false)].map { path, isStdout in
-            let lines = follower.lines(of: path) { watch.stopped }
+        let followed = [(job.stdoutPath, true), (job.stderrPath, false)].map { path, isStdout in
+            let (lines, finish) = follower.follow(path)
             let handle = lineHandler(job.task.taskID, launcher: launcher, watch: watch, verdict: verdict)
-            return Task { for await line in lines { handle(line, isStdout) } }
+            return (reader: Task { for await line in lines { handle(line, isStdout) } }, finish: finish)
         }
         let limit = launcher.unreachableLimit
 
@@ -521,8 +524,10 @@ public actor Runner {
             }
         }
         // Read what the work wrote last (an error report just before it exited), then stop reading.
-        watch.stop()
-        for r in readers { await r.value }
+        for f in followed {
+            f.finish()
+            await f.reader.value
+        }
         verdict.finish()
 
         let exit = result.1?.exitCode
@@ -560,16 +565,10 @@ public actor Runner {
     private nonisolated func lineHandler(_ taskID: String, launcher: any Launcher, watch: WatchState,
                                          verdict: AsyncStream<Race>.Continuation)
         -> @Sendable (String, Bool) -> Void {
-        let journal = self.journal
         let logger = self.logger
-        let eventsAdded = self.eventsAdded
         let hooks = self.hooks
         let meta: Logger.Metadata = ["task": "\(taskID)"]
-        let note: @Sendable (EventKind, String, [String: JSONValue]?) -> Void = { kind, message, data in
-            logger.info("\(message)", metadata: meta)
-            _ = try? journal.note(taskID, kind: kind, detail: EventDetail(message: message, data: data), at: Date())
-            eventsAdded()
-        }
+        let note = noter(for: taskID)
         return { line, isStdout in
             if let signal = launcher.signal(in: line) {
                 switch signal {

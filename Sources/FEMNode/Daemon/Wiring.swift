@@ -91,8 +91,8 @@ public struct NodeAssembly: Sendable {
 
 /// Task logs followed through the file system.
 struct LogFiles: LineFollower {
-    func lines(of path: String, until stop: @escaping @Sendable () -> Bool) -> AsyncStream<String> {
-        FileTail.lines(of: path, until: stop)
+    func follow(_ path: String) -> (lines: AsyncStream<String>, finish: @Sendable () -> Void) {
+        FileTail.follow(path)
     }
 }
 
