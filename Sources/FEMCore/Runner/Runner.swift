@@ -14,10 +14,14 @@ public struct RunnerSettings: Sendable {
     public var stopGrace: Duration
     /// Dataset id → host path.
     public var datasets: [String: String]
+    /// What the reporter channel may carry (`[reporter]`, and the airlock's hold on tool text).
+    public var reporter: ReporterLimits
 
     public init(nodeID: String, nodeName: String? = nil, maxConcurrentTasks: Int = 2, defaultTimeoutSeconds: Int = 3600,
                 allowTimeoutAbovePlan: Bool = false, maxTimeoutSeconds: Int = 7 * 24 * 3600,
-                stopGrace: Duration = .seconds(10), datasets: [String: String] = [:]) {
+                stopGrace: Duration = .seconds(10), datasets: [String: String] = [:],
+                reporter: ReporterLimits = ReporterLimits()) {
+        self.reporter = reporter
         self.nodeID = nodeID
         self.nodeName = nodeName ?? nodeID
         self.maxConcurrentTasks = maxConcurrentTasks
@@ -54,6 +58,49 @@ final class WatchState: @unchecked Sendable {
             if lostSince == nil { lostSince = (ContinuousClock.now, why) }
             defer { linked = false }
             return linked != false
+        }
+    }
+}
+
+/// The tool-originated events of one task so far, against the node's caps, and the tool text the airlock holds.
+final class EventBudget: @unchecked Sendable {
+    enum Verdict { case send, sendCapNotice, logOnly }
+    private let lock = NSLock()
+    private let limits: ReporterLimits
+    private var count = 0
+    private var bytes = 0
+    private var capped = false
+    private var held = ""
+    private var heldFull = false
+
+    init(_ limits: ReporterLimits) { self.limits = limits }
+
+    /// Whether an event of `size` bytes may go out; the first refusal comes with one notice saying so.
+    func admit(size: Int) -> Verdict {
+        lock.withLock {
+            if capped { return .logOnly }
+            if count + 1 > limits.maxEventsPerTask || bytes + size > limits.maxEventBytesPerTask {
+                capped = true
+                return .sendCapNotice
+            }
+            count += 1
+            bytes += size
+            return .send
+        }
+    }
+
+    /// Adds a line of held text; nil when nothing changed (the held text is full). Returns the whole text to journal.
+    func hold(_ line: String) -> String? {
+        lock.withLock {
+            if heldFull { return nil }
+            let entry = line + "\n"
+            if held.utf8.count + entry.utf8.count > ToolText.maxHeldBytes {
+                heldFull = true
+                held += "[more tool text was cut; the task's logs/stdout.log holds all of it]\n"
+            } else {
+                held += entry
+            }
+            return held
         }
     }
 }
@@ -167,6 +214,9 @@ public actor Runner {
 
     /// The journal step holding an airlock decision: `approved` or `rejected: <reason>`.
     public static let approvalStep = "approval"
+    /// The journal step holding tool text the airlock keeps from events (error text, print/info lines, triggers),
+    /// for the steward to review with the outputs.
+    public static let heldTextStep = "held_text"
 
     private func pump() {
         while active.count < settings.maxConcurrentTasks, !queue.isEmpty {
@@ -466,10 +516,12 @@ public actor Runner {
 
         // The work's logs, read while it runs: reporter lines on stdout, launcher signals on both.
         let watch = WatchState()
+        let budget = EventBudget(settings.reporter)
         let (verdicts, verdict) = AsyncStream<Race>.makeStream()
         let followed = [(job.stdoutPath, true), (job.stderrPath, false)].map { path, isStdout in
             let (lines, finish) = follower.follow(path)
-            let handle = lineHandler(job.task.taskID, launcher: launcher, watch: watch, verdict: verdict)
+            let handle = lineHandler(job.task.taskID, launcher: launcher, watch: watch, budget: budget,
+                                     verdict: verdict)
             return (reader: Task { for await line in lines { handle(line, isStdout) } }, finish: finish)
         }
         let limit = launcher.unreachableLimit
@@ -561,48 +613,118 @@ public actor Runner {
         }
     }
 
-    /// What each line of the work's logs means: reporter messages (stdout only) and launcher signals.
+    /// What each line of the work's logs means: reporter messages (stdout only) and launcher signals. Everything a
+    /// tool chooses is screened (short plain names, numbers, text cut and without control characters) and counted
+    /// against the node's caps; with the airlock on, its text stays on the node (held for the steward).
     private nonisolated func lineHandler(_ taskID: String, launcher: any Launcher, watch: WatchState,
-                                         verdict: AsyncStream<Race>.Continuation)
+                                         budget: EventBudget, verdict: AsyncStream<Race>.Continuation)
         -> @Sendable (String, Bool) -> Void {
         let logger = self.logger
         let hooks = self.hooks
+        let journal = self.journal
+        let limits = settings.reporter
+        let hold = limits.holdToolText
         let meta: Logger.Metadata = ["task": "\(taskID)"]
         let note = noter(for: taskID)
+        /// A tool-originated event, within the task's caps; past them, a log line only.
+        let toolNote: @Sendable (EventKind, String, [String: JSONValue]?) -> Void = { kind, message, data in
+            let size = message.utf8.count + (data.map { JSONValue.object($0).encoded().count } ?? 0)
+            switch budget.admit(size: size) {
+            case .send:
+                note(kind, message, data)
+            case .sendCapNotice:
+                note(.notice, "this task reached the node's cap on tool events (\(limits.maxEventsPerTask) events, "
+                     + "\(limits.maxEventBytesPerTask) bytes); further reports go only to the node's log",
+                     ["cap_reached": true, "max_events": .int(Int64(limits.maxEventsPerTask)),
+                      "max_bytes": .int(Int64(limits.maxEventBytesPerTask))])
+                logger.info("over the event cap, not sent: \(message)", metadata: meta)
+            case .logOnly:
+                logger.info("over the event cap, not sent: \(message)", metadata: meta)
+            }
+        }
+        /// Keeps tool text for the steward (`fem-client outputs show`), in the journal.
+        let keep: @Sendable (String) -> Void = { text in
+            if let all = budget.hold(text) { try? journal.markStep(taskID, Runner.heldTextStep, info: all) }
+        }
         return { line, isStdout in
             if let signal = launcher.signal(in: line) {
                 switch signal {
-                case .notice(let m): note(.notice, m, nil)
+                case .notice(let m): toolNote(.notice, ToolText.clean(m, maxBytes: 256), nil)
                 case .connected(let m):
-                    if watch.connect() { note(.notice, m, ["link": "connected"]) }
+                    if watch.connect() { toolNote(.notice, ToolText.clean(m, maxBytes: 256), ["link": "connected"]) }
                 case .disconnected(let m):
-                    if watch.disconnect(m) { note(.notice, m, ["link": "disconnected"]) }
+                    if watch.disconnect(m) {
+                        toolNote(.notice, ToolText.clean(m, maxBytes: 256), ["link": "disconnected"])
+                    }
                 }
             }
-            guard isStdout, let report = ReportMessage.parse(line) else { return }
+            guard isStdout else { return }
+            guard line.utf8.count <= ReportMessage.maxLineBytes else {
+                if line.contains("\"type\"") {
+                    logger.info("a stdout line of \(line.utf8.count) bytes is over the reporter's \(ReportMessage.maxLineBytes) bytes: a log line only, not a report",
+                                metadata: meta)
+                }
+                return
+            }
+            guard let report = ReportMessage.parse(line) else { return }
             switch report {
             case .model(let round, let metrics):
-                let shown = metrics.keys.sorted().map { "\($0) \(metrics[$0].map { $0.stringValue ?? String(decoding: $0.encoded(), as: UTF8.self) } ?? "")" }
-                note(.progress, "round \(round.map(String.init) ?? "?")" + (shown.isEmpty ? "" : ": " + shown.joined(separator: ", ")),
-                     ["round": round.map { .int(Int64($0)) } ?? .null, "metrics": .object(metrics)])
+                let (kept, dropped) = ToolText.screen(metrics, maxCount: limits.maxMetricsPerLine, numbersOnly: hold)
+                if !dropped.isEmpty {
+                    let what = dropped.prefix(10).joined(separator: ", ")
+                        + (dropped.count > 10 ? " and \(dropped.count - 10) more" : "")
+                    logger.info("metrics dropped from round \(round.map(String.init) ?? "?"): \(what)", metadata: meta)
+                }
+                let shown = kept.keys.sorted().map { k in
+                    "\(k) \(kept[k].map { $0.stringValue ?? String(decoding: $0.encoded(), as: UTF8.self) } ?? "")"
+                }
+                var data: [String: JSONValue] = ["round": round.map { .int(Int64($0)) } ?? .null,
+                                                 "metrics": .object(kept)]
+                if !dropped.isEmpty { data["dropped_metrics"] = .int(Int64(dropped.count)) }
+                toolNote(.progress, "round \(round.map(String.init) ?? "?")"
+                         + (shown.isEmpty ? "" : ": " + shown.joined(separator: ", ")), data)
             case .print(let text):
-                logger.info("tool: \(text)", metadata: meta)
+                logger.info("tool: \(ToolText.clean(text, maxBytes: ReportMessage.maxLineBytes))", metadata: meta)
+                if hold { keep("print: " + ToolText.clean(text, maxBytes: ReportMessage.maxLineBytes)) }
             case .info(let text):
-                logger.info("tool info: \(text)", metadata: meta)
+                logger.info("tool info: \(ToolText.clean(text, maxBytes: ReportMessage.maxLineBytes))", metadata: meta)
+                if hold && !report.isFinished { keep("info: " + ToolText.clean(text, maxBytes: ReportMessage.maxLineBytes)) }
                 if report.isFinished {
-                    note(.progress, "the tool reported Finished", ["finished": true])
+                    toolNote(.progress, "the tool reported Finished", ["finished": true])
                     verdict.yield(.finished)
                 }
-            case .error(let message):
-                watch.reportError(message)
-                logger.warning("tool error: \(message)", metadata: meta)
-                verdict.yield(.reportedError(message))
-            case .trigger(let name, let arguments):
-                if let ran = hooks.run(name, arguments: arguments, taskID: taskID) {
-                    note(.notice, "trigger \"\(name)\": \(ran)", ["trigger": .string(name)])
+            case .error(let raw):
+                let text = ToolText.clean(raw, maxBytes: ToolText.maxErrorBytes)
+                logger.warning("tool error: \(text)", metadata: meta)
+                let message: String
+                if hold {
+                    keep("error: " + text)
+                    message = "the tool reported an error: its text is held for approval (fem-client outputs show "
+                        + "\(taskID))"
                 } else {
-                    note(.notice, "trigger \"\(name)\" ignored: this node defines no hook of that name",
-                         ["trigger": .string(name)])
+                    message = text
+                }
+                watch.reportError(message)
+                verdict.yield(.reportedError(message))
+            case .trigger(let rawName, let rawArguments):
+                let arguments = ToolText.clean(rawArguments, maxBytes: ToolText.maxErrorBytes)
+                guard ToolText.isPlainName(rawName) else {
+                    logger.info("trigger ignored: its name is not a short plain name (\"\(ToolText.clean(rawName, maxBytes: 64))\")",
+                                metadata: meta)
+                    if hold { keep("trigger: " + ToolText.clean(rawName, maxBytes: 256) + " " + arguments) }
+                    toolNote(.notice, "a trigger was ignored: its name is not a short plain name ([A-Za-z0-9_.-], "
+                             + "at most \(ToolText.maxNameLength))", nil)
+                    return
+                }
+                if hold { keep("trigger \(rawName): \(arguments)") }
+                if let ran = hooks.run(rawName, arguments: arguments, taskID: taskID) {
+                    toolNote(.notice, "trigger \"\(rawName)\": \(ran)", ["trigger": .string(rawName)])
+                } else if hold {
+                    toolNote(.notice, "a trigger naming no hook of this node was ignored; its name is held for approval",
+                             nil)
+                } else {
+                    toolNote(.notice, "trigger \"\(rawName)\" ignored: this node defines no hook of that name",
+                             ["trigger": .string(rawName)])
                 }
             }
         }

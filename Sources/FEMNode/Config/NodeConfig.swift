@@ -70,6 +70,11 @@ public struct NodeConfig: Sendable {
     public var outputRetries: Int
     public var outputRetryDelayMilliseconds: Int
 
+    /// `[reporter]`: caps on the events a tool's reports cause, per task.
+    public var reporterMaxEventsPerTask: Int
+    public var reporterMaxEventBytesPerTask: Int
+    public var reporterMaxMetricsPerLine: Int
+
     public var datasets: [String: Dataset]
     /// Where the file was read from, for messages.
     public var source: String
@@ -183,6 +188,9 @@ extension NodeConfig {
         Key(name: "outputs.ca_file", kind: .path, fallback: ""),
         Key(name: "outputs.retries", kind: .int(min: 1, max: 50), fallback: 5),
         Key(name: "outputs.retry_delay_ms", kind: .int(min: 0, max: 600_000), fallback: 1000),
+        Key(name: "reporter.max_events_per_task", kind: .int(min: 1, max: 10_000_000), fallback: 1000),
+        Key(name: "reporter.max_event_bytes_per_task", kind: .int(min: 1024, max: 1 << 30), fallback: 1 << 20),
+        Key(name: "reporter.max_metrics_per_line", kind: .int(min: 1, max: 1000), fallback: 32),
     ]
 
     public static let knownLaunchers = ["process", "docker", "flower"]
@@ -334,6 +342,9 @@ extension NodeConfig {
             outputCAFile: nonEmpty(values["outputs.ca_file"]),
             outputRetries: values["outputs.retries"] as! Int,
             outputRetryDelayMilliseconds: values["outputs.retry_delay_ms"] as! Int,
+            reporterMaxEventsPerTask: values["reporter.max_events_per_task"] as! Int,
+            reporterMaxEventBytesPerTask: values["reporter.max_event_bytes_per_task"] as! Int,
+            reporterMaxMetricsPerLine: values["reporter.max_metrics_per_line"] as! Int,
             datasets: datasets, source: source)
     }
 

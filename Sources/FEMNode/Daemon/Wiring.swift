@@ -26,7 +26,11 @@ public struct NodeAssembly: Sendable {
             nodeID: config.nodeID, nodeName: config.nodeName, maxConcurrentTasks: config.maxConcurrentTasks,
             defaultTimeoutSeconds: config.defaultTimeoutSeconds, allowTimeoutAbovePlan: config.allowTimeoutAbovePlan,
             maxTimeoutSeconds: config.maxTimeoutSeconds, stopGrace: .seconds(config.stopGraceSeconds),
-            datasets: config.datasets.mapValues(\.path))
+            datasets: config.datasets.mapValues(\.path),
+            reporter: ReporterLimits(maxEventsPerTask: config.reporterMaxEventsPerTask,
+                                     maxEventBytesPerTask: config.reporterMaxEventBytesPerTask,
+                                     maxMetricsPerLine: config.reporterMaxMetricsPerLine,
+                                     holdToolText: config.requireApproval))
         runner = Runner(settings: settings, journal: journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
                         stageOut: OutputDelivery(policy: DeliveryPolicy(
