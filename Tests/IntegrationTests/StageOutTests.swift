@@ -219,9 +219,9 @@ struct StageOutTests {
         let show = try node.run(["outputs", "show", Tasks.id(approved)])
         #expect(show.output.contains("out/ok.txt") && show.output.contains("awaiting_approval"), "\(show.output)")
 
-        let yes = try node.run(["outputs", "approve", Tasks.id(approved), "--by", "steward-anna", "--reason", "aggregate only"])
+        let yes = try node.run(["outputs", "approve", Tasks.id(approved), "--reason", "aggregate only"])
         #expect(yes.status == 0, "\(yes.output)")
-        let no = try node.run(["outputs", "reject", Tasks.id(rejected), "--by", "steward-anna", "--reason", "row-level data"])
+        let no = try node.run(["outputs", "reject", Tasks.id(rejected), "--reason", "row-level data"])
         #expect(no.status == 0, "\(no.output)")
         let again = try node.run(["outputs", "approve", Tasks.id(rejected)])
         #expect(again.status != 0 && again.output.contains("already decided"), "\(again.output)")
@@ -240,7 +240,7 @@ struct StageOutTests {
 
         let decisions = (op.events(of: Tasks.id(approved)) + op.events(of: Tasks.id(rejected))).filter { $0.kind == .approval }
         #expect(decisions.count == 2)
-        #expect(decisions.allSatisfy { $0.detail.data?["by"] == "steward-anna" && $0.detail.data?["at"] != nil })
+        #expect(decisions.allSatisfy { $0.detail.data?["by"] == .string(Self.osUser) && $0.detail.data?["at"] != nil })
         #expect(decisions.contains { $0.detail.data?["decision"] == "rejected" && $0.detail.data?["reason"] == "row-level data" })
     }
 
@@ -264,5 +264,116 @@ struct StageOutTests {
         try op.waitForFinal([Tasks.id(t)])
         #expect(op.finalState(of: Tasks.id(t))?.detail.data?["outputs"]?["approval"] == "rejected: not aggregated")
         #expect(!FileManager.default.fileExists(atPath: "\(dest)/out/result.txt"))
+    }
+
+    // MARK: - Approval bound to content (issue 12, item 5)
+
+    /// The OS account running the tests: the approver the journal must name.
+    static var osUser: String {
+        guard let pw = getpwuid(getuid()), let name = pw.pointee.pw_name else { return "uid \(getuid())" }
+        return String(cString: name)
+    }
+
+    /// Where a task's files land below a WebDAV prefix (with or without the task id as the last folder).
+    func delivered(_ prefix: String, _ t: [String: JSONValue], _ node: TestNode, _ path: String) -> String? {
+        let base = uploaded(prefix, t, node)
+        return ["\(base)/\(Tasks.id(t))/\(path)", "\(base)/\(path)"].first { FileManager.default.fileExists(atPath: $0) }
+    }
+
+    func waitForHold(_ op: Operator, _ ts: [[String: JSONValue]]) throws {
+        _ = try op.waitFor("the outputs to wait for approval") { events in
+            ts.allSatisfy { t in
+                events.contains { $0.taskID == Tasks.id(t) && ($0.state == .awaitingApproval || $0.state.isTerminal) }
+            }
+        }
+        for t in ts {
+            try #require(op.events(of: Tasks.id(t)).contains { $0.state == .awaitingApproval },
+                         "\(op.events(of: Tasks.id(t)).map(\.detail))")
+        }
+    }
+
+    @Test func whatIsDeliveredIsTheStagedCopyTheStewardApprovedAndAChangedCopyFailsDelivery() throws {
+        let node = try node("so-bound", outputs: "require_approval = true")
+        try node.start()
+        let op = try Operator(node: node)
+        let prefix = "bound-\(UUID().uuidString.prefix(6).lowercased())"
+        let target: [String: JSONValue] = ["url": .string("http://127.0.0.1:18080/dav/\(prefix)"),
+                                           "credentials": "upload-login"]
+        let outChanged = task("echo aggregate > \"$FEM_OUTPUT_DIR\"/ok.txt", patterns: ["*.txt"], stageOut: target)
+        let stagingChanged = task("echo aggregate > \"$FEM_OUTPUT_DIR\"/ok.txt", patterns: ["*.txt"], stageOut: target)
+        try op.submit(outChanged)
+        try op.submit(stagingChanged)
+        try waitForHold(op, [outChanged, stagingChanged])
+
+        // The staged copy lives outside the sandbox, in a folder only the node's account can enter.
+        let staging = "\(node.dir)/var/staging/\(Tasks.id(outChanged))"
+        var st = stat()
+        #expect(stat(staging, &st) == 0 && st.st_mode & 0o777 == 0o700, "\(staging) mode \(String(st.st_mode, radix: 8))")
+        #expect(try String(contentsOfFile: "\(staging)/out/ok.txt", encoding: .utf8) == "aggregate\n")
+
+        // A host process rewrites out/ while the steward reviews, and adds a file matching the patterns.
+        let out = "\(node.dir)/var/sandboxes/\(Tasks.id(outChanged))/out"
+        try "patient 123, row-level\n".write(toFile: "\(out)/ok.txt", atomically: false, encoding: .utf8)
+        try "patient 456\n".write(toFile: "\(out)/late.txt", atomically: false, encoding: .utf8)
+        // Someone with access to the node changes a staged copy after it was held.
+        let stagedCopy = "\(node.dir)/var/staging/\(Tasks.id(stagingChanged))/out/ok.txt"
+        try "patient 789\n".write(toFile: stagedCopy, atomically: false, encoding: .utf8)
+
+        for t in [outChanged, stagingChanged] {
+            let yes = try node.run(["outputs", "approve", Tasks.id(t)])
+            #expect(yes.status == 0 && yes.output.contains("manifest sha256"), "\(yes.output)")
+        }
+        try op.waitForFinal([Tasks.id(outChanged), Tasks.id(stagingChanged)])
+
+        let a = try #require(op.finalState(of: Tasks.id(outChanged)))
+        #expect(a.state == .completed, "\(a.detail)")
+        let sent = try #require(delivered(prefix, outChanged, node, "out/ok.txt"), "out/ok.txt was not delivered")
+        #expect(try String(contentsOfFile: sent, encoding: .utf8) == "aggregate\n", "the approved content went, not out/'s")
+        #expect(delivered(prefix, outChanged, node, "out/late.txt") == nil, "a file added after the hold never leaves")
+        #expect(!FileManager.default.fileExists(atPath: staging), "the staged copy is removed once delivered")
+
+        let b = try #require(op.finalState(of: Tasks.id(stagingChanged)))
+        #expect(b.state == .failed && b.detail.failureClass == .stageOutFailure, "\(b.detail)")
+        #expect(b.detail.message?.contains("out/ok.txt changed after it was held") == true, "\(b.detail)")
+        #expect(delivered(prefix, stagingChanged, node, "out/ok.txt") == nil, "a changed copy is never sent")
+        #expect(delivered(prefix, stagingChanged, node, "manifest.json") == nil)
+    }
+
+    @Test func outputsShowEscapesToolChosenNamesAndShowsTheDestinationAndTheApproverIsTheOSUser() throws {
+        let node = try node("so-show", outputs: "require_approval = true")
+        try node.start()
+        let op = try Operator(node: node)
+        let prefix = "show-\(UUID().uuidString.prefix(6).lowercased())"
+        let url = "http://127.0.0.1:18080/dav/\(prefix)"
+        let t = task("cd \"$FEM_OUTPUT_DIR\" && echo x > \"$(printf 'evil\\033[2K\\rok.txt')\"", patterns: ["*.txt"],
+                     stageOut: ["url": .string(url), "credentials": "upload-login"])
+        try op.submit(t)
+        try waitForHold(op, [t])
+        let show = try node.run(["outputs", "show", Tasks.id(t)])
+        #expect(show.status == 0, "\(show.output)")
+        #expect(!show.output.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x0D }, "raw escapes: \(show.output)")
+        #expect(show.output.contains("out/evil\\u{1b}[2K\\u{d}ok.txt"), "\(show.output)")
+        #expect(show.output.contains("destination \(url)  (credentials upload-login)"), "\(show.output)")
+
+        // --by is gone: the decision names the OS account that ran the command.
+        let spoof = try node.run(["outputs", "approve", Tasks.id(t), "--by", "someone-else"])
+        #expect(spoof.status != 0, "\(spoof.output)")
+        let no = try node.run(["outputs", "reject", Tasks.id(t), "--reason", "odd file names"])
+        #expect(no.status == 0 && no.output.contains("rejected by \(Self.osUser)"), "\(no.output)")
+        try op.waitForFinal([Tasks.id(t)])
+        let decision = try #require(op.events(of: Tasks.id(t)).first { $0.kind == .approval })
+        #expect(decision.detail.data?["by"] == .string(Self.osUser) && decision.detail.data?["uid"] == .int(Int64(getuid())),
+                "\(decision.detail)")
+    }
+
+    @Test func aHardLinkedOutputIsRefused() throws {
+        let node = try node("so-hardlink", outputs: "require_approval = true")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task("cd \"$FEM_OUTPUT_DIR\" && echo x > a.txt && ln a.txt b.txt", patterns: ["*.txt"],
+                     stageOut: ["url": "http://127.0.0.1:18080/dav/hardlink", "credentials": "upload-login"])
+        let e = try run(op, t)
+        #expect(e.state == .failed && e.detail.failureClass == .stageOutFailure, "\(e.detail)")
+        #expect(e.detail.message?.contains("out/a.txt has 2 names (a hard link)") == true, "\(e.detail)")
     }
 }

@@ -1,14 +1,18 @@
 import ArgumentParser
 import FEMCore
 import FEMJournal
+import FEMStaging
+import FEMSystem
 import Foundation
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// `fem-client outputs`: the output airlock. With `outputs.require_approval = true`, a task's outputs wait as
-/// `awaiting_approval` until an administrator of this node approves or rejects them. Each decision is journaled
-/// (who, when, why) and sent as an `approval` event; the daemon then uploads (approve) or drops (reject) them.
+/// `awaiting_approval` until an administrator of this node approves or rejects them. What is reviewed is the manifest
+/// journaled when the outputs were copied into the node's staging folder; an approval is bound to that manifest's
+/// sha256, and the daemon uploads the staged copies only while they still match it. Each decision is journaled (the
+/// OS user who ran the command, when, why) and sent as an `approval` event.
 struct OutputsCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "outputs", abstract: "Review outputs waiting for approval: list, show, approve, reject.",
@@ -54,34 +58,45 @@ struct OutputsCommand: AsyncParsableCommand {
         var toolName: String { [tool["id"], tool["version"]].compactMap { $0 }.joined(separator: " ") }
     }
 
-    /// The manifest stage-out wrote into the sandbox when it held the outputs, raw and read.
-    static func manifest(_ config: NodeConfig, _ taskID: String) -> (raw: Data, view: ManifestView)? {
-        let path = "\(config.workDir)/sandboxes/\(taskID)/manifest.json"
-        guard let data = FileManager.default.contents(atPath: path),
-              let view = try? JSONDecoder().decode(ManifestView.self, from: data) else { return nil }
-        return (data, view)
+    /// The manifest journaled when the outputs were staged, raw, read, and its sha256 (what an approval binds to).
+    static func manifest(_ journal: SQLiteJournal, _ taskID: String) -> (raw: Data, view: ManifestView, sha256: String)? {
+        guard let text = try? journal.step(taskID, OutputDelivery.manifestStep) else { return nil }
+        let data = Data(text.utf8)
+        guard let view = try? JSONDecoder().decode(ManifestView.self, from: data) else { return nil }
+        let digest = SHA256Digest()
+        digest.update(Array(data))
+        return (data, view, digest.finalizeHex())
     }
 
-    static func decide(_ options: ConfigOption, taskID: String, approve: Bool, reason: String?, by: String?) throws {
+    static func decide(_ options: ConfigOption, taskID: String, approve: Bool, reason: String?) throws {
         let (_, journal) = try open(options)
         _ = try waiting(journal, taskID)
-        let who = by ?? currentUser()
+        guard let held = manifest(journal, taskID) else {
+            throw ValidationError("task \(taskID) has no journaled manifest of held outputs: there is nothing to decide")
+        }
+        // The OS account that runs this command: not a name anyone can type.
+        let who = currentUser()
         let decision = approve ? "approved" : "rejected: \(reason ?? "")"
         var data: [String: JSONValue] = ["decision": .string(approve ? "approved" : "rejected"), "by": .string(who),
-                                         "at": .string(FEMTime.format(Date()))]
+                                         "uid": .int(Int64(getuid())), "at": .string(FEMTime.format(Date())),
+                                         "manifest_sha256": .string(held.sha256)]
         if let reason { data["reason"] = .string(reason) }
         let message = "outputs \(approve ? "approved" : "rejected") by \(who)" + (reason.map { ": \($0)" } ?? "")
-        // The event first, then the step the daemon acts on: an acted-on decision always has its record.
+        // The event first, then the steps the daemon acts on: an acted-on decision always has its record, and an
+        // approval names the manifest it was given for.
         try journal.note(taskID, kind: .approval, detail: EventDetail(message: message, data: data), at: Date())
+        if approve { try journal.markStep(taskID, OutputDelivery.approvedManifestStep, info: held.sha256) }
         try journal.markStep(taskID, Runner.approvalStep, info: decision)
-        print("\(taskID): \(message)")
+        print("\(taskID): \(message.escapedForTerminal) (manifest sha256 \(held.sha256))")
         print(approve ? "the daemon uploads the outputs within a few seconds (fem-client show \(taskID))"
                       : "the outputs will not leave this node")
     }
 
+    /// The real user running the command (getuid → passwd), e.g. the steward behind `sudo -u fem`.
     static func currentUser() -> String {
-        if let pw = getpwuid(geteuid()), let name = pw.pointee.pw_name { return String(cString: name) }
-        return "uid \(geteuid())"
+        let uid = getuid()
+        if let pw = getpwuid(uid), let name = pw.pointee.pw_name { return String(cString: name) }
+        return "uid \(uid)"
     }
 
     struct List: AsyncParsableCommand {
@@ -89,16 +104,16 @@ struct OutputsCommand: AsyncParsableCommand {
         @OptionGroup var options: ConfigOption
 
         func run() async throws {
-            let (config, journal) = try OutputsCommand.open(options)
+            let (_, journal) = try OutputsCommand.open(options)
             let rows = try journal.tasks(states: [.awaitingApproval], limit: 10_000)
             print("TASK                                   WAITING SINCE         FILES       BYTES  TOOL")
             for r in rows {
-                let m = OutputsCommand.manifest(config, r.taskID)?.view
+                let m = OutputsCommand.manifest(journal, r.taskID)?.view
                 let id = r.taskID.padding(toLength: 38, withPad: " ", startingAt: 0)
                 let since = String(FEMTime.format(r.updatedAt).prefix(19))
                 let files = String(m?.files.count ?? 0).leftPadded(5)
                 let bytes = String(m?.bytes ?? 0).leftPadded(11)
-                print("\(id) \(since)   \(files) \(bytes)  \(m?.toolName ?? "?")")
+                print("\(id.escapedForTerminal) \(since)   \(files) \(bytes)  \((m?.toolName ?? "?").escapedForTerminal)")
             }
             if rows.isEmpty { print("(no outputs waiting)") }
         }
@@ -113,24 +128,30 @@ struct OutputsCommand: AsyncParsableCommand {
         func run() async throws {
             let (config, journal) = try OutputsCommand.open(options)
             guard let rec = try journal.task(taskID) else { throw ValidationError("task \(taskID) is not in the journal") }
-            guard let manifest = OutputsCommand.manifest(config, taskID) else {
-                throw ValidationError("task \(taskID) has no manifest in its sandbox (state \(rec.state.rawValue))")
+            guard let manifest = OutputsCommand.manifest(journal, taskID) else {
+                throw ValidationError("task \(taskID) has no journaled manifest of held outputs (state \(rec.state.rawValue))")
             }
             if json {
+                // JSON escapes control characters itself.
                 print(String(decoding: manifest.raw, as: UTF8.self))
                 return
             }
             let m = manifest.view
-            print("task        \(taskID)   (\(rec.state.rawValue))")
-            print("execution   \(rec.executionID)")
-            print("tool        \(m.toolName)")
-            if let commit = m.git_commit { print("git commit  \(commit)") }
-            if let image = m.image_digest ?? m.image { print("image       \(image)") }
-            print("outcome     \(m.state)" + (m.exit_code.map { ", exit \($0)" } ?? ""))
-            print("sandbox     \(config.workDir)/sandboxes/\(taskID)")
+            let target = rec.document["stage_out"]
+            print("task        \(taskID.escapedForTerminal)   (\(rec.state.rawValue))")
+            print("execution   \(rec.executionID.escapedForTerminal)")
+            print("tool        \(m.toolName.escapedForTerminal)")
+            if let commit = m.git_commit { print("git commit  \(commit.escapedForTerminal)") }
+            if let image = m.image_digest ?? m.image { print("image       \(image.escapedForTerminal)") }
+            print("outcome     \(m.state.escapedForTerminal)" + (m.exit_code.map { ", exit \($0)" } ?? ""))
+            print("destination \((target?["url"]?.stringValue ?? "none (the outputs stay on this node)").escapedForTerminal)"
+                  + (target?["credentials"]?.stringValue.map { "  (credentials \($0.escapedForTerminal))" } ?? "")
+                  + (target?["token"] != nil ? "  (with the task's token)" : ""))
+            print("staged copy \(config.workDir)/staging/\(taskID.escapedForTerminal)")
+            print("manifest    sha256 \(manifest.sha256)  (an approval is bound to it)")
             print("files       \(m.files.count), \(m.bytes) bytes")
             for f in m.files {
-                print("  \(String(f.size).leftPadded(12))  \(f.path.escapedForTerminal)  sha256 \(f.sha256)")
+                print("  \(String(f.size).leftPadded(12))  \(f.path.escapedForTerminal)  sha256 \(f.sha256.escapedForTerminal)")
             }
             if let held = try journal.step(taskID, Runner.heldTextStep) {
                 print("tool text  held with the outputs (never sent in events):")
@@ -143,11 +164,11 @@ struct OutputsCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Let a task's outputs leave the node.")
         @OptionGroup var options: ConfigOption
         @Argument(help: "The task id.") var taskID: String
-        @Option(help: "Why (recorded with the decision).") var reason: String?
-        @Option(help: "Who decides (default: the user running this command).") var by: String?
+        @Option(help: "Why (recorded with the decision). The approver recorded is the OS user running this command.")
+        var reason: String?
 
         func run() async throws {
-            try OutputsCommand.decide(options, taskID: taskID, approve: true, reason: reason, by: by)
+            try OutputsCommand.decide(options, taskID: taskID, approve: true, reason: reason)
         }
     }
 
@@ -155,11 +176,11 @@ struct OutputsCommand: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Keep a task's outputs on the node: never uploaded.")
         @OptionGroup var options: ConfigOption
         @Argument(help: "The task id.") var taskID: String
-        @Option(help: "Why (required; recorded and sent with the decision).") var reason: String
-        @Option(help: "Who decides (default: the user running this command).") var by: String?
+        @Option(help: "Why (required; recorded and sent with the decision). The OS user running this command is recorded as the one who decided.")
+        var reason: String
 
         func run() async throws {
-            try OutputsCommand.decide(options, taskID: taskID, approve: false, reason: reason, by: by)
+            try OutputsCommand.decide(options, taskID: taskID, approve: false, reason: reason)
         }
     }
 }

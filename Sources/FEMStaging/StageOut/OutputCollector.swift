@@ -96,3 +96,208 @@ public enum OutputCollector {
         }
     }
 }
+
+/// The airlock's copy of a task's outputs: at collection the logs and the matching files of `out/` are copied into
+/// `<work_dir>/staging/<task_id>/` (mode 0700, outside every sandbox: no container binds it and the tool cannot
+/// write it), hashed while they are copied. The manifest of that copy is journaled; what is delivered later — after
+/// an approval that may come days later — is read from the copy and checked against that manifest, never from
+/// `out/` again.
+public enum StagingCopy {
+    /// Copies what `collect` would pick into `folder` (emptied first) and describes the copies. Every entry is
+    /// opened relative to its parent folder's descriptor without following symlinks; a matching entry that is a hard
+    /// link (more than one name) fails the collection, as does one that changes type while it is read. Symlinks,
+    /// devices, FIFOs and sockets are never collected.
+    public static func stage(plan: ToolPlan, sandbox: ToolPaths, limits: OutputLimits, into folder: String) throws
+        -> [CollectedFile] {
+        try prepareFolder(folder)
+        var files: [CollectedFile] = []
+        if let logs = try? Directory(open: sandbox.logs) {
+            for name in ["stdout.log", "stderr.log"] where logs.kind(of: name) == S_IFREG {
+                files.append(try copy(logs, name, as: "logs/\(name)", into: folder, cap: Int64.max))
+            }
+        }
+        let out: Directory
+        do {
+            out = try Directory(open: sandbox.output)
+        } catch {
+            return files
+        }
+        var total: Int64 = 0
+        func visit(_ dir: Directory, _ rel: String) throws {
+            for name in dir.names() {
+                let child = rel.isEmpty ? name : "\(rel)/\(name)"
+                switch dir.kind(of: name) {
+                case S_IFDIR:
+                    guard let sub = try? dir.subdirectory(name) else { continue }
+                    try visit(sub, child)
+                case S_IFREG:
+                    guard let rule = plan.outputs.first(where: { Glob.matches($0.pattern, child) }) else { continue }
+                    let cap = min(rule.maxBytes ?? limits.maxFileBytes, limits.maxFileBytes)
+                    let file = try copy(dir, name, as: "out/\(child)", into: folder, cap: cap)
+                    total += file.size
+                    if total > limits.maxTaskBytes {
+                        throw TaskFailure(.stageOutFailure, "outputs exceed the task limit of \(limits.maxTaskBytes) "
+                                          + "bytes at out/\(child)")
+                    }
+                    files.append(file)
+                default:
+                    continue  // symlinks, devices, FIFOs, sockets
+                }
+            }
+        }
+        try visit(out, "")
+        return files
+    }
+
+    /// Re-reads a staged file and compares it with what was approved; throws naming the file when it differs.
+    public static func verify(_ file: CollectedFile) throws {
+        let fd = open(file.source, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw TaskFailure(.stageOutFailure, "\(file.path): the staged copy cannot be read (\(SystemError("open"))); "
+                              + "nothing more was sent")
+        }
+        defer { close(fd) }
+        let (size, sha) = try hash(fd, what: file.path)
+        guard size == file.size, sha == file.sha256 else {
+            throw TaskFailure(.stageOutFailure, "\(file.path) changed after it was held: its staged copy is \(size) "
+                              + "bytes with sha256 \(sha), the approved manifest says \(file.size) bytes with sha256 "
+                              + "\(file.sha256); nothing more was sent")
+        }
+    }
+
+    static func hash(_ fd: Int32, what: String) throws -> (Int64, String) {
+        let digest = SHA256Digest()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        var size: Int64 = 0
+        while true {
+            let n = read(fd, buffer.baseAddress, buffer.count)
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw TaskFailure(.stageOutFailure, "cannot read \(what): \(SystemError("read"))") }
+            if n == 0 { break }
+            digest.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            size += Int64(n)
+        }
+        return (size, digest.finalizeHex())
+    }
+
+    /// `folder` exists, empty, mode 0700, owned by the daemon, and so do its parents up to `staging/`.
+    static func prepareFolder(_ folder: String) throws {
+        let fm = FileManager.default
+        let parent = (folder as NSString).deletingLastPathComponent
+        do {
+            try fm.createDirectory(atPath: parent, withIntermediateDirectories: true,
+                                   attributes: [.posixPermissions: 0o700])
+            chmod(parent, 0o700)
+            var st = stat()
+            if lstat(folder, &st) == 0 { try fm.removeItem(atPath: folder) }
+            guard mkdir(folder, 0o700) == 0 else { throw SystemError("mkdir", folder) }
+        } catch let e as TaskFailure {
+            throw e
+        } catch {
+            throw TaskFailure(.stageOutFailure, "cannot prepare the staging folder \(folder): \(error)")
+        }
+    }
+
+    /// Copies `name` (in `dir`) to `<folder>/<as>`, hashing the bytes as they are copied.
+    static func copy(_ dir: Directory, _ name: String, as rel: String, into folder: String, cap: Int64) throws
+        -> CollectedFile {
+        let fd = openat(dir.fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+        guard fd >= 0 else {
+            throw TaskFailure(.stageOutFailure, "cannot open \(rel) to collect it: \(SystemError("open"))")
+        }
+        defer { close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+            throw TaskFailure(.stageOutFailure, "\(rel) is no longer a regular file: it is not collected")
+        }
+        guard st.st_nlink == 1 else {
+            throw TaskFailure(.stageOutFailure, "\(rel) has \(st.st_nlink) names (a hard link): outputs must be files "
+                              + "of their own, so it is refused")
+        }
+        if Int64(st.st_size) > cap {
+            throw TaskFailure(.stageOutFailure, "output \(rel) is \(st.st_size) bytes, over the limit of \(cap) bytes")
+        }
+        let dest = "\(folder)/\(rel)"
+        let destDir = (dest as NSString).deletingLastPathComponent
+        do {
+            try FileManager.default.createDirectory(atPath: destDir, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+        } catch {
+            throw TaskFailure(.stageOutFailure, "cannot make \(destDir): \(error)")
+        }
+        let outFD = open(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard outFD >= 0 else { throw TaskFailure(.stageOutFailure, "cannot create \(dest): \(SystemError("open"))") }
+        defer { close(outFD) }
+        let digest = SHA256Digest()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
+        defer { buffer.deallocate() }
+        var size: Int64 = 0
+        while true {
+            let n = read(fd, buffer.baseAddress, buffer.count)
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw TaskFailure(.stageOutFailure, "cannot read \(rel): \(SystemError("read"))") }
+            if n == 0 { break }
+            size += Int64(n)
+            if size > cap {
+                throw TaskFailure(.stageOutFailure, "output \(rel) grew over the limit of \(cap) bytes while it was copied")
+            }
+            digest.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            var written = 0
+            while written < n {
+                let w = write(outFD, buffer.baseAddress! + written, n - written)
+                if w < 0 && errno == EINTR { continue }
+                guard w > 0 else { throw TaskFailure(.stageOutFailure, "cannot write \(dest): \(SystemError("write"))") }
+                written += w
+            }
+        }
+        guard fsync(outFD) == 0 else { throw TaskFailure(.stageOutFailure, "cannot write \(dest): \(SystemError("fsync"))") }
+        return CollectedFile(source: dest, path: rel, size: size, sha256: digest.finalizeHex())
+    }
+
+    /// A folder opened without following symlinks; entries are looked at relative to it.
+    final class Directory {
+        let fd: Int32
+
+        init(open path: String) throws {
+            fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard fd >= 0 else { throw SystemError("open", path) }
+        }
+
+        private init(fd: Int32) { self.fd = fd }
+
+        deinit { close(fd) }
+
+        func subdirectory(_ name: String) throws -> Directory {
+            let sub = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
+            guard sub >= 0 else { throw SystemError("openat", name) }
+            return Directory(fd: sub)
+        }
+
+        /// The entry's type (`S_IFREG`, `S_IFDIR`, `S_IFLNK`, …) without following a symlink; 0 when it is gone.
+        func kind(of name: String) -> mode_t {
+            var st = stat()
+            guard fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return 0 }
+            return st.st_mode & S_IFMT
+        }
+
+        func names() -> [String] {
+            let copy = dup(fd)
+            guard copy >= 0 else { return [] }
+            guard let dir = fdopendir(copy) else {
+                close(copy)
+                return []
+            }
+            defer { closedir(dir) }
+            rewinddir(dir)
+            var out: [String] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+                }
+                if name != "." && name != ".." { out.append(name) }
+            }
+            return out.sorted()
+        }
+    }
+}

@@ -16,6 +16,9 @@ public struct DeliveryPolicy: Sendable {
     public var credentials: [String: Credential]
     /// A private CA for https targets, in addition to the system's.
     public var caFile: String?
+    /// The node-owned folder outputs are copied into at collection (`<work_dir>/staging`); nil: next to the
+    /// `sandboxes` folder.
+    public var stagingRoot: String? = nil
 
     public init(nodeID: String, limits: OutputLimits, allowedURLs: [String], requireApproval: Bool, holdLogs: Bool,
                 retry: RetryPolicy, credentials: [String: Credential], caFile: String?) {
@@ -60,24 +63,59 @@ public struct OutputDelivery: StageOut {
         return nil
     }
 
+    /// The journal step holding the manifest of the staged copy, as JSON: written once, when the outputs are
+    /// collected; what `fem-client outputs show` prints and the steward approves.
+    public static let manifestStep = "held_manifest"
+    /// The journal step holding the sha256 of the manifest an approval was given for.
+    public static let approvedManifestStep = "approved_manifest"
+
+    /// `<staging root>/<task_id>`.
+    func stagingFolder(_ job: LaunchJob) -> String {
+        let root = policy.stagingRoot ?? (((job.sandbox.sandbox as NSString).deletingLastPathComponent as NSString)
+            .deletingLastPathComponent as NSString).appendingPathComponent("staging")
+        return "\(root)/\(job.task.taskID)"
+    }
+
     public func stageOut(_ job: LaunchJob, record: TaskRecord, outcome: TaskOutcome, reporter: StageReporter) async throws
         -> StageOutSummary {
-        let files = try OutputCollector.collect(plan: job.task.plan, sandbox: job.sandbox, limits: policy.limits)
-        let manifest = Manifest(job: job, record: record, nodeID: policy.nodeID, outcome: outcome,
-                                startedAt: record.receivedAt, gitCommit: reporter.isDone("git"),
-                                imageDigest: reporter.isDone("image"), files: files)
-        let manifestPath = "\(job.sandbox.sandbox)/manifest.json"
-        do {
-            try manifest.encoded().write(to: URL(fileURLWithPath: manifestPath), options: .atomic)
-        } catch {
-            throw TaskFailure(.stageOutFailure, "cannot write \(manifestPath): \(error.localizedDescription)")
-        }
-        let bytes = files.reduce(Int64(0)) { $0 + $1.size }
         guard let target = job.task.stageOut else {
-            return StageOutSummary(files: files.count, bytes: bytes, location: job.sandbox.sandbox)
+            // Nothing leaves the node: the outputs and their manifest stay in the sandbox.
+            let files = try OutputCollector.collect(plan: job.task.plan, sandbox: job.sandbox, limits: policy.limits)
+            let manifest = Manifest(job: job, record: record, nodeID: policy.nodeID, outcome: outcome,
+                                    startedAt: record.receivedAt, gitCommit: reporter.isDone("git"),
+                                    imageDigest: reporter.isDone("image"), files: files)
+            try write(manifest.encoded(), to: "\(job.sandbox.sandbox)/manifest.json")
+            return StageOutSummary(files: files.count, bytes: files.reduce(Int64(0)) { $0 + $1.size },
+                                   location: job.sandbox.sandbox)
         }
         let destination = try Self.destination(target, job: job, policy: policy)
-        let manifestFile = try OutputCollector.describe(manifestPath, as: "manifest.json")
+        let folder = stagingFolder(job)
+        let manifestPath = "\(folder)/manifest.json"
+
+        // The staged copy and its journaled manifest: made once; a resumed stage-out (after a restart or an
+        // approval) works from them and never looks at out/ again.
+        let manifestJSON: String
+        let files: [CollectedFile]
+        if let held = reporter.isDone(Self.manifestStep) {
+            manifestJSON = held
+            files = try Self.heldFiles(held, folder: folder)
+        } else {
+            files = try StagingCopy.stage(plan: job.task.plan, sandbox: job.sandbox, limits: policy.limits,
+                                          into: folder)
+            let manifest = Manifest(job: job, record: record, nodeID: policy.nodeID, outcome: outcome,
+                                    startedAt: record.receivedAt, gitCommit: reporter.isDone("git"),
+                                    imageDigest: reporter.isDone("image"), files: files)
+            manifestJSON = String(decoding: manifest.encoded(), as: UTF8.self)
+            try write(Data(manifestJSON.utf8), to: manifestPath)
+            // A copy for whoever looks into the sandbox; the journaled one is what counts.
+            try? Data(manifestJSON.utf8).write(to: URL(fileURLWithPath: "\(job.sandbox.sandbox)/manifest.json"))
+            reporter.markDone(Self.manifestStep, manifestJSON)
+        }
+        let digest = SHA256Digest()
+        digest.update(Array(manifestJSON.utf8))
+        let manifestFile = CollectedFile(source: manifestPath, path: "manifest.json",
+                                         size: Int64(manifestJSON.utf8.count), sha256: digest.finalizeHex())
+        let bytes = files.reduce(Int64(0)) { $0 + $1.size }
 
         var sendNow = files
         if policy.requireApproval {
@@ -87,14 +125,48 @@ public struct OutputDelivery: StageOut {
                 sendNow = policy.holdLogs ? [] : files.filter { $0.path.hasPrefix("logs/") }
                 try await deliver(sendNow, to: destination, reporter: reporter)
                 let location = sendNow.isEmpty ? nil : destination.description
+                if decision != nil { try? FileManager.default.removeItem(atPath: folder) }
                 return StageOutSummary(files: sendNow.count, bytes: sendNow.reduce(0) { $0 + $1.size },
                                        location: location, awaitingApproval: decision == nil)
             }
+            guard reporter.isDone(Self.approvedManifestStep) == manifestFile.sha256 else {
+                throw TaskFailure(.stageOutFailure, "the approval was not given for the held manifest (sha256 "
+                                  + "\(manifestFile.sha256)); nothing was sent")
+            }
         }
         try await deliver(sendNow + [manifestFile], to: destination, reporter: reporter)
+        try? FileManager.default.removeItem(atPath: folder)
         return StageOutSummary(files: files.count, bytes: bytes, location: destination.description)
     }
 
+    /// The files a journaled manifest lists, at their places in the staging folder.
+    static func heldFiles(_ manifestJSON: String, folder: String) throws -> [CollectedFile] {
+        struct Held: Decodable {
+            struct File: Decodable { var path: String; var size: Int64; var sha256: String }
+            var files: [File]
+        }
+        guard let held = try? JSONDecoder().decode(Held.self, from: Data(manifestJSON.utf8)) else {
+            throw TaskFailure(.stageOutFailure, "the journaled manifest of the held outputs cannot be read")
+        }
+        return try held.files.map { f in
+            let parts = f.path.split(separator: "/", omittingEmptySubsequences: false)
+            guard !parts.isEmpty, parts.allSatisfy({ !$0.isEmpty && $0 != "." && $0 != ".." }) else {
+                throw TaskFailure(.stageOutFailure, "the journaled manifest names an unusable path")
+            }
+            return CollectedFile(source: "\(folder)/\(f.path)", path: f.path, size: f.size, sha256: f.sha256)
+        }
+    }
+
+    private func write(_ data: Data, to path: String) throws {
+        do {
+            try data.write(to: URL(fileURLWithPath: path), options: .atomic)
+        } catch {
+            throw TaskFailure(.stageOutFailure, "cannot write \(path): \(error.localizedDescription)")
+        }
+    }
+
+    /// Sends each file from its staged copy, checked against its manifest entry right before it goes and again
+    /// after it went (a copy changed in between fails the task, naming the file).
     private func deliver(_ files: [CollectedFile], to destination: any OutputDestination,
                          reporter: StageReporter) async throws {
         let retry = policy.retry
@@ -103,6 +175,7 @@ public struct OutputDelivery: StageOut {
             if reporter.isDone(step) == file.sha256 { continue }
             let started = ContinuousClock.now
             try await offload("fem-upload") {
+                try StagingCopy.verify(file)
                 try retry.run(retryable: RetryPolicy.transient, waiting: { attempt, pause, error in
                     reporter.progress("upload of \(file.path): attempt \(attempt) failed (\(error)); trying again "
                                       + "in \(pause)", ["path": .string(file.path), "attempt": .int(Int64(attempt))])
@@ -113,6 +186,7 @@ public struct OutputDelivery: StageOut {
                         throw e.retryable ? e : TaskFailure(.stageOutFailure, e.description)
                     }
                 }
+                try StagingCopy.verify(file)
             }
             reporter.markDone(step, file.sha256)
             let ms = Int((ContinuousClock.now - started).seconds * 1000)
