@@ -6,28 +6,52 @@
 #   scripts/dev-broker.sh stop   [--dir DIR]
 #   scripts/dev-broker.sh status [--dir DIR]
 #   scripts/dev-broker.sh certs  [--dir DIR]      (only make the certificates)
+#   scripts/dev-broker.sh accounts [--dir DIR]    (the orchestrator account, on a running broker; idempotent)
+#   scripts/dev-broker.sh add-node ID [--dir DIR] (a least-privilege account for node ID; idempotent)
 #
 # DIR (default var/dev-broker) holds: ca.pem, server.{pem,key}, node.{pem,key}, operator.{pem,key},
-# rogue-ca.pem and rogue-client.{pem,key} (signed by another CA, for tests), password (broker user "fem"),
-# broker.pid, and the broker's own mnesia/log folders.
+# rogue-ca.pem and rogue-client.{pem,key} (signed by another CA, for tests), password (the administrator "fem",
+# for broker administration only), orchestrator.password (the account "fem-orchestrator" femctl uses),
+# nodes/ID.password (the account "ID" of node ID), nodename, broker.pid, and the broker's mnesia/log folders.
+#
+# Accounts (the production set is in docs/protocol.md, "Broker accounts"):
+#   fem-orchestrator  declares the shared exchanges (femctl setup), node task queues and its own event queues;
+#                     publishes tasks and control messages with user_id = fem-orchestrator, which nodes require.
+#   <node id>         configure: only its queues fem.node.<id> and fem.node.<id>.control (the exchanges it only
+#                     looks up); read: those queues and fem.tasks/fem.control, binding only with the keys
+#                     node.<id> and all (topic permissions); write: its queues (bindings) and fem.events, with
+#                     routing keys node.<id>.* only (topic permissions).
 set -euo pipefail
 
 cmd=${1:-}; shift || true
 dir=var/dev-broker
 port=5671
 name=""
+node_id=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) dir=$2; shift 2 ;;
     --port) port=$2; shift 2 ;;
     --name) name=$2; shift 2 ;;
-    *) echo "dev-broker.sh: unknown option $1" >&2; exit 2 ;;
+    -*) echo "dev-broker.sh: unknown option $1" >&2; exit 2 ;;
+    *) [[ "$cmd" == add-node && -z "$node_id" ]] || { echo "dev-broker.sh: unexpected argument $1" >&2; exit 2; }
+       node_id=$1; shift ;;
   esac
 done
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
-[[ -n "$name" ]] || name="fem-dev-$port"
+if [[ -z "$name" ]]; then
+  # A running broker's own name: recorded at start, or its mnesia folder (brokers started before it was recorded).
+  if [[ -s "$dir/nodename" ]]; then
+    name=$(cut -d@ -f1 "$dir/nodename")
+  elif found=$(ls -d "$dir"/mnesia/*@localhost 2>/dev/null | head -1) && [[ -n "$found" ]]; then
+    name=$(basename "$found" | cut -d@ -f1)
+  else
+    name="fem-dev-$port"
+  fi
+fi
 node="$name@localhost"
+orchestrator=fem-orchestrator
 pidfile="$dir/broker.pid"
 
 need() {
@@ -65,7 +89,7 @@ running() {
 start() {
   need /usr/sbin/rabbitmq-server "apt-get install rabbitmq-server"
   certs
-  if running; then echo "broker $node already running (pid $(cat "$pidfile")) on localhost:$port"; return 0; fi
+  if running; then accounts >/dev/null; echo "broker $node already running (pid $(cat "$pidfile")) on localhost:$port"; return 0; fi
   [[ -f "$dir/password" ]] || { head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$dir/password"; chmod 600 "$dir/password"; }
   mkdir -p "$dir/mnesia" "$dir/log" "$dir/etc"
   cat > "$dir/etc/rabbitmq.conf" <<EOF
@@ -103,7 +127,63 @@ EOF
   if ! timeout 90 rabbitmqctl -n "$node" await_startup >/dev/null 2>&1; then
     echo "dev-broker.sh: broker $node did not start; see $dir/log" >&2; tail -20 "$dir/log/stdout.log" >&2; exit 1
   fi
+  echo "$node" > "$dir/nodename"
+  accounts >/dev/null
   echo "broker $node running (pid $(cat "$pidfile")) on localhost:$port, TLS only, client certificates required"
+}
+
+rmq() { rabbitmqctl -q -n "$node" "$@"; }
+
+new_password() { # file
+  [[ -f "$1" ]] || { head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$1"; chmod 600 "$1"; }
+}
+
+# Creates the user (password from FILE, through stdin: never in argv) or resets its password to FILE's.
+ensure_user() { # user file
+  if rmq list_users | awk '{print $1}' | grep -qx "$1"; then
+    rmq change_password "$1" < "$2" >/dev/null
+  else
+    rmq add_user "$1" < "$2" >/dev/null
+  fi
+}
+
+accounts() {
+  running || { echo "dev-broker.sh: the broker in $dir is not running" >&2; exit 1; }
+  new_password "$dir/orchestrator.password"
+  ensure_user "$orchestrator" "$dir/orchestrator.password"
+  local mine='fem\.(tasks|control|events)|fem\.node\.[a-z0-9-]+(\.control)?|femctl\..*|test\..*|amq\.gen-.*'
+  rmq set_permissions -p / "$orchestrator" "^($mine)\$" \
+    '^(fem\.(tasks|control)|fem\.node\.[a-z0-9-]+(\.control)?|femctl\..*|test\..*|amq\.gen-.*)$' \
+    '^(fem\.(tasks|events)|femctl\..*|test\..*|amq\.gen-.*)$' >/dev/null
+  echo "broker account $orchestrator ready (password in $dir/orchestrator.password)"
+}
+
+add_node() {
+  [[ "$node_id" =~ ^[a-z0-9][a-z0-9-]{0,62}$ ]] || {
+    echo "dev-broker.sh add-node: \"$node_id\" is not a node id (lowercase letters, digits and '-')" >&2; exit 2; }
+  running || { echo "dev-broker.sh: the broker in $dir is not running" >&2; exit 1; }
+  need python3 python3
+  mkdir -p "$dir/nodes"; chmod 700 "$dir/nodes"
+  local file="$dir/nodes/$node_id.password"
+  new_password "$file"
+  # One import (about 0.5 s) instead of five rabbitmqctl calls; the password goes in as a salted hash on stdin.
+  python3 - "$node_id" "$file" <<'PY' | rmq import_definitions >/dev/null
+import base64, hashlib, json, os, sys
+node, file = sys.argv[1], sys.argv[2]
+password = open(file).read().strip().encode()
+salt = os.urandom(4)
+queues = r"fem\.node\.%s(\.control)?" % node
+print(json.dumps({
+    "users": [{"name": node, "tags": [], "hashing_algorithm": "rabbit_password_hashing_sha256",
+               "password_hash": base64.b64encode(salt + hashlib.sha256(salt + password).digest()).decode()}],
+    "permissions": [{"user": node, "vhost": "/", "configure": "^%s$" % queues,
+                     "write": r"^(%s|fem\.events)$" % queues, "read": r"^(%s|fem\.tasks|fem\.control)$" % queues}],
+    "topic_permissions": [
+        {"user": node, "vhost": "/", "exchange": "fem.events", "write": r"^node\.%s\." % node, "read": "^$"},
+        {"user": node, "vhost": "/", "exchange": "fem.tasks", "write": "^$", "read": r"^(node\.%s|all)$" % node},
+        {"user": node, "vhost": "/", "exchange": "fem.control", "write": "^$", "read": r"^node\.%s$" % node}]}))
+PY
+  echo "broker account $node_id ready (password in $file)"
 }
 
 stop() {
@@ -120,6 +200,8 @@ case "$cmd" in
   start) start ;;
   stop) stop ;;
   certs) certs ;;
+  accounts) accounts ;;
+  add-node) [[ -n "$node_id" ]] || { echo "dev-broker.sh add-node: which node id?" >&2; exit 2; }; add_node ;;
   status) if running; then echo "running (pid $(cat "$pidfile"))"; else echo "not running"; exit 1; fi ;;
-  *) sed -n '2,12p' "$0"; exit 2 ;;
+  *) sed -n '2,24p' "$0"; exit 2 ;;
 esac

@@ -55,7 +55,8 @@ public final class AMQPEventPublisher: @unchecked Sendable {
     private func runLoop() {
         runReconnecting(endpoint, label: "event publisher", logger: logger, isStopped: { isStopped }) { conn, again in
             try conn.openChannel(1)
-            try conn.declareExchange(WireNames.eventsExchange)
+            // Declared by `femctl setup`; the node only looks it up (no configure permission needed).
+            try conn.declareExchange(WireNames.eventsExchange, passive: true)
             try conn.enablePublisherConfirms()
             if again { logger.notice("event publisher reconnected") }
             try serve(conn)
@@ -79,14 +80,17 @@ public final class AMQPEventPublisher: @unchecked Sendable {
                 }
                 continue
             }
+            // With a password login the events carry the node's account as user_id (the broker checks it), so an
+            // orchestrator can tell who published them.
+            let userID = endpoint.password != nil && !endpoint.user.isEmpty ? endpoint.user : nil
             var tags: [UInt64] = []
             for entry in batch {
                 tags.append(try conn.publish(exchange: WireNames.eventsExchange, routingKey: entry.routingKey,
-                                             body: Array(entry.body)))
+                                             body: Array(entry.body), userID: userID))
             }
             if let beat {
                 try conn.publish(exchange: WireNames.eventsExchange, routingKey: beat.key, body: Array(beat.body),
-                                 persistent: false)
+                                 persistent: false, userID: userID)
             }
             let nacked = try conn.waitForConfirms()
             let confirmed = zip(batch, tags).filter { !nacked.contains($0.1) }.map(\.0.id)

@@ -52,10 +52,12 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
 
     private var isStopped: Bool { lock.withLock { stopped } }
 
-    /// Declares the node's side of wire protocol v1 on a connection: both exchanges, both queues, the bindings.
+    /// Declares the node's side of wire protocol v1 on a connection: its two queues and their bindings. The shared
+    /// exchanges are only looked up (a passive declare): `femctl setup` declares them, so a node's broker account
+    /// needs no configure permission on them (which would also let it delete them).
     public static func declareTopology(_ conn: AMQPConnection, nodeID: String, prefetch: UInt16) throws {
         try conn.openChannel(taskChannel)
-        try conn.declareExchange(WireNames.tasksExchange, channel: taskChannel)
+        try conn.declareExchange(WireNames.tasksExchange, channel: taskChannel, passive: true)
         let queue = WireNames.taskQueue(node: nodeID)
         _ = try conn.declareQueue(queue, channel: taskChannel)
         try conn.bindQueue(queue, exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(nodeID),
@@ -65,7 +67,7 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
         try conn.setPrefetch(prefetch, channel: taskChannel)
 
         try conn.openChannel(controlChannel)
-        try conn.declareExchange(WireNames.controlExchange, channel: controlChannel)
+        try conn.declareExchange(WireNames.controlExchange, channel: controlChannel, passive: true)
         let control = WireNames.controlQueue(node: nodeID)
         _ = try conn.declareQueue(control, channel: controlChannel)
         try conn.bindQueue(control, exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(nodeID),
@@ -121,11 +123,12 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
     private func receive(_ conn: AMQPConnection, timeout: Int, generation gen: Int) throws {
         guard let d = try conn.nextDelivery(timeoutMilliseconds: timeout) else { return }
         let channel: InboundMessage.Channel = d.channel == Self.controlChannel ? .control : .task
-        let message = InboundMessage(channel: channel, body: d.body, redelivered: d.redelivered) { [weak self] in
+        var message = InboundMessage(channel: channel, body: d.body, redelivered: d.redelivered) { [weak self] in
             guard let self else { return }
             self.lock.withLock { self.pendingAcks.append((gen, d.channel, d.deliveryTag)) }
             self.wakeup.wake()
         }
+        message.userID = d.userID
         continuation?.yield(message)
     }
 }

@@ -6,13 +6,7 @@ import Testing
 @Suite(.serialized)
 struct CommandLineTests {
     func femctlEnvironment(_ node: TestNode) -> [String: String] {
-        var env = ProcessInfo.processInfo.environment
-        env["FEMCTL_BROKER_URL"] = "amqps://fem@localhost:\(node.port)/%2f"
-        env["FEMCTL_CA_FILE"] = "\(node.brokerDir)/ca.pem"
-        env["FEMCTL_CERT_FILE"] = "\(node.brokerDir)/operator.pem"
-        env["FEMCTL_KEY_FILE"] = "\(node.brokerDir)/operator.key"
-        env["FEMCTL_PASSWORD_FILE"] = "\(node.brokerDir)/password"
-        return env
+        BrokerAccounts.femctlEnvironment(brokerDir: node.brokerDir, port: node.port)
     }
 
     func femctl(_ node: TestNode, _ args: [String]) throws -> (status: Int32, output: String) {

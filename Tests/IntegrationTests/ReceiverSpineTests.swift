@@ -135,8 +135,7 @@ struct ReceiverSpineTests {
         #expect(check.output.contains("FAIL  broker"))
         #expect(check.output.contains("client certificate"))
         #expect(check.output.contains("rogue-client.pem"))
-        #expect(!check.output.contains(try String(contentsOfFile: "\(node.brokerDir)/password", encoding: .utf8)
-            .trimmingCharacters(in: .whitespacesAndNewlines)))
+        #expect(!check.output.contains(try BrokerAccounts.password("\(node.brokerDir)/nodes/\(node.id).password")))
         let good = try TestNode("goodcert")
         let ok = try good.run(["check"])
         #expect(ok.status == 0, "\(ok.output)")
@@ -183,5 +182,118 @@ struct ReceiverSpineTests {
         }
         let b = try #require(beat, "no heartbeat within 10 s")
         #expect(b.nodeID == node.id && b.launchers == ["process"] && (b.freeDiskBytes ?? 0) > 0)
+    }
+
+    // MARK: - Least-privilege broker accounts (issue 12, item 6)
+
+    /// Runs `attempt` on a fresh channel and returns the broker's refusal, which a later call on the same channel
+    /// (a passive lookup) reports when the broker closed the channel asynchronously (a refused publish).
+    func refusal(_ conn: AMQPConnection, channel: UInt16, _ attempt: (AMQPConnection) throws -> Void) -> String? {
+        do {
+            try conn.openChannel(channel)
+            try attempt(conn)
+            try conn.declareExchange(WireNames.eventsExchange, channel: channel, passive: true)
+            return nil
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    @Test func aNodeAccountReachesOnlyItsOwnQueuesAndPublishesOnlyItsOwnEvents() throws {
+        let a = try TestNode("acct-a")
+        let b = try TestNode("acct-b")
+        try a.start()
+        try b.start()
+        let conn = try BrokerAccounts.connect(as: a.id, brokerDir: a.brokerDir, port: a.port, cert: "node")
+
+        let consumeB = refusal(conn, channel: 1) { try $0.consume(queue: WireNames.taskQueue(node: b.id), channel: 1) }
+        #expect(consumeB?.contains("403 ACCESS_REFUSED") == true, "\(consumeB ?? "consumed node B's queue")")
+        let controlB = refusal(conn, channel: 2) {
+            try $0.consume(queue: WireNames.controlQueue(node: b.id), channel: 2)
+        }
+        #expect(controlB?.contains("403 ACCESS_REFUSED") == true, "\(controlB ?? "consumed node B's control queue")")
+        let forged = refusal(conn, channel: 3) {
+            try $0.publish(exchange: WireNames.eventsExchange, routingKey: "node.\(b.id).task.forged", body: Array("{}".utf8),
+                           channel: 3)
+        }
+        #expect(forged?.contains("403 ACCESS_REFUSED") == true, "\(forged ?? "published an event as node B")")
+        let ownEvent = refusal(conn, channel: 4) {
+            try $0.publish(exchange: WireNames.eventsExchange, routingKey: "node.\(a.id).task.probe",
+                           body: Array("{}".utf8), channel: 4)
+        }
+        #expect(ownEvent == nil, "its own routing key is allowed: \(ownEvent ?? "")")
+        let bindB = refusal(conn, channel: 5) {
+            try $0.bindQueue(WireNames.taskQueue(node: a.id), exchange: WireNames.tasksExchange,
+                             routingKey: WireNames.nodeKey(b.id), channel: 5)
+        }
+        #expect(bindB?.contains("403 ACCESS_REFUSED") == true, "\(bindB ?? "bound its queue to node B's tasks")")
+        let task = refusal(conn, channel: 6) {
+            try $0.publish(exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(b.id), body: Array("{}".utf8),
+                           channel: 6)
+        }
+        #expect(task?.contains("403 ACCESS_REFUSED") == true, "\(task ?? "a node published a task")")
+        let cancel = refusal(conn, channel: 7) {
+            try $0.publish(exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(b.id),
+                           body: Array("{}".utf8), channel: 7)
+        }
+        #expect(cancel?.contains("403 ACCESS_REFUSED") == true, "\(cancel ?? "a node published a cancel")")
+        let configure = refusal(conn, channel: 8) { try $0.declareExchange(WireNames.tasksExchange, channel: 8) }
+        #expect(configure?.contains("403 ACCESS_REFUSED") == true, "\(configure ?? "a node may (re)declare fem.tasks")")
+    }
+
+    @Test func tasksAndCancelsFromAnyAccountButAnOrchestratorAreRejectedWithTheReason() throws {
+        let node = try TestNode("acct-orch")
+        try node.start()
+        let op = try Operator(node: node)
+        let marker = "acct-orch-\(UUID().uuidString.prefix(8))"
+        let running = Tasks.task(["/bin/sh", "-c", "sleep 60 # \(marker)"])
+        try op.submit(running)
+        try op.waitFor("the task to run") { evs in
+            evs.contains { $0.taskID == Tasks.id(running) && $0.state == .running }
+        }
+        // An account that may publish (the broker's administrator here) but is no orchestrator of this node. The
+        // broker checks user_id against the login, so it cannot claim to be the orchestrator.
+        let admin = try BrokerAccounts.connect(as: "fem", brokerDir: node.brokerDir, port: node.port)
+        try admin.openChannel(1)
+        try admin.enablePublisherConfirms()
+        let cancel = try JSONEncoder.fem.encode(ControlMessage(taskID: Tasks.id(running), reason: "forged"))
+        try admin.publish(exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(node.id), body: Array(cancel),
+                          userID: "fem")
+        let forgedTask = Tasks.task(["/bin/echo", "forged"])
+        try admin.publish(exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(node.id),
+                          body: Array(JSONValue.object(forgedTask).encoded()), userID: "fem")
+        #expect(try admin.waitForConfirms().isEmpty)
+        // Without a user_id at all (the orchestrator's own account, but the property left out).
+        let bare = Tasks.task(["/bin/echo", "bare"])
+        try op.pub.publish(exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(node.id),
+                           body: Array(JSONValue.object(bare).encoded()))
+        try op.confirmPublished()
+        // A claimed user_id that is not the login is refused by the broker itself.
+        let liar = try BrokerAccounts.connect(as: "fem", brokerDir: node.brokerDir, port: node.port)
+        try liar.openChannel(1)
+        try liar.enablePublisherConfirms()
+        try liar.publish(exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(node.id), body: Array(cancel),
+                         userID: BrokerAccounts.orchestrator)
+        #expect(throws: (any Error).self, "the broker accepted a user_id that is not the login") {
+            _ = try liar.waitForConfirms(timeoutSeconds: 10)
+        }
+
+        let rejected = try op.waitFor("three rejections") { evs in
+            evs.filter { $0.taskID == nil && $0.state == .rejected }.count >= 3
+        }.filter { $0.taskID == nil && $0.state == .rejected }.compactMap(\.detail.message)
+        #expect(rejected.contains { $0.hasPrefix("control message refused: it was published by the broker account \"fem\", "
+                                              + "which is not one of this node's orchestrator accounts (fem-orchestrator)") },
+                "\(rejected)")
+        #expect(rejected.contains { $0.hasPrefix("task refused: it was published by the broker account \"fem\"") },
+                "\(rejected)")
+        #expect(rejected.contains { $0.hasPrefix("task refused: it carries no user_id") }, "\(rejected)")
+        #expect(op.events(of: Tasks.id(forgedTask)).isEmpty && op.events(of: Tasks.id(bare)).isEmpty,
+                "nothing was journaled under the ids the refused messages claimed")
+        #expect(op.events(of: Tasks.id(running)).allSatisfy { !$0.state.isTerminal }, "the forged cancel stopped nothing")
+        #expect(!processes(withMarker: marker).isEmpty)
+        // The orchestrator's cancel still works.
+        try op.cancel(Tasks.id(running))
+        try op.waitForFinal([Tasks.id(running)])
+        #expect(op.finalState(of: Tasks.id(running))?.state == .cancelled)
     }
 }

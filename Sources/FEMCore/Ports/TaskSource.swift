@@ -6,6 +6,9 @@ public struct InboundMessage: Sendable {
     public var body: [UInt8]
     public var redelivered: Bool
     public var ack: @Sendable () -> Void
+    /// The account the broker says published it (AMQP `user_id`, validated by RabbitMQ against the publisher's
+    /// login); nil when the publisher set none. Only configured orchestrator accounts may send tasks and controls.
+    public var userID: String? = nil
 
     public init(channel: Channel, body: [UInt8], redelivered: Bool, ack: @escaping @Sendable () -> Void) {
         self.channel = channel

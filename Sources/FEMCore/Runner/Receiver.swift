@@ -7,13 +7,17 @@ import Logging
 public struct Receiver: Sendable {
     public var nodeID: String
     public var maxMessageBytes: Int
+    /// Accounts whose tasks and control messages this node accepts (the AMQP `user_id` RabbitMQ validated against
+    /// the publisher's login). Nil: no check (sources that are not a broker).
+    public var orchestrators: Set<String>?
     let journal: any Journal
     let runner: Runner
     let logger: Logger
     let eventsAdded: @Sendable () -> Void
 
     public init(nodeID: String, maxMessageBytes: Int, journal: any Journal, runner: Runner, logger: Logger,
-                eventsAdded: @escaping @Sendable () -> Void) {
+                orchestrators: Set<String>? = nil, eventsAdded: @escaping @Sendable () -> Void) {
+        self.orchestrators = orchestrators
         self.nodeID = nodeID
         self.maxMessageBytes = maxMessageBytes
         self.journal = journal
@@ -30,10 +34,32 @@ public struct Receiver: Sendable {
     }
 
     public func handle(_ message: InboundMessage) async {
+        if let reason = unauthorised(message) {
+            // Never under the task id the message claims: that would let anyone occupy an id before its real task.
+            reject(message, taskID: nil, executionID: nil, reason: reason, at: Date())
+            return
+        }
         switch message.channel {
         case .task: await handleTask(message)
         case .control: await handleControl(message)
         }
+    }
+
+    /// Why the message's sender may not task or control this node; nil when it may.
+    func unauthorised(_ message: InboundMessage) -> String? {
+        guard let orchestrators else { return nil }
+        let what = message.channel == .task ? "task" : "control message"
+        let allowed = orchestrators.sorted().joined(separator: ", ")
+        guard let user = message.userID, !user.isEmpty else {
+            return "\(what) refused: it carries no user_id, and this node accepts tasks and control messages only from "
+                + "its orchestrator accounts (\(allowed))"
+        }
+        guard orchestrators.contains(user) else {
+            let shown = Patterns.matches(#"^[A-Za-z0-9_.@-]{1,64}$"#, user) ? user : "(an unprintable name)"
+            return "\(what) refused: it was published by the broker account \"\(shown)\", which is not one of this "
+                + "node's orchestrator accounts (\(allowed))"
+        }
+        return nil
     }
 
     private func handleTask(_ message: InboundMessage) async {

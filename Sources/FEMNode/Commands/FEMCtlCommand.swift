@@ -4,13 +4,13 @@ import FEMSystem
 import FEMTransport
 import Foundation
 
-/// `femctl`: the operator's side. Submits tasks, watches their events, cancels them.
+/// `femctl`: the operator's side. Declares the shared exchanges, submits tasks, watches their events, cancels them.
 public struct FEMCtlCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "femctl",
         abstract: "Submit, watch and cancel fem-client tasks through the broker.",
         version: FEMVersion.string,
-        subcommands: [Submit.self, Watch.self, Cancel.self])
+        subcommands: [Setup.self, Submit.self, Watch.self, Cancel.self])
 
     public init() {}
 }
@@ -20,13 +20,13 @@ struct BrokerOptions: ParsableArguments {
     static let devDir = "var/dev-broker"
     static let env = ProcessInfo.processInfo.environment
 
-    @Option(help: "amqps://user@host:port/vhost (or FEMCTL_BROKER_URL).")
-    var brokerURL = env["FEMCTL_BROKER_URL"] ?? "amqps://fem@localhost:5671/%2f"
+    @Option(help: "amqps://user@host:port/vhost (or FEMCTL_BROKER_URL). The user is an orchestrator account: nodes accept tasks and cancels only from the accounts in their broker.orchestrators.")
+    var brokerURL = env["FEMCTL_BROKER_URL"] ?? "amqps://fem-orchestrator@localhost:5671/%2f"
     @Option(help: "CA certificate (or FEMCTL_CA_FILE).") var ca = env["FEMCTL_CA_FILE"] ?? "\(devDir)/ca.pem"
     @Option(help: "Client certificate (or FEMCTL_CERT_FILE).") var cert = env["FEMCTL_CERT_FILE"] ?? "\(devDir)/operator.pem"
     @Option(help: "Client key (or FEMCTL_KEY_FILE).") var key = env["FEMCTL_KEY_FILE"] ?? "\(devDir)/operator.key"
     @Option(help: "File holding the broker password (or FEMCTL_BROKER_PASSWORD).")
-    var passwordFile = env["FEMCTL_PASSWORD_FILE"] ?? "\(devDir)/password"
+    var passwordFile = env["FEMCTL_PASSWORD_FILE"] ?? "\(devDir)/orchestrator.password"
 
     func connect() throws -> AMQPConnection {
         var password = Self.env["FEMCTL_BROKER_PASSWORD"]
@@ -44,7 +44,31 @@ struct BrokerOptions: ParsableArguments {
     }
 }
 
+/// The account a connection logged in as, for the `user_id` property of what it publishes: RabbitMQ checks that it
+/// names the login, and nodes accept tasks and control messages only from their orchestrator accounts.
+func publisherID(_ conn: AMQPConnection) -> String? {
+    conn.endpoint.user.isEmpty ? nil : conn.endpoint.user
+}
+
 extension FEMCtlCommand {
+    struct Setup: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Declare the shared exchanges (fem.tasks, fem.control, fem.events) once per broker.",
+            discussion: "Nodes only look these exchanges up, so their broker accounts need no configure permission on "
+                + "them. Run this with an account that may configure them (the orchestrator's, or an administrator's).")
+        @OptionGroup var broker: BrokerOptions
+
+        func run() async throws {
+            let conn = try broker.connect()
+            try conn.openChannel(1)
+            for x in [WireNames.tasksExchange, WireNames.controlExchange, WireNames.eventsExchange] {
+                try conn.declareExchange(x)
+            }
+            print("exchanges \(WireNames.tasksExchange), \(WireNames.controlExchange) and \(WireNames.eventsExchange) are "
+                  + "declared (topic, durable)")
+        }
+    }
+
     struct Submit: AsyncParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Send a task to nodes; prints the task id.")
         @OptionGroup var broker: BrokerOptions
@@ -84,7 +108,8 @@ extension FEMCtlCommand {
                 document["task_id"] = .string(id)
                 let body = Array(JSONValue.object(document).encoded())
                 for key in keys {
-                    try conn.publish(exchange: WireNames.tasksExchange, routingKey: key, body: body)
+                    try conn.publish(exchange: WireNames.tasksExchange, routingKey: key, body: body,
+                                     userID: publisherID(conn))
                 }
                 print(id)
                 flushOut()
@@ -112,7 +137,8 @@ extension FEMCtlCommand {
             try conn.declareExchange(WireNames.controlExchange)
             try conn.enablePublisherConfirms()
             let body = try JSONEncoder.fem.encode(ControlMessage(taskID: taskID, reason: reason))
-            try conn.publish(exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(node), body: Array(body))
+            try conn.publish(exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(node), body: Array(body),
+                             userID: publisherID(conn))
             _ = try conn.waitForConfirms()
             print("cancel sent for \(taskID) to node \(node)")
         }

@@ -32,6 +32,8 @@ public struct NodeConfig: Sendable {
     public var keyFile: String
     public var prefetch: Int
     public var maxMessageBytes: Int
+    /// Broker accounts whose tasks and control messages this node accepts (checked against the AMQP `user_id`).
+    public var orchestrators: [String]
 
     public var enabledLaunchers: [String]
     public var processAllowedExecutables: [String]
@@ -151,6 +153,7 @@ extension NodeConfig {
         Key(name: "broker.key_file", kind: .path, fallback: nil),
         Key(name: "broker.prefetch", kind: .int(min: 1, max: 65_535), fallback: 16),
         Key(name: "broker.max_message_bytes", kind: .int(min: 1024, max: 128 << 20), fallback: 1 << 20),
+        Key(name: "broker.orchestrators", kind: .strings, fallback: ["fem-orchestrator"]),
         Key(name: "launchers.enabled", kind: .strings, fallback: ["process"]),
         Key(name: "launchers.process.allowed_executables", kind: .strings, fallback: [String]()),
         Key(name: "launchers.process.path", kind: .string, fallback: "/usr/local/bin:/usr/bin:/bin"),
@@ -304,6 +307,7 @@ extension NodeConfig {
             caFile: values["broker.ca_file"] as! String, certFile: values["broker.cert_file"] as! String,
             keyFile: values["broker.key_file"] as! String, prefetch: values["broker.prefetch"] as! Int,
             maxMessageBytes: values["broker.max_message_bytes"] as! Int,
+            orchestrators: values["broker.orchestrators"] as! [String],
             enabledLaunchers: enabled,
             processAllowedExecutables: values["launchers.process.allowed_executables"] as! [String],
             processPath: values["launchers.process.path"] as! String,

@@ -32,7 +32,8 @@ public enum NodeDaemon {
         let source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
                                     logger: logger)
         let receiver = Receiver(nodeID: config.nodeID, maxMessageBytes: config.maxMessageBytes, journal: node.journal,
-                                runner: node.runner, logger: logger) { publisher.wake() }
+                                runner: node.runner, logger: logger,
+                                orchestrators: Set(config.orchestrators)) { publisher.wake() }
 
         let heartbeat = Task {
             while !Task.isCancelled {

@@ -69,6 +69,9 @@ public struct AMQPDelivery: Sendable {
     public var routingKey: String
     public var redelivered: Bool
     public var body: [UInt8]
+    /// The message's `user_id` property: RabbitMQ refuses a publish whose user_id is not the publishing
+    /// connection's login, so this names the account that sent it (nil when the publisher set none).
+    public var userID: String? = nil
 }
 
 /// Owns one rabbitmq-c connection and its TLS socket. Not thread-safe: exactly one thread may use an instance
@@ -221,11 +224,15 @@ public final class AMQPConnection {
         try check("open channel \(channel)")
     }
 
-    public func declareExchange(_ name: String, type: String = "topic", durable: Bool = true, channel: UInt16 = 1) throws {
+    /// `passive`: only checks that the exchange exists (needs no configure permission); a missing one closes the
+    /// channel with NOT_FOUND.
+    public func declareExchange(_ name: String, type: String = "topic", durable: Bool = true, channel: UInt16 = 1,
+                                passive: Bool = false) throws {
         withBytes([name, type]) { b in
-            _ = amqp_exchange_declare(state, channel, b[0], b[1], 0, durable ? 1 : 0, 0, 0, amqp_empty_table)
+            _ = amqp_exchange_declare(state, channel, b[0], b[1], passive ? 1 : 0, durable ? 1 : 0, 0, 0,
+                                      amqp_empty_table)
         }
-        try check("declare exchange \(name)")
+        try check(passive ? "find exchange \(name) (declared by `femctl setup`)" : "declare exchange \(name)")
     }
 
     public func declareQueue(_ name: String, durable: Bool = true, exclusive: Bool = false, autoDelete: Bool = false,
@@ -295,7 +302,8 @@ public final class AMQPConnection {
             }
             return AMQPDelivery(channel: envelope.channel, deliveryTag: envelope.delivery_tag,
                                 exchange: Self.string(envelope.exchange), routingKey: Self.string(envelope.routing_key),
-                                redelivered: envelope.redelivered != 0, body: body)
+                                redelivered: envelope.redelivered != 0, body: body,
+                                userID: Self.userID(of: envelope.message.properties))
         }
         if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION && reply.library_error == AMQP_STATUS_TIMEOUT.rawValue {
             return nil
@@ -323,6 +331,12 @@ public final class AMQPConnection {
             ?? AMQPError(.protocolError, "cannot receive a message")
     }
 
+    /// The `user_id` property of a message's properties, when set.
+    static func userID(of properties: amqp_basic_properties_t) -> String? {
+        guard properties._flags & 0x0010 != 0 else { return nil }  // AMQP_BASIC_USER_ID_FLAG
+        return string(properties.user_id)
+    }
+
     public func ack(deliveryTag: UInt64, channel: UInt16 = 1) throws {
         let status = amqp_basic_ack(state, channel, deliveryTag, 0)
         if status != AMQP_STATUS_OK.rawValue {
@@ -334,12 +348,14 @@ public final class AMQPConnection {
     /// (see `waitForConfirms`).
     @discardableResult
     public func publish(exchange: String, routingKey: String, body: [UInt8], persistent: Bool = true,
-                        channel: UInt16 = 1) throws -> UInt64 {
+                        channel: UInt16 = 1, userID: String? = nil) throws -> UInt64 {
         var props = amqp_basic_properties_t()
         props._flags = 0x8000 | 0x1000  // AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG
         props.delivery_mode = persistent ? 2 : 1
-        let status: Int32 = withBytes(["application/json", exchange, routingKey]) { b in
+        if userID != nil { props._flags |= 0x0010 }  // AMQP_BASIC_USER_ID_FLAG: the broker checks it is our login
+        let status: Int32 = withBytes(["application/json", exchange, routingKey, userID ?? ""]) { b in
             props.content_type = b[0]
+            if userID != nil { props.user_id = b[3] }
             return body.withUnsafeBufferPointer { buffer in
                 let bytes = amqp_bytes_t(len: buffer.count, bytes: UnsafeMutableRawPointer(mutating: buffer.baseAddress))
                 return amqp_basic_publish(state, channel, b[1], b[2], 0, 0, &props, bytes)

@@ -102,7 +102,67 @@ enum Shell {
     }
 }
 
-/// A real `fem-client daemon` process with its own config, work dir and node id.
+/// The broker accounts of the least-privilege set (scripts/dev-broker.sh): the orchestrator account the tests'
+/// operator and femctl use, and one account per test node, made when the node is. The shared exchanges are declared
+/// once per broker with `femctl setup`, as an operator would; nodes only look them up.
+enum BrokerAccounts {
+    static let orchestrator = "fem-orchestrator"
+    nonisolated(unsafe) private static var ready = Set<String>()
+    private static let lock = NSLock()
+
+    static func script(_ args: [String], brokerDir: String) throws {
+        let out = try Shell.run(["/bin/bash", "\(TestEnv.repoRoot)/scripts/dev-broker.sh"] + args + ["--dir", brokerDir])
+        if out.status != 0 {
+            throw HarnessError("dev-broker.sh \(args.joined(separator: " ")) failed: \(out.output)")
+        }
+    }
+
+    /// The orchestrator account and the exchanges, once per broker (a broker started by an older script has neither).
+    static func prepare(brokerDir: String, port: Int) throws {
+        try lock.withLock {
+            guard !ready.contains(brokerDir) else { return }
+            try script(["accounts"], brokerDir: brokerDir)
+            let setup = try Shell.run([try TestEnv.binary("femctl"), "setup"], environment: femctlEnvironment(
+                brokerDir: brokerDir, port: port))
+            if setup.status != 0 { throw HarnessError("femctl setup failed: \(setup.output)") }
+            ready.insert(brokerDir)
+        }
+    }
+
+    /// femctl's settings for the orchestrator account.
+    static func femctlEnvironment(brokerDir: String, port: Int) -> [String: String] {
+        var env = ProcessInfo.processInfo.environment
+        env["FEMCTL_BROKER_URL"] = "amqps://\(orchestrator)@localhost:\(port)/%2f"
+        env["FEMCTL_CA_FILE"] = "\(brokerDir)/ca.pem"
+        env["FEMCTL_CERT_FILE"] = "\(brokerDir)/operator.pem"
+        env["FEMCTL_KEY_FILE"] = "\(brokerDir)/operator.key"
+        env["FEMCTL_PASSWORD_FILE"] = "\(brokerDir)/orchestrator.password"
+        return env
+    }
+
+    /// A node's own account (its id), with the permissions dev-broker.sh gives nodes.
+    static func addNode(_ id: String, brokerDir: String, port: Int) throws {
+        try prepare(brokerDir: brokerDir, port: port)
+        try script(["add-node", id], brokerDir: brokerDir)
+    }
+
+    static func password(_ file: String) throws -> String {
+        try String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// A connection as `user` (the orchestrator, or a node's account).
+    static func connect(as user: String, brokerDir: String, port: Int, cert: String = "operator") throws
+        -> AMQPConnection {
+        let file = user == orchestrator ? "\(brokerDir)/orchestrator.password"
+            : user == "fem" ? "\(brokerDir)/password" : "\(brokerDir)/nodes/\(user).password"
+        return try AMQPConnection(endpoint: AMQPEndpoint(
+            host: "localhost", port: port, vhost: "/", user: user, password: try password(file),
+            caFile: "\(brokerDir)/ca.pem", certFile: "\(brokerDir)/\(cert).pem", keyFile: "\(brokerDir)/\(cert).key"))
+    }
+}
+
+/// A real `fem-client daemon` process with its own config, work dir and node id, logging in to the broker with
+/// its own least-privilege account.
 final class TestNode {
     let id: String
     let dir: String
@@ -116,6 +176,7 @@ final class TestNode {
         dir = try TestEnv.scratch(id)
         self.brokerDir = try brokerDir ?? TestEnv.brokerDir()
         self.port = try port ?? TestEnv.brokerPort()
+        try BrokerAccounts.addNode(id, brokerDir: self.brokerDir, port: self.port)
         let config = """
             [node]
             id = "\(id)"
@@ -125,8 +186,8 @@ final class TestNode {
             heartbeat_interval = 2
             stop_grace = 1
             [broker]
-            url = "amqps://fem@localhost:\(self.port)/%2f"
-            password_file = "\(self.brokerDir)/password"
+            url = "amqps://\(id)@localhost:\(self.port)/%2f"
+            password_file = "\(self.brokerDir)/nodes/\(id).password"
             ca_file = "\(self.brokerDir)/ca.pem"
             cert_file = "\(self.brokerDir)/\(cert).pem"
             key_file = "\(self.brokerDir)/\(cert).key"
@@ -213,12 +274,9 @@ final class Operator {
         try setUp()
     }
 
+    /// The orchestrator account: what nodes accept tasks and control messages from.
     static func connect(brokerDir: String, port: Int, cert: String) throws -> AMQPConnection {
-        let password = try String(contentsOfFile: "\(brokerDir)/password", encoding: .utf8)
-            .trimmingCharacters(in: .whitespacesAndNewlines)
-        return try AMQPConnection(endpoint: AMQPEndpoint(
-            host: "localhost", port: port, vhost: "/", user: "fem", password: password, caFile: "\(brokerDir)/ca.pem",
-            certFile: "\(brokerDir)/\(cert).pem", keyFile: "\(brokerDir)/\(cert).key"))
+        try BrokerAccounts.connect(as: BrokerAccounts.orchestrator, brokerDir: brokerDir, port: port, cert: cert)
     }
 
     var eventsQueue: String { "test.events.\(nodeID)" }
@@ -264,7 +322,8 @@ final class Operator {
     }
 
     func publish(_ body: [UInt8]) throws {
-        try pub.publish(exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(nodeID), body: body)
+        try pub.publish(exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(nodeID), body: body,
+                        userID: BrokerAccounts.orchestrator)
     }
 
     func submit(_ task: [String: JSONValue]) throws {
@@ -273,7 +332,8 @@ final class Operator {
 
     func cancel(_ taskID: String) throws {
         let body = try JSONEncoder.fem.encode(ControlMessage(taskID: taskID, reason: "test"))
-        try pub.publish(exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(nodeID), body: Array(body))
+        try pub.publish(exchange: WireNames.controlExchange, routingKey: WireNames.nodeKey(nodeID), body: Array(body),
+                        userID: BrokerAccounts.orchestrator)
     }
 
     /// Reads events until `done` holds for what has been seen, or fails after `timeout` seconds.
