@@ -20,6 +20,10 @@ config=${FEM_CONFIG:-config/fem-client.toml}
 if [[ -z "${FEM_BROKER_URL:-}" ]] && grep -Eq '^url *= *"amqps://[^@]*@localhost:5671/' "$config" \
    && grep -Eq '^ca_file *= *"var/dev-broker/' "$config"; then
   bash scripts/dev-broker.sh start --dir var/dev-broker --port 5671
+  # The node's own least-privilege account (named like the node id), and the shared exchanges.
+  node_id=$(sed -n 's/^id *= *"\([a-z0-9-]*\)".*/\1/p' "$config" | head -1)
+  bash scripts/dev-broker.sh add-node "${node_id:-dev-node}" --dir var/dev-broker
+  .build/release/femctl setup >/dev/null
 fi
 
 mkdir -p var

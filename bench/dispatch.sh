@@ -21,6 +21,7 @@ cleanup() {
 }
 trap cleanup EXIT
 bash scripts/dev-broker.sh start --dir "$broker" --port 5697 --name fem-bench >/dev/null
+bash scripts/dev-broker.sh add-node bench --dir "$broker" >/dev/null
 
 cat > "$work/node.toml" <<EOF
 [node]
@@ -30,8 +31,8 @@ log_file = "$work/receiver.log"
 max_concurrent_tasks = 2
 heartbeat_interval = 30
 [broker]
-url = "amqps://fem@localhost:5697/%2f"
-password_file = "$broker/password"
+url = "amqps://bench@localhost:5697/%2f"
+password_file = "$broker/nodes/bench.password"
 ca_file = "$broker/ca.pem"
 cert_file = "$broker/node.pem"
 key_file = "$broker/node.key"
@@ -41,8 +42,10 @@ cat > "$work/noop.task.json" <<'EOF'
 {"schema_version": 1, "execution_id": "bench", "plan": {"schema_version": 1, "id": "noop", "version": "1",
  "launcher": "process", "command": {"base": ["/bin/true"]}}}
 EOF
-export FEMCTL_BROKER_URL="amqps://fem@localhost:5697/%2f" FEMCTL_CA_FILE="$broker/ca.pem" \
-  FEMCTL_CERT_FILE="$broker/operator.pem" FEMCTL_KEY_FILE="$broker/operator.key" FEMCTL_PASSWORD_FILE="$broker/password"
+export FEMCTL_BROKER_URL="amqps://fem-orchestrator@localhost:5697/%2f" FEMCTL_CA_FILE="$broker/ca.pem" \
+  FEMCTL_CERT_FILE="$broker/operator.pem" FEMCTL_KEY_FILE="$broker/operator.key" \
+  FEMCTL_PASSWORD_FILE="$broker/orchestrator.password"
+$bin/femctl setup >/dev/null
 
 rss() { awk "/^$2:/ {print \$2}" "/proc/$1/status"; }
 

@@ -46,7 +46,9 @@ struct NodeConfigTests {
         #expect(c.nodeID == "dev-node")
         #expect(c.enabledLaunchers == ["process"])
         #expect(c.workDir.hasPrefix("/"))
-        #expect(try c.endpoint().description == "amqps://fem@localhost:5671/%2f")
+        #expect(try c.endpoint().description == "amqps://dev-node@localhost:5671/%2f", "the node's own account")
+        #expect(c.orchestrators == ["fem-orchestrator"])
+        #expect(c.reporterMaxEventsPerTask == 1000 && c.reporterMaxEventBytesPerTask == 1 << 20)
     }
 
     @Test func defaultsApply() throws {
