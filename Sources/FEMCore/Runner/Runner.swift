@@ -75,6 +75,24 @@ final class EventBudget: @unchecked Sendable {
 
     init(_ limits: ReporterLimits) { self.limits = limits }
 
+    /// After a daemon restart: what the task's tool already caused (and held), from the journal, so re-attaching
+    /// does not reset the caps or drop the held text.
+    func seed(history: [TaskEvent], held text: String?) {
+        lock.withLock {
+            for e in history where e.kind == .progress || e.kind == .notice {
+                guard let d = e.detail.data else { continue }
+                if d["cap_reached"] != nil {
+                    capped = true
+                    continue
+                }
+                guard d["round"] != nil || d["finished"] != nil || d["trigger"] != nil || d["link"] != nil else { continue }
+                count += 1
+                bytes += (e.detail.message?.utf8.count ?? 0) + JSONValue.object(d).encoded().count
+            }
+            if let text { held = text }
+        }
+    }
+
     /// Whether an event of `size` bytes may go out; the first refusal comes with one notice saying so.
     func admit(size: Int) -> Verdict {
         lock.withLock {
@@ -517,6 +535,8 @@ public actor Runner {
         // The work's logs, read while it runs: reporter lines on stdout, launcher signals on both.
         let watch = WatchState()
         let budget = EventBudget(settings.reporter)
+        budget.seed(history: (try? journal.history(job.task.taskID)) ?? [],
+                    held: (try? journal.step(job.task.taskID, Self.heldTextStep)) ?? nil)
         let (verdicts, verdict) = AsyncStream<Race>.makeStream()
         let followed = [(job.stdoutPath, true), (job.stderrPath, false)].map { path, isStdout in
             let (lines, finish) = follower.follow(path)

@@ -71,23 +71,25 @@ struct OutputsCommand: AsyncParsableCommand {
     static func decide(_ options: ConfigOption, taskID: String, approve: Bool, reason: String?) throws {
         let (_, journal) = try open(options)
         _ = try waiting(journal, taskID)
-        guard let held = manifest(journal, taskID) else {
-            throw ValidationError("task \(taskID) has no journaled manifest of held outputs: there is nothing to decide")
+        let held = manifest(journal, taskID)
+        if approve && held == nil {
+            throw ValidationError("task \(taskID) has no journaled manifest of held outputs (held by an older version?): "
+                                  + "it cannot be approved; reject it and run the task again")
         }
         // The OS account that runs this command: not a name anyone can type.
         let who = currentUser()
         let decision = approve ? "approved" : "rejected: \(reason ?? "")"
         var data: [String: JSONValue] = ["decision": .string(approve ? "approved" : "rejected"), "by": .string(who),
-                                         "uid": .int(Int64(getuid())), "at": .string(FEMTime.format(Date())),
-                                         "manifest_sha256": .string(held.sha256)]
+                                         "uid": .int(Int64(getuid())), "at": .string(FEMTime.format(Date()))]
+        if let held { data["manifest_sha256"] = .string(held.sha256) }
         if let reason { data["reason"] = .string(reason) }
         let message = "outputs \(approve ? "approved" : "rejected") by \(who)" + (reason.map { ": \($0)" } ?? "")
         // The event first, then the steps the daemon acts on: an acted-on decision always has its record, and an
         // approval names the manifest it was given for.
         try journal.note(taskID, kind: .approval, detail: EventDetail(message: message, data: data), at: Date())
-        if approve { try journal.markStep(taskID, OutputDelivery.approvedManifestStep, info: held.sha256) }
+        if approve, let held { try journal.markStep(taskID, OutputDelivery.approvedManifestStep, info: held.sha256) }
         try journal.markStep(taskID, Runner.approvalStep, info: decision)
-        print("\(taskID): \(message.escapedForTerminal) (manifest sha256 \(held.sha256))")
+        print("\(taskID): \(message.escapedForTerminal)" + (held.map { " (manifest sha256 \($0.sha256))" } ?? ""))
         print(approve ? "the daemon uploads the outputs within a few seconds (fem-client show \(taskID))"
                       : "the outputs will not leave this node")
     }
