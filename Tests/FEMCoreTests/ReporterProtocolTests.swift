@@ -30,4 +30,31 @@ struct ReporterProtocolTests {
         #expect(ReportMessage.parse(big) == nil)
         #expect(ReportMessage.info("Finished").isFinished && !ReportMessage.info("finished").isFinished)
     }
+
+    @Test func aLineJustOver4KiBIsOrdinary() {
+        let line = #"{"type": "print", "message": ""# + String(repeating: "x", count: 4096) + #""}"#
+        #expect(ReportMessage.parse(line) == nil)
+    }
+
+    @Test func toolTextIsCutOnACharacterBoundaryWithoutControlCharacters() {
+        #expect(ToolText.clean("a\u{1B}[2Jb\r\nc\u{202E}d\u{9B}e", maxBytes: 100) == "a[2Jb  cde")
+        let cut = ToolText.clean(String(repeating: "é", count: 600), maxBytes: 1024)
+        #expect(cut.utf8.count <= 1024 + 3 && cut.hasSuffix("…") && cut.hasPrefix("éé"))
+        #expect(ToolText.isPlainName("loss_2.val-x") && !ToolText.isPlainName("") && !ToolText.isPlainName("a b")
+                && !ToolText.isPlainName(String(repeating: "a", count: 65)) && !ToolText.isPlainName("ünï"))
+    }
+
+    @Test func metricsAreScreened() {
+        let metrics: [String: JSONValue] = ["acc": .double(0.9), "n": .int(3), "tag": .string("short"),
+                                            "blob": .string(String(repeating: "x", count: 65)), "bad name": .int(1),
+                                            "obj": .object([:]), "flag": .bool(true)]
+        let open = ToolText.screen(metrics, maxCount: 32, numbersOnly: false)
+        #expect(open.kept == ["acc": .double(0.9), "n": .int(3), "tag": .string("short")])
+        #expect(open.dropped.count == 4)
+        let held = ToolText.screen(metrics, maxCount: 32, numbersOnly: true)
+        #expect(held.kept == ["acc": .double(0.9), "n": .int(3)])
+        let few = ToolText.screen(metrics, maxCount: 1, numbersOnly: true)
+        #expect(few.kept == ["acc": .double(0.9)] && few.dropped.contains { $0.hasPrefix("n (over 1 metrics") })
+    }
 }
+

@@ -134,8 +134,16 @@ struct OutputsCommand: AsyncParsableCommand {
                 throw ValidationError("task \(taskID) has no journaled manifest of held outputs (state \(rec.state.rawValue))")
             }
             if json {
-                // JSON escapes control characters itself.
-                print(String(decoding: manifest.raw, as: UTF8.self))
+                // JSON escapes C0 control characters itself; C1 controls and bidi overrides are escaped here too.
+                var text = ""
+                for u in String(decoding: manifest.raw, as: UTF8.self).unicodeScalars {
+                    switch u.value {
+                    case 0x7F..<0xA0, 0x2028, 0x2029, 0x200E, 0x200F, 0x202A...0x202E, 0x2066...0x2069:
+                        text += String(format: "\\u%04x", u.value)
+                    default: text.unicodeScalars.append(u)
+                    }
+                }
+                print(text)
                 return
             }
             let m = manifest.view

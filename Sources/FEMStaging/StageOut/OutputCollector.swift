@@ -108,8 +108,9 @@ public enum StagingCopy {
     /// link (more than one name) fails the collection, as does one that changes type while it is read. Symlinks,
     /// devices, FIFOs and sockets are never collected.
     public static func stage(plan: ToolPlan, sandbox: ToolPaths, limits: OutputLimits, into folder: String) throws
-        -> [CollectedFile] {
+        -> (files: [CollectedFile], skipped: Int) {
         try prepareFolder(folder)
+        var skipped = 0
         var files: [CollectedFile] = []
         if let logs = try? Directory(open: sandbox.logs) {
             for name in ["stdout.log", "stderr.log"] where logs.kind(of: name) == S_IFREG {
@@ -120,7 +121,7 @@ public enum StagingCopy {
         do {
             out = try Directory(open: sandbox.output)
         } catch {
-            return files
+            return (files, 0)
         }
         var total: Int64 = 0
         func visit(_ dir: Directory, _ rel: String) throws {
@@ -140,13 +141,16 @@ public enum StagingCopy {
                                           + "bytes at out/\(child)")
                     }
                     files.append(file)
+                case 0:
+                    continue
                 default:
-                    continue  // symlinks, devices, FIFOs, sockets
+                    // Symlinks, devices, FIFOs, sockets: never collected (counted, for the steward's information).
+                    if plan.outputs.contains(where: { Glob.matches($0.pattern, child) }) { skipped += 1 }
                 }
             }
         }
         try visit(out, "")
-        return files
+        return (files, skipped)
     }
 
     /// Re-reads a staged file and compares it with what was approved; throws naming the file when it differs.

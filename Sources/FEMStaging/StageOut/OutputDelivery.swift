@@ -100,8 +100,15 @@ public struct OutputDelivery: StageOut {
             manifestJSON = held
             files = try Self.heldFiles(held, folder: folder)
         } else {
-            files = try StagingCopy.stage(plan: job.task.plan, sandbox: job.sandbox, limits: policy.limits,
-                                          into: folder)
+            let staged = try StagingCopy.stage(plan: job.task.plan, sandbox: job.sandbox, limits: policy.limits,
+                                               into: folder)
+            files = staged.files
+            if staged.skipped > 0 {
+                // A count only: the names are the tool's, and may not leave before an approval.
+                reporter.progress("\(staged.skipped) entries of out/ match the outputs but are not regular files "
+                                  + "(symlinks, devices, FIFOs, sockets): not collected",
+                                  ["not_collected": .int(Int64(staged.skipped))])
+            }
             let manifest = Manifest(job: job, record: record, nodeID: policy.nodeID, outcome: outcome,
                                     startedAt: record.receivedAt, gitCommit: reporter.isDone("git"),
                                     imageDigest: reporter.isDone("image"), files: files)
