@@ -148,6 +148,13 @@ struct FlowerTests {
             .map { String(run.output[$0].split(separator: " ").last!) }, "flwr run printed no run id: \(run.output)")
 
         try op.waitForFinal(tasks.map(Tasks.id), timeout: 120)
+        // Every round's evaluation got an answer from both nodes, the last one too: a node stopped right after its
+        // ClientApp said `Finished` would fail the last evaluation ("0 results and 2 failures").
+        let evaluations = run.output.split(separator: "\n").filter { $0.contains("aggregate_evaluate: Received") }
+        #expect(evaluations.count == 3 && evaluations.allSatisfy {
+            $0.trimmingCharacters(in: .whitespacesAndNewlines).hasSuffix("Received 2 results and 0 failures")
+        },
+                "evaluations: \(evaluations)")
         for t in tasks {
             let final = try #require(op.finalState(of: Tasks.id(t)))
             #expect(final.state == .completed, "\(final.detail)")

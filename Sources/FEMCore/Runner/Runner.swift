@@ -35,6 +35,13 @@ final class WatchState: @unchecked Sendable {
     private var error: String?
     private var lostSince: (ContinuousClock.Instant, String)?
     private var linked: Bool?
+    private var received = 0
+    private var sent = 0
+
+    /// Messages the work took from its server and answers it delivered.
+    var messages: (received: Int, sent: Int) { lock.withLock { (received, sent) } }
+    func messageReceived() { lock.withLock { received += 1 } }
+    func replySent() { lock.withLock { sent += 1 } }
 
     var reportedError: String? { lock.withLock { error } }
     func reportError(_ m: String) { lock.withLock { if error == nil { error = m } } }
@@ -513,6 +520,9 @@ public actor Runner {
                 if case .exited(let o) = first { return (first, o) }
                 return (first, nil)
             case .timedOut, .cancelled, .reportedError, .finished, .unreachable:
+                if case .finished = first, let limit = launcher.finishDeliveryLimit {
+                    await Self.awaitDelivery(watch, limit: limit, linger: launcher.finishLinger)
+                }
                 await launcher.stop(handle, grace: grace)
                 var ended: LaunchOutcome?
                 while let r = await group.next() {
@@ -561,6 +571,24 @@ public actor Runner {
         }
     }
 
+    /// After `Finished`: waits until the work has delivered a reply sent after it (the answer to the round in which
+    /// the tool said it), or, when nothing it took is left unanswered, a few seconds for a late log line (the
+    /// tool's stdout and the work's stderr are read separately, so "received" may trail "Finished"), at most `limit`;
+    /// then `linger` for the server to collect the reply.
+    static func awaitDelivery(_ watch: WatchState, limit: Duration, linger: Duration) async {
+        let start = ContinuousClock.now
+        let sentAtFinish = watch.messages.sent
+        while ContinuousClock.now - start < limit {
+            let m = watch.messages
+            if m.sent > sentAtFinish {
+                try? await Task.sleep(for: linger)
+                return
+            }
+            if m.received <= m.sent && ContinuousClock.now - start >= .seconds(3) { return }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
     /// What each line of the work's logs means: reporter messages (stdout only) and launcher signals.
     private nonisolated func lineHandler(_ taskID: String, launcher: any Launcher, watch: WatchState,
                                          verdict: AsyncStream<Race>.Continuation)
@@ -577,6 +605,8 @@ public actor Runner {
                     if watch.connect() { note(.notice, m, ["link": "connected"]) }
                 case .disconnected(let m):
                     if watch.disconnect(m) { note(.notice, m, ["link": "disconnected"]) }
+                case .messageReceived: watch.messageReceived()
+                case .replySent: watch.replySent()
                 }
             }
             guard isStdout, let report = ReportMessage.parse(line) else { return }

@@ -57,6 +57,12 @@ public final class FlowerLauncher: Launcher, Sendable {
     }
 
     public var unreachableLimit: Duration? { config.unreachableLimit }
+    /// A ClientApp says `Finished` inside its last round; the SuperNode's reply to that round must still reach the
+    /// SuperLink, or the server counts the node as failed in it.
+    public var finishDeliveryLimit: Duration? { .seconds(30) }
+    /// A SuperLink answers the ServerApp's pull for a node that has left with "Node Unavailable", even when the
+    /// node's reply is stored; the ServerApp pulls every 3 s (flwr 1.41 `Grid.send_and_receive`).
+    public var finishLinger: Duration { .seconds(5) }
 
     public func toolPaths(forHost sandbox: ToolPaths) -> ToolPaths { sandbox }
 
@@ -88,6 +94,11 @@ public final class FlowerLauncher: Launcher, Sendable {
         if text.contains("Connection attempt failed") {
             return .disconnected("cannot reach the SuperLink (the SuperNode keeps retrying)")
         }
+        // Flower 1.41's SuperNode: "Receiving: <kind> message (ID …)" then "Received successfully"; after the
+        // ClientApp ran, "Sending: <kind> message (ID …)" then "Sent successfully".
+        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        if trimmed.hasSuffix("Received successfully") { return .messageReceived }
+        if trimmed.hasSuffix("Sent successfully") { return .replySent }
         return nil
     }
 
