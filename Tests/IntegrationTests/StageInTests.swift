@@ -20,6 +20,7 @@ struct StageInTests {
         let wrong = try TestEnv.scratch("wrong-password") + "/password"
         try "not-the-password\n".write(toFile: wrong, atomically: true, encoding: .utf8)
         return try TestNode(name, extra: """
+            \(TestNode.hostProcesses)
             [stage_in]
             git_allowed_urls = ["file://", "git://127.0.0.1:19418/", "https://localhost:18443/git/"]
             file_allowed_urls = ["http://127.0.0.1:18080/files/", "https://localhost:18443/files/"]
