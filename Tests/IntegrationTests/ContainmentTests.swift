@@ -39,6 +39,44 @@ struct ContainmentTests {
         #expect(neverRan(op, t))
     }
 
+    @Test func hostLaunchersWithoutAnAllowlistDoNotStart() throws {
+        let node = try TestNode("contain-noallow", extra: """
+            [launchers]
+            enabled = ["process"]
+            """)
+        let check = try node.run(["check"])
+        #expect(check.status != 0)
+        #expect(check.output.contains("launchers.process.allowed_executables: must list the absolute paths of the "
+                                      + "programs host-process tasks may run"), "\(check.output)")
+        let daemon = try node.run(["daemon"])
+        #expect(daemon.status != 0 && daemon.output.contains("launchers.process.allowed_executables"), "\(daemon.output)")
+
+        let relative = try TestNode("contain-relallow", extra: """
+            [launchers]
+            enabled = ["process", "flower"]
+            [launchers.process]
+            allowed_executables = ["/bin/sh", "python3"]
+            [launchers.flower]
+            python = "python3"
+            """)
+        let r = try relative.run(["check"])
+        #expect(r.status != 0)
+        #expect(r.output.contains("launchers.process.allowed_executables: \"python3\" is not an absolute path"), "\(r.output)")
+        #expect(r.output.contains("launchers.flower.python: \"python3\" is not an absolute path"), "\(r.output)")
+
+        let listed = try TestNode("contain-listed", extra: """
+            [launchers]
+            enabled = ["process"]
+            [launchers.process]
+            allowed_executables = ["/bin/sh", "/opt/fem-no-such-tool"]
+            """)
+        let ok = try listed.run(["check"])
+        #expect(ok.status == 0, "\(ok.output)")
+        #expect(ok.output.contains("ok    process: tasks may run /bin/sh"), "\(ok.output)")
+        #expect(ok.output.contains("warn  process: launchers.process.allowed_executables lists /opt/fem-no-such-tool, "
+                                   + "which is not an executable file on this host"), "\(ok.output)")
+    }
+
     @Test func hostProgramsOnlyByAbsolutePathAndNoLoaderVariables() throws {
         let node = try TestNode("contain-proc", extra: TestNode.hostProcesses)
         try node.start()

@@ -75,6 +75,12 @@ public final class ProcessLauncher: Launcher, Sendable {
         return String(cString: p)
     }
 
+    /// What an allowlist entry resolves to, if it is an executable file on this host (for `fem-client check`).
+    public static func resolvedExecutable(_ path: String) -> String? {
+        guard path.hasPrefix("/"), let real = realPath(path), isExecutableFile(real) else { return nil }
+        return real
+    }
+
     static func isExecutableFile(_ path: String) -> Bool {
         var st = stat()
         return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG && access(path, X_OK) == 0
