@@ -70,6 +70,51 @@ struct FlowerPolicyTests {
         }
     }
 
+    /// pip gets only the node's own requirements file and flags: a stand-in interpreter makes a venv whose `pip`
+    /// records its argv (and fails, printing a "secret", when asked to).
+    @Test func pipRunsWheelsOnlyWithHashesFromTheNodesFileAndItsWordsStayInTheLog() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("fem-pip-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: "\(dir)/logs", withIntermediateDirectories: true)
+        let pip = "\(dir)/pip-template"
+        try """
+            #!/bin/sh
+            for a in "$@"; do echo "$a"; done > "$(dirname "$0")/../pip-args"
+            if grep -q failing "$(dirname "$0")/../fem-requirements.txt"; then echo "root:secret-hash:19000"; exit 1; fi
+            """.write(toFile: pip, atomically: true, encoding: .utf8)
+        let python = "\(dir)/python"
+        try "#!/bin/sh\nmkdir -p \"$3/bin\" && cp \"\(pip)\" \"$3/bin/pip\"\n"
+            .write(toFile: python, atomically: true, encoding: .utf8)
+        chmod(pip, 0o755)
+        chmod(python, 0o755)
+        let envs = PythonEnvironments(python: python, root: "\(dir)/venvs", wheelDir: nil)
+        let pins = try PythonRequirement.parseAll(["numpy==2.4.6 --hash=sha256:\(hash)", "flwr==1.41.0 --hash=sha256:\(hash)"]).get()
+        let venv = try await envs.ensure(tool: "t", version: "1", requirements: pins, log: "\(dir)/logs/venv.log")
+        let args = try String(contentsOfFile: "\(venv)/pip-args", encoding: .utf8).split(separator: "\n").map(String.init)
+        #expect(args == ["install", "--disable-pip-version-check", "--no-input", "--isolated", "--only-binary", ":all:",
+                         "--require-hashes", "-r", "\(venv)/fem-requirements.txt"])
+        #expect(try String(contentsOfFile: "\(venv)/fem-requirements.txt", encoding: .utf8)
+                == "flwr==1.41.0 --hash=sha256:\(hash)\nnumpy==2.4.6 --hash=sha256:\(hash)\n")
+
+        let sourceBuilds = PythonEnvironments(python: python, root: "\(dir)/venvs", wheelDir: "/srv/wheels",
+                                              allowSourceBuilds: true)
+        let plain = try await sourceBuilds.ensure(tool: "t", version: "1", requirements: [pins[0]].map {
+            PythonRequirement(name: $0.name, version: $0.version, hashes: []) }, log: "\(dir)/logs/venv.log")
+        #expect(plain != venv, "other install options make another environment")
+        #expect(try String(contentsOfFile: "\(plain)/pip-args", encoding: .utf8).split(separator: "\n")
+                == ["install", "--disable-pip-version-check", "--no-input", "--isolated", "--no-index", "--find-links",
+                    "/srv/wheels", "-r", "\(plain)/fem-requirements.txt"])
+
+        let failing = [PythonRequirement(name: "failing", version: "1.0", hashes: [])]
+        do {
+            _ = try await envs.ensure(tool: "t", version: "1", requirements: failing, log: "\(dir)/logs/venv.log")
+            Issue.record("a failing pip was taken for success")
+        } catch let f as TaskFailure {
+            #expect(f.failureClass == .stageInFailure)
+            #expect(f.message == "installing failing==1.0 failed (exited(1)); see the task's log (logs/venv.log)")
+        }
+        #expect(try String(contentsOfFile: "\(dir)/logs/venv.log", encoding: .utf8).contains("root:secret-hash:19000"))
+    }
+
     func job(server: String, mode: String = "supernode", requirements: [String] = ["flwr==1.41.0"]) throws -> LaunchJob {
         let doc: JSONValue = ["schema_version": 1, "task_id": "t1", "execution_id": "e", "plan": [
             "schema_version": 1, "id": "t", "version": "1", "launcher": "flower", "command": ["base": ["flower"]],
