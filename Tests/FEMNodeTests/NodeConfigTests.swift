@@ -44,7 +44,7 @@ struct NodeConfigTests {
             .replacingOccurrences(of: "var/dev-broker/node.key", with: "\(Self.dir)/c.key")
         let c = try NodeConfig.parse(text, source: "example", environment: ["FEM_BROKER_PASSWORD": "pw"])
         #expect(c.nodeID == "dev-node")
-        #expect(c.enabledLaunchers == ["process"])
+        #expect(c.enabledLaunchers == ["docker"], "the example enables docker only")
         #expect(c.workDir.hasPrefix("/"))
         #expect(try c.endpoint().description == "amqps://fem@localhost:5671/%2f")
     }
@@ -53,6 +53,45 @@ struct NodeConfigTests {
         let c = try NodeConfig.parse(Self.toml(), source: "t", environment: [:])
         #expect(c.maxConcurrentTasks == 2 && c.heartbeatSeconds == 30 && c.prefetch == 16)
         #expect(c.brokerPassword == nil)
+        #expect(c.enabledLaunchers.isEmpty, "with no launchers.enabled key no launcher runs")
+        #expect(c.envAllowed.isEmpty && c.flower.allowedSuperlinks.isEmpty && !c.flower.allowSourceBuilds)
+    }
+
+    @Test func hostLaunchersNeedAnAllowlistOfAbsolutePaths() throws {
+        #expect(Self.problems(Self.toml("[launchers]\nenabled = [\"process\"]")) == [
+            "launchers.process.allowed_executables: must list the absolute paths of the programs host-process tasks "
+                + "may run while \"process\" is in launchers.enabled",
+        ])
+        #expect(Self.problems(Self.toml("[launchers]\nenabled = [\"process\"]\n[launchers.process]\n"
+                                        + "allowed_executables = [\"/bin/sh\", \"python3\", \"usr/bin/perl\"]")) == [
+            "launchers.process.allowed_executables: \"python3\" is not an absolute path",
+            "launchers.process.allowed_executables: \"usr/bin/perl\" is not an absolute path",
+        ])
+        #expect(Self.problems(Self.toml("[launchers]\nenabled = [\"process\"]"),
+                              env: ["FEM_LAUNCHERS_PROCESS_ALLOWED_EXECUTABLES": "/bin/sh"]).isEmpty)
+        #expect(Self.problems(Self.toml("[launchers]\nenabled = [\"flower\"]\n[launchers.flower]\npython = \"python3\""))
+                == ["launchers.flower.python: \"python3\" is not an absolute path (the interpreter Flower environments "
+                    + "are made from, e.g. /usr/bin/python3)"])
+        let c = try NodeConfig.parse(Self.toml("""
+            [launchers]
+            enabled = ["process", "flower"]
+            env_allowed = ["OMP_NUM_THREADS", "MYTOOL_*"]
+            [launchers.process]
+            allowed_executables = ["/bin/sh"]
+            [launchers.flower]
+            allowed_superlinks = ["SuperLink.example.org:9092", "[::1]:9092"]
+            allow_source_builds = true
+            """), source: "t", environment: [:])
+        #expect(c.processAllowedExecutables == ["/bin/sh"] && c.envAllowed == ["OMP_NUM_THREADS", "MYTOOL_*"])
+        #expect(c.flower.allowedSuperlinks.map(\.description) == ["superlink.example.org:9092", "[::1]:9092"])
+        #expect(c.flower.allowSourceBuilds)
+        #expect(Self.problems(Self.toml("[launchers.flower]\nallowed_superlinks = [\"https://x.org:9092\", \"x.org\"]"))
+                == ["launchers.flower.allowed_superlinks: \"https://x.org:9092\" is not host:port (e.g. "
+                    + "\"superlink.example.org:9092\" or \"[2001:db8::1]:9092\")",
+                    "launchers.flower.allowed_superlinks: \"x.org\" is not host:port (e.g. "
+                    + "\"superlink.example.org:9092\" or \"[2001:db8::1]:9092\")"])
+        #expect(Self.problems(Self.toml("[launchers]\nenabled = []\nenv_allowed = [\"A B\"]"))
+                == ["launchers.env_allowed: \"A B\" is not a variable name (or NAME_PREFIX*)"])
     }
 
     @Test func unknownKeyIsNamed() {
@@ -70,7 +109,7 @@ struct NodeConfigTests {
     @Test func environmentOverridesTheFile() throws {
         let c = try NodeConfig.parse(Self.toml(), source: "t", environment: [
             "FEM_BROKER_URL": "amqps://other@broker.example:5999/prod", "FEM_NODE_MAX_CONCURRENT_TASKS": "7",
-            "FEM_LAUNCHERS_ENABLED": "process", "FEM_BROKER_PASSWORD": "pw",
+            "FEM_LAUNCHERS_ENABLED": "docker", "FEM_BROKER_PASSWORD": "pw",
         ])
         #expect(c.maxConcurrentTasks == 7)
         let e = try c.endpoint()

@@ -43,6 +43,43 @@ struct StageInUnitTests {
         #expect(found == ["abs", "lib/deep/sneaky", "lib/escape"])
     }
 
+    /// The audit's chain: each target looks harmless on its own (`..` never climbs above the link's folder), yet
+    /// `a → .`, `b → a/..`, `c → b/..` … `h → g/..` and `etc → h/etc` lead to /etc. Resolved link by link against
+    /// the real file system, `b` already leaves (it is the parent of the root), and so does everything built on it.
+    @Test func aChainOfInnocentLookingLinksIsFollowedToWhereItReallyLeads() throws {
+        let root = "\(dir)/src"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: "\(root)/a", withDestinationPath: ".")
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h"]
+        for (prev, name) in zip(names, names.dropFirst()) {
+            try FileManager.default.createSymbolicLink(atPath: "\(root)/\(name)", withDestinationPath: "\(prev)/..")
+        }
+        try FileManager.default.createSymbolicLink(atPath: "\(root)/etc", withDestinationPath: "h/etc")
+        try "x".write(toFile: "\(root)/inside.txt", atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: "\(root)/fine", withDestinationPath: "a/a/inside.txt")
+        let found = SandboxPaths.escapingSymlinks(under: root)
+        #expect(found.map(\.path) == ["b", "c", "d", "e", "f", "g", "h", "etc"].sorted())
+        #expect(found.first { $0.path == "etc" }?.target == "h/etc")
+        // The kernel agrees: `etc` leads outside the root, to the host's /etc when the root is at most 7 folders
+        // deep (the old lexical check let every one of these links through).
+        func real(_ p: String) -> String? {
+            guard let r = realpath(p, nil) else { return nil }
+            defer { free(r) }
+            return String(cString: r)
+        }
+        let realRoot = try #require(real(root))
+        let realEtc = try #require(real("\(root)/etc"))
+        #expect(!realEtc.hasPrefix(realRoot + "/"))
+        if realRoot.split(separator: "/").count <= 7 { #expect(realEtc == "/etc") }
+
+        // A loop is refused, not followed forever.
+        let loop = "\(dir)/loop"
+        try FileManager.default.createDirectory(atPath: loop, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: "\(loop)/x", withDestinationPath: "y")
+        try FileManager.default.createSymbolicLink(atPath: "\(loop)/y", withDestinationPath: "x")
+        #expect(SandboxPaths.escapingSymlinks(under: loop).map(\.path) == ["x", "y"])
+    }
+
     final class Steps: @unchecked Sendable {
         let lock = NSLock()
         var done: [String: String] = [:]

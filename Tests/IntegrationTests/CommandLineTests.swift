@@ -20,7 +20,7 @@ struct CommandLineTests {
     }
 
     @Test func femctlSubmitsTheExampleAndWatchesItComplete() throws {
-        let node = try TestNode("femctl")
+        let node = try TestNode("femctl", extra: TestNode.hostProcesses)
         try node.start()
         let watcher = Process()
         watcher.executableURL = URL(fileURLWithPath: try TestEnv.binary("femctl"))
@@ -49,7 +49,7 @@ struct CommandLineTests {
     }
 
     @Test func femctlCancel() throws {
-        let node = try TestNode("femctl-cancel")
+        let node = try TestNode("femctl-cancel", extra: TestNode.hostProcesses)
         try node.start()
         let op = try Operator(node: node)
         let t = Tasks.task(["/bin/sleep", "60"])
@@ -118,7 +118,7 @@ struct CommandLineTests {
         ]
         let plan: JSONValue = .object([
             "schema_version": 1, "id": "argv-dump", "version": "1", "launcher": "process",
-            "command": .object(["base": .array(["python3", "-c",
+            "command": .object(["base": .array(["/usr/bin/python3", "-c",
                                                 "import json,os,sys; json.dump(sys.argv[1:], open(os.environ['FEM_OUTPUT_DIR']+'/argv.json','w'))"]),
                                 "args": .array(corpus.indices.map { .object(["id": .string("v\($0)"), "type": "str", "position": .int(Int64($0))]) })]),
             "outputs": .array([.object(["pattern": "argv.json"])]),

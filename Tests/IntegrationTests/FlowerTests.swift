@@ -50,9 +50,11 @@ struct FlowerTests {
     func node(_ name: String, extra: String = "") throws -> TestNode {
         try TestNode(name, extra: """
             [launchers]
-            enabled = ["flower", "process"]
+            enabled = ["flower"]
             [launchers.flower]
             python = "/usr/bin/python3"
+            allowed_superlinks = ["127.0.0.1:19191", "127.0.0.1:19291", "127.0.0.1:19391", "127.0.0.1:19491",
+                                  "127.0.0.1:19591"]
             venv_dir = "\(venvDir)"
             allow_insecure = true
             connect_attempts = 20
@@ -67,7 +69,7 @@ struct FlowerTests {
     /// A flower task; the plan's id, version and requirements are the same everywhere, so one environment serves.
     func task(mode: String, server: String, nodeConfig: [String: JSONValue] = [:], source: JSONValue? = nil,
               entry: String? = nil, env: [String: JSONValue] = [:], timeout: Int = 300) -> [String: JSONValue] {
-        var flower: [String: JSONValue] = ["mode": .string(mode), "requirements": ["flwr==1.41.0", "numpy"],
+        var flower: [String: JSONValue] = ["mode": .string(mode), "requirements": ["flwr==1.41.0", "numpy==2.4.6"],
                                            "node_config": .object(nodeConfig)]
         if let entry { flower["entry"] = .string(entry) }
         var plan: [String: JSONValue] = ["schema_version": 1, "id": "fem-flower-test", "version": "1.0",

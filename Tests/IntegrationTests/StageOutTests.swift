@@ -21,6 +21,7 @@ struct StageOutTests {
         let urls = (["https://localhost:18443/dav/", "http://127.0.0.1:18080/dav/"] + allowed)
             .map { "\"\($0)\"" }.joined(separator: ", ")
         return try TestNode(name, extra: """
+            \(TestNode.hostProcesses)
             [outputs]
             allowed_urls = [\(urls)]
             ca_file = "\(web)/ca.pem"

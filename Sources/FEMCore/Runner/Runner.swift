@@ -14,10 +14,13 @@ public struct RunnerSettings: Sendable {
     public var stopGrace: Duration
     /// Dataset id → host path.
     public var datasets: [String: String]
+    /// `launchers.env_allowed`: the only environment names a plan may set (exact, or `PREFIX*`); empty: any name
+    /// the built-in deny list (EnvironmentPolicy) does not refuse.
+    public var envAllowed: [String]
 
     public init(nodeID: String, nodeName: String? = nil, maxConcurrentTasks: Int = 2, defaultTimeoutSeconds: Int = 3600,
                 allowTimeoutAbovePlan: Bool = false, maxTimeoutSeconds: Int = 7 * 24 * 3600,
-                stopGrace: Duration = .seconds(10), datasets: [String: String] = [:]) {
+                stopGrace: Duration = .seconds(10), datasets: [String: String] = [:], envAllowed: [String] = []) {
         self.nodeID = nodeID
         self.nodeName = nodeName ?? nodeID
         self.maxConcurrentTasks = maxConcurrentTasks
@@ -26,6 +29,7 @@ public struct RunnerSettings: Sendable {
         self.maxTimeoutSeconds = maxTimeoutSeconds
         self.stopGrace = stopGrace
         self.datasets = datasets
+        self.envAllowed = envAllowed
     }
 }
 
@@ -367,7 +371,8 @@ public actor Runner {
     /// Picks the launcher, checks node policy and renders the command. A failure here is a decline.
     private func prepare(_ spec: TaskSpec) -> Result<(job: LaunchJob, launcher: any Launcher), PolicyDecline> {
         guard let launcher = registry.launcher(named: spec.plan.launcher) else {
-            return .failure(PolicyDecline("launcher \"\(spec.plan.launcher)\" is not enabled on this node (enabled: "
+            return .failure(PolicyDecline("launcher \"\(spec.plan.launcher)\" is not enabled on this node "
+                                          + "(launchers.enabled: "
                                           + (registry.names.isEmpty ? "none" : registry.names.joined(separator: ", "))
                                           + ")"))
         }
@@ -388,6 +393,10 @@ public actor Runner {
             return .failure(PolicyDecline("\(error)"))
         }
         let job = LaunchJob(task: spec, command: command, sandbox: hostPaths)
+        // Every launcher: no plan variable that makes a program load or run other code (EnvironmentPolicy).
+        if let reason = EnvironmentPolicy.problem(in: spec.plan.env, allowed: settings.envAllowed) {
+            return .failure(PolicyDecline(reason))
+        }
         if let reason = stageIn.check(spec.plan) { return .failure(PolicyDecline(reason)) }
         if let reason = stageOut.check(spec.stageOut) { return .failure(PolicyDecline(reason)) }
         if let reason = launcher.policyCheck(job) { return .failure(PolicyDecline(reason)) }

@@ -217,7 +217,8 @@ final class EventPrinter: @unchecked Sendable {
     }
 }
 
-/// Settings for local commands: the node config when it exists, else a local node with the process launcher.
+/// Settings for local commands: the node config when it exists, else a local node with the process launcher for a
+/// few shells and interpreters.
 enum LocalNode {
     static func config(_ path: String, workDir: String?) throws -> NodeConfig {
         var config: NodeConfig
@@ -264,6 +265,11 @@ extension NodeConfig {
             ca_file = ""
             cert_file = ""
             key_file = ""
+            [launchers]
+            # A local dry run is the tool author's own: host processes for the usual shells and interpreters.
+            enabled = ["process"]
+            [launchers.process]
+            allowed_executables = ["/bin/sh", "/bin/bash", "/usr/bin/python3", "/usr/bin/Rscript"]
             [stage_in]
             git_allowed_urls = ["https://", "file://"]
             """

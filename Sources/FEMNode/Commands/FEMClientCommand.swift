@@ -1,6 +1,7 @@
 import ArgumentParser
 import FEMCore
 import FEMJournal
+import FEMLaunchers
 import FEMSystem
 import FEMTransport
 import Foundation
@@ -85,6 +86,17 @@ extension FEMClientCommand {
                 } catch {
                     failures.append("docker: \(error)")
                     print("FAIL  \(failures.last!)")
+                }
+            }
+            if config.enabledLaunchers.contains("process") {
+                // Compared by resolved path: say what each entry really is, and which ones match nothing here.
+                for program in config.processAllowedExecutables {
+                    if let real = ProcessLauncher.resolvedExecutable(program) {
+                        print("ok    process: tasks may run \(program)\(real == program ? "" : " (\(real))")")
+                    } else {
+                        print("warn  process: launchers.process.allowed_executables lists \(program), which is not an "
+                              + "executable file on this host")
+                    }
                 }
             }
             if config.enabledLaunchers.contains("flower") {

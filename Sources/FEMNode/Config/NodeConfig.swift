@@ -33,7 +33,10 @@ public struct NodeConfig: Sendable {
     public var prefetch: Int
     public var maxMessageBytes: Int
 
+    /// `launchers.enabled`: nothing runs unless listed.
     public var enabledLaunchers: [String]
+    /// `launchers.env_allowed`: the only environment names plans may set (on top of the built-in deny list).
+    public var envAllowed: [String]
     public var processAllowedExecutables: [String]
     public var processPath: String
 
@@ -146,7 +149,8 @@ extension NodeConfig {
         Key(name: "broker.key_file", kind: .path, fallback: nil),
         Key(name: "broker.prefetch", kind: .int(min: 1, max: 65_535), fallback: 16),
         Key(name: "broker.max_message_bytes", kind: .int(min: 1024, max: 128 << 20), fallback: 1 << 20),
-        Key(name: "launchers.enabled", kind: .strings, fallback: ["process"]),
+        Key(name: "launchers.enabled", kind: .strings, fallback: [String]()),
+        Key(name: "launchers.env_allowed", kind: .strings, fallback: [String]()),
         Key(name: "launchers.process.allowed_executables", kind: .strings, fallback: [String]()),
         Key(name: "launchers.process.path", kind: .string, fallback: "/usr/local/bin:/usr/bin:/bin"),
         Key(name: "launchers.docker.socket", kind: .path, fallback: "/var/run/docker.sock"),
@@ -159,7 +163,9 @@ extension NodeConfig {
         Key(name: "launchers.docker.tmpfs_mb", kind: .int(min: 1, max: 1 << 20), fallback: 64),
         Key(name: "launchers.docker.allow_host_network", kind: .bool, fallback: false),
         Key(name: "launchers.docker.allow_gpus", kind: .bool, fallback: false),
-        Key(name: "launchers.flower.python", kind: .path, fallback: "/usr/bin/python3"),
+        Key(name: "launchers.flower.python", kind: .string, fallback: "/usr/bin/python3"),
+        Key(name: "launchers.flower.allowed_superlinks", kind: .strings, fallback: [String]()),
+        Key(name: "launchers.flower.allow_source_builds", kind: .bool, fallback: false),
         Key(name: "launchers.flower.venv_dir", kind: .path, fallback: ""),
         Key(name: "launchers.flower.wheel_dir", kind: .path, fallback: ""),
         Key(name: "launchers.flower.allow_insecure", kind: .bool, fallback: false),
@@ -251,6 +257,7 @@ extension NodeConfig {
             problems.append("launchers.enabled: \"\(l)\" is not a launcher this build has (it has: "
                             + knownLaunchers.joined(separator: ", ") + ")")
         }
+        problems += launcherProblems(values, enabled: enabled)
         if let id = values["node.id"] as? String, !Patterns.matches(#"^[a-z0-9][a-z0-9-]{0,62}$"#, id) {
             problems.append("node.id: \"\(id)\" must be lowercase letters, digits and '-' (it names queues)")
         }
@@ -297,6 +304,7 @@ extension NodeConfig {
             keyFile: values["broker.key_file"] as! String, prefetch: values["broker.prefetch"] as! Int,
             maxMessageBytes: values["broker.max_message_bytes"] as! Int,
             enabledLaunchers: enabled,
+            envAllowed: values["launchers.env_allowed"] as! [String],
             processAllowedExecutables: values["launchers.process.allowed_executables"] as! [String],
             processPath: values["launchers.process.path"] as! String,
             docker: DockerLauncherConfig(
@@ -317,7 +325,9 @@ extension NodeConfig {
                 connectAttempts: values["launchers.flower.connect_attempts"] as! Int,
                 retryDelay: .milliseconds(values["launchers.flower.retry_delay_ms"] as! Int),
                 unreachableLimit: .seconds(values["launchers.flower.unreachable_seconds"] as! Int),
-                path: values["launchers.process.path"] as! String),
+                path: values["launchers.process.path"] as! String,
+                allowedSuperlinks: (values["launchers.flower.allowed_superlinks"] as! [String]).compactMap(HostPort.parse),
+                allowSourceBuilds: values["launchers.flower.allow_source_builds"] as! Bool),
             hooks: hooks,
             registries: registries, credentials: credentials,
             gitAllowedURLs: values["stage_in.git_allowed_urls"] as! [String],
@@ -335,6 +345,35 @@ extension NodeConfig {
             outputRetries: values["outputs.retries"] as! Int,
             outputRetryDelayMilliseconds: values["outputs.retry_delay_ms"] as! Int,
             datasets: datasets, source: source)
+    }
+
+    /// Host launchers run only what the admin listed: `process` needs a non-empty allowlist of absolute paths, and
+    /// `flower` an absolute interpreter; SuperLink entries must be host:port; env allowlist entries must be names.
+    static func launcherProblems(_ values: [String: Any], enabled: [String]) -> [String] {
+        var problems: [String] = []
+        if enabled.contains("process") {
+            let list = values["launchers.process.allowed_executables"] as? [String] ?? []
+            if list.isEmpty {
+                problems.append("launchers.process.allowed_executables: must list the absolute paths of the programs "
+                                + "host-process tasks may run while \"process\" is in launchers.enabled")
+            }
+            for p in list where !p.hasPrefix("/") {
+                problems.append("launchers.process.allowed_executables: \"\(p)\" is not an absolute path")
+            }
+        }
+        if enabled.contains("flower"), let python = values["launchers.flower.python"] as? String, !python.hasPrefix("/") {
+            problems.append("launchers.flower.python: \"\(python)\" is not an absolute path (the interpreter Flower "
+                            + "environments are made from, e.g. /usr/bin/python3)")
+        }
+        for entry in values["launchers.flower.allowed_superlinks"] as? [String] ?? [] where HostPort.parse(entry) == nil {
+            problems.append("launchers.flower.allowed_superlinks: \"\(entry)\" is not host:port (e.g. "
+                            + "\"superlink.example.org:9092\" or \"[2001:db8::1]:9092\")")
+        }
+        for entry in values["launchers.env_allowed"] as? [String] ?? []
+            where !Patterns.matches(#"^[A-Za-z_][A-Za-z0-9_]{0,127}\*?$"#, entry) {
+            problems.append("launchers.env_allowed: \"\(entry)\" is not a variable name (or NAME_PREFIX*)")
+        }
+        return problems
     }
 
     private static func flatten(_ table: TOMLTable, prefix: String, into flat: inout [String: TOMLValueConvertible],

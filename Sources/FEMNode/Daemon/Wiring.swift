@@ -26,7 +26,7 @@ public struct NodeAssembly: Sendable {
             nodeID: config.nodeID, nodeName: config.nodeName, maxConcurrentTasks: config.maxConcurrentTasks,
             defaultTimeoutSeconds: config.defaultTimeoutSeconds, allowTimeoutAbovePlan: config.allowTimeoutAbovePlan,
             maxTimeoutSeconds: config.maxTimeoutSeconds, stopGrace: .seconds(config.stopGraceSeconds),
-            datasets: config.datasets.mapValues(\.path))
+            datasets: config.datasets.mapValues(\.path), envAllowed: config.envAllowed)
         runner = Runner(settings: settings, journal: journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
                         stageOut: OutputDelivery(policy: DeliveryPolicy(
@@ -96,8 +96,8 @@ struct LogFiles: LineFollower {
     }
 }
 
-/// The node's `[hooks]`: a tool's `trigger` runs the program of that name, with the trigger's arguments as one
-/// more argument, in the background; its output goes to `<work_dir>/hooks.log`. Names not in the config run nothing.
+/// The node's `[hooks]`: a tool's `trigger` runs the program of that name, with `--` and then the trigger's arguments
+/// as one more argument, in the background; its output goes to `<work_dir>/hooks.log`. Names not in the config run nothing.
 struct NodeHooks: HookRunner {
     let hooks: [String: [String]]
     let logFile: String
@@ -105,7 +105,8 @@ struct NodeHooks: HookRunner {
 
     func run(_ name: String, arguments: String, taskID: String) -> String? {
         guard let argv = hooks[name] else { return nil }
-        let args = Array(argv.dropFirst()) + (arguments.isEmpty ? [] : [arguments])
+        // `--` ends the hook's options: the tool's text is one operand, never an option of the admin's program.
+        let args = Array(argv.dropFirst()) + (arguments.isEmpty ? [] : ["--", arguments])
         do {
             let child = try ChildProcess.spawn(executable: argv[0], arguments: args,
                                                environment: ["PATH": "/usr/local/bin:/usr/bin:/bin", "FEM_TASK_ID": taskID,

@@ -139,6 +139,18 @@ final class TestNode {
 
     var configPath: String { "\(dir)/fem-client.toml" }
 
+    /// The `[launchers]` section of a node that runs host-process tasks: nothing runs by default, so a suite that
+    /// sends `process` tasks says so, with the few programs its tasks use.
+    static let hostProcesses = """
+        [launchers]
+        enabled = ["process"]
+        [launchers.process]
+        allowed_executables = \(hostPrograms)
+        """
+
+    /// The programs the suites' process tasks run (TOML array).
+    static let hostPrograms = #"["/bin/sh", "/bin/true", "/bin/false", "/bin/sleep", "/usr/bin/python3"]"#
+
     /// Changes the config file before `start()` (a test's own tweak on top of its suite's node).
     func editConfig(_ change: (String) -> String) throws {
         let text = try String(contentsOfFile: configPath, encoding: .utf8)
