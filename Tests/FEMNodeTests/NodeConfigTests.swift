@@ -1,4 +1,5 @@
 @testable import FEMNode
+import FEMCore
 import Foundation
 import Testing
 
@@ -53,6 +54,31 @@ struct NodeConfigTests {
         let c = try NodeConfig.parse(Self.toml(), source: "t", environment: [:])
         #expect(c.maxConcurrentTasks == 2 && c.heartbeatSeconds == 30 && c.prefetch == 16)
         #expect(c.brokerPassword == nil)
+        // Egress is denied until the administrator lists destinations.
+        #expect(c.gitAllowedURLs.isEmpty && c.fileAllowedURLs.isEmpty && c.outputAllowedURLs.isEmpty)
+        #expect(c.journalKeepDays == 30 && c.maxStageInFileMB == 1024)
+    }
+
+    @Test func urlAllowlistEntriesMustParse() {
+        let p = Self.problems(Self.toml() + "\n[stage_in]\ngit_allowed_urls = [\"https://\", \"https://u:p@h/\"]\n"
+                              + "[outputs]\nallowed_urls = [\"ftp://h/\"]\n")
+        #expect(p.contains("stage_in.git_allowed_urls: \"https://\" has no host"), "\(p)")
+        #expect(p.contains("outputs.allowed_urls: \"ftp://h/\" uses the scheme \"ftp\"; only https://, http://, git://, "
+                           + "file:// are supported"), "\(p)")
+    }
+
+    @Test func credentialsMustListWhereTheyMayBeSent() throws {
+        let secret = "\(Self.dir)/secret"
+        try "s3cret\n".write(toFile: secret, atomically: true, encoding: .utf8)
+        let missing = Self.problems(Self.toml() + "\n[credentials.up]\nusername = \"u\"\npassword_file = \"\(secret)\"\n")
+        #expect(missing.count == 1 && missing.first?.hasPrefix("credentials.\"up\".urls: is required") == true, "\(missing)")
+        let bad = Self.problems(Self.toml() + "\n[credentials.up]\ntoken_file = \"\(secret)\"\nurls = [\"https://\"]\n")
+        #expect(bad == ["credentials.\"up\".urls: \"https://\" has no host"], "\(bad)")
+        let c = try NodeConfig.parse(Self.toml() + "\n[credentials.up]\ntoken_file = \"\(secret)\"\n"
+                                     + "urls = [\"https://fem.example.org/uploads/\"]\n", source: "t", environment: [:])
+        let up = try #require(c.credentials["up"])
+        #expect(up.urls.allows(try ParsedURL.parse("https://fem.example.org/uploads/x")))
+        #expect(!up.urls.allows(try ParsedURL.parse("https://fem.example.org.evil.net/uploads/x")))
     }
 
     @Test func unknownKeyIsNamed() {

@@ -209,6 +209,9 @@ public struct ParsedURL: Sendable, Equatable, CustomStringConvertible {
         return "/" + segments.joined(separator: "/") + (trailing ? "/" : "")
     }
 
+    /// One path segment as a file name (percent-decoded).
+    public static func percentDecodedSegment(_ s: String) -> String { percentDecoded(s) }
+
     static func percentDecoded(_ s: String) -> String {
         var bytes: [UInt8] = []
         let u = Array(s.utf8)
