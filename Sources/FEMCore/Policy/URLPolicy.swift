@@ -309,8 +309,9 @@ public struct URLPolicy: Sendable, Equatable {
             throw ParsedURL.Problem("\(field): \"\(Self.shown(text))\" \(e.description)")
         }
         guard allows(url) else {
-            let normalised = url.description == text ? "" : " (normalised: \(url))"
-            throw ParsedURL.Problem("\(field): \"\(text)\"\(normalised) is not allowed on this node (allowed: \(listing))")
+            let normalised = url.description == text ? "" : " (normalised: \(Self.shown(url.description)))"
+            throw ParsedURL.Problem("\(field): \"\(Self.shown(text))\"\(normalised) is not allowed on this node "
+                                    + "(allowed: \(listing))")
         }
         return url
     }
