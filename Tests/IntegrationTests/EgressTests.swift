@@ -317,6 +317,23 @@ struct EgressTests {
         #expect(!FileManager.default.fileExists(atPath: "\(node.dir)/var/sandboxes/\(Tasks.id(t))/src/big.bin.part"))
     }
 
+    @Test func toolTextReachesTheOperatorsTerminalEscaped() throws {
+        let node = try node("eg-show", "")
+        try node.start()
+        let op = try Operator(node: node)
+        // A tool reporting an error whose text carries a terminal title escape and a forged line.
+        let t = task(#"printf '%s\n' '{"type":"error","message":"x\u001b]0;owned\u0007y\nFAKE line"}'; exit 1"#)
+        let e = try #require(try run(op, [t]).first)
+        #expect(e.state == .failed && e.detail.message?.contains("\u{1B}]0;owned") == true, "\(e.detail)")
+        let show = try node.run(["show", Tasks.id(t)])
+        #expect(show.status == 0, "\(show.output)")
+        #expect(!show.output.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 }, "\(show.output)")
+        #expect(show.output.contains("x\\u{1b}]0;owned\\u{7}y\\nFAKE line"), "\(show.output)")
+        let tasks = try node.run(["tasks"])
+        #expect(!tasks.output.unicodeScalars.contains { $0.value == 0x1B }, "\(tasks.output)")
+        #expect(!node.log.unicodeScalars.contains { $0.value == 0x1B || $0.value == 0x07 })
+    }
+
     // MARK: - Input limits
 
     func rssKiB(_ pid: Int32) -> Int {
