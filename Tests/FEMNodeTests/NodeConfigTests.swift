@@ -1,4 +1,5 @@
 @testable import FEMNode
+import FEMCore
 import Foundation
 import Testing
 
@@ -55,6 +56,9 @@ struct NodeConfigTests {
         #expect(c.brokerPassword == nil)
         #expect(c.enabledLaunchers.isEmpty, "with no launchers.enabled key no launcher runs")
         #expect(c.envAllowed.isEmpty && c.flower.allowedSuperlinks.isEmpty && !c.flower.allowSourceBuilds)
+        // Egress is denied until the administrator lists destinations.
+        #expect(c.gitAllowedURLs.isEmpty && c.fileAllowedURLs.isEmpty && c.outputAllowedURLs.isEmpty)
+        #expect(c.journalKeepDays == 30 && c.maxStageInFileMB == 1024)
     }
 
     @Test func hostLaunchersNeedAnAllowlistOfAbsolutePaths() throws {
@@ -92,6 +96,28 @@ struct NodeConfigTests {
                     + "\"superlink.example.org:9092\" or \"[2001:db8::1]:9092\")"])
         #expect(Self.problems(Self.toml("[launchers]\nenabled = []\nenv_allowed = [\"A B\"]"))
                 == ["launchers.env_allowed: \"A B\" is not a variable name (or NAME_PREFIX*)"])
+    }
+
+    @Test func urlAllowlistEntriesMustParse() {
+        let p = Self.problems(Self.toml() + "\n[stage_in]\ngit_allowed_urls = [\"https://\", \"https://u:p@h/\"]\n"
+                              + "[outputs]\nallowed_urls = [\"ftp://h/\"]\n")
+        #expect(p.contains("stage_in.git_allowed_urls: \"https://\" has no host"), "\(p)")
+        #expect(p.contains("outputs.allowed_urls: \"ftp://h/\" uses the scheme \"ftp\"; only https://, http://, git://, "
+                           + "file:// are supported"), "\(p)")
+    }
+
+    @Test func credentialsMustListWhereTheyMayBeSent() throws {
+        let secret = "\(Self.dir)/secret"
+        try "s3cret\n".write(toFile: secret, atomically: true, encoding: .utf8)
+        let missing = Self.problems(Self.toml() + "\n[credentials.up]\nusername = \"u\"\npassword_file = \"\(secret)\"\n")
+        #expect(missing.count == 1 && missing.first?.hasPrefix("credentials.\"up\".urls: is required") == true, "\(missing)")
+        let bad = Self.problems(Self.toml() + "\n[credentials.up]\ntoken_file = \"\(secret)\"\nurls = [\"https://\"]\n")
+        #expect(bad == ["credentials.\"up\".urls: \"https://\" has no host"], "\(bad)")
+        let c = try NodeConfig.parse(Self.toml() + "\n[credentials.up]\ntoken_file = \"\(secret)\"\n"
+                                     + "urls = [\"https://fem.example.org/uploads/\"]\n", source: "t", environment: [:])
+        let up = try #require(c.credentials["up"])
+        #expect(up.urls.allows(try ParsedURL.parse("https://fem.example.org/uploads/x")))
+        #expect(!up.urls.allows(try ParsedURL.parse("https://fem.example.org.evil.net/uploads/x")))
     }
 
     @Test func unknownKeyIsNamed() {

@@ -106,8 +106,8 @@ struct StageInUnitTests {
         return LaunchJob(task: task, command: command, sandbox: paths)
     }
 
-    func policy(_ prefixes: [String] = ["file://"]) -> SourcePolicy {
-        SourcePolicy(gitURLPrefixes: prefixes, fileURLPrefixes: ["https://"], requireSHA256: true, caFile: nil,
+    func policy(_ prefixes: [String] = ["file:///"]) throws -> SourcePolicy {
+        SourcePolicy(gitURLs: try URLPolicy(prefixes), fileURLs: try URLPolicy(["https://h/"]), requireSHA256: true, caFile: nil,
                      retry: RetryPolicy(attempts: 2, base: .milliseconds(10)), credentials: [:], cacheDir: "\(dir)/cache")
     }
 
@@ -123,7 +123,7 @@ struct StageInUnitTests {
             p.waitUntilExit()
             try #require(p.terminationStatus == 0)
         }
-        let stage = try SourceStageIn(policy: policy())
+        let stage = try SourceStageIn(policy: try policy())
         let source = PlanSource.git(GitSource(url: "file://\(remote)", ref: "main", commit: nil, credentials: nil))
         let j = try job(source, sandbox: "\(dir)/sb")
         let steps = Steps()
@@ -143,7 +143,7 @@ struct StageInUnitTests {
     }
 
     @Test func checkNamesTheFieldOfWhatTheNodeRefuses() throws {
-        let stage = try SourceStageIn(policy: policy(["https://git.example.org/"]))
+        let stage = try SourceStageIn(policy: try policy(["https://git.example.org/"]))
         func plan(_ s: PlanSource) throws -> ToolPlan { try job(s, sandbox: "\(dir)/c").task.plan }
         let git = PlanSource.git(GitSource(url: "https://evil.example.com/x.git", ref: nil, commit: nil, credentials: nil))
         #expect(try stage.check(plan(git))?.hasPrefix("source.git.url: \"https://evil.example.com/x.git\" is not allowed") == true)

@@ -22,7 +22,7 @@ struct StageInTests {
         return try TestNode(name, extra: """
             \(TestNode.hostProcesses)
             [stage_in]
-            git_allowed_urls = ["file://", "git://127.0.0.1:19418/", "https://localhost:18443/git/"]
+            git_allowed_urls = ["file://\(web)/repos/", "git://127.0.0.1:19418/", "https://localhost:18443/git/"]
             file_allowed_urls = ["http://127.0.0.1:18080/files/", "https://localhost:18443/files/"]
             ca_file = "\(web)/ca.pem"
             retries = 3
@@ -31,12 +31,15 @@ struct StageInTests {
             [credentials.git-login]
             username = "fem-git"
             password_file = "\(web)/password-fem-git"
+            urls = ["https://localhost:18443/git/"]
             [credentials.git-wrong]
             username = "fem-git"
             password_file = "\(wrong)"
+            urls = ["https://localhost:18443/git/"]
             [credentials.files-login]
             username = "fem-files"
             password_file = "\(web)/password-fem-files"
+            urls = ["http://127.0.0.1:18080/files/", "https://localhost:18443/files/"]
             """)
     }
 
@@ -231,7 +234,7 @@ struct StageInTests {
             #expect(e?.detail.message?.contains(text) == true, "\(String(describing: e?.detail))")
         }
         declined(otherHost, "source.git.url: \"https://github.com/example/tool.git\" is not allowed on this node")
-        declined(loginInURL, "source.git.url: must not carry a login")
+        declined(loginInURL, "source.git.url: \"https://***@localhost:18443/git/x.git\" must not carry a login")
         declined(unknownCreds, "source.git.credentials: \"nobody-has-this\" is not defined")
         declined(noSHA, "source.files[0].sha256: is required on this node")
         #expect(!node.log.contains("secret@"))

@@ -91,7 +91,7 @@ struct FEMBench {
         }
         func stageIn(cache: String, sandbox: String) async throws {
             let stage = try SourceStageIn(policy: SourcePolicy(
-                gitURLPrefixes: ["file://"], fileURLPrefixes: [], requireSHA256: true, caFile: nil,
+                gitURLs: try URLPolicy(["file:///"]), fileURLs: URLPolicy(entries: []), requireSHA256: true, caFile: nil,
                 retry: RetryPolicy(attempts: 1, base: .zero), credentials: [:], cacheDir: cache))
             let doc: JSONValue = ["schema_version": 1, "task_id": "b", "execution_id": "bench", "plan": [
                 "schema_version": 1, "id": "bench", "version": "1", "launcher": "process",
@@ -151,8 +151,9 @@ struct FEMBench {
         let size = (try FileManager.default.attributesOfItem(atPath: file)[.size] as? Int64) ?? 0
         let delivery = OutputDelivery(policy: DeliveryPolicy(
             nodeID: "bench", limits: OutputLimits(maxFileBytes: Int64.max, maxTaskBytes: Int64.max),
-            allowedURLs: [url], requireApproval: false, holdLogs: true, retry: RetryPolicy(attempts: 1, base: .zero),
-            credentials: ["bench": Credential(username: user, secret: password)], caFile: env["FEM_BENCH_CA"]))
+            allowedURLs: try URLPolicy([url]), requireApproval: false, holdLogs: true, retry: RetryPolicy(attempts: 1, base: .zero),
+            credentials: ["bench": Credential(username: user, secret: password, urls: try URLPolicy([url]))],
+            caFile: env["FEM_BENCH_CA"]))
         guard let curl = ChildProcess.resolveExecutable("curl", path: "/usr/local/bin:/usr/bin:/bin") else {
             fatalError("curl not found")
         }

@@ -58,6 +58,10 @@ public struct NodeConfig: Sendable {
     public var stageInCAFile: String?
     public var retries: Int
     public var retryDelayMilliseconds: Int
+    /// `stage_in.max_file_mb`: the largest task file a download may bring.
+    public var maxStageInFileMB: Int
+    /// `journal.keep_days`: how long a finished task's document stays in the journal.
+    public var journalKeepDays: Int
 
     /// `[sandboxes]`: hours a finished task's sandbox is kept, by how it ended (0: removed at once).
     public var keepCompletedHours: Int
@@ -173,8 +177,9 @@ extension NodeConfig {
         Key(name: "launchers.flower.connect_attempts", kind: .int(min: 1, max: 100), fallback: 10),
         Key(name: "launchers.flower.retry_delay_ms", kind: .int(min: 0, max: 600_000), fallback: 1000),
         Key(name: "launchers.flower.unreachable_seconds", kind: .int(min: 1, max: 86_400), fallback: 120),
-        Key(name: "stage_in.git_allowed_urls", kind: .strings, fallback: ["https://"]),
-        Key(name: "stage_in.file_allowed_urls", kind: .strings, fallback: ["https://"]),
+        Key(name: "stage_in.git_allowed_urls", kind: .strings, fallback: [String]()),
+        Key(name: "stage_in.file_allowed_urls", kind: .strings, fallback: [String]()),
+        Key(name: "stage_in.max_file_mb", kind: .int(min: 1, max: 1 << 20), fallback: 1024),
         Key(name: "stage_in.require_sha256", kind: .bool, fallback: true),
         Key(name: "stage_in.ca_file", kind: .path, fallback: ""),
         Key(name: "stage_in.retries", kind: .int(min: 1, max: 20), fallback: 4),
@@ -183,13 +188,17 @@ extension NodeConfig {
         Key(name: "sandboxes.keep_failed_hours", kind: .int(min: 0, max: 87_600), fallback: 168),
         Key(name: "outputs.max_file_bytes", kind: .int(min: 1, max: Int.max), fallback: 1 << 30),
         Key(name: "outputs.max_task_bytes", kind: .int(min: 1, max: Int.max), fallback: 4 << 30),
-        Key(name: "outputs.allowed_urls", kind: .strings, fallback: ["https://"]),
+        Key(name: "outputs.allowed_urls", kind: .strings, fallback: [String]()),
         Key(name: "outputs.require_approval", kind: .bool, fallback: false),
         Key(name: "outputs.hold_logs", kind: .bool, fallback: true),
         Key(name: "outputs.ca_file", kind: .path, fallback: ""),
         Key(name: "outputs.retries", kind: .int(min: 1, max: 50), fallback: 5),
         Key(name: "outputs.retry_delay_ms", kind: .int(min: 0, max: 600_000), fallback: 1000),
+        Key(name: "journal.keep_days", kind: .int(min: 1, max: 36_500), fallback: 30),
     ]
+
+    /// The URL allowlists: each entry must parse (scheme://host[:port]/path, `*.domain` for subdomains).
+    static let urlListKeys = ["stage_in.git_allowed_urls", "stage_in.file_allowed_urls", "outputs.allowed_urls"]
 
     public static let knownLaunchers = ["process", "docker", "flower"]
 
@@ -281,6 +290,15 @@ extension NodeConfig {
                 problems.append("\(name): cannot read \(p)")
             }
         }
+        for name in urlListKeys {
+            if let list = values[name] as? [String] {
+                do {
+                    _ = try URLPolicy(list)
+                } catch {
+                    problems.append("\(name): \(error)")
+                }
+            }
+        }
         for name in ["stage_in.ca_file", "outputs.ca_file"] {
             if let ca = nonEmpty(values[name]), !FileManager.default.isReadableFile(atPath: ca) {
                 problems.append("\(name): cannot read \(ca)")
@@ -335,6 +353,8 @@ extension NodeConfig {
             requireSHA256: values["stage_in.require_sha256"] as! Bool,
             stageInCAFile: nonEmpty(values["stage_in.ca_file"]),
             retries: values["stage_in.retries"] as! Int, retryDelayMilliseconds: values["stage_in.retry_delay_ms"] as! Int,
+            maxStageInFileMB: values["stage_in.max_file_mb"] as! Int,
+            journalKeepDays: values["journal.keep_days"] as! Int,
             keepCompletedHours: values["sandboxes.keep_completed_hours"] as! Int,
             keepFailedHours: values["sandboxes.keep_failed_hours"] as! Int,
             maxOutputFileBytes: Int64(values["outputs.max_file_bytes"] as! Int),
@@ -404,7 +424,8 @@ extension NodeConfig {
                                    problems: inout [String]) -> [String: Credential] {
         var logins: [String: Credential] = [:]
         let secretKeys = ["password_file", "password_env"] + (tokens ? ["token_file", "token_env"] : [])
-        let allowed = ["username"] + secretKeys
+        // Node credentials name where they may be sent; a registry login goes only to its own registry.
+        let allowed = ["username"] + secretKeys + (tokens ? ["urls"] : [])
         guard let t = value.table else {
             problems.append("\(section): expected [\(section).\"name\"] sections")
             return logins
@@ -440,7 +461,20 @@ extension NodeConfig {
             } else if brokerFiles {
                 problems.append("\(at).\(given[0]): cannot read \(source)")
             }
-            logins[name] = Credential(username: isToken ? nil : user, secret: secret)
+            var urls = URLPolicy(entries: [])
+            if tokens {
+                if let list = r["urls"]?.array, list.count > 0, list.allSatisfy({ $0.string != nil }) {
+                    do {
+                        urls = try URLPolicy(list.compactMap { $0.string })
+                    } catch {
+                        problems.append("\(at).urls: \(error)")
+                    }
+                } else {
+                    problems.append("\(at).urls: is required: a non-empty array of the URL prefixes this credential "
+                                    + "may be sent to (\"https://git.example.org/team/\")")
+                }
+            }
+            logins[name] = Credential(username: isToken ? nil : user, secret: secret, urls: urls)
         }
         return logins
     }

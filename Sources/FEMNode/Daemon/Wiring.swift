@@ -33,7 +33,8 @@ public struct NodeAssembly: Sendable {
                             nodeID: config.nodeID,
                             limits: OutputLimits(maxFileBytes: config.maxOutputFileBytes,
                                                  maxTaskBytes: config.maxOutputTaskBytes),
-                            allowedURLs: config.outputAllowedURLs, requireApproval: config.requireApproval,
+                            allowedURLs: try URLPolicy(config.outputAllowedURLs),
+                            requireApproval: config.requireApproval,
                             holdLogs: config.holdLogs,
                             retry: RetryPolicy(attempts: config.outputRetries,
                                                base: .milliseconds(config.outputRetryDelayMilliseconds)),
@@ -68,8 +69,8 @@ public struct NodeAssembly: Sendable {
     /// Stage-in steps: the plan's source (git or task files) into `src/`, then the image pull when docker is enabled.
     static func stageIn(_ config: NodeConfig) throws -> any StageIn {
         let sources = try SourceStageIn(policy: SourcePolicy(
-            gitURLPrefixes: config.gitAllowedURLs, fileURLPrefixes: config.fileAllowedURLs,
-            requireSHA256: config.requireSHA256, caFile: config.stageInCAFile,
+            gitURLs: try URLPolicy(config.gitAllowedURLs), fileURLs: try URLPolicy(config.fileAllowedURLs),
+            maxFileBytes: Int64(config.maxStageInFileMB) << 20, requireSHA256: config.requireSHA256, caFile: config.stageInCAFile,
             retry: RetryPolicy(attempts: config.retries, base: .milliseconds(config.retryDelayMilliseconds)),
             credentials: config.credentials, cacheDir: "\(config.workDir)/cache/git"))
         guard config.enabledLaunchers.contains("docker") else { return sources }
