@@ -4,15 +4,19 @@ public struct InboundMessage: Sendable {
 
     public var channel: Channel
     public var body: [UInt8]
+    /// The size the message declared; larger than `body.count` when the source dropped an oversize body unread.
+    public var size: Int
     public var redelivered: Bool
     public var ack: @Sendable () -> Void
     /// The account the broker says published it (AMQP `user_id`, validated by RabbitMQ against the publisher's
     /// login); nil when the publisher set none. Only configured orchestrator accounts may send tasks and controls.
     public var userID: String? = nil
 
-    public init(channel: Channel, body: [UInt8], redelivered: Bool, ack: @escaping @Sendable () -> Void) {
+    public init(channel: Channel, body: [UInt8], redelivered: Bool, size: Int? = nil,
+                ack: @escaping @Sendable () -> Void) {
         self.channel = channel
         self.body = body
+        self.size = max(size ?? body.count, body.count)
         self.redelivered = redelivered
         self.ack = ack
     }

@@ -196,20 +196,8 @@ struct OutputsCommand: AsyncParsableCommand {
 }
 
 extension String {
-    /// Tool-chosen text made safe to print: control characters (ESC, CR, …) and bidi overrides as `\u{…}` escapes,
-    /// backslashes doubled, so a name cannot move the cursor, erase lines or pose as another line.
-    var escapedForTerminal: String {
-        var out = ""
-        for u in unicodeScalars {
-            switch u.value {
-            case 0x5C: out += "\\\\"
-            case 0x00..<0x20, 0x7F..<0xA0, 0x2028, 0x2029, 0x200E, 0x200F, 0x202A...0x202E, 0x2066...0x2069:
-                out += "\\u{" + String(u.value, radix: 16) + "}"
-            default: out.unicodeScalars.append(u)
-            }
-        }
-        return out
-    }
+    /// Tool-chosen text made safe to print (control characters, separators and bidi overrides as visible escapes).
+    var escapedForTerminal: String { TextEscaping.escaped(self) }
 
     func leftPadded(_ width: Int) -> String {
         count >= width ? self : String(repeating: " ", count: width - count) + self
