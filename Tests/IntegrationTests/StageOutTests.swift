@@ -381,4 +381,36 @@ struct StageOutTests {
         #expect(e.state == .failed && e.detail.failureClass == .stageOutFailure, "\(e.detail)")
         #expect(e.detail.message?.contains("out/a.txt has 2 names (a hard link)") == true, "\(e.detail)")
     }
+
+    @Test func anUploadWhoseFileDiffersFromItsApprovedHashIsStoppedBeforeItsLastByte() throws {
+        let dir = try TestEnv.scratch("hash-upload")
+        let file = "\(dir)/data.bin"
+        try Data(repeating: 7, count: 300_000).write(to: URL(fileURLWithPath: file))
+        let good = try sha256(ofFile: file)
+        let password = try String(contentsOfFile: "\(web)/password-fem-upload", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let auth = "Basic " + Data("fem-upload:\(password)".utf8).base64EncodedString()
+        let prefix = "hash-\(UUID().uuidString.prefix(6).lowercased())"
+        func put(_ name: String, _ expected: (Int64, String)) throws -> HTTPResponse {
+            var r = HTTPRequest(method: "PUT", url: "http://127.0.0.1:18080/dav/\(prefix)/\(name)",
+                                headers: [("Authorization", auth)], timeoutSeconds: 30, bodyFile: file)
+            r.bodyExpected = expected
+            return try HTTPTransfer.perform(r)
+        }
+        // The file on disk is not the approved one (another hash, or another size): the server never gets it whole.
+        for (name, expected) in [("other-hash.bin", (Int64(300_000), String(repeating: "0", count: 64))),
+                                 ("grown.bin", (Int64(200_000), good)), ("shrunk.bin", (Int64(400_000), good))] {
+            do {
+                _ = try put(name, expected)
+                Issue.record("\(name): the upload went through")
+            } catch let e as HTTPError {
+                #expect(e.code == .bodyChanged && e.message.contains("stopped before its last byte"), "\(e)")
+            }
+            #expect(!FileManager.default.fileExists(atPath: "\(web)/dav/\(prefix)/\(name)"), "\(name) was stored")
+        }
+        let ok = try put("approved.bin", (300_000, good))
+        #expect((200..<300).contains(ok.status))
+        #expect(try sha256(ofFile: "\(web)/dav/\(prefix)/approved.bin") == good)
+    }
 }
+

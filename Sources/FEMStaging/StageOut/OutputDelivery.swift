@@ -277,7 +277,15 @@ struct HTTPDestination: OutputDestination {
         request.stallSeconds = 60
         request.protocols = base.scheme
         request.maxBodyBytes = 1 << 20
-        let response = try HTTPTransfer.perform(request)
+        // Hash while uploading: a staged copy that is not what the manifest says never arrives whole.
+        request.bodyExpected = (file.size, file.sha256)
+        let response: HTTPResponse
+        do {
+            response = try HTTPTransfer.perform(request)
+        } catch let e as HTTPError where e.code == .bodyChanged {
+            throw TaskFailure(.stageOutFailure, "\(file.path) changed while it was sent: it no longer matches the "
+                              + "approved manifest (sha256 \(file.sha256)); the upload was stopped before its last byte")
+        }
         guard (200..<300).contains(response.status) else {
             throw HTTPStatusError(status: response.status, what: "PUT \(url)", serverText: response.statusLine)
         }

@@ -27,6 +27,10 @@ public struct HTTPRequest: Sendable {
     public var protocols: String = "http,https"
     /// Stop (as `.tooLarge`) when the answer's body is larger than this many bytes.
     public var maxBodyBytes: Int64?
+    /// With `bodyFile`: the size and SHA-256 the body must have (an approved manifest's). The bytes are hashed as
+    /// they are handed to libcurl, and a body that differs in size or hash is stopped before its last byte goes
+    /// (`.bodyChanged`), so a server never receives a complete file that was not the approved one.
+    public var bodyExpected: (size: Int64, sha256: String)?
 
     public init(method: String = "GET", url: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
                 unixSocket: String? = nil, timeoutSeconds: Int = 30, connectTimeoutSeconds: Int = 10,
@@ -60,6 +64,7 @@ public struct HTTPError: Error, CustomStringConvertible, Sendable {
         case transfer      // the connection broke mid-way
         case aborted       // the streaming handler asked to stop
         case tooLarge      // the body was larger than `maxBodyBytes`
+        case bodyChanged   // the file sent differed from `bodyExpected`; stopped before its last byte
         case setup
     }
     public var code: Code
@@ -100,6 +105,10 @@ public enum HTTPTransfer {
             var maxBody: Int64 = .max
             var tooLarge = false
             var statusLine = ""
+            var expected: (size: Int64, sha256: String)?
+            var digest = SHA256Digest()
+            var sent: Int64 = 0
+            var bodyChanged = false
         }
         let context = Context()
         context.sink = sink
@@ -194,16 +203,34 @@ public enum HTTPTransfer {
             }
             var st = stat()
             fstat(context.upload, &st)
+            context.expected = request.bodyExpected
             let read: fem_curl_data_cb = { data, size, count, user in
                 let ctx = Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue()
                 while true {
                     let n = Glibc.read(ctx.upload, data, size * count)
-                    if n >= 0 { return n }
-                    if errno != EINTR { return Int(CURL_READFUNC_ABORT) }
+                    if n < 0 {
+                        if errno == EINTR { continue }
+                        return Int(CURL_READFUNC_ABORT)
+                    }
+                    guard let expected = ctx.expected else { return n }
+                    // Hash while sending; the chunk that completes the body goes only if the whole body matches.
+                    if ctx.sent + Int64(n) > expected.size || (n == 0 && ctx.sent < expected.size) {
+                        ctx.bodyChanged = true
+                        return Int(CURL_READFUNC_ABORT)
+                    }
+                    if n == 0 { return 0 }
+                    ctx.digest.update(UnsafeRawBufferPointer(start: data, count: n))
+                    ctx.sent += Int64(n)
+                    if ctx.sent == expected.size, ctx.digest.finalizeHex() != expected.sha256 {
+                        ctx.bodyChanged = true
+                        return Int(CURL_READFUNC_ABORT)
+                    }
+                    return n
                 }
             }
             setup.append(fem_curl_setopt_long(handle, CURLOPT_UPLOAD, 1))
-            setup.append(fem_curl_setopt_offset(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(st.st_size)))
+            let announced = request.bodyExpected?.size ?? Int64(st.st_size)
+            setup.append(fem_curl_setopt_offset(handle, CURLOPT_INFILESIZE_LARGE, curl_off_t(announced)))
             setup.append(fem_curl_setopt_datafn(handle, CURLOPT_READFUNCTION, read))
             setup.append(fem_curl_setopt_pointer(handle, CURLOPT_READDATA, unmanaged.toOpaque()))
         }
@@ -231,6 +258,10 @@ public enum HTTPTransfer {
             if context.tooLarge || code == CURLE_FILESIZE_EXCEEDED {
                 throw HTTPError(code: .tooLarge, message: "\(request.method) \(place): the answer is larger than "
                                 + "\(request.maxBodyBytes ?? 0) bytes")
+            }
+            if context.bodyChanged {
+                throw HTTPError(code: .bodyChanged, message: "\(request.method) \(place): the file no longer matches its "
+                                + "approved size and sha256; the upload was stopped before its last byte")
             }
             if context.aborted {
                 throw HTTPError(code: .aborted, message: "\(request.method) \(place): stopped by the receiver")
