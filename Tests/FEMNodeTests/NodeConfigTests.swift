@@ -177,4 +177,12 @@ struct NodeConfigTests {
         #expect(p.contains("datasets.b.path: is required and must be an absolute path"))
         #expect(p.contains("datasets.b.colour: is not a known key (path, labels)"))
     }
+
+    @Test func orchestratorsMustNameAccounts() {
+        #expect(Self.problems(Self.toml("", broker: "url = \"amqps://n@localhost:5671/%2f\"\norchestrators = []"))
+            .contains { $0.hasPrefix("broker.orchestrators: is empty") })
+        #expect(Self.problems(Self.toml("", broker: "url = \"amqps://n@localhost:5671/%2f\"\norchestrators = [\"a b\"]"))
+            .contains { $0.hasPrefix("broker.orchestrators: \"a b\" is not a broker account name") })
+    }
 }
+

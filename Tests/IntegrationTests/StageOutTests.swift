@@ -412,5 +412,30 @@ struct StageOutTests {
         #expect((200..<300).contains(ok.status))
         #expect(try sha256(ofFile: "\(web)/dav/\(prefix)/approved.bin") == good)
     }
+
+    @Test func heldOutputsSurviveADaemonRestartAndTheStagedCopyIsWhatGoesAfterApproval() throws {
+        let node = try node("so-held-restart", outputs: "require_approval = true")
+        try node.start()
+        let op = try Operator(node: node)
+        let prefix = "held-restart-\(UUID().uuidString.prefix(6).lowercased())"
+        let t = task("echo '{\"type\":\"print\",\"message\":\"row 17\"}'; echo approved-content > \"$FEM_OUTPUT_DIR\"/r.txt",
+                     patterns: ["*.txt"],
+                     stageOut: ["url": .string("http://127.0.0.1:18080/dav/\(prefix)"), "credentials": "upload-login"])
+        try op.submit(t)
+        try waitForHold(op, [t])
+        node.stop()
+        // While the daemon is down, out/ changes; after the restart the steward reviews and approves.
+        try "changed-content\n".write(toFile: "\(node.dir)/var/sandboxes/\(Tasks.id(t))/out/r.txt", atomically: false,
+                                      encoding: .utf8)
+        try node.start()
+        let show = try node.run(["outputs", "show", Tasks.id(t)])
+        #expect(show.output.contains("out/r.txt") && show.output.contains("print: row 17"), "\(show.output)")
+        let yes = try node.run(["outputs", "approve", Tasks.id(t)])
+        #expect(yes.status == 0, "\(yes.output)")
+        try op.waitForFinal([Tasks.id(t)])
+        #expect(op.finalState(of: Tasks.id(t))?.state == .completed, "\(String(describing: op.finalState(of: Tasks.id(t))))")
+        let sent = try #require(delivered(prefix, t, node, "out/r.txt"))
+        #expect(try String(contentsOfFile: sent, encoding: .utf8) == "approved-content\n")
+    }
 }
 

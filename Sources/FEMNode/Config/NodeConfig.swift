@@ -281,6 +281,16 @@ extension NodeConfig {
         if let id = values["node.id"] as? String, !Patterns.matches(#"^[a-z0-9][a-z0-9-]{0,62}$"#, id) {
             problems.append("node.id: \"\(id)\" must be lowercase letters, digits and '-' (it names queues)")
         }
+        if let accounts = values["broker.orchestrators"] as? [String] {
+            if accounts.isEmpty {
+                problems.append("broker.orchestrators: is empty, so this node would accept no task and no cancel; list "
+                                + "the broker accounts of your orchestrators (femctl's login)")
+            }
+            for a in accounts where !Patterns.matches(#"^[A-Za-z0-9_.@-]{1,64}$"#, a) {
+                problems.append("broker.orchestrators: \"\(TextEscaping.escaped(a))\" is not a broker account name "
+                                + "(letters, digits, _ . @ -, at most 64)")
+            }
+        }
         var password = environment["FEM_BROKER_PASSWORD"]
         if brokerFiles, password == nil, let file = values["broker.password_file"] as? String, !file.isEmpty {
             if let text = try? String(contentsOfFile: file, encoding: .utf8) {
