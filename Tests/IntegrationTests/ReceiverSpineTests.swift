@@ -204,6 +204,9 @@ struct ReceiverSpineTests {
         let b = try TestNode("acct-b")
         try a.start()
         try b.start()
+        let check = try a.run(["check"])
+        #expect(check.output.contains("ok    broker exchanges fem.tasks, fem.control and fem.events exist")
+                && check.output.contains("accepted only from the broker account(s) fem-orchestrator"), "\(check.output)")
         let conn = try BrokerAccounts.connect(as: a.id, brokerDir: a.brokerDir, port: a.port, cert: "node")
 
         let consumeB = refusal(conn, channel: 1) { try $0.consume(queue: WireNames.taskQueue(node: b.id), channel: 1) }

@@ -75,6 +75,26 @@ extension FEMClientCommand {
                 let conn = try AMQPConnection(endpoint: endpoint)
                 try conn.openChannel(1)
                 print("ok    broker \(endpoint) reachable over TLS with client certificate \(config.certFile)")
+                // The node only looks the shared exchanges up: they must exist (femctl setup declares them).
+                var missing: [String] = []
+                for (i, x) in [WireNames.tasksExchange, WireNames.controlExchange, WireNames.eventsExchange].enumerated() {
+                    let channel = UInt16(2 + i)
+                    do {
+                        try conn.openChannel(channel)
+                        try conn.declareExchange(x, channel: channel, passive: true)
+                    } catch {
+                        missing.append(x)
+                    }
+                }
+                if missing.isEmpty {
+                    print("ok    broker exchanges fem.tasks, fem.control and fem.events exist")
+                } else {
+                    failures.append("broker: exchange(s) \(missing.joined(separator: ", ")) missing or not visible to "
+                                    + "this account: run `femctl setup` once on this broker")
+                    print("FAIL  \(failures.last!)")
+                }
+                print("ok    tasks and cancels are accepted only from the broker account(s) "
+                      + config.orchestrators.joined(separator: ", ") + " (broker.orchestrators)")
             } catch {
                 failures.append("broker: \(error)")
                 print("FAIL  \(failures.last!)")
