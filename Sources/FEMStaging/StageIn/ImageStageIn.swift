@@ -26,7 +26,7 @@ public struct ImageStageIn: StageIn {
         let policy = plan.pullPolicy ?? (image.contains("@") ? .ifNotPresent : .always)
         let auth = registryAuth[Self.registryHost(image)]
         let engine = self.engine
-        let resolved: String = try await offload("fem-pull") {
+        let resolved: String = try await offload("fem-pull", cancellable: { cancel in
             do {
                 if policy == .ifNotPresent, let info = try engine.inspectImage(image) {
                     reporter.progress("image \(image) is present; not pulled", ["image": .string(image)])
@@ -34,7 +34,7 @@ public struct ImageStageIn: StageIn {
                 }
                 reporter.progress("pulling \(image)", ["image": .string(image)])
                 var last = ""
-                try engine.pull(image, registryAuth: auth) { line in
+                try engine.pull(image, registryAuth: auth, cancel: cancel) { line in
                     // Layer states, not every progress-bar tick.
                     guard !line.contains("["), line != last else { return }
                     last = line
@@ -47,7 +47,7 @@ public struct ImageStageIn: StageIn {
             } catch let e as DockerError {
                 throw Self.failure(e, image: image)
             }
-        }
+        })
         reporter.markDone("image", resolved)
         reporter.progress("image \(image) ready (\(resolved))", ["image": .string(image), "digest": .string(resolved)])
     }

@@ -22,6 +22,8 @@ public struct HTTPRequest: Sendable {
     /// Give up (as a timeout) when fewer than 1 byte/s moved for this many seconds: for transfers without an overall
     /// limit that must not hang on a stalled server.
     public var stallSeconds: Int?
+    /// Stops the transfer (within about a second, even while no byte moves) when set: `HTTPError.cancelled`.
+    public var cancel: CancelFlag?
 
     public init(method: String = "GET", url: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
                 unixSocket: String? = nil, timeoutSeconds: Int = 30, connectTimeoutSeconds: Int = 10,
@@ -51,6 +53,7 @@ public struct HTTPError: Error, CustomStringConvertible, Sendable {
         case tls
         case transfer      // the connection broke mid-way
         case aborted       // the streaming handler asked to stop
+        case cancelled     // the request's CancelFlag was set
         case setup
     }
     public var code: Code
@@ -87,9 +90,11 @@ public enum HTTPTransfer {
             var sink: Sink?
             var aborted = false
             var upload: Int32 = -1
+            var cancel: CancelFlag?
         }
         let context = Context()
         context.sink = sink
+        context.cancel = request.cancel
         let unmanaged = Unmanaged.passRetained(context)
         defer { unmanaged.release() }
 
@@ -113,6 +118,7 @@ public enum HTTPTransfer {
             let ctx = Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue()
             let n = size * count
             let buffer = UnsafeRawBufferPointer(start: data, count: n)
+            if ctx.cancel?.isCancelled == true { return 0 }
             if let sink = ctx.sink {
                 if !sink(buffer) {
                     ctx.aborted = true
@@ -136,6 +142,16 @@ public enum HTTPTransfer {
         setup.append(fem_curl_setopt_datafn(handle, CURLOPT_WRITEFUNCTION, write))
         setup.append(fem_curl_setopt_pointer(handle, CURLOPT_WRITEDATA, unmanaged.toOpaque()))
         setup.append(fem_curl_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer))
+        if request.cancel != nil {
+            // libcurl calls this about once a second even while nothing moves; non-zero stops the transfer.
+            let progress: fem_curl_xferinfo_cb = { user, _, _, _, _ in
+                let ctx = Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue()
+                return ctx.cancel?.isCancelled == true ? 1 : 0
+            }
+            setup.append(fem_curl_setopt_xferinfofn(handle, progress))
+            setup.append(fem_curl_setopt_pointer(handle, CURLOPT_XFERINFODATA, unmanaged.toOpaque()))
+            setup.append(fem_curl_setopt_long(handle, CURLOPT_NOPROGRESS, 0))
+        }
         if let socket = request.unixSocket {
             setup.append(fem_curl_setopt_string(handle, CURLOPT_UNIX_SOCKET_PATH, socket))
         }
@@ -184,6 +200,9 @@ public enum HTTPTransfer {
             let detail = String(cString: errorBuffer).isEmpty ? String(cString: curl_easy_strerror(code))
                 : String(cString: errorBuffer)
             let place = request.unixSocket.map { "\(request.url) via \($0)" } ?? request.url
+            if context.cancel?.isCancelled == true {
+                throw HTTPError(code: .cancelled, message: "\(request.method) \(place): cancelled")
+            }
             if context.aborted {
                 throw HTTPError(code: .aborted, message: "\(request.method) \(place): stopped by the receiver")
             }
