@@ -95,19 +95,9 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
 
     public func recordRejection(taskID: String?, executionID: String?, message: String, at: Date) throws {
         try db.write { db in
-            var id = taskID
-            if let taskID, try Self.fetchTask(db, taskID) != nil {
-                // Never overwrite a task we already have with the rejection of a bad copy.
-                id = taskID
-            } else if let taskID {
-                try db.execute(sql: """
-                    INSERT INTO tasks (task_id, execution_id, state, document, launcher, received_at, updated_at, seq,
-                                       message)
-                    VALUES (?, ?, ?, '{}', '', ?, ?, 0, ?)
-                    """, arguments: [taskID, executionID ?? "", TaskState.rejected.rawValue, FEMTime.format(at),
-                                     FEMTime.format(at), message])
-            }
-            _ = try self.appendEvent(db, taskID: id, executionID: executionID, kind: .state, state: .rejected,
+            // No task row: a rejected message does not use up its task id (a later valid task with that id runs; its
+            // events continue the id's sequence numbers). A task we already have is never touched.
+            _ = try self.appendEvent(db, taskID: taskID, executionID: executionID, kind: .state, state: .rejected,
                                      detail: EventDetail(message: message), at: at, updateRow: false)
         }
     }
@@ -134,7 +124,7 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
         try db.write { db in
             guard let rec = try Self.fetchTask(db, taskID) else { throw JournalError.unknownTask(taskID) }
             return try self.appendEvent(db, taskID: taskID, executionID: rec.executionID, kind: kind, state: rec.state,
-                                        detail: detail, at: at)
+                                        detail: kind == .duplicate ? detail.withState(rec.state) : detail, at: at)
         }
     }
 

@@ -317,11 +317,15 @@ struct RunnerTests {
         #expect(rejected.contains { $0.contains("not JSON") })
         #expect(rejected.contains { $0.contains("not valid UTF-8") })
         #expect(rejected.contains { $0.contains("over the limit of 2000 bytes") })
-        #expect(try journal.task("m1")?.state == .rejected)
-        #expect(try journal.task("m1")?.message?.contains("execution_id: is required") == true)
+        // A rejected message does not use up its task id.
+        #expect(try journal.task("m1") == nil)
+        #expect(try journal.history("m1").last?.state == .rejected)
+        #expect(try journal.history("m1").last?.detail.message?.contains("execution_id: is required") == true)
         let okEvents = try journal.history("ok")
         #expect(okEvents.filter { $0.kind == .state && $0.state == .running }.count == 1)
-        #expect(okEvents.contains { $0.kind == .duplicate })
+        let duplicate = try #require(okEvents.first { $0.kind == .duplicate })
+        #expect(duplicate.detail.data?["state"]?.stringValue == duplicate.state.rawValue)
+        #expect(duplicate.detail.message?.contains("(now \(duplicate.state.rawValue))") == true)
     }
 }
 

@@ -94,6 +94,22 @@ struct ProcessLauncherTests {
         #expect(result == .lost("the process ended while the daemon was down; its exit status is unknown"))
     }
 
+    /// After a SIGKILL of the daemon, a task's process that had already finished may linger as a zombie whose start
+    /// time still matches the journaled handle: it ended, it was not "stopped".
+    @Test func recoveryOfAProcessThatEndedButIsAZombieSaysItEnded() async throws {
+        let j = try job(["/bin/true"], id: "zombie")
+        let child = try ChildProcess.spawn(executable: "/bin/true", arguments: [], environment: [:],
+                                           workingDirectory: "/", stdoutPath: "/dev/null", stderrPath: "/dev/null")
+        defer { _ = ChildProcess.waitBlocking(pid: child.pid) }
+        let deadline = Date().addingTimeInterval(5)
+        while ChildProcess.isAlive(child.pid) && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(!ChildProcess.isAlive(child.pid), "the child is a zombie now")
+        let result = await ProcessLauncher(config: ProcessLauncherConfig()).recover(
+            j, handle: LaunchHandle(launcher: "process", data: ["pid": "\(child.pid)", "pgid": "\(child.pid)",
+                                                             "start_time": "\(child.startTime)"]))
+        #expect(result == .lost("the process ended while the daemon was down; its exit status is unknown"))
+    }
+
     @Test func allowlistAndMissingExecutablesAreDeclined() throws {
         let limited = ProcessLauncher(config: ProcessLauncherConfig(allowedExecutables: ["python3", "/bin/echo"]))
         #expect(limited.policyCheck(try job(["/bin/echo", "x"])) == nil)

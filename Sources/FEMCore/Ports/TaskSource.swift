@@ -6,12 +6,17 @@ public struct InboundMessage: Sendable {
     public var body: [UInt8]
     public var redelivered: Bool
     public var ack: @Sendable () -> Void
+    /// Returns the delivery to the broker, which delivers it again (to this node or another consumer): for a task
+    /// the node cannot journal now. Never leaves a delivery held.
+    public var requeue: @Sendable () -> Void
 
-    public init(channel: Channel, body: [UInt8], redelivered: Bool, ack: @escaping @Sendable () -> Void) {
+    public init(channel: Channel, body: [UInt8], redelivered: Bool, ack: @escaping @Sendable () -> Void,
+                requeue: @escaping @Sendable () -> Void = {}) {
         self.channel = channel
         self.body = body
         self.redelivered = redelivered
         self.ack = ack
+        self.requeue = requeue
     }
 }
 

@@ -336,7 +336,8 @@ public actor Runner {
         return StageReporter(
             progress: { message, data in note(.progress, message, data) },
             isDone: { step in (try? journal.step(taskID, step)) ?? nil },
-            markDone: { step, info in try? journal.markStep(taskID, step, info: info) })
+            markDone: { step, info in try? journal.markStep(taskID, step, info: info) },
+            notice: { message, data in note(.notice, message, data) })
     }
 
     private func execute(_ taskID: String, cancelSignal: AsyncStream<String>) async {

@@ -152,7 +152,15 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
             let id = try await offload("fem-docker-create") { try engine.createContainer(name: nil, json: body) }
             let handle = LaunchHandle(launcher: name, data: ["container": id, "stdout": job.stdoutPath,
                                                              "stderr": job.stderrPath])
-            try persist(handle)
+            do {
+                try persist(handle)
+            } catch {
+                // Spawn, then persist, or stop: a container nobody could re-attach to is removed before the error is
+                // reported (it was created, not started; force covers a start that raced in).
+                try? await offload("fem-docker-remove") { try engine.remove(id) }
+                throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .runnerSystemFailure,
+                                  "cannot record the container's handle, so it was removed and not started: \(error)")
+            }
             try await offload("fem-docker-start") { try engine.start(id) }
             return handle
         } catch let e as DockerError {
@@ -197,19 +205,38 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
 
     /// Writes the container's stdout and stderr, from the start, into the job's log files (replacing what an
     /// earlier attempt wrote, so a re-attached task's logs are whole and not doubled).
-    static func writeLogs(_ engine: DockerEngine, _ id: String, follow: Bool, stdout: String, stderr: String) throws {
-        _ = FileManager.default.createFile(atPath: stdout, contents: nil)
-        _ = FileManager.default.createFile(atPath: stderr, contents: nil)
-        guard let out = FileHandle(forWritingAtPath: stdout), let err = FileHandle(forWritingAtPath: stderr) else {
-            throw TaskFailure(.runnerSystemFailure, "cannot write the logs \(stdout) and \(stderr)")
+    /// A write that fails (a full disk) never stops the copy nor the daemon: the bytes that could not be written are
+    /// dropped (later ones are tried again, in case space returns), the container's end is still collected, and the
+    /// first write error is returned for the caller to report (`node_disk_full` when the disk is full).
+    @discardableResult
+    static func writeLogs(_ engine: DockerEngine, _ id: String, follow: Bool, stdout: String, stderr: String) throws
+        -> SystemError? {
+        let out: Int32, err: Int32
+        do {
+            out = try FileWriter.open(stdout, append: false)
+            do {
+                err = try FileWriter.open(stderr, append: false)
+            } catch {
+                close(out)
+                throw error
+            }
+        } catch {
+            throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .runnerSystemFailure,
+                              "cannot write the container's logs: \(error)")
         }
         defer {
-            try? out.close()
-            try? err.close()
+            close(out)
+            close(err)
         }
+        var failed: SystemError?
         try engine.logs(id, follow: follow) { stream, bytes in
-            (stream == .stdout ? out : err).write(Data(bytes))
+            do {
+                try FileWriter.writeAll(stream == .stdout ? out : err, bytes, context: stream == .stdout ? stdout : stderr)
+            } catch {
+                if failed == nil { failed = error as? SystemError ?? SystemError("write", errno: EIO, "\(error)") }
+            }
         }
+        return failed
     }
 
     public func stop(_ handle: LaunchHandle, grace: Duration) async {

@@ -141,7 +141,7 @@ extension FEMCtlCommand {
                 if heartbeats { try conn.bindQueue(q, exchange: WireNames.eventsExchange, routingKey: "node.\(n).heartbeat") }
             }
             try conn.consume(queue: q, noAck: queue == nil)
-            if !json { FileHandle.standardError.write(Data("watching fem.events (queue \(q)); Ctrl-C to stop\n".utf8)) }
+            if !json { try? FileWriter.writeAll(2, Array("watching fem.events (queue \(q)); Ctrl-C to stop\n".utf8)) }
             flushOut()
 
             var table = WatchTable()
