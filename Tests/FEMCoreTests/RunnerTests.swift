@@ -15,6 +15,8 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     private(set) var started: [String] = []
     private(set) var stops = 0
     var declineReason: String?
+    /// A start that takes this long first (a Flower environment being made); a cancel interrupts it.
+    var startDelay: Duration?
 
     init(name: String = "process", script: Script, recovery: Recovery = .lost("gone")) {
         self.name = name
@@ -28,6 +30,7 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
 
     func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
         if case .failToStart = script { throw TaskFailure(.runnerSystemFailure, "engine unreachable") }
+        if let startDelay { try await Task.sleep(for: startDelay) }
         let id = job.task.taskID
         lock.withLock { started.append(id) }
         _ = signal(id)
