@@ -261,4 +261,82 @@ struct FaultTests {
         #expect(op.finalState(of: Tasks.id(late))?.state == .completed)
         node.stop()
     }
+
+    /// A full disk (work dir, journal and log on one small filesystem): the node flags pressure, returns new
+    /// deliveries to the broker instead of holding them, keeps the outcome of a task that ended meanwhile until the
+    /// journal takes it, and resumes by itself when space returns, without a restart. Every task ends with a true
+    /// terminal event.
+    @Test func aFullDiskIsAStateTheNodeLeavesByItselfWhenSpaceReturns() throws {
+        let node = try TestNode("fault-disk", extra: "")
+        let config = try String(contentsOfFile: node.configPath, encoding: .utf8)
+            .replacingOccurrences(of: "drain_seconds = 0", with: "drain_seconds = 0\nmin_free_mb = 6")
+        let mount = try Shell.run(["/bin/mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", node.dir])
+        try #require(mount.status == 0, "mount a 20 MB tmpfs on \(node.dir): \(mount.output)")
+        defer {
+            node.kill(SIGKILL)
+            _ = try? Shell.run(["/bin/umount", "-l", node.dir])
+        }
+        try config.write(toFile: node.configPath, atomically: true, encoding: .utf8)
+        try node.start()
+        let pid = node.pid
+        let op = try Operator(node: node)
+
+        let before = Tasks.task(["/bin/echo", "before"])
+        try op.submit(before)
+        try op.waitForFinal([Tasks.id(before)])
+        #expect(op.finalState(of: Tasks.id(before))?.state == .completed)
+
+        // A task that ends while the disk is full.
+        let during = Tasks.task(["/bin/sh", "-c", "sleep 4; echo during"])
+        try op.submit(during)
+        try op.waitFor("the task to run") { $0.contains { $0.taskID == Tasks.id(during) && $0.state == .running } }
+
+        // Fill the filesystem to the last byte.
+        // (then the slack of the log's last page, so that the next log line fails too)
+        _ = try Shell.run(["/bin/sh", "-c", "dd if=/dev/zero of=\(node.dir)/fill bs=1M 2>/dev/null; "
+                           + "yes '' | head -c 65536 >> \(node.dir)/receiver.log 2>/dev/null; sync"])
+        try op.waitFor("a disk_pressure notice", timeout: 10) { _ in op.notices.contains { $0.reason == "disk_pressure" } }
+        try op.waitFor("a heartbeat with pressure", timeout: 10) { _ in op.heartbeats.contains { $0.pressure != nil } }
+        #expect(op.heartbeats.last { $0.pressure != nil }?.pressure?.hasPrefix("disk:") == true)
+
+        // A new task is returned to the broker, not held: another consumer of the node's queue gets it.
+        let refused = Tasks.task(["/bin/echo", "after"])
+        try op.submit(refused)
+        func returnedToTheBroker() throws -> Bool {
+            // A consumer of our own for a moment; its connection closes when this returns.
+            let other = try Operator.connect(brokerDir: node.brokerDir, port: node.port, cert: "operator")
+            try other.openChannel(1)
+            try other.setPrefetch(1)
+            try other.consume(queue: WireNames.taskQueue(node: node.id))
+            let deadline = Date().addingTimeInterval(15)
+            while Date() < deadline {
+                guard let d = try other.nextDelivery(timeoutMilliseconds: 200) else { continue }
+                let id = (try? JSONValue.parse(Data(d.body)))?["task_id"]?.stringValue
+                try other.nack(deliveryTag: d.deliveryTag, requeue: true, channel: d.channel)
+                if id == Tasks.id(refused) { return true }
+            }
+            return false
+        }
+        let seenByOther = try returnedToTheBroker()
+        #expect(seenByOther, "the delivery went back to the broker while the node was under pressure")
+        _ = try? op.waitFor("more events", timeout: 2) { _ in false }
+        #expect(op.events(of: Tasks.id(refused)).isEmpty, "not taken under pressure")
+        #expect(op.finalState(of: Tasks.id(during)) == nil, "its end could not be journaled yet")
+
+        // Space returns: no restart, and everything ends with its true terminal event.
+        try FileManager.default.removeItem(atPath: "\(node.dir)/fill")
+        try op.waitForFinal([Tasks.id(during), Tasks.id(refused)], timeout: 60)
+        // Its echo failed on the full disk: it failed, and says the disk was full.
+        let duringEnd = try #require(op.finalState(of: Tasks.id(during)))
+        #expect(duringEnd.state == .failed && duringEnd.detail.failureClass == .nodeDiskFull, "\(duringEnd.detail)")
+        #expect(duringEnd.detail.message?.contains("while the node's disk was full") == true)
+        #expect(op.finalState(of: Tasks.id(refused))?.state == .completed)
+        try op.waitFor("the pressure to end", timeout: 10) { _ in op.notices.contains { $0.reason == "disk_pressure_ended" } }
+        #expect(node.pid == pid && node.pid.map { Glibc.kill($0, 0) == 0 } == true, "the same daemon, still running")
+        #expect(node.log.contains("line(s) were dropped while they failed"), "the log says what it dropped")
+        #expect(op.notices.contains { $0.reason == "log_dropping" })
+        try op.waitFor("the log to recover", timeout: 10) { _ in op.notices.contains { $0.reason == "log_recovered" } }
+        let ran = op.events(of: Tasks.id(during)).filter { $0.kind == .state && $0.state == .running }
+        #expect(ran.count == 1, "nothing ran twice")
+    }
 }

@@ -19,7 +19,10 @@ public struct RunnerSettings: Sendable {
     public var journalRetryMax: Duration = .seconds(5)
     /// After a cancel, a stage-in step or a start that has not stopped by then is left behind (the task ends
     /// `cancelled` at once, and whatever the step still brings is stopped or ignored).
-    public var cancelDeadline: Duration = .seconds(2)
+    public var cancelDeadline: Duration = .milliseconds(1500)
+    /// Why the node's disk is full now (nil when it is not): a task that fails while it is, fails `node_disk_full`
+    /// with that cause (its writes, its logs included, fail too).
+    public var diskPressure: @Sendable () -> String? = { nil }
 
     public init(nodeID: String, nodeName: String? = nil, maxConcurrentTasks: Int = 2, defaultTimeoutSeconds: Int = 3600,
                 allowTimeoutAbovePlan: Bool = false, maxTimeoutSeconds: Int = 7 * 24 * 3600,
@@ -456,6 +459,12 @@ public actor Runner {
             outcome = TaskOutcome(state: saved, detail: detail)
         }
         guard var outcome else { return }
+        if outcome.state == .failed, outcome.detail.failureClass != .nodeDiskFull,
+           outcome.detail.failureClass != .timeout, let full = settings.diskPressure() {
+            outcome.detail.message = [outcome.detail.message, "while the node's disk was full (\(full))"]
+                .compactMap { $0 }.joined(separator: "; ")
+            outcome.detail.failureClass = .nodeDiskFull
+        }
 
         if state != .stagingOut {
             var entering = outcome.detail

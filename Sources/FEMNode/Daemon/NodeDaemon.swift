@@ -15,7 +15,8 @@ public enum NodeDaemon {
 
         // The publisher needs the journal and the runner needs the publisher's wake-up: break the cycle with a box.
         let wake = WakeBox()
-        let node = try NodeAssembly(config: config, logger: logger) { wake.fire() }
+        let disk = DiskWatch(workDir: config.workDir, logFile: config.logFile, minFreeMB: config.minFreeMB)
+        let node = try NodeAssembly(config: config, logger: logger, diskPressure: { disk.pressure }) { wake.fire() }
         let publisher = AMQPEventPublisher(endpoint: endpoint, outbox: node.journal, logger: logger)
         wake.set { publisher.wake() }
         publisher.start()
@@ -30,7 +31,6 @@ public enum NodeDaemon {
                              + "writes failed (\(error))", ["dropped_lines": .int(Int64(dropped))])
             }
         }
-        let disk = DiskWatch(workDir: config.workDir, logFile: config.logFile, minFreeMB: config.minFreeMB)
         let admission = Admission(disk: disk)
 
         let launchers = node.registry.names.joined(separator: ",")

@@ -14,7 +14,8 @@ public struct NodeAssembly: Sendable {
     public let runner: Runner
     public let sandboxes: DirectorySandboxes
 
-    public init(config: NodeConfig, logger: Logger, eventsAdded: @escaping @Sendable () -> Void) throws {
+    public init(config: NodeConfig, logger: Logger, diskPressure: @escaping @Sendable () -> String? = { nil },
+                eventsAdded: @escaping @Sendable () -> Void) throws {
         self.config = config
         try FileManager.default.createDirectory(atPath: config.workDir, withIntermediateDirectories: true,
                                                 attributes: [.posixPermissions: 0o750])
@@ -22,11 +23,12 @@ public struct NodeAssembly: Sendable {
         registry = Self.launchers(config)
         sandboxes = DirectorySandboxes(workDir: config.workDir, retention: SandboxRetention(
             completed: .seconds(config.keepCompletedHours * 3600), other: .seconds(config.keepFailedHours * 3600)))
-        let settings = RunnerSettings(
+        var settings = RunnerSettings(
             nodeID: config.nodeID, nodeName: config.nodeName, maxConcurrentTasks: config.maxConcurrentTasks,
             defaultTimeoutSeconds: config.defaultTimeoutSeconds, allowTimeoutAbovePlan: config.allowTimeoutAbovePlan,
             maxTimeoutSeconds: config.maxTimeoutSeconds, stopGrace: .seconds(config.stopGraceSeconds),
             datasets: config.datasets.mapValues(\.path))
+        settings.diskPressure = diskPressure
         runner = Runner(settings: settings, journal: journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
                         stageOut: OutputDelivery(policy: DeliveryPolicy(
