@@ -297,7 +297,7 @@ final class Operator {
                 if let beat = try? JSONDecoder.fem.decode(Heartbeat.self, from: Data(d.body)) { heartbeats.append(beat) }
                 continue
             }
-            if d.routingKey.hasSuffix(".notice") {
+            if d.routingKey == "node.\(nodeID).notice" {
                 notices.append(try JSONDecoder.fem.decode(NodeNotice.self, from: Data(d.body)))
                 continue
             }
