@@ -108,7 +108,7 @@ struct RunnerFaultTests {
         let kept = MemoryUnrecorded()
         let r = runner(journal, FakeLauncher(script: .exit(0, after: .zero)), unrecorded: kept)
         await r.enqueue("a")
-        let deadline = ContinuousClock.now + .seconds(5)
+        let deadline = ContinuousClock.now + .seconds(30)
         while await r.unrecordedStates["a"] == nil && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(10))
         }
@@ -153,7 +153,7 @@ struct RunnerFaultTests {
         let launcher = FakeLauncher(script: .exit(0, after: .zero))
         let r = runner(memory, launcher, stageIn: BlockingStageIn(entered: entered))
         await r.enqueue("a")
-        let deadline = ContinuousClock.now + .seconds(5)
+        let deadline = ContinuousClock.now + .seconds(30)
         while entered.value == 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
         let t0 = ContinuousClock.now
         await r.cancel("a", reason: "wrong cohort")
@@ -173,7 +173,7 @@ struct RunnerFaultTests {
         let launcher = FakeLauncher(script: .exit(0, after: .zero))
         let r = runner(memory, launcher, stageIn: BlockingStageIn(deaf: true, entered: entered))
         await r.enqueue("a")
-        let deadline = ContinuousClock.now + .seconds(5)
+        let deadline = ContinuousClock.now + .seconds(30)
         while entered.value == 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
         let t0 = ContinuousClock.now
         await r.cancel("a", reason: nil)
@@ -191,7 +191,7 @@ struct RunnerFaultTests {
         launcher.startDelay = .seconds(60)
         let r = runner(memory, launcher)
         await r.enqueue("a")
-        let deadline = ContinuousClock.now + .seconds(5)
+        let deadline = ContinuousClock.now + .seconds(30)
         while try memory.task("a")?.state != .running && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(5))
         }
@@ -215,7 +215,7 @@ struct RunnerFaultTests {
         let valid = #"{"schema_version":1,"task_id":"ok","execution_id":"e","plan":{"schema_version":1,"id":"t","version":"1","launcher":"process","command":{"base":["/bin/true"]}}}"#
         await receiver.handle(InboundMessage(channel: .task, body: Array(valid.utf8), redelivered: false,
                                              ack: { acks.add() }, requeue: { requeues.add() }))
-        let deadline = ContinuousClock.now + .seconds(3)
+        let deadline = ContinuousClock.now + .seconds(30)
         while requeues.value == 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
         #expect(requeues.value == 1 && acks.value == 0)
         #expect(notices.items.first?.0 == "delivery_returned")
@@ -232,7 +232,7 @@ struct RunnerFaultTests {
                                              ack: { acks.add() }, requeue: { requeues.add() }))
         await receiver.handle(InboundMessage(channel: .control, body: Array(#"{"schema_version":1,"type":"cancel","task_id":"x"}"#.utf8),
                                              redelivered: false, ack: { acks.add() }, requeue: { requeues.add() }))
-        let deadline = ContinuousClock.now + .seconds(3)
+        let deadline = ContinuousClock.now + .seconds(30)
         while requeues.value == 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
         #expect(requeues.value == 1)
         #expect(acks.value == 1, "the control message was read and acknowledged")
