@@ -115,7 +115,7 @@ struct RunnerFaultTests {
         #expect(await r.unrecordedStates["a"] == .completed, "the real state is known while unwritten")
         #expect(kept.load("a")?.error.contains("database or disk is full") == true)
         #expect(try memory.task("a")?.state == .stagingOut)
-        try await Task.sleep(for: .milliseconds(200))
+        while journal.refused <= 2 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
         #expect(journal.refused > 2, "tried again with backoff")
         journal.fail([])
         await r.waitUntilIdle()

@@ -93,6 +93,8 @@ public actor Runner {
     private var unrecorded: [String: UnrecordedChange] = [:]
     /// The daemon is stopping: journal retries give up (the change stays in `unrecordedStore`).
     private var stopping = false
+    /// The daemon drains for a stop: queued tasks are not started.
+    private var draining = false
     private var active: [String: AsyncStream<String>.Continuation] = [:]
     private var idleWaiters: [CheckedContinuation<Void, Never>] = []
 
@@ -119,10 +121,12 @@ public actor Runner {
     /// State changes not yet written to the journal (task id → the state it is really in), for the heartbeat.
     public var unrecordedStates: [String: TaskState] { unrecorded.mapValues(\.state) }
 
-    /// Waits until nothing runs, or `limit` passed. Returns how many tasks are still active.
+    /// The drain for a stop: no queued task starts any more (they stay `received` in the journal and run after the
+    /// next start); waits until nothing runs, or `limit` passed. Returns how many tasks are still active.
     public func drain(limit: Duration) async -> Int {
+        draining = true
         let deadline = ContinuousClock.now + limit
-        while !(queue.isEmpty && active.isEmpty) && ContinuousClock.now < deadline {
+        while !active.isEmpty && ContinuousClock.now < deadline {
             try? await Task.sleep(for: .milliseconds(100))
         }
         return active.count
@@ -209,6 +213,7 @@ public actor Runner {
     public static let approvalStep = "approval"
 
     private func pump() {
+        guard !draining else { return }
         while active.count < settings.maxConcurrentTasks, !queue.isEmpty {
             let id = queue.removeFirst()
             let (stream, continuation) = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingNewest(1))
@@ -245,10 +250,12 @@ public actor Runner {
     private func record(_ taskID: String, _ state: TaskState, _ detail: EventDetail) async -> Bool {
         var delay = settings.journalRetryBase
         var failures = 0
-        while true {
+        attempts: while true {
             do {
                 try journal.transition(taskID, to: state, detail: detail, at: Date())
             } catch {
+                // Written after all (the error came after the commit): done.
+                if failures > 0, let rec = try? journal.task(taskID), rec.state == state { break attempts }
                 // Not worth another try when the journal holds the task in a state that cannot move there.
                 if let rec = try? journal.task(taskID), !rec.state.canMove(to: state) {
                     logger.error("journal refused \(state.rawValue): \(error)", metadata: ["task": "\(taskID)"])
@@ -267,24 +274,25 @@ public actor Runner {
                 delay = min(delay * 2, settings.journalRetryMax)
                 continue
             }
-            if failures > 0 {
-                unrecorded[taskID] = nil
-                unrecordedStore.remove(taskID)
-                logger.notice("journaled \(state.rawValue) after \(failures) refused attempt(s)", metadata: ["task": "\(taskID)"])
-            }
-            var meta: Logger.Metadata = ["task": "\(taskID)"]
-            if let c = detail.failureClass { meta["class"] = "\(c.rawValue)" }
-            if let e = detail.exitCode { meta["exit"] = "\(e)" }
-            let text = detail.message.map { "\(state.rawValue): \($0)" } ?? state.rawValue
-            if state == .failed || state == .declined {
-                logger.warning("\(text)", metadata: meta)
-            } else {
-                logger.info("\(text)", metadata: meta)
-            }
-            // After the log line, so receiver.log never lags behind what the orchestrator sees.
-            eventsAdded()
-            return true
+            break attempts
         }
+        if failures > 0 {
+            unrecorded[taskID] = nil
+            unrecordedStore.remove(taskID)
+            logger.notice("journaled \(state.rawValue) after \(failures) refused attempt(s)", metadata: ["task": "\(taskID)"])
+        }
+        var meta: Logger.Metadata = ["task": "\(taskID)"]
+        if let c = detail.failureClass { meta["class"] = "\(c.rawValue)" }
+        if let e = detail.exitCode { meta["exit"] = "\(e)" }
+        let text = detail.message.map { "\(state.rawValue): \($0)" } ?? state.rawValue
+        if state == .failed || state == .declined {
+            logger.warning("\(text)", metadata: meta)
+        } else {
+            logger.info("\(text)", metadata: meta)
+        }
+        // After the log line, so receiver.log never lags behind what the orchestrator sees.
+        eventsAdded()
+        return true
     }
 
     /// Runs a stage-in step or a start as a task of its own that a cancel interrupts: the step's Swift task is
@@ -401,6 +409,8 @@ public actor Runner {
             }
             state = rec.state == .received ? .stagingIn : rec.state
             outcome = TaskOutcome(state: saved, detail: detail)
+        } else if unrecordedStore.load(taskID) != nil {
+            unrecordedStore.remove(taskID)  // a change that did not matter (the task had not run) or was written
         }
 
         if outcome == nil && (state == .received || state == .stagingIn) {
@@ -459,8 +469,9 @@ public actor Runner {
             outcome = TaskOutcome(state: saved, detail: detail)
         }
         guard var outcome else { return }
-        if outcome.state == .failed, outcome.detail.failureClass != .nodeDiskFull,
-           outcome.detail.failureClass != .timeout, let full = settings.diskPressure() {
+        if outcome.state == .failed, let cls = outcome.detail.failureClass,
+           [.taskFailure, .stageInFailure, .stageOutFailure, .runnerSystemFailure].contains(cls),
+           let full = settings.diskPressure() {
             outcome.detail.message = [outcome.detail.message, "while the node's disk was full (\(full))"]
                 .compactMap { $0 }.joined(separator: "; ")
             outcome.detail.failureClass = .nodeDiskFull
