@@ -50,7 +50,12 @@ public final class MemoryJournal: Journal, @unchecked Sendable {
 
     public func recordRejection(taskID: String?, executionID: String?, message: String, at: Date) throws {
         lock.withLock {
-            // No task row: a rejected message does not use up its task id.
+            // No task row: a rejected message does not use up its task id. A live task is not said to be rejected.
+            if let taskID, let live = rows[taskID] {
+                _ = append(taskID, live.executionID, .notice, live.state, EventDetail(
+                    message: "a copy of this task's message was rejected (the task goes on): \(message)"), at)
+                return
+            }
             _ = append(taskID, executionID, .state, .rejected, EventDetail(message: message), at)
         }
     }
