@@ -339,4 +339,47 @@ struct FaultTests {
         let ran = op.events(of: Tasks.id(during)).filter { $0.kind == .state && $0.state == .running }
         #expect(ran.count == 1, "nothing ran twice")
     }
+
+    /// dockerd away when a docker task arrives (its socket missing): the task waits with a notice, and runs once
+    /// dockerd is back (here: its socket appears, forwarded to the real one), instead of failing at once.
+    @Test func aDockerTaskWaitsForDockerdToComeBack() throws {
+        let up = (try? DockerEngine().ping()) ?? false
+        try #require(up, "dockerd is not answering on /var/run/docker.sock: run the tests with `bash test.sh`")
+        let dir = try TestEnv.scratch("dockerd-away")
+        let socket = "\(dir)/docker.sock"
+        let node = try TestNode("fault-dockerd", extra: """
+            [launchers]
+            enabled = ["docker"]
+            [launchers.docker]
+            socket = "\(socket)"
+            allowed_images = ["fem-test/*"]
+            wait_for_daemon_seconds = 30
+            """)
+        try node.start()
+        let op = try Operator(node: node)
+        let t: [String: JSONValue] = [
+            "schema_version": 1, "task_id": .string(UUID().uuidString.lowercased()), "execution_id": "exec-faults",
+            "plan": ["schema_version": 1, "id": "dockerd-back", "version": "1", "launcher": "docker",
+                     "image": "fem-test/busybox:2", "pull_policy": "if-not-present",
+                     "command": ["base": ["/bin/sh", "-c", "echo ran"]]]]
+        try op.submit(t)
+        try op.waitFor("the notice that it waits for dockerd") { events in
+            events.contains { $0.taskID == Tasks.id(t) && $0.kind == .notice
+                && $0.detail.message?.contains("waiting up to 30 s for it to come back") == true }
+        }
+        // dockerd comes back.
+        let forward = try ChildProcess.spawn(executable: "/usr/bin/socat",
+                                             arguments: ["UNIX-LISTEN:\(socket),fork", "UNIX-CONNECT:/var/run/docker.sock"],
+                                             environment: ["PATH": "/usr/bin:/bin"], workingDirectory: dir,
+                                             stdoutPath: "\(dir)/socat.log", stderrPath: "\(dir)/socat.log")
+        defer {
+            Glibc.kill(forward.pid, SIGTERM)
+            _ = ChildProcess.waitBlocking(pid: forward.pid)
+        }
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .completed, "\(final.detail)")
+        #expect(op.events(of: Tasks.id(t)).contains { $0.detail.message?.contains("dockerd answers again") == true })
+        node.stop()
+    }
 }
