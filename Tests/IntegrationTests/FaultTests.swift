@@ -382,4 +382,35 @@ struct FaultTests {
         #expect(op.events(of: Tasks.id(t)).contains { $0.detail.message?.contains("dockerd answers again") == true })
         node.stop()
     }
+
+    /// After a SIGKILL of the daemon, restart reasons tell the truth: a process that ended while the daemon was down
+    /// is said to have ended (not to have been stopped), one still running is stopped at restart.
+    @Test func afterASIGKILLRestartReasonsTellTheTruth() throws {
+        let node = try TestNode("fault-kill")
+        try node.start()
+        let op = try Operator(node: node)
+        let marker = "short-\(UUID().uuidString.prefix(8))"
+        let short = Tasks.task(["/bin/sh", "-c", "sleep 1; : \(marker)"])
+        let long = Tasks.task(["/bin/sh", "-c", "sleep 60"])
+        try op.submit(short)
+        try op.submit(long)
+        try op.waitFor("both to run") { events in
+            [short, long].allSatisfy { t in events.contains { $0.taskID == Tasks.id(t) && $0.state == .running } }
+        }
+        node.kill(SIGKILL)
+        // The short one ends while the daemon is down.
+        try eventually("the short task's process to end", timeout: 10) {
+            processes(withMarker: marker).isEmpty
+        }
+        Thread.sleep(forTimeInterval: 0.5)
+        try node.start()
+        try op.waitForFinal([Tasks.id(short), Tasks.id(long)], timeout: 30)
+        let s = try #require(op.finalState(of: Tasks.id(short)))
+        let l = try #require(op.finalState(of: Tasks.id(long)))
+        #expect(s.state == .failed && s.detail.failureClass == .nodeRestart)
+        #expect(s.detail.message?.contains("ended while the daemon was down") == true, "\(s.detail)")
+        #expect(l.state == .failed && l.detail.failureClass == .nodeRestart)
+        #expect(l.detail.message?.contains("stopped at restart") == true, "\(l.detail)")
+        node.stop()
+    }
 }
