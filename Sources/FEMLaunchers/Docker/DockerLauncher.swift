@@ -211,24 +211,22 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
     @discardableResult
     static func writeLogs(_ engine: DockerEngine, _ id: String, follow: Bool, stdout: String, stderr: String) throws
         -> SystemError? {
-        let out: Int32, err: Int32
-        do {
-            out = try FileWriter.open(stdout, append: false)
-            do {
-                err = try FileWriter.open(stderr, append: false)
-            } catch {
-                close(out)
-                throw error
-            }
-        } catch {
-            throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .runnerSystemFailure,
-                              "cannot write the container's logs: \(error)")
-        }
-        defer {
-            close(out)
-            close(err)
-        }
+        // A log file that cannot even be opened (no inode, no space) takes the bytes nowhere: the copy, and with it
+        // the wait for the container's end, goes on.
         var failed: SystemError?
+        func open(_ path: String) -> Int32 {
+            do {
+                return try FileWriter.open(path, append: false)
+            } catch {
+                if failed == nil { failed = error as? SystemError ?? SystemError("open", errno: EIO, "\(error)") }
+                return Glibc.open("/dev/null", O_WRONLY | O_CLOEXEC)
+            }
+        }
+        let out = open(stdout), err = open(stderr)
+        defer {
+            if out >= 0 { close(out) }
+            if err >= 0 { close(err) }
+        }
         try engine.logs(id, follow: follow) { stream, bytes in
             do {
                 try FileWriter.writeAll(stream == .stdout ? out : err, bytes, context: stream == .stdout ? stdout : stderr)
