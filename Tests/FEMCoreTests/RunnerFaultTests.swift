@@ -56,8 +56,8 @@ struct BlockingStageIn: StageIn {
     func stageIn(_ job: LaunchJob, reporter: StageReporter) async throws {
         entered.add()
         if deaf {
-            // A blocking call that ignores everything, for 3 s.
-            try await Task.detached { try? await Task.sleep(for: .seconds(3)) }.value
+            // A blocking call that ignores everything, for 30 s.
+            try await Task.detached { try? await Task.sleep(for: .seconds(30)) }.value
             return
         }
         try await Task.sleep(for: .seconds(60))
@@ -158,7 +158,9 @@ struct RunnerFaultTests {
         let t0 = ContinuousClock.now
         await r.cancel("a", reason: "wrong cohort")
         await r.waitUntilIdle()
-        #expect(ContinuousClock.now - t0 < .seconds(2))
+        // Promptly, well before the step would end (the 2 s bound is checked through the daemon in FaultTests; here the
+        // test process's threads may be busy with other suites).
+        #expect(ContinuousClock.now - t0 < .seconds(10))
         #expect(try memory.task("a")?.state == .cancelled)
         #expect(try states("a").contains(.running) == false)
         #expect(try memory.task("a")?.message?.contains("the tool was not started") == true)
@@ -178,7 +180,9 @@ struct RunnerFaultTests {
         let t0 = ContinuousClock.now
         await r.cancel("a", reason: nil)
         await r.waitUntilIdle()
-        #expect(ContinuousClock.now - t0 < .seconds(2))
+        // Promptly, well before the step would end (the 2 s bound is checked through the daemon in FaultTests; here the
+        // test process's threads may be busy with other suites).
+        #expect(ContinuousClock.now - t0 < .seconds(10))
         #expect(try memory.task("a")?.state == .cancelled)
         #expect(launcher.started.isEmpty)
     }
@@ -198,7 +202,9 @@ struct RunnerFaultTests {
         let t0 = ContinuousClock.now
         await r.cancel("a", reason: nil)
         await r.waitUntilIdle()
-        #expect(ContinuousClock.now - t0 < .seconds(2))
+        // Promptly, well before the step would end (the 2 s bound is checked through the daemon in FaultTests; here the
+        // test process's threads may be busy with other suites).
+        #expect(ContinuousClock.now - t0 < .seconds(10))
         #expect(try memory.task("a")?.state == .cancelled)
         #expect(launcher.started.isEmpty, "the start was interrupted before anything ran")
     }
