@@ -20,9 +20,9 @@ public struct RunnerSettings: Sendable {
     /// After a cancel, a stage-in step or a start that has not stopped by then is left behind (the task ends
     /// `cancelled` at once, and whatever the step still brings is stopped or ignored).
     public var cancelDeadline: Duration = .milliseconds(1500)
-    /// Why the node's disk is full now (nil when it is not): a task that fails while it is, fails `node_disk_full`
-    /// with that cause (its writes, its logs included, fail too).
-    public var diskPressure: @Sendable () -> String? = { nil }
+    /// Why the node's disk was full at some time since the given date (nil when it was not): a task that fails while
+    /// it is, fails `node_disk_full` with that cause (its writes, its logs included, fail too).
+    public var diskPressure: @Sendable (Date) -> String? = { _ in nil }
 
     public init(nodeID: String, nodeName: String? = nil, maxConcurrentTasks: Int = 2, defaultTimeoutSeconds: Int = 3600,
                 allowTimeoutAbovePlan: Bool = false, maxTimeoutSeconds: Int = 7 * 24 * 3600,
@@ -471,7 +471,8 @@ public actor Runner {
         guard var outcome else { return }
         if outcome.state == .failed, let cls = outcome.detail.failureClass,
            [.taskFailure, .stageInFailure, .stageOutFailure, .runnerSystemFailure].contains(cls),
-           let full = settings.diskPressure() {
+           // (within the last 30 s: a full disk long before the failure did not cause it)
+           let full = settings.diskPressure(max(rec.receivedAt, Date().addingTimeInterval(-30))) {
             outcome.detail.message = [outcome.detail.message, "while the node's disk was full (\(full))"]
                 .compactMap { $0 }.joined(separator: "; ")
             outcome.detail.failureClass = .nodeDiskFull

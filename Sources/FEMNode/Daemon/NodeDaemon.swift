@@ -16,7 +16,7 @@ public enum NodeDaemon {
         // The publisher needs the journal and the runner needs the publisher's wake-up: break the cycle with a box.
         let wake = WakeBox()
         let disk = DiskWatch(workDir: config.workDir, logFile: config.logFile, minFreeMB: config.minFreeMB)
-        let node = try NodeAssembly(config: config, logger: logger, diskPressure: { disk.pressure }) { wake.fire() }
+        let node = try NodeAssembly(config: config, logger: logger, diskPressure: { since in disk.pressure(since: since) }) { wake.fire() }
         let publisher = AMQPEventPublisher(endpoint: endpoint, outbox: node.journal, logger: logger)
         wake.set { publisher.wake() }
         publisher.start()

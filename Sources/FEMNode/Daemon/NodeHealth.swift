@@ -12,6 +12,8 @@ final class DiskWatch: @unchecked Sendable {
     let minFreeBytes: UInt64
     private let lock = NSLock()
     private var current: String?
+    /// The last time pressure was measured, and why.
+    private var lastSeen: (Date, String)?
 
     init(workDir: String, logFile: String, minFreeMB: Int) {
         var places = [("the work dir", workDir)]
@@ -24,8 +26,28 @@ final class DiskWatch: @unchecked Sendable {
     /// Why the node is under pressure now, or nil.
     var pressure: String? { lock.withLock { current } }
 
+    /// Was the disk under pressure at any time since `date` (measured now, or seen since)? The reason, or nil.
+    func pressure(since date: Date) -> String? {
+        if let now = measure() { return now }
+        return lock.withLock { lastSeen.flatMap { $0.0 >= date ? $0.1 : nil } }
+    }
+
     /// Measures again; returns the new pressure when it changed (`.some(nil)`: it ended).
     func check() -> String?? {
+        guard minFreeBytes > 0 else { return nil }
+        let now = measure()
+        return lock.withLock {
+            if (now == nil) == (current == nil) {
+                current = now
+                return nil
+            }
+            current = now
+            return .some(now)
+        }
+    }
+
+    /// Free space now, against the limit: why there is pressure, or nil.
+    private func measure() -> String? {
         guard minFreeBytes > 0 else { return nil }
         var reasons: [String] = []
         for (what, path) in places {
@@ -35,15 +57,10 @@ final class DiskWatch: @unchecked Sendable {
                                + "\(minFreeBytes / 1_048_576)")
             }
         }
-        let now = reasons.isEmpty ? nil : "disk: " + reasons.joined(separator: "; ")
-        return lock.withLock {
-            if (now == nil) == (current == nil) {
-                current = now
-                return nil
-            }
-            current = now
-            return .some(now)
-        }
+        guard !reasons.isEmpty else { return nil }
+        let why = "disk: " + reasons.joined(separator: "; ")
+        lock.withLock { lastSeen = (Date(), why) }
+        return why
     }
 }
 

@@ -14,7 +14,7 @@ public struct NodeAssembly: Sendable {
     public let runner: Runner
     public let sandboxes: DirectorySandboxes
 
-    public init(config: NodeConfig, logger: Logger, diskPressure: @escaping @Sendable () -> String? = { nil },
+    public init(config: NodeConfig, logger: Logger, diskPressure: @escaping @Sendable (Date) -> String? = { _ in nil },
                 eventsAdded: @escaping @Sendable () -> Void) throws {
         self.config = config
         try FileManager.default.createDirectory(atPath: config.workDir, withIntermediateDirectories: true,
