@@ -174,12 +174,14 @@ public final class FlowerLauncher: Launcher, Sendable {
             let nodeConfig = (job.command.flowerNodeConfig ?? [:]).sorted { $0.key < $1.key }
                 .map { "\($0.key)=\(Self.tomlValue($0.value))" }.joined(separator: " ")
             if !nodeConfig.isEmpty { args += ["--node-config", nodeConfig] }
+            try Task.checkCancellation()  // cancelled while the environment was made: nothing starts
             return try processes.spawn(job, executable: "\(venv)/bin/flower-supernode", arguments: args,
                                        environment: env, persist: persist)
         case .script:
             let entry = plan.entry ?? "client.py"
             let script = try SandboxEntry.resolve(entry, in: job.sandbox.src)
             try await waitForServer(task.server)
+            try Task.checkCancellation()
             let userArgs = Array(job.command.argv.dropFirst(job.task.plan.command.base.count))
             return try processes.spawn(job, executable: "\(venv)/bin/python",
                                        arguments: [script, task.server] + userArgs, environment: env, persist: persist)
@@ -214,9 +216,10 @@ public final class FlowerLauncher: Launcher, Sendable {
         }
         var delay = config.retryDelay
         for attempt in 1...max(1, config.connectAttempts) {
+            try Task.checkCancellation()
             if (try? await offload("fem-flower-probe", { Self.accepts(host: host, port: port) })) == true { return }
             if attempt == config.connectAttempts { break }
-            try? await Task.sleep(for: delay)
+            try await Task.sleep(for: delay)  // a cancel ends the wait at once
             delay = min(delay * 2, .seconds(30))
         }
         throw TaskFailure(.serverUnreachable, "the Flower server \(server) did not answer after "

@@ -1,6 +1,9 @@
 import FEMCore
 import FEMSystem
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Virtual environments for Python tools, under one folder, cached by tool id, version and a hash of the
 /// requirements (and the interpreter, wheel folder and install options they came from). Made once, under a lock,
@@ -27,6 +30,7 @@ struct PythonEnvironments: Sendable {
         defer { lock.unlock() }
         if FileManager.default.fileExists(atPath: "\(dir)/.fem-ready") { return dir }
         try? FileManager.default.removeItem(atPath: dir)
+        try Task.checkCancellation()
         try await run(python, ["-m", "venv", dir], log: log, what: "creating the Python environment")
         if !requirements.isEmpty {
             let file = "\(dir)/fem-requirements.txt"
@@ -56,7 +60,13 @@ struct PythonEnvironments: Sendable {
         } catch {
             throw TaskFailure(.stageInFailure, "\(what): cannot run \(executable): \(error)")
         }
-        let status = await ChildProcess.exitStatus(of: child.pid)
+        // A cancel of the task stops the installer's whole process group (its own, from spawn) at once.
+        let status = await withTaskCancellationHandler {
+            await ChildProcess.exitStatus(of: child.pid)
+        } onCancel: {
+            ChildProcess.signalGroup(child.pid, SIGKILL)
+        }
+        if Task.isCancelled { throw CancellationError() }
         guard status == .exited(0) else {
             // Never pip's own words: they can quote any file it was pointed at.
             throw TaskFailure(.stageInFailure, "\(what) failed (\(status)); see the task's log "

@@ -33,7 +33,16 @@ final class HostProcesses: @unchecked Sendable {
         lock.withLock { exits[pid] = waiter }
         let handle = LaunchHandle(launcher: launcher, data: ["pid": "\(pid)", "pgid": "\(pid)",
                                                              "start_time": "\(spawned.startTime)"])
-        try persist(handle)
+        do {
+            try persist(handle)
+        } catch {
+            // Spawn, then persist, or stop: a process nobody supervises is not left behind. Its whole group is
+            // killed (it ran for moments only) before the error is reported; its waiter reaps it.
+            ChildProcess.signalGroup(pid, SIGKILL)
+            lock.withLock { _ = exits.removeValue(forKey: pid) }
+            throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .runnerSystemFailure,
+                              "cannot record the process's handle, so it was stopped: \(error)")
+        }
         return handle
     }
 
@@ -80,13 +89,16 @@ final class HostProcesses: @unchecked Sendable {
            ChildProcess.startTime(of: pid).map({ "\($0)" == handle.data["start_time"] }) ?? false {
             groups.insert(pgid)
         }
+        // A process that already ended may linger as a zombie (its start time still matches): it is not running,
+        // and a task whose work had finished must not be told it was stopped.
+        groups = groups.filter { !ChildProcess.liveMembers(ofGroup: $0).isEmpty }
         guard !groups.isEmpty else {
             return .lost("the process ended while the daemon was down; its exit status is unknown")
         }
         await withTaskGroup(of: Void.self) { all in
             for pgid in groups { all.addTask { await Self.terminateGroup(pgid, grace: .seconds(5)) } }
         }
-        return .lost("the daemon restarted while the process ran; a host process cannot be re-attached, so it was "
-                     + "stopped and not run again")
+        return .lost("the process was still running when the daemon restarted (stopped at restart): a host process "
+                     + "cannot be re-attached, so it was stopped and not run again")
     }
 }

@@ -24,6 +24,12 @@ public struct NodeConfig: Sendable {
     public var maxTimeoutSeconds: Int
     public var allowTimeoutAbovePlan: Bool
     public var stopGraceSeconds: Int
+    /// Below this much free space (MB) on the work dir's or the log's filesystem the node takes no new tasks.
+    public var minFreeMB: Int = 256
+    /// On SIGTERM, running tasks may go on for this long before the daemon stops (work left is recovered at start).
+    public var drainSeconds: Int = 30
+    /// A task that finds dockerd unreachable waits this long for it (with a notice) before failing.
+    public var dockerWaitSeconds: Int = 60
 
     public var brokerURL: String
     public var brokerPassword: String?
@@ -146,6 +152,8 @@ extension NodeConfig {
         Key(name: "node.max_timeout", kind: .int(min: 1, max: 31_536_000), fallback: 604_800),
         Key(name: "node.allow_timeout_above_plan", kind: .bool, fallback: false),
         Key(name: "node.stop_grace", kind: .int(min: 0, max: 3600), fallback: 10),
+        Key(name: "node.min_free_mb", kind: .int(min: 0, max: 1 << 30), fallback: 256),
+        Key(name: "node.drain_seconds", kind: .int(min: 0, max: 86_400), fallback: 30),
         Key(name: "broker.url", kind: .string, fallback: nil),
         Key(name: "broker.password_file", kind: .path, fallback: ""),
         Key(name: "broker.ca_file", kind: .path, fallback: nil),
@@ -167,6 +175,7 @@ extension NodeConfig {
         Key(name: "launchers.docker.tmpfs_mb", kind: .int(min: 1, max: 1 << 20), fallback: 64),
         Key(name: "launchers.docker.allow_host_network", kind: .bool, fallback: false),
         Key(name: "launchers.docker.allow_gpus", kind: .bool, fallback: false),
+        Key(name: "launchers.docker.wait_for_daemon_seconds", kind: .int(min: 0, max: 86_400), fallback: 60),
         Key(name: "launchers.flower.python", kind: .string, fallback: "/usr/bin/python3"),
         Key(name: "launchers.flower.allowed_superlinks", kind: .strings, fallback: [String]()),
         Key(name: "launchers.flower.allow_source_builds", kind: .bool, fallback: false),
@@ -308,7 +317,7 @@ extension NodeConfig {
 
         let id = values["node.id"] as! String
         let name = values["node.name"] as! String
-        return NodeConfig(
+        var config = NodeConfig(
             nodeID: id, nodeName: name.isEmpty ? id : name, workDir: values["node.work_dir"] as! String,
             logFile: values["node.log_file"] as! String,
             maxConcurrentTasks: values["node.max_concurrent_tasks"] as! Int,
@@ -365,6 +374,10 @@ extension NodeConfig {
             outputRetries: values["outputs.retries"] as! Int,
             outputRetryDelayMilliseconds: values["outputs.retry_delay_ms"] as! Int,
             datasets: datasets, source: source)
+        config.minFreeMB = values["node.min_free_mb"] as! Int
+        config.drainSeconds = values["node.drain_seconds"] as! Int
+        config.dockerWaitSeconds = values["launchers.docker.wait_for_daemon_seconds"] as! Int
+        return config
     }
 
     /// Host launchers run only what the admin listed: `process` needs a non-empty allowlist of absolute paths, and

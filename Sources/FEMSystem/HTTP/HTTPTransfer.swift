@@ -27,6 +27,8 @@ public struct HTTPRequest: Sendable {
     public var protocols: String = "http,https"
     /// Stop (as `.tooLarge`) when the answer's body is larger than this many bytes.
     public var maxBodyBytes: Int64?
+    /// Stops the transfer (within about a second, even while no byte moves) when set: `HTTPError.cancelled`.
+    public var cancel: CancelFlag?
 
     public init(method: String = "GET", url: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
                 unixSocket: String? = nil, timeoutSeconds: Int = 30, connectTimeoutSeconds: Int = 10,
@@ -60,6 +62,7 @@ public struct HTTPError: Error, CustomStringConvertible, Sendable {
         case transfer      // the connection broke mid-way
         case aborted       // the streaming handler asked to stop
         case tooLarge      // the body was larger than `maxBodyBytes`
+        case cancelled     // the request's CancelFlag was set
         case setup
     }
     public var code: Code
@@ -100,10 +103,12 @@ public enum HTTPTransfer {
             var maxBody: Int64 = .max
             var tooLarge = false
             var statusLine = ""
+            var cancel: CancelFlag?
         }
         let context = Context()
         context.sink = sink
         context.maxBody = request.maxBodyBytes ?? .max
+        context.cancel = request.cancel
         let unmanaged = Unmanaged.passRetained(context)
         defer { unmanaged.release() }
 
@@ -127,6 +132,7 @@ public enum HTTPTransfer {
             let ctx = Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue()
             let n = size * count
             let buffer = UnsafeRawBufferPointer(start: data, count: n)
+            if ctx.cancel?.isCancelled == true { return 0 }
             ctx.received += Int64(n)
             if ctx.received > ctx.maxBody {
                 // A server that sent no length, or a wrong one: the running count stops it.
@@ -180,6 +186,16 @@ public enum HTTPTransfer {
         if let max = request.maxBodyBytes {
             setup.append(fem_curl_setopt_offset(handle, CURLOPT_MAXFILESIZE_LARGE, curl_off_t(max)))
         }
+        if request.cancel != nil {
+            // libcurl calls this about once a second even while nothing moves; non-zero stops the transfer.
+            let progress: fem_curl_xferinfo_cb = { user, _, _, _, _ in
+                let ctx = Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue()
+                return ctx.cancel?.isCancelled == true ? 1 : 0
+            }
+            setup.append(fem_curl_setopt_xferinfofn(handle, progress))
+            setup.append(fem_curl_setopt_pointer(handle, CURLOPT_XFERINFODATA, unmanaged.toOpaque()))
+            setup.append(fem_curl_setopt_long(handle, CURLOPT_NOPROGRESS, 0))
+        }
         if let socket = request.unixSocket {
             setup.append(fem_curl_setopt_string(handle, CURLOPT_UNIX_SOCKET_PATH, socket))
         }
@@ -228,6 +244,9 @@ public enum HTTPTransfer {
             let detail = String(cString: errorBuffer).isEmpty ? String(cString: curl_easy_strerror(code))
                 : String(cString: errorBuffer)
             let place = request.unixSocket.map { "\(request.url) via \($0)" } ?? request.url
+            if context.cancel?.isCancelled == true {
+                throw HTTPError(code: .cancelled, message: "\(request.method) \(place): cancelled")
+            }
             if context.tooLarge || code == CURLE_FILESIZE_EXCEEDED {
                 throw HTTPError(code: .tooLarge, message: "\(request.method) \(place): the answer is larger than "
                                 + "\(request.maxBodyBytes ?? 0) bytes")

@@ -124,6 +124,7 @@ final class TestNode {
             max_concurrent_tasks = \(maxConcurrent)
             heartbeat_interval = 2
             stop_grace = 1
+            drain_seconds = 0
             [broker]
             url = "amqps://fem@localhost:\(self.port)/%2f"
             password_file = "\(self.brokerDir)/password"
@@ -215,6 +216,9 @@ final class Operator {
     var pub: AMQPConnection
     var seen: [TaskEvent] = []
     private var seenKeys = Set<String>()
+    /// Node notices (`node.<id>.notice`) and heartbeats seen while waiting for events.
+    var notices: [NodeNotice] = []
+    var heartbeats: [Heartbeat] = []
 
     init(node: TestNode, cert: String = "operator") throws {
         brokerDir = node.brokerDir
@@ -301,7 +305,14 @@ final class Operator {
             }
             guard let d = try conn.nextDelivery(timeoutMilliseconds: 200) else { continue }
             try conn.ack(deliveryTag: d.deliveryTag, channel: d.channel)
-            if d.routingKey.hasSuffix(".heartbeat") { continue }
+            if d.routingKey.hasSuffix(".heartbeat") {
+                if let beat = try? JSONDecoder.fem.decode(Heartbeat.self, from: Data(d.body)) { heartbeats.append(beat) }
+                continue
+            }
+            if d.routingKey == "node.\(nodeID).notice" {
+                notices.append(try JSONDecoder.fem.decode(NodeNotice.self, from: Data(d.body)))
+                continue
+            }
             let e = try JSONDecoder.fem.decode(TaskEvent.self, from: Data(d.body))
             let key = "\(e.taskID ?? "-")#\(e.seq)#\(e.detail.message ?? "")"
             if e.taskID == nil || seenKeys.insert(key).inserted { seen.append(e) }
