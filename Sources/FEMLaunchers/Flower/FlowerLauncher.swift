@@ -24,10 +24,13 @@ public struct FlowerLauncherConfig: Sendable {
     public var unreachableLimit: Duration
     /// The rest of a client's PATH, after its environment's `bin`.
     public var path: String
+    /// The task user and cgroup limits (see HostProcesses); Flower clients always use the host network.
+    public var confinement: HostConfinementConfig
 
     public init(python: String, venvDir: String, wheelDir: String?, allowInsecure: Bool, rootCertificates: String?,
                 connectAttempts: Int, retryDelay: Duration, unreachableLimit: Duration,
-                path: String = "/usr/local/bin:/usr/bin:/bin") {
+                path: String = "/usr/local/bin:/usr/bin:/bin",
+                confinement: HostConfinementConfig = .unconfined(section: "launchers.flower")) {
         self.python = python
         self.venvDir = venvDir
         self.wheelDir = wheelDir
@@ -37,6 +40,7 @@ public struct FlowerLauncherConfig: Sendable {
         self.retryDelay = retryDelay
         self.unreachableLimit = unreachableLimit
         self.path = path
+        self.confinement = confinement
     }
 }
 
@@ -50,10 +54,11 @@ public struct FlowerLauncherConfig: Sendable {
 public final class FlowerLauncher: Launcher, Sendable {
     public let name = "flower"
     let config: FlowerLauncherConfig
-    private let processes = HostProcesses(launcher: "flower")
+    private let processes: HostProcesses
 
     public init(config: FlowerLauncherConfig) {
         self.config = config
+        self.processes = HostProcesses(launcher: "flower", confinement: config.confinement)
     }
 
     public var unreachableLimit: Duration? { config.unreachableLimit }
@@ -120,6 +125,8 @@ public final class FlowerLauncher: Launcher, Sendable {
         env["LANG"] = "C.UTF-8"
         env["PYTHONUNBUFFERED"] = "1"
         env["FLWR_HOME"] = "\(job.sandbox.sandbox)/flwr"
+        // Made here so that it is the task user's (the sandbox folder itself stays the daemon's).
+        try FileManager.default.createDirectory(atPath: "\(job.sandbox.sandbox)/flwr", withIntermediateDirectories: true)
         env["VIRTUAL_ENV"] = venv
         env["FEM_SERVER_ADDRESS"] = task.server
 

@@ -98,6 +98,29 @@ extension FEMClientCommand {
                     print("FAIL  \(failures.last!)")
                 }
             }
+            for (name, confinement) in [("process", config.processConfinement), ("flower", config.flower.confinement)]
+            where config.enabledLaunchers.contains(name) {
+                let user = confinement.user.map { "as \($0.name) (uid \($0.uid))" } ?? "as the daemon's user"
+                if let why = TaskCgroup.probe(node: config.nodeID, support: confinement.cgroups) {
+                    if confinement.allowUnconfined {
+                        print("WARN  \(name): no usable cgroup (\(why)); host tasks run \(user) WITHOUT memory, CPU or "
+                              + "process limits, and a kill may miss what they started (\(confinement.section)."
+                              + "allow_unconfined = true)")
+                    } else {
+                        failures.append("\(name): no usable cgroup for host tasks (\(why)); the launcher refuses to "
+                                        + "start unless \(confinement.section).allow_unconfined = true")
+                        print("FAIL  \(failures.last!)")
+                    }
+                } else {
+                    let kind: String
+                    switch confinement.cgroups {
+                    case .v2(let root): kind = "cgroup v2 at \(root)"
+                    case .v1(let mounts): kind = "cgroup v1 (\(mounts.keys.sorted().joined(separator: ", ")))"
+                    case .unavailable: kind = "no cgroup"
+                    }
+                    print("ok    \(name): host tasks run \(user) in a \(kind) cgroup each")
+                }
+            }
             print("info  launchers enabled: \(config.enabledLaunchers.joined(separator: ", "))")
             print("info  datasets: \(config.datasets.isEmpty ? "none" : config.datasets.keys.sorted().joined(separator: ", "))")
             print("info  libraries: rabbitmq-c \(LibraryVersions.rabbitmq), libgit2 \(LibraryVersions.libgit2), "

@@ -33,7 +33,7 @@ public struct LineLogHandler: LogHandler {
         let handle: FileHandle
         if let path {
             if !FileManager.default.fileExists(atPath: path) {
-                _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640])
+                _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
             }
             guard let h = FileHandle(forWritingAtPath: path) else {
                 throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
