@@ -1,0 +1,120 @@
+import FEMSystem
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// TaskCgroup and the confined spawn against this host's real cgroups (v1 here, v2 on modern hosts).
+@Suite(.serialized)
+struct TaskCgroupTests {
+    let node = "unit-\(getpid())"
+    let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("fem-cg-\(UUID().uuidString)").path
+
+    func support() throws -> CgroupSupport {
+        let s = CgroupSupport.detect()
+        if case .unavailable(let why) = s { Issue.record("this host must offer cgroups for host tasks: \(why)") }
+        return s
+    }
+
+    /// Removes this test's `fem-client/<node>` folders (the task folders are removed by the tests).
+    func removeNodeFolders() {
+        for mount in ["memory", "pids", "cpu", "cpuacct", "freezer", "unified", ""] {
+            rmdir("/sys/fs/cgroup/\(mount)/fem-client/\(node)")
+        }
+    }
+
+    func spawn(_ script: String, cgroup: TaskCgroup?, uid: UInt32? = nil, newNetwork: Bool = false) throws
+        -> ChildProcess.Spawned {
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        return try ChildProcess.spawn(executable: "/bin/sh", arguments: ["-c", script], environment: ["PATH": "/usr/bin:/bin"],
+                                      workingDirectory: scratch, stdoutPath: "\(scratch)/out.log",
+                                      stderrPath: "\(scratch)/err.log",
+                                      confinement: ChildProcess.Confinement(uid: uid, gid: uid, cgroupProcs: cgroup?.procsFiles ?? [],
+                                                                            newNetwork: newNetwork))
+    }
+
+    @Test func createLimitsKillAndRemove() throws {
+        let support = try support()
+        defer { removeNodeFolders() }
+        let cg = try TaskCgroup.create(node: node, task: "t1", limits: .init(memoryBytes: 64 << 20, cpus: 0.5, pids: 32),
+                                       support: support)
+        for dir in cg.paths { #expect(FileManager.default.fileExists(atPath: dir), "\(dir) exists") }
+        let memory = try #require(cg.dirs["memory"])
+        let limitFile = cg.version == 2 ? "memory.max" : "memory.limit_in_bytes"
+        #expect(try String(contentsOfFile: "\(memory)/\(limitFile)", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines) == "\(64 << 20)")
+        let pids = try #require(cg.dirs["pids"])
+        #expect(try String(contentsOfFile: "\(pids)/pids.max", encoding: .utf8).hasPrefix("32"))
+
+        // A main process whose child leaves the process group and session: both are members, both are killed.
+        let main = try spawn("setsid sh -c 'echo $$ > escaped.pid; exec sleep 300' & sleep 300", cgroup: cg)
+        var escaped: Int32?
+        let deadline = Date().addingTimeInterval(5)
+        while escaped == nil, Date() < deadline {
+            escaped = (try? String(contentsOfFile: "\(scratch)/escaped.pid", encoding: .utf8))
+                .flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        let other = try #require(escaped, "the setsid child wrote its pid")
+        #expect(cg.members().contains(main.pid))
+        #expect(cg.members().contains(other), "the setsid child is in the cgroup")
+        #expect(cg.killAll(timeout: .seconds(5)))
+        #expect(ChildProcess.waitBlocking(pid: main.pid) == .signaled(SIGKILL))
+        #expect(cg.members().isEmpty)
+        #expect(kill(other, 0) != 0 || (try? String(contentsOfFile: "/proc/\(other)/stat", encoding: .utf8))?
+            .contains(") Z ") == true, "the escaped process is gone")
+        try cg.remove()
+        for dir in cg.paths { #expect(!FileManager.default.fileExists(atPath: dir), "\(dir) is removed") }
+        #expect(TaskCgroup.existing(node: node, task: "t1", support: support) == nil)
+    }
+
+    @Test func outOfMemoryAndUsageAreCounted() throws {
+        let support = try support()
+        let cg = try TaskCgroup.create(node: node, task: "oom", limits: .init(memoryBytes: 32 << 20, cpus: nil, pids: 64),
+                                       support: support)
+        defer {
+            try? cg.remove()
+            removeNodeFolders()
+        }
+        let main = try spawn("head -c 200000000 /dev/zero | tail > /dev/null", cgroup: cg)
+        let status = ChildProcess.waitBlocking(pid: main.pid)
+        #expect(status == .exited(137), "tail was killed by the OOM killer, so the pipeline failed")
+        let usage = cg.usage()
+        #expect(usage.oomKills >= 1)
+        #expect((usage.peakMemoryBytes ?? 0) > 16 << 20, "peak memory near the limit: \(usage.peakMemoryBytes ?? 0)")
+        #expect((usage.cpuSeconds ?? 0) > 0, "CPU time counted: \(usage.cpuSeconds ?? -1)")
+    }
+
+    @Test func confinedSpawnDropsPrivilegesAndNetwork() throws {
+        let main = try spawn("grep -E '^(Uid|Gid|Groups|CapEff|NoNewPrivs):' /proc/self/status; umask; "
+                             + "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '", cgroup: nil, uid: 65534,
+                             newNetwork: true)
+        #expect(ChildProcess.waitBlocking(pid: main.pid) == .exited(0))
+        let out = try String(contentsOfFile: "\(scratch)/out.log", encoding: .utf8)
+        #expect(out.contains("Uid:\t65534\t65534\t65534\t65534"), "\(out)")
+        #expect(out.contains("Gid:\t65534\t65534\t65534\t65534"), "\(out)")
+        #expect(out.split(separator: "\n").contains { $0.trimmingCharacters(in: .whitespaces) == "Groups:" },
+                "no supplementary groups: \(out)")
+        #expect(out.contains("CapEff:\t0000000000000000"), "\(out)")
+        #expect(out.contains("NoNewPrivs:\t1"), "\(out)")
+        #expect(out.contains("0077"), "\(out)")
+        #expect(out.hasSuffix("\nlo\n"), "only lo: \(out)")
+        let mode = try FileManager.default.attributesOfItem(atPath: "\(scratch)/out.log")[.posixPermissions] as? Int
+        #expect(mode == 0o600)
+    }
+
+    @Test func aFailingStepIsNamed() throws {
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        #expect {
+            _ = try ChildProcess.spawn(executable: "/bin/true", arguments: [], environment: [:],
+                                       workingDirectory: "\(scratch)/missing", stdoutPath: "\(scratch)/o",
+                                       stderrPath: "\(scratch)/e", confinement: .init(uid: 65534, gid: 65534))
+        } throws: { "\($0)".contains("chdir to the working directory") && "\($0)".contains("No such file") }
+        #expect {
+            _ = try ChildProcess.spawn(executable: "/no/such/program", arguments: [], environment: [:],
+                                       workingDirectory: scratch, stdoutPath: "\(scratch)/o",
+                                       stderrPath: "\(scratch)/e", confinement: .init(uid: 65534, gid: 65534))
+        } throws: { "\($0)".contains("execve") }
+    }
+}
