@@ -274,6 +274,14 @@ struct HostSandboxTests {
                 "with the host network the task sees more than lo")
     }
 
+    @Test func checkSaysHowHostTasksAreConfined() throws {
+        let node = try node("cgcheck")
+        let r = try node.run(["check"])
+        #expect(r.status == 0, "\(r.output)")
+        #expect(r.output.contains("ok    process: host tasks run as fem-task (uid "), "\(r.output)")
+        #expect(r.output.contains("cgroup each"), "\(r.output)")
+    }
+
     @Test func rootOrAMissingTaskUserIsAConfigurationError() throws {
         let root = try node("rootuser")
         try root.editConfig { $0.replacingOccurrences(of: "allowed_executables = [", with:

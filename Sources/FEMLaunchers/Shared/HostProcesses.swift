@@ -193,7 +193,7 @@ final class HostProcesses: @unchecked Sendable {
 /// (the sandbox folder itself stays the daemon's, 0711: the task can reach its folders but not replace them, so
 /// the daemon's log files cannot be swapped for links). Afterwards what the task user owns is given back to the
 /// daemon's user and every folder is 0700. Links are never followed (lchown), and only entries owned by the task
-/// user are given back, so a hard link the task made to someone else's file changes nothing.
+/// user are given back; a hard link the task made to someone else's file is removed, not given back.
 enum SandboxOwnership {
     static func give(_ paths: ToolPaths, to user: TaskUser) throws {
         guard chmod(paths.sandbox, 0o711) == 0 else {
@@ -202,6 +202,8 @@ enum SandboxOwnership {
         chmod(paths.logs, 0o700)
         for entry in topLevel(paths) {
             try walk(entry) { path, st in
+                // A file with another name elsewhere is not the sandbox's to give away.
+                if (st.st_mode & S_IFMT) != S_IFDIR && st.st_nlink > 1 { return }
                 if lchown(path, user.uid, user.gid) != 0 {
                     throw SystemError("lchown", errno: errno, "cannot give \(path) to the task user \(user.name)")
                 }
@@ -214,6 +216,12 @@ enum SandboxOwnership {
         let uid = getuid(), gid = getgid()
         for entry in topLevel(paths) {
             try? walk(entry) { path, st in
+                // A hard link the task made to a file it does not own (where protected_hardlinks is off) would
+                // let stage-out, which reads as the daemon, publish that file: it is removed from the sandbox.
+                if (st.st_mode & S_IFMT) == S_IFREG && st.st_nlink > 1 && st.st_uid != user.uid {
+                    unlink(path)
+                    return
+                }
                 if st.st_uid == user.uid { lchown(path, uid, gid) }
                 if (st.st_mode & S_IFMT) == S_IFDIR { chmod(path, 0o700) }
             }
