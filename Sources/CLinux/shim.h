@@ -5,6 +5,7 @@
 #include <spawn.h>
 #include <fcntl.h>
 #include <unistd.h>
+#include <sys/eventfd.h>
 #include <errno.h>
 #include <signal.h>
 #include <string.h>
@@ -26,6 +27,9 @@ static inline int fem_spawn_add_chdir(posix_spawn_file_actions_t *actions, const
     return posix_spawn_file_actions_addchdir_np(actions, path);
 }
 static inline int fem_pipe_cloexec_nonblock(int fds[2]) { return pipe2(fds, O_CLOEXEC | O_NONBLOCK); }
+// cgroup v1 OOM notifications arrive on an eventfd (memory.oom_control + cgroup.event_control); Swift's Glibc
+// module does not include <sys/eventfd.h>.
+static inline int fem_eventfd_nonblock(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
 
 // ---------------------------------------------------------------------------------------------------------------
 // Confined spawn (host processes of the `process` and `flower` launchers).

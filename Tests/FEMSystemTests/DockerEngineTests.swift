@@ -75,15 +75,42 @@ struct DockerEngineTests {
         try engine.kill(id)  // already stopped: not an error
     }
 
-    @Test func memoryLimitKillIsReportedAsOOM() throws {
+    /// A task cgroup of the node's own (the container's `CgroupParent`) holds the limit and counts the OOM kill
+    /// after the container's own cgroup is gone: no race with the exit, whatever the load.
+    @Test func aMemoryLimitKillIsCountedByTheTaskCgroupThatOutlivesTheContainer() throws {
         try requireEngine()
-        let id = try run(["sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=4"],
-                         host: ["Memory": 8 << 20, "MemorySwap": 8 << 20], label: UUID().uuidString)
+        let host = try #require(CgroupHost.detect(), "this host has no memory cgroup (v1 or v2)")
+        let path = try TaskCgroup.relativePath(root: "fem-test", node: "engine", task: UUID().uuidString.lowercased())
+        let cgroup = try TaskCgroup.create(host: host, path: path, limits: CgroupLimits(memoryBytes: 8 << 20))
+        defer { cgroup.remove() }
+        let id = try run(["sh", "-c", "dd if=/dev/zero of=/dev/null bs=64M count=4"], host: ["CgroupParent": path],
+                         label: UUID().uuidString)
         defer { try? engine.remove(id) }
         try engine.start(id)
-        _ = try engine.wait(id)
-        let state = try #require(try engine.inspectContainer(id))
-        #expect(try engine.wasOOMKilled(id, state: state, since: state.created), "exit \(state.exitCode)")
+        #expect(try engine.wait(id) == 137)
+        try engine.remove(id)
+        let usage = cgroup.usage()
+        #expect(usage.oomKills >= 1, "\(usage)")
+        #expect(cgroup.countsOOMKillsExactly)
+        #expect((usage.peakMemoryBytes ?? 0) > 0 && (usage.peakMemoryBytes ?? .max) <= 8 << 20, "\(usage)")
+    }
+
+    @Test func aPlainKillUnderATaskCgroupIsNoOOM() throws {
+        try requireEngine()
+        let host = try #require(CgroupHost.detect(), "this host has no memory cgroup (v1 or v2)")
+        let path = try TaskCgroup.relativePath(root: "fem-test", node: "engine", task: UUID().uuidString.lowercased())
+        let cgroup = try TaskCgroup.create(host: host, path: path, limits: CgroupLimits(memoryBytes: 64 << 20))
+        defer { cgroup.remove() }
+        let id = try run(["sleep", "60"], host: ["CgroupParent": path], label: UUID().uuidString)
+        defer { try? engine.remove(id) }
+        try engine.start(id)
+        try engine.kill(id, signal: "KILL")
+        #expect(try engine.wait(id) == 137)
+        try engine.remove(id)
+        #expect(cgroup.usage().oomKills == 0)
+        cgroup.remove()
+        let left = (host.directories(path) + host.allMounts.map { $0 + path }).filter { FileManager.default.fileExists(atPath: $0) }
+        #expect(left.isEmpty, "the task cgroup is removed in every hierarchy, also where dockerd made it: \(left)")
     }
 
     @Test func pullFromARegistryThatIsDownSaysSo() throws {
@@ -113,5 +140,39 @@ struct DockerEngineTests {
     func referenceSplitting(reference: String, repo: String, tag: String) {
         let (r, t) = DockerEngine.split(reference)
         #expect(r == repo && t == tag)
+    }
+}
+
+/// Which hierarchy a host offers, decided from its mount table alone.
+struct CgroupHostTests {
+    static let hybrid = """
+        cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nosuid,nodev,noexec,relatime 0 0
+        cgroup /sys/fs/cgroup/systemd cgroup rw,nosuid,nodev,noexec,relatime,xattr,name=systemd 0 0
+        cgroup /sys/fs/cgroup/memory cgroup rw,nosuid,nodev,noexec,relatime,memory 0 0
+        cgroup /sys/fs/cgroup/cpu,cpuacct cgroup rw,nosuid,nodev,noexec,relatime,cpu,cpuacct 0 0
+        cgroup /sys/fs/cgroup/pids cgroup rw,nosuid,nodev,noexec,relatime,pids 0 0
+        """
+
+    @Test func aHybridHostWithoutAV2MemoryControllerUsesV1() throws {
+        let host = try #require(CgroupHost.detect(mounts: Self.hybrid, read: { _ in "" }))
+        #expect(host.version == .v1)
+        #expect(host.roots["cpu"] == "/sys/fs/cgroup/cpu,cpuacct" && host.roots["cpuacct"] == "/sys/fs/cgroup/cpu,cpuacct")
+        #expect(host.directories("/a/b") == ["/sys/fs/cgroup/cpu,cpuacct/a/b", "/sys/fs/cgroup/memory/a/b",
+                                             "/sys/fs/cgroup/pids/a/b"])
+        #expect(host.allMounts.contains("/sys/fs/cgroup/unified") && host.allMounts.contains("/sys/fs/cgroup/systemd"))
+    }
+
+    @Test func aV2HostWithTheMemoryControllerUsesV2() throws {
+        let host = try #require(CgroupHost.detect(mounts: "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n",
+                                                  read: { $0 == "/sys/fs/cgroup/cgroup.controllers" ? "cpu io memory pids\n" : nil }))
+        #expect(host.version == .v2 && host.directories("/x") == ["/sys/fs/cgroup/x"])
+    }
+
+    @Test func noMemoryControllerMeansNoCgroups() {
+        #expect(CgroupHost.detect(mounts: "cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n", read: { _ in "cpu pids" }) == nil)
+    }
+
+    @Test(arguments: ["..", "a/b", "", "x y", "t\n"]) func partsThatCannotNameACgroupAreRefused(part: String) {
+        #expect(throws: SystemError.self) { try TaskCgroup.relativePath(root: "fem-client", node: "n", task: part) }
     }
 }

@@ -1,6 +1,7 @@
 import FEMCore
 import FEMSystem
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,6 +23,9 @@ public struct DockerLauncherConfig: Sendable {
     public var nodeID: String
     /// Dataset id → host path, mounted read-only at `/fem/data/<id>`.
     public var datasets: [String: String]
+    /// The cgroup the node owns for its containers: each task's container runs below `/<root>/<node>/<task>`,
+    /// which holds the memory limit and outlives the container (see `TaskCgroup`).
+    public var cgroupRoot = "fem-client"
 
     public init(socket: String, allowedImages: [String], user: String, pidsLimit: Int, defaultMemoryMB: Int,
                 maxMemoryMB: Int, maxCPUs: Int, tmpfsMB: Int, allowHostNetwork: Bool, allowGPUs: Bool, nodeID: String,
@@ -61,10 +65,23 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
     public let name = "docker"
     let config: DockerLauncherConfig
     let engine: DockerEngine
+    /// Where task cgroups go, decided once: nil when dockerd cannot take a `CgroupParent` path (its systemd driver)
+    /// or the host has no usable memory cgroup; the container then holds its own limit.
+    private let cgroupHost = Mutex<CgroupHost??>(nil)
+    /// The cgroups of the containers this daemon started, by container id, until `wait` collects them.
+    private let cgroups = Mutex<[String: TaskCgroup]>([:])
 
     public init(config: DockerLauncherConfig) {
         self.config = config
         self.engine = DockerEngine(socket: config.socket)
+    }
+
+    func taskCgroupHost() -> CgroupHost? {
+        if let decided = cgroupHost.withLock({ $0 }) { return decided }
+        var host: CgroupHost?
+        if let setup = try? engine.cgroupSetup(), setup.driver == "cgroupfs" { host = CgroupHost.detect() }
+        cgroupHost.withLock { $0 = .some(host) }
+        return host
     }
 
     public func toolPaths(forHost sandbox: ToolPaths) -> ToolPaths {
@@ -93,9 +110,9 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
     static let labelExecution = "org.fem-client.execution"
 
     /// The Engine API create body: every secure default in one place.
-    func createBody(_ job: LaunchJob) -> [String: Any] {
+    func createBody(_ job: LaunchJob, cgroupParent: String? = nil) -> [String: Any] {
         let plan = job.task.plan
-        let memoryMB = min(plan.resources.memoryMB ?? config.defaultMemoryMB, config.maxMemoryMB)
+        let memoryMB = memoryLimitMB(job)
         let cpus = min(plan.resources.cpus ?? 1, Double(config.maxCPUs))
         var binds = ["\(job.sandbox.src):/fem/src:ro", "\(job.sandbox.input):/fem/in:ro", "\(job.sandbox.output):/fem/out:rw"]
         for id in job.command.datasets {
@@ -110,11 +127,17 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
             "ReadonlyRootfs": true,
             "Tmpfs": ["/tmp": "rw,nosuid,nodev,mode=1777,size=\(config.tmpfsMB)m"],
             "PidsLimit": config.pidsLimit,
-            "Memory": memoryMB << 20,
-            "MemorySwap": memoryMB << 20,
             "NanoCpus": Int(cpus * 1_000_000_000),
             "Binds": binds,
         ]
+        if let cgroupParent {
+            // The task's cgroup holds the memory limit: it reaches the OOM killer there and counts the kill after
+            // the container's own cgroup is gone.
+            host["CgroupParent"] = cgroupParent
+        } else {
+            host["Memory"] = memoryMB << 20
+            host["MemorySwap"] = memoryMB << 20
+        }
         if let gpus = plan.resources.gpus, gpus > 0, config.allowGPUs {
             host["DeviceRequests"] = [["Driver": "", "Count": gpus, "Capabilities": [["gpu"]]]]
         }
@@ -129,6 +152,10 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
                        Self.labelExecution: job.task.executionID],
             "HostConfig": host,
         ]
+    }
+
+    func memoryLimitMB(_ job: LaunchJob) -> Int {
+        min(job.task.plan.resources.memoryMB ?? config.defaultMemoryMB, config.maxMemoryMB)
     }
 
     /// The container user must be able to read `src` and `in` and write `out`; nothing else of the host is shared.
@@ -146,17 +173,31 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
 
     public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
         let engine = self.engine
+        var cgroup: TaskCgroup?
         do {
-            let body = try JSONSerialization.data(withJSONObject: createBody(job))
             try prepareSandbox(job.sandbox)
+            if let host = try await offload("fem-docker-info", { self.taskCgroupHost() }) {
+                let path = try TaskCgroup.relativePath(root: config.cgroupRoot, node: config.nodeID, task: job.task.taskID)
+                cgroup = try TaskCgroup.create(host: host, path: path,
+                                               limits: CgroupLimits(memoryBytes: memoryLimitMB(job) << 20))
+            }
+            let body = try JSONSerialization.data(withJSONObject: createBody(job, cgroupParent: cgroup?.path))
             let id = try await offload("fem-docker-create") { try engine.createContainer(name: nil, json: body) }
-            let handle = LaunchHandle(launcher: name, data: ["container": id, "stdout": job.stdoutPath,
-                                                             "stderr": job.stderrPath])
+            var data = ["container": id, "stdout": job.stdoutPath, "stderr": job.stderrPath]
+            if let cgroup {
+                data["cgroup"] = cgroup.path
+                cgroups.withLock { $0[id] = cgroup }
+            }
+            let handle = LaunchHandle(launcher: name, data: data)
             try persist(handle)
             try await offload("fem-docker-start") { try engine.start(id) }
             return handle
         } catch let e as DockerError {
+            cgroup?.remove()
             throw TaskFailure(.runnerSystemFailure, e.message)
+        } catch let e as SystemError {
+            cgroup?.remove()
+            throw TaskFailure(.runnerSystemFailure, "cannot set up the task's cgroup: \(e)")
         }
     }
 
@@ -167,22 +208,35 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
         guard let stdout = handle.data["stdout"], let stderr = handle.data["stderr"] else {
             throw TaskFailure(.runnerSystemFailure, "no log files in handle")
         }
+        let cgroup = cgroups.withLock { $0.removeValue(forKey: id) }
+            ?? handle.data["cgroup"].flatMap { path in taskCgroupHost().flatMap { TaskCgroup.existing(host: $0, path: path) } }
         return try await offload("fem-docker-wait") {
             do {
-                let memory = try engine.inspectContainer(id).flatMap { MemoryEventsWatch(pid: $0.pid) }
                 try Self.writeLogs(engine, id, follow: true, stdout: stdout, stderr: stderr)
                 let code = try engine.wait(id)
-                let seen = memory?.stop()
-                var oom = try engine.inspectContainer(id).map { try engine.wasOOMKilled(id, state: $0, since: $0.created) }
-                    ?? false
-                // Killed (137) after hitting its memory limit, or with an OOM kill counted in its cgroup.
-                if code == 137, let seen, seen.oomKills > 0 || seen.limitHits > 0 { oom = true }
+                let state = try engine.inspectContainer(id)
+                let oom = try Self.wasOOMKilled(engine, id, code: code, state: state, cgroup: cgroup)
                 try? engine.remove(id)
+                cgroup?.remove()
                 return Self.outcome(code: code, oom: oom)
             } catch let e as DockerError {
                 throw TaskFailure(.runnerSystemFailure, e.message)
             }
         }
+    }
+
+    /// Read from the task's cgroup, which outlives the container: exact where it counts kills (v2, or v1 with the
+    /// OOM eventfd this daemon registered); after a daemon restart on v1, a SIGKILL exit with the limit reached. A
+    /// container without a cgroup of the node's (dockerd's systemd driver) falls back to dockerd's own record.
+    static func wasOOMKilled(_ engine: DockerEngine, _ id: String, code: Int, state: DockerEngine.ContainerState?,
+                             cgroup: TaskCgroup?) throws -> Bool {
+        if let cgroup {
+            let usage = cgroup.usage()
+            if usage.oomKills > 0 { return true }
+            if cgroup.countsOOMKillsExactly { return false }
+            return code == 137 && usage.limitHits > 0
+        }
+        return try state.map { try engine.wasOOMKilled(id, state: $0, since: $0.created) } ?? false
     }
 
     static func outcome(code: Int, oom: Bool) -> LaunchOutcome {
@@ -243,8 +297,12 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
                     return .lost("the container was created but never started; it was removed and not run again")
                 }
                 try Self.writeLogs(engine, id, follow: false, stdout: job.stdoutPath, stderr: job.stderrPath)
-                let oom = try engine.wasOOMKilled(id, state: state, since: state.created)
+                let cgroup = handle?.data["cgroup"].flatMap { path in
+                    self.taskCgroupHost().flatMap { TaskCgroup.existing(host: $0, path: path) }
+                }
+                let oom = try Self.wasOOMKilled(engine, id, code: state.exitCode, state: state, cgroup: cgroup)
                 try? engine.remove(id)
+                cgroup?.remove()
                 return .exited(Self.outcome(code: state.exitCode, oom: oom))
             }
         } catch {

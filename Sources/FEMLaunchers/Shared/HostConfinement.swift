@@ -45,8 +45,8 @@ public struct HostConfinementConfig: Sendable {
     /// nil: the daemon's own user (never from the node configuration, which refuses root).
     public var user: TaskUser?
     public var nodeID: String
-    /// Where task cgroups are made; `.unavailable` runs without one (only with `allowUnconfined`).
-    public var cgroups: CgroupSupport
+    /// Where task cgroups are made; nil: none is usable, tasks run without one (only with `allowUnconfined`).
+    public var cgroups: CgroupHost?
     public var allowUnconfined: Bool
     public var defaultMemoryMB: Int
     public var maxMemoryMB: Int
@@ -57,7 +57,7 @@ public struct HostConfinementConfig: Sendable {
     /// The launcher's processes always use the host network (Flower: the SuperNode must reach its SuperLink).
     public var alwaysHostNetwork: Bool
 
-    public init(section: String, confined: Bool = true, user: TaskUser?, nodeID: String, cgroups: CgroupSupport,
+    public init(section: String, confined: Bool = true, user: TaskUser?, nodeID: String, cgroups: CgroupHost?,
                 allowUnconfined: Bool = false, defaultMemoryMB: Int = 512, maxMemoryMB: Int = 8192, maxCPUs: Int = 2,
                 pidsLimit: Int = 256, openFiles: Int = 1024, allowHostNetwork: Bool = false,
                 alwaysHostNetwork: Bool = false) {
@@ -78,14 +78,14 @@ public struct HostConfinementConfig: Sendable {
 
     /// Today's behaviour (the daemon's user, no cgroup, the host network): for unit tests and library callers.
     public static func unconfined(section: String) -> HostConfinementConfig {
-        HostConfinementConfig(section: section, confined: false, user: nil, nodeID: "", cgroups: .unavailable("off"),
+        HostConfinementConfig(section: section, confined: false, user: nil, nodeID: "", cgroups: nil,
                               allowUnconfined: true, allowHostNetwork: true, alwaysHostNetwork: true)
     }
 
     /// Why host processes cannot start on this node (no usable cgroup and no explicit `allow_unconfined`), or nil.
     public func refusal() -> String? {
         guard confined, !allowUnconfined else { return nil }
-        if let why = TaskCgroup.probe(node: nodeID, support: cgroups) {
+        if let why = TaskCgroup.probe(host: cgroups, node: nodeID) {
             return "\(section).allow_unconfined: this host has no usable cgroup for host tasks (\(why)); without "
                 + "one their memory, CPU and processes cannot be limited or all ended. Fix the cgroup mounts, or set "
                 + "\(section).allow_unconfined = true to run them anyway"
@@ -102,9 +102,9 @@ public struct HostConfinementConfig: Sendable {
         return nil
     }
 
-    func limits(_ plan: ToolPlan) -> TaskCgroup.Limits {
+    func limits(_ plan: ToolPlan) -> CgroupLimits {
         let memoryMB = min(plan.resources.memoryMB ?? defaultMemoryMB, maxMemoryMB)
         let cpus = min(plan.resources.cpus ?? 1, Double(maxCPUs))
-        return TaskCgroup.Limits(memoryBytes: UInt64(memoryMB) << 20, cpus: cpus, pids: pidsLimit)
+        return CgroupLimits(memoryBytes: memoryMB << 20, pids: pidsLimit, cpus: cpus)
     }
 }

@@ -30,6 +30,13 @@ final class HostProcesses: @unchecked Sendable {
 
     init(launcher: String, confinement: HostConfinementConfig) {
         self.launcher = launcher
+        var confinement = confinement
+        // Where the admin allowed unconfined host tasks and no cgroup can be made, run without one (rather than
+        // fail every task); `fem-client check` warns about it.
+        if confinement.confined, confinement.allowUnconfined,
+           TaskCgroup.probe(host: confinement.cgroups, node: confinement.nodeID) != nil {
+            confinement.cgroups = nil
+        }
         self.confinement = confinement
     }
 
@@ -47,15 +54,13 @@ final class HostProcesses: @unchecked Sendable {
             var confined: ChildProcess.Confinement?
             if confinement.confined {
                 let plan = job.task.plan
-                switch confinement.cgroups {
-                case .unavailable(let why):
-                    guard confinement.allowUnconfined else {
-                        throw TaskFailure(.runnerSystemFailure, "no usable cgroup for host tasks (\(why)) and "
-                                          + "\(confinement.section).allow_unconfined is off")
-                    }
-                default:
-                    cgroup = try TaskCgroup.create(node: confinement.nodeID, task: job.task.taskID,
-                                                   limits: confinement.limits(plan), support: confinement.cgroups)
+                if let host = confinement.cgroups {
+                    cgroup = try TaskCgroup.create(
+                        host: host, path: TaskCgroup.hostTaskPath(node: confinement.nodeID, task: job.task.taskID),
+                        limits: confinement.limits(plan))
+                } else if !confinement.allowUnconfined {
+                    throw TaskFailure(.runnerSystemFailure, "no usable cgroup for host tasks (\(CgroupHost.unavailable)) "
+                                      + "and \(confinement.section).allow_unconfined is off")
                 }
                 if let user = confinement.user { try SandboxOwnership.give(job.sandbox, to: user) }
                 let hostNetwork = confinement.alwaysHostNetwork
@@ -74,7 +79,8 @@ final class HostProcesses: @unchecked Sendable {
                                              stdoutPath: job.stdoutPath, stderrPath: job.stderrPath,
                                              confinement: confined)
         } catch {
-            try? cgroup?.remove()
+            cgroup?.killAll()
+            cgroup?.remove()
             if confinement.confined, let user = confinement.user { SandboxOwnership.takeBack(job.sandbox, from: user) }
             if let failure = error as? TaskFailure { throw failure }
             throw TaskFailure(.runnerSystemFailure, "\(error)")
@@ -83,8 +89,7 @@ final class HostProcesses: @unchecked Sendable {
         let waiter = Task { await ChildProcess.exitStatus(of: pid) }
         lock.withLock { running[pid] = Running(exit: waiter, cgroup: cgroup, sandbox: job.sandbox.sandbox) }
         var data = ["pid": "\(pid)", "pgid": "\(pid)", "start_time": "\(spawned.startTime)"]
-        if let cgroup { data["cgroup"] = TaskCgroup.relative(node: confinement.nodeID, task: job.task.taskID)
-                        + " (v\(cgroup.version))" }
+        if let cgroup { data["cgroup"] = "\(cgroup.path) (\(cgroup.host.version.rawValue))" }
         let handle = LaunchHandle(launcher: launcher, data: data)
         try persist(handle)
         return handle
@@ -98,12 +103,12 @@ final class HostProcesses: @unchecked Sendable {
         let status = await entry.exit.value
         lock.withLock { _ = running.removeValue(forKey: pid) }
         // The main process is gone; nothing it started may outlive it.
-        var usage: TaskCgroup.Usage?
+        var usage: CgroupUsage?
         if let cgroup = entry.cgroup {
             usage = try? await offload("fem-cgroup-end") {
                 cgroup.killAll()
                 let counted = cgroup.usage()
-                try cgroup.remove()
+                cgroup.remove()
                 return counted
             }
         } else {
@@ -123,7 +128,7 @@ final class HostProcesses: @unchecked Sendable {
                                     message: oom ? "killed for exceeding its memory limit" : "killed by signal \(sig)")
         }
         outcome.cpuSeconds = usage?.cpuSeconds
-        outcome.peakMemoryBytes = usage?.peakMemoryBytes
+        outcome.peakMemoryBytes = usage?.peakMemoryBytes.map { UInt64(max(0, $0)) }
         return outcome
     }
 
@@ -136,7 +141,7 @@ final class HostProcesses: @unchecked Sendable {
         // TERM to every member (not only the group), then the cgroup kill after the grace period.
         cgroup.signalAll(SIGTERM)
         let deadline = ContinuousClock.now + grace
-        while ContinuousClock.now < deadline, !cgroup.members().isEmpty {
+        while ContinuousClock.now < deadline, !cgroup.processes().isEmpty {
             try? await Task.sleep(for: .milliseconds(50))
         }
         _ = try? await offload("fem-cgroup-kill") { cgroup.killAll() }
@@ -160,13 +165,13 @@ final class HostProcesses: @unchecked Sendable {
     func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery {
         let sandbox = job.command.environment["FEM_SANDBOX"] ?? job.sandbox.sandbox
         var found = false
-        if confinement.confined,
-           let cgroup = TaskCgroup.existing(node: confinement.nodeID, task: job.task.taskID,
-                                            support: confinement.cgroups) {
-            found = !cgroup.members().isEmpty
+        if confinement.confined, let host = confinement.cgroups,
+           let path = try? TaskCgroup.hostTaskPath(node: confinement.nodeID, task: job.task.taskID),
+           let cgroup = TaskCgroup.existing(host: host, path: path) {
+            found = !cgroup.processes().isEmpty
             _ = try? await offload("fem-cgroup-recover") {
                 cgroup.killAll()
-                try cgroup.remove()
+                cgroup.remove()
             }
         }
         var groups = ChildProcess.processGroups(withEnvironmentEntry: "FEM_SANDBOX=\(sandbox)")

@@ -101,7 +101,7 @@ extension FEMClientCommand {
             for (name, confinement) in [("process", config.processConfinement), ("flower", config.flower.confinement)]
             where config.enabledLaunchers.contains(name) {
                 let user = confinement.user.map { "as \($0.name) (uid \($0.uid))" } ?? "as the daemon's user"
-                if let why = TaskCgroup.probe(node: config.nodeID, support: confinement.cgroups) {
+                if let why = TaskCgroup.probe(host: confinement.cgroups, node: config.nodeID) {
                     if confinement.allowUnconfined {
                         print("WARN  \(name): no usable cgroup (\(why)); host tasks run \(user) WITHOUT memory, CPU or "
                               + "process limits, and a kill may miss what they started (\(confinement.section)."
@@ -112,13 +112,8 @@ extension FEMClientCommand {
                         print("FAIL  \(failures.last!)")
                     }
                 } else {
-                    let kind: String
-                    switch confinement.cgroups {
-                    case .v2(let root): kind = "cgroup v2 at \(root)"
-                    case .v1(let mounts): kind = "cgroup v1 (\(mounts.keys.sorted().joined(separator: ", ")))"
-                    case .unavailable: kind = "no cgroup"
-                    }
-                    print("ok    \(name): host tasks run \(user) in a \(kind) cgroup each")
+                    let kind = confinement.cgroups.map(\.description) ?? "no cgroup"
+                    print("ok    \(name): host tasks run \(user), each in a cgroup of its own (\(kind))")
                 }
             }
             print("info  launchers enabled: \(config.enabledLaunchers.joined(separator: ", "))")

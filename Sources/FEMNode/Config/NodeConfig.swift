@@ -305,7 +305,7 @@ extension NodeConfig {
         if !problems.isEmpty { throw ConfigError(problems: problems) }
 
         let id = values["node.id"] as! String
-        let cgroups = CgroupSupport.detect()
+        let cgroups = CgroupHost.detect()
         func confinement(_ launcher: String) -> HostConfinementConfig {
             let section = "launchers.\(launcher)"
             return HostConfinementConfig(

@@ -114,6 +114,18 @@ public struct DockerEngine: Sendable {
         return try JSONDecoder().decode(Version.self, from: Data(r.body))
     }
 
+    /// How dockerd manages cgroups: `cgroupfs` takes a `CgroupParent` path, `systemd` a slice name.
+    public struct CgroupSetup: Sendable, Equatable {
+        public var driver: String
+        public var version: String
+    }
+
+    public func cgroupSetup() throws -> CgroupSetup {
+        let r = try expect(request("GET", "/info"), [200], "info")
+        let obj = try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any] ?? [:]
+        return CgroupSetup(driver: obj["CgroupDriver"] as? String ?? "", version: obj["CgroupVersion"] as? String ?? "")
+    }
+
     // MARK: - Images
 
     public struct ImageInfo: Decodable, Sendable {

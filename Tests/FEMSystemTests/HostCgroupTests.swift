@@ -5,23 +5,21 @@ import Testing
 import Glibc
 #endif
 
-/// TaskCgroup and the confined spawn against this host's real cgroups (v1 here, v2 on modern hosts).
+/// A host task's cgroup (TaskCgroup as host tasks use it) and the confined spawn against this host's real cgroups
+/// (v1 here, v2 on modern hosts).
 @Suite(.serialized)
-struct TaskCgroupTests {
+struct HostCgroupTests {
     let node = "unit-\(getpid())"
     let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("fem-cg-\(UUID().uuidString)").path
 
-    func support() throws -> CgroupSupport {
-        let s = CgroupSupport.detect()
-        if case .unavailable(let why) = s { Issue.record("this host must offer cgroups for host tasks: \(why)") }
-        return s
+    func host() throws -> CgroupHost {
+        let probe = TaskCgroup.probe(host: CgroupHost.detect(), node: node)
+        #expect(probe == nil, "this host must offer cgroups for host tasks: \(probe ?? "")")
+        return try #require(CgroupHost.detect())
     }
 
-    /// Removes this test's `fem-client/<node>` folders (the task folders are removed by the tests).
-    func removeNodeFolders() {
-        for mount in ["memory", "pids", "cpu", "cpuacct", "freezer", "unified", ""] {
-            rmdir("/sys/fs/cgroup/\(mount)/fem-client/\(node)")
-        }
+    func create(_ task: String, _ limits: CgroupLimits) throws -> TaskCgroup {
+        try TaskCgroup.create(host: try host(), path: try TaskCgroup.hostTaskPath(node: node, task: task), limits: limits)
     }
 
     func spawn(_ script: String, cgroup: TaskCgroup?, uid: UInt32? = nil, newNetwork: Bool = false) throws
@@ -35,16 +33,14 @@ struct TaskCgroupTests {
     }
 
     @Test func createLimitsKillAndRemove() throws {
-        let support = try support()
-        defer { removeNodeFolders() }
-        let cg = try TaskCgroup.create(node: node, task: "t1", limits: .init(memoryBytes: 64 << 20, cpus: 0.5, pids: 32),
-                                       support: support)
-        for dir in cg.paths { #expect(FileManager.default.fileExists(atPath: dir), "\(dir) exists") }
-        let memory = try #require(cg.dirs["memory"])
-        let limitFile = cg.version == 2 ? "memory.max" : "memory.limit_in_bytes"
-        #expect(try String(contentsOfFile: "\(memory)/\(limitFile)", encoding: .utf8)
+        let cg = try create("t1", CgroupLimits(memoryBytes: 64 << 20, pids: 32, cpus: 0.5))
+        let dirs = cg.host.directories(cg.path)
+        for dir in dirs { #expect(FileManager.default.fileExists(atPath: dir), "\(dir) exists") }
+        let v2 = cg.host.version == .v2
+        let memory = try #require(v2 ? dirs.first : cg.host.roots["memory"].map { $0 + cg.path })
+        let pids = try #require(v2 ? dirs.first : cg.host.roots["pids"].map { $0 + cg.path })
+        #expect(try String(contentsOfFile: "\(memory)/\(v2 ? "memory.max" : "memory.limit_in_bytes")", encoding: .utf8)
             .trimmingCharacters(in: .whitespacesAndNewlines) == "\(64 << 20)")
-        let pids = try #require(cg.dirs["pids"])
         #expect(try String(contentsOfFile: "\(pids)/pids.max", encoding: .utf8).hasPrefix("32"))
 
         // A main process whose child leaves the process group and session: both are members, both are killed.
@@ -57,26 +53,21 @@ struct TaskCgroupTests {
             Thread.sleep(forTimeInterval: 0.02)
         }
         let other = try #require(escaped, "the setsid child wrote its pid")
-        #expect(cg.members().contains(main.pid))
-        #expect(cg.members().contains(other), "the setsid child is in the cgroup")
+        #expect(cg.processes().contains(main.pid))
+        #expect(cg.processes().contains(other), "the setsid child is in the cgroup")
         #expect(cg.killAll(timeout: .seconds(5)))
         #expect(ChildProcess.waitBlocking(pid: main.pid) == .signaled(SIGKILL))
-        #expect(cg.members().isEmpty)
+        #expect(cg.processes().isEmpty)
         #expect(kill(other, 0) != 0 || (try? String(contentsOfFile: "/proc/\(other)/stat", encoding: .utf8))?
             .contains(") Z ") == true, "the escaped process is gone")
-        try cg.remove()
-        for dir in cg.paths { #expect(!FileManager.default.fileExists(atPath: dir), "\(dir) is removed") }
-        #expect(TaskCgroup.existing(node: node, task: "t1", support: support) == nil)
+        cg.remove()
+        for dir in dirs { #expect(!FileManager.default.fileExists(atPath: dir), "\(dir) is removed") }
+        #expect(TaskCgroup.existing(host: cg.host, path: cg.path) == nil)
     }
 
     @Test func outOfMemoryAndUsageAreCounted() throws {
-        let support = try support()
-        let cg = try TaskCgroup.create(node: node, task: "oom", limits: .init(memoryBytes: 32 << 20, cpus: nil, pids: 64),
-                                       support: support)
-        defer {
-            try? cg.remove()
-            removeNodeFolders()
-        }
+        let cg = try create("oom", CgroupLimits(memoryBytes: 32 << 20, pids: 64))
+        defer { cg.remove() }
         let main = try spawn("head -c 200000000 /dev/zero | tail > /dev/null", cgroup: cg)
         let status = ChildProcess.waitBlocking(pid: main.pid)
         #expect(status == .exited(137), "tail was killed by the OOM killer, so the pipeline failed")
