@@ -96,6 +96,9 @@ struct HostSandboxTests {
             try write-credential sh -c 'echo x >> "$4"' sh "$4"
             try list-workdir ls "$5"
             try write-own-out sh -c 'echo mine > "$FEM_OUTPUT_DIR/mine.txt"'
+            try write-home sh -c 'echo x > "$HOME/.cache-probe"'
+            try write-tmpdir sh -c 'echo x > "$TMPDIR/probe"'
+            echo "home: $HOME tmpdir: $TMPDIR"
             """
         let t = task(probe, args: ["\(node.dir)/var/journal.sqlite", "\(node.dir)/receiver.log", other, token,
                                    "\(node.dir)/var"])
@@ -115,7 +118,11 @@ struct HostSandboxTests {
                        "read-other", "write-other", "read-credential", "write-credential", "list-workdir"] {
             #expect(out.contains("\(denied): denied\n"), "\(denied) must fail: \(out)")
         }
-        #expect(out.contains("write-own-out: denied") == false, "the task can write its own out/: \(out)")
+        for allowed in ["write-own-out", "write-home", "write-tmpdir"] {
+            #expect(out.contains("\(allowed): ALLOWED\n"), "\(allowed) must work: \(out)")
+        }
+        #expect(out.contains("home: \(node.dir)/var/sandboxes/\(Tasks.id(t))/home tmpdir: \(node.dir)/var/sandboxes/\(Tasks.id(t))/tmp"),
+                "a home and temporary folder of the task's own: \(out)")
         #expect(!FileManager.default.fileExists(atPath: "/etc/fem-sandbox-probe"))
         #expect(try String(contentsOfFile: token, encoding: .utf8) == "s3cret-token")
         // Afterwards the sandbox is the daemon's again (0700), so a later task of the same user cannot read it.
@@ -280,6 +287,36 @@ struct HostSandboxTests {
         #expect(r.status == 0, "\(r.output)")
         #expect(r.output.contains("ok    process: host tasks run as fem-task (uid "), "\(r.output)")
         #expect(r.output.contains("each in a cgroup of its own (cgroup v"), "\(r.output)")
+    }
+
+    @Test func aWorkDirTheTaskUserCannotReachIsRefused() throws {
+        let node = try node("closed")
+        chmod(node.dir, 0o700)
+        defer { chmod(node.dir, 0o755) }
+        let r = try node.run(["check"])
+        #expect(r.status != 0)
+        #expect(r.output.contains("launchers.process.user: the task user fem-task cannot reach \(node.dir)/var: "
+                                  + "\(node.dir) is mode 700"), "\(r.output)")
+        // The daemon refuses to start: it exits at once, saying why.
+        let elsewhere = try TestEnv.scratch("closed-daemon")
+        let daemon = try ChildProcess.spawn(executable: try TestEnv.binary("fem-client"),
+                                            arguments: ["daemon", "--config", node.configPath],
+                                            environment: ["PATH": "/usr/bin:/bin"], workingDirectory: elsewhere,
+                                            stdoutPath: "\(elsewhere)/daemon.out", stderrPath: "\(elsewhere)/daemon.out")
+        var status: Int32 = 0
+        var exited = false
+        let deadline = Date().addingTimeInterval(20)
+        while !exited, Date() < deadline {
+            exited = waitpid(daemon.pid, &status, WNOHANG) == daemon.pid
+            if !exited { Thread.sleep(forTimeInterval: 0.05) }
+        }
+        if !exited {
+            kill(daemon.pid, SIGKILL)
+            _ = ChildProcess.waitBlocking(pid: daemon.pid)
+        }
+        #expect(exited && status != 0, "the daemon refused to start")
+        let said = (try? String(contentsOfFile: "\(elsewhere)/daemon.out", encoding: .utf8)) ?? ""
+        #expect(said.contains("cannot reach \(node.dir)/var/sandboxes"), "\(said)")
     }
 
     @Test func rootOrAMissingTaskUserIsAConfigurationError() throws {

@@ -93,6 +93,26 @@ public struct HostConfinementConfig: Sendable {
         return nil
     }
 
+    /// Why the task user cannot reach `dir` (a folder on the way that others may not search), or nil. Host tasks
+    /// reach their sandbox, `<work_dir>/sandboxes/<task>`, by its absolute path.
+    public func unreachable(_ dir: String) -> String? {
+        guard confined, let user = user else { return nil }
+        let absolute = dir.hasPrefix("/") ? dir : FileManager.default.currentDirectoryPath + "/" + dir
+        var path = ""
+        for part in absolute.split(separator: "/") {
+            path += "/\(part)"
+            var st = stat()
+            guard stat(path, &st) == 0 else { return nil }  // made later by the daemon (0711)
+            let bit: mode_t = st.st_uid == user.uid ? 0o100 : st.st_gid == user.gid ? 0o010 : 0o001
+            if st.st_mode & bit == 0 {
+                return "\(section).user: the task user \(user.name) cannot reach \(dir): \(path) is mode "
+                    + String(st.st_mode & 0o7777, radix: 8) + " (host tasks need to pass through it: chmod o+x "
+                    + "\(path), or choose a node.work_dir under a folder others may pass)"
+            }
+        }
+        return nil
+    }
+
     /// The plan's `network` against the node's: nil when allowed, else the reason to decline.
     public func networkRefusal(_ plan: ToolPlan) -> String? {
         if confined && !alwaysHostNetwork && plan.network == .host && !allowHostNetwork {

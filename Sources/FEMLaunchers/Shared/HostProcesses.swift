@@ -49,10 +49,19 @@ final class HostProcesses: @unchecked Sendable {
                persist: @Sendable (LaunchHandle) throws -> Void) throws -> LaunchHandle {
         var cgroup: TaskCgroup?
         let spawned: ChildProcess.Spawned
+        var environment = environment
         do {
             try FileManager.default.createDirectory(atPath: job.sandbox.logs, withIntermediateDirectories: true)
             var confined: ChildProcess.Confinement?
             if confinement.confined {
+                // The sandbox folder itself is the daemon's: a writable home and temporary folder of the task's own
+                // (the host's /tmp is shared by every user).
+                for name in ["home", "tmp"] {
+                    try FileManager.default.createDirectory(atPath: "\(job.sandbox.sandbox)/\(name)",
+                                                            withIntermediateDirectories: true)
+                }
+                if environment["HOME"] == job.sandbox.sandbox { environment["HOME"] = "\(job.sandbox.sandbox)/home" }
+                if environment["TMPDIR"] == nil { environment["TMPDIR"] = "\(job.sandbox.sandbox)/tmp" }
                 let plan = job.task.plan
                 if let host = confinement.cgroups {
                     cgroup = try TaskCgroup.create(

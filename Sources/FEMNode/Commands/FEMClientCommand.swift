@@ -101,6 +101,10 @@ extension FEMClientCommand {
             for (name, confinement) in [("process", config.processConfinement), ("flower", config.flower.confinement)]
             where config.enabledLaunchers.contains(name) {
                 let user = confinement.user.map { "as \($0.name) (uid \($0.uid))" } ?? "as the daemon's user"
+                if let why = confinement.unreachable(config.workDir) {
+                    failures.append("\(name): \(why)")
+                    print("FAIL  \(failures.last!)")
+                }
                 if let why = TaskCgroup.probe(host: confinement.cgroups, node: config.nodeID) {
                     if confinement.allowUnconfined {
                         print("WARN  \(name): no usable cgroup (\(why)); host tasks run \(user) WITHOUT memory, CPU or "

@@ -55,11 +55,10 @@ public struct NodeAssembly: Sendable {
             guard chmod(dir, mode) == 0 else { throw SystemError("chmod", errno: errno, "cannot protect \(dir)") }
         }
         var refusals: [String] = []
-        if config.enabledLaunchers.contains("process"), let why = config.processConfinement.refusal() {
-            refusals.append(why)
-        }
-        if config.enabledLaunchers.contains("flower"), let why = config.flower.confinement.refusal() {
-            refusals.append(why)
+        for (name, confinement) in [("process", config.processConfinement), ("flower", config.flower.confinement)]
+        where config.enabledLaunchers.contains(name) {
+            if let why = confinement.refusal() { refusals.append(why) }
+            if let why = confinement.unreachable("\(config.workDir)/sandboxes") { refusals.append(why) }
         }
         if !refusals.isEmpty { throw ConfigError(problems: refusals) }
     }
