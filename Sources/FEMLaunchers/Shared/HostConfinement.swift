@@ -54,7 +54,11 @@ public struct HostConfinementConfig: Sendable {
     public var pidsLimit: Int
     public var openFiles: Int
     public var allowHostNetwork: Bool
-    /// The launcher's processes always use the host network (Flower: the SuperNode must reach its SuperLink).
+    /// The launcher's processes always use the host network. Flower: the SuperNode must reach its SuperLink, a
+    /// remote gRPC endpoint. A namespace of its own would need, per task, a veth pair with routes and NAT or a
+    /// user-space network stack (slirp4netns, pasta) forwarding just that address: more moving parts than this
+    /// launcher has, so Flower tasks keep the host's network (still as the task user, in their cgroup). What a
+    /// SuperNode may connect to is then only as narrow as the node's SuperLink allowlist and the host firewall.
     public var alwaysHostNetwork: Bool
 
     public init(section: String, confined: Bool = true, user: TaskUser?, nodeID: String, cgroups: CgroupHost?,
