@@ -198,6 +198,14 @@ static inline pid_t fem_spawn_confined(const char *path, char *const argv[], cha
         sigset_t none;
         sigemptyset(&none);
         if (sigprocmask(SIG_SETMASK, &none, (void *)0) != 0) fem_child_fail(report, FEM_STEP_SIGNALS);
+        // Nothing of the daemon's (journal, broker socket, cgroup eventfds) may reach the task: every descriptor
+        // above stderr is closed at exec (close_range with CLOSE_RANGE_CLOEXEC, Linux >= 5.11; else one by one).
+        if (c && syscall(SYS_close_range, 3u, ~0u, 4u /* CLOSE_RANGE_CLOEXEC */) != 0) {
+            for (int fd = 3; fd < 65536; fd++) {
+                int fl = fcntl(fd, F_GETFD);
+                if (fl >= 0) (void)fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+            }
+        }
         execve(path, argv, envp);
         fem_child_fail(report, FEM_STEP_EXEC);
     }

@@ -78,7 +78,11 @@ struct HostCgroupTests {
     }
 
     @Test func confinedSpawnDropsPrivilegesAndNetwork() throws {
+        // A descriptor of the parent without close-on-exec (as a C library might leave one).
+        let leaky = open("/dev/null", O_RDONLY)
+        defer { close(leaky) }
         let main = try spawn("grep -E '^(Uid|Gid|Groups|CapEff|NoNewPrivs):' /proc/self/status; umask; "
+                             + "echo fds: $(ls /proc/$$/fd | tr '\\n' ' '); "
                              + "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '", cgroup: nil, uid: 65534,
                              newNetwork: true)
         #expect(ChildProcess.waitBlocking(pid: main.pid) == .exited(0))
@@ -91,6 +95,8 @@ struct HostCgroupTests {
         #expect(out.contains("NoNewPrivs:\t1"), "\(out)")
         #expect(out.contains("0077"), "\(out)")
         #expect(out.hasSuffix("\nlo\n"), "only lo: \(out)")
+        // 3 is the shell's own: the read end of the `$(...)` pipe.
+        #expect(out.contains("fds: 0 1 2 3\n"), "no descriptor of the parent reaches the task: \(out)")
         let mode = try FileManager.default.attributesOfItem(atPath: "\(scratch)/out.log")[.posixPermissions] as? Int
         #expect(mode == 0o600)
     }
