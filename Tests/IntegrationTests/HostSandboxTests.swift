@@ -95,6 +95,8 @@ struct HostSandboxTests {
             try read-credential cat "$4"
             try write-credential sh -c 'echo x >> "$4"' sh "$4"
             try list-workdir ls "$5"
+            try list-cache ls "$5/cache"
+            try list-outputs ls "$5/outputs"
             try write-own-out sh -c 'echo mine > "$FEM_OUTPUT_DIR/mine.txt"'
             try write-home sh -c 'echo x > "$HOME/.cache-probe"'
             try write-tmpdir sh -c 'echo x > "$TMPDIR/probe"'
@@ -116,7 +118,8 @@ struct HostSandboxTests {
         #expect(out.contains("NoNewPrivs:\t1"), "\(out)")
         #expect(out.contains("interfaces: lo \n"), "only the loopback interface: \(out)")
         for denied in ["write-etc", "read-journal", "write-journal", "read-log", "write-log", "list-other",
-                       "read-other", "write-other", "read-credential", "write-credential", "list-workdir"] {
+                       "read-other", "write-other", "read-credential", "write-credential", "list-workdir", "list-cache",
+                       "list-outputs"] {
             #expect(out.contains("\(denied): denied\n"), "\(denied) must fail: \(out)")
         }
         for allowed in ["write-own-out", "write-home", "write-tmpdir"] {

@@ -54,6 +54,10 @@ final class HostProcesses: @unchecked Sendable {
             try FileManager.default.createDirectory(atPath: job.sandbox.logs, withIntermediateDirectories: true)
             var confined: ChildProcess.Confinement?
             if confinement.confined {
+                guard confinement.user != nil else {
+                    throw TaskFailure(.runnerSystemFailure, "\(confinement.section).user: no task user is configured; "
+                                      + "host tasks never run as the daemon's user")
+                }
                 // The sandbox folder itself is the daemon's: a writable home and temporary folder of the task's own
                 // (the host's /tmp is shared by every user).
                 for name in ["home", "tmp"] {

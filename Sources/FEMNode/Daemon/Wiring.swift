@@ -44,12 +44,12 @@ public struct NodeAssembly: Sendable {
 
     /// The work dir and what is in it are the daemon's alone. Host tasks (another user) may pass through the work
     /// dir and `sandboxes/` to reach their own sandbox (0711: no listing, no reading), nothing more; the git cache
-    /// (private repositories) is 0700. Host launchers refuse to start where their processes cannot be confined.
+    /// (private repositories) and local deliveries (`outputs/`) are 0700. Host launchers refuse to start where their processes cannot be confined.
     static func prepareWorkDir(_ config: NodeConfig) throws {
         let hostTasks = config.enabledLaunchers.contains("process") || config.enabledLaunchers.contains("flower")
         let passable: mode_t = hostTasks ? 0o711 : 0o700
         for (dir, mode) in [(config.workDir, passable), ("\(config.workDir)/sandboxes", passable),
-                            ("\(config.workDir)/cache", mode_t(0o700))] {
+                            ("\(config.workDir)/cache", mode_t(0o700)), ("\(config.workDir)/outputs", mode_t(0o700))] {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
                                                     attributes: [.posixPermissions: Int(mode)])
             guard chmod(dir, mode) == 0 else { throw SystemError("chmod", errno: errno, "cannot protect \(dir)") }
