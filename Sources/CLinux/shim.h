@@ -133,6 +133,11 @@ static inline pid_t fem_spawn_confined(const char *path, char *const argv[], cha
     if (pid == 0) {
         int report = fds[1];
         close(fds[0]);
+        // Keep the report pipe clear of 0-2, which are replaced below (a daemon started with one of them closed).
+        if (report < 3) {
+            report = fcntl(report, F_DUPFD_CLOEXEC, 3);
+            if (report < 0) _exit(127);
+        }
         if (setpgid(0, 0) != 0) fem_child_fail(report, FEM_STEP_SETPGID);
         if (c) {
             for (const char *const *p = c->cgroup_procs; p && *p; p++) {

@@ -88,7 +88,13 @@ public struct HostConfinementConfig: Sendable {
 
     /// Why host processes cannot start on this node (no usable cgroup and no explicit `allow_unconfined`), or nil.
     public func refusal() -> String? {
-        guard confined, !allowUnconfined else { return nil }
+        guard confined else { return nil }
+        if geteuid() != 0 {
+            return "\(section).user: the daemon runs as uid \(geteuid()), not root, so it cannot start host tasks as "
+                + "\(user?.name ?? "the task user") (nor give them a cgroup and a network namespace); run the daemon as "
+                + "root, or do not enable this launcher"
+        }
+        guard !allowUnconfined else { return nil }
         if let why = TaskCgroup.probe(host: cgroups, node: nodeID) {
             return "\(section).allow_unconfined: this host has no usable cgroup for host tasks (\(why)); without "
                 + "one their memory, CPU and processes cannot be limited or all ended. Fix the cgroup mounts, or set "

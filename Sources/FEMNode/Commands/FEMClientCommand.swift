@@ -105,7 +105,10 @@ extension FEMClientCommand {
                     failures.append("\(name): \(why)")
                     print("FAIL  \(failures.last!)")
                 }
-                if let why = TaskCgroup.probe(host: confinement.cgroups, node: config.nodeID) {
+                if geteuid() != 0, let why = confinement.refusal() {
+                    failures.append("\(name): \(why)")
+                    print("FAIL  \(failures.last!)")
+                } else if let why = TaskCgroup.probe(host: confinement.cgroups, node: config.nodeID) {
                     if confinement.allowUnconfined {
                         print("WARN  \(name): no usable cgroup (\(why)); host tasks run \(user) WITHOUT memory, CPU or "
                               + "process limits, and a kill may miss what they started (\(confinement.section)."
