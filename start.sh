@@ -40,4 +40,8 @@ if ! kill -0 "$(cat $pidfile)" 2>/dev/null; then
   echo "start.sh: the daemon exited at once:" >&2; tail -20 var/daemon.out >&2; exit 1
 fi
 echo "fem-client running (pid $(cat $pidfile)); follow it with: tail -f receiver.log"
+if ! grep -Eq '^enabled *= *\[.*"process"' "$config"; then
+  echo "note: the process launcher is not enabled in $config, so the host-process example below will be declined;"
+  echo "      README.md (Quick start) shows the two lines that enable it for /bin/sh"
+fi
 echo "submit the example: .build/release/femctl submit docs/templates/examples/hello-process.task.json --node \$(grep -m1 '^id' $config | cut -d'\"' -f2)"

@@ -36,6 +36,10 @@ ca_file = "$broker/ca.pem"
 cert_file = "$broker/node.pem"
 key_file = "$broker/node.key"
 prefetch = 32
+[launchers]
+enabled = ["process"]
+[launchers.process]
+allowed_executables = ["/bin/true"]
 EOF
 cat > "$work/noop.task.json" <<'EOF'
 {"schema_version": 1, "execution_id": "bench", "plan": {"schema_version": 1, "id": "noop", "version": "1",

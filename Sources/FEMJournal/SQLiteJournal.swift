@@ -124,6 +124,13 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
                     failure_class = COALESCE(?, failure_class), message = ? WHERE task_id = ?
                 """, arguments: [state.rawValue, FEMTime.format(at), detail.exitCode, detail.failureClass?.rawValue,
                                  detail.message, taskID])
+            if state.isTerminal {
+                // The task's own stage_out token is needed only until its outputs are delivered.
+                try db.execute(sql: """
+                    UPDATE tasks SET document = json_remove(document, '$.stage_out.token')
+                    WHERE task_id = ? AND json_extract(document, '$.stage_out.token') IS NOT NULL
+                    """, arguments: [taskID])
+            }
             return try self.appendEvent(db, taskID: taskID, executionID: rec.executionID, kind: .state, state: state,
                                         detail: detail, at: at)
         }
@@ -233,6 +240,26 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
 
     public func outboxCount() throws -> Int {
         try db.read { db in try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM outbox") ?? 0 }
+    }
+
+    /// Empties the stored documents (the messages as received) of tasks that ended before `cutoff`, and drops
+    /// their step markers; their rows and events stay (a redelivered task id is still recognised). Returns how many
+    /// documents were pruned.
+    @discardableResult
+    public func pruneDocuments(finishedBefore cutoff: Date) throws -> Int {
+        let terminal = TaskState.allCases.filter(\.isTerminal).map(\.rawValue)
+        let marks = terminal.map { _ in "?" }.joined(separator: ",")
+        return try db.write { db in
+            let args = StatementArguments(terminal + [FEMTime.format(cutoff)])
+            try db.execute(sql: """
+                DELETE FROM steps WHERE task_id IN
+                    (SELECT task_id FROM tasks WHERE state IN (\(marks)) AND updated_at < ?)
+                """, arguments: args)
+            try db.execute(sql: """
+                UPDATE tasks SET document = '{}' WHERE state IN (\(marks)) AND updated_at < ? AND document != '{}'
+                """, arguments: args)
+            return db.changesCount
+        }
     }
 
     private static func fetchTask(_ db: Database, _ id: String) throws -> TaskRecord? {

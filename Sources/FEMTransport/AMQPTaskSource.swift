@@ -13,6 +13,7 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
     private let endpoint: AMQPEndpoint
     private let nodeID: String
     private let prefetch: UInt16
+    private let maxMessageBytes: Int
     private let logger: Logger
     private let wakeup = WakeupPipe()
     private let lock = NSLock()
@@ -23,10 +24,13 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
     private var continuation: AsyncStream<InboundMessage>.Continuation?
     private let stream: AsyncStream<InboundMessage>
 
-    public init(endpoint: AMQPEndpoint, nodeID: String, prefetch: Int, logger: Logger) {
+    /// `maxMessageBytes`: a message whose content header declares more is read and dropped frame by frame, never
+    /// held whole, and handed on with an empty body and its declared size (the receiver rejects it).
+    public init(endpoint: AMQPEndpoint, nodeID: String, prefetch: Int, maxMessageBytes: Int = 1 << 20, logger: Logger) {
         self.endpoint = endpoint
         self.nodeID = nodeID
         self.prefetch = UInt16(clamping: max(1, prefetch))
+        self.maxMessageBytes = maxMessageBytes
         self.logger = logger
         let (stream, continuation) = AsyncStream<InboundMessage>.makeStream()
         self.stream = stream
@@ -119,9 +123,10 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
     }
 
     private func receive(_ conn: AMQPConnection, timeout: Int, generation gen: Int) throws {
-        guard let d = try conn.nextDelivery(timeoutMilliseconds: timeout) else { return }
+        guard let d = try conn.nextDelivery(timeoutMilliseconds: timeout, maxBodyBytes: maxMessageBytes) else { return }
         let channel: InboundMessage.Channel = d.channel == Self.controlChannel ? .control : .task
-        let message = InboundMessage(channel: channel, body: d.body, redelivered: d.redelivered) { [weak self] in
+        let message = InboundMessage(channel: channel, body: d.body, redelivered: d.redelivered,
+                                     size: Int(clamping: d.declaredBodySize)) { [weak self] in
             guard let self else { return }
             self.lock.withLock { self.pendingAcks.append((gen, d.channel, d.deliveryTag)) }
             self.wakeup.wake()

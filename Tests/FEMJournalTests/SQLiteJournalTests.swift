@@ -82,4 +82,46 @@ struct SQLiteJournalTests {
         let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
         #expect(mode == 0o600)
     }
+
+    @Test func theStageOutTokenLeavesTheJournalWhenTheTaskEnds() throws {
+        let path = "\(dir)/j.sqlite"
+        let j = try SQLiteJournal(path: path, nodeID: "n1")
+        var (s, d) = try spec("tok")
+        d = .object((d.objectValue ?? [:]).merging(["stage_out": ["url": "https://h/x", "token": "secret-token-123"]]) { $1 })
+        s.stageOut = StageOutTarget(url: "https://h/x", credentials: nil, token: "secret-token-123")
+        _ = try j.admit(s, document: d, at: Date())
+        for state in [TaskState.stagingIn, .running, .stagingOut] {
+            try j.transition("tok", to: state, detail: .none, at: Date())
+        }
+        #expect(try j.task("tok")?.document["stage_out"]?["token"] == "secret-token-123")
+        try j.transition("tok", to: .completed, detail: .none, at: Date())
+        let doc = try #require(try j.task("tok")?.document)
+        #expect(doc["stage_out"]?["token"] == nil && doc["stage_out"]?["url"] == "https://h/x")
+    }
+
+    @Test func documentsOfTasksThatEndedLongAgoArePruned() throws {
+        let j = try SQLiteJournal(path: "\(dir)/j.sqlite", nodeID: "n1")
+        let old = Date().addingTimeInterval(-40 * 86_400)
+        for id in ["old-done", "new-done", "old-running"] {
+            let (s, d) = try spec(id)
+            _ = try j.admit(s, document: d, at: old)
+            try j.transition(id, to: .stagingIn, detail: .none, at: old)
+            try j.markStep(id, "git", info: "abc")
+        }
+        try j.transition("old-done", to: .failed, detail: .none, at: old)
+        try j.transition("new-done", to: .failed, detail: .none, at: Date())
+        #expect(try j.pruneDocuments(finishedBefore: Date().addingTimeInterval(-30 * 86_400)) == 1)
+        #expect(try j.task("old-done")?.document == .object([:]))
+        #expect(try j.step("old-done", "git") == nil)
+        #expect(try j.task("old-done")?.state == .failed)
+        #expect(try j.task("new-done")?.document["execution_id"] == "e")
+        #expect(try j.task("old-running")?.document["execution_id"] == "e")
+        #expect(try j.step("old-running", "git") == "abc")
+        // Still recognised as a duplicate.
+        let (s, d) = try spec("old-done")
+        guard case .duplicate = try j.admit(s, document: d, at: Date()) else {
+            Issue.record("a pruned task must still be a duplicate")
+            return
+        }
+    }
 }

@@ -9,6 +9,7 @@ import Glibc
 
 /// The process launcher against real host processes.
 struct ProcessLauncherTests {
+    static let config = ProcessLauncherConfig(allowedExecutables: ["/bin/sh", "/bin/sleep", "/bin/true"])
     let root = FileManager.default.temporaryDirectory.appendingPathComponent("fem-proc-\(UUID().uuidString)").path
 
     func job(_ base: [String], env: [String: JSONValue] = [:], id: String = "t1") throws -> LaunchJob {
@@ -43,7 +44,7 @@ struct ProcessLauncherTests {
 
     @Test func exitCodeAndScrubbedEnvironment() async throws {
         setenv("FEM_LEAK_CHECK", "secret", 1)
-        let launcher = ProcessLauncher(config: ProcessLauncherConfig())
+        let launcher = ProcessLauncher(config: Self.config)
         let j = try job(["/bin/sh", "-c", "env | sort > \"$FEM_OUTPUT_DIR/env.txt\"; exit 4"], env: ["GREETING": "hi"])
         let handle = try await launcher.start(j) { _ in }
         let outcome = try await launcher.wait(handle)
@@ -56,7 +57,7 @@ struct ProcessLauncherTests {
     }
 
     @Test func stopEndsTheWholeGroup() async throws {
-        let launcher = ProcessLauncher(config: ProcessLauncherConfig())
+        let launcher = ProcessLauncher(config: Self.config)
         let j = try job(["/bin/sh", "-c", "trap '' TERM; sleep 60 & sleep 61; wait"])
         let handle = try await launcher.start(j) { _ in }
         try await Task.sleep(for: .milliseconds(200))
@@ -68,7 +69,7 @@ struct ProcessLauncherTests {
     }
 
     @Test func recoveryFindsWorkWithoutAJournaledHandle() async throws {
-        let launcher = ProcessLauncher(config: ProcessLauncherConfig())
+        let launcher = ProcessLauncher(config: Self.config)
         let j = try job(["/bin/sleep", "60"], id: "orphan")
         let handle = try await launcher.start(j) { _ in }
         #expect(groupAlive(handle))
@@ -80,7 +81,7 @@ struct ProcessLauncherTests {
         }
         try #require(visible, "the task's process never showed its environment")
         // As if the daemon died before journaling the handle.
-        let result = await ProcessLauncher(config: ProcessLauncherConfig()).recover(j, handle: nil)
+        let result = await ProcessLauncher(config: Self.config).recover(j, handle: nil)
         guard case .lost(let why) = result else { Issue.record("expected lost, got \(result)"); return }
         #expect(why.contains("was stopped and not run again"))
         _ = try await launcher.wait(handle)
@@ -89,7 +90,7 @@ struct ProcessLauncherTests {
 
     @Test func recoveryOfWorkThatAlreadyEnded() async throws {
         let j = try job(["/bin/true"], id: "ended")
-        let result = await ProcessLauncher(config: ProcessLauncherConfig()).recover(
+        let result = await ProcessLauncher(config: Self.config).recover(
             j, handle: LaunchHandle(launcher: "process", data: ["pid": "999999", "pgid": "999999", "start_time": "1"]))
         #expect(result == .lost("the process ended while the daemon was down; its exit status is unknown"))
     }
@@ -97,10 +98,46 @@ struct ProcessLauncherTests {
     @Test func allowlistAndMissingExecutablesAreDeclined() throws {
         let limited = ProcessLauncher(config: ProcessLauncherConfig(allowedExecutables: ["python3", "/bin/echo"]))
         #expect(limited.policyCheck(try job(["/bin/echo", "x"])) == nil)
-        #expect(limited.policyCheck(try job(["echo", "x"])) == nil, "a name resolves on PATH to an allowed path")
+        #expect(limited.policyCheck(try job(["/usr/bin/echo", "x"])) == nil, "compared by resolved path")
+        #expect(limited.policyCheck(try job(["echo", "x"]))
+                == "command.base[0]: \"echo\" is a bare program name (it would be looked up on a PATH); this node runs "
+                + "only programs named by an absolute path listed in launchers.process.allowed_executables")
         let refused = try #require(limited.policyCheck(try job(["/bin/sh", "-c", "true"])))
-        #expect(refused.contains("is not in this node's allowed executables"))
-        let open = ProcessLauncher(config: ProcessLauncherConfig())
-        #expect(open.policyCheck(try job(["no-such-program-fem"]))?.contains("is not found on this node") == true)
+        #expect(refused.hasSuffix("is not in this node's launchers.process.allowed_executables"), "\(refused)")
+        #expect(limited.policyCheck(try job(["/usr/bin/python3", "-c", "1"]))?.contains("is not in this node's") == true,
+                "a bare allowlist entry allows nothing (NodeConfig refuses it at start)")
+        #expect(ProcessLauncher(config: Self.config).policyCheck(try job(["/no/such/program-fem"]))
+                == "executable \"/no/such/program-fem\" is not found on this node")
+        #expect(ProcessLauncher(config: ProcessLauncherConfig()).policyCheck(try job(["/bin/true"]))
+                == "this node allows no host programs (launchers.process.allowed_executables is empty)")
+    }
+
+    /// The audit's bypass: `usr/bin/python3` was checked from the daemon's cwd and run from the task's src/.
+    @Test func aRelativeProgramIsDeclinedAndNeverRunFromSrc() async throws {
+        let launcher = ProcessLauncher(config: ProcessLauncherConfig(allowedExecutables: ["/usr/bin/python3"]))
+        let j = try job(["usr/bin/python3", "-c", "1"], id: "relative")
+        try FileManager.default.createDirectory(atPath: "\(j.sandbox.src)/usr/bin", withIntermediateDirectories: true)
+        try "#!/bin/sh\ntouch \"$FEM_OUTPUT_DIR/pwned\"\n".write(toFile: "\(j.sandbox.src)/usr/bin/python3",
+                                                               atomically: true, encoding: .utf8)
+        chmod("\(j.sandbox.src)/usr/bin/python3", 0o755)
+        let reason = try #require(launcher.policyCheck(j))
+        #expect(reason.hasPrefix("command.base[0]: \"usr/bin/python3\" is a relative path (it would be looked up "
+                                 + "inside the task's src/)"), "\(reason)")
+        await #expect(throws: TaskFailure.self) { _ = try await launcher.start(j) { _ in } }
+        #expect(!FileManager.default.fileExists(atPath: "\(j.sandbox.output)/pwned"))
+    }
+
+    /// The program is resolved once (every symlink followed) and that file is what runs: argv[0] shows it.
+    @Test func theResolvedFileIsWhatRuns() async throws {
+        let links = "\(root)/links"
+        try FileManager.default.createDirectory(atPath: links, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: "\(links)/mysh", withDestinationPath: "/bin/sh")
+        let launcher = ProcessLauncher(config: ProcessLauncherConfig(allowedExecutables: ["/bin/sh"]))
+        let j = try job(["\(links)/mysh", "-c", "echo \"$0\" > \"$FEM_OUTPUT_DIR/argv0\""], id: "resolved")
+        #expect(launcher.policyCheck(j) == nil, "a link to an allowed program is that program")
+        let outcome = try await launcher.wait(try await launcher.start(j) { _ in })
+        #expect(outcome.exitCode == 0)
+        let real = try #require(realpath("/bin/sh", nil).map { p in defer { free(p) }; return String(cString: p) })
+        #expect(try String(contentsOfFile: "\(j.sandbox.output)/argv0", encoding: .utf8) == real + "\n")
     }
 }

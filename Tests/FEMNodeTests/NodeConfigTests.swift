@@ -1,4 +1,5 @@
 @testable import FEMNode
+import FEMCore
 import Foundation
 import Testing
 
@@ -44,7 +45,7 @@ struct NodeConfigTests {
             .replacingOccurrences(of: "var/dev-broker/node.key", with: "\(Self.dir)/c.key")
         let c = try NodeConfig.parse(text, source: "example", environment: ["FEM_BROKER_PASSWORD": "pw"])
         #expect(c.nodeID == "dev-node")
-        #expect(c.enabledLaunchers == ["process"])
+        #expect(c.enabledLaunchers == ["docker"], "the example enables docker only")
         #expect(c.workDir.hasPrefix("/"))
         #expect(try c.endpoint().description == "amqps://fem@localhost:5671/%2f")
     }
@@ -53,6 +54,70 @@ struct NodeConfigTests {
         let c = try NodeConfig.parse(Self.toml(), source: "t", environment: [:])
         #expect(c.maxConcurrentTasks == 2 && c.heartbeatSeconds == 30 && c.prefetch == 16)
         #expect(c.brokerPassword == nil)
+        #expect(c.enabledLaunchers.isEmpty, "with no launchers.enabled key no launcher runs")
+        #expect(c.envAllowed.isEmpty && c.flower.allowedSuperlinks.isEmpty && !c.flower.allowSourceBuilds)
+        // Egress is denied until the administrator lists destinations.
+        #expect(c.gitAllowedURLs.isEmpty && c.fileAllowedURLs.isEmpty && c.outputAllowedURLs.isEmpty)
+        #expect(c.journalKeepDays == 30 && c.maxStageInFileMB == 1024)
+    }
+
+    @Test func hostLaunchersNeedAnAllowlistOfAbsolutePaths() throws {
+        #expect(Self.problems(Self.toml("[launchers]\nenabled = [\"process\"]")) == [
+            "launchers.process.allowed_executables: must list the absolute paths of the programs host-process tasks "
+                + "may run while \"process\" is in launchers.enabled",
+        ])
+        #expect(Self.problems(Self.toml("[launchers]\nenabled = [\"process\"]\n[launchers.process]\n"
+                                        + "allowed_executables = [\"/bin/sh\", \"python3\", \"usr/bin/perl\"]")) == [
+            "launchers.process.allowed_executables: \"python3\" is not an absolute path",
+            "launchers.process.allowed_executables: \"usr/bin/perl\" is not an absolute path",
+        ])
+        #expect(Self.problems(Self.toml("[launchers]\nenabled = [\"process\"]"),
+                              env: ["FEM_LAUNCHERS_PROCESS_ALLOWED_EXECUTABLES": "/bin/sh"]).isEmpty)
+        #expect(Self.problems(Self.toml("[launchers]\nenabled = [\"flower\"]\n[launchers.flower]\npython = \"python3\""))
+                == ["launchers.flower.python: \"python3\" is not an absolute path (the interpreter Flower environments "
+                    + "are made from, e.g. /usr/bin/python3)"])
+        let c = try NodeConfig.parse(Self.toml("""
+            [launchers]
+            enabled = ["process", "flower"]
+            env_allowed = ["OMP_NUM_THREADS", "MYTOOL_*"]
+            [launchers.process]
+            allowed_executables = ["/bin/sh"]
+            [launchers.flower]
+            allowed_superlinks = ["SuperLink.example.org:9092", "[::1]:9092"]
+            allow_source_builds = true
+            """), source: "t", environment: [:])
+        #expect(c.processAllowedExecutables == ["/bin/sh"] && c.envAllowed == ["OMP_NUM_THREADS", "MYTOOL_*"])
+        #expect(c.flower.allowedSuperlinks.map(\.description) == ["superlink.example.org:9092", "[::1]:9092"])
+        #expect(c.flower.allowSourceBuilds)
+        #expect(Self.problems(Self.toml("[launchers.flower]\nallowed_superlinks = [\"https://x.org:9092\", \"x.org\"]"))
+                == ["launchers.flower.allowed_superlinks: \"https://x.org:9092\" is not host:port (e.g. "
+                    + "\"superlink.example.org:9092\" or \"[2001:db8::1]:9092\")",
+                    "launchers.flower.allowed_superlinks: \"x.org\" is not host:port (e.g. "
+                    + "\"superlink.example.org:9092\" or \"[2001:db8::1]:9092\")"])
+        #expect(Self.problems(Self.toml("[launchers]\nenabled = []\nenv_allowed = [\"A B\"]"))
+                == ["launchers.env_allowed: \"A B\" is not a variable name (or NAME_PREFIX*)"])
+    }
+
+    @Test func urlAllowlistEntriesMustParse() {
+        let p = Self.problems(Self.toml() + "\n[stage_in]\ngit_allowed_urls = [\"https://\", \"https://u:p@h/\"]\n"
+                              + "[outputs]\nallowed_urls = [\"ftp://h/\"]\n")
+        #expect(p.contains("stage_in.git_allowed_urls: \"https://\" has no host"), "\(p)")
+        #expect(p.contains("outputs.allowed_urls: \"ftp://h/\" uses the scheme \"ftp\"; only https://, http://, git://, "
+                           + "file:// are supported"), "\(p)")
+    }
+
+    @Test func credentialsMustListWhereTheyMayBeSent() throws {
+        let secret = "\(Self.dir)/secret"
+        try "s3cret\n".write(toFile: secret, atomically: true, encoding: .utf8)
+        let missing = Self.problems(Self.toml() + "\n[credentials.up]\nusername = \"u\"\npassword_file = \"\(secret)\"\n")
+        #expect(missing.count == 1 && missing.first?.hasPrefix("credentials.\"up\".urls: is required") == true, "\(missing)")
+        let bad = Self.problems(Self.toml() + "\n[credentials.up]\ntoken_file = \"\(secret)\"\nurls = [\"https://\"]\n")
+        #expect(bad == ["credentials.\"up\".urls: \"https://\" has no host"], "\(bad)")
+        let c = try NodeConfig.parse(Self.toml() + "\n[credentials.up]\ntoken_file = \"\(secret)\"\n"
+                                     + "urls = [\"https://fem.example.org/uploads/\"]\n", source: "t", environment: [:])
+        let up = try #require(c.credentials["up"])
+        #expect(up.urls.allows(try ParsedURL.parse("https://fem.example.org/uploads/x")))
+        #expect(!up.urls.allows(try ParsedURL.parse("https://fem.example.org.evil.net/uploads/x")))
     }
 
     @Test func unknownKeyIsNamed() {
@@ -70,7 +135,7 @@ struct NodeConfigTests {
     @Test func environmentOverridesTheFile() throws {
         let c = try NodeConfig.parse(Self.toml(), source: "t", environment: [
             "FEM_BROKER_URL": "amqps://other@broker.example:5999/prod", "FEM_NODE_MAX_CONCURRENT_TASKS": "7",
-            "FEM_LAUNCHERS_ENABLED": "process", "FEM_BROKER_PASSWORD": "pw",
+            "FEM_LAUNCHERS_ENABLED": "docker", "FEM_BROKER_PASSWORD": "pw",
         ])
         #expect(c.maxConcurrentTasks == 7)
         let e = try c.endpoint()

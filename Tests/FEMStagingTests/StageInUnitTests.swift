@@ -43,6 +43,43 @@ struct StageInUnitTests {
         #expect(found == ["abs", "lib/deep/sneaky", "lib/escape"])
     }
 
+    /// The audit's chain: each target looks harmless on its own (`..` never climbs above the link's folder), yet
+    /// `a → .`, `b → a/..`, `c → b/..` … `h → g/..` and `etc → h/etc` lead to /etc. Resolved link by link against
+    /// the real file system, `b` already leaves (it is the parent of the root), and so does everything built on it.
+    @Test func aChainOfInnocentLookingLinksIsFollowedToWhereItReallyLeads() throws {
+        let root = "\(dir)/src"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: "\(root)/a", withDestinationPath: ".")
+        let names = ["a", "b", "c", "d", "e", "f", "g", "h"]
+        for (prev, name) in zip(names, names.dropFirst()) {
+            try FileManager.default.createSymbolicLink(atPath: "\(root)/\(name)", withDestinationPath: "\(prev)/..")
+        }
+        try FileManager.default.createSymbolicLink(atPath: "\(root)/etc", withDestinationPath: "h/etc")
+        try "x".write(toFile: "\(root)/inside.txt", atomically: true, encoding: .utf8)
+        try FileManager.default.createSymbolicLink(atPath: "\(root)/fine", withDestinationPath: "a/a/inside.txt")
+        let found = SandboxPaths.escapingSymlinks(under: root)
+        #expect(found.map(\.path) == ["b", "c", "d", "e", "f", "g", "h", "etc"].sorted())
+        #expect(found.first { $0.path == "etc" }?.target == "h/etc")
+        // The kernel agrees: `etc` leads outside the root, to the host's /etc when the root is at most 7 folders
+        // deep (the old lexical check let every one of these links through).
+        func real(_ p: String) -> String? {
+            guard let r = realpath(p, nil) else { return nil }
+            defer { free(r) }
+            return String(cString: r)
+        }
+        let realRoot = try #require(real(root))
+        let realEtc = try #require(real("\(root)/etc"))
+        #expect(!realEtc.hasPrefix(realRoot + "/"))
+        if realRoot.split(separator: "/").count <= 7 { #expect(realEtc == "/etc") }
+
+        // A loop is refused, not followed forever.
+        let loop = "\(dir)/loop"
+        try FileManager.default.createDirectory(atPath: loop, withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: "\(loop)/x", withDestinationPath: "y")
+        try FileManager.default.createSymbolicLink(atPath: "\(loop)/y", withDestinationPath: "x")
+        #expect(SandboxPaths.escapingSymlinks(under: loop).map(\.path) == ["x", "y"])
+    }
+
     final class Steps: @unchecked Sendable {
         let lock = NSLock()
         var done: [String: String] = [:]
@@ -69,8 +106,8 @@ struct StageInUnitTests {
         return LaunchJob(task: task, command: command, sandbox: paths)
     }
 
-    func policy(_ prefixes: [String] = ["file://"]) -> SourcePolicy {
-        SourcePolicy(gitURLPrefixes: prefixes, fileURLPrefixes: ["https://"], requireSHA256: true, caFile: nil,
+    func policy(_ prefixes: [String] = ["file:///"]) throws -> SourcePolicy {
+        SourcePolicy(gitURLs: try URLPolicy(prefixes), fileURLs: try URLPolicy(["https://h/"]), requireSHA256: true, caFile: nil,
                      retry: RetryPolicy(attempts: 2, base: .milliseconds(10)), credentials: [:], cacheDir: "\(dir)/cache")
     }
 
@@ -86,7 +123,7 @@ struct StageInUnitTests {
             p.waitUntilExit()
             try #require(p.terminationStatus == 0)
         }
-        let stage = try SourceStageIn(policy: policy())
+        let stage = try SourceStageIn(policy: try policy())
         let source = PlanSource.git(GitSource(url: "file://\(remote)", ref: "main", commit: nil, credentials: nil))
         let j = try job(source, sandbox: "\(dir)/sb")
         let steps = Steps()
@@ -106,7 +143,7 @@ struct StageInUnitTests {
     }
 
     @Test func checkNamesTheFieldOfWhatTheNodeRefuses() throws {
-        let stage = try SourceStageIn(policy: policy(["https://git.example.org/"]))
+        let stage = try SourceStageIn(policy: try policy(["https://git.example.org/"]))
         func plan(_ s: PlanSource) throws -> ToolPlan { try job(s, sandbox: "\(dir)/c").task.plan }
         let git = PlanSource.git(GitSource(url: "https://evil.example.com/x.git", ref: nil, commit: nil, credentials: nil))
         #expect(try stage.check(plan(git))?.hasPrefix("source.git.url: \"https://evil.example.com/x.git\" is not allowed") == true)

@@ -8,7 +8,8 @@ import Testing
 struct BrokerRestartTests {
     @Test func hundredTasksCompleteExactlyOnceAcrossABrokerRestart() throws {
         let broker = try OwnBroker(port: 5698)
-        let node = try TestNode("restart", brokerDir: broker.dir, port: broker.port, maxConcurrent: 4)
+        let node = try TestNode("restart", brokerDir: broker.dir, port: broker.port, extra: TestNode.hostProcesses,
+                                maxConcurrent: 4)
         try node.start()
         let op = try Operator(node: node)
         let runs = "\(node.dir)/runs"

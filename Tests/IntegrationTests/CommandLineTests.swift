@@ -20,7 +20,7 @@ struct CommandLineTests {
     }
 
     @Test func femctlSubmitsTheExampleAndWatchesItComplete() throws {
-        let node = try TestNode("femctl")
+        let node = try TestNode("femctl", extra: TestNode.hostProcesses)
         try node.start()
         let watcher = Process()
         watcher.executableURL = URL(fileURLWithPath: try TestEnv.binary("femctl"))
@@ -49,7 +49,7 @@ struct CommandLineTests {
     }
 
     @Test func femctlCancel() throws {
-        let node = try TestNode("femctl-cancel")
+        let node = try TestNode("femctl-cancel", extra: TestNode.hostProcesses)
         try node.start()
         let op = try Operator(node: node)
         let t = Tasks.task(["/bin/sleep", "60"])
@@ -90,6 +90,13 @@ struct CommandLineTests {
         }
     }
 
+    /// The one task folder `fem-client run` delivered into below `<output>/<execution_id>/<node_id>`.
+    static func delivered(_ parent: String) throws -> String {
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: parent)
+        try #require(tasks.count == 1, "\(parent): \(tasks)")
+        return "\(parent)/\(tasks[0])"
+    }
+
     @Test func runTheHelloExampleLocally() throws {
         let dir = try TestEnv.scratch("run")
         let r = try Shell.run([try TestEnv.binary("fem-client"), "run",
@@ -98,8 +105,11 @@ struct CommandLineTests {
         #expect(r.status == 0, "\(r.output)")
         for state in ["received", "staging_in", "running", "staging_out", "completed"] { #expect(r.output.contains(state)) }
         #expect(r.output.contains("state    completed"))
-        let outputs = "\(dir)/work/outputs/exec-hello-1/local"
-        #expect(r.output.contains("outputs  \(outputs)"))
+        // <output>/<execution_id>/<node_id>/<task_id>, the task id being the one `run` made up.
+        let line = try #require(r.output.split(separator: "\n").first { $0.hasPrefix("outputs  ") }, "\(r.output)")
+        let outputs = String(line.dropFirst("outputs  ".count).prefix { $0 != " " })
+        #expect(outputs.hasPrefix("\(dir)/work/outputs/exec-hello-1/local/") && outputs.count > "\(dir)/work/outputs/exec-hello-1/local/".count,
+                "\(r.output)")
         let manifest = try JSONValue.parse(Data(contentsOf: URL(fileURLWithPath: "\(outputs)/manifest.json")))
         guard case .array(let files)? = manifest["files"] else { Issue.record("manifest has no files"); return }
         #expect(files.compactMap { $0["path"]?.stringValue }.sorted() == ["logs/stderr.log", "logs/stdout.log", "out/greeting.txt"])
@@ -118,7 +128,7 @@ struct CommandLineTests {
         ]
         let plan: JSONValue = .object([
             "schema_version": 1, "id": "argv-dump", "version": "1", "launcher": "process",
-            "command": .object(["base": .array(["python3", "-c",
+            "command": .object(["base": .array(["/usr/bin/python3", "-c",
                                                 "import json,os,sys; json.dump(sys.argv[1:], open(os.environ['FEM_OUTPUT_DIR']+'/argv.json','w'))"]),
                                 "args": .array(corpus.indices.map { .object(["id": .string("v\($0)"), "type": "str", "position": .int(Int64($0))]) })]),
             "outputs": .array([.object(["pattern": "argv.json"])]),
@@ -131,7 +141,7 @@ struct CommandLineTests {
                                "--config", "\(dir)/none.toml"], cwd: dir)
         #expect(r.status == 0, "\(r.output)")
         let argv = try JSONDecoder().decode([String].self, from: Data(contentsOf: URL(
-            fileURLWithPath: "\(dir)/work/outputs/inject/local/out/argv.json")))
+            fileURLWithPath: try Self.delivered("\(dir)/work/outputs/inject/local") + "/out/argv.json")))
         #expect(argv == corpus)
         for i in 1...3 { #expect(!FileManager.default.fileExists(atPath: "\(dir)/pwned\(i)")) }
     }

@@ -23,6 +23,8 @@ struct DockerLauncherTests {
         return try TestNode(name, extra: """
             [launchers]
             enabled = ["docker", "process"]
+            [launchers.process]
+            allowed_executables = \(TestNode.hostPrograms)
             [launchers.docker]
             allowed_images = ["fem-test/*"]
             \(extra)

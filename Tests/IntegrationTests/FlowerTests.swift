@@ -50,9 +50,11 @@ struct FlowerTests {
     func node(_ name: String, extra: String = "") throws -> TestNode {
         try TestNode(name, extra: """
             [launchers]
-            enabled = ["flower", "process"]
+            enabled = ["flower"]
             [launchers.flower]
             python = "/usr/bin/python3"
+            allowed_superlinks = ["127.0.0.1:19191", "127.0.0.1:19291", "127.0.0.1:19391", "127.0.0.1:19491",
+                                  "127.0.0.1:19591"]
             venv_dir = "\(venvDir)"
             allow_insecure = true
             connect_attempts = 20
@@ -67,7 +69,7 @@ struct FlowerTests {
     /// A flower task; the plan's id, version and requirements are the same everywhere, so one environment serves.
     func task(mode: String, server: String, nodeConfig: [String: JSONValue] = [:], source: JSONValue? = nil,
               entry: String? = nil, env: [String: JSONValue] = [:], timeout: Int = 300) -> [String: JSONValue] {
-        var flower: [String: JSONValue] = ["mode": .string(mode), "requirements": ["flwr==1.41.0", "numpy"],
+        var flower: [String: JSONValue] = ["mode": .string(mode), "requirements": ["flwr==1.41.0", "numpy==2.4.6"],
                                            "node_config": .object(nodeConfig)]
         if let entry { flower["entry"] = .string(entry) }
         var plan: [String: JSONValue] = ["schema_version": 1, "id": "fem-flower-test", "version": "1.0",
@@ -168,6 +170,13 @@ struct FlowerTests {
             .map { String(run.output[$0].split(separator: " ").last!) }, "flwr run printed no run id: \(run.output)")
 
         try op.waitForFinal(tasks.map(Tasks.id), timeout: 120)
+        // Every round's evaluation got an answer from both nodes, the last one too: a node stopped right after its
+        // ClientApp said `Finished` would fail the last evaluation ("0 results and 2 failures").
+        let evaluations = run.output.split(separator: "\n").filter { $0.contains("aggregate_evaluate: Received") }
+        #expect(evaluations.count == 3 && evaluations.allSatisfy {
+            $0.trimmingCharacters(in: .whitespacesAndNewlines).hasSuffix("Received 2 results and 0 failures")
+        },
+                "evaluations: \(evaluations)")
         for t in tasks {
             let final = try #require(op.finalState(of: Tasks.id(t)))
             #expect(final.state == .completed, "\(final.detail)")

@@ -11,7 +11,7 @@ import Glibc
 @Suite(.serialized)
 struct ReceiverSpineTests {
     @Test func submittedTaskCompletesWithEveryEventInOrder() throws {
-        let node = try TestNode("spine")
+        let node = try TestNode("spine", extra: TestNode.hostProcesses)
         try node.start()
         let op = try Operator(node: node)
         let t = Tasks.task(["/bin/sh", "-c", "echo hello from the task"])
@@ -34,7 +34,7 @@ struct ReceiverSpineTests {
     }
 
     @Test func nonZeroExitFailsWithTheExitCode() throws {
-        let node = try TestNode("exit")
+        let node = try TestNode("exit", extra: TestNode.hostProcesses)
         try node.start()
         let op = try Operator(node: node)
         let t = Tasks.task(["/bin/sh", "-c", "echo oops >&2; exit 3"])
@@ -48,7 +48,7 @@ struct ReceiverSpineTests {
     }
 
     @Test func timeoutStopsTheWholeProcessGroup() throws {
-        let node = try TestNode("timeout")
+        let node = try TestNode("timeout", extra: TestNode.hostProcesses)
         try node.start()
         let op = try Operator(node: node)
         let marker = "fem-timeout-\(UUID().uuidString.prefix(8))"
@@ -62,7 +62,7 @@ struct ReceiverSpineTests {
     }
 
     @Test func cancelStopsARunningTask() throws {
-        let node = try TestNode("cancel")
+        let node = try TestNode("cancel", extra: TestNode.hostProcesses)
         try node.start()
         let op = try Operator(node: node)
         let marker = "fem-cancel-\(UUID().uuidString.prefix(8))"
@@ -77,7 +77,7 @@ struct ReceiverSpineTests {
     }
 
     @Test func aDuplicateTaskIDIsNotRunTwice() throws {
-        let node = try TestNode("dup")
+        let node = try TestNode("dup", extra: TestNode.hostProcesses)
         try node.start()
         let op = try Operator(node: node)
         let out = "\(node.dir)/runs.txt"
@@ -94,7 +94,7 @@ struct ReceiverSpineTests {
     }
 
     @Test func malformedMessagesAreRejectedAndDoNotBlockTheQueue() throws {
-        let node = try TestNode("malformed")
+        let node = try TestNode("malformed", extra: TestNode.hostProcesses)
         try node.start()
         let op = try Operator(node: node)
         var missing = Tasks.task(["/bin/true"], id: "bad-missing")
@@ -144,7 +144,7 @@ struct ReceiverSpineTests {
     }
 
     @Test func afterSIGKILLEveryRunningTaskEndsAndIsReported() throws {
-        let node = try TestNode("sigkill")
+        let node = try TestNode("sigkill", extra: TestNode.hostProcesses)
         try node.start()
         let op = try Operator(node: node)
         let marker = "fem-sigkill-\(UUID().uuidString.prefix(8))"
@@ -168,7 +168,7 @@ struct ReceiverSpineTests {
     }
 
     @Test func heartbeatsArrive() throws {
-        let node = try TestNode("beat")
+        let node = try TestNode("beat", extra: TestNode.hostProcesses)
         try node.start()
         let op = try Operator(node: node)
         let conn = op.conn

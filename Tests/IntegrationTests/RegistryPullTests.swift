@@ -129,7 +129,9 @@ struct RegistryPullTests {
                                "--config", "\(dir)/node.toml", "--work-dir", "\(dir)/work"], cwd: dir)
         #expect(r.status == 0, "\(r.output)")
         #expect(r.output.contains("state    completed"))
-        let count = try String(contentsOfFile: "\(dir)/work/outputs/exec-docker-1/hello/out/count.txt", encoding: .utf8)
+        // Delivered below <execution_id>/<node_id>/<task_id>.
+        let count = try String(contentsOfFile: try CommandLineTests.delivered("\(dir)/work/outputs/exec-docker-1/hello")
+                               + "/out/count.txt", encoding: .utf8)
         #expect(count.trimmingCharacters(in: .whitespaces) == "3\n")
     }
 

@@ -11,11 +11,13 @@ import Glibc
 @Suite(.serialized)
 struct ReporterTests {
     func node(_ name: String, hookFile: String? = nil) throws -> TestNode {
-        var extra = ""
+        var extra = TestNode.hostProcesses
         if let hookFile {
-            extra = """
+            // The node passes `--` before the tool's text: sh -c gets it as $0 and the text as $1.
+            extra += """
+
                 [hooks]
-                notify = ["/bin/sh", "-c", "echo \\"triggered with $0\\" >> \(hookFile)"]
+                notify = ["/bin/sh", "-c", "echo \\"triggered with $1 after $0\\" >> \(hookFile)"]
                 """
         }
         return try TestNode(name, extra: extra)
@@ -106,7 +108,7 @@ struct ReporterTests {
         let e = try run(op, t)
         #expect(e.state == .completed)
         try eventually("the hook to run") { FileManager.default.fileExists(atPath: hookFile) }
-        #expect(try String(contentsOfFile: hookFile, encoding: .utf8) == "triggered with round 3 done; rm -rf /\n",
+        #expect(try String(contentsOfFile: hookFile, encoding: .utf8) == "triggered with round 3 done; rm -rf / after --\n",
                 "the arguments reach the hook as one argument, never through a shell")
         let notices = op.events(of: Tasks.id(t)).filter { $0.kind == .notice }.compactMap(\.detail.message)
         #expect(notices.contains { $0.hasPrefix("trigger \"notify\": ran hook /bin/sh") }, "\(notices)")

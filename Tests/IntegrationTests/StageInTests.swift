@@ -20,8 +20,9 @@ struct StageInTests {
         let wrong = try TestEnv.scratch("wrong-password") + "/password"
         try "not-the-password\n".write(toFile: wrong, atomically: true, encoding: .utf8)
         return try TestNode(name, extra: """
+            \(TestNode.hostProcesses)
             [stage_in]
-            git_allowed_urls = ["file://", "git://127.0.0.1:19418/", "https://localhost:18443/git/"]
+            git_allowed_urls = ["file://\(web)/repos/", "git://127.0.0.1:19418/", "https://localhost:18443/git/"]
             file_allowed_urls = ["http://127.0.0.1:18080/files/", "https://localhost:18443/files/"]
             ca_file = "\(web)/ca.pem"
             retries = 3
@@ -30,12 +31,15 @@ struct StageInTests {
             [credentials.git-login]
             username = "fem-git"
             password_file = "\(web)/password-fem-git"
+            urls = ["https://localhost:18443/git/"]
             [credentials.git-wrong]
             username = "fem-git"
             password_file = "\(wrong)"
+            urls = ["https://localhost:18443/git/"]
             [credentials.files-login]
             username = "fem-files"
             password_file = "\(web)/password-fem-files"
+            urls = ["http://127.0.0.1:18080/files/", "https://localhost:18443/files/"]
             """)
     }
 
@@ -230,7 +234,7 @@ struct StageInTests {
             #expect(e?.detail.message?.contains(text) == true, "\(String(describing: e?.detail))")
         }
         declined(otherHost, "source.git.url: \"https://github.com/example/tool.git\" is not allowed on this node")
-        declined(loginInURL, "source.git.url: must not carry a login")
+        declined(loginInURL, "source.git.url: \"https://***@localhost:18443/git/x.git\" must not carry a login")
         declined(unknownCreds, "source.git.credentials: \"nobody-has-this\" is not defined")
         declined(noSHA, "source.files[0].sha256: is required on this node")
         #expect(!node.log.contains("secret@"))
@@ -325,6 +329,35 @@ struct StageInTests {
     }
 
     // MARK: - Paths
+
+    /// The audit's chain: no single target climbs above its own folder, yet `etc` resolves to the host's /etc.
+    /// Served by git daemon (git://) and by nginx (https), each checkout is refused naming the first link that leaves.
+    @Test func aChainOfSymlinksThatLeavesSrcIsRefused() throws {
+        let chain = try makeRepo("chain") { work in
+            try FileManager.default.createSymbolicLink(atPath: "\(work)/a", withDestinationPath: ".")
+            let names = ["a", "b", "c", "d", "e", "f", "g", "h"]
+            for (prev, name) in zip(names, names.dropFirst()) {
+                try FileManager.default.createSymbolicLink(atPath: "\(work)/\(name)", withDestinationPath: "\(prev)/..")
+            }
+            try FileManager.default.createSymbolicLink(atPath: "\(work)/etc", withDestinationPath: "h/etc")
+        }
+        let node = try node("si-chain")
+        try node.start()
+        let op = try Operator(node: node)
+        let viaDaemon = task(source: gitSource("git://127.0.0.1:19418/\(chain.name).git", ref: "main"),
+                             script: "cat \"$FEM_SRC_DIR\"/etc/hostname")
+        let viaHTTPS = task(source: gitSource("https://localhost:18443/git/\(chain.name).git", ref: "main",
+                                              credentials: "git-login"),
+                            script: "cat \"$FEM_SRC_DIR\"/etc/hostname")
+        for t in [viaDaemon, viaHTTPS] {
+            let e = try run(op, t, timeout: 60)
+            #expect(e.state == .failed && e.detail.failureClass == .stageInFailure, "\(e.detail)")
+            #expect(e.detail.message == "source.git: the repository's symlink b points outside the sandbox (a/..); "
+                    + "refused (and 7 more)", "\(e.detail.message ?? "")")
+            #expect(!op.events(of: Tasks.id(t)).contains { $0.state == .running }, "the tool never ran")
+            #expect(stdout(node, Tasks.id(t)).isEmpty)
+        }
+    }
 
     @Test func pathsThatLeaveTheSandboxAreRefused() throws {
         let escaping = try makeRepo("evil") { work in

@@ -11,19 +11,53 @@ import Foundation
 ///   then a cached update (fetch + checkout) vs `git fetch` + `git checkout` in the peer's clone.
 /// - `fem-bench upload URL FILE N` (FEM_BENCH_USER / FEM_BENCH_PASSWORD_FILE, FEM_BENCH_CA): stage-out of FILE as a
 ///   task's only output (collect, sha256, PUT) vs `curl -T FILE` to the same server.
+/// - `fem-bench publish BROKER_DIR PORT NODE FILE` (bench/fuzz.py): publishes the raw bodies in FILE (each a 4-byte
+///   big-endian length, then the bytes) to the node's task queue as the broker's `fem` user with the operator's
+///   certificate, unchecked, with publisher confirms.
 @main
 struct FEMBench {
     static func main() async throws {
         let args = CommandLine.arguments
-        let usage = "usage: fem-bench docker IMAGE ROUNDS | git URL ROUNDS | upload URL FILE ROUNDS\n"
+        let usage = "usage: fem-bench docker IMAGE ROUNDS | git URL ROUNDS | upload URL FILE ROUNDS | "
+            + "publish BROKER_DIR PORT NODE FILE\n"
         switch (args.count, args.count > 1 ? args[1] : "") {
         case (4, "docker"): try await docker(image: args[2], rounds: Int(args[3]) ?? 10)
         case (4, "git"): try await git(url: args[2], rounds: Int(args[3]) ?? 5)
         case (5, "upload"): try await upload(url: args[2], file: args[3], rounds: Int(args[4]) ?? 3)
+        case (6, "publish"): try publish(brokerDir: args[2], port: Int(args[3]) ?? 5671, node: args[4], file: args[5])
         default:
             FileHandle.standardError.write(Data(usage.utf8))
             exit(2)
         }
+    }
+
+    static func publish(brokerDir: String, port: Int, node: String, file: String) throws {
+        let password = try String(contentsOfFile: "\(brokerDir)/password", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let conn = try AMQPConnection(endpoint: AMQPEndpoint(
+            host: "localhost", port: port, vhost: "/", user: "fem", password: password, caFile: "\(brokerDir)/ca.pem",
+            certFile: "\(brokerDir)/operator.pem", keyFile: "\(brokerDir)/operator.key"))
+        try conn.openChannel(1)
+        try conn.enablePublisherConfirms()
+        let data = try [UInt8](Data(contentsOf: URL(fileURLWithPath: file)))
+        var offset = 0, sent = 0
+        while offset + 4 <= data.count {
+            let n = Int(data[offset]) << 24 | Int(data[offset + 1]) << 16 | Int(data[offset + 2]) << 8 | Int(data[offset + 3])
+            offset += 4
+            guard offset + n <= data.count else { break }
+            _ = try conn.publish(exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(node),
+                                 body: Array(data[offset..<(offset + n)]))
+            offset += n
+            sent += 1
+            if sent % 200 == 0, !(try conn.waitForConfirms()).isEmpty { throw BenchError("the broker refused publishes") }
+        }
+        if !(try conn.waitForConfirms()).isEmpty { throw BenchError("the broker refused publishes") }
+        print("published \(sent)")
+    }
+
+    struct BenchError: Error, CustomStringConvertible {
+        var description: String
+        init(_ d: String) { description = d }
     }
 
     static func docker(image: String, rounds n: Int) async throws {
@@ -91,7 +125,7 @@ struct FEMBench {
         }
         func stageIn(cache: String, sandbox: String) async throws {
             let stage = try SourceStageIn(policy: SourcePolicy(
-                gitURLPrefixes: ["file://"], fileURLPrefixes: [], requireSHA256: true, caFile: nil,
+                gitURLs: try URLPolicy(["file:///"]), fileURLs: URLPolicy(entries: []), requireSHA256: true, caFile: nil,
                 retry: RetryPolicy(attempts: 1, base: .zero), credentials: [:], cacheDir: cache))
             let doc: JSONValue = ["schema_version": 1, "task_id": "b", "execution_id": "bench", "plan": [
                 "schema_version": 1, "id": "bench", "version": "1", "launcher": "process",
@@ -151,8 +185,9 @@ struct FEMBench {
         let size = (try FileManager.default.attributesOfItem(atPath: file)[.size] as? Int64) ?? 0
         let delivery = OutputDelivery(policy: DeliveryPolicy(
             nodeID: "bench", limits: OutputLimits(maxFileBytes: Int64.max, maxTaskBytes: Int64.max),
-            allowedURLs: [url], requireApproval: false, holdLogs: true, retry: RetryPolicy(attempts: 1, base: .zero),
-            credentials: ["bench": Credential(username: user, secret: password)], caFile: env["FEM_BENCH_CA"]))
+            allowedURLs: try URLPolicy([url]), requireApproval: false, holdLogs: true, retry: RetryPolicy(attempts: 1, base: .zero),
+            credentials: ["bench": Credential(username: user, secret: password, urls: try URLPolicy([url]))],
+            caFile: env["FEM_BENCH_CA"]))
         guard let curl = ChildProcess.resolveExecutable("curl", path: "/usr/local/bin:/usr/bin:/bin") else {
             fatalError("curl not found")
         }

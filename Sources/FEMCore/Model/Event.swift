@@ -84,6 +84,8 @@ public struct TaskEvent: Sendable, Codable, Equatable {
 public struct Heartbeat: Sendable, Codable, Equatable {
     public var schemaVersion = 1
     public var kind = "heartbeat"
+    /// The wire protocol version the node speaks (`WireNames.protocolVersion`).
+    public var protocolVersion: Int? = WireNames.protocolVersion
     public var nodeID: String
     public var version: String
     public var time: Date
@@ -108,6 +110,7 @@ public struct Heartbeat: Sendable, Codable, Equatable {
     enum CodingKeys: String, CodingKey {
         case schemaVersion = "schema_version"
         case kind
+        case protocolVersion = "protocol"
         case nodeID = "node_id"
         case version, time, running, queued
         case freeDiskBytes = "free_disk_bytes"
@@ -150,8 +153,10 @@ public struct ControlMessage: Sendable, Codable, Equatable {
     }
 }
 
-/// Exchange and queue names of wire protocol v1, in one place.
+/// Exchange and queue names of the wire protocol, in one place.
 public enum WireNames {
+    /// docs/protocol.md's version. 2: deliveries go to `<url>/<execution_id>/<node_id>/<task_id>/<path>`.
+    public static let protocolVersion = 2
     public static let tasksExchange = "fem.tasks"
     public static let controlExchange = "fem.control"
     public static let eventsExchange = "fem.events"

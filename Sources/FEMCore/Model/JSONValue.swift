@@ -54,15 +54,17 @@ public enum JSONValue: Sendable, Equatable, Codable {
 
     public subscript(key: String) -> JSONValue? { objectValue?[key] }
 
-    /// Parses bytes that must be UTF-8 JSON; the error says which of the two it is not.
-    public static func parse(_ data: Data) throws -> JSONValue {
-        guard String(data: data, encoding: .utf8) != nil else {
+    /// Parses bytes that must be UTF-8 JSON; the error says which of the two it is not. One pass, in time linear
+    /// in the size, nested at most `maxDepth` levels.
+    public static func parse(_ data: Data, maxDepth: Int = 64) throws -> JSONValue {
+        let bytes = [UInt8](data)
+        guard String(validating: bytes, as: UTF8.self) != nil else {
             throw DocumentError.notUTF8
         }
         do {
-            return try JSONDecoder().decode(JSONValue.self, from: data)
-        } catch {
-            throw DocumentError.notJSON(Self.describe(error))
+            return try JSONParser.parse(bytes, maxDepth: maxDepth)
+        } catch let e as JSONParser.Failure {
+            throw DocumentError.notJSON(e.description)
         }
     }
 

@@ -8,60 +8,101 @@ public enum Glob {
         return nil
     }
 
+    /// Matches without backtracking blow-up: `*` within a segment and `**` across segments are each handled by
+    /// the classic single-resume wildcard scan, so the time is at most (pattern length × name length) per level.
     public static func matches(_ pattern: String, _ path: String) -> Bool {
-        let p = pattern.split(separator: "/").map { Array($0) }
+        let p = pattern.split(separator: "/").map { Token.parse(Array($0)) }
         let s = path.split(separator: "/").map { Array($0) }
-        return match(p[...], s[...])
+        return scan(p.count, s.count,
+                    isStar: { p[$0].count == 1 && p[$0][0] == .doubleStar },
+                    matchesOne: { segment(p[$0], s[$1]) })
     }
 
-    private static func match(_ p: ArraySlice<[Character]>, _ s: ArraySlice<[Character]>) -> Bool {
-        guard let first = p.first else { return s.isEmpty }
-        if first == ["*", "*"] {
-            // Zero or more whole segments.
-            var rest = s
-            while true {
-                if match(p.dropFirst(), rest) { return true }
-                guard !rest.isEmpty else { return false }
-                rest = rest.dropFirst()
-            }
-        }
-        guard let seg = s.first, segment(first[...], seg[...]) else { return false }
-        return match(p.dropFirst(), s.dropFirst())
-    }
+    enum Token: Equatable {
+        case literal(Character)
+        case any                                   // ?
+        case star                                  // * within a segment
+        case doubleStar                            // a whole `**` segment
+        case set([ClosedRange<Character>], negated: Bool)
 
-    private static func segment(_ p: ArraySlice<Character>, _ s: ArraySlice<Character>) -> Bool {
-        guard let c = p.first else { return s.isEmpty }
-        switch c {
-        case "*":
-            var rest = s
-            while true {
-                if segment(p.dropFirst(), rest) { return true }
-                guard !rest.isEmpty else { return false }
-                rest = rest.dropFirst()
-            }
-        case "?":
-            return !s.isEmpty && segment(p.dropFirst(), s.dropFirst())
-        case "[":
-            guard let ch = s.first, let close = p.dropFirst(2).firstIndex(of: "]") else {
-                return !s.isEmpty && s.first == "[" && segment(p.dropFirst(), s.dropFirst())
-            }
-            var set = p[(p.startIndex + 1)..<close]
-            let negate = set.first == "!" || set.first == "^"
-            if negate { set = set.dropFirst() }
-            var hit = false
-            var i = set.startIndex
-            while i < set.endIndex {
-                if i + 2 < set.endIndex, set[i + 1] == "-" {
-                    if set[i] <= ch && ch <= set[i + 2] { hit = true }
-                    i += 3
-                } else {
-                    if set[i] == ch { hit = true }
-                    i += 1
+        static func parse(_ chars: [Character]) -> [Token] {
+            if chars == ["*", "*"] { return [.doubleStar] }
+            var tokens: [Token] = []
+            var i = 0
+            while i < chars.count {
+                let c = chars[i]
+                switch c {
+                case "*":
+                    if tokens.last != .star { tokens.append(.star) }
+                case "?":
+                    tokens.append(.any)
+                case "[":
+                    // A class needs at least one member before its "]"; otherwise "[" is literal.
+                    guard i + 2 < chars.count, let close = chars[(i + 2)...].firstIndex(of: "]") else {
+                        tokens.append(.literal("["))
+                        break
+                    }
+                    var set = Array(chars[(i + 1)..<close])
+                    let negated = set.first == "!" || set.first == "^"
+                    if negated { set.removeFirst() }
+                    var ranges: [ClosedRange<Character>] = []
+                    var j = 0
+                    while j < set.count {
+                        if j + 2 < set.count, set[j + 1] == "-" {
+                            if set[j] <= set[j + 2] { ranges.append(set[j]...set[j + 2]) }
+                            j += 3
+                        } else {
+                            ranges.append(set[j]...set[j])
+                            j += 1
+                        }
+                    }
+                    tokens.append(.set(ranges, negated: negated))
+                    i = close
+                default:
+                    tokens.append(.literal(c))
                 }
+                i += 1
             }
-            return hit != negate && segment(p[(close + 1)...], s.dropFirst())
-        default:
-            return s.first == c && segment(p.dropFirst(), s.dropFirst())
+            return tokens
         }
+
+        func matches(_ c: Character) -> Bool {
+            switch self {
+            case .literal(let l): return l == c
+            case .any: return true
+            case .set(let ranges, let negated): return ranges.contains { $0.contains(c) } != negated
+            case .star, .doubleStar: return false
+            }
+        }
+    }
+
+    private static func segment(_ p: [Token], _ s: [Character]) -> Bool {
+        scan(p.count, s.count, isStar: { p[$0] == .star }, matchesOne: { p[$0].matches(s[$1]) })
+    }
+
+    /// Wildcard matching of `n` pattern items against `m` subject items, where a star item matches any run of
+    /// subject items and every other item exactly one. On a mismatch only the most recent star is resumed (one
+    /// item further); earlier stars never need revisiting, so the scan is O(n × m).
+    private static func scan(_ n: Int, _ m: Int, isStar: (Int) -> Bool, matchesOne: (Int, Int) -> Bool) -> Bool {
+        var p = 0, s = 0
+        var starP = -1, starS = 0
+        while s < m {
+            if p < n && !isStar(p) && matchesOne(p, s) {
+                p += 1
+                s += 1
+            } else if p < n && isStar(p) {
+                starP = p
+                starS = s
+                p += 1
+            } else if starP >= 0 {
+                p = starP + 1
+                starS += 1
+                s = starS
+            } else {
+                return false
+            }
+        }
+        while p < n && isStar(p) { p += 1 }
+        return p == n
     }
 }

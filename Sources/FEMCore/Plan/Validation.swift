@@ -40,10 +40,13 @@ public enum Patterns {
     public static let sha256 = #"^[0-9a-f]{64}$"#
     public static let commit = #"^[0-9a-f]{40}$"#
 
+    /// Does `pattern` match the whole of `text`? NSRegularExpression's `$` also matches before a final line
+    /// terminator (`"abc\n"`, `"abc\r\n"`, `"abc\u{2028}"`), so the match must also span every UTF-16 unit.
     public static func matches(_ pattern: String, _ text: String) -> Bool {
         guard let re = cache[pattern] ?? (try? NSRegularExpression(pattern: pattern)) else { return false }
         let range = NSRange(text.startIndex..., in: text)
-        return re.firstMatch(in: text, range: range) != nil
+        guard let match = re.firstMatch(in: text, range: range) else { return false }
+        return match.range.location == 0 && match.range.length == range.length
     }
 
     private static let cache: [String: NSRegularExpression] = {

@@ -87,6 +87,13 @@ public protocol Launcher: Sendable {
     func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery
     func signal(in line: String) -> LaunchSignal?
     var unreachableLimit: Duration? { get }
+    /// After the tool reports `Finished`, how long the work may take to deliver the reply it is still sending
+    /// (a Flower SuperNode's answer to the round in which its ClientApp said `Finished`) before it is stopped.
+    /// Nil: it is stopped at once.
+    var finishDeliveryLimit: Duration? { get }
+    /// How long the work keeps running after that reply went out, for its server to collect it (a SuperLink reports
+    /// a node that left as unavailable even when its reply is stored).
+    var finishLinger: Duration { get }
 }
 
 /// What a launcher reads in its work's log lines (a Flower SuperNode connecting or losing its SuperLink).
@@ -98,6 +105,10 @@ public enum LaunchSignal: Sendable, Equatable {
     /// The work lost (or has not yet reached) its server; past the launcher's `unreachableLimit` the task fails
     /// with `server_unreachable`.
     case disconnected(String)
+    /// The work took a message from its server that it will answer (no event).
+    case messageReceived
+    /// The work delivered an answer to its server (no event).
+    case replySent
 }
 
 extension Launcher {
@@ -105,6 +116,8 @@ extension Launcher {
     public func signal(in line: String) -> LaunchSignal? { nil }
     /// How long the work may stay disconnected from its server. Nil: no limit.
     public var unreachableLimit: Duration? { nil }
+    public var finishDeliveryLimit: Duration? { nil }
+    public var finishLinger: Duration { .zero }
 }
 
 /// The launchers this node can use, built explicitly by the executable (no registration by side effect).

@@ -4,12 +4,16 @@ public struct InboundMessage: Sendable {
 
     public var channel: Channel
     public var body: [UInt8]
+    /// The size the message declared; larger than `body.count` when the source dropped an oversize body unread.
+    public var size: Int
     public var redelivered: Bool
     public var ack: @Sendable () -> Void
 
-    public init(channel: Channel, body: [UInt8], redelivered: Bool, ack: @escaping @Sendable () -> Void) {
+    public init(channel: Channel, body: [UInt8], redelivered: Bool, size: Int? = nil,
+                ack: @escaping @Sendable () -> Void) {
         self.channel = channel
         self.body = body
+        self.size = max(size ?? body.count, body.count)
         self.redelivered = redelivered
         self.ack = ack
     }

@@ -40,8 +40,8 @@ public struct Receiver: Sendable {
         let now = Date()
         let value: JSONValue
         do {
-            if message.body.count > maxMessageBytes {
-                throw DocumentError.tooLarge(limit: maxMessageBytes, actual: message.body.count)
+            if message.size > maxMessageBytes {
+                throw DocumentError.tooLarge(limit: maxMessageBytes, actual: message.size)
             }
             value = try JSONValue.parse(Data(message.body))
         } catch {
@@ -98,9 +98,9 @@ public struct Receiver: Sendable {
 
     private func handleControl(_ message: InboundMessage) async {
         defer { message.ack() }
-        guard message.body.count <= maxMessageBytes,
+        guard message.size <= maxMessageBytes,
               let control = try? JSONDecoder().decode(ControlMessage.self, from: Data(message.body)) else {
-            logger.warning("ignored a malformed control message (\(message.body.count) bytes)")
+            logger.warning("ignored a malformed control message (\(message.size) bytes)")
             return
         }
         guard control.type == "cancel" else {

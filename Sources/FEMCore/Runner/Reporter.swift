@@ -23,7 +23,7 @@ public enum ReportMessage: Sendable, Equatable {
     public static func parse(_ line: String) -> ReportMessage? {
         let trimmed = line.trimmingCharacters(in: .whitespaces)
         guard trimmed.hasPrefix("{"), trimmed.hasSuffix("}"), trimmed.utf8.count <= maxLineBytes,
-              let value = try? JSONDecoder().decode(JSONValue.self, from: Data(trimmed.utf8)),
+              let value = try? JSONValue.parse(Data(trimmed.utf8)),
               case .object(let o) = value, let type = o["type"]?.stringValue else { return nil }
         func text(_ key: String) -> String? {
             switch o[key] {

@@ -14,10 +14,13 @@ public struct RunnerSettings: Sendable {
     public var stopGrace: Duration
     /// Dataset id → host path.
     public var datasets: [String: String]
+    /// `launchers.env_allowed`: the only environment names a plan may set (exact, or `PREFIX*`); empty: any name
+    /// the built-in deny list (EnvironmentPolicy) does not refuse.
+    public var envAllowed: [String]
 
     public init(nodeID: String, nodeName: String? = nil, maxConcurrentTasks: Int = 2, defaultTimeoutSeconds: Int = 3600,
                 allowTimeoutAbovePlan: Bool = false, maxTimeoutSeconds: Int = 7 * 24 * 3600,
-                stopGrace: Duration = .seconds(10), datasets: [String: String] = [:]) {
+                stopGrace: Duration = .seconds(10), datasets: [String: String] = [:], envAllowed: [String] = []) {
         self.nodeID = nodeID
         self.nodeName = nodeName ?? nodeID
         self.maxConcurrentTasks = maxConcurrentTasks
@@ -26,6 +29,7 @@ public struct RunnerSettings: Sendable {
         self.maxTimeoutSeconds = maxTimeoutSeconds
         self.stopGrace = stopGrace
         self.datasets = datasets
+        self.envAllowed = envAllowed
     }
 }
 
@@ -35,6 +39,13 @@ final class WatchState: @unchecked Sendable {
     private var error: String?
     private var lostSince: (ContinuousClock.Instant, String)?
     private var linked: Bool?
+    private var received = 0
+    private var sent = 0
+
+    /// Messages the work took from its server and answers it delivered.
+    var messages: (received: Int, sent: Int) { lock.withLock { (received, sent) } }
+    func messageReceived() { lock.withLock { received += 1 } }
+    func replySent() { lock.withLock { sent += 1 } }
 
     var reportedError: String? { lock.withLock { error } }
     func reportError(_ m: String) { lock.withLock { if error == nil { error = m } } }
@@ -360,7 +371,8 @@ public actor Runner {
     /// Picks the launcher, checks node policy and renders the command. A failure here is a decline.
     private func prepare(_ spec: TaskSpec) -> Result<(job: LaunchJob, launcher: any Launcher), PolicyDecline> {
         guard let launcher = registry.launcher(named: spec.plan.launcher) else {
-            return .failure(PolicyDecline("launcher \"\(spec.plan.launcher)\" is not enabled on this node (enabled: "
+            return .failure(PolicyDecline("launcher \"\(spec.plan.launcher)\" is not enabled on this node "
+                                          + "(launchers.enabled: "
                                           + (registry.names.isEmpty ? "none" : registry.names.joined(separator: ", "))
                                           + ")"))
         }
@@ -381,6 +393,10 @@ public actor Runner {
             return .failure(PolicyDecline("\(error)"))
         }
         let job = LaunchJob(task: spec, command: command, sandbox: hostPaths)
+        // Every launcher: no plan variable that makes a program load or run other code (EnvironmentPolicy).
+        if let reason = EnvironmentPolicy.problem(in: spec.plan.env, allowed: settings.envAllowed) {
+            return .failure(PolicyDecline(reason))
+        }
         if let reason = stageIn.check(spec.plan) { return .failure(PolicyDecline(reason)) }
         if let reason = stageOut.check(spec.stageOut) { return .failure(PolicyDecline(reason)) }
         if let reason = launcher.policyCheck(job) { return .failure(PolicyDecline(reason)) }
@@ -513,6 +529,9 @@ public actor Runner {
                 if case .exited(let o) = first { return (first, o) }
                 return (first, nil)
             case .timedOut, .cancelled, .reportedError, .finished, .unreachable:
+                if case .finished = first, let limit = launcher.finishDeliveryLimit {
+                    await Self.awaitDelivery(watch, limit: limit, linger: launcher.finishLinger)
+                }
                 await launcher.stop(handle, grace: grace)
                 var ended: LaunchOutcome?
                 while let r = await group.next() {
@@ -564,6 +583,24 @@ public actor Runner {
         return Self.addingUsage(of: result.1, to: decide())
     }
 
+    /// After `Finished`: waits until the work has delivered a reply sent after it (the answer to the round in which
+    /// the tool said it), or, when nothing it took is left unanswered, a few seconds for a late log line (the
+    /// tool's stdout and the work's stderr are read separately, so "received" may trail "Finished"), at most `limit`;
+    /// then `linger` for the server to collect the reply.
+    static func awaitDelivery(_ watch: WatchState, limit: Duration, linger: Duration) async {
+        let start = ContinuousClock.now
+        let sentAtFinish = watch.messages.sent
+        while ContinuousClock.now - start < limit {
+            let m = watch.messages
+            if m.sent > sentAtFinish {
+                try? await Task.sleep(for: linger)
+                return
+            }
+            if m.received <= m.sent && ContinuousClock.now - start >= .seconds(3) { return }
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+    }
+
     /// What each line of the work's logs means: reporter messages (stdout only) and launcher signals.
     private nonisolated func lineHandler(_ taskID: String, launcher: any Launcher, watch: WatchState,
                                          verdict: AsyncStream<Race>.Continuation)
@@ -580,6 +617,8 @@ public actor Runner {
                     if watch.connect() { note(.notice, m, ["link": "connected"]) }
                 case .disconnected(let m):
                     if watch.disconnect(m) { note(.notice, m, ["link": "disconnected"]) }
+                case .messageReceived: watch.messageReceived()
+                case .replySent: watch.replySent()
                 }
             }
             guard isStdout, let report = ReportMessage.parse(line) else { return }

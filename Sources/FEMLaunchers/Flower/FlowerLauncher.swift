@@ -24,12 +24,18 @@ public struct FlowerLauncherConfig: Sendable {
     public var unreachableLimit: Duration
     /// The rest of a client's PATH, after its environment's `bin`.
     public var path: String
+    /// The only SuperLinks (supernode mode) or servers (script mode) a task may name
+    /// (`launchers.flower.allowed_superlinks`). Empty: every flower task is declined.
+    public var allowedSuperlinks: [HostPort]
+    /// May pip build packages from source (running their build code) instead of installing wheels only?
+    public var allowSourceBuilds: Bool
     /// The task user and cgroup limits (see HostProcesses); Flower clients always use the host network.
     public var confinement: HostConfinementConfig
 
     public init(python: String, venvDir: String, wheelDir: String?, allowInsecure: Bool, rootCertificates: String?,
                 connectAttempts: Int, retryDelay: Duration, unreachableLimit: Duration,
-                path: String = "/usr/local/bin:/usr/bin:/bin",
+                path: String = "/usr/local/bin:/usr/bin:/bin", allowedSuperlinks: [HostPort] = [],
+                allowSourceBuilds: Bool = false,
                 confinement: HostConfinementConfig = .unconfined(section: "launchers.flower")) {
         self.python = python
         self.venvDir = venvDir
@@ -40,6 +46,8 @@ public struct FlowerLauncherConfig: Sendable {
         self.retryDelay = retryDelay
         self.unreachableLimit = unreachableLimit
         self.path = path
+        self.allowedSuperlinks = allowedSuperlinks
+        self.allowSourceBuilds = allowSourceBuilds
         self.confinement = confinement
     }
 }
@@ -62,6 +70,12 @@ public final class FlowerLauncher: Launcher, Sendable {
     }
 
     public var unreachableLimit: Duration? { config.unreachableLimit }
+    /// A ClientApp says `Finished` inside its last round; the SuperNode's reply to that round must still reach the
+    /// SuperLink, or the server counts the node as failed in it.
+    public var finishDeliveryLimit: Duration? { .seconds(30) }
+    /// A SuperLink answers the ServerApp's pull for a node that has left with "Node Unavailable", even when the
+    /// node's reply is stored; the ServerApp pulls every 3 s (flwr 1.41 `Grid.send_and_receive`).
+    public var finishLinger: Duration { .seconds(5) }
 
     public func toolPaths(forHost sandbox: ToolPaths) -> ToolPaths { sandbox }
 
@@ -76,9 +90,22 @@ public final class FlowerLauncher: Launcher, Sendable {
         if plan.mode == .script && job.task.plan.source == nil {
             return "flower.entry: a script client needs the tool's source (git or files) to run \(plan.entry ?? "")"
         }
-        if hostPort(task.server) == nil {
+        guard let server = HostPort.parse(task.server) else {
             return "flower.server: \"\(task.server)\" is not host:port"
         }
+        if config.allowedSuperlinks.isEmpty {
+            return "flower.server: this node takes part in no Flower federation (launchers.flower.allowed_superlinks "
+                + "is empty)"
+        }
+        if !config.allowedSuperlinks.contains(server) {
+            return "flower.server: \"\(task.server)\" is not in this node's launchers.flower.allowed_superlinks"
+        }
+        if plan.mode == .script && !config.allowInsecure {
+            // The node only hands a client script its server's address: it cannot make the script use TLS.
+            return "flower.mode: a script client chooses its own connection and the node cannot make it use TLS, so "
+                + "script clients run only where launchers.flower.allow_insecure = true"
+        }
+        if case .failure(let d) = PythonRequirement.parseAll(plan.requirements) { return d.reason }
         return nil
     }
 
@@ -93,6 +120,11 @@ public final class FlowerLauncher: Launcher, Sendable {
         if text.contains("Connection attempt failed") {
             return .disconnected("cannot reach the SuperLink (the SuperNode keeps retrying)")
         }
+        // Flower 1.41's SuperNode: "Receiving: <kind> message (ID …)" then "Received successfully"; after the
+        // ClientApp ran, "Sending: <kind> message (ID …)" then "Sent successfully".
+        let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        if trimmed.hasSuffix("Received successfully") { return .messageReceived }
+        if trimmed.hasSuffix("Sent successfully") { return .replySent }
         return nil
     }
 
@@ -116,8 +148,15 @@ public final class FlowerLauncher: Launcher, Sendable {
         guard let plan = job.task.plan.flower, let task = job.task.flower else {
             throw TaskFailure(.runnerSystemFailure, "flower: plan or task section missing")
         }
-        let venv = try await PythonEnvironments(python: config.python, root: config.venvDir, wheelDir: config.wheelDir)
-            .ensure(tool: job.task.plan.id, version: job.task.plan.version, requirements: plan.requirements,
+        let requirements: [PythonRequirement]
+        switch PythonRequirement.parseAll(plan.requirements) {
+        case .success(let r): requirements = r
+        case .failure(let d): throw TaskFailure(.taskFailure, d.reason)
+        }
+        try FileManager.default.createDirectory(atPath: job.sandbox.logs, withIntermediateDirectories: true)
+        let venv = try await PythonEnvironments(python: config.python, root: config.venvDir, wheelDir: config.wheelDir,
+                                                allowSourceBuilds: config.allowSourceBuilds)
+            .ensure(tool: job.task.plan.id, version: job.task.plan.version, requirements: requirements,
                     log: "\(job.sandbox.logs)/venv.log")
         var env = job.command.environment
         env["PATH"] = "\(venv)/bin:\(config.path)"

@@ -3,17 +3,23 @@ import FEMSystem
 import Foundation
 
 /// Virtual environments for Python tools, under one folder, cached by tool id, version and a hash of the
-/// requirements (and the interpreter and wheel folder they came from). Made once, under a lock, from PyPI or from a
-/// folder of wheels; a half-made one (no `.fem-ready` marker) is made again.
+/// requirements (and the interpreter, wheel folder and install options they came from). Made once, under a lock,
+/// from PyPI or from a folder of wheels; a half-made one (no `.fem-ready` marker) is made again.
+/// pip installs only checked `name==version` pins (PythonRequirement) from a requirements file the node writes:
+/// wheels only unless `allowSourceBuilds`, and `--require-hashes` when the pins carry hashes.
 struct PythonEnvironments: Sendable {
     let python: String
     let root: String
     let wheelDir: String?
+    var allowSourceBuilds = false
 
-    /// The environment's folder, made if needed. pip's output goes to `log`.
-    func ensure(tool: String, version: String, requirements: [String], log: String) async throws -> String {
+    /// The environment's folder, made if needed. pip's output goes to `log` (the task's log folder) and never into
+    /// an event: a failure says only what failed and where the log is.
+    func ensure(tool: String, version: String, requirements: [PythonRequirement], log: String) async throws -> String {
+        let lines = requirements.map(\.line).sorted()
         let hasher = SHA256Digest()
-        hasher.update(Array(([python, wheelDir ?? "pypi"] + requirements.sorted()).joined(separator: "\n").utf8))
+        hasher.update(Array(([python, wheelDir ?? "pypi", allowSourceBuilds ? "source-builds" : "wheels-only"] + lines)
+            .joined(separator: "\n").utf8))
         let dir = "\(root)/\(tool)-\(version)-\(hasher.finalizeHex().prefix(16))"
         if FileManager.default.fileExists(atPath: "\(dir)/.fem-ready") { return dir }
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -23,12 +29,20 @@ struct PythonEnvironments: Sendable {
         try? FileManager.default.removeItem(atPath: dir)
         try await run(python, ["-m", "venv", dir], log: log, what: "creating the Python environment")
         if !requirements.isEmpty {
-            var args = ["install", "--disable-pip-version-check", "--no-input"]
+            let file = "\(dir)/fem-requirements.txt"
+            do {
+                try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: URL(fileURLWithPath: file))
+            } catch {
+                throw TaskFailure(.stageInFailure, "cannot write the requirements file \(file): \(error)")
+            }
+            var args = ["install", "--disable-pip-version-check", "--no-input", "--isolated"]
+            if !allowSourceBuilds { args += ["--only-binary", ":all:"] }
+            if requirements.contains(where: { !$0.hashes.isEmpty }) { args.append("--require-hashes") }
             if let wheelDir { args += ["--no-index", "--find-links", wheelDir] }
-            try await run("\(dir)/bin/pip", args + requirements, log: log,
-                          what: "installing \(requirements.joined(separator: " "))")
+            try await run("\(dir)/bin/pip", args + ["-r", file], log: log,
+                          what: "installing \(requirements.map { "\($0.name)==\($0.version)" }.joined(separator: " "))")
         }
-        _ = FileManager.default.createFile(atPath: "\(dir)/.fem-ready", contents: Data(requirements.joined(separator: "\n").utf8))
+        _ = FileManager.default.createFile(atPath: "\(dir)/.fem-ready", contents: Data(lines.joined(separator: "\n").utf8))
         return dir
     }
 
@@ -44,9 +58,9 @@ struct PythonEnvironments: Sendable {
         }
         let status = await ChildProcess.exitStatus(of: child.pid)
         guard status == .exited(0) else {
-            let tail = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").suffix(3)
-                .joined(separator: " | ")
-            throw TaskFailure(.stageInFailure, "\(what) failed (\(status)): \(tail)")
+            // Never pip's own words: they can quote any file it was pointed at.
+            throw TaskFailure(.stageInFailure, "\(what) failed (\(status)); see the task's log "
+                              + "(logs/\(URL(fileURLWithPath: log).lastPathComponent))")
         }
     }
 }

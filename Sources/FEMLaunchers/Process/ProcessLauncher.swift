@@ -6,9 +6,10 @@ import Glibc
 #endif
 
 /// Node settings for host processes. Host processes are opt-in: the launcher exists only when the node config
-/// enables it, and `allowedExecutables` can limit it further.
+/// enables it, and then runs only the programs in `allowedExecutables`.
 public struct ProcessLauncherConfig: Sendable {
-    /// Absolute paths or names resolved on `path`. Empty means any executable.
+    /// Absolute paths of the programs tasks may run (`launchers.process.allowed_executables`), compared by their
+    /// resolved path (symlinks followed). Empty: none (NodeConfig refuses to start the launcher that way).
     public var allowedExecutables: [String]
     /// The PATH a task's process gets (its environment is otherwise only what the plan declares).
     public var path: String
@@ -39,40 +40,79 @@ public final class ProcessLauncher: Launcher, Sendable {
 
     public func datasetPath(id: String, hostPath: String) -> String { hostPath }
 
-    func resolve(_ job: LaunchJob) -> String? {
-        guard let program = job.command.argv.first else { return nil }
-        return ChildProcess.resolveExecutable(program, path: config.path)
+    /// The file the task's program is, resolved once (`realpath`: every symlink followed) and checked against the
+    /// allowlist by that resolved path; the launcher executes exactly this path. A relative program (`usr/bin/python3`
+    /// would be looked up inside the task's `src/`) or a bare name (looked up on a PATH) is refused: a plan names
+    /// its program by the absolute path the node admin allowed.
+    func authorize(_ job: LaunchJob) -> Result<String, PolicyDecline> {
+        guard let program = job.command.argv.first, !program.isEmpty else {
+            return .failure(PolicyDecline("command.base: the command is empty"))
+        }
+        guard program.hasPrefix("/") else {
+            let what = program.contains("/")
+                ? "is a relative path (it would be looked up inside the task's src/)"
+                : "is a bare program name (it would be looked up on a PATH)"
+            return .failure(PolicyDecline("command.base[0]: \"\(program)\" \(what); this node runs only programs named "
+                                          + "by an absolute path listed in launchers.process.allowed_executables"))
+        }
+        guard !config.allowedExecutables.isEmpty else {
+            return .failure(PolicyDecline("this node allows no host programs (launchers.process.allowed_executables "
+                                          + "is empty)"))
+        }
+        guard let resolved = Self.realPath(program) else {
+            return .failure(PolicyDecline("executable \"\(program)\" is not found on this node"))
+        }
+        guard Self.isExecutableFile(resolved) else {
+            return .failure(PolicyDecline("executable \"\(program)\" (\(resolved)) is not an executable file"))
+        }
+        let allowed = Set(config.allowedExecutables.filter { $0.hasPrefix("/") }.compactMap(Self.realPath))
+        guard allowed.contains(resolved) else {
+            return .failure(PolicyDecline("executable \"\(program)\" (\(resolved)) is not in this node's "
+                                          + "launchers.process.allowed_executables"))
+        }
+        return .success(resolved)
+    }
+
+    /// `realpath(3)`: the absolute path with every symlink, `.` and `..` resolved against the real file system.
+    static func realPath(_ path: String) -> String? {
+        guard let p = realpath(path, nil) else { return nil }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
+    /// What an allowlist entry resolves to, if it is an executable file on this host (for `fem-client check`).
+    public static func resolvedExecutable(_ path: String) -> String? {
+        guard path.hasPrefix("/"), let real = realPath(path), isExecutableFile(real) else { return nil }
+        return real
+    }
+
+    static func isExecutableFile(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG && access(path, X_OK) == 0
     }
 
     public func policyCheck(_ job: LaunchJob) -> String? {
         if let refused = processes.policyCheck(job) { return refused }
-        guard let program = job.command.argv.first else { return "the command is empty" }
-        guard let resolved = resolve(job) else {
-            return "executable \"\(program)\" is not found on this node (PATH \(config.path))"
-        }
-        if !config.allowedExecutables.isEmpty {
-            let allowed = config.allowedExecutables.compactMap { ChildProcess.resolveExecutable($0, path: config.path) }
-            let real = URL(fileURLWithPath: resolved).resolvingSymlinksInPath().path
-            let allowedReal = allowed.map { URL(fileURLWithPath: $0).resolvingSymlinksInPath().path }
-            if !allowed.contains(resolved) && !allowedReal.contains(real) {
-                return "executable \"\(program)\" (\(resolved)) is not in this node's allowed executables"
-            }
-        }
+        if case .failure(let d) = authorize(job) { return d.reason }
         return nil
     }
 
-    /// The environment is what the plan declares plus the node's FEM_* variables, PATH, HOME and LANG.
+    /// The environment is what the plan declares plus the node's FEM_* variables, PATH, HOME and LANG. PATH and
+    /// HOME are the node's (a plan cannot set them: EnvironmentPolicy).
     func environment(_ job: LaunchJob) -> [String: String] {
         var env = job.command.environment
-        env["PATH"] = env["PATH"] ?? config.path
-        env["HOME"] = env["HOME"] ?? job.sandbox.sandbox
+        env["PATH"] = config.path
+        env["HOME"] = job.sandbox.sandbox
         env["LANG"] = env["LANG"] ?? "C.UTF-8"
         return env
     }
 
     public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
-        guard let executable = resolve(job) else {
-            throw TaskFailure(.taskFailure, "executable \"\(job.command.argv.first ?? "")\" is not found")
+        // Resolved and checked here, once, and that very path is what runs.
+        let executable: String
+        switch authorize(job) {
+        case .success(let path): executable = path
+        case .failure(let d): throw TaskFailure(.taskFailure, d.reason)
         }
         return try processes.spawn(job, executable: executable, arguments: Array(job.command.argv.dropFirst()),
                                    environment: environment(job), persist: persist)

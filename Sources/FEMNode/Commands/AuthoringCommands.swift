@@ -164,12 +164,14 @@ extension FEMClientCommand {
             let outDir = URL(fileURLWithPath: output ?? "\(config.workDir)/outputs").standardizedFileURL.path
             // The person running this chose the output folder, and is the one who would approve: a local run
             // delivers there, without the airlock.
-            config.outputAllowedURLs = ["file://\(outDir)"]
+            let outURL = "file://" + (outDir.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? outDir)
+            try FileManager.default.createDirectory(atPath: outDir, withIntermediateDirectories: true)
+            config.outputAllowedURLs = [outURL]
             config.requireApproval = false
-            task.stageOut = StageOutTarget(url: "file://\(outDir)", credentials: nil, token: nil)
+            task.stageOut = StageOutTarget(url: outURL, credentials: nil, token: nil)
             var document = try DocumentFile.task(from: file, params: params).objectValue ?? [:]
             document["task_id"] = .string(task.taskID)
-            document["stage_out"] = .object(["url": .string("file://\(outDir)")])
+            document["stage_out"] = .object(["url": .string(outURL)])
 
             let logPath = "\(config.workDir)/run.log"
             try FileManager.default.createDirectory(atPath: config.workDir, withIntermediateDirectories: true)
@@ -192,7 +194,7 @@ extension FEMClientCommand {
             print("")
             print("state    \(rec.state.rawValue)\(rec.failureClass.map { " (\($0.rawValue))" } ?? "")")
             print("logs     \(sandbox.logs)/stdout.log, \(sandbox.logs)/stderr.log")
-            print("outputs  \(outDir)/\(task.executionID)/\(config.nodeID)  (manifest.json lists them)")
+            print("outputs  \(outDir)/\(task.executionID)/\(config.nodeID)/\(task.taskID)  (manifest.json lists them)")
             print("journal  \(config.journalPath); node log \(logPath)")
             if rec.state != .completed { throw ExitCode(1) }
         }
@@ -217,7 +219,8 @@ final class EventPrinter: @unchecked Sendable {
     }
 }
 
-/// Settings for local commands: the node config when it exists, else a local node with the process launcher.
+/// Settings for local commands: the node config when it exists, else a local node with the process launcher for a
+/// few shells and interpreters.
 enum LocalNode {
     static func config(_ path: String, workDir: String?) throws -> NodeConfig {
         var config: NodeConfig
@@ -264,8 +267,13 @@ extension NodeConfig {
             ca_file = ""
             cert_file = ""
             key_file = ""
+            [launchers]
+            # A local dry run is the tool author's own: host processes for the usual shells and interpreters.
+            enabled = ["process"]
+            [launchers.process]
+            allowed_executables = ["/bin/sh", "/bin/bash", "/usr/bin/python3", "/usr/bin/Rscript"]
             [stage_in]
-            git_allowed_urls = ["https://", "file://"]
+            git_allowed_urls = ["file:///"]
             """
         // The text above is fixed and valid; a failure here is a programming error caught by the tests.
         return try! parse(text, source: "(built-in local defaults)", environment: [:], brokerFiles: false)

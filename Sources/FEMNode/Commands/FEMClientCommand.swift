@@ -1,6 +1,7 @@
 import ArgumentParser
 import FEMCore
 import FEMJournal
+import FEMLaunchers
 import FEMSystem
 import FEMTransport
 import Foundation
@@ -87,6 +88,17 @@ extension FEMClientCommand {
                     print("FAIL  \(failures.last!)")
                 }
             }
+            if config.enabledLaunchers.contains("process") {
+                // Compared by resolved path: say what each entry really is, and which ones match nothing here.
+                for program in config.processAllowedExecutables {
+                    if let real = ProcessLauncher.resolvedExecutable(program) {
+                        print("ok    process: tasks may run \(program)\(real == program ? "" : " (\(real))")")
+                    } else {
+                        print("warn  process: launchers.process.allowed_executables lists \(program), which is not an "
+                              + "executable file on this host")
+                    }
+                }
+            }
             if config.enabledLaunchers.contains("flower") {
                 let python = config.flower.python
                 if FileManager.default.isExecutableFile(atPath: python) {
@@ -124,6 +136,16 @@ extension FEMClientCommand {
                 }
             }
             print("info  launchers enabled: \(config.enabledLaunchers.joined(separator: ", "))")
+            for (key, list, what) in [("stage_in.git_allowed_urls", config.gitAllowedURLs, "no git source can be fetched"),
+                                      ("stage_in.file_allowed_urls", config.fileAllowedURLs, "no task file can be downloaded"),
+                                      ("outputs.allowed_urls", config.outputAllowedURLs,
+                                       "no task can name a stage_out target; outputs stay in the sandbox")] {
+                if list.isEmpty {
+                    print("info  \(key) is empty: egress denied (\(what))")
+                } else {
+                    print("info  \(key): \(list.joined(separator: ", "))")
+                }
+            }
             print("info  datasets: \(config.datasets.isEmpty ? "none" : config.datasets.keys.sorted().joined(separator: ", "))")
             print("info  libraries: rabbitmq-c \(LibraryVersions.rabbitmq), libgit2 \(LibraryVersions.libgit2), "
                   + LibraryVersions.curl)
@@ -183,12 +205,12 @@ extension FEMClientCommand {
                 return
             }
             print("task       \(rec.taskID)")
-            print("execution  \(rec.executionID)")
+            print("execution  \(TextEscaping.escaped(rec.executionID))")
             print("state      \(rec.state.rawValue)")
             print("launcher   \(rec.launcher)")
             if let e = rec.exitCode { print("exit code  \(e)") }
             if let c = rec.failureClass { print("class      \(c.rawValue)") }
-            if let m = rec.message { print("message    \(m)") }
+            if let m = rec.message { print("message    \(TextEscaping.escaped(m))") }
             print("sandbox    \(config.workDir)/sandboxes/\(taskID)")
             print("events:")
             for e in history { print("  " + TaskView.eventLine(e)) }
@@ -204,8 +226,8 @@ enum TaskView {
         var detail = r.failureClass.map { "\($0.rawValue) " } ?? ""
         if let e = r.exitCode { detail += "exit=\(e) " }
         detail += r.message ?? ""
-        return pad(r.taskID, 38) + pad(r.state.rawValue, 18) + pad(r.launcher, 10) + pad(FEMTime.format(r.updatedAt), 26)
-            + detail
+        return pad(TextEscaping.escaped(r.taskID), 38) + pad(r.state.rawValue, 18) + pad(r.launcher, 10)
+            + pad(FEMTime.format(r.updatedAt), 26) + TextEscaping.escaped(detail)
     }
 
     static func json(_ r: TaskRecord) -> JSONValue {
@@ -224,7 +246,7 @@ enum TaskView {
         var s = "\(FEMTime.format(e.time))  #\(e.seq)  \(e.kind == .state ? e.state.rawValue : e.kind.rawValue)"
         if let c = e.detail.failureClass { s += "  class=\(c.rawValue)" }
         if let x = e.detail.exitCode { s += "  exit=\(x)" }
-        if let m = e.detail.message { s += "  \(m)" }
+        if let m = e.detail.message { s += "  \(TextEscaping.escaped(m))" }
         return s
     }
 

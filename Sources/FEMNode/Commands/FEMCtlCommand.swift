@@ -202,7 +202,8 @@ struct WatchTable {
         if let x = e.detail.exitCode { detail += "exit=\(x) " }
         detail += e.detail.message ?? ""
         let state = e.kind == .state ? e.state.rawValue : "\(e.state.rawValue)/\(e.kind.rawValue)"
-        return TaskView.pad(e.nodeID, 14) + TaskView.pad(e.taskID ?? "-", 38) + TaskView.pad(state, 18)
-            + TaskView.pad("\(e.seq)", 5) + detail
+        // Event text comes from messages and tools: escaped before it reaches the terminal.
+        return TaskView.pad(TextEscaping.escaped(e.nodeID), 14) + TaskView.pad(TextEscaping.escaped(e.taskID ?? "-"), 38)
+            + TaskView.pad(state, 18) + TaskView.pad("\(e.seq)", 5) + TextEscaping.escaped(detail)
     }
 }

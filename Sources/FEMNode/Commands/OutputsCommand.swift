@@ -123,14 +123,14 @@ struct OutputsCommand: AsyncParsableCommand {
             let m = manifest.view
             print("task        \(taskID)   (\(rec.state.rawValue))")
             print("execution   \(rec.executionID)")
-            print("tool        \(m.toolName)")
+            print("tool        \(TextEscaping.escaped(m.toolName))")
             if let commit = m.git_commit { print("git commit  \(commit)") }
             if let image = m.image_digest ?? m.image { print("image       \(image)") }
             print("outcome     \(m.state)" + (m.exit_code.map { ", exit \($0)" } ?? ""))
             print("sandbox     \(config.workDir)/sandboxes/\(taskID)")
             print("files       \(m.files.count), \(m.bytes) bytes")
             for f in m.files {
-                print("  \(String(f.size).leftPadded(12))  \(f.path)  sha256 \(f.sha256)")
+                print("  \(String(f.size).leftPadded(12))  \(TextEscaping.escaped(f.path))  sha256 \(f.sha256)")
             }
         }
     }

@@ -33,7 +33,10 @@ public struct NodeConfig: Sendable {
     public var prefetch: Int
     public var maxMessageBytes: Int
 
+    /// `launchers.enabled`: nothing runs unless listed.
     public var enabledLaunchers: [String]
+    /// `launchers.env_allowed`: the only environment names plans may set (on top of the built-in deny list).
+    public var envAllowed: [String]
     public var processAllowedExecutables: [String]
     public var processPath: String
     /// `launchers.process.user`, limits, network and `allow_unconfined`: how host processes are confined.
@@ -57,6 +60,10 @@ public struct NodeConfig: Sendable {
     public var stageInCAFile: String?
     public var retries: Int
     public var retryDelayMilliseconds: Int
+    /// `stage_in.max_file_mb`: the largest task file a download may bring.
+    public var maxStageInFileMB: Int
+    /// `journal.keep_days`: how long a finished task's document stays in the journal.
+    public var journalKeepDays: Int
 
     /// `[sandboxes]`: hours a finished task's sandbox is kept, by how it ended (0: removed at once).
     public var keepCompletedHours: Int
@@ -148,7 +155,8 @@ extension NodeConfig {
         Key(name: "broker.key_file", kind: .path, fallback: nil),
         Key(name: "broker.prefetch", kind: .int(min: 1, max: 65_535), fallback: 16),
         Key(name: "broker.max_message_bytes", kind: .int(min: 1024, max: 128 << 20), fallback: 1 << 20),
-        Key(name: "launchers.enabled", kind: .strings, fallback: ["process"]),
+        Key(name: "launchers.enabled", kind: .strings, fallback: [String]()),
+        Key(name: "launchers.env_allowed", kind: .strings, fallback: [String]()),
         Key(name: "launchers.process.allowed_executables", kind: .strings, fallback: [String]()),
         Key(name: "launchers.process.path", kind: .string, fallback: "/usr/local/bin:/usr/bin:/bin"),
         Key(name: "launchers.process.user", kind: .string, fallback: "fem-task"),
@@ -169,7 +177,9 @@ extension NodeConfig {
         Key(name: "launchers.docker.tmpfs_mb", kind: .int(min: 1, max: 1 << 20), fallback: 64),
         Key(name: "launchers.docker.allow_host_network", kind: .bool, fallback: false),
         Key(name: "launchers.docker.allow_gpus", kind: .bool, fallback: false),
-        Key(name: "launchers.flower.python", kind: .path, fallback: "/usr/bin/python3"),
+        Key(name: "launchers.flower.python", kind: .string, fallback: "/usr/bin/python3"),
+        Key(name: "launchers.flower.allowed_superlinks", kind: .strings, fallback: [String]()),
+        Key(name: "launchers.flower.allow_source_builds", kind: .bool, fallback: false),
         Key(name: "launchers.flower.venv_dir", kind: .path, fallback: ""),
         Key(name: "launchers.flower.wheel_dir", kind: .path, fallback: ""),
         Key(name: "launchers.flower.allow_insecure", kind: .bool, fallback: false),
@@ -184,8 +194,9 @@ extension NodeConfig {
         Key(name: "launchers.flower.default_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 2048),
         Key(name: "launchers.flower.max_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 8192),
         Key(name: "launchers.flower.max_cpus", kind: .int(min: 1, max: 1024), fallback: 2),
-        Key(name: "stage_in.git_allowed_urls", kind: .strings, fallback: ["https://"]),
-        Key(name: "stage_in.file_allowed_urls", kind: .strings, fallback: ["https://"]),
+        Key(name: "stage_in.git_allowed_urls", kind: .strings, fallback: [String]()),
+        Key(name: "stage_in.file_allowed_urls", kind: .strings, fallback: [String]()),
+        Key(name: "stage_in.max_file_mb", kind: .int(min: 1, max: 1 << 20), fallback: 1024),
         Key(name: "stage_in.require_sha256", kind: .bool, fallback: true),
         Key(name: "stage_in.ca_file", kind: .path, fallback: ""),
         Key(name: "stage_in.retries", kind: .int(min: 1, max: 20), fallback: 4),
@@ -194,13 +205,17 @@ extension NodeConfig {
         Key(name: "sandboxes.keep_failed_hours", kind: .int(min: 0, max: 87_600), fallback: 168),
         Key(name: "outputs.max_file_bytes", kind: .int(min: 1, max: Int.max), fallback: 1 << 30),
         Key(name: "outputs.max_task_bytes", kind: .int(min: 1, max: Int.max), fallback: 4 << 30),
-        Key(name: "outputs.allowed_urls", kind: .strings, fallback: ["https://"]),
+        Key(name: "outputs.allowed_urls", kind: .strings, fallback: [String]()),
         Key(name: "outputs.require_approval", kind: .bool, fallback: false),
         Key(name: "outputs.hold_logs", kind: .bool, fallback: true),
         Key(name: "outputs.ca_file", kind: .path, fallback: ""),
         Key(name: "outputs.retries", kind: .int(min: 1, max: 50), fallback: 5),
         Key(name: "outputs.retry_delay_ms", kind: .int(min: 0, max: 600_000), fallback: 1000),
+        Key(name: "journal.keep_days", kind: .int(min: 1, max: 36_500), fallback: 30),
     ]
+
+    /// The URL allowlists: each entry must parse (scheme://host[:port]/path, `*.domain` for subdomains).
+    static let urlListKeys = ["stage_in.git_allowed_urls", "stage_in.file_allowed_urls", "outputs.allowed_urls"]
 
     public static let knownLaunchers = ["process", "docker", "flower"]
 
@@ -268,6 +283,7 @@ extension NodeConfig {
             problems.append("launchers.enabled: \"\(l)\" is not a launcher this build has (it has: "
                             + knownLaunchers.joined(separator: ", ") + ")")
         }
+        problems += launcherProblems(values, enabled: enabled)
         if let id = values["node.id"] as? String, !Patterns.matches(#"^[a-z0-9][a-z0-9-]{0,62}$"#, id) {
             problems.append("node.id: \"\(id)\" must be lowercase letters, digits and '-' (it names queues)")
         }
@@ -289,6 +305,15 @@ extension NodeConfig {
         for name in ["broker.ca_file", "broker.cert_file", "broker.key_file"] where brokerFiles {
             if let p = values[name] as? String, !FileManager.default.isReadableFile(atPath: p) {
                 problems.append("\(name): cannot read \(p)")
+            }
+        }
+        for name in urlListKeys {
+            if let list = values[name] as? [String] {
+                do {
+                    _ = try URLPolicy(list)
+                } catch {
+                    problems.append("\(name): \(error)")
+                }
             }
         }
         for name in ["stage_in.ca_file", "outputs.ca_file"] {
@@ -334,6 +359,7 @@ extension NodeConfig {
             keyFile: values["broker.key_file"] as! String, prefetch: values["broker.prefetch"] as! Int,
             maxMessageBytes: values["broker.max_message_bytes"] as! Int,
             enabledLaunchers: enabled,
+            envAllowed: values["launchers.env_allowed"] as! [String],
             processAllowedExecutables: values["launchers.process.allowed_executables"] as! [String],
             processPath: values["launchers.process.path"] as! String,
             processConfinement: confinement("process"),
@@ -355,7 +381,10 @@ extension NodeConfig {
                 connectAttempts: values["launchers.flower.connect_attempts"] as! Int,
                 retryDelay: .milliseconds(values["launchers.flower.retry_delay_ms"] as! Int),
                 unreachableLimit: .seconds(values["launchers.flower.unreachable_seconds"] as! Int),
-                path: values["launchers.process.path"] as! String, confinement: confinement("flower")),
+                path: values["launchers.process.path"] as! String,
+                allowedSuperlinks: (values["launchers.flower.allowed_superlinks"] as! [String]).compactMap(HostPort.parse),
+                allowSourceBuilds: values["launchers.flower.allow_source_builds"] as! Bool,
+                confinement: confinement("flower")),
             hooks: hooks,
             registries: registries, credentials: credentials,
             gitAllowedURLs: values["stage_in.git_allowed_urls"] as! [String],
@@ -363,6 +392,8 @@ extension NodeConfig {
             requireSHA256: values["stage_in.require_sha256"] as! Bool,
             stageInCAFile: nonEmpty(values["stage_in.ca_file"]),
             retries: values["stage_in.retries"] as! Int, retryDelayMilliseconds: values["stage_in.retry_delay_ms"] as! Int,
+            maxStageInFileMB: values["stage_in.max_file_mb"] as! Int,
+            journalKeepDays: values["journal.keep_days"] as! Int,
             keepCompletedHours: values["sandboxes.keep_completed_hours"] as! Int,
             keepFailedHours: values["sandboxes.keep_failed_hours"] as! Int,
             maxOutputFileBytes: Int64(values["outputs.max_file_bytes"] as! Int),
@@ -388,6 +419,35 @@ extension NodeConfig {
             return nil
         }
         return user
+    }
+
+    /// Host launchers run only what the admin listed: `process` needs a non-empty allowlist of absolute paths, and
+    /// `flower` an absolute interpreter; SuperLink entries must be host:port; env allowlist entries must be names.
+    static func launcherProblems(_ values: [String: Any], enabled: [String]) -> [String] {
+        var problems: [String] = []
+        if enabled.contains("process") {
+            let list = values["launchers.process.allowed_executables"] as? [String] ?? []
+            if list.isEmpty {
+                problems.append("launchers.process.allowed_executables: must list the absolute paths of the programs "
+                                + "host-process tasks may run while \"process\" is in launchers.enabled")
+            }
+            for p in list where !p.hasPrefix("/") {
+                problems.append("launchers.process.allowed_executables: \"\(p)\" is not an absolute path")
+            }
+        }
+        if enabled.contains("flower"), let python = values["launchers.flower.python"] as? String, !python.hasPrefix("/") {
+            problems.append("launchers.flower.python: \"\(python)\" is not an absolute path (the interpreter Flower "
+                            + "environments are made from, e.g. /usr/bin/python3)")
+        }
+        for entry in values["launchers.flower.allowed_superlinks"] as? [String] ?? [] where HostPort.parse(entry) == nil {
+            problems.append("launchers.flower.allowed_superlinks: \"\(entry)\" is not host:port (e.g. "
+                            + "\"superlink.example.org:9092\" or \"[2001:db8::1]:9092\")")
+        }
+        for entry in values["launchers.env_allowed"] as? [String] ?? []
+            where !Patterns.matches(#"^[A-Za-z_][A-Za-z0-9_]{0,127}\*?$"#, entry) {
+            problems.append("launchers.env_allowed: \"\(entry)\" is not a variable name (or NAME_PREFIX*)")
+        }
+        return problems
     }
 
     private static func flatten(_ table: TOMLTable, prefix: String, into flat: inout [String: TOMLValueConvertible],
@@ -418,7 +478,8 @@ extension NodeConfig {
                                    problems: inout [String]) -> [String: Credential] {
         var logins: [String: Credential] = [:]
         let secretKeys = ["password_file", "password_env"] + (tokens ? ["token_file", "token_env"] : [])
-        let allowed = ["username"] + secretKeys
+        // Node credentials name where they may be sent; a registry login goes only to its own registry.
+        let allowed = ["username"] + secretKeys + (tokens ? ["urls"] : [])
         guard let t = value.table else {
             problems.append("\(section): expected [\(section).\"name\"] sections")
             return logins
@@ -454,7 +515,20 @@ extension NodeConfig {
             } else if brokerFiles {
                 problems.append("\(at).\(given[0]): cannot read \(source)")
             }
-            logins[name] = Credential(username: isToken ? nil : user, secret: secret)
+            var urls = URLPolicy(entries: [])
+            if tokens {
+                if let list = r["urls"]?.array, list.count > 0, list.allSatisfy({ $0.string != nil }) {
+                    do {
+                        urls = try URLPolicy(list.compactMap { $0.string })
+                    } catch {
+                        problems.append("\(at).urls: \(error)")
+                    }
+                } else {
+                    problems.append("\(at).urls: is required: a non-empty array of the URL prefixes this credential "
+                                    + "may be sent to (\"https://git.example.org/team/\")")
+                }
+            }
+            logins[name] = Credential(username: isToken ? nil : user, secret: secret, urls: urls)
         }
         return logins
     }

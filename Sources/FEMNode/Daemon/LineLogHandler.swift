@@ -65,6 +65,13 @@ public struct LineLogHandler: LogHandler {
         if let task = merged.removeValue(forKey: "task") { text += " task=\(task)" }
         text += " \(message)"
         for (k, v) in merged.sorted(by: { $0.key < $1.key }) { text += " \(k)=\(v)" }
-        sink.write(text.replacingOccurrences(of: "\n", with: " | ") + "\n")
+        sink.write(Self.oneLine(text) + "\n")
+    }
+
+    /// One log line: line breaks become " | ", every other control character a visible escape (a NUL or an ESC
+    /// in a task id or a tool's text never reaches receiver.log raw).
+    static func oneLine(_ text: String) -> String {
+        text.split(separator: "\n", omittingEmptySubsequences: false).map { TextEscaping.escaped(String($0)) }
+            .joined(separator: " | ")
     }
 }

@@ -30,7 +30,7 @@ public enum NodeDaemon {
         }
 
         let source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
-                                    logger: logger)
+                                    maxMessageBytes: config.maxMessageBytes, logger: logger)
         let receiver = Receiver(nodeID: config.nodeID, maxMessageBytes: config.maxMessageBytes, journal: node.journal,
                                 runner: node.runner, logger: logger) { publisher.wake() }
 
@@ -39,6 +39,10 @@ public enum NodeDaemon {
                 let beat = await node.heartbeat(version: FEMVersion.string)
                 if let body = try? JSONEncoder.fem.encode(beat) {
                     publisher.publishHeartbeat(routingKey: beat.routingKey, body: body)
+                }
+                let cutoff = Date().addingTimeInterval(-Double(config.journalKeepDays) * 86_400)
+                if let pruned = try? node.journal.pruneDocuments(finishedBefore: cutoff), pruned > 0 {
+                    logger.info("pruned the documents of \(pruned) tasks that ended over \(config.journalKeepDays) days ago")
                 }
                 let removed = node.sandboxes.sweep(journal: node.journal)
                 if !removed.isEmpty {

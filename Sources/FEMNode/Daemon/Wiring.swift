@@ -25,14 +25,15 @@ public struct NodeAssembly: Sendable {
             nodeID: config.nodeID, nodeName: config.nodeName, maxConcurrentTasks: config.maxConcurrentTasks,
             defaultTimeoutSeconds: config.defaultTimeoutSeconds, allowTimeoutAbovePlan: config.allowTimeoutAbovePlan,
             maxTimeoutSeconds: config.maxTimeoutSeconds, stopGrace: .seconds(config.stopGraceSeconds),
-            datasets: config.datasets.mapValues(\.path))
+            datasets: config.datasets.mapValues(\.path), envAllowed: config.envAllowed)
         runner = Runner(settings: settings, journal: journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
                         stageOut: OutputDelivery(policy: DeliveryPolicy(
                             nodeID: config.nodeID,
                             limits: OutputLimits(maxFileBytes: config.maxOutputFileBytes,
                                                  maxTaskBytes: config.maxOutputTaskBytes),
-                            allowedURLs: config.outputAllowedURLs, requireApproval: config.requireApproval,
+                            allowedURLs: try URLPolicy(config.outputAllowedURLs),
+                            requireApproval: config.requireApproval,
                             holdLogs: config.holdLogs,
                             retry: RetryPolicy(attempts: config.outputRetries,
                                                base: .milliseconds(config.outputRetryDelayMilliseconds)),
@@ -89,8 +90,8 @@ public struct NodeAssembly: Sendable {
     /// Stage-in steps: the plan's source (git or task files) into `src/`, then the image pull when docker is enabled.
     static func stageIn(_ config: NodeConfig) throws -> any StageIn {
         let sources = try SourceStageIn(policy: SourcePolicy(
-            gitURLPrefixes: config.gitAllowedURLs, fileURLPrefixes: config.fileAllowedURLs,
-            requireSHA256: config.requireSHA256, caFile: config.stageInCAFile,
+            gitURLs: try URLPolicy(config.gitAllowedURLs), fileURLs: try URLPolicy(config.fileAllowedURLs),
+            maxFileBytes: Int64(config.maxStageInFileMB) << 20, requireSHA256: config.requireSHA256, caFile: config.stageInCAFile,
             retry: RetryPolicy(attempts: config.retries, base: .milliseconds(config.retryDelayMilliseconds)),
             credentials: config.credentials, cacheDir: "\(config.workDir)/cache/git"))
         guard config.enabledLaunchers.contains("docker") else { return sources }
@@ -117,8 +118,8 @@ struct LogFiles: LineFollower {
     }
 }
 
-/// The node's `[hooks]`: a tool's `trigger` runs the program of that name, with the trigger's arguments as one
-/// more argument, in the background; its output goes to `<work_dir>/hooks.log`. Names not in the config run nothing.
+/// The node's `[hooks]`: a tool's `trigger` runs the program of that name, with `--` and then the trigger's arguments
+/// as one more argument, in the background; its output goes to `<work_dir>/hooks.log`. Names not in the config run nothing.
 struct NodeHooks: HookRunner {
     let hooks: [String: [String]]
     let logFile: String
@@ -126,7 +127,8 @@ struct NodeHooks: HookRunner {
 
     func run(_ name: String, arguments: String, taskID: String) -> String? {
         guard let argv = hooks[name] else { return nil }
-        let args = Array(argv.dropFirst()) + (arguments.isEmpty ? [] : [arguments])
+        // `--` ends the hook's options: the tool's text is one operand, never an option of the admin's program.
+        let args = Array(argv.dropFirst()) + (arguments.isEmpty ? [] : ["--", arguments])
         do {
             let child = try ChildProcess.spawn(executable: argv[0], arguments: args,
                                                environment: ["PATH": "/usr/local/bin:/usr/bin:/bin", "FEM_TASK_ID": taskID,

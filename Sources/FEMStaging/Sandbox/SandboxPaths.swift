@@ -33,9 +33,11 @@ public enum SandboxPaths {
         return path
     }
 
-    /// Symlinks under `root` whose target leaves `root` (an absolute target, or one whose `..` climb above it),
-    /// as (path relative to root, target).
-    public static func escapingSymlinks(under root: String) -> [(path: String, target: String)] {
+    /// Symlinks under `root` whose target leaves `root`, as (path relative to root, target). Each link is resolved
+    /// against the real file system, link by link: a link met on the way is read and followed from the folder it
+    /// sits in, so `..` applies to where a link really leads (`a → .`, `b → a/..` leaves, however innocent each
+    /// target looks on its own). A chain longer than `maxHops` counts as leaving.
+    public static func escapingSymlinks(under root: String, maxHops: Int = 40) -> [(path: String, target: String)] {
         var found: [(String, String)] = []
         func walk(_ relative: [String]) {
             let dir = ([root] + relative).joined(separator: "/")
@@ -48,7 +50,7 @@ public enum SandboxPaths {
                     walk(entry)
                 case .symlink:
                     let target = (try? FileManager.default.destinationOfSymbolicLink(atPath: path)) ?? "/"
-                    if !staysInside(from: relative, target: target) {
+                    if resolve(root: root, from: relative, target: target, maxHops: maxHops) == nil {
                         found.append((entry.joined(separator: "/"), target))
                     }
                 default:
@@ -60,20 +62,35 @@ public enum SandboxPaths {
         return found
     }
 
-    /// Whether `target`, read from a link in folder `from` (components under the root), stays under the root.
-    static func staysInside(from: [String], target: String) -> Bool {
-        if target.hasPrefix("/") { return false }
+    /// Where `target`, read from a link in folder `from` (components under `root`), leads: its components under
+    /// `root`, or nil when it leaves `root` (an absolute target, a `..` above the root, or more than `maxHops` links).
+    /// Every folder on the stack is a real folder (never a link), so each `..` goes where the kernel's would.
+    static func resolve(root: String, from: [String], target: String, maxHops: Int) -> [String]? {
         var stack = from
-        for part in target.split(separator: "/") {
+        var pending = ArraySlice(target.split(separator: "/", omittingEmptySubsequences: true).map(String.init))
+        if target.hasPrefix("/") { return nil }
+        var hops = 0
+        while let part = pending.first {
+            pending = pending.dropFirst()
             switch part {
-            case ".": continue
+            case ".":
+                continue
             case "..":
-                if stack.isEmpty { return false }
+                if stack.isEmpty { return nil }
                 stack.removeLast()
-            default: stack.append(String(part))
+            default:
+                let path = ([root] + stack + [part]).joined(separator: "/")
+                guard kind(path) == .symlink else {
+                    stack.append(part)  // a folder, a file, or nothing yet: the rest is taken from there
+                    continue
+                }
+                hops += 1
+                guard hops <= maxHops, let next = try? FileManager.default.destinationOfSymbolicLink(atPath: path),
+                      !next.hasPrefix("/") else { return nil }
+                pending = ArraySlice(next.split(separator: "/", omittingEmptySubsequences: true).map(String.init)) + pending
             }
         }
-        return true
+        return stack
     }
 
     enum Kind { case missing, directory, symlink, other }

@@ -1,13 +1,19 @@
 import FEMCore
 import FEMSystem
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// What the node allows stage-in to fetch, and how.
 public struct SourcePolicy: Sendable {
-    /// URL prefixes a plan's git source may use (`https://git.example.org/`, `git://`, `file:///srv/tools/`).
-    public var gitURLPrefixes: [String]
-    /// URL prefixes a task file may be downloaded from.
-    public var fileURLPrefixes: [String]
+    /// Where a plan's git source may come from (`https://git.example.org/tools/`, `git://host/`,
+    /// `file:///srv/tools/`). Empty: nowhere.
+    public var gitURLs: URLPolicy
+    /// Where task files may be downloaded from. Empty: nowhere.
+    public var fileURLs: URLPolicy
+    /// The largest task file a download may bring (bytes).
+    public var maxFileBytes: Int64
     /// Must every task file carry a `sha256`?
     public var requireSHA256: Bool
     /// A private CA (PEM) for https git remotes and downloads, added to the system's.
@@ -18,10 +24,11 @@ public struct SourcePolicy: Sendable {
     /// Bare git caches live here, one per remote URL.
     public var cacheDir: String
 
-    public init(gitURLPrefixes: [String], fileURLPrefixes: [String], requireSHA256: Bool, caFile: String?,
-                retry: RetryPolicy, credentials: [String: Credential], cacheDir: String) {
-        self.gitURLPrefixes = gitURLPrefixes
-        self.fileURLPrefixes = fileURLPrefixes
+    public init(gitURLs: URLPolicy, fileURLs: URLPolicy, maxFileBytes: Int64 = 1 << 30, requireSHA256: Bool,
+                caFile: String?, retry: RetryPolicy, credentials: [String: Credential], cacheDir: String) {
+        self.gitURLs = gitURLs
+        self.fileURLs = fileURLs
+        self.maxFileBytes = maxFileBytes
         self.requireSHA256 = requireSHA256
         self.caFile = caFile
         self.retry = retry
@@ -48,34 +55,95 @@ public struct SourceStageIn: StageIn {
         case nil:
             return nil
         case .git(let g)?:
-            if let problem = urlProblem(g.url, field: "source.git.url", allowed: policy.gitURLPrefixes) { return problem }
-            if let ref = g.credentials, policy.credentials[ref] == nil {
-                return "source.git.credentials: \"\(ref)\" is not defined in this node's [credentials]"
+            do {
+                _ = try gitURL(g)
+            } catch {
+                return "\(error)"
             }
             return nil
         case .files(let files)?:
             for (i, f) in files.enumerated() {
                 let field = "source.files[\(i)]"
-                if let problem = urlProblem(f.url, field: "\(field).url", allowed: policy.fileURLPrefixes) { return problem }
+                do {
+                    _ = try fileURL(f, field: field)
+                } catch {
+                    return "\(error)"
+                }
                 if f.sha256 == nil && policy.requireSHA256 {
                     return "\(field).sha256: is required on this node (stage_in.require_sha256)"
-                }
-                if let ref = f.credentials, policy.credentials[ref] == nil {
-                    return "\(field).credentials: \"\(ref)\" is not defined in this node's [credentials]"
                 }
             }
             return nil
         }
     }
 
-    private func urlProblem(_ url: String, field: String, allowed: [String]) -> String? {
-        if let c = URLComponents(string: url), c.user != nil || c.password != nil {
-            return "\(field): must not carry a login; name one of the node's [credentials] instead"
+    struct Refusal: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// The git source's URL, normalised, when the node allows it (and its credentials, if any, for it). A local
+    /// repository (file://) must also lie, after resolving symlinks, under the canonical path of an allowed
+    /// file:// entry.
+    func gitURL(_ g: GitSource) throws -> ParsedURL {
+        let url: ParsedURL
+        do {
+            url = try policy.gitURLs.check(g.url, field: "source.git.url")
+        } catch let e as ParsedURL.Problem {
+            throw Refusal(description: e.description)
         }
-        let plainPath = url.hasPrefix("/") ? "file://" + url : url
-        if allowed.contains(where: { url.hasPrefix($0) || plainPath.hasPrefix($0) }) { return nil }
-        return "\(field): \"\(url)\" is not allowed on this node (allowed: "
-            + (allowed.isEmpty ? "none" : allowed.joined(separator: ", ")) + ")"
+        if url.scheme == "file" {
+            guard let real = Self.realpath(url.filePath) else {
+                throw Refusal(description: "source.git.url: \(url) does not exist on this node")
+            }
+            let roots = policy.gitURLs.entries.filter { $0.url.scheme == "file" && $0.matches(url) }
+                .compactMap { Self.realpath($0.url.filePath) }
+            guard roots.contains(where: { Self.isBelow(real, $0) }) else {
+                throw Refusal(description: "source.git.url: \(url) resolves to \(real), which is not under an allowed "
+                              + "folder (allowed: \(policy.gitURLs.listing))")
+            }
+        }
+        if let ref = g.credentials {
+            guard let credential = policy.credentials[ref] else {
+                throw Refusal(description: "source.git.credentials: \"\(ref)\" is not defined in this node's [credentials]")
+            }
+            if let problem = credential.refusal(name: ref, url: url, field: "source.git.credentials") {
+                throw Refusal(description: problem)
+            }
+        }
+        return url
+    }
+
+    /// A task file's URL, normalised, when the node allows it (and its credentials, if any, for it).
+    func fileURL(_ f: SourceFile, field: String) throws -> ParsedURL {
+        let url: ParsedURL
+        do {
+            url = try policy.fileURLs.check(f.url, field: "\(field).url")
+        } catch let e as ParsedURL.Problem {
+            throw Refusal(description: e.description)
+        }
+        guard url.scheme == "https" || url.scheme == "http" else {
+            throw Refusal(description: "\(field).url: task files come over https:// or http://, not \(url.scheme)://")
+        }
+        if let ref = f.credentials {
+            guard let credential = policy.credentials[ref] else {
+                throw Refusal(description: "\(field).credentials: \"\(ref)\" is not defined in this node's [credentials]")
+            }
+            if let problem = credential.refusal(name: ref, url: url, field: "\(field).credentials") {
+                throw Refusal(description: problem)
+            }
+        }
+        return url
+    }
+
+    static func realpath(_ path: String) -> String? {
+        guard let p = Glibc.realpath(path, nil) else { return nil }
+        defer { free(p) }
+        return String(cString: p)
+    }
+
+    /// Is `path` `root` or below it (on a path-segment boundary)?
+    static func isBelow(_ path: String, _ root: String) -> Bool {
+        root == "/" || path == root || path.hasPrefix(root.hasSuffix("/") ? root : root + "/")
     }
 
     public func stageIn(_ job: LaunchJob, reporter: StageReporter) async throws {
@@ -94,24 +162,32 @@ public struct SourceStageIn: StageIn {
             return
         }
         let policy = self.policy
+        // Checked again here (a symlink under a file:// root may have changed since the task was admitted); what
+        // was checked, normalised, is what libgit2 gets.
+        let url: String
+        do {
+            url = try gitURL(source).description
+        } catch {
+            throw TaskFailure(.stageInFailure, "\(error)")
+        }
         let login = source.credentials.flatMap { policy.credentials[$0] }.map {
             GitLogin(username: $0.username ?? "token", password: $0.secret)
         }
         let urlHash = SHA256Digest()
-        urlHash.update(Array(source.url.utf8))
+        urlHash.update(Array(url.utf8))
         let cache = "\(policy.cacheDir)/\(urlHash.finalizeHex().prefix(32)).git"
         let commit: String = try await offload("fem-git") {
             try FileManager.default.createDirectory(atPath: policy.cacheDir, withIntermediateDirectories: true)
             let lock = try FileLock(path: cache + ".lock")
             defer { lock.unlock() }
             do {
-                reporter.progress("git fetch \(source.url)", ["url": .string(source.url)])
+                reporter.progress("git fetch \(url)", ["url": .string(url)])
                 let started = ContinuousClock.now
-                let fetched = try Git.fetch(url: source.url, into: cache, login: login)
+                let fetched = try Git.fetch(url: url, into: cache, login: login)
                 let millis = (ContinuousClock.now - started).seconds * 1000
-                reporter.progress("git \(fetched.cloned ? "cloned" : "fetched") \(source.url): "
+                reporter.progress("git \(fetched.cloned ? "cloned" : "fetched") \(url): "
                                   + "\(fetched.receivedObjects) objects in \(Int(millis)) ms",
-                                  ["url": .string(source.url), "cloned": .bool(fetched.cloned),
+                                  ["url": .string(url), "cloned": .bool(fetched.cloned),
                                    "objects": .int(Int64(fetched.receivedObjects)),
                                    "bytes": .int(Int64(fetched.receivedBytes))])
                 let resolved = try Git.resolve(repository: cache, revision: source.ref ?? source.commit)
@@ -131,8 +207,8 @@ public struct SourceStageIn: StageIn {
                               + "sandbox (\(first.target)); refused" + (escaping.count > 1 ? " (and \(escaping.count - 1) more)" : ""))
         }
         reporter.markDone("git", commit)
-        reporter.progress("git \(source.url) checked out at \(commit)",
-                          ["url": .string(source.url), "commit": .string(commit)])
+        reporter.progress("git \(url) checked out at \(commit)",
+                          ["url": .string(url), "commit": .string(commit)])
     }
 
     // MARK: - Files
@@ -152,13 +228,20 @@ public struct SourceStageIn: StageIn {
                 throw TaskFailure(.stageInFailure, "\(field).\(e.message)")
             }
             let policy = self.policy
+            let url: String
+            do {
+                url = try fileURL(file, field: field).description
+            } catch {
+                throw TaskFailure(.stageInFailure, "\(error)")
+            }
             let auth = file.credentials.flatMap { policy.credentials[$0] }?.authorization
             let result: (sha: String, bytes: Int64) = try await offload("fem-download") {
                 try policy.retry.run(retryable: RetryPolicy.transient, waiting: { attempt, pause, error in
                     reporter.progress("\(field): attempt \(attempt) failed (\(error)); trying again in \(pause)",
                                       ["path": .string(file.path), "attempt": .int(Int64(attempt))])
                 }) {
-                    try Self.fetchFile(file.url, to: dest, authorization: auth, caFile: policy.caFile, field: field)
+                    try Self.fetchFile(url, to: dest, authorization: auth, caFile: policy.caFile,
+                                       maxBytes: policy.maxFileBytes, field: field)
                 }
             }
             if let expected = file.sha256, expected != result.sha {
@@ -173,8 +256,8 @@ public struct SourceStageIn: StageIn {
     }
 
     /// One GET, streamed to `<dest>.part` and hashed on the way, renamed into place on a 200.
-    static func fetchFile(_ url: String, to dest: String, authorization: String?, caFile: String?, field: String)
-        throws -> (sha: String, bytes: Int64) {
+    static func fetchFile(_ url: String, to dest: String, authorization: String?, caFile: String?, maxBytes: Int64,
+                          field: String) throws -> (sha: String, bytes: Int64) {
         let partial = dest + ".part"
         let fd = open(partial, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0o640)
         guard fd >= 0 else {
@@ -182,16 +265,16 @@ public struct SourceStageIn: StageIn {
         }
         let hasher = SHA256Digest()
         var bytes: Int64 = 0
-        var head: [UInt8] = []
         var writeFailed = false
         var request = HTTPRequest(method: "GET", url: url, headers: authorization.map { [("Authorization", $0)] } ?? [],
                                   timeoutSeconds: 0, caFile: caFile)
         request.stallSeconds = 60
+        request.maxBodyBytes = maxBytes
+        request.protocols = url.hasPrefix("https://") ? "https" : "http"
         let response: HTTPResponse
         do {
             defer { close(fd) }
             response = try HTTPTransfer.perform(request) { chunk in
-                if head.count < 512 { head += chunk.prefix(512 - head.count) }
                 hasher.update(chunk)
                 bytes += Int64(chunk.count)
                 var offset = 0
@@ -206,12 +289,15 @@ public struct SourceStageIn: StageIn {
         } catch let e as HTTPError {
             try? FileManager.default.removeItem(atPath: partial)
             if writeFailed { throw TaskFailure(.stageInFailure, "\(field): cannot write \(partial) (disk full?)") }
+            if e.code == .tooLarge {
+                throw TaskFailure(.stageInFailure, "\(field): the download is larger than this node's limit of "
+                                  + "\(maxBytes) bytes (stage_in.max_file_mb)")
+            }
             throw e
         }
         guard response.status == 200 else {
             try? FileManager.default.removeItem(atPath: partial)
-            throw HTTPStatusError(status: response.status, what: "\(field): GET \(url)",
-                                  serverText: String(decoding: head, as: UTF8.self))
+            throw HTTPStatusError(status: response.status, what: "\(field): GET \(url)", serverText: response.statusLine)
         }
         guard rename(partial, dest) == 0 else {
             throw TaskFailure(.stageInFailure, "\(field): cannot move \(partial) into place")

@@ -6,8 +6,9 @@ import Foundation
 public struct DeliveryPolicy: Sendable {
     public var nodeID: String
     public var limits: OutputLimits
-    /// URL prefixes a task's `stage_out.url` may use (`https://fem.example.org/uploads/`, `file:///mnt/outbox/`).
-    public var allowedURLs: [String]
+    /// Where a task's `stage_out.url` may point (`https://fem.example.org/uploads/`, `file:///mnt/outbox/`).
+    /// Empty: nowhere.
+    public var allowedURLs: URLPolicy
     /// Hold outputs as `awaiting_approval` until a local administrator approves or rejects them.
     public var requireApproval: Bool
     /// With approval: do the logs wait too (true), or go at once (false)?
@@ -17,7 +18,7 @@ public struct DeliveryPolicy: Sendable {
     /// A private CA for https targets, in addition to the system's.
     public var caFile: String?
 
-    public init(nodeID: String, limits: OutputLimits, allowedURLs: [String], requireApproval: Bool, holdLogs: Bool,
+    public init(nodeID: String, limits: OutputLimits, allowedURLs: URLPolicy, requireApproval: Bool, holdLogs: Bool,
                 retry: RetryPolicy, credentials: [String: Credential], caFile: String?) {
         self.nodeID = nodeID
         self.limits = limits
@@ -32,7 +33,8 @@ public struct DeliveryPolicy: Sendable {
 
 /// Stage-out: collects the task's logs and declared outputs, writes `manifest.json` into the sandbox, holds them
 /// for approval when the node requires it, then delivers them to the task's target (`https://`/`http://` PUT to
-/// `<url>/<execution_id>/<node_id>/<path>`, or a `file://` folder), the manifest last. Each delivered file is
+/// `<url>/<execution_id>/<node_id>/<task_id>/<path>`, or the same folders below a `file://` root), the manifest
+/// last. Each delivered file is
 /// journaled (`upload:<path>` → its sha256), so a restarted stage-out sends only what was not yet confirmed. A task
 /// without a target keeps its outputs and manifest in its sandbox.
 public struct OutputDelivery: StageOut {
@@ -44,20 +46,41 @@ public struct OutputDelivery: StageOut {
 
     public func check(_ target: StageOutTarget?) -> String? {
         guard let target else { return nil }
-        guard let scheme = URLComponents(string: target.url)?.scheme, ["https", "http", "file"].contains(scheme) else {
-            return "stage_out.url: \"\(target.url)\" is not an https://, http:// or file:// URL"
+        do {
+            _ = try Self.checkedURL(target, policy: policy)
+            return nil
+        } catch {
+            return "\(error)"
         }
-        if let c = URLComponents(string: target.url), c.user != nil || c.password != nil {
-            return "stage_out.url: must not carry a login; name one of the node's [credentials] or send a token"
+    }
+
+    struct Refusal: Error, CustomStringConvertible {
+        var description: String
+    }
+
+    /// The target's URL, normalised, when the node allows it (and the credentials named, if any, for it).
+    static func checkedURL(_ target: StageOutTarget, policy: DeliveryPolicy) throws -> ParsedURL {
+        let url: ParsedURL
+        do {
+            url = try policy.allowedURLs.check(target.url, field: "stage_out.url")
+        } catch let e as ParsedURL.Problem {
+            throw Refusal(description: e.description)
         }
-        guard policy.allowedURLs.contains(where: { target.url.hasPrefix($0) }) else {
-            return "stage_out.url: \"\(target.url)\" is not allowed on this node (allowed: "
-                + (policy.allowedURLs.isEmpty ? "none" : policy.allowedURLs.joined(separator: ", ")) + ")"
+        guard ["https", "http", "file"].contains(url.scheme) else {
+            throw Refusal(description: "stage_out.url: \"\(target.url)\" is not an https://, http:// or file:// URL")
         }
-        if let ref = target.credentials, policy.credentials[ref] == nil {
-            return "stage_out.credentials: \"\(ref)\" is not defined in this node's [credentials]"
+        if url.query != nil {
+            throw Refusal(description: "stage_out.url: must not have a query (?): files are delivered below its path")
         }
-        return nil
+        if let ref = target.credentials {
+            guard let credential = policy.credentials[ref] else {
+                throw Refusal(description: "stage_out.credentials: \"\(ref)\" is not defined in this node's [credentials]")
+            }
+            if let problem = credential.refusal(name: ref, url: url, field: "stage_out.credentials") {
+                throw Refusal(description: problem)
+            }
+        }
+        return url
     }
 
     public func stageOut(_ job: LaunchJob, record: TaskRecord, outcome: TaskOutcome, reporter: StageReporter) async throws
@@ -123,18 +146,29 @@ public struct OutputDelivery: StageOut {
 
     static func destination(_ target: StageOutTarget, job: LaunchJob, policy: DeliveryPolicy) throws
         -> any OutputDestination {
-        let base = target.url.hasSuffix("/") ? String(target.url.dropLast()) : target.url
-        let prefix = "\(base)/\(job.task.executionID)/\(policy.nodeID)"
-        if target.url.hasPrefix("file://") {
-            return FolderDestination(root: String(prefix.dropFirst("file://".count)))
+        let url: ParsedURL
+        do {
+            url = try checkedURL(target, policy: policy)
+        } catch {
+            throw TaskFailure(.stageOutFailure, "\(error)")
+        }
+        // The ids become folder names: checked again here, whatever checked them before.
+        let ids = [("execution_id", job.task.executionID), ("node_id", policy.nodeID), ("task_id", job.task.taskID)]
+        for (name, id) in ids where !Patterns.matches(Patterns.taskID, id) || !DirectoryHandle.isPlainName(id) {
+            throw TaskFailure(.stageOutFailure, "\(name): \"\(id)\" cannot name a folder of the destination")
+        }
+        let components = ids.map(\.1)
+        if url.scheme == "file" {
+            return try FolderDestination(url: url, components: components, policy: policy.allowedURLs)
         }
         var authorization: String?
         if let token = target.token {
+            // The task's own token goes only to its own stage_out URL (redirects are never followed).
             authorization = "Bearer \(token)"
         } else if let ref = target.credentials {
             authorization = policy.credentials[ref]?.authorization
         }
-        return HTTPDestination(prefix: prefix, authorization: authorization, caFile: policy.caFile)
+        return HTTPDestination(base: url.appending(components), authorization: authorization, caFile: policy.caFile)
     }
 }
 
@@ -144,52 +178,72 @@ protocol OutputDestination: Sendable, CustomStringConvertible {
     func put(_ file: CollectedFile) throws
 }
 
-/// HTTP PUT of each file to `<prefix>/<path>`: WebDAV servers and presigned-URL object stores. The authorization
+/// HTTP PUT of each file to `<base>/<path>`: WebDAV servers and presigned-URL object stores. The authorization
 /// header is a secret: never in a description, a log line or an error.
 struct HTTPDestination: OutputDestination {
-    let prefix: String
+    let base: ParsedURL
     let authorization: String?
     let caFile: String?
 
-    var description: String { prefix }
+    var description: String { base.description }
 
     func put(_ file: CollectedFile) throws {
-        let encoded = file.path.split(separator: "/").map {
-            $0.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed.subtracting(CharacterSet(charactersIn: "/;")))
-                ?? String($0)
-        }.joined(separator: "/")
-        let url = "\(prefix)/\(encoded)"
+        let url = base.appending(file.path.split(separator: "/").map(String.init)).description
         var headers = [("Content-Type", "application/octet-stream")]
         if let authorization { headers.append(("Authorization", authorization)) }
         var request = HTTPRequest(method: "PUT", url: url, headers: headers, timeoutSeconds: 0, caFile: caFile,
                                   bodyFile: file.source)
         request.stallSeconds = 60
+        request.protocols = base.scheme
+        request.maxBodyBytes = 1 << 20
         let response = try HTTPTransfer.perform(request)
         guard (200..<300).contains(response.status) else {
-            throw HTTPStatusError(status: response.status, what: "PUT \(url)",
-                                  serverText: String(decoding: response.body.prefix(300), as: UTF8.self))
+            throw HTTPStatusError(status: response.status, what: "PUT \(url)", serverText: response.statusLine)
         }
     }
 }
 
-/// A local or mounted folder: each file copied to `<root>/<path>` through a temporary name.
-struct FolderDestination: OutputDestination {
-    let root: String
+/// A local or mounted folder. Its root is the canonical path of the allowlist entry the URL matched, opened once;
+/// every folder below it (the rest of the URL's path, then execution, node and task id, then the file's own
+/// folders) and every file is made relative to an open descriptor without following symlinks, so a link planted
+/// in the destination tree leads nowhere.
+final class FolderDestination: OutputDestination, @unchecked Sendable {
+    let root: DirectoryHandle
+    /// Below `root`: the URL's remaining path segments and the ids.
+    let below: [String]
+    let shown: String
 
-    var description: String { "file://\(root)" }
+    init(url: ParsedURL, components: [String], policy: URLPolicy) throws {
+        let fail = { (why: String) in TaskFailure(.stageOutFailure, "stage_out.url: \(url): \(why)") }
+        guard let entry = policy.entries.first(where: { $0.url.scheme == "file" && $0.matches(url) }) else {
+            throw fail("is not under an allowed folder")
+        }
+        guard let p = realpath(entry.url.filePath, nil) else {
+            throw fail("the allowed folder \(entry.url.filePath) does not exist on this node")
+        }
+        let canonical = String(cString: p)
+        free(p)
+        let rest = url.segments.dropFirst(entry.url.segments.count).map { ParsedURL.percentDecodedSegment(String($0)) }
+        guard rest.allSatisfy(DirectoryHandle.isPlainName) else { throw fail("has a path segment that is not a plain name") }
+        do {
+            root = try DirectoryHandle(root: canonical)
+        } catch {
+            throw fail("cannot open \(canonical): \(error)")
+        }
+        below = rest + components
+        shown = url.appending(components).description
+    }
+
+    var description: String { shown }
 
     func put(_ file: CollectedFile) throws {
-        let fm = FileManager.default
-        let path = "\(root)/\(file.path)"
+        var parts = file.path.split(separator: "/").map(String.init)
+        guard let name = parts.popLast() else { return }
         do {
-            try fm.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-            let partial = path + ".partial"
-            try? fm.removeItem(atPath: partial)
-            try fm.copyItem(atPath: file.source, toPath: partial)
-            try? fm.removeItem(atPath: path)
-            try fm.moveItem(atPath: partial, toPath: path)
+            let folder = try root.subdirectory(path: below + parts)
+            try folder.writeFile(name, copying: file.source)
         } catch {
-            throw TaskFailure(.stageOutFailure, "cannot write \(path): \(error.localizedDescription)")
+            throw TaskFailure(.stageOutFailure, "cannot write \(file.path) to \(shown): \(error)")
         }
     }
 }

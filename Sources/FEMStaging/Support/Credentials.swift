@@ -1,16 +1,26 @@
+import FEMCore
 import FEMSystem
 import Foundation
 
 /// A login from the node config's `[credentials."name"]`, named by plans and tasks by reference only. With a
 /// username it is HTTP basic (and a git https login); without one, the secret is a bearer token. A secret: never
-/// described, logged or put in an error.
+/// described, logged or put in an error. `urls` says where it may be sent (`[credentials."name"] urls`); a
+/// credential without a list (registry logins, which go only to their own registry) is sent nowhere else.
 public struct Credential: Sendable, Equatable, CustomStringConvertible {
     public var username: String?
     public var secret: String
+    public var urls: URLPolicy
 
-    public init(username: String?, secret: String) {
+    public init(username: String?, secret: String, urls: URLPolicy = URLPolicy(entries: [])) {
         self.username = username
         self.secret = secret
+        self.urls = urls
+    }
+
+    /// Why credential `name` (this one) may not go to `url`, read from `field`; nil when it may.
+    public func refusal(name: String, url: ParsedURL, field: String) -> String? {
+        if urls.allows(url) { return nil }
+        return "\(field): the credential \"\(name)\" may not be sent to \(url) (its urls: \(urls.listing))"
     }
 
     /// The `Authorization` header value.
@@ -62,7 +72,7 @@ public struct RetryPolicy: Sendable, Equatable {
     }
 }
 
-/// An HTTP answer that is not a success: the status and the start of the server's text, for the event.
+/// An HTTP answer that is not a success: the status and the server's status line (never its body), for the event.
 public struct HTTPStatusError: Error, CustomStringConvertible, Sendable {
     public var status: Int
     public var what: String
@@ -78,8 +88,10 @@ public struct HTTPStatusError: Error, CustomStringConvertible, Sendable {
         case 404: reason = "not found on the server (404)"
         default: reason = "the server answered \(status)"
         }
-        let text = serverText.trimmingCharacters(in: .whitespacesAndNewlines)
-        return "\(what): \(reason)" + (text.isEmpty ? "" : ": \(text.prefix(200))")
+        // Only the server's status line, printable ASCII and short: a body never goes into an event.
+        let text = String(String.UnicodeScalarView(serverText.unicodeScalars.filter { $0.value >= 0x20 && $0.value < 0x7f }))
+            .trimmingCharacters(in: .whitespaces)
+        return "\(what): \(reason)" + (text.isEmpty ? "" : ": \(text.prefix(80))")
     }
 }
 

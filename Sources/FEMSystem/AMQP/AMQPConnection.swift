@@ -69,6 +69,10 @@ public struct AMQPDelivery: Sendable {
     public var routingKey: String
     public var redelivered: Bool
     public var body: [UInt8]
+    /// The body size the message's content header declared. With a size limit (`nextDelivery(…maxBodyBytes:)`),
+    /// a larger message arrives with an empty `body`: its frames were read and dropped, never held whole.
+    public var declaredBodySize: UInt64 = 0
+    public var oversize: Bool { UInt64(body.count) < declaredBodySize }
 }
 
 /// Owns one rabbitmq-c connection and its TLS socket. Not thread-safe: exactly one thread may use an instance
@@ -79,6 +83,7 @@ public final class AMQPConnection {
     static let basicAckMethod: UInt32 = 0x003C_0050
     static let basicNackMethod: UInt32 = 0x003C_0078
     static let basicReturnMethod: UInt32 = 0x003C_0032
+    static let basicDeliverMethod: UInt32 = 0x003C_003C
     static let channelCloseMethod: UInt32 = 0x0014_0028
     static let connectionCloseMethod: UInt32 = 0x000A_0032
 
@@ -276,6 +281,75 @@ public final class AMQPConnection {
     /// True when rabbitmq-c already holds data or frames, so `poll()` on the socket would wrongly say "nothing".
     public var hasBufferedData: Bool {
         amqp_frames_enqueued(state) != 0 || amqp_data_in_buffer(state) != 0
+    }
+
+    /// A delivery whose frames are still arriving, per channel.
+    private struct PartialDelivery {
+        var delivery: AMQPDelivery
+        var bodySize: UInt64?
+        var received: UInt64 = 0
+        var keep: Bool = true
+    }
+    private var partial: [UInt16: PartialDelivery] = [:]
+
+    /// Waits up to `timeoutMilliseconds` for a delivery, reading frame by frame so that a message whose content
+    /// header declares more than `maxBodyBytes` is never held whole: its body frames are read and dropped as they
+    /// come (memory stays at one frame), and it arrives with an empty body and `declaredBodySize` set, to be
+    /// answered and acknowledged. rabbitmq-c 0.11's `amqp_consume_message` would allocate the whole body first,
+    /// and its `amqp_simple_wait_frame_on_channel` is not public, so frames of all channels go through one small
+    /// state machine here (deliveries on different channels may interleave).
+    public func nextDelivery(timeoutMilliseconds: Int, maxBodyBytes: Int) throws -> AMQPDelivery? {
+        let deadline = monotonicSeconds() + Double(timeoutMilliseconds) / 1000
+        while true {
+            amqp_maybe_release_buffers(state)
+            let remaining = max(0, deadline - monotonicSeconds())
+            var tv = timeval(tv_sec: Int(remaining), tv_usec: Int((remaining - Double(Int(remaining))) * 1_000_000))
+            var frame = amqp_frame_t()
+            let status = amqp_simple_wait_frame_noblock(state, &frame, &tv)
+            if status == AMQP_STATUS_TIMEOUT.rawValue { return nil }
+            if status != AMQP_STATUS_OK.rawValue {
+                throw AMQPError(.connectionLost, "connection lost: \(String(cString: amqp_error_string2(status)))")
+            }
+            let channel = frame.channel
+            switch Int32(frame.frame_type) {
+            case AMQP_FRAME_METHOD:
+                let id = frame.payload.method.id
+                if id == Self.connectionCloseMethod || id == Self.channelCloseMethod {
+                    throw AMQPError(.closedByServer, "the broker closed the connection or channel")
+                }
+                guard id == Self.basicDeliverMethod, let decoded = frame.payload.method.decoded else { continue }
+                let d = decoded.assumingMemoryBound(to: amqp_basic_deliver_t.self).pointee
+                partial[channel] = PartialDelivery(delivery: AMQPDelivery(
+                    channel: channel, deliveryTag: d.delivery_tag, exchange: Self.string(d.exchange),
+                    routingKey: Self.string(d.routing_key), redelivered: d.redelivered != 0, body: []))
+            case AMQP_FRAME_HEADER:
+                guard var p = partial[channel] else { continue }
+                let size = frame.payload.properties.body_size
+                p.bodySize = size
+                p.delivery.declaredBodySize = size
+                p.keep = size <= UInt64(max(0, maxBodyBytes))
+                if p.keep { p.delivery.body.reserveCapacity(Int(size)) }
+                if size == 0 {
+                    partial[channel] = nil
+                    return p.delivery
+                }
+                partial[channel] = p
+            case AMQP_FRAME_BODY:
+                guard var p = partial[channel], let size = p.bodySize else { continue }
+                let fragment = frame.payload.body_fragment
+                p.received += UInt64(fragment.len)
+                if p.keep, fragment.len > 0, let bytes = fragment.bytes {
+                    p.delivery.body.append(contentsOf: UnsafeRawBufferPointer(start: bytes, count: fragment.len))
+                }
+                if p.received >= size {
+                    partial[channel] = nil
+                    return p.delivery
+                }
+                partial[channel] = p
+            default:
+                continue
+            }
+        }
     }
 
     /// Waits up to `timeoutMilliseconds` for a delivery. Returns nil on timeout or on a frame that was not a

@@ -88,6 +88,9 @@ public enum Git {
         try check(git_fetch_options_init(&options, UInt32(GIT_FETCH_OPTIONS_VERSION)), "git fetch options")
         options.prune = GIT_FETCH_PRUNE
         options.download_tags = GIT_REMOTE_DOWNLOAD_TAGS_NONE  // tags come through the explicit refspec
+        // libgit2 follows an off-site redirect of the first request (/info/refs) by default; the URL given here is
+        // the one an allowlist checked, so no redirect is followed at any stage.
+        options.follow_redirects = GIT_REMOTE_REDIRECT_NONE
         options.callbacks.payload = unmanaged.toOpaque()
         options.callbacks.credentials = { out, _, usernameFromURL, allowed, raw in
             let payload = Unmanaged<Payload>.fromOpaque(raw!).takeUnretainedValue()

@@ -22,6 +22,11 @@ public struct HTTPRequest: Sendable {
     /// Give up (as a timeout) when fewer than 1 byte/s moved for this many seconds: for transfers without an overall
     /// limit that must not hang on a stalled server.
     public var stallSeconds: Int?
+    /// The protocols libcurl may use for this request, as for CURLOPT_PROTOCOLS_STR ("https", "http,https").
+    /// Redirects are never followed.
+    public var protocols: String = "http,https"
+    /// Stop (as `.tooLarge`) when the answer's body is larger than this many bytes.
+    public var maxBodyBytes: Int64?
 
     public init(method: String = "GET", url: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
                 unixSocket: String? = nil, timeoutSeconds: Int = 30, connectTimeoutSeconds: Int = 10,
@@ -42,6 +47,9 @@ public struct HTTPResponse: Sendable {
     public var status: Int
     /// The body, unless a streaming handler consumed it.
     public var body: [UInt8]
+    /// The server's status line without the protocol (`401 Unauthorized`), printable ASCII only, at most 100
+    /// characters: what may go into a message about a failed answer (a body never does).
+    public var statusLine: String = ""
 }
 
 public struct HTTPError: Error, CustomStringConvertible, Sendable {
@@ -51,6 +59,7 @@ public struct HTTPError: Error, CustomStringConvertible, Sendable {
         case tls
         case transfer      // the connection broke mid-way
         case aborted       // the streaming handler asked to stop
+        case tooLarge      // the body was larger than `maxBodyBytes`
         case setup
     }
     public var code: Code
@@ -87,9 +96,14 @@ public enum HTTPTransfer {
             var sink: Sink?
             var aborted = false
             var upload: Int32 = -1
+            var received: Int64 = 0
+            var maxBody: Int64 = .max
+            var tooLarge = false
+            var statusLine = ""
         }
         let context = Context()
         context.sink = sink
+        context.maxBody = request.maxBodyBytes ?? .max
         let unmanaged = Unmanaged.passRetained(context)
         defer { unmanaged.release() }
 
@@ -113,6 +127,12 @@ public enum HTTPTransfer {
             let ctx = Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue()
             let n = size * count
             let buffer = UnsafeRawBufferPointer(start: data, count: n)
+            ctx.received += Int64(n)
+            if ctx.received > ctx.maxBody {
+                // A server that sent no length, or a wrong one: the running count stops it.
+                ctx.tooLarge = true
+                return 0
+            }
             if let sink = ctx.sink {
                 if !sink(buffer) {
                     ctx.aborted = true
@@ -120,6 +140,19 @@ public enum HTTPTransfer {
                 }
             } else {
                 ctx.collected.append(contentsOf: buffer)
+            }
+            return n
+        }
+
+        let header: fem_curl_data_cb = { data, size, count, user in
+            let ctx = Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue()
+            let n = size * count
+            let line = UnsafeRawBufferPointer(start: data, count: n)
+            if line.starts(with: Array("HTTP/".utf8)) {
+                let printable = line.prefix(200).filter { $0 >= 0x20 && $0 < 0x7f }
+                let text = String(decoding: printable, as: UTF8.self)
+                // "HTTP/1.1 401 Unauthorized" -> "401 Unauthorized"
+                ctx.statusLine = String(text.drop { $0 != " " }.dropFirst().prefix(100))
             }
             return n
         }
@@ -136,6 +169,17 @@ public enum HTTPTransfer {
         setup.append(fem_curl_setopt_datafn(handle, CURLOPT_WRITEFUNCTION, write))
         setup.append(fem_curl_setopt_pointer(handle, CURLOPT_WRITEDATA, unmanaged.toOpaque()))
         setup.append(fem_curl_setopt_pointer(handle, CURLOPT_ERRORBUFFER, errorBuffer))
+        setup.append(fem_curl_setopt_datafn(handle, CURLOPT_HEADERFUNCTION, header))
+        setup.append(fem_curl_setopt_pointer(handle, CURLOPT_HEADERDATA, unmanaged.toOpaque()))
+        // Only the protocols this request needs, and never a redirect: an allowlist checked the URL given here,
+        // not wherever a server might send the client next.
+        setup.append(fem_curl_setopt_string(handle, CURLOPT_PROTOCOLS_STR, request.protocols))
+        setup.append(fem_curl_setopt_string(handle, CURLOPT_REDIR_PROTOCOLS_STR, request.protocols))
+        setup.append(fem_curl_setopt_long(handle, CURLOPT_FOLLOWLOCATION, 0))
+        setup.append(fem_curl_setopt_long(handle, CURLOPT_MAXREDIRS, 0))
+        if let max = request.maxBodyBytes {
+            setup.append(fem_curl_setopt_offset(handle, CURLOPT_MAXFILESIZE_LARGE, curl_off_t(max)))
+        }
         if let socket = request.unixSocket {
             setup.append(fem_curl_setopt_string(handle, CURLOPT_UNIX_SOCKET_PATH, socket))
         }
@@ -184,6 +228,10 @@ public enum HTTPTransfer {
             let detail = String(cString: errorBuffer).isEmpty ? String(cString: curl_easy_strerror(code))
                 : String(cString: errorBuffer)
             let place = request.unixSocket.map { "\(request.url) via \($0)" } ?? request.url
+            if context.tooLarge || code == CURLE_FILESIZE_EXCEEDED {
+                throw HTTPError(code: .tooLarge, message: "\(request.method) \(place): the answer is larger than "
+                                + "\(request.maxBodyBytes ?? 0) bytes")
+            }
             if context.aborted {
                 throw HTTPError(code: .aborted, message: "\(request.method) \(place): stopped by the receiver")
             }
@@ -198,6 +246,6 @@ public enum HTTPTransfer {
         }
         var status = 0
         _ = fem_curl_getinfo_long(handle, CURLINFO_RESPONSE_CODE, &status)
-        return HTTPResponse(status: status, body: context.collected)
+        return HTTPResponse(status: status, body: context.collected, statusLine: context.statusLine)
     }
 }

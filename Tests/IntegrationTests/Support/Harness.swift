@@ -139,6 +139,18 @@ final class TestNode {
 
     var configPath: String { "\(dir)/fem-client.toml" }
 
+    /// The `[launchers]` section of a node that runs host-process tasks: nothing runs by default, so a suite that
+    /// sends `process` tasks says so, with the few programs its tasks use.
+    static let hostProcesses = """
+        [launchers]
+        enabled = ["process"]
+        [launchers.process]
+        allowed_executables = \(hostPrograms)
+        """
+
+    /// The programs the suites' process tasks run (TOML array).
+    static let hostPrograms = #"["/bin/sh", "/bin/true", "/bin/false", "/bin/sleep", "/usr/bin/python3"]"#
+
     /// Changes the config file before `start()` (a test's own tweak on top of its suite's node).
     func editConfig(_ change: (String) -> String) throws {
         let text = try String(contentsOfFile: configPath, encoding: .utf8)
@@ -378,8 +390,9 @@ final class FlakyServer {
     let url: String
     private var pid: Int32?
 
-    /// `downAfter`: after that many stored PUTs, answer 503 to everything until `comeBack()`.
-    init(failures: Int, downAfter: Int? = nil) throws {
+    /// `downAfter`: after that many stored PUTs, answer 503 to everything until `comeBack()`. `redirectTo`: answer
+    /// every request with a 307 to that URL plus the request's path.
+    init(failures: Int, downAfter: Int? = nil, redirectTo: String? = nil) throws {
         dir = try TestEnv.scratch("flaky")
         root = "\(dir)/root"
         try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true)
@@ -387,7 +400,8 @@ final class FlakyServer {
         let python = ["/usr/bin/python3", "/usr/local/bin/python3"].first { FileManager.default.isExecutableFile(atPath: $0) }
         guard let python else { throw HarnessError("python3 is missing (apt-get install python3)") }
         pid = try ChildProcess.spawn(executable: python, arguments: [script, root, "\(failures)"] + (downAfter.map { ["\($0)"] } ?? []),
-                                     environment: ["PATH": "/usr/bin:/bin"], workingDirectory: dir,
+                                     environment: ["PATH": "/usr/bin:/bin"].merging(redirectTo.map { ["REDIRECT_TO": $0] } ?? [:]) { $1 },
+                                     workingDirectory: dir,
                                      stdoutPath: "\(dir)/server.log", stderrPath: "\(dir)/server.log").pid
         var port: String?
         let deadline = Date().addingTimeInterval(10)
@@ -399,6 +413,11 @@ final class FlakyServer {
             throw HarnessError("flaky_server.py did not start: \((try? String(contentsOfFile: "\(dir)/server.log", encoding: .utf8)) ?? "")")
         }
         url = "http://127.0.0.1:\(port)"
+    }
+
+    /// "METHOD PATH AUTHORIZATION" (or "-") for every request so far.
+    func authorizations() -> [String] {
+        ((try? String(contentsOfFile: "\(dir)/auth.log", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
     }
 
     func comeBack() {

@@ -2,7 +2,10 @@
 """A small real HTTP server for retry tests: answers the first FAILURES requests with 503, then serves GET from
 ROOT and stores PUT bodies under ROOT (as WebDAV PUT does). With DOWN_AFTER, after that many stored PUTs it answers
 every request with 503 (as a server that went down) until the file ROOT/../up exists. Listens on 127.0.0.1 on a
-free port, which it writes to ROOT/../port; every request is logged to ROOT/../requests.log as "METHOD PATH STATUS".
+free port, which it writes to ROOT/../port; every request is logged to ROOT/../requests.log as "METHOD PATH STATUS",
+and to ROOT/../auth.log as "METHOD PATH AUTHORIZATION" (the Authorization header it received, or "-"), so a test can
+prove which credential reached which server. With the environment variable REDIRECT_TO set, every request is answered
+307 with Location: REDIRECT_TO + path (a server sending the client elsewhere).
 
     flaky_server.py ROOT FAILURES [DOWN_AFTER]
 """
@@ -17,6 +20,8 @@ state = {"failures": int(sys.argv[2]), "stored": 0,
 up_marker = os.path.join(os.path.dirname(root), "up")
 lock = threading.Lock()
 log_path = os.path.join(os.path.dirname(root), "requests.log")
+auth_path = os.path.join(os.path.dirname(root), "auth.log")
+redirect_to = os.environ.get("REDIRECT_TO")
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -37,6 +42,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.record(status)
 
     def fail_first(self):
+        with lock, open(auth_path, "a") as f:
+            f.write(f"{self.command} {self.path} {self.headers.get('Authorization') or '-'}\n")
+        if redirect_to:
+            length = int(self.headers.get("Content-Length") or 0)
+            while length > 0:
+                length -= len(self.rfile.read(min(length, 1 << 16)))
+            self.send_response(307)
+            self.send_header("Location", redirect_to + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            self.record(307)
+            return True
         with lock:
             down = state["down_after"] is not None and state["stored"] >= state["down_after"] \
                 and not os.path.exists(up_marker)
