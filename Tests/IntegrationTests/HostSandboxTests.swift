@@ -67,6 +67,7 @@ struct HostSandboxTests {
         let node = try node("inside", extra: """
             [credentials."store"]
             token_file = "\(token)"
+            urls = ["https://store.example.org/"]
             """)
         try node.start()
         let op = try Operator(node: node)
