@@ -155,7 +155,8 @@ public final class FlowerLauncher: Launcher, Sendable {
         }
         try FileManager.default.createDirectory(atPath: job.sandbox.logs, withIntermediateDirectories: true)
         let venv = try await PythonEnvironments(python: config.python, root: config.venvDir, wheelDir: config.wheelDir,
-                                                allowSourceBuilds: config.allowSourceBuilds)
+                                                allowSourceBuilds: config.allowSourceBuilds,
+                                                user: config.confinement.confined ? config.confinement.user : nil)
             .ensure(tool: job.task.plan.id, version: job.task.plan.version, requirements: requirements,
                     log: "\(job.sandbox.logs)/venv.log")
         var env = job.command.environment
