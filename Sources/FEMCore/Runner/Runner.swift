@@ -731,34 +731,37 @@ public actor Runner {
         verdict.finish()
 
         let exit = result.1?.exitCode
-        switch result.0 {
-        case .exited(let outcome):
-            if let error = watch.reportedError {
+        func decide() -> TaskOutcome {
+            switch result.0 {
+            case .exited(let outcome):
+                if let error = watch.reportedError {
+                    return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .taskFailure,
+                                                                           message: error))
+                }
+                return classify(outcome)
+            case .reportedError(let message):
                 return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .taskFailure,
-                                                                       message: error))
+                                                                       message: message))
+            case .finished:
+                return TaskOutcome(state: .completed, detail: EventDetail(
+                    exitCode: exit, message: "the tool reported Finished; its processes were stopped"))
+            case .unreachable(let why):
+                return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .serverUnreachable,
+                                                                       message: why))
+            case .waitFailed(let why):
+                return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
+                                                                       message: "lost track of the work: \(why)"))
+            case .timedOut:
+                return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .timeout,
+                                                                       message: "stopped after the timeout of \(timeout) s"))
+            case .cancelled(let why):
+                return TaskOutcome(state: .cancelled, detail: EventDetail(exitCode: exit, message: why))
+            case .ignore:
+                return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
+                                                                       message: "supervision ended without a result"))
             }
-            return classify(outcome)
-        case .reportedError(let message):
-            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .taskFailure,
-                                                                   message: message))
-        case .finished:
-            return TaskOutcome(state: .completed, detail: EventDetail(
-                exitCode: exit, message: "the tool reported Finished; its processes were stopped"))
-        case .unreachable(let why):
-            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .serverUnreachable,
-                                                                   message: why))
-        case .waitFailed(let why):
-            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
-                                                                   message: "lost track of the work: \(why)"))
-        case .timedOut:
-            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .timeout,
-                                                                   message: "stopped after the timeout of \(timeout) s"))
-        case .cancelled(let why):
-            return TaskOutcome(state: .cancelled, detail: EventDetail(exitCode: exit, message: why))
-        case .ignore:
-            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
-                                                                   message: "supervision ended without a result"))
         }
+        return Self.addingUsage(of: result.1, to: decide())
     }
 
     /// After `Finished`: waits until the work has delivered a reply sent after it (the answer to the round in which
@@ -826,6 +829,17 @@ public actor Runner {
                 }
             }
         }
+    }
+
+    /// The work's CPU time and peak memory, when its launcher counted them, as the event's `data.usage`.
+    static func addingUsage(of ended: LaunchOutcome?, to outcome: TaskOutcome) -> TaskOutcome {
+        guard let ended, ended.cpuSeconds != nil || ended.peakMemoryBytes != nil else { return outcome }
+        var usage: [String: JSONValue] = [:]
+        if let cpu = ended.cpuSeconds { usage["cpu_seconds"] = .double((cpu * 1000).rounded() / 1000) }
+        if let peak = ended.peakMemoryBytes { usage["peak_memory_bytes"] = .int(Int64(clamping: peak)) }
+        var result = outcome
+        result.detail.data = (result.detail.data ?? [:]).merging(["usage": .object(usage)]) { $1 }
+        return result
     }
 
     func classify(_ outcome: LaunchOutcome) -> TaskOutcome {

@@ -74,8 +74,8 @@ public struct LineLogHandler: LogHandler {
         -> @Sendable (String) -> LineLogHandler {
         let sink: Sink
         if let path {
-            // O_APPEND: every line goes to the end, whoever else appends.
-            sink = Sink(fd: try FileWriter.open(path, append: true), path: path, trouble: trouble)
+            // O_APPEND: every line goes to the end, whoever else appends; 0600: the task user reads none of it.
+            sink = Sink(fd: try FileWriter.open(path, append: true, mode: 0o600), path: path, trouble: trouble)
         } else {
             sink = Sink(fd: 2, path: "standard error", trouble: trouble)
         }

@@ -17,8 +17,7 @@ public struct NodeAssembly: Sendable {
     public init(config: NodeConfig, logger: Logger, diskPressure: @escaping @Sendable (Date) -> String? = { _ in nil },
                 eventsAdded: @escaping @Sendable () -> Void) throws {
         self.config = config
-        try FileManager.default.createDirectory(atPath: config.workDir, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o750])
+        try Self.prepareWorkDir(config)
         journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
         registry = Self.launchers(config)
         sandboxes = DirectorySandboxes(workDir: config.workDir, retention: SandboxRetention(
@@ -47,6 +46,27 @@ public struct NodeAssembly: Sendable {
                         eventsAdded: eventsAdded)
     }
 
+    /// The work dir and what is in it are the daemon's alone. Host tasks (another user) may pass through the work
+    /// dir and `sandboxes/` to reach their own sandbox (0711: no listing, no reading), nothing more; the git cache
+    /// (private repositories) and local deliveries (`outputs/`) are 0700. Host launchers refuse to start where their processes cannot be confined.
+    static func prepareWorkDir(_ config: NodeConfig) throws {
+        let hostTasks = config.enabledLaunchers.contains("process") || config.enabledLaunchers.contains("flower")
+        let passable: mode_t = hostTasks ? 0o711 : 0o700
+        for (dir, mode) in [(config.workDir, passable), ("\(config.workDir)/sandboxes", passable),
+                            ("\(config.workDir)/cache", mode_t(0o700)), ("\(config.workDir)/outputs", mode_t(0o700))] {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: Int(mode)])
+            guard chmod(dir, mode) == 0 else { throw SystemError("chmod", errno: errno, "cannot protect \(dir)") }
+        }
+        var refusals: [String] = []
+        for (name, confinement) in [("process", config.processConfinement), ("flower", config.flower.confinement)]
+        where config.enabledLaunchers.contains(name) {
+            if let why = confinement.refusal() { refusals.append(why) }
+            if let why = confinement.unreachable("\(config.workDir)/sandboxes") { refusals.append(why) }
+        }
+        if !refusals.isEmpty { throw ConfigError(problems: refusals) }
+    }
+
     /// The explicit launcher registry: only what the node config enables.
     static func launchers(_ config: NodeConfig) -> LauncherRegistry {
         var list: [any Launcher] = []
@@ -54,7 +74,8 @@ public struct NodeAssembly: Sendable {
             switch name {
             case "process":
                 list.append(ProcessLauncher(config: ProcessLauncherConfig(
-                    allowedExecutables: config.processAllowedExecutables, path: config.processPath)))
+                    allowedExecutables: config.processAllowedExecutables, path: config.processPath,
+                    confinement: config.processConfinement)))
             case "flower":
                 list.append(FlowerLauncher(config: config.flower))
             case "docker":

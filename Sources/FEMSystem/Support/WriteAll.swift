@@ -25,10 +25,10 @@ public enum FileWriter {
         try bytes.withUnsafeBytes { try writeAll(fd, $0, context: context) }
     }
 
-    /// Opens `path` for writing (created 0640 when missing): appending, or truncated first.
-    public static func open(_ path: String, append: Bool) throws -> Int32 {
+    /// Opens `path` for writing (created with `mode` when missing): appending, or truncated first.
+    public static func open(_ path: String, append: Bool, mode: mode_t = 0o640) throws -> Int32 {
         let flags = O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC)
-        let fd = Glibc.open(path, flags, 0o640)
+        let fd = Glibc.open(path, flags, mode)
         guard fd >= 0 else { throw SystemError("open", path) }
         return fd
     }

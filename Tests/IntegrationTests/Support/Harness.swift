@@ -359,6 +359,20 @@ enum Tasks {
     static func id(_ t: [String: JSONValue]) -> String { t["task_id"]!.stringValue! }
 }
 
+/// Gives `path` (a file or folder outside any sandbox, that a test's host task writes to) to the task user: host
+/// tasks run as `fem-task` (launchers.process.user) and can write nothing else of the node's.
+func giveToTaskUser(_ path: String) throws {
+    guard let user = getpwnam("fem-task") else {
+        throw HarnessError("no user fem-task on this machine (test.sh creates it: scripts/create-task-user.sh)")
+    }
+    if !FileManager.default.fileExists(atPath: path) {
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
+    }
+    guard chown(path, user.pointee.pw_uid, user.pointee.pw_gid) == 0 else {
+        throw HarnessError("cannot give \(path) to fem-task: \(String(cString: strerror(errno)))")
+    }
+}
+
 /// Host processes whose command line contains `marker` (to prove a process group is gone).
 func processes(withMarker marker: String) -> [Int32] {
     guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
