@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 bash scripts/install-packages.sh
+bash scripts/create-task-user.sh
 command -v swift >/dev/null || { echo "install.sh: swift is not on PATH (Swift 6 toolchain required)" >&2; exit 1; }
 
 echo "install.sh: building (release)"

@@ -8,6 +8,8 @@ cd "$(dirname "$0")"
 
 bash scripts/install-packages.sh busybox-static docker-registry apache2-utils nginx fcgiwrap git
 python3 -c "import jsonschema" 2>/dev/null || python3 -m pip install -q jsonschema
+# Host-process tests run tasks as the unprivileged fem-task user (CI starts from a fresh machine).
+bash scripts/create-task-user.sh
 
 services=$(pwd)/.build-test/services
 mkdir -p "$services"

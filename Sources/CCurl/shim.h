@@ -12,6 +12,8 @@ static inline CURLcode fem_curl_setopt_offset(CURL *h, CURLoption o, curl_off_t 
 static inline CURLcode fem_curl_setopt_slist(CURL *h, CURLoption o, struct curl_slist *v) { return curl_easy_setopt(h, o, v); }
 typedef size_t (*fem_curl_data_cb)(char *, size_t, size_t, void *);
 static inline CURLcode fem_curl_setopt_datafn(CURL *h, CURLoption o, fem_curl_data_cb v) { return curl_easy_setopt(h, o, v); }
+typedef int (*fem_curl_xferinfo_cb)(void *, curl_off_t, curl_off_t, curl_off_t, curl_off_t);
+static inline CURLcode fem_curl_setopt_xferinfofn(CURL *h, fem_curl_xferinfo_cb v) { return curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, v); }
 static inline CURLcode fem_curl_getinfo_long(CURL *h, CURLINFO i, long *v) { return curl_easy_getinfo(h, i, v); }
 static inline CURLcode fem_curl_getinfo_offset(CURL *h, CURLINFO i, curl_off_t *v) { return curl_easy_getinfo(h, i, v); }
 #endif

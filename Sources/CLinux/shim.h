@@ -6,9 +6,22 @@
 #include <fcntl.h>
 #include <unistd.h>
 #include <sys/eventfd.h>
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <sys/stat.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <net/if.h>
 
 extern int posix_spawn_file_actions_addchdir_np(posix_spawn_file_actions_t *actions, const char *path);
 extern int pipe2(int pipefd[2], int flags);
+extern int unshare(int flags);
 
 static inline int fem_spawn_add_chdir(posix_spawn_file_actions_t *actions, const char *path) {
     return posix_spawn_file_actions_addchdir_np(actions, path);
@@ -17,4 +30,215 @@ static inline int fem_pipe_cloexec_nonblock(int fds[2]) { return pipe2(fds, O_CL
 // cgroup v1 OOM notifications arrive on an eventfd (memory.oom_control + cgroup.event_control); Swift's Glibc
 // module does not include <sys/eventfd.h>.
 static inline int fem_eventfd_nonblock(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Confined spawn (host processes of the `process` and `flower` launchers).
+//
+// Why this exists: posix_spawn cannot change the uid, set PR_SET_NO_NEW_PRIVS, unshare a namespace or join a
+// cgroup, and Swift cannot safely run code between fork and exec (the runtime may allocate or take locks). So the
+// fork and everything up to execve happens here, in C, using only async-signal-safe system calls on memory the
+// parent prepared before the fork. A failing step is reported to the parent through a close-on-exec pipe
+// (which step, errno); the parent reads it until EOF, which means execve succeeded.
+// ---------------------------------------------------------------------------------------------------------------
+
+#define FEM_CLONE_NEWNET 0x40000000
+#define FEM_PR_SET_NO_NEW_PRIVS 38
+
+/// Steps of the child's setup, reported with errno when one fails.
+enum {
+    FEM_STEP_SETPGID = 1,
+    FEM_STEP_CGROUP = 2,
+    FEM_STEP_UNSHARE_NET = 3,
+    FEM_STEP_LOOPBACK = 4,
+    FEM_STEP_STDIN = 5,
+    FEM_STEP_STDOUT = 6,
+    FEM_STEP_STDERR = 7,
+    FEM_STEP_CHDIR = 8,
+    FEM_STEP_RLIMIT = 9,
+    FEM_STEP_SETGROUPS = 10,
+    FEM_STEP_SETGID = 11,
+    FEM_STEP_SETUID = 12,
+    FEM_STEP_NO_NEW_PRIVS = 13,
+    FEM_STEP_SIGNALS = 14,
+    FEM_STEP_EXEC = 15,
+    FEM_STEP_FORK = 16,
+    FEM_STEP_PIPE = 17,
+};
+
+/// Everything the child needs, prepared by the parent. A negative uid/gid keeps the parent's.
+struct fem_confinement {
+    const char *const *cgroup_procs;  // NULL-terminated list of cgroup.procs paths to join ("0" is written)
+    int new_network;                   // unshare(CLONE_NEWNET) and bring `lo` up
+    long long uid;
+    long long gid;
+    int set_rlimits;
+    unsigned long long nofile;
+    unsigned long long nproc;
+    unsigned long long fsize;          // 0: unlimited
+    int set_umask;                     // umask 077
+};
+
+static inline void fem_child_fail(int fd, int step) {
+    int report[2] = {step, errno};
+    ssize_t r;
+    do { r = write(fd, report, sizeof report); } while (r < 0 && errno == EINTR);
+    _exit(127);
+}
+
+static inline int fem_child_write_all(int fd, const char *s, size_t n) {
+    while (n > 0) {
+        ssize_t w = write(fd, s, n);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            return -1;
+        }
+        s += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static inline int fem_child_open_onto(const char *path, int flags, int target) {
+    int fd = open(path, flags | O_CLOEXEC, 0600);
+    if (fd < 0) return -1;
+    if (fd != target) {
+        if (dup2(fd, target) < 0) return -1;  // dup2 clears FD_CLOEXEC on the target
+        close(fd);
+    } else {
+        int fl = fcntl(fd, F_GETFD);
+        if (fl < 0 || fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC) < 0) return -1;
+    }
+    return 0;
+}
+
+/// Forks and execs `path` confined as `c` describes (NULL: only a process group, default signals, log files).
+/// Returns the child's pid (> 0) once execve succeeded; on failure returns -1 with *step_out and *errno_out set
+/// (the child, if there was one, is reaped).
+static inline pid_t fem_spawn_confined(const char *path, char *const argv[], char *const envp[],
+                                       const char *cwd, const char *stdout_path, const char *stderr_path,
+                                       const struct fem_confinement *c, int *step_out, int *errno_out) {
+    int fds[2];
+    *step_out = 0;
+    *errno_out = 0;
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        *step_out = FEM_STEP_PIPE;
+        *errno_out = errno;
+        return -1;
+    }
+    // Block every signal across the fork so no handler of the parent runs in the child before it resets them.
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int report = fds[1];
+        close(fds[0]);
+        // Keep the report pipe clear of 0-2, which are replaced below (a daemon started with one of them closed).
+        if (report < 3) {
+            report = fcntl(report, F_DUPFD_CLOEXEC, 3);
+            if (report < 0) _exit(127);
+        }
+        if (setpgid(0, 0) != 0) fem_child_fail(report, FEM_STEP_SETPGID);
+        if (c) {
+            for (const char *const *p = c->cgroup_procs; p && *p; p++) {
+                int fd = open(*p, O_WRONLY | O_CLOEXEC);
+                if (fd < 0) fem_child_fail(report, FEM_STEP_CGROUP);
+                if (fem_child_write_all(fd, "0", 1) != 0) fem_child_fail(report, FEM_STEP_CGROUP);
+                close(fd);
+            }
+            if (c->new_network) {
+                if (unshare(FEM_CLONE_NEWNET) != 0) fem_child_fail(report, FEM_STEP_UNSHARE_NET);
+                int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+                if (s < 0) fem_child_fail(report, FEM_STEP_LOOPBACK);
+                struct ifreq ifr;
+                memset(&ifr, 0, sizeof ifr);
+                memcpy(ifr.ifr_name, "lo", 3);
+                if (ioctl(s, SIOCGIFFLAGS, &ifr) != 0) fem_child_fail(report, FEM_STEP_LOOPBACK);
+                ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+                if (ioctl(s, SIOCSIFFLAGS, &ifr) != 0) fem_child_fail(report, FEM_STEP_LOOPBACK);
+                close(s);
+            }
+        }
+        if (fem_child_open_onto("/dev/null", O_RDONLY, 0) != 0) fem_child_fail(report, FEM_STEP_STDIN);
+        if (fem_child_open_onto(stdout_path, O_WRONLY | O_CREAT | O_APPEND, 1) != 0)
+            fem_child_fail(report, FEM_STEP_STDOUT);
+        if (fem_child_open_onto(stderr_path, O_WRONLY | O_CREAT | O_APPEND, 2) != 0)
+            fem_child_fail(report, FEM_STEP_STDERR);
+        if (chdir(cwd) != 0) fem_child_fail(report, FEM_STEP_CHDIR);
+        if (c) {
+            if (c->set_rlimits) {
+                struct rlimit r;
+                r.rlim_cur = r.rlim_max = (rlim_t)c->nofile;
+                if (setrlimit(RLIMIT_NOFILE, &r) != 0) fem_child_fail(report, FEM_STEP_RLIMIT);
+                r.rlim_cur = r.rlim_max = (rlim_t)c->nproc;
+                if (setrlimit(RLIMIT_NPROC, &r) != 0) fem_child_fail(report, FEM_STEP_RLIMIT);
+                r.rlim_cur = r.rlim_max = 0;
+                if (setrlimit(RLIMIT_CORE, &r) != 0) fem_child_fail(report, FEM_STEP_RLIMIT);
+                if (c->fsize > 0) {
+                    r.rlim_cur = r.rlim_max = (rlim_t)c->fsize;
+                    if (setrlimit(RLIMIT_FSIZE, &r) != 0) fem_child_fail(report, FEM_STEP_RLIMIT);
+                }
+            }
+            if (c->set_umask) umask(077);
+            // Raw system calls: the child has one thread, and glibc's wrappers would try to change every thread.
+            if (c->gid >= 0) {
+                if (syscall(SYS_setgroups, 0, (void *)0) != 0) fem_child_fail(report, FEM_STEP_SETGROUPS);
+                if (syscall(SYS_setresgid, (gid_t)c->gid, (gid_t)c->gid, (gid_t)c->gid) != 0)
+                    fem_child_fail(report, FEM_STEP_SETGID);
+            }
+            if (c->uid >= 0) {
+                if (syscall(SYS_setresuid, (uid_t)c->uid, (uid_t)c->uid, (uid_t)c->uid) != 0)
+                    fem_child_fail(report, FEM_STEP_SETUID);
+            }
+            if (prctl(FEM_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) fem_child_fail(report, FEM_STEP_NO_NEW_PRIVS);
+        }
+        // Default dispositions (the daemon ignores SIGPIPE, and ignored signals survive exec), then an empty mask.
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        for (int s = 1; s < 65; s++) {
+            if (s == SIGKILL || s == SIGSTOP) continue;
+            (void)sigaction(s, &dfl, (void *)0);  // EINVAL for the few the C library reserves; harmless
+        }
+        sigset_t none;
+        sigemptyset(&none);
+        if (sigprocmask(SIG_SETMASK, &none, (void *)0) != 0) fem_child_fail(report, FEM_STEP_SIGNALS);
+        // Nothing of the daemon's (journal, broker socket, cgroup eventfds) may reach the task: every descriptor
+        // above stderr is closed at exec (close_range with CLOSE_RANGE_CLOEXEC, Linux >= 5.11; else one by one).
+        if (c && syscall(SYS_close_range, 3u, ~0u, 4u /* CLOSE_RANGE_CLOEXEC */) != 0) {
+            for (int fd = 3; fd < 65536; fd++) {
+                int fl = fcntl(fd, F_GETFD);
+                if (fl >= 0) (void)fcntl(fd, F_SETFD, fl | FD_CLOEXEC);
+            }
+        }
+        execve(path, argv, envp);
+        fem_child_fail(report, FEM_STEP_EXEC);
+    }
+    int fork_errno = errno;
+    pthread_sigmask(SIG_SETMASK, &old, (void *)0);
+    close(fds[1]);
+    if (pid < 0) {
+        close(fds[0]);
+        *step_out = FEM_STEP_FORK;
+        *errno_out = fork_errno;
+        return -1;
+    }
+    int report[2] = {0, 0};
+    size_t got = 0;
+    while (got < sizeof report) {
+        ssize_t r = read(fds[0], (char *)report + got, sizeof report - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        got += (size_t)r;
+    }
+    close(fds[0]);
+    if (got == sizeof report) {
+        int status;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+        *step_out = report[0];
+        *errno_out = report[1];
+        return -1;
+    }
+    return pid;
+}
 #endif

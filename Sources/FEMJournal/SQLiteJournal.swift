@@ -95,19 +95,17 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
 
     public func recordRejection(taskID: String?, executionID: String?, message: String, at: Date) throws {
         try db.write { db in
-            var id = taskID
-            if let taskID, try Self.fetchTask(db, taskID) != nil {
-                // Never overwrite a task we already have with the rejection of a bad copy.
-                id = taskID
-            } else if let taskID {
-                try db.execute(sql: """
-                    INSERT INTO tasks (task_id, execution_id, state, document, launcher, received_at, updated_at, seq,
-                                       message)
-                    VALUES (?, ?, ?, '{}', '', ?, ?, 0, ?)
-                    """, arguments: [taskID, executionID ?? "", TaskState.rejected.rawValue, FEMTime.format(at),
-                                     FEMTime.format(at), message])
+            // No task row: a rejected message does not use up its task id (a later valid task with that id runs; its
+            // events continue the id's sequence numbers). A task we already have is never touched, and is not said to
+            // be `rejected`: a bad copy of it gets a notice in its own state.
+            if let taskID, let live = try Self.fetchTask(db, taskID) {
+                _ = try self.appendEvent(db, taskID: taskID, executionID: live.executionID, kind: .notice,
+                                         state: live.state,
+                                         detail: EventDetail(message: "a copy of this task's message was rejected "
+                                                             + "(the task goes on): \(message)"), at: at)
+                return
             }
-            _ = try self.appendEvent(db, taskID: id, executionID: executionID, kind: .state, state: .rejected,
+            _ = try self.appendEvent(db, taskID: taskID, executionID: executionID, kind: .state, state: .rejected,
                                      detail: EventDetail(message: message), at: at, updateRow: false)
         }
     }
@@ -141,7 +139,7 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
         try db.write { db in
             guard let rec = try Self.fetchTask(db, taskID) else { throw JournalError.unknownTask(taskID) }
             return try self.appendEvent(db, taskID: taskID, executionID: rec.executionID, kind: kind, state: rec.state,
-                                        detail: detail, at: at)
+                                        detail: kind == .duplicate ? detail.withState(rec.state) : detail, at: at)
         }
     }
 
@@ -210,14 +208,15 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
                 args = states.map(\.rawValue)
             }
             sql += " ORDER BY received_at DESC, rowid DESC LIMIT \(limit)"
-            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map(Self.record)
+            return try Row.fetchAll(db, sql: sql, arguments: StatementArguments(args)).map { try Self.record($0) }
         }
     }
 
     public func history(_ taskID: String) throws -> [TaskEvent] {
         try db.read { db in
+            // An event that no longer decodes is an error, not a gap nobody notices.
             try String.fetchAll(db, sql: "SELECT body FROM events WHERE task_id = ? ORDER BY seq", arguments: [taskID])
-                .compactMap { try? JSONDecoder.fem.decode(TaskEvent.self, from: Data($0.utf8)) }
+                .map { try JSONDecoder.fem.decode(TaskEvent.self, from: Data($0.utf8)) }
         }
     }
 
@@ -263,16 +262,24 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
     }
 
     private static func fetchTask(_ db: Database, _ id: String) throws -> TaskRecord? {
-        try Row.fetchOne(db, sql: "SELECT * FROM tasks WHERE task_id = ?", arguments: [id]).map(record)
+        try Row.fetchOne(db, sql: "SELECT * FROM tasks WHERE task_id = ?", arguments: [id]).map { try record($0) }
     }
 
-    private static func record(_ row: Row) -> TaskRecord {
+    /// A row as it was written, or an error naming what does not read: an unknown state or an unreadable time is
+    /// never silently turned into `failed` or "now".
+    private static func record(_ row: Row) throws -> TaskRecord {
+        let id: String = row["task_id"]
         let doc = (try? JSONValue.parse(Data((row["document"] as String).utf8))) ?? .object([:])
         let handle = (row["handle"] as String?).flatMap { try? JSONDecoder.fem.decode(LaunchHandle.self, from: Data($0.utf8)) }
-        return TaskRecord(taskID: row["task_id"], executionID: row["execution_id"],
-                          state: TaskState(rawValue: row["state"]) ?? .failed, document: doc, launcher: row["launcher"],
-                          receivedAt: FEMTime.parse(row["received_at"]) ?? Date(),
-                          updatedAt: FEMTime.parse(row["updated_at"]) ?? Date(), seq: row["seq"], handle: handle,
+        guard let state = TaskState(rawValue: row["state"]) else {
+            throw JournalError.corrupt(id, "state \"\(row["state"] as String)\" is not a known state")
+        }
+        guard let receivedAt = FEMTime.parse(row["received_at"]), let updatedAt = FEMTime.parse(row["updated_at"]) else {
+            throw JournalError.corrupt(id, "its times do not read (received_at, updated_at)")
+        }
+        return TaskRecord(taskID: id, executionID: row["execution_id"],
+                          state: state, document: doc, launcher: row["launcher"],
+                          receivedAt: receivedAt, updatedAt: updatedAt, seq: row["seq"], handle: handle,
                           exitCode: (row["exit_code"] as Int64?).map { Int32(truncatingIfNeeded: $0) },
                           failureClass: (row["failure_class"] as String?).flatMap(FailureClass.init),
                           message: row["message"], cancelRequested: (row["cancel_requested"] as Int64) != 0)
@@ -282,11 +289,13 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
 public enum JournalError: Error, CustomStringConvertible {
     case unknownTask(String)
     case illegalTransition(String, TaskState, TaskState)
+    case corrupt(String, String)
 
     public var description: String {
         switch self {
         case .unknownTask(let id): "task \(id) is not in the journal"
         case .illegalTransition(let id, let from, let to): "task \(id) cannot go from \(from.rawValue) to \(to.rawValue)"
+        case .corrupt(let id, let what): "the journal's row of task \(id) is damaged: \(what)"
         }
     }
 }

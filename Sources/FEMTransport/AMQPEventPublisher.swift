@@ -13,6 +13,8 @@ public final class AMQPEventPublisher: @unchecked Sendable {
     private let lock = NSLock()
     private var stopped = false
     private var heartbeat: (key: String, body: Data)?
+    /// Messages sent without the outbox (node notices, and events the outbox could not take), kept until confirmed.
+    private var direct: [(key: String, body: Data)] = []
     private var thread: Thread?
     private let done = DispatchSemaphore(value: 0)
     public let batchSize: Int
@@ -43,6 +45,16 @@ public final class AMQPEventPublisher: @unchecked Sendable {
         wakeup.wake()
     }
 
+    /// Publishes `body` without the journal's outbox (which may be what fails: a full disk), persistent and with
+    /// confirms; kept in memory until the broker confirmed it (at most 1000; the oldest go first).
+    public func publishDirect(routingKey: String, body: Data) {
+        lock.withLock {
+            direct.append((routingKey, body))
+            if direct.count > 1000 { direct.removeFirst(direct.count - 1000) }
+        }
+        wakeup.wake()
+    }
+
     /// Stops after one more attempt to drain the outbox, waiting at most `timeout`.
     public func stop(timeout: Double = 5) {
         lock.withLock { stopped = true }
@@ -70,8 +82,18 @@ public final class AMQPEventPublisher: @unchecked Sendable {
                 defer { heartbeat = nil }
                 return heartbeat
             }
-            let batch = try outbox.pendingEvents(limit: batchSize)
-            if batch.isEmpty && beat == nil {
+            let extra = lock.withLock { () -> [(key: String, body: Data)] in
+                defer { direct.removeAll() }
+                return direct
+            }
+            let batch: [OutboxEntry]
+            do {
+                batch = try outbox.pendingEvents(limit: batchSize)
+            } catch {
+                lock.withLock { direct.insert(contentsOf: extra, at: 0) }
+                throw error
+            }
+            if batch.isEmpty && beat == nil && extra.isEmpty {
                 if stopping { return }
                 let ready = wakeup.poll(socket: conn.socketDescriptor, timeoutMilliseconds: 1000)
                 if ready.socket || !ready.wakeup {
@@ -88,11 +110,29 @@ public final class AMQPEventPublisher: @unchecked Sendable {
                 tags.append(try conn.publish(exchange: WireNames.eventsExchange, routingKey: entry.routingKey,
                                              body: Array(entry.body), userID: userID))
             }
+            var directTags: [UInt64] = []
+            do {
+                for m in extra {
+                    directTags.append(try conn.publish(exchange: WireNames.eventsExchange, routingKey: m.key,
+                                                       body: Array(m.body)))
+                }
+            } catch {
+                lock.withLock { direct.insert(contentsOf: extra, at: 0) }
+                throw error
+            }
             if let beat {
                 try conn.publish(exchange: WireNames.eventsExchange, routingKey: beat.key, body: Array(beat.body),
                                  persistent: false, userID: userID)
             }
-            let nacked = try conn.waitForConfirms()
+            let nacked: Set<UInt64>
+            do {
+                nacked = Set(try conn.waitForConfirms())
+            } catch {
+                lock.withLock { direct.insert(contentsOf: extra, at: 0) }
+                throw error
+            }
+            let refusedDirect = zip(extra, directTags).filter { nacked.contains($0.1) }.map(\.0)
+            if !refusedDirect.isEmpty { lock.withLock { direct.insert(contentsOf: refusedDirect, at: 0) } }
             let confirmed = zip(batch, tags).filter { !nacked.contains($0.1) }.map(\.0.id)
             try outbox.confirmEvents(confirmed)
             if !nacked.isEmpty {

@@ -17,7 +17,7 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
     private let logger: Logger
     private let wakeup = WakeupPipe()
     private let lock = NSLock()
-    private var pendingAcks: [(generation: Int, channel: UInt16, tag: UInt64)] = []
+    private var pendingAcks: [(generation: Int, channel: UInt16, tag: UInt64, requeue: Bool)] = []
     private var generation = 0
     private var stopped = false
     private var started = false
@@ -115,12 +115,16 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
     }
 
     private func flushAcks(_ conn: AMQPConnection, generation gen: Int) throws {
-        let acks = lock.withLock { () -> [(generation: Int, channel: UInt16, tag: UInt64)] in
+        let acks = lock.withLock { () -> [(generation: Int, channel: UInt16, tag: UInt64, requeue: Bool)] in
             defer { pendingAcks.removeAll() }
             return pendingAcks
         }
         for ack in acks where ack.generation == gen {
-            try conn.ack(deliveryTag: ack.tag, channel: ack.channel)
+            if ack.requeue {
+                try conn.nack(deliveryTag: ack.tag, requeue: true, channel: ack.channel)
+            } else {
+                try conn.ack(deliveryTag: ack.tag, channel: ack.channel)
+            }
         }
     }
 
@@ -128,11 +132,15 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
         guard let d = try conn.nextDelivery(timeoutMilliseconds: timeout, maxBodyBytes: maxMessageBytes) else { return }
         let channel: InboundMessage.Channel = d.channel == Self.controlChannel ? .control : .task
         var message = InboundMessage(channel: channel, body: d.body, redelivered: d.redelivered,
-                                     size: Int(clamping: d.declaredBodySize)) { [weak self] in
+                                     size: Int(clamping: d.declaredBodySize), ack: { [weak self] in
             guard let self else { return }
-            self.lock.withLock { self.pendingAcks.append((gen, d.channel, d.deliveryTag)) }
+            self.lock.withLock { self.pendingAcks.append((gen, d.channel, d.deliveryTag, false)) }
             self.wakeup.wake()
-        }
+        }, requeue: { [weak self] in
+            guard let self else { return }
+            self.lock.withLock { self.pendingAcks.append((gen, d.channel, d.deliveryTag, true)) }
+            self.wakeup.wake()
+        })
         message.userID = d.userID
         continuation?.yield(message)
     }

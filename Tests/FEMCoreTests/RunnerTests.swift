@@ -15,6 +15,8 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     private(set) var started: [String] = []
     private(set) var stops = 0
     var declineReason: String?
+    /// A start that takes this long first (a Flower environment being made); a cancel interrupts it.
+    var startDelay: Duration?
 
     init(name: String = "process", script: Script, recovery: Recovery = .lost("gone")) {
         self.name = name
@@ -28,6 +30,7 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
 
     func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
         if case .failToStart = script { throw TaskFailure(.runnerSystemFailure, "engine unreachable") }
+        if let startDelay { try await Task.sleep(for: startDelay) }
         let id = job.task.taskID
         lock.withLock { started.append(id) }
         _ = signal(id)
@@ -317,11 +320,15 @@ struct RunnerTests {
         #expect(rejected.contains { $0.contains("not JSON") })
         #expect(rejected.contains { $0.contains("not valid UTF-8") })
         #expect(rejected.contains { $0.contains("over the limit of 2000 bytes") })
-        #expect(try journal.task("m1")?.state == .rejected)
-        #expect(try journal.task("m1")?.message?.contains("execution_id: is required") == true)
+        // A rejected message does not use up its task id.
+        #expect(try journal.task("m1") == nil)
+        #expect(try journal.history("m1").last?.state == .rejected)
+        #expect(try journal.history("m1").last?.detail.message?.contains("execution_id: is required") == true)
         let okEvents = try journal.history("ok")
         #expect(okEvents.filter { $0.kind == .state && $0.state == .running }.count == 1)
-        #expect(okEvents.contains { $0.kind == .duplicate })
+        let duplicate = try #require(okEvents.first { $0.kind == .duplicate })
+        #expect(duplicate.detail.data?["state"]?.stringValue == duplicate.state.rawValue)
+        #expect(duplicate.detail.message?.contains("(now \(duplicate.state.rawValue))") == true)
     }
 }
 

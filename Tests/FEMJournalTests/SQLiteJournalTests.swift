@@ -73,7 +73,48 @@ struct SQLiteJournalTests {
         _ = try j.admit(s, document: d, at: Date())
         try j.recordRejection(taskID: "a", executionID: "e", message: "bad copy", at: Date())
         #expect(try j.task("a")?.state == .received)
-        #expect(try j.history("a").last?.state == .rejected)
+        // The live task is not said to be rejected: a notice in its own state, in its own sequence.
+        let last = try #require(try j.history("a").last)
+        #expect(last.kind == .notice && last.state == .received && last.seq == 2)
+        #expect(last.detail.message?.contains("was rejected (the task goes on): bad copy") == true)
+    }
+
+    /// A rejected message does not use up its id: nothing is journaled for it but the event, and a later valid
+    /// task with that id is admitted, its events continuing the id's sequence.
+    @Test func aRejectionLeavesItsIDFree() throws {
+        let j = try SQLiteJournal(path: "\(dir)/j.sqlite", nodeID: "n1")
+        try j.recordRejection(taskID: "a", executionID: "e", message: "execution_id: is required", at: Date())
+        #expect(try j.task("a") == nil)
+        let (s, d) = try spec("a")
+        #expect(try j.admit(s, document: d, at: Date()) == .admitted)
+        #expect(try j.history("a").map(\.seq) == [1, 2])
+        #expect(try j.history("a").map(\.state) == [.rejected, .received])
+    }
+
+    /// A duplicate's event state and its data.state are read in one transaction: they agree.
+    @Test func aDuplicateSaysTheJournaledState() throws {
+        let j = try SQLiteJournal(path: "\(dir)/j.sqlite", nodeID: "n1")
+        let (s, d) = try spec("a")
+        _ = try j.admit(s, document: d, at: Date())
+        try j.transition("a", to: .stagingIn, detail: .none, at: Date())
+        let e = try j.note("a", kind: .duplicate, detail: EventDetail(message: "already received (now {state})"), at: Date())
+        #expect(e.state == .stagingIn && e.detail.data?["state"] == "staging_in")
+        #expect(e.detail.message == "already received (now staging_in)")
+    }
+
+    /// A row that no longer reads is an error naming the task, never a silent `failed` or "now".
+    @Test func aDamagedRowIsAnErrorNotAGuess() throws {
+        let path = "\(dir)/j.sqlite"
+        let j = try SQLiteJournal(path: path, nodeID: "n1")
+        let (s, d) = try spec("a")
+        _ = try j.admit(s, document: d, at: Date())
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/sqlite3")
+        p.arguments = [path, "UPDATE tasks SET state = 'exploded' WHERE task_id = 'a'"]
+        try p.run()
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0, "sqlite3 (apt-get install sqlite3) changed the row")
+        #expect(throws: JournalError.self) { _ = try j.task("a") }
     }
 
     @Test func journalFileIsPrivate() throws {

@@ -95,6 +95,22 @@ struct ProcessLauncherTests {
         #expect(result == .lost("the process ended while the daemon was down; its exit status is unknown"))
     }
 
+    /// After a SIGKILL of the daemon, a task's process that had already finished may linger as a zombie whose start
+    /// time still matches the journaled handle: it ended, it was not "stopped".
+    @Test func recoveryOfAProcessThatEndedButIsAZombieSaysItEnded() async throws {
+        let j = try job(["/bin/true"], id: "zombie")
+        let child = try ChildProcess.spawn(executable: "/bin/true", arguments: [], environment: [:],
+                                           workingDirectory: "/", stdoutPath: "/dev/null", stderrPath: "/dev/null")
+        defer { _ = ChildProcess.waitBlocking(pid: child.pid) }
+        let deadline = Date().addingTimeInterval(5)
+        while ChildProcess.isAlive(child.pid) && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        #expect(!ChildProcess.isAlive(child.pid), "the child is a zombie now")
+        let result = await ProcessLauncher(config: ProcessLauncherConfig()).recover(
+            j, handle: LaunchHandle(launcher: "process", data: ["pid": "\(child.pid)", "pgid": "\(child.pid)",
+                                                             "start_time": "\(child.startTime)"]))
+        #expect(result == .lost("the process ended while the daemon was down; its exit status is unknown"))
+    }
+
     @Test func allowlistAndMissingExecutablesAreDeclined() throws {
         let limited = ProcessLauncher(config: ProcessLauncherConfig(allowedExecutables: ["python3", "/bin/echo"]))
         #expect(limited.policyCheck(try job(["/bin/echo", "x"])) == nil)
@@ -139,5 +155,61 @@ struct ProcessLauncherTests {
         #expect(outcome.exitCode == 0)
         let real = try #require(realpath("/bin/sh", nil).map { p in defer { free(p) }; return String(cString: p) })
         #expect(try String(contentsOfFile: "\(j.sandbox.output)/argv0", encoding: .utf8) == real + "\n")
+    }
+}
+
+/// Spawn, then persist, or stop: when the handle cannot be journaled, what was started is stopped before the error
+/// is reported, so nothing runs unsupervised.
+struct SpawnPersistFailureTests {
+    struct JournalFull: Error, CustomStringConvertible {
+        var description: String { "SQLite error 13: database or disk is full" }
+    }
+
+    @Test func aHostProcessWhoseHandleCannotBePersistedIsStopped() async throws {
+        let t = ProcessLauncherTests()
+        let marker = "persist-fails-\(UUID().uuidString.prefix(8))"
+        let j = try t.job(["/bin/sh", "-c", "exec sleep 60 # \(marker)"], id: "pf")
+        let launcher = ProcessLauncher(config: ProcessLauncherConfig())
+        do {
+            _ = try await launcher.start(j) { _ in throw JournalFull() }
+            Issue.record("the start should fail")
+        } catch let f as TaskFailure {
+            #expect(f.failureClass == .nodeDiskFull, "\(f)")
+            #expect(f.message.contains("so it was stopped") && f.message.contains("database or disk is full"))
+        }
+        #expect(await t.gone(j), "no process of the task is left")
+    }
+
+    @Test func aContainerWhoseHandleCannotBePersistedIsRemoved() async throws {
+        let engine = DockerEngine()
+        try #require((try? engine.ping()) == true, "dockerd is not answering on /var/run/docker.sock")
+        let t = ProcessLauncherTests()
+        let id = "pf-\(UUID().uuidString.prefix(8).lowercased())"
+        let doc: JSONValue = ["schema_version": 1, "task_id": .string(id), "execution_id": "e", "plan": [
+            "schema_version": 1, "id": "t", "version": "1", "launcher": "docker", "image": "fem-test/busybox:2",
+            "command": ["base": ["/bin/sleep", "60"]]]]
+        let task = try DocumentReader.readTask(doc, requireTaskID: true)
+        let paths = ToolPaths.under("\(t.root)/\(id)")
+        for d in [paths.src, paths.input, paths.output, paths.logs] {
+            try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        }
+        var config = DockerLauncherConfig(socket: "/var/run/docker.sock", allowedImages: ["fem-test/*"],
+                                          user: "65534:65534", pidsLimit: 64, defaultMemoryMB: 64, maxMemoryMB: 128,
+                                          maxCPUs: 1, tmpfsMB: 8, allowHostNetwork: false, allowGPUs: false,
+                                          nodeID: "pf-node", datasets: [:])
+        config.nodeID = "pf-node-\(id)"
+        let launcher = DockerLauncher(config: config)
+        let command = try Renderer.render(task, context: RenderContext(nodeID: "n1", nodeName: "n1",
+                                                                       paths: launcher.toolPaths(forHost: paths),
+                                                                       datasets: [:]), timeoutSeconds: 30)
+        let job = LaunchJob(task: task, command: command, sandbox: paths)
+        do {
+            _ = try await launcher.start(job) { _ in throw JournalFull() }
+            Issue.record("the start should fail")
+        } catch let f as TaskFailure {
+            #expect(f.message.contains("was removed and not started"), "\(f)")
+        }
+        let left = try engine.containers(labels: ["org.fem-client.node": config.nodeID])
+        #expect(left.isEmpty, "no container of the task is left: \(left)")
     }
 }

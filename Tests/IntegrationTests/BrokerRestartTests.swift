@@ -14,6 +14,7 @@ struct BrokerRestartTests {
         let op = try Operator(node: node)
         let runs = "\(node.dir)/runs"
         try FileManager.default.createDirectory(atPath: runs, withIntermediateDirectories: true)
+        try giveToTaskUser(runs)
         let tasks = (0..<100).map { i in
             Tasks.task(["/bin/sh", "-c", "sleep 0.05; echo \(i) >> \(runs)/$0", "t\(i)"], id: "restart-\(i)")
         }

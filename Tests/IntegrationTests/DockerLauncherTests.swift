@@ -235,7 +235,8 @@ struct DockerLauncherTests {
     }
 
     @Test func anUnreachableDockerdFailsTheTaskAndTheDaemonGoesOn() throws {
-        let node = try dockerNode("dk-down", extra: "socket = \"/nonexistent/docker.sock\"")
+        // It waits (launchers.docker.wait_for_daemon_seconds) with a notice, then fails.
+        let node = try dockerNode("dk-down", extra: "socket = \"/nonexistent/docker.sock\"\nwait_for_daemon_seconds = 2")
         let check = try node.run(["check"])
         #expect(check.status == 1)
         #expect(check.output.contains("FAIL  docker: dockerd is not reachable on /nonexistent/docker.sock"))
@@ -247,6 +248,8 @@ struct DockerLauncherTests {
         let final = try #require(op.finalState(of: Tasks.id(t)))
         #expect(final.state == .failed && final.detail.failureClass == .runnerSystemFailure)
         #expect(final.detail.message?.contains("dockerd is not reachable") == true)
+        #expect(op.events(of: Tasks.id(t)).contains { $0.kind == .notice
+            && $0.detail.message?.contains("waiting up to 2 s for it to come back") == true }, "it said it waits")
         let after = Tasks.task(["/bin/true"])
         try op.submit(after)
         try op.waitForFinal([Tasks.id(after)])

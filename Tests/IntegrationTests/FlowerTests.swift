@@ -82,6 +82,16 @@ struct FlowerTests {
                 "flower": ["server": .string(server), "insecure": true]]
     }
 
+    /// /proc/<pid>/status of the processes whose environment holds `entry`.
+    func processStatuses(withEnvironmentEntry entry: String) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return names.compactMap { name -> String? in
+            guard Int32(name) != nil, let environ = FileManager.default.contents(atPath: "/proc/\(name)/environ"),
+                  environ.split(separator: 0).contains(where: { Array($0) == Array(entry.utf8) }) else { return nil }
+            return try? String(contentsOfFile: "/proc/\(name)/status", encoding: .utf8)
+        }
+    }
+
     func progressRounds(_ op: Operator, _ id: String) -> [Int64] {
         op.events(of: id).filter { $0.kind == .progress }.compactMap { $0.detail.data?["round"]?.intValue }
     }
@@ -132,6 +142,16 @@ struct FlowerTests {
         _ = try op.waitFor("both SuperNodes to connect to the SuperLink", timeout: 240) { events in
             tasks.allSatisfy { t in
                 events.contains { $0.taskID == Tasks.id(t) && $0.detail.message?.hasPrefix("connected to the SuperLink") == true }
+            }
+        }
+
+        // The SuperNodes (and the ClientApps they start) run as the unprivileged task user, with no new privileges.
+        for t in tasks {
+            let statuses = processStatuses(withEnvironmentEntry: "FEM_TASK_ID=\(Tasks.id(t))")
+            #expect(!statuses.isEmpty, "the SuperNode of \(Tasks.id(t)) runs")
+            for status in statuses {
+                #expect(!status.contains("Uid:\t0\t"), "a SuperNode runs as root: \(status)")
+                #expect(status.contains("NoNewPrivs:\t1"), "\(status)")
             }
         }
 

@@ -81,6 +81,7 @@ struct ReceiverSpineTests {
         try node.start()
         let op = try Operator(node: node)
         let out = "\(node.dir)/runs.txt"
+        try giveToTaskUser(out)
         let t = Tasks.task(["/bin/sh", "-c", "echo run >> \(out)"])
         try op.submit(t)
         try op.waitForFinal([Tasks.id(t)])

@@ -94,6 +94,13 @@ public struct Heartbeat: Sendable, Codable, Equatable {
     public var freeDiskBytes: UInt64?
     public var launchers: [String]
     public var datasets: [DatasetAdvert]
+    /// Set while the node takes no new tasks because of a fault (`disk`: free space below `node.min_free_mb`),
+    /// with the reason; absent when all is well.
+    public var pressure: String?
+    /// State changes the journal refused and the node keeps trying to write (their tasks' real states are in memory).
+    public var unrecorded: Int?
+    /// The node is draining for a stop: it takes no new tasks, and running ones finish.
+    public var draining: Bool?
 
     public init(nodeID: String, version: String, time: Date, running: Int, queued: Int, freeDiskBytes: UInt64?,
                 launchers: [String], datasets: [DatasetAdvert] = []) {
@@ -114,10 +121,42 @@ public struct Heartbeat: Sendable, Codable, Equatable {
         case nodeID = "node_id"
         case version, time, running, queued
         case freeDiskBytes = "free_disk_bytes"
-        case launchers, datasets
+        case launchers, datasets, pressure, unrecorded, draining
     }
 
     public var routingKey: String { "node.\(nodeID).heartbeat" }
+}
+
+/// Wire protocol v1: news about the node itself, key `node.<id>.notice`: disk pressure and its end, a log that
+/// cannot be written, a delivery returned to the broker because it could not be journaled. Not journaled (the journal
+/// may be what fails): sent directly with publisher confirms, kept in memory until the broker confirmed it.
+public struct NodeNotice: Sendable, Codable, Equatable {
+    public var schemaVersion = 1
+    public var kind = "node_notice"
+    public var nodeID: String
+    public var time: Date
+    /// A short word for what happened: `disk_pressure`, `disk_pressure_ended`, `log_dropping`, `log_recovered`,
+    /// `delivery_returned`, `docker_unreachable`, `draining`.
+    public var reason: String
+    public var message: String
+    public var data: [String: JSONValue]?
+
+    public init(nodeID: String, time: Date = Date(), reason: String, message: String, data: [String: JSONValue]? = nil) {
+        self.nodeID = nodeID
+        self.time = time
+        self.reason = reason
+        self.message = message
+        self.data = data
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case schemaVersion = "schema_version"
+        case kind
+        case nodeID = "node_id"
+        case time, reason, message, data
+    }
+
+    public var routingKey: String { "node.\(nodeID).notice" }
 }
 
 /// What the heartbeat says about a dataset: its id and labels, never its host path.

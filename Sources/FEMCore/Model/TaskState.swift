@@ -52,4 +52,7 @@ public enum FailureClass: String, Sendable, Codable, CaseIterable {
     case outOfMemory = "out_of_memory"
     /// The work could not reach its server (a Flower SuperLink) for longer than the node allows.
     case serverUnreachable = "server_unreachable"
+    /// A write on the node failed because its filesystem is full (work dir, logs, journal): the node's fault, with
+    /// the real cause in the message.
+    case nodeDiskFull = "node_disk_full"
 }

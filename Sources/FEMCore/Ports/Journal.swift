@@ -69,8 +69,8 @@ public protocol Journal: Outbox {
 
     /// Records a new task in state `received` (with its event), or reports the existing one.
     func admit(_ spec: TaskSpec, document: JSONValue, at: Date) throws -> Admission
-    /// Records an event for a message that could not be accepted. The task row, if the id is known and new, is
-    /// kept in state `rejected`.
+    /// Records an event for a message that could not be accepted. No task row is made: the id stays free for a
+    /// later valid task (whose events continue the id's sequence numbers).
     func recordRejection(taskID: String?, executionID: String?, message: String, at: Date) throws
     @discardableResult
     func transition(_ taskID: String, to state: TaskState, detail: EventDetail, at: Date) throws -> TaskEvent
@@ -93,5 +93,16 @@ extension Journal {
         let active = try tasks(states: [.stagingIn, .running, .stagingOut], limit: 100_000).count
         let queued = try tasks(states: [.received], limit: 100_000).count
         return (active, queued)
+    }
+}
+
+extension EventDetail {
+    /// A duplicate's detail with the journaled state filled in (`data.state`, and `{state}` in the message), by the
+    /// journal in the transaction that writes the event, so that both agree with the event's `state`.
+    public func withState(_ state: TaskState) -> EventDetail {
+        var d = self
+        d.message = d.message?.replacingOccurrences(of: "{state}", with: state.rawValue)
+        d.data = (d.data ?? [:]).merging(["state": .string(state.rawValue)]) { $1 }
+        return d
     }
 }

@@ -38,12 +38,19 @@ public struct LaunchOutcome: Sendable, Equatable {
     public var signal: Int32?
     public var outOfMemory: Bool
     public var message: String?
+    /// CPU time and peak memory of everything the work ran, where the launcher can count them (a host task's
+    /// cgroup); they go into the terminal event's `data.usage`.
+    public var cpuSeconds: Double?
+    public var peakMemoryBytes: UInt64?
 
-    public init(exitCode: Int32?, signal: Int32? = nil, outOfMemory: Bool = false, message: String? = nil) {
+    public init(exitCode: Int32?, signal: Int32? = nil, outOfMemory: Bool = false, message: String? = nil,
+                cpuSeconds: Double? = nil, peakMemoryBytes: UInt64? = nil) {
         self.exitCode = exitCode
         self.signal = signal
         self.outOfMemory = outOfMemory
         self.message = message
+        self.cpuSeconds = cpuSeconds
+        self.peakMemoryBytes = peakMemoryBytes
     }
 
     public var succeeded: Bool { exitCode == 0 && !outOfMemory }

@@ -50,12 +50,11 @@ public final class MemoryJournal: Journal, @unchecked Sendable {
 
     public func recordRejection(taskID: String?, executionID: String?, message: String, at: Date) throws {
         lock.withLock {
-            if let taskID, rows[taskID] == nil {
-                rows[taskID] = TaskRecord(taskID: taskID, executionID: executionID ?? "", state: .rejected,
-                                          document: .object([:]), launcher: "", receivedAt: at, updatedAt: at, seq: 0,
-                                          handle: nil, exitCode: nil, failureClass: nil, message: message,
-                                          cancelRequested: false)
-                order.append(taskID)
+            // No task row: a rejected message does not use up its task id. A live task is not said to be rejected.
+            if let taskID, let live = rows[taskID] {
+                _ = append(taskID, live.executionID, .notice, live.state, EventDetail(
+                    message: "a copy of this task's message was rejected (the task goes on): \(message)"), at)
+                return
             }
             _ = append(taskID, executionID, .state, .rejected, EventDetail(message: message), at)
         }
@@ -78,7 +77,7 @@ public final class MemoryJournal: Journal, @unchecked Sendable {
     public func note(_ taskID: String, kind: EventKind, detail: EventDetail, at: Date) throws -> TaskEvent {
         try lock.withLock {
             guard let r = rows[taskID] else { throw MemoryJournalError.unknownTask(taskID) }
-            return append(taskID, r.executionID, kind, r.state, detail, at)
+            return append(taskID, r.executionID, kind, r.state, kind == .duplicate ? detail.withState(r.state) : detail, at)
         }
     }
 

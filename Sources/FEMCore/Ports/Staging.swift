@@ -36,13 +36,17 @@ public struct StageReporter: Sendable {
     /// Journal step markers, so a restarted stage skips what it already did.
     public var isDone: @Sendable (String) -> String?
     public var markDone: @Sendable (String, String) -> Void
+    /// Something the orchestrator should know that is not progress (a wait for dockerd): a `notice` event.
+    public var notice: @Sendable (String, [String: JSONValue]) -> Void
 
     public init(progress: @escaping @Sendable (String, [String: JSONValue]) -> Void,
                 isDone: @escaping @Sendable (String) -> String?,
-                markDone: @escaping @Sendable (String, String) -> Void) {
+                markDone: @escaping @Sendable (String, String) -> Void,
+                notice: (@Sendable (String, [String: JSONValue]) -> Void)? = nil) {
         self.progress = progress
         self.isDone = isDone
         self.markDone = markDone
+        self.notice = notice ?? progress
     }
 }
 

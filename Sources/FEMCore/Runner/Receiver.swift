@@ -3,7 +3,9 @@ import Logging
 
 /// Turns broker deliveries into journal rows. A delivery is acknowledged only after its row is committed; a task
 /// id seen before is acknowledged and not run again; a malformed message is rejected with an event and
-/// acknowledged, so it never blocks the messages behind it.
+/// acknowledged, so it never blocks the messages behind it. No delivery is ever held: a task the node will not take
+/// now (disk pressure, a drain) or cannot journal goes back to the broker (nack, requeue) after a short wait, with a
+/// notice saying why, so the node never sits on its prefetch.
 public struct Receiver: Sendable {
     public var nodeID: String
     public var maxMessageBytes: Int
@@ -14,16 +16,37 @@ public struct Receiver: Sendable {
     let runner: Runner
     let logger: Logger
     let eventsAdded: @Sendable () -> Void
+    /// Nil while the node takes tasks; else why it does not (the delivery is requeued, not read).
+    let admission: @Sendable () -> String?
+    /// A node notice sent directly, not through the outbox: reason, message, data.
+    let notify: @Sendable (String, String, [String: JSONValue]) -> Void
+    let backoff: RequeueBackoff
 
     public init(nodeID: String, maxMessageBytes: Int, journal: any Journal, runner: Runner, logger: Logger,
-                orchestrators: Set<String>? = nil, eventsAdded: @escaping @Sendable () -> Void) {
+                admission: @escaping @Sendable () -> String? = { nil },
+                notify: @escaping @Sendable (String, String, [String: JSONValue]) -> Void = { _, _, _ in },
+                requeueDelay: Duration = .seconds(1), orchestrators: Set<String>? = nil,
+                eventsAdded: @escaping @Sendable () -> Void) {
         self.orchestrators = orchestrators
         self.nodeID = nodeID
         self.maxMessageBytes = maxMessageBytes
         self.journal = journal
         self.runner = runner
         self.logger = logger
+        self.admission = admission
+        self.notify = notify
+        self.backoff = RequeueBackoff(base: requeueDelay)
         self.eventsAdded = eventsAdded
+    }
+
+    /// Gives the delivery back to the broker after a wait (longer after each failure in a row, up to 30 s), without
+    /// holding up the messages behind it (a cancel among them is still read at once).
+    private func requeueLater(_ message: InboundMessage, failed: Bool) {
+        let delay = failed ? backoff.failure() : backoff.base
+        Task {
+            try? await Task.sleep(for: delay)
+            message.requeue()
+        }
     }
 
     /// Consumes messages until the source ends.
@@ -63,6 +86,12 @@ public struct Receiver: Sendable {
     }
 
     private func handleTask(_ message: InboundMessage) async {
+        if let why = admission() {
+            // Not read, not journaled: back to the broker (the node said why in a notice when it began refusing).
+            requeueLater(message, failed: false)
+            logger.debug("delivery returned to the broker: \(why)")
+            return
+        }
         let now = Date()
         let value: JSONValue
         do {
@@ -92,22 +121,28 @@ public struct Receiver: Sendable {
                             metadata: ["task": "\(spec.taskID)"])
                 eventsAdded()
                 message.ack()
+                backoff.success()
                 await runner.enqueue(spec.taskID)
-            case .duplicate(let existing):
-                let text = "task \(spec.taskID) was already received (now \(existing.state.rawValue)); "
-                    + "this delivery was not run again"
-                try journal.note(spec.taskID, kind: .duplicate,
-                                 detail: EventDetail(message: text, data: ["state": .string(existing.state.rawValue)]),
-                                 at: now)
-                logger.notice("duplicate delivery ignored (task is \(existing.state.rawValue))",
+            case .duplicate:
+                // The journal fills in the state (`{state}` and data.state) in the same transaction as the event's
+                // own `state`, so they always agree.
+                let text = "task \(spec.taskID) was already received (now {state}); this delivery was not run again"
+                let event = try journal.note(spec.taskID, kind: .duplicate, detail: EventDetail(message: text), at: now)
+                logger.notice("duplicate delivery ignored (task is \(event.state.rawValue))",
                               metadata: ["task": "\(spec.taskID)"])
                 eventsAdded()
                 message.ack()
             }
         } catch {
-            // Not acknowledged: the broker redelivers after a reconnect, and the journal decides again.
-            logger.error("cannot journal the task, leaving it unacknowledged: \(error)",
+            // Returned to the broker after a backoff: it comes again, and the journal decides again.
+            let delay = backoff.peek()
+            logger.error("cannot journal the task; returning it to the broker in \(delay): \(error)",
                          metadata: ["task": "\(spec.taskID)"])
+            notify("delivery_returned", "task \(spec.taskID) could not be journaled (\(error)); it was returned to the "
+                   + "broker and will be delivered again",
+                   ["task_id": .string(spec.taskID), "execution_id": .string(spec.executionID),
+                    "error": .string("\(error)")])
+            requeueLater(message, failed: true)
         }
     }
 
@@ -118,7 +153,11 @@ public struct Receiver: Sendable {
             eventsAdded()
             message.ack()
         } catch {
-            logger.error("cannot journal a rejection, leaving it unacknowledged: \(error)")
+            logger.error("cannot journal a rejection; returning the message to the broker: \(error)")
+            notify("delivery_returned", "a message that is rejected (\(reason)) could not be journaled (\(error)); it "
+                   + "was returned to the broker", taskID.map { ["task_id": .string($0), "error": .string("\(error)")] }
+                   ?? ["error": .string("\(error)")])
+            requeueLater(message, failed: true)
         }
     }
 
@@ -135,4 +174,27 @@ public struct Receiver: Sendable {
         }
         await runner.cancel(control.taskID, reason: control.reason)
     }
+}
+
+/// The wait before a delivery goes back to the broker: `base` while all is well, doubling with each journal failure
+/// in a row (up to 30 s), so a node whose journal fails does not spin on its deliveries.
+public final class RequeueBackoff: @unchecked Sendable {
+    let base: Duration
+    private let lock = NSLock()
+    private var failures = 0
+
+    init(base: Duration) { self.base = base }
+
+    func failure() -> Duration {
+        lock.withLock {
+            defer { failures += 1 }
+            return delay(failures)
+        }
+    }
+
+    func peek() -> Duration { lock.withLock { delay(failures) } }
+
+    func success() { lock.withLock { failures = 0 } }
+
+    private func delay(_ n: Int) -> Duration { min(base * (1 << min(n, 5)), .seconds(30)) }
 }

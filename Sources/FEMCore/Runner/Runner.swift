@@ -19,6 +19,15 @@ public struct RunnerSettings: Sendable {
     public var envAllowed: [String]
     /// What the reporter channel may carry (`[reporter]`, and the airlock's hold on tool text).
     public var reporter: ReporterLimits
+    /// A state change the journal refuses is tried again after this, doubling up to `journalRetryMax`.
+    public var journalRetryBase: Duration = .milliseconds(200)
+    public var journalRetryMax: Duration = .seconds(5)
+    /// After a cancel, a stage-in step or a start that has not stopped by then is left behind (the task ends
+    /// `cancelled` at once, and whatever the step still brings is stopped or ignored).
+    public var cancelDeadline: Duration = .milliseconds(1500)
+    /// Why the node's disk was full at some time since the given date (nil when it was not): a task that fails while
+    /// it is, fails `node_disk_full` with that cause (its writes, its logs included, fail too).
+    public var diskPressure: @Sendable (Date) -> String? = { _ in nil }
 
     public init(nodeID: String, nodeName: String? = nil, maxConcurrentTasks: Int = 2, defaultTimeoutSeconds: Int = 3600,
                 allowTimeoutAbovePlan: Bool = false, maxTimeoutSeconds: Int = 7 * 24 * 3600,
@@ -149,15 +158,28 @@ public actor Runner {
     /// Reads the work's logs while it runs, for reporter-protocol lines and launcher signals.
     let follower: any LineFollower
     let hooks: any HookRunner
+    let unrecordedStore: any UnrecordedChanges
 
     private var queue: [String] = []
+    /// Why each active task was cancelled, once it was.
+    private var cancelReasons: [String: String] = [:]
+    /// Interrupts the stage-in step or start a task is in (set while one runs).
+    private var interrupters: [String: @Sendable () -> Void] = [:]
+    /// State changes the journal refused, with its error: retried until written, never forgotten meanwhile.
+    private var unrecorded: [String: UnrecordedChange] = [:]
+    /// The daemon is stopping: journal retries give up (the change stays in `unrecordedStore`).
+    private var stopping = false
+    /// The daemon drains for a stop: queued tasks are not started.
+    private var draining = false
     private var active: [String: AsyncStream<String>.Continuation] = [:]
     private var idleWaiters: [CheckedContinuation<Void, Never>] = []
 
     public init(settings: RunnerSettings, journal: any Journal, registry: LauncherRegistry,
                 sandboxes: any SandboxProvider, stageIn: any StageIn, stageOut: any StageOut, logger: Logger,
                 follower: any LineFollower = NoLineFollower(), hooks: any HookRunner = NoHooks(),
+                unrecorded: any UnrecordedChanges = NoUnrecordedChanges(),
                 eventsAdded: @escaping @Sendable () -> Void = {}) {
+        self.unrecordedStore = unrecorded
         self.follower = follower
         self.hooks = hooks
         self.settings = settings
@@ -172,6 +194,25 @@ public actor Runner {
 
     public var activeCount: Int { active.count }
 
+    /// State changes not yet written to the journal (task id → the state it is really in), for the heartbeat.
+    public var unrecordedStates: [String: TaskState] { unrecorded.mapValues(\.state) }
+
+    /// The drain for a stop: no queued task starts any more (they stay `received` in the journal and run after the
+    /// next start); waits until nothing runs, or `limit` passed. Returns how many tasks are still active.
+    public func drain(limit: Duration) async -> Int {
+        draining = true
+        let deadline = ContinuousClock.now + limit
+        while !active.isEmpty && ContinuousClock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(100))
+        }
+        return active.count
+    }
+
+    /// The daemon stops: journal retries end (what is still unrecorded stays in the unrecorded store).
+    public func shutdown() {
+        stopping = true
+    }
+
     /// Queues a journaled task; it starts when a slot is free.
     public func enqueue(_ taskID: String) {
         guard active[taskID] == nil, !queue.contains(taskID) else { return }
@@ -185,18 +226,21 @@ public actor Runner {
         await withCheckedContinuation { idleWaiters.append($0) }
     }
 
-    /// Cancels a task wherever it is: queued tasks end at once, running ones are stopped.
-    public func cancel(_ taskID: String, reason: String?) {
+    /// Cancels a task wherever it is: queued tasks end at once, a stage-in step or a start is interrupted (the
+    /// tool never starts), running work is stopped.
+    public func cancel(_ taskID: String, reason: String?) async {
         let why = reason.map { "cancelled: \($0)" } ?? "cancelled by the orchestrator"
         if let i = queue.firstIndex(of: taskID) {
             queue.remove(at: i)
-            record(taskID, .cancelled, EventDetail(message: why))
+            await record(taskID, .cancelled, EventDetail(message: why))
             logger.info("cancelled before it started", metadata: ["task": "\(taskID)"])
             signalIdleIfNeeded()
             return
         }
         if let signal = active[taskID] {
             try? journal.setCancelRequested(taskID)
+            if cancelReasons[taskID] == nil { cancelReasons[taskID] = why }
+            interrupters[taskID]?()
             signal.yield(why)
             logger.info("cancel requested; stopping", metadata: ["task": "\(taskID)"])
             return
@@ -206,7 +250,7 @@ public actor Runner {
             return
         }
         if rec.state == .awaitingApproval {
-            record(taskID, .cancelled, EventDetail(message: why + "; its outputs were not sent"))
+            await record(taskID, .cancelled, EventDetail(message: why + "; its outputs were not sent"))
         } else if rec.state.isTerminal {
             logger.info("cancel for a task that already ended (\(rec.state.rawValue)); ignored",
                         metadata: ["task": "\(taskID)"])
@@ -248,6 +292,7 @@ public actor Runner {
     public static let heldTextStep = "held_text"
 
     private func pump() {
+        guard !draining else { return }
         while active.count < settings.maxConcurrentTasks, !queue.isEmpty {
             let id = queue.removeFirst()
             let (stream, continuation) = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingNewest(1))
@@ -262,6 +307,8 @@ public actor Runner {
     private func finished(_ id: String) {
         active[id]?.finish()
         active[id] = nil
+        cancelReasons[id] = nil
+        interrupters[id] = nil
         pump()
         signalIdleIfNeeded()
     }
@@ -275,26 +322,90 @@ public actor Runner {
 
     // MARK: - One task
 
+    /// Journals a state change. A refused write (a full disk, an I/O error) is tried again with backoff until it is
+    /// written, the real change kept in memory (and in the unrecorded store) meanwhile; false only for a change the
+    /// journal can never take (an illegal transition, an unknown task) or when the daemon stops first.
     @discardableResult
-    private func record(_ taskID: String, _ state: TaskState, _ detail: EventDetail) -> Bool {
-        do {
-            try journal.transition(taskID, to: state, detail: detail, at: Date())
-            var meta: Logger.Metadata = ["task": "\(taskID)"]
-            if let c = detail.failureClass { meta["class"] = "\(c.rawValue)" }
-            if let e = detail.exitCode { meta["exit"] = "\(e)" }
-            let text = detail.message.map { "\(state.rawValue): \($0)" } ?? state.rawValue
-            if state == .failed || state == .declined {
-                logger.warning("\(text)", metadata: meta)
-            } else {
-                logger.info("\(text)", metadata: meta)
+    private func record(_ taskID: String, _ state: TaskState, _ detail: EventDetail) async -> Bool {
+        var delay = settings.journalRetryBase
+        var failures = 0
+        attempts: while true {
+            do {
+                try journal.transition(taskID, to: state, detail: detail, at: Date())
+            } catch {
+                // Written after all (the error came after the commit): done.
+                if failures > 0, let rec = try? journal.task(taskID), rec.state == state { break attempts }
+                // Not worth another try when the journal holds the task in a state that cannot move there.
+                if let rec = try? journal.task(taskID), !rec.state.canMove(to: state) {
+                    logger.error("journal refused \(state.rawValue): \(error)", metadata: ["task": "\(taskID)"])
+                    return false
+                }
+                failures += 1
+                if failures == 1 {
+                    let change = UnrecordedChange(state: state, detail: detail, error: "\(error)", time: Date())
+                    unrecorded[taskID] = change
+                    unrecordedStore.save(taskID, change)
+                    logger.error("journal refused \(state.rawValue), trying again until it is written: \(error)",
+                                 metadata: ["task": "\(taskID)"])
+                }
+                if stopping { return false }
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, settings.journalRetryMax)
+                continue
             }
-            // After the log line, so receiver.log never lags behind what the orchestrator sees.
-            eventsAdded()
-            return true
-        } catch {
-            logger.error("journal refused \(state.rawValue): \(error)", metadata: ["task": "\(taskID)"])
-            return false
+            break attempts
         }
+        if failures > 0 {
+            unrecorded[taskID] = nil
+            unrecordedStore.remove(taskID)
+            logger.notice("journaled \(state.rawValue) after \(failures) refused attempt(s)", metadata: ["task": "\(taskID)"])
+        }
+        var meta: Logger.Metadata = ["task": "\(taskID)"]
+        if let c = detail.failureClass { meta["class"] = "\(c.rawValue)" }
+        if let e = detail.exitCode { meta["exit"] = "\(e)" }
+        let text = detail.message.map { "\(state.rawValue): \($0)" } ?? state.rawValue
+        if state == .failed || state == .declined {
+            logger.warning("\(text)", metadata: meta)
+        } else {
+            logger.info("\(text)", metadata: meta)
+        }
+        // After the log line, so receiver.log never lags behind what the orchestrator sees.
+        eventsAdded()
+        return true
+    }
+
+    /// Runs a stage-in step or a start as a task of its own that a cancel interrupts: the step's Swift task is
+    /// cancelled at once (its blocking calls read that through their cancel flags); one that has not ended
+    /// `cancelDeadline` later is left behind, and `late` gets whatever it still produces. Nil when left behind.
+    private func interruptibly<T: Sendable>(_ taskID: String, late: (@Sendable (T) async -> Void)? = nil,
+                                            _ body: @escaping @Sendable () async throws -> T) async
+        -> Result<T, any Error>? {
+        let work = Task { try await body() }
+        let once = ResumeOnce<Result<T, any Error>?>()
+        let deadline = settings.cancelDeadline
+        Task {
+            let r = await work.result
+            if !once.resume(r), case .success(let value) = r { await late?(value) }
+        }
+        let interrupt: @Sendable () -> Void = {
+            work.cancel()
+            Task {
+                try? await Task.sleep(for: deadline)
+                once.resume(nil)
+            }
+        }
+        interrupters[taskID] = interrupt
+        if cancelReasons[taskID] != nil { interrupt() }
+        let result = await withCheckedContinuation { once.set($0) }
+        interrupters[taskID] = nil
+        return result
+    }
+
+    /// The cancel of a task that is active, if one came (in this run, or journaled before a restart).
+    private func cancelReason(_ taskID: String) -> String? {
+        if let why = cancelReasons[taskID] { return why }
+        if (try? journal.task(taskID))?.cancelRequested == true { return "cancelled by the orchestrator" }
+        return nil
     }
 
     /// An event without a state change (progress, notice), with its line in the log: safe from any thread.
@@ -315,7 +426,8 @@ public actor Runner {
         return StageReporter(
             progress: { message, data in note(.progress, message, data) },
             isDone: { step in (try? journal.step(taskID, step)) ?? nil },
-            markDone: { step, info in try? journal.markStep(taskID, step, info: info) })
+            markDone: { step, info in try? journal.markStep(taskID, step, info: info) },
+            notice: { message, data in note(.notice, message, data) })
     }
 
     private func execute(_ taskID: String, cancelSignal: AsyncStream<String>) async {
@@ -328,13 +440,13 @@ public actor Runner {
             spec = try DocumentReader.readTask(rec.document, requireTaskID: true)
         } catch {
             // The document was valid when it was admitted; a newer node may be stricter.
-            record(taskID, .failed, EventDetail(failureClass: .runnerSystemFailure,
-                                                message: "the journaled task can no longer be read: \(error)"))
+            await record(taskID, .failed, EventDetail(failureClass: .runnerSystemFailure,
+                                                      message: "the journaled task can no longer be read: \(error)"))
             return
         }
         let notStarted = rec.state == .received || rec.state == .stagingIn
         if rec.cancelRequested && notStarted {
-            record(taskID, .cancelled, EventDetail(message: "cancelled by the orchestrator"))
+            await record(taskID, .cancelled, EventDetail(message: "cancelled by the orchestrator"))
             return
         }
 
@@ -342,12 +454,12 @@ public actor Runner {
         switch prepare(spec) {
         case .success(let p): prepared = p
         case .failure(let decline) where notStarted:
-            record(taskID, .declined, EventDetail(message: decline.reason))
+            await record(taskID, .declined, EventDetail(message: decline.reason))
             return
         case .failure(let decline):
             // Work already ran under a policy the node no longer has (its config changed across a restart).
-            record(taskID, .failed, EventDetail(failureClass: .runnerSystemFailure,
-                                                message: "cannot resume after a restart: \(decline.reason)"))
+            await record(taskID, .failed, EventDetail(failureClass: .runnerSystemFailure,
+                                                      message: "cannot resume after a restart: \(decline.reason)"))
             return
         }
         if rec.cancelRequested && rec.state == .running {
@@ -360,32 +472,74 @@ public actor Runner {
         var state = rec.state
         var outcome: TaskOutcome?
 
-        if state == .received || state == .stagingIn {
-            if state == .received { record(taskID, .stagingIn, .none) }
+        // A change the journal refused before a restart: its kept copy says what really happened.
+        if let kept = unrecordedStore.load(taskID), rec.state != kept.state, !rec.state.isTerminal,
+           kept.state == .stagingOut || kept.state.isTerminal {
+            logger.notice("recovering the outcome the journal refused before the restart", metadata: ["task": "\(taskID)"])
+            var detail = kept.detail
+            let saved = kept.state == .stagingOut
+                ? (detail.data?["outcome"]?.stringValue.flatMap(TaskState.init) ?? .failed) : kept.state
+            detail.data?["outcome"] = nil
+            detail.message = [detail.message, "outcome not recorded because the journal failed: \(kept.error)"]
+                .compactMap { $0 }.joined(separator: "; ")
+            unrecordedStore.remove(taskID)
+            if rec.state == .received {
+                guard await record(taskID, .stagingIn, .none) else { return }
+            }
+            state = rec.state == .received ? .stagingIn : rec.state
+            outcome = TaskOutcome(state: saved, detail: detail)
+        } else if unrecordedStore.load(taskID) != nil {
+            unrecordedStore.remove(taskID)  // a change that did not matter (the task had not run) or was written
+        }
+
+        if outcome == nil && (state == .received || state == .stagingIn) {
+            if state == .received {
+                guard await record(taskID, .stagingIn, .none) else { return }
+            }
             state = .stagingIn
-            do {
+            let sandboxes = self.sandboxes
+            let stageIn = self.stageIn
+            let reporter = reporter(for: taskID)
+            let staged = await interruptibly(taskID) {
                 do {
                     _ = try sandboxes.prepare(taskID: taskID)
                 } catch {
-                    throw TaskFailure(.runnerSystemFailure, "cannot create the sandbox: \(error)")
+                    throw TaskFailure(DiskFull.matches("\(error)") ? .nodeDiskFull : .runnerSystemFailure,
+                                      "cannot create the sandbox: \(error)")
                 }
-                try await stageIn.stageIn(job, reporter: reporter(for: taskID))
-            } catch let decline as PolicyDecline {
-                record(taskID, .declined, EventDetail(message: decline.reason))
-                return
-            } catch {
-                outcome = Self.failed(error, otherwise: .stageInFailure, "")
+                try await stageIn.stageIn(job, reporter: reporter)
+            }
+            if let why = cancelReasons[taskID] {
+                outcome = TaskOutcome(state: .cancelled, detail: EventDetail(
+                    message: why + " (during stage-in; the tool was not started)"))
+            } else {
+                switch staged {
+                case .success?:
+                    break
+                case .failure(let decline as PolicyDecline)?:
+                    await record(taskID, .declined, EventDetail(message: decline.reason))
+                    return
+                case .failure(let error)?:
+                    outcome = Self.failed(error, otherwise: .stageInFailure, "")
+                case nil:
+                    outcome = Self.failed(TaskFailure(.runnerSystemFailure, "stage-in was left behind"),
+                                          otherwise: .runnerSystemFailure, "")
+                }
+            }
+            if outcome == nil, let why = cancelReason(taskID) {
+                // Checked before `running` is recorded: a cancel that came as stage-in ended never starts the tool.
+                outcome = TaskOutcome(state: .cancelled, detail: EventDetail(message: why + " (the tool was not started)"))
             }
             if outcome == nil {
                 let runDetail = EventDetail(message: "launched with \(launcher.name)",
                                             data: ["timeout_seconds": .int(Int64(job.command.timeoutSeconds ?? 0))])
-                record(taskID, .running, runDetail)
+                guard await record(taskID, .running, runDetail) else { return }
                 state = .running
                 outcome = await launch(job, launcher: launcher, cancelSignal: cancelSignal)
             }
-        } else if state == .running {
+        } else if outcome == nil && state == .running {
             outcome = await reattach(rec, job: job, launcher: launcher, cancelSignal: cancelSignal)
-        } else if state == .stagingOut || state == .awaitingApproval {
+        } else if outcome == nil && (state == .stagingOut || state == .awaitingApproval) {
             // The staging_out event carries the outcome it was entered with.
             let entered = (try? journal.history(taskID))?.last { $0.kind == .state && $0.state == .stagingOut }
             let saved = entered?.detail.data?["outcome"]?.stringValue.flatMap(TaskState.init) ?? .failed
@@ -394,11 +548,19 @@ public actor Runner {
             outcome = TaskOutcome(state: saved, detail: detail)
         }
         guard var outcome else { return }
+        if outcome.state == .failed, let cls = outcome.detail.failureClass,
+           [.taskFailure, .stageInFailure, .stageOutFailure, .runnerSystemFailure].contains(cls),
+           // (within the last 30 s: a full disk long before the failure did not cause it)
+           let full = settings.diskPressure(max(rec.receivedAt, Date().addingTimeInterval(-30))) {
+            outcome.detail.message = [outcome.detail.message, "while the node's disk was full (\(full))"]
+                .compactMap { $0 }.joined(separator: "; ")
+            outcome.detail.failureClass = .nodeDiskFull
+        }
 
         if state != .stagingOut {
             var entering = outcome.detail
             entering.data = (entering.data ?? [:]).merging(["outcome": .string(outcome.state.rawValue)]) { $1 }
-            record(taskID, .stagingOut, entering)
+            guard await record(taskID, .stagingOut, entering) else { return }
         }
         guard let current = try? journal.task(taskID) else { return }
         do {
@@ -407,7 +569,7 @@ public actor Runner {
             var outputs: [String: JSONValue] = ["files": .int(Int64(summary.files)), "bytes": .int(summary.bytes),
                                                 "location": summary.location.map(JSONValue.string) ?? .null]
             if summary.awaitingApproval {
-                record(taskID, .awaitingApproval, EventDetail(
+                await record(taskID, .awaitingApproval, EventDetail(
                     message: "outputs wait for approval (fem-client outputs show|approve|reject \(taskID))",
                     data: ["outputs": .object(outputs)]))
                 return
@@ -432,7 +594,7 @@ public actor Runner {
                 outcome.detail.message = (outcome.detail.message ?? "") + "; stage-out also failed: \(message)"
             }
         }
-        record(taskID, outcome.state, outcome.detail)
+        guard await record(taskID, outcome.state, outcome.detail) else { return }
         sandboxes.finished(taskID: taskID, state: outcome.state)
     }
 
@@ -488,20 +650,39 @@ public actor Runner {
         -> TaskOutcome {
         let taskID = job.task.taskID
         let journal = self.journal
-        do {
-            let handle = try await launcher.start(job) { handle in try journal.setHandle(taskID, handle) }
+        let grace = settings.stopGrace
+        let logger = self.logger
+        // A start that a cancel left behind and that still brought up work: that work is stopped, not orphaned.
+        let started = await interruptibly(taskID, late: { handle in
+            logger.notice("a start left behind by a cancel brought up work; stopping it", metadata: ["task": "\(taskID)"])
+            await launcher.stop(handle, grace: grace)
+        }) {
+            try await launcher.start(job) { handle in try journal.setHandle(taskID, handle) }
+        }
+        switch started {
+        case .success(let handle)?:
+            // A cancel during the start's last moments is in the cancel signal: supervise stops the work at once.
             return await supervise(job, handle: handle, launcher: launcher, cancelSignal: cancelSignal)
-        } catch {
+        case .failure(let error)?:
+            if let why = cancelReasons[taskID] {
+                return TaskOutcome(state: .cancelled, detail: EventDetail(message: why + " (while starting; the tool was not started)"))
+            }
             return Self.failed(error, otherwise: .runnerSystemFailure, "cannot start: ")
+        case nil:
+            return TaskOutcome(state: .cancelled, detail: EventDetail(
+                message: (cancelReasons[taskID] ?? "cancelled") + " (while starting; the tool was not started)"))
         }
     }
 
     /// A failure outcome: a `TaskFailure` keeps its class and message; any other error gets `otherwise`.
+    /// A write that failed on a full filesystem is the node's fault: `node_disk_full`, with the real cause.
     static func failed(_ error: Error, otherwise: FailureClass, _ prefix: String) -> TaskOutcome {
         if let f = error as? TaskFailure {
-            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: f.failureClass, message: f.message))
+            let cls = f.failureClass != .taskFailure && DiskFull.matches(f.message) ? .nodeDiskFull : f.failureClass
+            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: cls, message: f.message))
         }
-        return TaskOutcome(state: .failed, detail: EventDetail(failureClass: otherwise, message: "\(prefix)\(error)"))
+        let cls = DiskFull.matches("\(error)") ? .nodeDiskFull : otherwise
+        return TaskOutcome(state: .failed, detail: EventDetail(failureClass: cls, message: "\(prefix)\(error)"))
     }
 
     private func reattach(_ rec: TaskRecord, job: LaunchJob, launcher: any Launcher,
@@ -622,34 +803,37 @@ public actor Runner {
         verdict.finish()
 
         let exit = result.1?.exitCode
-        switch result.0 {
-        case .exited(let outcome):
-            if let error = watch.reportedError {
+        func decide() -> TaskOutcome {
+            switch result.0 {
+            case .exited(let outcome):
+                if let error = watch.reportedError {
+                    return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .taskFailure,
+                                                                           message: error))
+                }
+                return classify(outcome)
+            case .reportedError(let message):
                 return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .taskFailure,
-                                                                       message: error))
+                                                                       message: message))
+            case .finished:
+                return TaskOutcome(state: .completed, detail: EventDetail(
+                    exitCode: exit, message: "the tool reported Finished; its processes were stopped"))
+            case .unreachable(let why):
+                return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .serverUnreachable,
+                                                                       message: why))
+            case .waitFailed(let why):
+                return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
+                                                                       message: "lost track of the work: \(why)"))
+            case .timedOut:
+                return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .timeout,
+                                                                       message: "stopped after the timeout of \(timeout) s"))
+            case .cancelled(let why):
+                return TaskOutcome(state: .cancelled, detail: EventDetail(exitCode: exit, message: why))
+            case .ignore:
+                return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
+                                                                       message: "supervision ended without a result"))
             }
-            return classify(outcome)
-        case .reportedError(let message):
-            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .taskFailure,
-                                                                   message: message))
-        case .finished:
-            return TaskOutcome(state: .completed, detail: EventDetail(
-                exitCode: exit, message: "the tool reported Finished; its processes were stopped"))
-        case .unreachable(let why):
-            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .serverUnreachable,
-                                                                   message: why))
-        case .waitFailed(let why):
-            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
-                                                                   message: "lost track of the work: \(why)"))
-        case .timedOut:
-            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: exit, failureClass: .timeout,
-                                                                   message: "stopped after the timeout of \(timeout) s"))
-        case .cancelled(let why):
-            return TaskOutcome(state: .cancelled, detail: EventDetail(exitCode: exit, message: why))
-        case .ignore:
-            return TaskOutcome(state: .failed, detail: EventDetail(failureClass: .runnerSystemFailure,
-                                                                   message: "supervision ended without a result"))
         }
+        return Self.addingUsage(of: result.1, to: decide())
     }
 
     /// After `Finished`: waits until the work has delivered a reply sent after it (the answer to the round in which
@@ -787,6 +971,17 @@ public actor Runner {
                 }
             }
         }
+    }
+
+    /// The work's CPU time and peak memory, when its launcher counted them, as the event's `data.usage`.
+    static func addingUsage(of ended: LaunchOutcome?, to outcome: TaskOutcome) -> TaskOutcome {
+        guard let ended, ended.cpuSeconds != nil || ended.peakMemoryBytes != nil else { return outcome }
+        var usage: [String: JSONValue] = [:]
+        if let cpu = ended.cpuSeconds { usage["cpu_seconds"] = .double((cpu * 1000).rounded() / 1000) }
+        if let peak = ended.peakMemoryBytes { usage["peak_memory_bytes"] = .int(Int64(clamping: peak)) }
+        var result = outcome
+        result.detail.data = (result.detail.data ?? [:]).merging(["usage": .object(usage)]) { $1 }
+        return result
     }
 
     func classify(_ outcome: LaunchOutcome) -> TaskOutcome {

@@ -189,7 +189,17 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
                 cgroups.withLock { $0[id] = cgroup }
             }
             let handle = LaunchHandle(launcher: name, data: data)
-            try persist(handle)
+            do {
+                try persist(handle)
+            } catch {
+                // Spawn, then persist, or stop: a container nobody could re-attach to is removed before the error is
+                // reported (it was created, not started; force covers a start that raced in).
+                try? await offload("fem-docker-remove") { try engine.remove(id) }
+                cgroups.withLock { _ = $0.removeValue(forKey: id) }
+                cgroup?.remove()
+                throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .runnerSystemFailure,
+                                  "cannot record the container's handle, so it was removed and not started: \(error)")
+            }
             try await offload("fem-docker-start") { try engine.start(id) }
             return handle
         } catch let e as DockerError {
@@ -251,19 +261,36 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
 
     /// Writes the container's stdout and stderr, from the start, into the job's log files (replacing what an
     /// earlier attempt wrote, so a re-attached task's logs are whole and not doubled).
-    static func writeLogs(_ engine: DockerEngine, _ id: String, follow: Bool, stdout: String, stderr: String) throws {
-        _ = FileManager.default.createFile(atPath: stdout, contents: nil)
-        _ = FileManager.default.createFile(atPath: stderr, contents: nil)
-        guard let out = FileHandle(forWritingAtPath: stdout), let err = FileHandle(forWritingAtPath: stderr) else {
-            throw TaskFailure(.runnerSystemFailure, "cannot write the logs \(stdout) and \(stderr)")
+    /// A write that fails (a full disk) never stops the copy nor the daemon: the bytes that could not be written are
+    /// dropped (later ones are tried again, in case space returns), the container's end is still collected, and the
+    /// first write error is returned for the caller to report (`node_disk_full` when the disk is full).
+    @discardableResult
+    static func writeLogs(_ engine: DockerEngine, _ id: String, follow: Bool, stdout: String, stderr: String) throws
+        -> SystemError? {
+        // A log file that cannot even be opened (no inode, no space) takes the bytes nowhere: the copy, and with it
+        // the wait for the container's end, goes on.
+        var failed: SystemError?
+        func open(_ path: String) -> Int32 {
+            do {
+                return try FileWriter.open(path, append: false)
+            } catch {
+                if failed == nil { failed = error as? SystemError ?? SystemError("open", errno: EIO, "\(error)") }
+                return Glibc.open("/dev/null", O_WRONLY | O_CLOEXEC)
+            }
         }
+        let out = open(stdout), err = open(stderr)
         defer {
-            try? out.close()
-            try? err.close()
+            if out >= 0 { close(out) }
+            if err >= 0 { close(err) }
         }
         try engine.logs(id, follow: follow) { stream, bytes in
-            (stream == .stdout ? out : err).write(Data(bytes))
+            do {
+                try FileWriter.writeAll(stream == .stdout ? out : err, bytes, context: stream == .stdout ? stdout : stderr)
+            } catch {
+                if failed == nil { failed = error as? SystemError ?? SystemError("write", errno: EIO, "\(error)") }
+            }
         }
+        return failed
     }
 
     public func stop(_ handle: LaunchHandle, grace: Duration) async {

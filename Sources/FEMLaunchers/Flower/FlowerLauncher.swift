@@ -29,11 +29,14 @@ public struct FlowerLauncherConfig: Sendable {
     public var allowedSuperlinks: [HostPort]
     /// May pip build packages from source (running their build code) instead of installing wheels only?
     public var allowSourceBuilds: Bool
+    /// The task user and cgroup limits (see HostProcesses); Flower clients always use the host network.
+    public var confinement: HostConfinementConfig
 
     public init(python: String, venvDir: String, wheelDir: String?, allowInsecure: Bool, rootCertificates: String?,
                 connectAttempts: Int, retryDelay: Duration, unreachableLimit: Duration,
                 path: String = "/usr/local/bin:/usr/bin:/bin", allowedSuperlinks: [HostPort] = [],
-                allowSourceBuilds: Bool = false) {
+                allowSourceBuilds: Bool = false,
+                confinement: HostConfinementConfig = .unconfined(section: "launchers.flower")) {
         self.python = python
         self.venvDir = venvDir
         self.wheelDir = wheelDir
@@ -45,6 +48,7 @@ public struct FlowerLauncherConfig: Sendable {
         self.path = path
         self.allowedSuperlinks = allowedSuperlinks
         self.allowSourceBuilds = allowSourceBuilds
+        self.confinement = confinement
     }
 }
 
@@ -58,10 +62,11 @@ public struct FlowerLauncherConfig: Sendable {
 public final class FlowerLauncher: Launcher, Sendable {
     public let name = "flower"
     let config: FlowerLauncherConfig
-    private let processes = HostProcesses(launcher: "flower")
+    private let processes: HostProcesses
 
     public init(config: FlowerLauncherConfig) {
         self.config = config
+        self.processes = HostProcesses(launcher: "flower", confinement: config.confinement)
     }
 
     public var unreachableLimit: Duration? { config.unreachableLimit }
@@ -150,7 +155,8 @@ public final class FlowerLauncher: Launcher, Sendable {
         }
         try FileManager.default.createDirectory(atPath: job.sandbox.logs, withIntermediateDirectories: true)
         let venv = try await PythonEnvironments(python: config.python, root: config.venvDir, wheelDir: config.wheelDir,
-                                                allowSourceBuilds: config.allowSourceBuilds)
+                                                allowSourceBuilds: config.allowSourceBuilds,
+                                                user: config.confinement.confined ? config.confinement.user : nil)
             .ensure(tool: job.task.plan.id, version: job.task.plan.version, requirements: requirements,
                     log: "\(job.sandbox.logs)/venv.log")
         var env = job.command.environment
@@ -159,6 +165,8 @@ public final class FlowerLauncher: Launcher, Sendable {
         env["LANG"] = "C.UTF-8"
         env["PYTHONUNBUFFERED"] = "1"
         env["FLWR_HOME"] = "\(job.sandbox.sandbox)/flwr"
+        // Made here so that it is the task user's (the sandbox folder itself stays the daemon's).
+        try FileManager.default.createDirectory(atPath: "\(job.sandbox.sandbox)/flwr", withIntermediateDirectories: true)
         env["VIRTUAL_ENV"] = venv
         env["FEM_SERVER_ADDRESS"] = task.server
 
@@ -174,12 +182,14 @@ public final class FlowerLauncher: Launcher, Sendable {
             let nodeConfig = (job.command.flowerNodeConfig ?? [:]).sorted { $0.key < $1.key }
                 .map { "\($0.key)=\(Self.tomlValue($0.value))" }.joined(separator: " ")
             if !nodeConfig.isEmpty { args += ["--node-config", nodeConfig] }
+            try Task.checkCancellation()  // cancelled while the environment was made: nothing starts
             return try processes.spawn(job, executable: "\(venv)/bin/flower-supernode", arguments: args,
                                        environment: env, persist: persist)
         case .script:
             let entry = plan.entry ?? "client.py"
             let script = try SandboxEntry.resolve(entry, in: job.sandbox.src)
             try await waitForServer(task.server)
+            try Task.checkCancellation()
             let userArgs = Array(job.command.argv.dropFirst(job.task.plan.command.base.count))
             return try processes.spawn(job, executable: "\(venv)/bin/python",
                                        arguments: [script, task.server] + userArgs, environment: env, persist: persist)
@@ -214,9 +224,10 @@ public final class FlowerLauncher: Launcher, Sendable {
         }
         var delay = config.retryDelay
         for attempt in 1...max(1, config.connectAttempts) {
+            try Task.checkCancellation()
             if (try? await offload("fem-flower-probe", { Self.accepts(host: host, port: port) })) == true { return }
             if attempt == config.connectAttempts { break }
-            try? await Task.sleep(for: delay)
+            try await Task.sleep(for: delay)  // a cancel ends the wait at once
             delay = min(delay * 2, .seconds(30))
         }
         throw TaskFailure(.serverUnreachable, "the Flower server \(server) did not answer after "

@@ -1,6 +1,9 @@
 import FEMCore
 import FEMSystem
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Virtual environments for Python tools, under one folder, cached by tool id, version and a hash of the
 /// requirements (and the interpreter, wheel folder and install options they came from). Made once, under a lock,
@@ -12,6 +15,10 @@ struct PythonEnvironments: Sendable {
     let root: String
     let wheelDir: String?
     var allowSourceBuilds = false
+    /// Run venv and pip as this user (the flower task user), in a folder it owns while they run; the finished
+    /// environment is then the daemon's, readable by all and writable by none but it, so a task cannot change what
+    /// later tasks of the same tool run. nil: as the daemon (library callers, unit tests).
+    var user: TaskUser? = nil
 
     /// The environment's folder, made if needed. pip's output goes to `log` (the task's log folder) and never into
     /// an event: a failure says only what failed and where the log is.
@@ -27,6 +34,13 @@ struct PythonEnvironments: Sendable {
         defer { lock.unlock() }
         if FileManager.default.fileExists(atPath: "\(dir)/.fem-ready") { return dir }
         try? FileManager.default.removeItem(atPath: dir)
+        try Task.checkCancellation()
+        if let user {
+            guard mkdir(dir, 0o700) == 0, chown(dir, user.uid, user.gid) == 0 else {
+                throw TaskFailure(.stageInFailure, "cannot make the Python environment \(dir) for \(user.name): "
+                                  + String(cString: strerror(errno)))
+            }
+        }
         try await run(python, ["-m", "venv", dir], log: log, what: "creating the Python environment")
         if !requirements.isEmpty {
             let file = "\(dir)/fem-requirements.txt"
@@ -42,21 +56,47 @@ struct PythonEnvironments: Sendable {
             try await run("\(dir)/bin/pip", args + ["-r", file], log: log,
                           what: "installing \(requirements.map { "\($0.name)==\($0.version)" }.joined(separator: " "))")
         }
+        if let user { Self.takeBack(dir, from: user) }
         _ = FileManager.default.createFile(atPath: "\(dir)/.fem-ready", contents: Data(lines.joined(separator: "\n").utf8))
         return dir
+    }
+
+    /// The finished environment becomes the daemon's: what the task user made is given to the daemon's user,
+    /// folders 0755, files readable (and executable where they were) by all, writable by the daemon only.
+    static func takeBack(_ dir: String, from user: TaskUser) {
+        let uid = getuid(), gid = getgid()
+        try? OwnedTree.walk(from: dir) { fd, st, _, _ in
+            guard st.st_uid == user.uid else { return }
+            fchown(fd, uid, gid)
+            let owner = st.st_mode & 0o700
+            let mode: mode_t = (st.st_mode & S_IFMT) == S_IFDIR
+                ? 0o755 : owner | ((owner & 0o500) >> 3) | ((owner & 0o500) >> 6)
+            fchmod(fd, mode)
+        }
     }
 
     private func run(_ executable: String, _ args: [String], log: String, what: String) async throws {
         let child: ChildProcess.Spawned
         do {
+            // As the task user: no new privileges, no core files, the host network (pip fetches from an index).
+            let confinement = user.map {
+                ChildProcess.Confinement(uid: $0.uid, gid: $0.gid, openFiles: 4096, processes: 4096, newNetwork: false)
+            }
             child = try ChildProcess.spawn(executable: executable, arguments: args,
                                            environment: ["PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8",
                                                          "HOME": root],
-                                           workingDirectory: root, stdoutPath: log, stderrPath: log)
+                                           workingDirectory: root, stdoutPath: log, stderrPath: log,
+                                           confinement: confinement)
         } catch {
             throw TaskFailure(.stageInFailure, "\(what): cannot run \(executable): \(error)")
         }
-        let status = await ChildProcess.exitStatus(of: child.pid)
+        // A cancel of the task stops the installer's whole process group (its own, from spawn) at once.
+        let status = await withTaskCancellationHandler {
+            await ChildProcess.exitStatus(of: child.pid)
+        } onCancel: {
+            ChildProcess.signalGroup(child.pid, SIGKILL)
+        }
+        if Task.isCancelled { throw CancellationError() }
         guard status == .exited(0) else {
             // Never pip's own words: they can quote any file it was pointed at.
             throw TaskFailure(.stageInFailure, "\(what) failed (\(status)); see the task's log "

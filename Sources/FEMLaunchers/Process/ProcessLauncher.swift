@@ -13,10 +13,14 @@ public struct ProcessLauncherConfig: Sendable {
     public var allowedExecutables: [String]
     /// The PATH a task's process gets (its environment is otherwise only what the plan declares).
     public var path: String
+    /// The task user, cgroup limits and network (see HostProcesses). Unconfined only for library callers.
+    public var confinement: HostConfinementConfig
 
-    public init(allowedExecutables: [String] = [], path: String = "/usr/local/bin:/usr/bin:/bin") {
+    public init(allowedExecutables: [String] = [], path: String = "/usr/local/bin:/usr/bin:/bin",
+                confinement: HostConfinementConfig = .unconfined(section: "launchers.process")) {
         self.allowedExecutables = allowedExecutables
         self.path = path
+        self.confinement = confinement
     }
 }
 
@@ -25,10 +29,11 @@ public struct ProcessLauncherConfig: Sendable {
 public final class ProcessLauncher: Launcher, Sendable {
     public let name = "process"
     private let config: ProcessLauncherConfig
-    private let processes = HostProcesses(launcher: "process")
+    private let processes: HostProcesses
 
     public init(config: ProcessLauncherConfig) {
         self.config = config
+        self.processes = HostProcesses(launcher: "process", confinement: config.confinement)
     }
 
     public func toolPaths(forHost sandbox: ToolPaths) -> ToolPaths { sandbox }
@@ -87,6 +92,7 @@ public final class ProcessLauncher: Launcher, Sendable {
     }
 
     public func policyCheck(_ job: LaunchJob) -> String? {
+        if let refused = processes.policyCheck(job) { return refused }
         if case .failure(let d) = authorize(job) { return d.reason }
         return nil
     }

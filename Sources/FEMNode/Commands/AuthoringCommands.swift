@@ -231,7 +231,7 @@ enum LocalNode {
                 throw ValidationError(e.description)
             }
         } else {
-            config = NodeConfig.local
+            config = try NodeConfig.local()
         }
         if let workDir { config.workDir = NodeConfig.absolutePath(workDir) }
         config.workDir = NodeConfig.absolutePath(config.workDir)
@@ -253,7 +253,7 @@ enum LocalNode {
 extension NodeConfig {
     /// A node for local authoring runs when no config file exists: the documented defaults, with local
     /// sources (file:// git remotes and plain paths) allowed, and no broker.
-    static var local: NodeConfig {
+    static func local() throws -> NodeConfig {
         let text = """
             [node]
             id = "local"
@@ -276,6 +276,6 @@ extension NodeConfig {
             git_allowed_urls = ["file:///"]
             """
         // The text above is fixed and valid; a failure here is a programming error caught by the tests.
-        return try! parse(text, source: "(built-in local defaults)", environment: [:], brokerFiles: false)
+        return try parse(text, source: "(built-in local defaults)", environment: [:], brokerFiles: false)
     }
 }

@@ -130,6 +130,31 @@ extension FEMClientCommand {
                     print("FAIL  \(failures.last!)")
                 }
             }
+            for (name, confinement) in [("process", config.processConfinement), ("flower", config.flower.confinement)]
+            where config.enabledLaunchers.contains(name) {
+                let user = confinement.user.map { "as \($0.name) (uid \($0.uid))" } ?? "as the daemon's user"
+                if let why = confinement.unreachable(config.workDir) {
+                    failures.append("\(name): \(why)")
+                    print("FAIL  \(failures.last!)")
+                }
+                if geteuid() != 0, let why = confinement.refusal() {
+                    failures.append("\(name): \(why)")
+                    print("FAIL  \(failures.last!)")
+                } else if let why = TaskCgroup.probe(host: confinement.cgroups, node: config.nodeID) {
+                    if confinement.allowUnconfined {
+                        print("WARN  \(name): no usable cgroup (\(why)); host tasks run \(user) WITHOUT memory, CPU or "
+                              + "process limits, and a kill may miss what they started (\(confinement.section)."
+                              + "allow_unconfined = true)")
+                    } else {
+                        failures.append("\(name): no usable cgroup for host tasks (\(why)); the launcher refuses to "
+                                        + "start unless \(confinement.section).allow_unconfined = true")
+                        print("FAIL  \(failures.last!)")
+                    }
+                } else {
+                    let kind = confinement.cgroups.map(\.description) ?? "no cgroup"
+                    print("ok    \(name): host tasks run \(user), each in a cgroup of its own (\(kind))")
+                }
+            }
             print("info  launchers enabled: \(config.enabledLaunchers.joined(separator: ", "))")
             for (key, list, what) in [("stage_in.git_allowed_urls", config.gitAllowedURLs, "no git source can be fetched"),
                                       ("stage_in.file_allowed_urls", config.fileAllowedURLs, "no task file can be downloaded"),

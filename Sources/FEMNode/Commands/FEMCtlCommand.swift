@@ -165,9 +165,10 @@ extension FEMCtlCommand {
             for n in nodes {
                 try conn.bindQueue(q, exchange: WireNames.eventsExchange, routingKey: "node.\(n).task.#")
                 if heartbeats { try conn.bindQueue(q, exchange: WireNames.eventsExchange, routingKey: "node.\(n).heartbeat") }
+                try conn.bindQueue(q, exchange: WireNames.eventsExchange, routingKey: "node.\(n).notice")
             }
             try conn.consume(queue: q, noAck: queue == nil)
-            if !json { FileHandle.standardError.write(Data("watching fem.events (queue \(q)); Ctrl-C to stop\n".utf8)) }
+            if !json { try? FileWriter.writeAll(2, Array("watching fem.events (queue \(q)); Ctrl-C to stop\n".utf8)) }
             flushOut()
 
             var table = WatchTable()
@@ -179,6 +180,12 @@ extension FEMCtlCommand {
                 let text = String(decoding: d.body, as: UTF8.self)
                 if d.routingKey.hasSuffix(".heartbeat") {
                     if heartbeats { print(json ? text : "heartbeat \(text)") }
+                    flushOut()
+                    continue
+                }
+                if d.routingKey.hasSuffix(".notice"), let n = try? JSONDecoder.fem.decode(NodeNotice.self, from: Data(d.body)) {
+                    // News about the node itself (disk pressure, a drain, a delivery it could not journal).
+                    print(json ? text : "node \(n.nodeID) \(n.reason): \(n.message)")
                     flushOut()
                     continue
                 }

@@ -24,6 +24,12 @@ public struct NodeConfig: Sendable {
     public var maxTimeoutSeconds: Int
     public var allowTimeoutAbovePlan: Bool
     public var stopGraceSeconds: Int
+    /// Below this much free space (MB) on the work dir's or the log's filesystem the node takes no new tasks.
+    public var minFreeMB: Int = 256
+    /// On SIGTERM, running tasks may go on for this long before the daemon stops (work left is recovered at start).
+    public var drainSeconds: Int = 30
+    /// A task that finds dockerd unreachable waits this long for it (with a notice) before failing.
+    public var dockerWaitSeconds: Int = 60
 
     public var brokerURL: String
     public var brokerPassword: String?
@@ -41,6 +47,8 @@ public struct NodeConfig: Sendable {
     public var envAllowed: [String]
     public var processAllowedExecutables: [String]
     public var processPath: String
+    /// `launchers.process.user`, limits, network and `allow_unconfined`: how host processes are confined.
+    public var processConfinement: HostConfinementConfig
 
     /// `[launchers.docker]`; its node id and datasets are filled in when the launcher is built.
     public var docker: DockerLauncherConfig
@@ -153,6 +161,8 @@ extension NodeConfig {
         Key(name: "node.max_timeout", kind: .int(min: 1, max: 31_536_000), fallback: 604_800),
         Key(name: "node.allow_timeout_above_plan", kind: .bool, fallback: false),
         Key(name: "node.stop_grace", kind: .int(min: 0, max: 3600), fallback: 10),
+        Key(name: "node.min_free_mb", kind: .int(min: 0, max: 1 << 30), fallback: 256),
+        Key(name: "node.drain_seconds", kind: .int(min: 0, max: 86_400), fallback: 30),
         Key(name: "broker.url", kind: .string, fallback: nil),
         Key(name: "broker.password_file", kind: .path, fallback: ""),
         Key(name: "broker.ca_file", kind: .path, fallback: nil),
@@ -165,6 +175,14 @@ extension NodeConfig {
         Key(name: "launchers.env_allowed", kind: .strings, fallback: [String]()),
         Key(name: "launchers.process.allowed_executables", kind: .strings, fallback: [String]()),
         Key(name: "launchers.process.path", kind: .string, fallback: "/usr/local/bin:/usr/bin:/bin"),
+        Key(name: "launchers.process.user", kind: .string, fallback: "fem-task"),
+        Key(name: "launchers.process.allow_unconfined", kind: .bool, fallback: false),
+        Key(name: "launchers.process.allow_host_network", kind: .bool, fallback: false),
+        Key(name: "launchers.process.pids_limit", kind: .int(min: 16, max: 1_000_000), fallback: 256),
+        Key(name: "launchers.process.open_files", kind: .int(min: 64, max: 1_048_576), fallback: 1024),
+        Key(name: "launchers.process.default_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 512),
+        Key(name: "launchers.process.max_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 8192),
+        Key(name: "launchers.process.max_cpus", kind: .int(min: 1, max: 1024), fallback: 2),
         Key(name: "launchers.docker.socket", kind: .path, fallback: "/var/run/docker.sock"),
         Key(name: "launchers.docker.allowed_images", kind: .strings, fallback: [String]()),
         Key(name: "launchers.docker.user", kind: .string, fallback: "65534:65534"),
@@ -175,6 +193,7 @@ extension NodeConfig {
         Key(name: "launchers.docker.tmpfs_mb", kind: .int(min: 1, max: 1 << 20), fallback: 64),
         Key(name: "launchers.docker.allow_host_network", kind: .bool, fallback: false),
         Key(name: "launchers.docker.allow_gpus", kind: .bool, fallback: false),
+        Key(name: "launchers.docker.wait_for_daemon_seconds", kind: .int(min: 0, max: 86_400), fallback: 60),
         Key(name: "launchers.flower.python", kind: .string, fallback: "/usr/bin/python3"),
         Key(name: "launchers.flower.allowed_superlinks", kind: .strings, fallback: [String]()),
         Key(name: "launchers.flower.allow_source_builds", kind: .bool, fallback: false),
@@ -185,6 +204,13 @@ extension NodeConfig {
         Key(name: "launchers.flower.connect_attempts", kind: .int(min: 1, max: 100), fallback: 10),
         Key(name: "launchers.flower.retry_delay_ms", kind: .int(min: 0, max: 600_000), fallback: 1000),
         Key(name: "launchers.flower.unreachable_seconds", kind: .int(min: 1, max: 86_400), fallback: 120),
+        Key(name: "launchers.flower.user", kind: .string, fallback: "fem-task"),
+        Key(name: "launchers.flower.allow_unconfined", kind: .bool, fallback: false),
+        Key(name: "launchers.flower.pids_limit", kind: .int(min: 16, max: 1_000_000), fallback: 1024),
+        Key(name: "launchers.flower.open_files", kind: .int(min: 64, max: 1_048_576), fallback: 4096),
+        Key(name: "launchers.flower.default_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 2048),
+        Key(name: "launchers.flower.max_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 8192),
+        Key(name: "launchers.flower.max_cpus", kind: .int(min: 1, max: 1024), fallback: 2),
         Key(name: "stage_in.git_allowed_urls", kind: .strings, fallback: [String]()),
         Key(name: "stage_in.file_allowed_urls", kind: .strings, fallback: [String]()),
         Key(name: "stage_in.max_file_mb", kind: .int(min: 1, max: 1 << 20), fallback: 1024),
@@ -325,11 +351,31 @@ extension NodeConfig {
                 problems.append("\(name): cannot read \(ca)")
             }
         }
+        var taskUsers: [String: TaskUser] = [:]
+        for launcher in ["process", "flower"] where enabled.contains(launcher) {
+            let key = "launchers.\(launcher).user"
+            guard let name = values[key] as? String else { continue }
+            if let user = taskUser(name, key: key, problems: &problems) { taskUsers[launcher] = user }
+        }
         if !problems.isEmpty { throw ConfigError(problems: problems) }
 
         let id = values["node.id"] as! String
+        let cgroups = CgroupHost.detect()
+        func confinement(_ launcher: String) -> HostConfinementConfig {
+            let section = "launchers.\(launcher)"
+            return HostConfinementConfig(
+                section: section, user: taskUsers[launcher], nodeID: id, cgroups: cgroups,
+                allowUnconfined: values["\(section).allow_unconfined"] as? Bool ?? false,
+                defaultMemoryMB: values["\(section).default_memory_mb"] as? Int ?? 512,
+                maxMemoryMB: values["\(section).max_memory_mb"] as? Int ?? 8192,
+                maxCPUs: values["\(section).max_cpus"] as? Int ?? 2,
+                pidsLimit: values["\(section).pids_limit"] as? Int ?? 256,
+                openFiles: values["\(section).open_files"] as? Int ?? 1024,
+                allowHostNetwork: values["\(section).allow_host_network"] as? Bool ?? false,
+                alwaysHostNetwork: launcher == "flower")
+        }
         let name = values["node.name"] as! String
-        return NodeConfig(
+        var config = NodeConfig(
             nodeID: id, nodeName: name.isEmpty ? id : name, workDir: values["node.work_dir"] as! String,
             logFile: values["node.log_file"] as! String,
             maxConcurrentTasks: values["node.max_concurrent_tasks"] as! Int,
@@ -347,6 +393,7 @@ extension NodeConfig {
             envAllowed: values["launchers.env_allowed"] as! [String],
             processAllowedExecutables: values["launchers.process.allowed_executables"] as! [String],
             processPath: values["launchers.process.path"] as! String,
+            processConfinement: confinement("process"),
             docker: DockerLauncherConfig(
                 socket: values["launchers.docker.socket"] as! String,
                 allowedImages: values["launchers.docker.allowed_images"] as! [String],
@@ -367,7 +414,8 @@ extension NodeConfig {
                 unreachableLimit: .seconds(values["launchers.flower.unreachable_seconds"] as! Int),
                 path: values["launchers.process.path"] as! String,
                 allowedSuperlinks: (values["launchers.flower.allowed_superlinks"] as! [String]).compactMap(HostPort.parse),
-                allowSourceBuilds: values["launchers.flower.allow_source_builds"] as! Bool),
+                allowSourceBuilds: values["launchers.flower.allow_source_builds"] as! Bool,
+                confinement: confinement("flower")),
             hooks: hooks,
             registries: registries, credentials: credentials,
             gitAllowedURLs: values["stage_in.git_allowed_urls"] as! [String],
@@ -390,6 +438,25 @@ extension NodeConfig {
             reporterMaxEventBytesPerTask: values["reporter.max_event_bytes_per_task"] as! Int,
             reporterMaxMetricsPerLine: values["reporter.max_metrics_per_line"] as! Int,
             datasets: datasets, source: source)
+        config.minFreeMB = values["node.min_free_mb"] as! Int
+        config.drainSeconds = values["node.drain_seconds"] as! Int
+        config.dockerWaitSeconds = values["launchers.docker.wait_for_daemon_seconds"] as! Int
+        return config
+    }
+
+    /// The account host tasks run as: it must exist, and must not be root.
+    static func taskUser(_ name: String, key: String, problems: inout [String]) -> TaskUser? {
+        guard let user = TaskUser.lookup(name) else {
+            problems.append("\(key): there is no user \"\(name)\" on this host; run install.sh, or create it with "
+                            + "`useradd --system --no-create-home --shell /usr/sbin/nologin \(name)`")
+            return nil
+        }
+        if user.uid == 0 || user.gid == 0 {
+            problems.append("\(key): \"\(name)\" is root (uid \(user.uid), gid \(user.gid)); host tasks must run as an "
+                            + "unprivileged user such as the dedicated fem-task")
+            return nil
+        }
+        return user
     }
 
     /// Host launchers run only what the admin listed: `process` needs a non-empty allowlist of absolute paths, and

@@ -1,17 +1,57 @@
 import Foundation
 import Logging
 import FEMCore
+import FEMSystem
 
 /// One readable line per thing that happened: `2026-11-23T09:00:00.123Z WARN  task=ab12 failed: …`.
 /// Writes to a file (receiver.log) or standard error. Messages never carry secrets: the code that logs passes
 /// none (the broker password and stage-out tokens are never formatted into text).
 public struct LineLogHandler: LogHandler {
+    /// Writes lines with write(2) loops: a write that fails (a full disk) never crashes the daemon. Lines that
+    /// cannot be written are counted; the first failure is said once on stderr and through `trouble` (a notice
+    /// event), and when writes work again the log gets a line with the count (and `trouble` hears of it).
     final class Sink: @unchecked Sendable {
-        let handle: FileHandle
+        let fd: Int32
+        let path: String
+        let trouble: LogTrouble
         let lock = NSLock()
-        init(handle: FileHandle) { self.handle = handle }
+        private var dropped = 0
+        private var failing: String?
+
+        init(fd: Int32, path: String, trouble: LogTrouble) {
+            self.fd = fd
+            self.path = path
+            self.trouble = trouble
+        }
+
         func write(_ line: String) {
-            lock.withLock { handle.write(Data(line.utf8)) }
+            var news: LogTrouble.News?
+            lock.withLock {
+                if let why = failing {
+                    let note = "\(FEMTime.format(Date())) NOTE  log writes work again; \(dropped) line(s) were dropped "
+                        + "while they failed (\(why))\n"
+                    guard (try? FileWriter.writeAll(fd, Array(note.utf8), context: path)) != nil else {
+                        dropped += 1
+                        return
+                    }
+                    news = .recovered(dropped: dropped, error: why)
+                    dropped = 0
+                    failing = nil
+                }
+                do {
+                    try FileWriter.writeAll(fd, Array(line.utf8), context: path)
+                } catch {
+                    dropped += 1
+                    if failing == nil {
+                        failing = "\(error)"
+                        news = .dropping(error: "\(error)")
+                        let say = "fem-client: cannot write the log \(path) (\(error)); dropping log lines and counting "
+                            + "them until writes work again\n"
+                        if fd != 2 { try? FileWriter.writeAll(2, Array(say.utf8)) }
+                    }
+                }
+            }
+            if let news { trouble.fire(news) }
         }
     }
 
@@ -29,21 +69,16 @@ public struct LineLogHandler: LogHandler {
     }
 
     /// A factory for `LoggingSystem.bootstrap` (or `Logger(label:factory:)`) writing to `path`, or stderr if nil.
-    public static func factory(path: String?) throws -> @Sendable (String) -> LineLogHandler {
-        let handle: FileHandle
+    /// `trouble` hears when lines start being dropped and when writes work again.
+    public static func factory(path: String?, trouble: LogTrouble = LogTrouble()) throws
+        -> @Sendable (String) -> LineLogHandler {
+        let sink: Sink
         if let path {
-            if !FileManager.default.fileExists(atPath: path) {
-                _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640])
-            }
-            guard let h = FileHandle(forWritingAtPath: path) else {
-                throw CocoaError(.fileWriteNoPermission, userInfo: [NSFilePathErrorKey: path])
-            }
-            h.seekToEndOfFile()
-            handle = h
+            // O_APPEND: every line goes to the end, whoever else appends; 0600: the task user reads none of it.
+            sink = Sink(fd: try FileWriter.open(path, append: true, mode: 0o600), path: path, trouble: trouble)
         } else {
-            handle = FileHandle.standardError
+            sink = Sink(fd: 2, path: "standard error", trouble: trouble)
         }
-        let sink = Sink(handle: handle)
         return { _ in LineLogHandler(sink: sink) }
     }
 
@@ -73,5 +108,38 @@ public struct LineLogHandler: LogHandler {
     static func oneLine(_ text: String) -> String {
         text.split(separator: "\n", omittingEmptySubsequences: false).map { TextEscaping.escaped(String($0)) }
             .joined(separator: " | ")
+    }
+}
+
+/// Where a log sink reports that it cannot write (and that it can again): the daemon turns these into node notices.
+/// Called outside the sink's lock; the handler may log (a line it logs while writes fail is counted as dropped).
+public final class LogTrouble: @unchecked Sendable {
+    public enum News: Sendable {
+        case dropping(error: String)
+        case recovered(dropped: Int, error: String)
+    }
+
+    private let lock = NSLock()
+    private var handler: (@Sendable (News) -> Void)?
+    /// News from before a handler was set (the daemon sets it once the publisher runs).
+    private var early: [News] = []
+
+    public init() {}
+
+    public func set(_ h: @escaping @Sendable (News) -> Void) {
+        let pending = lock.withLock { () -> [News] in
+            handler = h
+            defer { early = [] }
+            return early
+        }
+        pending.forEach(h)
+    }
+
+    func fire(_ news: News) {
+        let h = lock.withLock { () -> (@Sendable (News) -> Void)? in
+            if handler == nil { early.append(news) }
+            return handler
+        }
+        h?(news)
     }
 }

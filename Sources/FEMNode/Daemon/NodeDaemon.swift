@@ -8,16 +8,30 @@ import Logging
 public enum NodeDaemon {
     public static func run(config: NodeConfig) async throws {
         ignoreSIGPIPE()
-        let makeHandler = try LineLogHandler.factory(path: config.logFile)
+        let logTrouble = LogTrouble()
+        let makeHandler = try LineLogHandler.factory(path: config.logFile, trouble: logTrouble)
         let logger = Logger(label: "fem-client", factory: makeHandler)
         let endpoint = try config.endpoint()
 
         // The publisher needs the journal and the runner needs the publisher's wake-up: break the cycle with a box.
         let wake = WakeBox()
-        let node = try NodeAssembly(config: config, logger: logger) { wake.fire() }
+        let disk = DiskWatch(workDir: config.workDir, logFile: config.logFile, minFreeMB: config.minFreeMB)
+        let node = try NodeAssembly(config: config, logger: logger, diskPressure: { since in disk.pressure(since: since) }) { wake.fire() }
         let publisher = AMQPEventPublisher(endpoint: endpoint, outbox: node.journal, logger: logger)
         wake.set { publisher.wake() }
         publisher.start()
+        let notices = NodeNotices(nodeID: config.nodeID, publisher: publisher)
+        logTrouble.set { news in
+            switch news {
+            case .dropping(let error):
+                notices.send("log_dropping", "the node cannot write its log \(config.logFile) (\(error)); log lines are "
+                             + "dropped and counted until writes work again", ["error": .string(error)])
+            case .recovered(let dropped, let error):
+                notices.send("log_recovered", "the node writes its log again; \(dropped) line(s) were dropped while "
+                             + "writes failed (\(error))", ["dropped_lines": .int(Int64(dropped))])
+            }
+        }
+        let admission = Admission(disk: disk)
 
         let launchers = node.registry.names.joined(separator: ",")
         logger.notice("""
@@ -32,12 +46,38 @@ public enum NodeDaemon {
         let source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
                                     maxMessageBytes: config.maxMessageBytes, logger: logger)
         let receiver = Receiver(nodeID: config.nodeID, maxMessageBytes: config.maxMessageBytes, journal: node.journal,
-                                runner: node.runner, logger: logger,
-                                orchestrators: Set(config.orchestrators)) { publisher.wake() }
+                                runner: node.runner, logger: logger, admission: { admission.refusal },
+                                notify: { reason, message, data in notices.send(reason, message, data) },
+                                orchestrators: Set(config.orchestrators)) {
+            publisher.wake()
+        }
+
+        // Disk pressure: measured every second; a change is logged, sent as a notice and in the next heartbeat.
+        let diskWatch = Task {
+            while !Task.isCancelled {
+                if let change = disk.check() {
+                    if let why = change {
+                        logger.warning("disk pressure: no new tasks until space returns (\(why))")
+                        notices.send("disk_pressure", "the node takes no new tasks until space returns: \(why)",
+                                     ["pressure": .string(why)])
+                    } else {
+                        logger.notice("disk pressure ended: taking tasks again")
+                        notices.send("disk_pressure_ended", "space returned; the node takes tasks again")
+                    }
+                    let beat = await node.heartbeat(version: FEMVersion.string, pressure: admission.refusal,
+                                                    draining: admission.draining)
+                    if let body = try? JSONEncoder.fem.encode(beat) {
+                        publisher.publishHeartbeat(routingKey: beat.routingKey, body: body)
+                    }
+                }
+                try? await Task.sleep(for: .seconds(1))
+            }
+        }
 
         let heartbeat = Task {
             while !Task.isCancelled {
-                let beat = await node.heartbeat(version: FEMVersion.string)
+                let beat = await node.heartbeat(version: FEMVersion.string, pressure: admission.refusal,
+                                                draining: admission.draining)
                 if let body = try? JSONEncoder.fem.encode(beat) {
                     publisher.publishHeartbeat(routingKey: beat.routingKey, body: body)
                 }
@@ -62,11 +102,31 @@ public enum NodeDaemon {
             }
         }
 
+        // Drain: the first SIGTERM/SIGINT stops taking tasks (deliveries go back to the broker; cancels are still
+        // read), lets running tasks go on for node.drain_seconds, then stops; a second signal stops at once.
+        let runner = node.runner
+        let drainSeconds = config.drainSeconds
         let signals = SignalWatcher(signals: [SIGTERM, SIGINT]) { sig in
-            logger.notice("signal \(sig): no longer taking tasks; stopping (work still running is recovered at the next start)")
-            source.stop()
+            guard admission.startDraining() else {
+                logger.notice("signal \(sig) again: stopping now (work still running is recovered at the next start)")
+                source.stop()
+                return
+            }
+            logger.notice("signal \(sig): no longer taking tasks; running ones may go on for up to \(drainSeconds) s")
+            notices.send("draining", "the node stops: it takes no new tasks and lets running ones go on for up to "
+                         + "\(drainSeconds) s", ["drain_seconds": .int(Int64(drainSeconds))])
+            Task {
+                let left = await runner.drain(limit: .seconds(drainSeconds))
+                await runner.shutdown()
+                let said = left == 0 ? "drained: no task is running; stopping"
+                    : "drain time is up with \(left) task(s) still active; stopping (work still running is recovered "
+                      + "at the next start)"
+                logger.notice("\(said)")
+                source.stop()
+            }
         }
         await receiver.run(source)
+        diskWatch.cancel()
         heartbeat.cancel()
         approvals.cancel()
         publisher.stop(timeout: 5)

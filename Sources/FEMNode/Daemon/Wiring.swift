@@ -14,15 +14,15 @@ public struct NodeAssembly: Sendable {
     public let runner: Runner
     public let sandboxes: DirectorySandboxes
 
-    public init(config: NodeConfig, logger: Logger, eventsAdded: @escaping @Sendable () -> Void) throws {
+    public init(config: NodeConfig, logger: Logger, diskPressure: @escaping @Sendable (Date) -> String? = { _ in nil },
+                eventsAdded: @escaping @Sendable () -> Void) throws {
         self.config = config
-        try FileManager.default.createDirectory(atPath: config.workDir, withIntermediateDirectories: true,
-                                                attributes: [.posixPermissions: 0o750])
+        try Self.prepareWorkDir(config)
         journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
         registry = Self.launchers(config)
         sandboxes = DirectorySandboxes(workDir: config.workDir, retention: SandboxRetention(
             completed: .seconds(config.keepCompletedHours * 3600), other: .seconds(config.keepFailedHours * 3600)))
-        let settings = RunnerSettings(
+        var settings = RunnerSettings(
             nodeID: config.nodeID, nodeName: config.nodeName, maxConcurrentTasks: config.maxConcurrentTasks,
             defaultTimeoutSeconds: config.defaultTimeoutSeconds, allowTimeoutAbovePlan: config.allowTimeoutAbovePlan,
             maxTimeoutSeconds: config.maxTimeoutSeconds, stopGrace: .seconds(config.stopGraceSeconds),
@@ -31,6 +31,7 @@ public struct NodeAssembly: Sendable {
                                      maxEventBytesPerTask: config.reporterMaxEventBytesPerTask,
                                      maxMetricsPerLine: config.reporterMaxMetricsPerLine,
                                      holdToolText: config.requireApproval))
+        settings.diskPressure = diskPressure
         runner = Runner(settings: settings, journal: journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
                         stageOut: OutputDelivery(policy: DeliveryPolicy(
@@ -45,7 +46,29 @@ public struct NodeAssembly: Sendable {
                             credentials: config.credentials, caFile: config.outputCAFile)),
                         logger: logger, follower: LogFiles(),
                         hooks: NodeHooks(hooks: config.hooks, logFile: "\(config.workDir)/hooks.log", logger: logger),
+                        unrecorded: UnrecordedFiles(dir: "\(config.workDir)/unrecorded"),
                         eventsAdded: eventsAdded)
+    }
+
+    /// The work dir and what is in it are the daemon's alone. Host tasks (another user) may pass through the work
+    /// dir and `sandboxes/` to reach their own sandbox (0711: no listing, no reading), nothing more; the git cache
+    /// (private repositories) and local deliveries (`outputs/`) are 0700. Host launchers refuse to start where their processes cannot be confined.
+    static func prepareWorkDir(_ config: NodeConfig) throws {
+        let hostTasks = config.enabledLaunchers.contains("process") || config.enabledLaunchers.contains("flower")
+        let passable: mode_t = hostTasks ? 0o711 : 0o700
+        for (dir, mode) in [(config.workDir, passable), ("\(config.workDir)/sandboxes", passable),
+                            ("\(config.workDir)/cache", mode_t(0o700)), ("\(config.workDir)/outputs", mode_t(0o700))] {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: Int(mode)])
+            guard chmod(dir, mode) == 0 else { throw SystemError("chmod", errno: errno, "cannot protect \(dir)") }
+        }
+        var refusals: [String] = []
+        for (name, confinement) in [("process", config.processConfinement), ("flower", config.flower.confinement)]
+        where config.enabledLaunchers.contains(name) {
+            if let why = confinement.refusal() { refusals.append(why) }
+            if let why = confinement.unreachable("\(config.workDir)/sandboxes") { refusals.append(why) }
+        }
+        if !refusals.isEmpty { throw ConfigError(problems: refusals) }
     }
 
     /// The explicit launcher registry: only what the node config enables.
@@ -55,7 +78,8 @@ public struct NodeAssembly: Sendable {
             switch name {
             case "process":
                 list.append(ProcessLauncher(config: ProcessLauncherConfig(
-                    allowedExecutables: config.processAllowedExecutables, path: config.processPath)))
+                    allowedExecutables: config.processAllowedExecutables, path: config.processPath,
+                    confinement: config.processConfinement)))
             case "flower":
                 list.append(FlowerLauncher(config: config.flower))
             case "docker":
@@ -82,15 +106,28 @@ public struct NodeAssembly: Sendable {
         for (host, login) in config.registries {
             auth[host] = ImageStageIn.authHeader(username: login.username ?? "", password: login.secret, server: host)
         }
-        return ImageStageIn(engine: DockerEngine(socket: config.docker.socket), registryAuth: auth, next: sources)
+        return ImageStageIn(engine: DockerEngine(socket: config.docker.socket), registryAuth: auth, next: sources,
+                            waitForDaemon: .seconds(config.dockerWaitSeconds))
     }
 
-    public func heartbeat(version: String) async -> Heartbeat {
-        let counts = (try? journal.counts()) ?? (running: 0, queued: 0)
-        return Heartbeat(nodeID: config.nodeID, version: version, time: Date(), running: counts.running,
-                         queued: counts.queued, freeDiskBytes: freeDiskBytes(at: config.workDir),
-                         launchers: registry.names,
-                         datasets: config.datasets.keys.sorted().map { DatasetAdvert(id: $0, labels: config.datasets[$0]!.labels) })
+    /// `pressure`: why the node takes no new tasks now (nil: it does); `draining`: it stops.
+    public func heartbeat(version: String, pressure: String? = nil, draining: Bool = false) async -> Heartbeat {
+        var counts = (try? journal.counts()) ?? (running: 0, queued: 0)
+        // A task whose end the journal refused is not running any more, whatever the journal still says.
+        let unrecorded = await runner.unrecordedStates
+        for (id, state) in unrecorded where !state.isActiveForHeartbeat {
+            if let rec = try? journal.task(id), rec.state.isActiveForHeartbeat { counts.running = max(0, counts.running - 1) }
+        }
+        var beat = Heartbeat(nodeID: config.nodeID, version: version, time: Date(), running: counts.running,
+                             queued: counts.queued, freeDiskBytes: freeDiskBytes(at: config.workDir),
+                             launchers: registry.names,
+                             datasets: config.datasets.sorted { $0.key < $1.key }.map {
+                                 DatasetAdvert(id: $0.key, labels: $0.value.labels)
+                             })
+        beat.pressure = pressure
+        beat.unrecorded = unrecorded.isEmpty ? nil : unrecorded.count
+        beat.draining = draining ? true : nil
+        return beat
     }
 }
 
@@ -131,4 +168,9 @@ struct NodeHooks: HookRunner {
 
 public enum FEMVersion {
     public static let string = "0.1.0"
+}
+
+extension TaskState {
+    /// The states the heartbeat counts as running.
+    var isActiveForHeartbeat: Bool { self == .stagingIn || self == .running || self == .stagingOut }
 }

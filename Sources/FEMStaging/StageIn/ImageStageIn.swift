@@ -10,11 +10,35 @@ public struct ImageStageIn: StageIn {
     /// Registry host → the `X-Registry-Auth` value (base64 JSON). Secrets: never logged.
     let registryAuth: [String: String]
     let next: any StageIn
+    /// How long a task waits for an unreachable dockerd (a restart, an upgrade) before it fails.
+    let waitForDaemon: Duration
 
-    public init(engine: DockerEngine, registryAuth: [String: String], next: any StageIn) {
+    public init(engine: DockerEngine, registryAuth: [String: String], next: any StageIn,
+                waitForDaemon: Duration = .zero) {
         self.engine = engine
         self.registryAuth = registryAuth
         self.next = next
+        self.waitForDaemon = waitForDaemon
+    }
+
+    /// Waits (with one notice event) until dockerd answers, up to `waitForDaemon`; a cancel ends the wait at once.
+    func awaitDaemon(reporter: StageReporter) async throws {
+        let engine = self.engine
+        func answers() async -> Bool { ((try? await offload("fem-docker-ping") { try engine.ping() }) ?? false) }
+        if await answers() { return }
+        guard waitForDaemon > .zero else { return }  // the pull says it is unreachable
+        let seconds = Int(waitForDaemon.components.seconds)
+        reporter.notice("dockerd is not reachable on \(engine.socket); waiting up to \(seconds) s for it to come back",
+                        ["waiting_for": .string("dockerd"), "seconds": .int(Int64(seconds))])
+        let deadline = ContinuousClock.now + waitForDaemon
+        while ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(500))
+            if await answers() {
+                reporter.notice("dockerd answers again; going on", ["waiting_for": .string("dockerd")])
+                return
+            }
+        }
+        throw TaskFailure(.runnerSystemFailure, "dockerd is not reachable on \(engine.socket) (waited \(seconds) s)")
     }
 
     public func check(_ plan: ToolPlan) -> String? { next.check(plan) }
@@ -22,11 +46,13 @@ public struct ImageStageIn: StageIn {
     public func stageIn(_ job: LaunchJob, reporter: StageReporter) async throws {
         try await next.stageIn(job, reporter: reporter)
         let plan = job.task.plan
-        guard plan.launcher == "docker", let image = plan.image, reporter.isDone("image") == nil else { return }
+        guard plan.launcher == "docker", let image = plan.image else { return }
+        try await awaitDaemon(reporter: reporter)
+        guard reporter.isDone("image") == nil else { return }
         let policy = plan.pullPolicy ?? (image.contains("@") ? .ifNotPresent : .always)
         let auth = registryAuth[Self.registryHost(image)]
         let engine = self.engine
-        let resolved: String = try await offload("fem-pull") {
+        let resolved: String = try await offload("fem-pull", cancellable: { cancel in
             do {
                 if policy == .ifNotPresent, let info = try engine.inspectImage(image) {
                     reporter.progress("image \(image) is present; not pulled", ["image": .string(image)])
@@ -34,7 +60,7 @@ public struct ImageStageIn: StageIn {
                 }
                 reporter.progress("pulling \(image)", ["image": .string(image)])
                 var last = ""
-                try engine.pull(image, registryAuth: auth) { line in
+                try engine.pull(image, registryAuth: auth, cancel: cancel) { line in
                     // Layer states, not every progress-bar tick.
                     guard !line.contains("["), line != last else { return }
                     last = line
@@ -47,7 +73,7 @@ public struct ImageStageIn: StageIn {
             } catch let e as DockerError {
                 throw Self.failure(e, image: image)
             }
-        }
+        })
         reporter.markDone("image", resolved)
         reporter.progress("image \(image) ready (\(resolved))", ["image": .string(image), "digest": .string(resolved)])
     }

@@ -176,14 +176,15 @@ public struct SourceStageIn: StageIn {
         let urlHash = SHA256Digest()
         urlHash.update(Array(url.utf8))
         let cache = "\(policy.cacheDir)/\(urlHash.finalizeHex().prefix(32)).git"
-        let commit: String = try await offload("fem-git") {
+        let commit: String = try await offload("fem-git", cancellable: { cancel in
             try FileManager.default.createDirectory(atPath: policy.cacheDir, withIntermediateDirectories: true)
             let lock = try FileLock(path: cache + ".lock")
             defer { lock.unlock() }
+            if cancel.isCancelled { throw OperationCancelled("git fetch \(source.url)") }
             do {
                 reporter.progress("git fetch \(url)", ["url": .string(url)])
                 let started = ContinuousClock.now
-                let fetched = try Git.fetch(url: url, into: cache, login: login)
+                let fetched = try Git.fetch(url: url, into: cache, login: login, cancel: cancel)
                 let millis = (ContinuousClock.now - started).seconds * 1000
                 reporter.progress("git \(fetched.cloned ? "cloned" : "fetched") \(url): "
                                   + "\(fetched.receivedObjects) objects in \(Int(millis)) ms",
@@ -195,12 +196,13 @@ public struct SourceStageIn: StageIn {
                     throw TaskFailure(.stageInFailure, "source.git.commit: \(source.ref.map { "ref \"\($0)\"" } ?? "the checkout") "
                                       + "is at \(resolved), not at the pinned commit \(pinned)")
                 }
+                if cancel.isCancelled { throw OperationCancelled("git checkout \(source.url)") }
                 try Git.checkout(repository: cache, commit: resolved, into: src)
                 return resolved
             } catch let e as GitError {
                 throw TaskFailure(.stageInFailure, e.message)
             }
-        }
+        })
         let escaping = SandboxPaths.escapingSymlinks(under: src)
         if let first = escaping.first {
             throw TaskFailure(.stageInFailure, "source.git: the repository's symlink \(first.path) points outside the "
@@ -235,15 +237,15 @@ public struct SourceStageIn: StageIn {
                 throw TaskFailure(.stageInFailure, "\(error)")
             }
             let auth = file.credentials.flatMap { policy.credentials[$0] }?.authorization
-            let result: (sha: String, bytes: Int64) = try await offload("fem-download") {
+            let result: (sha: String, bytes: Int64) = try await offload("fem-download", cancellable: { cancel in
                 try policy.retry.run(retryable: RetryPolicy.transient, waiting: { attempt, pause, error in
                     reporter.progress("\(field): attempt \(attempt) failed (\(error)); trying again in \(pause)",
                                       ["path": .string(file.path), "attempt": .int(Int64(attempt))])
-                }) {
+                }, cancel: cancel) {
                     try Self.fetchFile(url, to: dest, authorization: auth, caFile: policy.caFile,
-                                       maxBytes: policy.maxFileBytes, field: field)
+                                       maxBytes: policy.maxFileBytes, field: field, cancel: cancel)
                 }
-            }
+            })
             if let expected = file.sha256, expected != result.sha {
                 try? FileManager.default.removeItem(atPath: dest)
                 throw TaskFailure(.stageInFailure, "\(field).sha256: checksum mismatch for \(file.path): expected "
@@ -257,7 +259,7 @@ public struct SourceStageIn: StageIn {
 
     /// One GET, streamed to `<dest>.part` and hashed on the way, renamed into place on a 200.
     static func fetchFile(_ url: String, to dest: String, authorization: String?, caFile: String?, maxBytes: Int64,
-                          field: String) throws -> (sha: String, bytes: Int64) {
+                          field: String, cancel: CancelFlag? = nil) throws -> (sha: String, bytes: Int64) {
         let partial = dest + ".part"
         let fd = open(partial, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0o640)
         guard fd >= 0 else {
@@ -265,30 +267,33 @@ public struct SourceStageIn: StageIn {
         }
         let hasher = SHA256Digest()
         var bytes: Int64 = 0
-        var writeFailed = false
+        var writeFailed: SystemError?
         var request = HTTPRequest(method: "GET", url: url, headers: authorization.map { [("Authorization", $0)] } ?? [],
                                   timeoutSeconds: 0, caFile: caFile)
         request.stallSeconds = 60
         request.maxBodyBytes = maxBytes
         request.protocols = url.hasPrefix("https://") ? "https" : "http"
+        request.cancel = cancel
         let response: HTTPResponse
         do {
             defer { close(fd) }
             response = try HTTPTransfer.perform(request) { chunk in
                 hasher.update(chunk)
                 bytes += Int64(chunk.count)
-                var offset = 0
-                while offset < chunk.count {
-                    let n = write(fd, chunk.baseAddress! + offset, chunk.count - offset)
-                    if n < 0 && errno == EINTR { continue }
-                    guard n > 0 else { writeFailed = true; return false }
-                    offset += n
+                do {
+                    try FileWriter.writeAll(fd, chunk, context: partial)
+                } catch {
+                    writeFailed = error as? SystemError
+                    return false
                 }
                 return true
             }
         } catch let e as HTTPError {
             try? FileManager.default.removeItem(atPath: partial)
-            if writeFailed { throw TaskFailure(.stageInFailure, "\(field): cannot write \(partial) (disk full?)") }
+            if let w = writeFailed {
+                throw TaskFailure(FileWriter.isDiskFull(w) ? .nodeDiskFull : .stageInFailure,
+                                  "\(field): cannot write the download: \(w)")
+            }
             if e.code == .tooLarge {
                 throw TaskFailure(.stageInFailure, "\(field): the download is larger than this node's limit of "
                                   + "\(maxBytes) bytes (stage_in.max_file_mb)")

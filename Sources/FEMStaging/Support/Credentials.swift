@@ -54,18 +54,24 @@ public struct RetryPolicy: Sendable, Equatable {
     }
 
     /// Runs `body` until it succeeds, throws a non-retryable error, or the attempts are used up. `retryable`
-    /// tells which errors are worth another try; `waiting` hears of each retry (attempt, delay, error).
+    /// tells which errors are worth another try; `waiting` hears of each retry (attempt, delay, error). A set
+    /// `cancel` ends the wait between attempts at once (`OperationCancelled`).
     public func run<T>(retryable: (any Error) -> Bool, waiting: (Int, Duration, any Error) -> Void,
-                       _ body: () throws -> T) throws -> T {
+                       cancel: CancelFlag? = nil, _ body: () throws -> T) throws -> T {
         var attempt = 1
         while true {
             do {
                 return try body()
             } catch {
+                if cancel?.isCancelled == true { throw OperationCancelled("retry") }
                 guard retryable(error), attempt < attempts else { throw error }
                 let pause = delay(afterAttempt: attempt)
                 waiting(attempt, pause, error)
-                Thread.sleep(forTimeInterval: pause.seconds)
+                if let cancel {
+                    guard cancel.sleep(seconds: pause.seconds) else { throw OperationCancelled("retry") }
+                } else {
+                    Thread.sleep(forTimeInterval: pause.seconds)
+                }
                 attempt += 1
             }
         }

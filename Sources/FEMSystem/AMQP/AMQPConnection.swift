@@ -421,6 +421,14 @@ public final class AMQPConnection {
         }
     }
 
+    /// Returns a delivery to the broker (`requeue`: to its queue, for this or another consumer to take again).
+    public func nack(deliveryTag: UInt64, requeue: Bool, channel: UInt16 = 1) throws {
+        let status = amqp_basic_nack(state, channel, deliveryTag, 0, requeue ? 1 : 0)
+        if status != AMQP_STATUS_OK.rawValue {
+            throw AMQPError(.connectionLost, "cannot nack: \(String(cString: amqp_error_string2(status)))")
+        }
+    }
+
     /// Publishes one persistent JSON message. With confirms enabled, the broker's ack arrives later
     /// (see `waitForConfirms`).
     @discardableResult

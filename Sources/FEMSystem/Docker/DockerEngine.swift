@@ -33,11 +33,13 @@ public struct DockerEngine: Sendable {
 
     /// A request whose answer is streamed to `sink` (pull progress, logs). The response's body holds the first
     /// 64 KiB of what was streamed, for the message of a non-2xx answer.
-    func stream(_ method: String, _ path: String, headers: [(String, String)] = [],
+    func stream(_ method: String, _ path: String, headers: [(String, String)] = [], cancel: CancelFlag? = nil,
                 sink: (UnsafeRawBufferPointer) -> Bool) throws -> HTTPResponse {
         var head: [UInt8] = []
+        var request = httpRequest(method, path, headers: headers, timeout: 0)
+        request.cancel = cancel
         var r = try reachable {
-            try HTTPTransfer.perform(httpRequest(method, path, headers: headers, timeout: 0)) { chunk in
+            try HTTPTransfer.perform(request) { chunk in
                 if head.count < 65_536 { head.append(contentsOf: chunk.prefix(65_536 - head.count)) }
                 return sink(chunk)
             }
@@ -143,13 +145,16 @@ public struct DockerEngine: Sendable {
 
     /// Pulls `reference` (`repo:tag` or `repo@sha256:…`). `registryAuth` is the base64 JSON for `X-Registry-Auth`.
     /// dockerd reports some failures inside a 200 stream as `{"error": …}` lines; those throw `.pullFailed`.
-    public func pull(_ reference: String, registryAuth: String? = nil, progress: (String) -> Void = { _ in }) throws {
+    /// A set `cancel` stops the pull within about a second (dockerd drops a pull whose client went away).
+    public func pull(_ reference: String, registryAuth: String? = nil, cancel: CancelFlag? = nil,
+                     progress: (String) -> Void = { _ in }) throws {
         let (repo, tagOrDigest) = Self.split(reference)
         var path = "/images/create?fromImage=\(Self.escape(repo))"
         if let t = tagOrDigest { path += "&tag=\(Self.escape(t))" }
         var pending: [UInt8] = []
         var streamError: String?
-        let r = try stream("POST", path, headers: registryAuth.map { [("X-Registry-Auth", $0)] } ?? []) { chunk in
+        let r = try stream("POST", path, headers: registryAuth.map { [("X-Registry-Auth", $0)] } ?? [],
+                           cancel: cancel) { chunk in
             pending.append(contentsOf: chunk)
             while let nl = pending.firstIndex(of: UInt8(ascii: "\n")) {
                 let line = Array(pending[..<nl])

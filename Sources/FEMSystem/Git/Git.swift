@@ -56,7 +56,9 @@ public enum Git {
 
     /// Clones `url` into the bare repository at `path` on first use, fetches on later uses. The credentials
     /// callback answers once: a refused login fails at once instead of being asked again on every 401.
-    public static func fetch(url: String, into path: String, login: GitLogin?) throws -> GitFetchResult {
+    /// A set `cancel` stops the transfer at its next progress callback (libgit2 calls them as data arrives).
+    public static func fetch(url: String, into path: String, login: GitLogin?, cancel: CancelFlag? = nil) throws
+        -> GitFetchResult {
         _ = setup
         var repo: OpaquePointer?
         var remote: OpaquePointer?
@@ -77,10 +79,14 @@ public enum Git {
 
         final class Payload {
             let login: GitLogin?
+            let cancel: CancelFlag?
             var asked = 0
-            init(_ login: GitLogin?) { self.login = login }
+            init(_ login: GitLogin?, _ cancel: CancelFlag?) {
+                self.login = login
+                self.cancel = cancel
+            }
         }
-        let payload = Payload(login)
+        let payload = Payload(login, cancel)
         let unmanaged = Unmanaged.passRetained(payload)
         defer { unmanaged.release() }
 
@@ -101,12 +107,24 @@ public enum Git {
             return git_credential_userpass_plaintext_new(out, login.username, login.password)
         }
 
+        // Returning an error from a progress callback stops the fetch.
+        options.callbacks.transfer_progress = { _, raw in
+            Unmanaged<Payload>.fromOpaque(raw!).takeUnretainedValue().cancel?.isCancelled == true ? GIT_EUSER.rawValue : 0
+        }
+        options.callbacks.sideband_progress = { _, _, raw in
+            Unmanaged<Payload>.fromOpaque(raw!).takeUnretainedValue().cancel?.isCancelled == true ? GIT_EUSER.rawValue : 0
+        }
+        options.callbacks.update_tips = { _, _, _, raw in
+            Unmanaged<Payload>.fromOpaque(raw!).takeUnretainedValue().cancel?.isCancelled == true ? GIT_EUSER.rawValue : 0
+        }
+        if cancel?.isCancelled == true { throw OperationCancelled("git fetch \(url)") }
         let refspecs = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*", "+HEAD:refs/fem/remote-head"]
         let code = withCStrings(refspecs) { pointers -> Int32 in
             var array = git_strarray(strings: pointers, count: refspecs.count)
             return git_remote_fetch(remote, &array, &options, "fem-client fetch")
         }
         if code != 0 {
+            if cancel?.isCancelled == true { throw OperationCancelled("git fetch \(url)") }
             if payload.asked > 0 && (code == GIT_EUSER.rawValue || code == GIT_EAUTH.rawValue) {
                 let why = login == nil ? "asks for credentials and the plan names none"
                     : "refused the credentials (asked again after the first login)"

@@ -31,6 +31,8 @@ public struct HTTPRequest: Sendable {
     /// they are handed to libcurl, and a body that differs in size or hash is stopped before its last byte goes
     /// (`.bodyChanged`), so a server never receives a complete file that was not the approved one.
     public var bodyExpected: (size: Int64, sha256: String)?
+    /// Stops the transfer (within about a second, even while no byte moves) when set: `HTTPError.cancelled`.
+    public var cancel: CancelFlag?
 
     public init(method: String = "GET", url: String, headers: [(String, String)] = [], body: [UInt8]? = nil,
                 unixSocket: String? = nil, timeoutSeconds: Int = 30, connectTimeoutSeconds: Int = 10,
@@ -65,6 +67,7 @@ public struct HTTPError: Error, CustomStringConvertible, Sendable {
         case aborted       // the streaming handler asked to stop
         case tooLarge      // the body was larger than `maxBodyBytes`
         case bodyChanged   // the file sent differed from `bodyExpected`; stopped before its last byte
+        case cancelled     // the request's CancelFlag was set
         case setup
     }
     public var code: Code
@@ -109,10 +112,12 @@ public enum HTTPTransfer {
             var digest = SHA256Digest()
             var sent: Int64 = 0
             var bodyChanged = false
+            var cancel: CancelFlag?
         }
         let context = Context()
         context.sink = sink
         context.maxBody = request.maxBodyBytes ?? .max
+        context.cancel = request.cancel
         let unmanaged = Unmanaged.passRetained(context)
         defer { unmanaged.release() }
 
@@ -136,6 +141,7 @@ public enum HTTPTransfer {
             let ctx = Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue()
             let n = size * count
             let buffer = UnsafeRawBufferPointer(start: data, count: n)
+            if ctx.cancel?.isCancelled == true { return 0 }
             ctx.received += Int64(n)
             if ctx.received > ctx.maxBody {
                 // A server that sent no length, or a wrong one: the running count stops it.
@@ -188,6 +194,16 @@ public enum HTTPTransfer {
         setup.append(fem_curl_setopt_long(handle, CURLOPT_MAXREDIRS, 0))
         if let max = request.maxBodyBytes {
             setup.append(fem_curl_setopt_offset(handle, CURLOPT_MAXFILESIZE_LARGE, curl_off_t(max)))
+        }
+        if request.cancel != nil {
+            // libcurl calls this about once a second even while nothing moves; non-zero stops the transfer.
+            let progress: fem_curl_xferinfo_cb = { user, _, _, _, _ in
+                let ctx = Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue()
+                return ctx.cancel?.isCancelled == true ? 1 : 0
+            }
+            setup.append(fem_curl_setopt_xferinfofn(handle, progress))
+            setup.append(fem_curl_setopt_pointer(handle, CURLOPT_XFERINFODATA, unmanaged.toOpaque()))
+            setup.append(fem_curl_setopt_long(handle, CURLOPT_NOPROGRESS, 0))
         }
         if let socket = request.unixSocket {
             setup.append(fem_curl_setopt_string(handle, CURLOPT_UNIX_SOCKET_PATH, socket))
@@ -255,6 +271,9 @@ public enum HTTPTransfer {
             let detail = String(cString: errorBuffer).isEmpty ? String(cString: curl_easy_strerror(code))
                 : String(cString: errorBuffer)
             let place = request.unixSocket.map { "\(request.url) via \($0)" } ?? request.url
+            if context.cancel?.isCancelled == true {
+                throw HTTPError(code: .cancelled, message: "\(request.method) \(place): cancelled")
+            }
             if context.tooLarge || code == CURLE_FILESIZE_EXCEEDED {
                 throw HTTPError(code: .tooLarge, message: "\(request.method) \(place): the answer is larger than "
                                 + "\(request.maxBodyBytes ?? 0) bytes")

@@ -20,6 +20,79 @@ public enum ChildProcess {
         public var startTime: UInt64
     }
 
+    /// How a host task's process is confined (see `fem_spawn_confined` in CLinux/shim.h): its uid and gid (no
+    /// supplementary groups), rlimits, the cgroups it joins before exec, and a network namespace of its own.
+    /// It always gets PR_SET_NO_NEW_PRIVS, and umask 077.
+    public struct Confinement: Sendable, Equatable {
+        /// nil: keep the daemon's (only where the admin allowed unconfined host processes).
+        public var uid: UInt32?
+        public var gid: UInt32?
+        public var openFiles: UInt64
+        public var processes: UInt64
+        /// RLIMIT_FSIZE in bytes; nil: unlimited.
+        public var fileSize: UInt64?
+        /// `cgroup.procs` files the child writes itself into before anything else (one per v1 hierarchy).
+        public var cgroupProcs: [String]
+        /// A new network namespace with only `lo` (up).
+        public var newNetwork: Bool
+
+        public init(uid: UInt32?, gid: UInt32?, openFiles: UInt64 = 1024, processes: UInt64 = 4096,
+                    fileSize: UInt64? = nil, cgroupProcs: [String] = [], newNetwork: Bool = true) {
+            self.uid = uid
+            self.gid = gid
+            self.openFiles = openFiles
+            self.processes = processes
+            self.fileSize = fileSize
+            self.cgroupProcs = cgroupProcs
+            self.newNetwork = newNetwork
+        }
+    }
+
+    static let confinedSteps: [Int32: String] = [
+        1: "setpgid", 2: "joining the task's cgroup", 3: "unshare(CLONE_NEWNET)", 4: "bringing up lo",
+        5: "opening /dev/null as stdin", 6: "opening the stdout log", 7: "opening the stderr log",
+        8: "chdir to the working directory", 9: "setrlimit", 10: "setgroups", 11: "setgid", 12: "setuid",
+        13: "PR_SET_NO_NEW_PRIVS", 14: "resetting signals", 15: "execve", 16: "fork", 17: "pipe2",
+    ]
+
+    /// Starts `executable` confined as `confinement` says (nil: today's unconfined posix_spawn). Returns once the
+    /// child has exec'd; a failing setup step throws a SystemError naming the step.
+    public static func spawn(executable: String, arguments: [String], environment: [String: String],
+                             workingDirectory: String, stdoutPath: String, stderrPath: String,
+                             confinement: Confinement?) throws -> Spawned {
+        guard let confinement else {
+            return try spawn(executable: executable, arguments: arguments, environment: environment,
+                             workingDirectory: workingDirectory, stdoutPath: stdoutPath, stderrPath: stderrPath)
+        }
+        let argv = [executable] + arguments
+        let envp = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        var step: Int32 = 0
+        var err: Int32 = 0
+        let pid: pid_t = withCStrings(argv) { cArgv in
+            withCStrings(envp) { cEnv in
+                withCStrings(confinement.cgroupProcs) { cProcs in
+                    var c = fem_confinement()
+                    c.cgroup_procs = UnsafeRawPointer(cProcs).assumingMemoryBound(to: UnsafePointer<CChar>?.self)
+                    c.new_network = confinement.newNetwork ? 1 : 0
+                    c.uid = confinement.uid.map { Int64($0) } ?? -1
+                    c.gid = confinement.gid.map { Int64($0) } ?? -1
+                    c.set_rlimits = 1
+                    c.nofile = confinement.openFiles
+                    c.nproc = confinement.processes
+                    c.fsize = confinement.fileSize ?? 0
+                    c.set_umask = 1
+                    return fem_spawn_confined(executable, cArgv, cEnv, workingDirectory, stdoutPath,
+                                              stderrPath, &c, &step, &err)
+                }
+            }
+        }
+        if pid <= 0 {
+            let what = confinedSteps[step] ?? "step \(step)"
+            throw SystemError(what, errno: err, "cannot start \(executable) confined")
+        }
+        return Spawned(pid: pid, startTime: startTime(of: pid) ?? 0)
+    }
+
     public static func spawn(executable: String, arguments: [String], environment: [String: String],
                              workingDirectory: String, stdoutPath: String, stderrPath: String) throws -> Spawned {
         var actions = posix_spawn_file_actions_t()

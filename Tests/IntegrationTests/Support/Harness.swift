@@ -185,6 +185,7 @@ final class TestNode {
             max_concurrent_tasks = \(maxConcurrent)
             heartbeat_interval = 2
             stop_grace = 1
+            drain_seconds = 0
             [broker]
             url = "amqps://\(id)@localhost:\(self.port)/%2f"
             password_file = "\(self.brokerDir)/nodes/\(id).password"
@@ -276,6 +277,9 @@ final class Operator {
     var pub: AMQPConnection
     var seen: [TaskEvent] = []
     private var seenKeys = Set<String>()
+    /// Node notices (`node.<id>.notice`) and heartbeats seen while waiting for events.
+    var notices: [NodeNotice] = []
+    var heartbeats: [Heartbeat] = []
 
     init(node: TestNode, cert: String = "operator") throws {
         brokerDir = node.brokerDir
@@ -361,7 +365,14 @@ final class Operator {
             }
             guard let d = try conn.nextDelivery(timeoutMilliseconds: 200) else { continue }
             try conn.ack(deliveryTag: d.deliveryTag, channel: d.channel)
-            if d.routingKey.hasSuffix(".heartbeat") { continue }
+            if d.routingKey.hasSuffix(".heartbeat") {
+                if let beat = try? JSONDecoder.fem.decode(Heartbeat.self, from: Data(d.body)) { heartbeats.append(beat) }
+                continue
+            }
+            if d.routingKey == "node.\(nodeID).notice" {
+                notices.append(try JSONDecoder.fem.decode(NodeNotice.self, from: Data(d.body)))
+                continue
+            }
             let e = try JSONDecoder.fem.decode(TaskEvent.self, from: Data(d.body))
             let key = "\(e.taskID ?? "-")#\(e.seq)#\(e.detail.message ?? "")"
             if e.taskID == nil || seenKeys.insert(key).inserted { seen.append(e) }
@@ -406,6 +417,20 @@ enum Tasks {
     }
 
     static func id(_ t: [String: JSONValue]) -> String { t["task_id"]!.stringValue! }
+}
+
+/// Gives `path` (a file or folder outside any sandbox, that a test's host task writes to) to the task user: host
+/// tasks run as `fem-task` (launchers.process.user) and can write nothing else of the node's.
+func giveToTaskUser(_ path: String) throws {
+    guard let user = getpwnam("fem-task") else {
+        throw HarnessError("no user fem-task on this machine (test.sh creates it: scripts/create-task-user.sh)")
+    }
+    if !FileManager.default.fileExists(atPath: path) {
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
+    }
+    guard chown(path, user.pointee.pw_uid, user.pointee.pw_gid) == 0 else {
+        throw HarnessError("cannot give \(path) to fem-task: \(String(cString: strerror(errno)))")
+    }
 }
 
 /// Host processes whose command line contains `marker` (to prove a process group is gone).
