@@ -169,7 +169,7 @@ struct SpawnPersistFailureTests {
         let t = ProcessLauncherTests()
         let marker = "persist-fails-\(UUID().uuidString.prefix(8))"
         let j = try t.job(["/bin/sh", "-c", "exec sleep 60 # \(marker)"], id: "pf")
-        let launcher = ProcessLauncher(config: ProcessLauncherConfig())
+        let launcher = ProcessLauncher(config: ProcessLauncherTests.config)
         do {
             _ = try await launcher.start(j) { _ in throw JournalFull() }
             Issue.record("the start should fail")

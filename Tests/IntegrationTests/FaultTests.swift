@@ -101,6 +101,14 @@ while True:
 @Suite(.serialized)
 struct FaultTests {
     /// A process task whose tool would leave a marker file if it ever started.
+    /// Where a host task could write if it ran (a folder of the task user's), so "it never ran" is not an accident
+    /// of permissions.
+    func taskWritableMarker() throws -> String {
+        let dir = try TestEnv.scratch("marker")
+        try giveToTaskUser(dir)
+        return dir + "/started"
+    }
+
     func markerTask(source: JSONValue? = nil, marker: String, sleep: Int = 0) -> [String: JSONValue] {
         guard case .object(var plan) = Tasks.plan(["/bin/sh", "-c", "touch \(marker); sleep \(sleep)"]) else { return [:] }
         if let source { plan["source"] = source }
@@ -136,12 +144,13 @@ struct FaultTests {
     @Test func aCancelDuringASlowDownloadStopsItAndTheToolNeverStarts() throws {
         let slow = try SlowPeer("serve", 50_000_000, rate: 10_000)  // 100 KB/s: 500 s
         let node = try TestNode("fault-dl", extra: """
+            \(TestNode.hostProcesses)
             [stage_in]
             file_allowed_urls = ["http://127.0.0.1:\(slow.port)/"]
             require_sha256 = false
             """)
         try node.start()
-        let marker = try TestEnv.scratch("marker") + "/started"
+        let marker = try taskWritableMarker()
         let t = markerTask(source: ["files": [["url": .string("http://127.0.0.1:\(slow.port)/big.bin"),
                                                  "path": "big.bin"]]], marker: marker)
         try cancelWhile("the download", node: node, task: t, marker: marker) { _ in slow.connections > 0 }
@@ -165,11 +174,12 @@ struct FaultTests {
         #expect(try Shell.run(gitArgs + ["clone", "-q", "--bare", work, "\(web)/repos/\(name).git"], cwd: work).status == 0)
         let slow = try SlowPeer("proxy", 19418, rate: 2000)
         let node = try TestNode("fault-git", extra: """
+            \(TestNode.hostProcesses)
             [stage_in]
             git_allowed_urls = ["git://127.0.0.1:\(slow.port)/"]
             """)
         try node.start()
-        let marker = try TestEnv.scratch("marker") + "/started"
+        let marker = try taskWritableMarker()
         let t = markerTask(source: ["git": ["url": .string("git://127.0.0.1:\(slow.port)/\(name).git"), "ref": "main"]],
                            marker: marker)
         try cancelWhile("the clone", node: node, task: t, marker: marker) { _ in slow.connections > 0 }
@@ -205,10 +215,10 @@ struct FaultTests {
 
     /// A message rejected for a missing field does not use up its task id: the corrected task with the same id runs.
     @Test func aRejectedMessageLeavesItsTaskIDFreeForAValidTask() throws {
-        let node = try TestNode("fault-reject")
+        let node = try TestNode("fault-reject", extra: TestNode.hostProcesses)
         try node.start()
         let op = try Operator(node: node)
-        var t = Tasks.task(["/bin/echo", "second-try"])
+        var t = Tasks.task(["/bin/sh", "-c", "echo second-try"])
         let id = Tasks.id(t)
         var bad = t
         bad["execution_id"] = nil
@@ -230,7 +240,7 @@ struct FaultTests {
     /// SIGTERM: the node takes no new task, lets the running one finish within drain_seconds (its completed
     /// event arrives), then stops by itself.
     @Test func sigtermDrainsRunningTasksAndTakesNoNewOnes() throws {
-        let node = try TestNode("fault-drain", extra: "")
+        let node = try TestNode("fault-drain", extra: TestNode.hostProcesses)
         try node.editConfig { $0.replacingOccurrences(of: "drain_seconds = 0", with: "drain_seconds = 20") }
         try node.start()
         let op = try Operator(node: node)
@@ -267,7 +277,7 @@ struct FaultTests {
     /// journal takes it, and resumes by itself when space returns, without a restart. Every task ends with a true
     /// terminal event.
     @Test func aFullDiskIsAStateTheNodeLeavesByItselfWhenSpaceReturns() throws {
-        let node = try TestNode("fault-disk", extra: "")
+        let node = try TestNode("fault-disk", extra: TestNode.hostProcesses)
         let config = try String(contentsOfFile: node.configPath, encoding: .utf8)
             .replacingOccurrences(of: "drain_seconds = 0", with: "drain_seconds = 0\nmin_free_mb = 6")
         let mount = try Shell.run(["/bin/mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", node.dir])
@@ -386,7 +396,7 @@ struct FaultTests {
     /// After a SIGKILL of the daemon, restart reasons tell the truth: a process that ended while the daemon was down
     /// is said to have ended (not to have been stopped), one still running is stopped at restart.
     @Test func afterASIGKILLRestartReasonsTellTheTruth() throws {
-        let node = try TestNode("fault-kill")
+        let node = try TestNode("fault-kill", extra: TestNode.hostProcesses)
         try node.start()
         let op = try Operator(node: node)
         let marker = "short-\(UUID().uuidString.prefix(8))"
@@ -396,6 +406,10 @@ struct FaultTests {
         try op.submit(long)
         try op.waitFor("both to run") { events in
             [short, long].allSatisfy { t in events.contains { $0.taskID == Tasks.id(t) && $0.state == .running } }
+        }
+        // Its shell is visible as itself once exec'd (the spawn reports `running` a moment before).
+        try eventually("the short task's shell to show its command line", timeout: 10) {
+            !processes(withMarker: marker).isEmpty
         }
         node.kill(SIGKILL)
         // The short one ends while the daemon is down.

@@ -211,7 +211,7 @@ final class TestNode {
         """
 
     /// The programs the suites' process tasks run (TOML array).
-    static let hostPrograms = #"["/bin/sh", "/bin/true", "/bin/false", "/bin/sleep", "/usr/bin/python3"]"#
+    static let hostPrograms = #"["/bin/sh", "/bin/echo", "/bin/true", "/bin/false", "/bin/sleep", "/usr/bin/python3"]"#
 
     /// Changes the config file before `start()` (a test's own tweak on top of its suite's node).
     func editConfig(_ change: (String) -> String) throws {
