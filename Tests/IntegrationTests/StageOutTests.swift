@@ -372,12 +372,34 @@ struct StageOutTests {
     }
 
     @Test func aHardLinkedOutputIsRefused() throws {
-        let node = try node("so-hardlink", outputs: "require_approval = true")
+        // In a container (host tasks' sandboxes are taken back without extra names before stage-out).
+        let engine = DockerEngine()
+        try #require((try? engine.ping()) ?? false,
+                     "dockerd is not answering on /var/run/docker.sock: run the tests with `bash test.sh`")
+        let node = try TestNode("so-hardlink", extra: """
+            [launchers]
+            enabled = ["docker"]
+            [launchers.docker]
+            allowed_images = ["fem-test/*"]
+            [outputs]
+            allowed_urls = ["http://127.0.0.1:18080/dav/"]
+            require_approval = true
+            [credentials.upload-login]
+            username = "fem-upload"
+            password_file = "\(web)/password-fem-upload"
+            urls = ["http://127.0.0.1:18080/dav/"]
+            """)
         try node.start()
         let op = try Operator(node: node)
-        let t = task("cd \"$FEM_OUTPUT_DIR\" && echo x > a.txt && ln a.txt b.txt", patterns: ["*.txt"],
-                     stageOut: ["url": "http://127.0.0.1:18080/dav/hardlink", "credentials": "upload-login"])
-        let e = try run(op, t)
+        let t: [String: JSONValue] = [
+            "schema_version": 1, "task_id": .string(UUID().uuidString.lowercased()), "execution_id": "exec-hardlink",
+            "plan": ["schema_version": 1, "id": "docker-test", "version": "1", "launcher": "docker",
+                     "image": "fem-test/busybox:2", "pull_policy": "if-not-present",
+                     "command": ["base": ["/bin/sh", "-c", "echo x > /fem/out/a.txt && ln /fem/out/a.txt /fem/out/b.txt"]],
+                     "outputs": [["pattern": "*.txt"]], "resources": ["cpus": .double(0.5)]],
+            "stage_out": ["url": "http://127.0.0.1:18080/dav/hardlink", "credentials": "upload-login"],
+        ]
+        let e = try run(op, t, timeout: 60)
         #expect(e.state == .failed && e.detail.failureClass == .stageOutFailure, "\(e.detail)")
         #expect(e.detail.message?.contains("out/a.txt has 2 names (a hard link)") == true, "\(e.detail)")
     }
