@@ -313,8 +313,9 @@ struct FaultTests {
         let refused = Tasks.task(["/bin/echo", "after"])
         try op.submit(refused)
         func returnedToTheBroker() throws -> Bool {
-            // A consumer of our own for a moment; its connection closes when this returns.
-            let other = try Operator.connect(brokerDir: node.brokerDir, port: node.port, cert: "operator")
+            // A consumer of our own for a moment (with the node's account: only it may read the node's queue); its
+            // connection closes when this returns.
+            let other = try BrokerAccounts.connect(as: node.id, brokerDir: node.brokerDir, port: node.port, cert: "node")
             try other.openChannel(1)
             try other.setPrefetch(1)
             try other.consume(queue: WireNames.taskQueue(node: node.id))
