@@ -8,6 +8,7 @@
 #   scripts/dev-broker.sh certs  [--dir DIR]      (only make the certificates)
 #   scripts/dev-broker.sh accounts [--dir DIR]    (the orchestrator account, on a running broker; idempotent)
 #   scripts/dev-broker.sh add-node ID [--dir DIR] (a least-privilege account for node ID; idempotent)
+#   scripts/dev-broker.sh remove-node ID [--dir DIR]  (deletes that account and its password file)
 #
 # DIR (default var/dev-broker) holds: ca.pem, server.{pem,key}, node.{pem,key}, operator.{pem,key},
 # rogue-ca.pem and rogue-client.{pem,key} (signed by another CA, for tests), password (the administrator "fem",
@@ -34,7 +35,7 @@ while [[ $# -gt 0 ]]; do
     --port) port=$2; shift 2 ;;
     --name) name=$2; shift 2 ;;
     -*) echo "dev-broker.sh: unknown option $1" >&2; exit 2 ;;
-    *) [[ "$cmd" == add-node && -z "$node_id" ]] || { echo "dev-broker.sh: unexpected argument $1" >&2; exit 2; }
+    *) [[ ( "$cmd" == add-node || "$cmd" == remove-node ) && -z "$node_id" ]] || { echo "dev-broker.sh: unexpected argument $1" >&2; exit 2; }
        node_id=$1; shift ;;
   esac
 done
@@ -140,7 +141,8 @@ new_password() { # file
 
 # Creates the user (password from FILE, through stdin: never in argv) or resets its password to FILE's.
 ensure_user() { # user file
-  if rmq list_users | awk '{print $1}' | grep -qx "$1"; then
+  # awk reads the whole list (grep -q would stop early, and pipefail would count the writer's SIGPIPE as "absent").
+  if rmq list_users | awk -v u="$1" '$1 == u { found = 1 } END { exit !found }'; then
     rmq change_password "$1" < "$2" >/dev/null
   else
     rmq add_user "$1" < "$2" >/dev/null
@@ -186,6 +188,14 @@ PY
   echo "broker account $node_id ready (password in $file)"
 }
 
+remove_node() {
+  [[ "$node_id" =~ ^[a-z0-9][a-z0-9-]{0,62}$ ]] || {
+    echo "dev-broker.sh remove-node: \"$node_id\" is not a node id" >&2; exit 2; }
+  running || { echo "dev-broker.sh: the broker in $dir is not running" >&2; exit 1; }
+  rmq delete_user "$node_id" >/dev/null 2>&1 || true
+  rm -f "$dir/nodes/$node_id.password"
+}
+
 stop() {
   if ! running; then echo "broker in $dir is not running"; rm -f "$pidfile"; return 0; fi
   local pid; pid=$(cat "$pidfile")
@@ -202,6 +212,7 @@ case "$cmd" in
   certs) certs ;;
   accounts) accounts ;;
   add-node) [[ -n "$node_id" ]] || { echo "dev-broker.sh add-node: which node id?" >&2; exit 2; }; add_node ;;
+  remove-node) [[ -n "$node_id" ]] || { echo "dev-broker.sh remove-node: which node id?" >&2; exit 2; }; remove_node ;;
   status) if running; then echo "running (pid $(cat "$pidfile"))"; else echo "not running"; exit 1; fi ;;
   *) sed -n '2,24p' "$0"; exit 2 ;;
 esac

@@ -257,6 +257,8 @@ final class TestNode {
                 ChildProcess.signalGroup(pgid, SIGKILL)
             }
         }
+        // The node's broker account goes with it (a broker of the test's own may already be gone).
+        try? BrokerAccounts.script(["remove-node", id], brokerDir: brokerDir)
     }
 
     func run(_ args: [String]) throws -> (status: Int32, output: String) {
