@@ -54,7 +54,7 @@ struct FlowerTests {
             [launchers.flower]
             python = "/usr/bin/python3"
             allowed_superlinks = ["127.0.0.1:19191", "127.0.0.1:19291", "127.0.0.1:19391", "127.0.0.1:19491",
-                                  "127.0.0.1:19591"]
+                                  "127.0.0.1:19591", "127.0.0.1:19691"]
             venv_dir = "\(venvDir)"
             allow_insecure = true
             connect_attempts = 20
@@ -253,6 +253,30 @@ struct FlowerTests {
         try eventually("every process of the SuperNode (superexec included) to be gone", timeout: 20) {
             ChildProcess.processGroups(withEnvironmentEntry: "FEM_TASK_ID=\(Tasks.id(t))").isEmpty
         }
+    }
+
+    /// With the output airlock on, what the launcher quotes of the SuperNode's lines (its id) stays on the node.
+    @Test func withTheAirlockOnTheSuperNodesOwnWordsAreHeld() throws {
+        let dir = try TestEnv.scratch("flower-held")
+        let port = 19691
+        let link = try superlink(dir, port: port)
+        defer { link.stop() }
+        let node = try node("fl-held")
+        try node.editConfig { $0 + "\n[outputs]\nrequire_approval = true\n" }
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task(mode: "supernode", server: "127.0.0.1:\(port)")
+        try op.submit(t)
+        _ = try op.waitFor("the SuperNode to connect", timeout: 240) { events in
+            events.contains { $0.taskID == Tasks.id(t) && $0.detail.message?.hasPrefix("connected to the SuperLink") == true }
+        }
+        let notice = op.events(of: Tasks.id(t)).first { $0.detail.message?.hasPrefix("connected to the SuperLink") == true }
+        #expect(notice?.detail.message == "connected to the SuperLink (details held for approval)",
+                "\(String(describing: notice?.detail))")
+        try op.cancel(Tasks.id(t))
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let show = try node.run(["outputs", "show", Tasks.id(t)])
+        #expect(show.output.contains("signal: connected to the SuperLink (SuperNode ID "), "\(show.output)")
     }
 
     @Test func aSuperLinkThatNeverAnswersFailsTheTaskWithItsOwnClass() throws {

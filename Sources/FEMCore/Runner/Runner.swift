@@ -887,15 +887,23 @@ public actor Runner {
         let keep: @Sendable (String) -> Void = { text in
             if let all = budget.hold(text) { try? journal.markStep(taskID, Runner.heldTextStep, info: all) }
         }
+        /// A launcher's reading of a log line: its words, but what it quotes of the line (in parentheses) is the
+        /// tool's text, held with the outputs while the airlock is on.
+        let signalText: @Sendable (String) -> String = { m in
+            let text = ToolText.clean(m, maxBytes: 256)
+            guard hold, let open = text.range(of: " (") else { return text }
+            keep("signal: " + text)
+            return text[..<open.lowerBound] + " (details held for approval)"
+        }
         return { line, isStdout in
             if let signal = launcher.signal(in: line) {
                 switch signal {
-                case .notice(let m): toolNote(.notice, ToolText.clean(m, maxBytes: 256), nil)
+                case .notice(let m): toolNote(.notice, signalText(m), nil)
                 case .connected(let m):
-                    if watch.connect() { toolNote(.notice, ToolText.clean(m, maxBytes: 256), ["link": "connected"]) }
+                    if watch.connect() { toolNote(.notice, signalText(m), ["link": "connected"]) }
                 case .disconnected(let m):
                     if watch.disconnect(m) {
-                        toolNote(.notice, ToolText.clean(m, maxBytes: 256), ["link": "disconnected"])
+                        toolNote(.notice, signalText(m), ["link": "disconnected"])
                     }
                 case .messageReceived: watch.messageReceived()
                 case .replySent: watch.replySent()

@@ -94,6 +94,12 @@ struct OutputsCommand: AsyncParsableCommand {
                       : "the outputs will not leave this node")
     }
 
+    /// Tool text the airlock kept out of events, for the steward.
+    static func printHeld(_ held: String) {
+        print("tool text   held on this node (never sent in events):")
+        for line in held.split(separator: "\n") { print("  \(String(line).escapedForTerminal)") }
+    }
+
     /// The real user running the command (getuid → passwd), e.g. the steward behind `sudo -u fem`.
     static func currentUser() -> String {
         let uid = getuid()
@@ -131,7 +137,16 @@ struct OutputsCommand: AsyncParsableCommand {
             let (config, journal) = try OutputsCommand.open(options)
             guard let rec = try journal.task(taskID) else { throw ValidationError("task \(taskID) is not in the journal") }
             guard let manifest = OutputsCommand.manifest(journal, taskID) else {
-                throw ValidationError("task \(taskID) has no journaled manifest of held outputs (state \(rec.state.rawValue))")
+                // No outputs were held (no stage_out target, or the task never got that far); its held text, if any,
+                // is still the steward's to read.
+                guard !json, let held = try journal.step(taskID, Runner.heldTextStep) else {
+                    throw ValidationError("task \(taskID) has no journaled manifest of held outputs (state "
+                                          + "\(rec.state.rawValue))")
+                }
+                print("task        \(taskID.escapedForTerminal)   (\(rec.state.rawValue))")
+                print("files       none held (the task has no stage_out target, or ended before its outputs were collected)")
+                OutputsCommand.printHeld(held)
+                return
             }
             if json {
                 // JSON escapes C0 control characters itself; C1 controls and bidi overrides are escaped here too.
@@ -163,10 +178,7 @@ struct OutputsCommand: AsyncParsableCommand {
             for f in m.files {
                 print("  \(String(f.size).leftPadded(12))  \(f.path.escapedForTerminal)  sha256 \(f.sha256.escapedForTerminal)")
             }
-            if let held = try journal.step(taskID, Runner.heldTextStep) {
-                print("tool text  held with the outputs (never sent in events):")
-                for line in held.split(separator: "\n") { print("  \(String(line).escapedForTerminal)") }
-            }
+            if let held = try journal.step(taskID, Runner.heldTextStep) { OutputsCommand.printHeld(held) }
         }
     }
 
