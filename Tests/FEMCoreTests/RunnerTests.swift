@@ -17,6 +17,9 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     var declineReason: String?
     /// A start that takes this long first (a Flower environment being made); a cancel interrupts it.
     var startDelay: Duration?
+    /// A preparation (during stage-in) that takes this long.
+    var prepareDelay: Duration?
+    private(set) var prepared: [String] = []
 
     init(name: String = "process", script: Script, recovery: Recovery = .lost("gone")) {
         self.name = name
@@ -27,6 +30,11 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     func toolPaths(forHost sandbox: ToolPaths) -> ToolPaths { sandbox }
     func datasetPath(id: String, hostPath: String) -> String { hostPath }
     func policyCheck(_ job: LaunchJob) -> String? { declineReason }
+
+    func prepare(_ job: LaunchJob) async throws {
+        lock.withLock { prepared.append(job.task.taskID) }
+        if let prepareDelay { try await Task.sleep(for: prepareDelay) }
+    }
 
     func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
         if case .failToStart = script { throw TaskFailure(.runnerSystemFailure, "engine unreachable") }
@@ -132,6 +140,29 @@ struct RunnerTests {
         await r.waitUntilIdle()
         #expect(try states("a") == [.received, .stagingIn, .running, .stagingOut, .completed])
         #expect(try journal.history("a").map(\.seq) == [1, 2, 3, 4, 5])
+    }
+
+    /// What a launcher prepares (a Flower tool's Python environment) is stage-in: the task is not `running` while
+    /// it is made, and a cancel then never starts the tool.
+    @Test func aLaunchersPreparationIsStageInAndACancelThereNeverStartsTheTool() async throws {
+        let launcher = FakeLauncher(script: .exit(0, after: .zero))
+        launcher.prepareDelay = .seconds(60)
+        let r = runner(launcher)
+        try admit("a")
+        await r.enqueue("a")
+        let deadline = ContinuousClock.now + .seconds(10)
+        while launcher.prepared.isEmpty {
+            try #require(ContinuousClock.now < deadline, "the launcher was never asked to prepare")
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        #expect(try journal.task("a")?.state == .stagingIn)
+        await r.cancel("a", reason: "operator")
+        await r.waitUntilIdle()
+        #expect(try journal.task("a")?.state == .cancelled)
+        let seen = try states("a")
+        #expect(!seen.contains(.running), "\(seen)")
+        #expect(try journal.task("a")?.message?.contains("the tool was not started") == true)
+        #expect(launcher.started.isEmpty)
     }
 
     @Test func nonZeroExitFailsWithTheCode() async throws {

@@ -74,6 +74,9 @@ public protocol Launcher: Sendable {
     func datasetPath(id: String, hostPath: String) -> String
     /// Node policy for this launcher: nil when allowed, else the reason the task is declined.
     func policyCheck(_ job: LaunchJob) -> String?
+    /// What the work needs before it can start, done as part of stage-in (a Flower tool's Python environment):
+    /// cancellable, and a failure fails stage-in. Nothing by default.
+    func prepare(_ job: LaunchJob) async throws
     /// Starts the work. `persist` is called with the handle as soon as it identifies the work, before the work
     /// can have finished, so that a crash right after still leaves the handle in the journal.
     func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle
@@ -118,6 +121,7 @@ extension Launcher {
     public var unreachableLimit: Duration? { nil }
     public var finishDeliveryLimit: Duration? { nil }
     public var finishLinger: Duration { .zero }
+    public func prepare(_ job: LaunchJob) async throws {}
 }
 
 /// The launchers this node can use, built explicitly by the executable (no registration by side effect).

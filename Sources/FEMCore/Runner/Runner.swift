@@ -508,6 +508,7 @@ public actor Runner {
                                       "cannot create the sandbox: \(error)")
                 }
                 try await stageIn.stageIn(job, reporter: reporter)
+                try await launcher.prepare(job)
             }
             if let why = cancelReasons[taskID] {
                 outcome = TaskOutcome(state: .cancelled, detail: EventDetail(

@@ -144,21 +144,32 @@ public final class FlowerLauncher: Launcher, Sendable {
         return out
     }
 
-    public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
-        guard let plan = job.task.plan.flower, let task = job.task.flower else {
-            throw TaskFailure(.runnerSystemFailure, "flower: plan or task section missing")
-        }
+    /// The tool's Python environment is made during stage-in (the first time it takes a while; later tasks of the
+    /// same tool, version and requirements find it ready).
+    public func prepare(_ job: LaunchJob) async throws {
+        guard let plan = job.task.plan.flower else { return }
+        _ = try await environment(job, plan: plan)
+    }
+
+    private func environment(_ job: LaunchJob, plan: FlowerPlan) async throws -> String {
         let requirements: [PythonRequirement]
         switch PythonRequirement.parseAll(plan.requirements) {
         case .success(let r): requirements = r
         case .failure(let d): throw TaskFailure(.taskFailure, d.reason)
         }
         try FileManager.default.createDirectory(atPath: job.sandbox.logs, withIntermediateDirectories: true)
-        let venv = try await PythonEnvironments(python: config.python, root: config.venvDir, wheelDir: config.wheelDir,
-                                                allowSourceBuilds: config.allowSourceBuilds,
-                                                user: config.confinement.confined ? config.confinement.user : nil)
+        return try await PythonEnvironments(python: config.python, root: config.venvDir, wheelDir: config.wheelDir,
+                                            allowSourceBuilds: config.allowSourceBuilds,
+                                            user: config.confinement.confined ? config.confinement.user : nil)
             .ensure(tool: job.task.plan.id, version: job.task.plan.version, requirements: requirements,
                     log: "\(job.sandbox.logs)/venv.log")
+    }
+
+    public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
+        guard let plan = job.task.plan.flower, let task = job.task.flower else {
+            throw TaskFailure(.runnerSystemFailure, "flower: plan or task section missing")
+        }
+        let venv = try await environment(job, plan: plan)
         var env = job.command.environment
         env["PATH"] = "\(venv)/bin:\(config.path)"
         env["HOME"] = job.sandbox.sandbox

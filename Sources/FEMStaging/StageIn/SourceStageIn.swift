@@ -102,13 +102,9 @@ public struct SourceStageIn: StageIn {
                               + "folder (allowed: \(policy.gitURLs.listing))")
             }
         }
-        if let ref = g.credentials {
-            guard let credential = policy.credentials[ref] else {
-                throw Refusal(description: "source.git.credentials: \"\(ref)\" is not defined in this node's [credentials]")
-            }
-            if let problem = credential.refusal(name: ref, url: url, field: "source.git.credentials") {
-                throw Refusal(description: problem)
-            }
+        if let problem = Credential.refusal(g.credentials, in: policy.credentials, url: url,
+                                            field: "source.git.credentials") {
+            throw Refusal(description: problem)
         }
         return url
     }
@@ -124,13 +120,9 @@ public struct SourceStageIn: StageIn {
         guard url.scheme == "https" || url.scheme == "http" else {
             throw Refusal(description: "\(field).url: task files come over https:// or http://, not \(url.scheme)://")
         }
-        if let ref = f.credentials {
-            guard let credential = policy.credentials[ref] else {
-                throw Refusal(description: "\(field).credentials: \"\(ref)\" is not defined in this node's [credentials]")
-            }
-            if let problem = credential.refusal(name: ref, url: url, field: "\(field).credentials") {
-                throw Refusal(description: problem)
-            }
+        if let problem = Credential.refusal(f.credentials, in: policy.credentials, url: url,
+                                            field: "\(field).credentials") {
+            throw Refusal(description: problem)
         }
         return url
     }

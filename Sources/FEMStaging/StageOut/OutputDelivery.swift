@@ -75,13 +75,9 @@ public struct OutputDelivery: StageOut {
         if url.query != nil {
             throw Refusal(description: "stage_out.url: must not have a query (?): files are delivered below its path")
         }
-        if let ref = target.credentials {
-            guard let credential = policy.credentials[ref] else {
-                throw Refusal(description: "stage_out.credentials: \"\(ref)\" is not defined in this node's [credentials]")
-            }
-            if let problem = credential.refusal(name: ref, url: url, field: "stage_out.credentials") {
-                throw Refusal(description: problem)
-            }
+        if let problem = Credential.refusal(target.credentials, in: policy.credentials, url: url,
+                                            field: "stage_out.credentials") {
+            throw Refusal(description: problem)
         }
         return url
     }

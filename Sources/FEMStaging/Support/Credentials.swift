@@ -23,6 +23,17 @@ public struct Credential: Sendable, Equatable, CustomStringConvertible {
         return "\(field): the credential \"\(name)\" may not be sent to \(url) (its urls: \(urls.listing))"
     }
 
+    /// Why the credential a message names (`ref`, read from `field`) cannot be used for `url`: not defined on this
+    /// node, or not bound to that destination. Nil when there is none to use or it may be sent there.
+    public static func refusal(_ ref: String?, in credentials: [String: Credential], url: ParsedURL,
+                               field: String) -> String? {
+        guard let ref else { return nil }
+        guard let credential = credentials[ref] else {
+            return "\(field): \"\(ref)\" is not defined in this node's [credentials]"
+        }
+        return credential.refusal(name: ref, url: url, field: field)
+    }
+
     /// The `Authorization` header value.
     public var authorization: String {
         guard let username else { return "Bearer \(secret)" }
