@@ -298,7 +298,7 @@ struct StageOutTests {
     }
 
     @Test func whatIsDeliveredIsTheStagedCopyTheStewardApprovedAndAChangedCopyFailsDelivery() throws {
-        let node = try node("so-bound", outputs: "require_approval = true")
+        let node = try node("so-bound", outputs: "require_approval = true\n[sandboxes]\nkeep_failed_hours = 0")
         try node.start()
         let op = try Operator(node: node)
         let prefix = "bound-\(UUID().uuidString.prefix(6).lowercased())"
@@ -342,6 +342,8 @@ struct StageOutTests {
         #expect(b.detail.message?.contains("out/ok.txt changed after it was held") == true, "\(b.detail)")
         #expect(delivered(prefix, stagingChanged, node, "out/ok.txt") == nil, "a changed copy is never sent")
         #expect(delivered(prefix, stagingChanged, node, "manifest.json") == nil)
+        #expect(!FileManager.default.fileExists(atPath: "\(node.dir)/var/staging/\(Tasks.id(stagingChanged))"),
+                "a failed task's staged copy goes with its sandbox (keep_failed_hours = 0)")
     }
 
     @Test func outputsShowEscapesToolChosenNamesAndShowsTheDestinationAndTheApproverIsTheOSUser() throws {

@@ -48,6 +48,10 @@ public struct DirectorySandboxes: SandboxProvider {
 
     private func remove(_ taskID: String) {
         try? FileManager.default.removeItem(atPath: "\(root)/\(taskID)")
+        // The airlock's staged copy (OutputDelivery), if stage-out left one (a failed delivery keeps it as evidence
+        // until the sandbox goes).
+        let staging = ((root as NSString).deletingLastPathComponent as NSString).appendingPathComponent("staging")
+        try? FileManager.default.removeItem(atPath: "\(staging)/\(taskID)")
     }
 }
 
