@@ -58,4 +58,9 @@ export FEM_TEST_FLWR_VENV="$cache/flwr"
 export FEM_TEST_VENV_DIR="$cache/venvs"
 
 swift build --build-tests
-FEM_TEST_BIN_DIR="$(swift build --show-bin-path)" swift test --skip-build "$@"
+export FEM_TEST_BIN_DIR="$(swift build --show-bin-path)"
+# The unit suites run on their own first: the integration suites wait synchronously for daemons, brokers and
+# containers, and in one process those waits hold the few threads of Swift's cooperative pool that the runner's
+# unit tests (with their time bounds) need.
+swift test --skip-build --skip IntegrationTests "$@"
+swift test --skip-build --filter IntegrationTests "$@"
