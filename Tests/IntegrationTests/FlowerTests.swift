@@ -133,6 +133,8 @@ struct FlowerTests {
         defer { link.stop() }
         let node = try node("fl-supernode")
         try node.start()
+        // The node lives (with its broker account) until the test ends, not until its last use here.
+        defer { node.stop() }
         let op = try Operator(node: node)
         let tasks = (0..<2).map { i in
             task(mode: "supernode", server: "127.0.0.1:\(port)",
