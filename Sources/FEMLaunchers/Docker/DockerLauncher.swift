@@ -313,20 +313,26 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
         let labels = [Self.labelNode: config.nodeID, Self.labelTask: job.task.taskID]
         do {
             return try await offload("fem-docker-recover") {
+                // The task's cgroup is found by its path (a daemon that died before journaling the handle made it
+                // too); it goes with the container, whatever became of that.
+                let cgroup = self.taskCgroupHost().flatMap { host in
+                    (handle?.data["cgroup"] ?? (try? TaskCgroup.relativePath(
+                        root: self.config.cgroupRoot, node: self.config.nodeID, task: job.task.taskID)))
+                        .flatMap { TaskCgroup.existing(host: host, path: $0) }
+                }
                 let id = try handle?.data["container"]
                     ?? engine.containers(labels: labels).first
                 guard let id, let state = try engine.inspectContainer(id) else {
+                    cgroup?.remove()
                     return .lost("the task's container is gone")
                 }
                 if state.running { return .running }
                 if state.status == "created" {
                     try? engine.remove(id)
+                    cgroup?.remove()
                     return .lost("the container was created but never started; it was removed and not run again")
                 }
                 try Self.writeLogs(engine, id, follow: false, stdout: job.stdoutPath, stderr: job.stderrPath)
-                let cgroup = handle?.data["cgroup"].flatMap { path in
-                    self.taskCgroupHost().flatMap { TaskCgroup.existing(host: $0, path: path) }
-                }
                 let oom = try Self.wasOOMKilled(engine, id, code: state.exitCode, state: state, cgroup: cgroup)
                 try? engine.remove(id)
                 cgroup?.remove()

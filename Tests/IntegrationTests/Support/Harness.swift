@@ -257,6 +257,19 @@ final class TestNode {
                 ChildProcess.signalGroup(pgid, SIGKILL)
             }
         }
+        // The node's task cgroups too: a daemon killed by a test leaves them (its next start would clean up).
+        if let host = CgroupHost.detect(), let memory = host.roots["memory"] ?? host.roots[""] {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "\(memory)/fem-client/\(id)")) ?? []
+            for task in tasks {
+                var isDirectory: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: "\(memory)/fem-client/\(id)/\(task)", isDirectory: &isDirectory),
+                      isDirectory.boolValue, let path = try? TaskCgroup.relativePath(root: "fem-client", node: id, task: task),
+                      let cgroup = TaskCgroup.existing(host: host, path: path) else { continue }
+                cgroup.killAll()
+                cgroup.remove()
+            }
+            for mount in Set(host.allMounts + host.roots.values) { rmdir("\(mount)/fem-client/\(id)") }
+        }
         // The node's broker account goes with it (a broker of the test's own may already be gone).
         try? BrokerAccounts.script(["remove-node", id], brokerDir: brokerDir)
     }
