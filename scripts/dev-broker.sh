@@ -137,7 +137,7 @@ rmq() { rabbitmqctl -q -n "$node" "$@"; }
 
 # The broker answers (asked directly: a broker started by other means may have no broker.pid here).
 answering() {
-  rmq ping >/dev/null 2>&1 || { echo "dev-broker.sh: the broker $node (in $dir) is not answering" >&2; exit 1; }
+  rmq -t 10 ping >/dev/null 2>&1 || { echo "dev-broker.sh: the broker $node (in $dir) is not answering" >&2; exit 1; }
 }
 
 new_password() { # file
