@@ -135,6 +135,11 @@ EOF
 
 rmq() { rabbitmqctl -q -n "$node" "$@"; }
 
+# The broker answers (asked directly: a broker started by other means may have no broker.pid here).
+answering() {
+  rmq -t 10 ping >/dev/null 2>&1 || { echo "dev-broker.sh: the broker $node (in $dir) is not answering" >&2; exit 1; }
+}
+
 new_password() { # file
   [[ -f "$1" ]] || { head -c 18 /dev/urandom | base64 | tr -d '/+=' > "$1"; chmod 600 "$1"; }
 }
@@ -150,7 +155,7 @@ ensure_user() { # user file
 }
 
 accounts() {
-  running || { echo "dev-broker.sh: the broker in $dir is not running" >&2; exit 1; }
+  answering
   new_password "$dir/orchestrator.password"
   ensure_user "$orchestrator" "$dir/orchestrator.password"
   local mine='fem\.(tasks|control|events)|fem\.node\.[a-z0-9-]+(\.control)?|femctl\..*|test\..*|amq\.gen-.*'
@@ -163,7 +168,7 @@ accounts() {
 add_node() {
   [[ "$node_id" =~ ^[a-z0-9][a-z0-9-]{0,62}$ ]] || {
     echo "dev-broker.sh add-node: \"$node_id\" is not a node id (lowercase letters, digits and '-')" >&2; exit 2; }
-  running || { echo "dev-broker.sh: the broker in $dir is not running" >&2; exit 1; }
+  answering
   need python3 python3
   mkdir -p "$dir/nodes"; chmod 700 "$dir/nodes"
   local file="$dir/nodes/$node_id.password"
@@ -191,7 +196,7 @@ PY
 remove_node() {
   [[ "$node_id" =~ ^[a-z0-9][a-z0-9-]{0,62}$ ]] || {
     echo "dev-broker.sh remove-node: \"$node_id\" is not a node id" >&2; exit 2; }
-  running || { echo "dev-broker.sh: the broker in $dir is not running" >&2; exit 1; }
+  answering
   rmq delete_user "$node_id" >/dev/null 2>&1 || true
   rm -f "$dir/nodes/$node_id.password"
 }

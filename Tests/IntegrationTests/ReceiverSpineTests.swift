@@ -250,7 +250,7 @@ struct ReceiverSpineTests {
         try node.start()
         let op = try Operator(node: node)
         let marker = "acct-orch-\(UUID().uuidString.prefix(8))"
-        let running = Tasks.task(["/bin/sh", "-c", "sleep 60 # \(marker)"])
+        let running = Tasks.task(["/bin/sh", "-c", "sleep 60; : \(marker)", marker])
         try op.submit(running)
         try op.waitFor("the task to run") { evs in
             evs.contains { $0.taskID == Tasks.id(running) && $0.state == .running }
