@@ -132,9 +132,12 @@ allowed_executables = ["/bin/sh"]
     def start_watch(self):
         out = open(self.events_path, "a")
         err = open(f"{self.work}/watch.err", "a")
-        self.watch = subprocess.Popen([f"{self.bin}/femctl", "watch", "--json", "--queue", f"drill.{self.name}",
+        self.watch = subprocess.Popen([f"{self.bin}/femctl", "watch", "--json", "--queue", f"femctl.drill.{self.name}",
                                        "--node", self.node], stdout=out, stderr=err, env=self.femctl_env())
         time.sleep(1.0)  # the queue is durable: events published before the watcher binds are kept once it exists
+        if self.watch.poll() is not None:
+            with open(f"{self.work}/watch.err") as f:
+                raise DrillError(f"femctl watch exited: {f.read()[-500:]}")
 
     def stop_watch(self):
         if self.watch and self.watch.poll() is None:
