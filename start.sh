@@ -27,6 +27,15 @@ if [[ -z "${FEM_BROKER_URL:-}" ]] && grep -Eq '^url *= *"amqps://[^@]*@localhost
 fi
 
 mkdir -p var
+# The docker launcher (the example configuration's only one) needs dockerd: with none on the default socket, start
+# the development one (no bridge network, as in scripts/dev-docker.sh), the way the local broker is started above.
+socket=$(sed -n 's/^socket *= *"\([^"]*\)".*/\1/p' "$config" | head -1)
+if grep -Eq '^enabled *= *\[[^]]*"docker"' "$config" && [[ "${socket:-/var/run/docker.sock}" == /var/run/docker.sock ]] \
+   && ! curl -sf --max-time 2 --unix-socket /var/run/docker.sock http://localhost/_ping >/dev/null 2>&1; then
+  bash scripts/install-packages.sh busybox-static
+  mkdir -p var/dev-docker
+  bash scripts/dev-docker.sh start --dir var/dev-docker
+fi
 pidfile=var/fem-client.pid
 if [[ -f $pidfile ]] && kill -0 "$(cat $pidfile)" 2>/dev/null; then
   echo "fem-client is already running (pid $(cat $pidfile)); bash stop.sh stops it"

@@ -25,13 +25,17 @@ trap cleanup EXIT
 for m in "$work"/round-*/disk; do mountpoint -q "$m" 2>/dev/null && umount -l "$m"; done
 rm -rf "$work"; mkdir -p "$work"
 bash scripts/dev-broker.sh start --dir "$broker" --port "$PORT" --name fem-drill-disk >/dev/null
-export FEMCTL_BROKER_URL="amqps://fem@localhost:$PORT/%2f" FEMCTL_CA_FILE="$broker/ca.pem" \
-  FEMCTL_CERT_FILE="$broker/operator.pem" FEMCTL_KEY_FILE="$broker/operator.key" FEMCTL_PASSWORD_FILE="$broker/password"
+# The orchestrator's account for femctl; each round's node gets its own (least-privilege) account.
+export FEMCTL_BROKER_URL="amqps://fem-orchestrator@localhost:$PORT/%2f" FEMCTL_CA_FILE="$broker/ca.pem" \
+  FEMCTL_CERT_FILE="$broker/operator.pem" FEMCTL_KEY_FILE="$broker/operator.key" \
+  FEMCTL_PASSWORD_FILE="$broker/orchestrator.password"
+$bin/femctl setup >/dev/null
 
 failures=0
 round() { # name: which of work dir / log folder is on the small disk
   local name=$1 dir="$work/round-$1" node="drill-$1"
   mkdir -p "$dir/disk"
+  bash scripts/dev-broker.sh add-node "$node" --dir "$broker" >/dev/null
   mount -t tmpfs -o size=24m tmpfs "$dir/disk"; mounted+=("$dir/disk")
   local workdir="$dir/var" logfile="$dir/receiver.log"
   [[ $name == workdir ]] && workdir="$dir/disk/var"
@@ -46,12 +50,16 @@ heartbeat_interval = 2
 min_free_mb = 8
 drain_seconds = 0
 [broker]
-url = "amqps://fem@localhost:$PORT/%2f"
-password_file = "$broker/password"
+url = "amqps://$node@localhost:$PORT/%2f"
+password_file = "$broker/nodes/$node.password"
 ca_file = "$broker/ca.pem"
 cert_file = "$broker/node.pem"
 key_file = "$broker/node.key"
 prefetch = 16
+[launchers]
+enabled = ["process"]
+[launchers.process]
+allowed_executables = ["/bin/sh"]
 TOML
   cat > "$dir/short.task.json" <<'JSON'
 {"schema_version": 1, "execution_id": "drill", "plan": {"schema_version": 1, "id": "short", "version": "1",
