@@ -94,6 +94,7 @@ def main():
     p.add_argument("--bin", default=f"{ROOT}/.build/release")
     p.add_argument("n", nargs="?", type=int, default=10000)
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--only", help="generate only these kinds (comma-separated), to find what costs memory")
     a = p.parse_args()
     rng = random.Random(a.seed)
     d = Drill("fuzz", 5685, a.bin, extra_config="")
@@ -121,8 +122,13 @@ def main():
 
         path = f"{d.work}/messages.bin"
         with open(path, "wb") as f:
-            for i in range(a.n):
-                body, kind = mutate(rng, i)
+            only = set(a.only.split(",")) if a.only else None
+            i = 0
+            while i < a.n:
+                body, kind = mutate(rng, i + (0 if only is None else rng.randrange(10**6)))
+                if only is not None and kind not in only:
+                    continue
+                i += 1
                 kinds[kind] = kinds.get(kind, 0) + 1
                 f.write(struct.pack(">I", len(body)) + body)
         # A long task to cancel while the flood is being read.

@@ -199,6 +199,24 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
         try db.read { db in try Self.fetchTask(db, id) }
     }
 
+    public func count(states: Set<TaskState>) throws -> Int {
+        try db.read { db in
+            try Int.fetchOne(db, sql: "SELECT COUNT(*) FROM tasks WHERE state IN (\(states.map { _ in "?" }.joined(separator: ",")))",
+                             arguments: StatementArguments(states.map(\.rawValue))) ?? 0
+        }
+    }
+
+    public func status(_ id: String) throws -> (state: TaskState, updatedAt: Date)? {
+        try db.read { db in
+            guard let row = try Row.fetchOne(db, sql: "SELECT state, updated_at FROM tasks WHERE task_id = ?",
+                                             arguments: [id]) else { return nil }
+            guard let state = TaskState(rawValue: row["state"]), let updated = FEMTime.parse(row["updated_at"]) else {
+                throw JournalError.corrupt(id, "its state or time does not read")
+            }
+            return (state, updated)
+        }
+    }
+
     public func tasks(states: Set<TaskState>?, limit: Int) throws -> [TaskRecord] {
         try db.read { db in
             var sql = "SELECT * FROM tasks"

@@ -30,6 +30,23 @@ struct SQLiteJournalTests {
         #expect(existing.state == .received)
     }
 
+    /// The heartbeat's counts and the sandbox sweep's status come from the columns, agreeing with the full records.
+    @Test func countsAndStatusAgreeWithTheRecords() throws {
+        let j = try SQLiteJournal(path: "\(dir)/j.sqlite", nodeID: "n1")
+        for id in ["a", "b", "c"] {
+            let (s, d) = try spec(id)
+            _ = try j.admit(s, document: d, at: Date())
+        }
+        let changed = Date()
+        _ = try j.transition("b", to: .stagingIn, detail: .none, at: changed)
+        #expect(try j.count(states: [.received]) == 2 && j.count(states: [.stagingIn, .running]) == 1)
+        #expect(try j.counts() == (running: 1, queued: 2))
+        let status = try #require(try j.status("b"))
+        let record = try #require(try j.task("b"))
+        #expect(status.state == .stagingIn && status.state == record.state && status.updatedAt == record.updatedAt)
+        #expect(try j.status("nope") == nil)
+    }
+
     @Test func transitionsAreCheckedAndNumberedAndSurviveReopening() throws {
         let path = "\(dir)/j.sqlite"
         do {

@@ -79,6 +79,10 @@ public protocol Journal: Outbox {
     func note(_ taskID: String, kind: EventKind, detail: EventDetail, at: Date) throws -> TaskEvent
     func task(_ id: String) throws -> TaskRecord?
     func tasks(states: Set<TaskState>?, limit: Int) throws -> [TaskRecord]
+    /// How many tasks are in these states, without reading them (the heartbeat asks every few seconds).
+    func count(states: Set<TaskState>) throws -> Int
+    /// A task's state and when it last changed, without its document (the sandbox sweep asks for every sandbox).
+    func status(_ id: String) throws -> (state: TaskState, updatedAt: Date)?
     /// Every event of a task, in order.
     func history(_ taskID: String) throws -> [TaskEvent]
     func setHandle(_ taskID: String, _ handle: LaunchHandle?) throws
@@ -90,9 +94,13 @@ public protocol Journal: Outbox {
 
 extension Journal {
     public func counts() throws -> (running: Int, queued: Int) {
-        let active = try tasks(states: [.stagingIn, .running, .stagingOut], limit: 100_000).count
-        let queued = try tasks(states: [.received], limit: 100_000).count
-        return (active, queued)
+        (try count(states: [.stagingIn, .running, .stagingOut]), try count(states: [.received]))
+    }
+
+    public func count(states: Set<TaskState>) throws -> Int { try tasks(states: states, limit: .max).count }
+
+    public func status(_ id: String) throws -> (state: TaskState, updatedAt: Date)? {
+        try task(id).map { ($0.state, $0.updatedAt) }
     }
 }
 

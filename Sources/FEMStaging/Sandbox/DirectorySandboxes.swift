@@ -37,8 +37,8 @@ public struct DirectorySandboxes: SandboxProvider {
         guard let names = try? FileManager.default.contentsOfDirectory(atPath: root) else { return [] }
         var removed: [String] = []
         for id in names.sorted() {
-            guard let rec = try? journal.task(id), rec.state.isTerminal else { continue }
-            if now.timeIntervalSince(rec.updatedAt) >= retention.keep(rec.state).seconds {
+            guard let status = try? journal.status(id), status.state.isTerminal else { continue }
+            if now.timeIntervalSince(status.updatedAt) >= retention.keep(status.state).seconds {
                 remove(id)
                 removed.append(id)
             }

@@ -345,16 +345,15 @@ public final class AMQPConnection {
                 }
                 partial[channel] = p
             case AMQP_FRAME_BODY:
-                guard var p = partial[channel], let size = p.bodySize else { continue }
+                // Taken out of the dictionary while it grows: appending to a copy the dictionary still shares would
+                // copy the whole body so far at every frame.
+                guard var p = partial.removeValue(forKey: channel), let size = p.bodySize else { continue }
                 let fragment = frame.payload.body_fragment
                 p.received += UInt64(fragment.len)
                 if p.keep, fragment.len > 0, let bytes = fragment.bytes {
                     p.delivery.body.append(contentsOf: UnsafeRawBufferPointer(start: bytes, count: fragment.len))
                 }
-                if p.received >= size {
-                    partial[channel] = nil
-                    return p.delivery
-                }
+                if p.received >= size { return p.delivery }
                 partial[channel] = p
             default:
                 continue
