@@ -56,7 +56,10 @@ public struct NodeAssembly: Sendable {
     static func prepareWorkDir(_ config: NodeConfig) throws {
         let hostTasks = config.enabledLaunchers.contains("process") || config.enabledLaunchers.contains("flower")
         let passable: mode_t = hostTasks ? 0o711 : 0o700
-        for (dir, mode) in [(config.workDir, passable), ("\(config.workDir)/sandboxes", passable),
+        // The work dir itself may be passed through, never listed (0711): the task user must reach its sandbox, and
+        // the development broker's files (var/dev-broker, start.sh) live in the default work dir and its broker runs
+        // as the rabbitmq user. What is inside is protected on its own (journal 0600, cache/outputs/staging 0700).
+        for (dir, mode) in [(config.workDir, mode_t(0o711)), ("\(config.workDir)/sandboxes", passable),
                             ("\(config.workDir)/cache", mode_t(0o700)), ("\(config.workDir)/outputs", mode_t(0o700))] {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
                                                     attributes: [.posixPermissions: Int(mode)])
