@@ -170,19 +170,11 @@ public enum StagingCopy {
     }
 
     static func hash(_ fd: Int32, what: String) throws -> (Int64, String) {
-        let digest = SHA256Digest()
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
-        defer { buffer.deallocate() }
-        var size: Int64 = 0
-        while true {
-            let n = read(fd, buffer.baseAddress, buffer.count)
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw TaskFailure(.stageOutFailure, "cannot read \(what): \(SystemError("read"))") }
-            if n == 0 { break }
-            digest.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            size += Int64(n)
+        do {
+            return try SHA256Digest.descriptor(fd)
+        } catch {
+            throw TaskFailure(.stageOutFailure, "cannot read \(what): \(error)")
         }
-        return (size, digest.finalizeHex())
     }
 
     /// `folder` exists, empty, mode 0700, owned by the daemon, and so do its parents up to `staging/`.
@@ -233,30 +225,24 @@ public enum StagingCopy {
         let outFD = open(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
         guard outFD >= 0 else { throw TaskFailure(.stageOutFailure, "cannot create \(dest): \(SystemError("open"))") }
         defer { close(outFD) }
-        let digest = SHA256Digest()
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
-        defer { buffer.deallocate() }
-        var size: Int64 = 0
-        while true {
-            let n = read(fd, buffer.baseAddress, buffer.count)
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw TaskFailure(.stageOutFailure, "cannot read \(rel): \(SystemError("read"))") }
-            if n == 0 { break }
-            size += Int64(n)
-            if size > cap {
-                throw TaskFailure(.stageOutFailure, "output \(rel) grew over the limit of \(cap) bytes while it was copied")
+        // Hashed while copied, from the same reads: the manifest describes exactly the bytes of the staged copy.
+        var copied: Int64 = 0
+        let copy: (size: Int64, sha256: String)
+        do {
+            copy = try SHA256Digest.descriptor(fd) { block in
+                copied += Int64(block.count)
+                if copied > cap {
+                    throw TaskFailure(.stageOutFailure, "output \(rel) grew over the limit of \(cap) bytes while it was copied")
+                }
+                try FileWriter.writeAll(outFD, block, context: dest)
             }
-            digest.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            var written = 0
-            while written < n {
-                let w = write(outFD, buffer.baseAddress! + written, n - written)
-                if w < 0 && errno == EINTR { continue }
-                guard w > 0 else { throw TaskFailure(.stageOutFailure, "cannot write \(dest): \(SystemError("write"))") }
-                written += w
-            }
+        } catch let failure as TaskFailure {
+            throw failure
+        } catch {
+            throw TaskFailure(.stageOutFailure, "cannot copy \(rel) to \(dest): \(error)")
         }
         guard fsync(outFD) == 0 else { throw TaskFailure(.stageOutFailure, "cannot write \(dest): \(SystemError("fsync"))") }
-        return CollectedFile(source: dest, path: rel, size: size, sha256: digest.finalizeHex())
+        return CollectedFile(source: dest, path: rel, size: copy.size, sha256: copy.sha256)
     }
 
     /// A folder opened without following symlinks; entries are looked at relative to it.

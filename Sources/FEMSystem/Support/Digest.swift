@@ -37,6 +37,17 @@ public final class SHA256Digest {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw SystemError("open", path) }
         defer { close(fd) }
+        do {
+            return try descriptor(fd)
+        } catch let e as SystemError {
+            throw SystemError(e.call, errno: e.errno, path)
+        }
+    }
+
+    /// The size and SHA-256 of what `fd` holds from its offset on, read in 1 MiB blocks. `each` sees every block
+    /// before it is hashed (to copy what is hashed, from the same read) and may throw to stop.
+    public static func descriptor(_ fd: Int32, each: (UnsafeRawBufferPointer) throws -> Void = { _ in })
+        throws -> (size: Int64, sha256: String) {
         let digest = SHA256Digest()
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 20, alignment: 16)
         defer { buffer.deallocate() }
@@ -44,10 +55,12 @@ public final class SHA256Digest {
         while true {
             let n = read(fd, buffer.baseAddress, buffer.count)
             if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw SystemError("read", path) }
+            guard n >= 0 else { throw SystemError("read") }
             if n == 0 { break }
-            digest.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            let block = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
             size += Int64(n)
+            try each(block)
+            digest.update(block)
         }
         return (size, digest.finalizeHex())
     }
