@@ -3,18 +3,13 @@ import Foundation
 import Logging
 import Testing
 
-/// A journal whose state changes fail (as on a full disk) while `failing` is set.
-final class FailingJournal: Journal, @unchecked Sendable {
-    let inner: MemoryJournal
-    private let lock = NSLock()
-    private var failingStates: Set<TaskState> = []
-    private(set) var refused = 0
+/// A journal that passes every call to a memory journal: a fake states only what it breaks.
+protocol ForwardingJournal: Journal {
+    var inner: MemoryJournal { get }
+}
 
-    init(_ inner: MemoryJournal) { self.inner = inner }
+extension ForwardingJournal {
     var nodeID: String { inner.nodeID }
-
-    func fail(_ states: Set<TaskState>) { lock.withLock { failingStates = states } }
-
     func admit(_ spec: TaskSpec, document: JSONValue, at: Date) throws -> Admission {
         try inner.admit(spec, document: document, at: at)
     }
@@ -22,12 +17,7 @@ final class FailingJournal: Journal, @unchecked Sendable {
         try inner.recordRejection(taskID: taskID, executionID: executionID, message: message, at: at)
     }
     func transition(_ taskID: String, to state: TaskState, detail: EventDetail, at: Date) throws -> TaskEvent {
-        let fail = lock.withLock { () -> Bool in
-            if failingStates.contains(state) { refused += 1; return true }
-            return false
-        }
-        if fail { throw FakeDiskFull() }
-        return try inner.transition(taskID, to: state, detail: detail, at: at)
+        try inner.transition(taskID, to: state, detail: detail, at: at)
     }
     func note(_ taskID: String, kind: EventKind, detail: EventDetail, at: Date) throws -> TaskEvent {
         try inner.note(taskID, kind: kind, detail: detail, at: at)
@@ -41,6 +31,27 @@ final class FailingJournal: Journal, @unchecked Sendable {
     func step(_ taskID: String, _ step: String) throws -> String? { try inner.step(taskID, step) }
     func pendingEvents(limit: Int) throws -> [OutboxEntry] { try inner.pendingEvents(limit: limit) }
     func confirmEvents(_ ids: [Int64]) throws { try inner.confirmEvents(ids) }
+}
+
+/// A journal whose state changes fail (as on a full disk) while `failing` is set.
+final class FailingJournal: ForwardingJournal, @unchecked Sendable {
+    let inner: MemoryJournal
+    private let lock = NSLock()
+    private var failingStates: Set<TaskState> = []
+    private(set) var refused = 0
+
+    init(_ inner: MemoryJournal) { self.inner = inner }
+
+    func fail(_ states: Set<TaskState>) { lock.withLock { failingStates = states } }
+
+    func transition(_ taskID: String, to state: TaskState, detail: EventDetail, at: Date) throws -> TaskEvent {
+        let fail = lock.withLock { () -> Bool in
+            if failingStates.contains(state) { refused += 1; return true }
+            return false
+        }
+        if fail { throw FakeDiskFull() }
+        return try inner.transition(taskID, to: state, detail: detail, at: at)
+    }
 }
 
 struct FakeDiskFull: Error, CustomStringConvertible {
@@ -246,27 +257,11 @@ struct RunnerFaultTests {
     }
 }
 
-final class BrokenAdmitJournal: Journal, @unchecked Sendable {
+final class BrokenAdmitJournal: ForwardingJournal, @unchecked Sendable {
     let inner: MemoryJournal
     init(_ inner: MemoryJournal) { self.inner = inner }
-    var nodeID: String { inner.nodeID }
     func admit(_ spec: TaskSpec, document: JSONValue, at: Date) throws -> Admission { throw FakeDiskFull() }
     func recordRejection(taskID: String?, executionID: String?, message: String, at: Date) throws { throw FakeDiskFull() }
-    func transition(_ taskID: String, to state: TaskState, detail: EventDetail, at: Date) throws -> TaskEvent {
-        try inner.transition(taskID, to: state, detail: detail, at: at)
-    }
-    func note(_ taskID: String, kind: EventKind, detail: EventDetail, at: Date) throws -> TaskEvent {
-        try inner.note(taskID, kind: kind, detail: detail, at: at)
-    }
-    func task(_ id: String) throws -> TaskRecord? { try inner.task(id) }
-    func tasks(states: Set<TaskState>?, limit: Int) throws -> [TaskRecord] { try inner.tasks(states: states, limit: limit) }
-    func history(_ taskID: String) throws -> [TaskEvent] { try inner.history(taskID) }
-    func setHandle(_ taskID: String, _ handle: LaunchHandle?) throws { try inner.setHandle(taskID, handle) }
-    func setCancelRequested(_ taskID: String) throws { try inner.setCancelRequested(taskID) }
-    func markStep(_ taskID: String, _ step: String, info: String) throws { try inner.markStep(taskID, step, info: info) }
-    func step(_ taskID: String, _ step: String) throws -> String? { try inner.step(taskID, step) }
-    func pendingEvents(limit: Int) throws -> [OutboxEntry] { try inner.pendingEvents(limit: limit) }
-    func confirmEvents(_ ids: [Int64]) throws { try inner.confirmEvents(ids) }
 }
 
 final class NoticeBox: @unchecked Sendable {
