@@ -100,10 +100,7 @@ def main():
     d = Drill("fuzz", 5685, a.bin, extra_config="")
     kinds = {}
     try:
-        d.broker("start")
-        d.write_config()
-        d.start_daemon()
-        d.start_watch()
+        d.up()
         time.sleep(2)
         pid = d.daemon.pid
         rss = lambda: int(next(l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("VmRSS:")))

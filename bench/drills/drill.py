@@ -145,6 +145,13 @@ allowed_executables = ["/bin/sh"]
             self.watch.wait(30)
         self.watch = None
 
+    def up(self):
+        """Broker, node config, daemon (connected) and the durable event watcher."""
+        self.broker("start")
+        self.write_config()
+        self.start_daemon()
+        self.start_watch()
+
     def stop_all(self):
         self.stop_watch()
         self.kill_daemon(signal.SIGTERM)
@@ -272,10 +279,7 @@ def broker_restart(bin_dir):
     """1000 deliveries, 10% of them duplicate ids, the broker restarted twice while they flow."""
     d = Drill("broker-restart", 5681, bin_dir)
     try:
-        d.broker("start")
-        d.write_config()
-        d.start_daemon()
-        d.start_watch()
+        d.up()
         ids = d.submit(count=450)
         dups = random.sample(ids, 50)
         for i in dups:
@@ -304,10 +308,7 @@ def sigkill(bin_dir):
     """20 SIGKILLs of the daemon under a stream of short and long tasks."""
     d = Drill("sigkill", 5682, bin_dir)
     try:
-        d.broker("start")
-        d.write_config()
-        d.start_daemon()
-        d.start_watch()
+        d.up()
         ids = []
         for round_ in range(20):
             ids += d.submit(seconds=0, count=6)
@@ -346,10 +347,7 @@ def consumer_stopped(bin_dir):
     """The orchestrator's event consumer is away for 60 s while 200 tasks run."""
     d = Drill("consumer-stopped", 5684, bin_dir)
     try:
-        d.broker("start")
-        d.write_config()
-        d.start_daemon()
-        d.start_watch()
+        d.up()
         d.stop_watch()
         ids = d.submit(count=200)
         d.wait_for_log("completed", 120, at_least=200)
