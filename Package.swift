@@ -5,7 +5,7 @@ import PackageDescription
 
 let package = Package(
     name: "fem-client",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "fem-client", targets: ["fem-client"]),
         .executable(name: "femctl", targets: ["femctl"]),
@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.0.0"),
         .package(url: "https://github.com/LebJe/TOMLKit", from: "0.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         // 1. C system libraries: a module map and a shim.h each, nothing else.
@@ -50,6 +51,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "TOMLKit", package: "TOMLKit"),
+            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "fem-client", dependencies: ["FEMNode"]),
         .executableTarget(name: "femctl", dependencies: ["FEMNode"]),
