@@ -18,6 +18,7 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <net/if.h>
+#include <sys/epoll.h>
 
 extern int posix_spawn_file_actions_addchdir_np(posix_spawn_file_actions_t *actions, const char *path);
 extern int pipe2(int pipefd[2], int flags);
@@ -30,6 +31,31 @@ static inline int fem_pipe_cloexec_nonblock(int fds[2]) { return pipe2(fds, O_CL
 // cgroup v1 OOM notifications arrive on an eventfd (memory.oom_control + cgroup.event_control); Swift's Glibc
 // module does not include <sys/eventfd.h>.
 static inline int fem_eventfd_nonblock(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+
+// One epoll reactor (FEMSystem's EventReactor) watches child exits (pidfds) and cgroup v1 OOM eventfds.
+// struct epoll_event is packed on x86_64, which Swift imports poorly: these take and give only the 64-bit token.
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+/// A pidfd (Linux >= 5.3): readable once the process exits. glibc < 2.36 has no wrapper.
+static inline int fem_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+static inline int fem_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+static inline int fem_epoll_add(int epfd, int fd, unsigned long long token) {
+    struct epoll_event e;
+    memset(&e, 0, sizeof e);
+    e.events = EPOLLIN;
+    e.data.u64 = token;
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &e);
+}
+static inline int fem_epoll_del(int epfd, int fd) { return epoll_ctl(epfd, EPOLL_CTL_DEL, fd, (void *)0); }
+/// Waits for up to 64 ready descriptors; their tokens go into `tokens`. Returns the count, or -1 with errno.
+static inline int fem_epoll_wait(int epfd, unsigned long long *tokens, int max, int timeout_ms) {
+    struct epoll_event events[64];
+    if (max > 64) max = 64;
+    int n = epoll_wait(epfd, events, max, timeout_ms);
+    for (int i = 0; i < n; i++) tokens[i] = events[i].data.u64;
+    return n;
+}
 
 // ---------------------------------------------------------------------------------------------------------------
 // Confined spawn (host processes of the `process` and `flower` launchers).

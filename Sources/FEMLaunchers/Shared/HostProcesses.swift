@@ -1,6 +1,7 @@
 import FEMCore
 import FEMSystem
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -16,14 +17,14 @@ import Glibc
 /// - with its sandbox (except `logs/`, which the daemon keeps) owned by the task user while it runs, and given back
 ///   to the daemon (0700) when it ends, so a later task of the same user cannot read it.
 /// Unconfined (unit tests, library callers): the daemon's user, its own process group, no cgroup.
-final class HostProcesses: @unchecked Sendable {
+final class HostProcesses: Sendable {
     let launcher: String
     let confinement: HostConfinementConfig
-    private let lock = NSLock()
-    private var running: [Int32: Running] = [:]
+    private let running = Mutex<[Int32: Running]>([:])
 
-    private struct Running {
-        var exit: Task<ExitStatus, Never>
+    private struct Running: Sendable {
+        /// Reaped by the event reactor the moment the process ends.
+        var exit: ChildExit
         var cgroup: TaskCgroup?
         var sandbox: String
     }
@@ -99,8 +100,8 @@ final class HostProcesses: @unchecked Sendable {
             throw TaskFailure(.runnerSystemFailure, "\(error)")
         }
         let pid = spawned.pid
-        let waiter = Task { await ChildProcess.exitStatus(of: pid) }
-        lock.withLock { running[pid] = Running(exit: waiter, cgroup: cgroup, sandbox: job.sandbox.sandbox) }
+        let exit = ChildProcess.watchExit(pid)
+        running.withLock { $0[pid] = Running(exit: exit, cgroup: cgroup, sandbox: job.sandbox.sandbox) }
         var data = ["pid": "\(pid)", "pgid": "\(pid)", "start_time": "\(spawned.startTime)"]
         if let cgroup { data["cgroup"] = "\(cgroup.path) (\(cgroup.host.version.rawValue))" }
         let handle = LaunchHandle(launcher: launcher, data: data)
@@ -112,7 +113,7 @@ final class HostProcesses: @unchecked Sendable {
             ChildProcess.signalGroup(pid, SIGKILL)
             cgroup?.killAll()
             cgroup?.remove()
-            lock.withLock { _ = running.removeValue(forKey: pid) }
+            running.withLock { _ = $0.removeValue(forKey: pid) }
             if confinement.confined, let user = confinement.user { SandboxOwnership.takeBack(job.sandbox, from: user) }
             throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .runnerSystemFailure,
                               "cannot record the process's handle, so it was stopped: \(error)")
@@ -122,11 +123,11 @@ final class HostProcesses: @unchecked Sendable {
 
     func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome {
         guard let pid = Int32(handle.data["pid"] ?? ""),
-              let entry = lock.withLock({ running[pid] }) else {
+              let entry = running.withLock({ $0[pid] }) else {
             throw TaskFailure(.runnerSystemFailure, "no process is known for this handle")
         }
-        let status = await entry.exit.value
-        lock.withLock { _ = running.removeValue(forKey: pid) }
+        let status = await entry.exit.wait()
+        running.withLock { _ = $0.removeValue(forKey: pid) }
         // The main process is gone; nothing it started may outlive it.
         var usage: CgroupUsage?
         if let cgroup = entry.cgroup {
@@ -151,6 +152,9 @@ final class HostProcesses: @unchecked Sendable {
         case .signaled(let sig):
             outcome = LaunchOutcome(exitCode: 128 + sig, signal: sig, outOfMemory: oom,
                                     message: oom ? "killed for exceeding its memory limit" : "killed by signal \(sig)")
+        case .unknown(let why):
+            outcome = LaunchOutcome(exitCode: nil, outOfMemory: oom,
+                                    message: oom ? "killed for exceeding its memory limit" : "its exit status is unknown: \(why)")
         }
         outcome.cpuSeconds = usage?.cpuSeconds
         outcome.peakMemoryBytes = usage?.peakMemoryBytes.map { UInt64(max(0, $0)) }
@@ -159,26 +163,23 @@ final class HostProcesses: @unchecked Sendable {
 
     func stop(_ handle: LaunchHandle, grace: Duration) async {
         guard let pgid = Int32(handle.data["pgid"] ?? "") else { return }
-        guard let cgroup = lock.withLock({ running[pgid]?.cgroup }) else {
+        guard let cgroup = running.withLock({ $0[pgid]?.cgroup }) else {
             await Self.terminateGroup(pgid, grace: grace)
             return
         }
-        // TERM to every member (not only the group), then the cgroup kill after the grace period.
+        // TERM to every member (not only the group), wait for their exits (events, not a poll) up to the grace
+        // period, then the cgroup kill for whatever is left.
+        let members = cgroup.processes()
         cgroup.signalAll(SIGTERM)
-        let deadline = ContinuousClock.now + grace
-        while ContinuousClock.now < deadline, !cgroup.processes().isEmpty {
-            try? await Task.sleep(for: .milliseconds(50))
-        }
+        _ = await ChildProcess.awaitExits(of: members, upTo: grace)
         _ = try? await offload("fem-cgroup-kill") { cgroup.killAll() }
     }
 
+    /// TERM to the group, its members' exits awaited up to `grace` (pidfd events), then KILL to what is left.
     static func terminateGroup(_ pgid: Int32, grace: Duration) async {
+        let members = ChildProcess.liveMembers(ofGroup: pgid)
         guard ChildProcess.signalGroup(pgid, SIGTERM) else { return }
-        let deadline = ContinuousClock.now + grace
-        while ContinuousClock.now < deadline {
-            if !ChildProcess.groupExists(pgid) { return }
-            try? await Task.sleep(for: .milliseconds(50))
-        }
+        if await ChildProcess.awaitExits(of: members, upTo: grace), !ChildProcess.groupExists(pgid) { return }
         ChildProcess.signalGroup(pgid, SIGKILL)
     }
 

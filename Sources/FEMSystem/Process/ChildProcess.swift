@@ -5,14 +5,25 @@ import Foundation
 import CLinux
 
 /// How a child process ended.
-public enum ExitStatus: Sendable, Equatable {
+public enum ExitStatus: Sendable, Equatable, CustomStringConvertible {
     case exited(Int32)
     case signaled(Int32)
+    /// The status could not be had (the child was reaped elsewhere: ECHILD); the reason says why.
+    case unknown(String)
+
+    public var description: String {
+        switch self {
+        case .exited(let code): return "exited(\(code))"
+        case .signaled(let sig): return "signaled(\(sig))"
+        case .unknown(let why): return "exit status unknown (\(why))"
+        }
+    }
 }
 
 /// Spawns host processes with posix_spawn: an argv array (never a shell), its own process group, a given
 /// environment and working directory, stdout/stderr appended to files, stdin from /dev/null.
-/// Exit is reported at once by a thread blocked in waitpid (Foundation.Process polls and waits for grandchildren).
+/// Exit is reported at once by the `EventReactor` through a pidfd, with no thread per child (Foundation.Process
+/// polls and waits for grandchildren).
 public enum ChildProcess {
     public struct Spawned: Sendable {
         public var pid: Int32
@@ -134,25 +145,15 @@ public enum ChildProcess {
         return Spawned(pid: pid, startTime: startTime(of: pid) ?? 0)
     }
 
-    /// Blocks the calling thread until the child exits (use from a dedicated thread, see `exitStatus(of:)`).
+    /// Blocks the calling thread until the child exits (tests and tools; the daemon uses `watchExit`). A child
+    /// reaped elsewhere (ECHILD) is `.unknown`.
     public static func waitBlocking(pid: Int32) -> ExitStatus {
-        var status: Int32 = 0
-        while true {
-            let r = waitpid(pid, &status, 0)
-            if r == pid { break }
-            if r == -1 && errno == EINTR { continue }
-            // ECHILD: not our child any more (already reaped); report it as lost.
-            return .signaled(0)
-        }
-        let termSig = status & 0x7f
-        if termSig == 0 { return .exited((status >> 8) & 0xff) }
-        return .signaled(termSig)
+        reap(pid, block: true) ?? .unknown("waitpid returned early")
     }
 
-    /// Waits for a child of this process without blocking a Swift concurrency thread.
+    /// Waits for a child of this process without holding any thread: the reactor reaps it when its pidfd fires.
     public static func exitStatus(of pid: Int32) async -> ExitStatus {
-        // The body cannot throw, so the fallback is never used.
-        (try? await offload("fem-wait-\(pid)") { waitBlocking(pid: pid) }) ?? .signaled(0)
+        await watchExit(pid).wait()
     }
 
     /// Sends `signal` to a whole process group. Returns false when the group no longer exists.

@@ -1,0 +1,164 @@
+import FEMSystem
+import Foundation
+import Synchronization
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Threads of this process now (every thread is a folder of /proc/self/task).
+func threadCount() -> Int {
+    (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task").count) ?? -1
+}
+
+/// Waits (bounded) until `condition` holds; false when the deadline passed first.
+func eventually(_ seconds: Double = 10, _ condition: () -> Bool) async -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if condition() { return true }
+        try? await Task.sleep(for: .milliseconds(5))
+    }
+    return condition()
+}
+
+/// A value shared with pool jobs (a Mutex itself cannot be captured: it is not copyable).
+final class Shared<T: Sendable>: Sendable {
+    private let value: Mutex<T>
+    init(_ value: T) { self.value = Mutex(value) }
+    func withLock<R>(_ body: (inout T) -> R) -> R { value.withLock { body(&$0) } }
+}
+
+/// A gate blocking pool jobs until it is opened.
+final class Gate: Sendable {
+    private let open = Mutex(false)
+    private let wake = DispatchSemaphore(value: 0)
+    func pass() {
+        if open.withLock({ $0 }) { return }
+        wake.wait()
+        wake.signal()
+    }
+    func release() {
+        open.withLock { $0 = true }
+        wake.signal()
+    }
+}
+
+@Suite(.serialized)
+struct BlockingPoolTests {
+    @Test func neverRunsMoreThanItsSize() async throws {
+        let pool = BlockingPool(size: 3, name: "test-bounded")
+        let running = Shared((now: 0, most: 0))
+        let results = try await withThrowingTaskGroup(of: Int.self) { group in
+            for i in 0..<(3 + 9) {
+                group.addTask {
+                    try await pool.run {
+                        running.withLock { $0.now += 1; $0.most = max($0.most, $0.now) }
+                        Thread.sleep(forTimeInterval: 0.02)
+                        running.withLock { $0.now -= 1 }
+                        return i
+                    }
+                }
+            }
+            return try await group.reduce(into: [Int]()) { $0.append($1) }
+        }
+        #expect(results.sorted() == Array(0..<12), "every job ran once")
+        #expect(running.withLock { $0.most } <= 3, "at most 3 jobs at once")
+        #expect(pool.peakConcurrency == 3)
+        #expect(pool.threadCount == 3, "threads are kept, never more than the size")
+    }
+
+    @Test func aJobCancelledBeforeItStartsNeverRuns() async throws {
+        let pool = BlockingPool(size: 1, name: "test-cancel-queued")
+        let gate = Gate()
+        let blocker = Task { try await pool.run { gate.pass() } }
+        #expect(await eventually { pool.peakConcurrency == 1 }, "the blocker holds the only thread")
+        let ran = Shared(false)
+        let queued = Task { try await pool.runIfActive { _ in ran.withLock { $0 = true } } }
+        #expect(await eventually { pool.queued == 1 }, "the second job waits in the queue")
+        queued.cancel()
+        await #expect(throws: CancellationError.self) { try await queued.value }
+        #expect(pool.queued == 0, "the cancelled job left the queue")
+        gate.release()
+        try await blocker.value
+        // One more job after it: had the cancelled one stayed queued, it would have run before this one.
+        try await pool.run {}
+        #expect(!ran.withLock { $0 }, "the cancelled job's body never ran")
+
+        // Cancelled before it was even submitted: not run either.
+        let early = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await pool.runIfActive { _ in ran.withLock { $0 = true } }
+        }
+        await #expect(throws: CancellationError.self) { try await early.value }
+        #expect(!ran.withLock { $0 })
+    }
+
+    @Test func aRunningJobSeesItsFlagSet() async throws {
+        let pool = BlockingPool(size: 2, name: "test-cancel-running")
+        let started = Shared(false)
+        let job = Task {
+            try await pool.runIfActive { flag -> Bool in
+                started.withLock { $0 = true }
+                // Wakes at once on cancel (no polling); 30 s would fail the test's time limit below.
+                return flag.sleep(seconds: 30)
+            }
+        }
+        #expect(await eventually { started.withLock { $0 } })
+        let t0 = ContinuousClock.now
+        job.cancel()
+        let slept = try await job.value
+        #expect(!slept, "the body saw the cancel")
+        #expect(ContinuousClock.now - t0 < .seconds(2), "and stopped at once")
+    }
+
+    @Test func offloadKeepsItsCancelContract() async throws {
+        let started = Shared(false)
+        let job = Task {
+            try await offload("test", cancellable: { flag -> Int in
+                started.withLock { $0 = true }
+                _ = flag.sleep(seconds: 30)
+                throw SystemError("sleep", errno: EINTR, "stopped")
+            })
+        }
+        #expect(await eventually { started.withLock { $0 } })
+        job.cancel()
+        await #expect(throws: OperationCancelled.self) { try await job.value }
+        // The plain offload runs even from a cancelled task (cleanup must happen).
+        let cleanup = Task {
+            withUnsafeCurrentTask { $0?.cancel() }
+            return try await offload("cleanup") { 42 }
+        }
+        #expect(try await cleanup.value == 42)
+    }
+
+    @Test func twoHundredCallsAddNoThreadPerCall() async throws {
+        let pool = BlockingPool.shared
+        // Warm the pool up to its size, then measure: 200 calls in flight at once must not add a thread each.
+        let gate = Gate()
+        let before = threadCount()
+        let inFlight = Shared(0)
+        let jobs = Task {
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<200 {
+                    group.addTask {
+                        try await offload("test-growth") {
+                            inFlight.withLock { $0 += 1 }
+                            gate.pass()
+                        }
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+        #expect(await eventually { inFlight.withLock { $0 } == pool.size }, "the pool's threads all took a call")
+        let during = threadCount()
+        #expect(pool.queued == 200 - pool.size, "the rest wait in the queue")
+        gate.release()
+        try await jobs.value
+        let after = threadCount()
+        #expect(inFlight.withLock { $0 } == 200)
+        #expect(pool.threadCount <= pool.size)
+        #expect(during - before <= pool.size, "threads before \(before), with 200 calls in flight \(during)")
+        #expect(after - before <= pool.size, "threads before \(before), after \(after)")
+    }
+}
