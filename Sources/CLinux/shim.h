@@ -39,6 +39,9 @@ static inline int fem_eventfd_nonblock(void) { return eventfd(0, EFD_CLOEXEC | E
 #endif
 /// A pidfd (Linux >= 5.3): readable once the process exits. glibc < 2.36 has no wrapper.
 static inline int fem_pidfd_open(pid_t pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+/// Names the calling thread (15 bytes at most), for `top -H` and /proc/PID/task/TID/comm. A new thread inherits its
+/// creator's name otherwise (a dispatch worker's), and Foundation's Thread.name does not reach the kernel on Linux.
+static inline void fem_name_thread(const char *name) { (void)prctl(PR_SET_NAME, name, 0, 0, 0); }
 static inline int fem_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 static inline int fem_epoll_add(int epfd, int fd, unsigned long long token) {
     struct epoll_event e;

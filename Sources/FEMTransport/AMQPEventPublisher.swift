@@ -36,6 +36,7 @@ public final class AMQPEventPublisher: Sendable {
         let wakeup = self.wakeup
         stopping.onCancel { wakeup.wake() }
         let t = Thread { [self] in
+            nameThread("fem-amqp-publish")
             runLoop()
             finished.open()
         }

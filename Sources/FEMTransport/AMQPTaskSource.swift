@@ -50,7 +50,10 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         if start {
             let wakeup = self.wakeup
             stopping.onCancel { wakeup.wake() }
-            let thread = Thread { [self] in runLoop() }
+            let thread = Thread { [self] in
+                nameThread("fem-amqp-consume")
+                runLoop()
+            }
             thread.name = "fem-amqp-consumer"
             thread.start()
         }

@@ -60,7 +60,10 @@ public final class HTTPStreams: Sendable {
                     return !s.started
                 }
                 if start {
-                    let thread = Thread { [self] in self.loop(multi) }
+                    let thread = Thread { [self] in
+                        nameThread("fem-http-streams")
+                        self.loop(multi)
+                    }
                     thread.name = "fem-http-streams"
                     thread.stackSize = 1 << 20
                     thread.start()

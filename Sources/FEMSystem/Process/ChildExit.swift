@@ -107,7 +107,10 @@ extension ChildProcess {
             return exit
         }
         // No pidfds (Linux < 5.3) or no epoll: a thread of its own waits, as before the reactor.
-        let thread = Thread { exit.complete(reap(pid, block: true) ?? .unknown("already reaped elsewhere")) }
+        let thread = Thread {
+            nameThread("fem-wait")
+            exit.complete(reap(pid, block: true) ?? .unknown("already reaped elsewhere"))
+        }
         thread.name = "fem-wait-\(pid)"
         thread.stackSize = 256 << 10
         thread.start()

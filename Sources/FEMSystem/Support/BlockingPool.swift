@@ -1,3 +1,4 @@
+import CLinux
 import Foundation
 import Synchronization
 
@@ -12,6 +13,11 @@ import Synchronization
 /// - `run`: always runs, whatever the task's cancellation (cleanup: removing a container, killing a cgroup).
 ///
 /// Long waits (a child's exit, a container's end) do not belong here: they are events (`EventReactor`).
+/// Names the calling thread as the kernel sees it (`top -H`, /proc/PID/task/TID/comm; at most 15 bytes).
+public func nameThread(_ name: String) {
+    fem_name_thread(String(name.utf8.prefix(15)) ?? "fem")
+}
+
 public final class BlockingPool: Sendable {
     /// The pool `offload` uses. `FEM_BLOCKING_THREADS` (1...256) sets its size; 16 by default.
     public static let shared = BlockingPool(
@@ -126,7 +132,10 @@ public final class BlockingPool: Sendable {
             return
         }
         if startThread {
-            let thread = Thread { [self] in self.worker() }
+            let thread = Thread { [self] in
+                nameThread(name)
+                self.worker()
+            }
             thread.name = name
             thread.stackSize = 1 << 20
             thread.start()

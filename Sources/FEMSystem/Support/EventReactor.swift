@@ -49,7 +49,10 @@ public final class EventReactor: Sendable {
             return (s.nextToken, !s.started)
         }
         if start {
-            let thread = Thread { [self] in self.loop() }
+            let thread = Thread { [self] in
+                nameThread("fem-events")
+                self.loop()
+            }
             thread.name = "fem-events"
             thread.stackSize = 1 << 20
             thread.start()
