@@ -50,16 +50,17 @@ public struct DockerEngine: Sendable {
     }
 
     /// As `stream`, on the one `HTTPStreams` thread: the request holds no thread while it waits (a followed log, a
-    /// wait for a container's end). `timeoutMilliseconds` nil: no limit.
+    /// wait for a container's end). `timeoutMilliseconds` nil: no limit. Like the blocking calls, it is not ended by
+    /// cancelling the calling task (a launcher's wait outlasts a cancelled supervisor until the container ends).
     func streamed(_ method: String, _ path: String, timeoutMilliseconds: Int? = nil,
                   sink: (@Sendable (UnsafeRawBufferPointer) -> Bool)? = nil) async throws -> HTTPResponse {
         var request = httpRequest(method, path, timeout: 0)
         request.timeoutMilliseconds = timeoutMilliseconds
         do {
-            guard let sink else { return try await HTTPStreams.shared.perform(request) }
+            guard let sink else { return try await HTTPStreams.shared.perform(request, cancelWithTask: false) }
             // The first 64 KiB streamed, for the message of a non-2xx answer.
             let head = Mutex<[UInt8]>([])
-            var r = try await HTTPStreams.shared.perform(request) { chunk in
+            var r = try await HTTPStreams.shared.perform(request, cancelWithTask: false) { chunk in
                 head.withLock { if $0.count < 65_536 { $0.append(contentsOf: chunk.prefix(65_536 - $0.count)) } }
                 return sink(chunk)
             }

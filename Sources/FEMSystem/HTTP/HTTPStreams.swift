@@ -37,24 +37,29 @@ public final class HTTPStreams: Sendable {
     public var activeCount: Int { state.withLock { $0.active + $0.incoming.count } }
 
     /// Performs `request` on the streams thread, handing the body to `sink` as it arrives (nil: collect it).
-    /// Cancelling the calling task stops the request within about a second (`HTTPError.cancelled`).
-    public func perform(_ request: HTTPRequest, sink: (@Sendable (UnsafeRawBufferPointer) -> Bool)? = nil) async throws
-        -> HTTPResponse {
+    /// With `cancelWithTask`, cancelling the calling task stops the request within about a second
+    /// (`HTTPError.cancelled`); without, only the request's own `cancel` flag does (a wait that must outlast a
+    /// cancelled caller, as a blocking call would).
+    public func perform(_ request: HTTPRequest, cancelWithTask: Bool = true,
+                        sink: (@Sendable (UnsafeRawBufferPointer) -> Bool)? = nil) async throws -> HTTPResponse {
         var request = request
         let cancel = request.cancel ?? CancelFlag()
         request.cancel = cancel
         guard let multi else {
             // No multi handle (out of memory at start): the pool, as a plain blocking call.
             let r = request
-            return try await BlockingPool.shared.runIfActive(flag: cancel) { _ in
+            let call = { @Sendable () throws -> HTTPResponse in
                 if let sink { return try HTTPTransfer.perform(r, sink: sink) }
                 return try HTTPTransfer.perform(r)
             }
+            return try await cancelWithTask ? BlockingPool.shared.runIfActive(flag: cancel) { _ in try call() }
+                : BlockingPool.shared.run(call)
         }
         let transfer = try CurlTransfer(request, sink: sink)
-        return try await withTaskCancellationHandler {
+        cancel.onCancel { _ = curl_multi_wakeup(multi.raw) }
+        let submit = {
             try await withCheckedThrowingContinuation { (done: CheckedContinuation<HTTPResponse, Error>) in
-                let start = state.withLock { s -> Bool in
+                let start = self.state.withLock { s -> Bool in
                     s.incoming.append(Submission(transfer: transfer, done: done))
                     defer { s.started = true }
                     return !s.started
@@ -71,11 +76,10 @@ public final class HTTPStreams: Sendable {
                     curl_multi_wakeup(multi.raw)
                 }
             }
-        } onCancel: {
-            // The transfer's progress callback reads the flag; wake the loop so it runs now.
-            cancel.cancel()
-            curl_multi_wakeup(multi.raw)
         }
+        guard cancelWithTask else { return try await submit() }
+        // The transfer's progress callback reads the flag; setting it wakes the loop so that runs now.
+        return try await withTaskCancellationHandler(operation: submit) { cancel.cancel() }
     }
 
     private func loop(_ multi: Multi) {
@@ -105,10 +109,11 @@ public final class HTTPStreams: Sendable {
             }
             let count = active.count
             state.withLock { $0.active = count }
-            // Sleeps until a socket is ready, libcurl's next timeout, a wake-up, or a second (progress callbacks,
-            // which read cancel flags, run at least that often).
+            // Sleeps until a socket is ready, libcurl's next timeout, or a wake-up (a new request, a cancel); while
+            // requests run, at most a second (progress callbacks, which read cancel flags, run that often). Idle, it
+            // sleeps until woken.
             var ready: Int32 = 0
-            _ = curl_multi_poll(multi.raw, nil, 0, 1000, &ready)
+            _ = curl_multi_poll(multi.raw, nil, 0, count == 0 ? 3_600_000 : 1000, &ready)
         }
     }
 }

@@ -154,10 +154,11 @@ extension ChildProcess {
     }
 
     /// Waits until every process in `pids` has ended, or `limit` passed, or the calling task was cancelled: true
-    /// when all ended. Event-driven (pidfds), never a poll.
+    /// when all ended. Event-driven (pidfds), never a poll. At most 256 processes are watched (a descriptor each);
+    /// the rest are taken to end with them.
     public static func awaitExits(of pids: [Int32], upTo limit: Duration) async -> Bool {
         let deadline = ContinuousClock.now + limit
-        let watches = pids.compactMap(observeExit)
+        let watches = pids.prefix(256).compactMap(observeExit)
         for watch in watches {
             let left = deadline - ContinuousClock.now
             guard left > .zero, await watch.wait(upTo: left) != nil else { return false }

@@ -19,11 +19,23 @@ public func nameThread(_ name: String) {
 }
 
 public final class BlockingPool: Sendable {
-    /// The pool `offload` uses. `FEM_BLOCKING_THREADS` (1...256) sets its size; 16 by default.
+    /// The pool `offload` uses: `configureShared(size:)` if called before its first use, else the environment's
+    /// `FEM_BLOCKING_THREADS` (1...256), else 16.
     public static let shared = BlockingPool(
-        size: ProcessInfo.processInfo.environment["FEM_BLOCKING_THREADS"].flatMap(Int.init)
-            .map { min(256, max(1, $0)) } ?? 16,
+        size: requestedSize.withLock { $0 }
+            ?? ProcessInfo.processInfo.environment["FEM_BLOCKING_THREADS"].flatMap(Int.init).map(clamp) ?? 16,
         name: "fem-blocking")
+
+    private static let requestedSize = Mutex<Int?>(nil)
+    private static func clamp(_ n: Int) -> Int { min(256, max(1, n)) }
+
+    /// Sets the shared pool's size (1...256), for a daemon's configuration; effective only before the pool's first
+    /// use (call it at start-up). Returns the size the shared pool has.
+    @discardableResult
+    public static func configureShared(size: Int) -> Int {
+        requestedSize.withLock { $0 = clamp(size) }
+        return shared.size
+    }
 
     public let size: Int
     private let name: String
@@ -137,7 +149,6 @@ public final class BlockingPool: Sendable {
                 self.worker()
             }
             thread.name = name
-            thread.stackSize = 1 << 20
             thread.start()
         }
         wakeups.signal()
