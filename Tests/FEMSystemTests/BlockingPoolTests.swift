@@ -162,3 +162,29 @@ struct BlockingPoolTests {
         #expect(after - before <= pool.size, "threads before \(before), after \(after)")
     }
 }
+
+/// The latch a broker connection's thread opens when it ends (the publisher's async stop awaits it).
+struct LatchTests {
+    @Test func waitsUntilOpenedOrTheTimeLimit() async throws {
+        let latch = Latch()
+        let t0 = ContinuousClock.now
+        #expect(await latch.wait(upTo: .milliseconds(100)) == false)
+        #expect(ContinuousClock.now - t0 >= .milliseconds(100))
+        let waiter = Task { await latch.wait(upTo: .seconds(30)) }
+        let opener = Thread { latch.open() }
+        opener.start()
+        #expect(await waiter.value == true)
+        #expect(latch.waitBlocking(seconds: 0) == true, "stays open")
+        #expect(await latch.wait(upTo: .zero) == true)
+    }
+
+    @Test func aCancelledWaitEndsAtOnce() async throws {
+        let latch = Latch()
+        let waiter = Task { await latch.wait(upTo: .seconds(60)) }
+        try await Task.sleep(for: .milliseconds(20))
+        let t0 = ContinuousClock.now
+        waiter.cancel()
+        #expect(await waiter.value == false)
+        #expect(ContinuousClock.now - t0 < .seconds(2))
+    }
+}
