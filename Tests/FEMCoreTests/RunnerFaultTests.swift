@@ -103,7 +103,8 @@ struct RunnerFaultTests {
         s.journalRetryMax = .milliseconds(50)
         s.cancelDeadline = .milliseconds(500)
         return Runner(settings: s, journal: journal, registry: LauncherRegistry([launcher]), sandboxes: FakeSandboxes(),
-                      stageIn: stageIn, stageOut: FakeStageOut(), logger: quiet, unrecorded: unrecorded)
+                      stageIn: stageIn, stageOut: FakeStageOut(), logger: quiet, unrecorded: unrecorded,
+                      clock: FastClock())
     }
 
     func states(_ id: String) throws -> [TaskState] {

@@ -30,7 +30,7 @@ extension Runner {
                                  metadata: ["task": "\(taskID)"])
                 }
                 if stopping { return false }
-                try? await Task.sleep(for: delay)
+                try? await clock.sleep(for: delay)
                 delay = min(delay * 2, settings.journalRetryMax)
                 continue
             }

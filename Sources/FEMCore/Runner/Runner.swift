@@ -19,6 +19,8 @@ public actor Runner {
     let unrecordedStore: any UnrecordedChanges
     /// Waits for running work (TaskExecution hands it over once started or re-attached).
     let supervisor: Supervisor
+    /// Timeouts, grace periods, deadlines and retry delays run on this clock.
+    let clock: RunnerClock
 
     var queue: [String] = []
     /// Why each active task was cancelled, once it was.
@@ -38,7 +40,10 @@ public actor Runner {
                 sandboxes: any SandboxProvider, stageIn: any StageIn, stageOut: any StageOut, logger: Logger,
                 follower: any LineFollower = NoLineFollower(), hooks: any HookRunner = NoHooks(),
                 unrecorded: any UnrecordedChanges = NoUnrecordedChanges(),
+                clock: any Clock<Duration> = ContinuousClock(),
                 eventsAdded: @escaping @Sendable () -> Void = {}) {
+        let clock = RunnerClock(clock)
+        self.clock = clock
         self.unrecordedStore = unrecorded
         self.follower = follower
         self.hooks = hooks
@@ -51,7 +56,7 @@ public actor Runner {
         self.logger = logger
         self.eventsAdded = eventsAdded
         self.supervisor = Supervisor(settings: settings, journal: journal, logger: logger, follower: follower,
-                                     hooks: hooks, eventsAdded: eventsAdded)
+                                     hooks: hooks, clock: clock, eventsAdded: eventsAdded)
     }
 
     public var activeCount: Int { active.count }
@@ -63,9 +68,9 @@ public actor Runner {
     /// next start); waits until nothing runs, or `limit` passed. Returns how many tasks are still active.
     public func drain(limit: Duration) async -> Int {
         draining = true
-        let deadline = ContinuousClock.now + limit
-        while !active.isEmpty && ContinuousClock.now < deadline {
-            try? await Task.sleep(for: .milliseconds(100))
+        let deadline = clock.now + limit
+        while !active.isEmpty && clock.now < deadline {
+            try? await clock.sleep(for: .milliseconds(100))
         }
         return active.count
     }

@@ -6,11 +6,14 @@ import Logging
 /// and its supervision.
 final class LinkState: @unchecked Sendable {
     private let lock = NSLock()
+    private let clock: RunnerClock
     private var error: String?
-    private var lostSince: (ContinuousClock.Instant, String)?
+    private var lostSince: (Duration, String)?
     private var linked: Bool?
     private var received = 0
     private var sent = 0
+
+    init(clock: RunnerClock) { self.clock = clock }
 
     /// Messages the work took from its server and answers it delivered.
     var messages: (received: Int, sent: Int) { lock.withLock { (received, sent) } }
@@ -19,7 +22,8 @@ final class LinkState: @unchecked Sendable {
 
     var reportedError: String? { lock.withLock { error } }
     func reportError(_ m: String) { lock.withLock { if error == nil { error = m } } }
-    var disconnected: (ContinuousClock.Instant, String)? { lock.withLock { lostSince } }
+    /// Since when (on the runner's clock) and why the work is away from its server.
+    var disconnected: (Duration, String)? { lock.withLock { lostSince } }
 
     /// True when this changes the link's state (so that only changes become events).
     func connect() -> Bool {
@@ -32,7 +36,7 @@ final class LinkState: @unchecked Sendable {
 
     func disconnect(_ why: String) -> Bool {
         lock.withLock {
-            if lostSince == nil { lostSince = (ContinuousClock.now, why) }
+            if lostSince == nil { lostSince = (clock.now, why) }
             defer { linked = false }
             return linked != false
         }
@@ -49,6 +53,7 @@ struct Supervisor: Sendable {
     /// Reads the work's logs while it runs, for reporter-protocol lines and launcher signals.
     let follower: any LineFollower
     let hooks: any HookRunner
+    let clock: RunnerClock
     /// Called after every journal write that adds an event, to wake the publisher.
     let eventsAdded: @Sendable () -> Void
 
@@ -62,7 +67,7 @@ struct Supervisor: Sendable {
         let grace = settings.stopGrace
 
         // The work's logs, read while it runs: reporter lines on stdout, launcher signals on both.
-        let watch = LinkState()
+        let watch = LinkState(clock: clock)
         let budget = EventBudget(settings.reporter)
         budget.seed(history: (try? journal.history(job.task.taskID)) ?? [],
                     held: (try? journal.step(job.task.taskID, Runner.heldTextStep)) ?? nil)
@@ -80,7 +85,7 @@ struct Supervisor: Sendable {
                 do { return .exited(try await launcher.wait(handle)) } catch { return .waitFailed("\(error)") }
             }
             group.addTask {
-                do { try await Task.sleep(for: .milliseconds(Int(remaining * 1000))) } catch { return nil }
+                do { try await clock.sleep(for: .seconds(remaining)) } catch { return nil }
                 return .timedOut
             }
             group.addTask {
@@ -94,10 +99,10 @@ struct Supervisor: Sendable {
             if let limit {
                 group.addTask {
                     while !Task.isCancelled {
-                        if let (since, why) = watch.disconnected, ContinuousClock.now - since > limit {
+                        if let (since, why) = watch.disconnected, clock.now - since > limit {
                             return .unreachable("\(why), for longer than \(limit.components.seconds) s")
                         }
-                        try? await Task.sleep(for: .milliseconds(250))
+                        try? await clock.sleep(for: .milliseconds(250))
                     }
                     return nil
                 }
@@ -115,7 +120,7 @@ struct Supervisor: Sendable {
                 return (first, nil)
             case .timedOut?, .cancelled?, .reportedError?, .finished?, .unreachable?:
                 if case .finished? = first, let limit = launcher.finishDeliveryLimit {
-                    await Self.awaitDelivery(watch, limit: limit, linger: launcher.finishLinger)
+                    await Self.awaitDelivery(watch, limit: limit, linger: launcher.finishLinger, clock: clock)
                 }
                 await launcher.stop(handle, grace: grace)
                 var ended: LaunchOutcome?
@@ -142,17 +147,17 @@ struct Supervisor: Sendable {
     /// the tool said it), or, when nothing it took is left unanswered, a few seconds for a late log line (the
     /// tool's stdout and the work's stderr are read separately, so "received" may trail "Finished"), at most `limit`;
     /// then `linger` for the server to collect the reply.
-    static func awaitDelivery(_ watch: LinkState, limit: Duration, linger: Duration) async {
-        let start = ContinuousClock.now
+    static func awaitDelivery(_ watch: LinkState, limit: Duration, linger: Duration, clock: RunnerClock) async {
+        let start = clock.now
         let sentAtFinish = watch.messages.sent
-        while ContinuousClock.now - start < limit {
+        while clock.now - start < limit {
             let m = watch.messages
             if m.sent > sentAtFinish {
-                try? await Task.sleep(for: linger)
+                try? await clock.sleep(for: linger)
                 return
             }
-            if m.received <= m.sent && ContinuousClock.now - start >= .seconds(3) { return }
-            try? await Task.sleep(for: .milliseconds(50))
+            if m.received <= m.sent && clock.now - start >= .seconds(3) { return }
+            try? await clock.sleep(for: .milliseconds(50))
         }
     }
 

@@ -292,6 +292,7 @@ extension Runner {
         let work = Task { try await body() }
         let once = ResumeOnce<Result<T, any Error>?>()
         let deadline = settings.cancelDeadline
+        let clock = self.clock
         Task {
             let r = await work.result
             if !once.resume(r), case .success(let value) = r { await late?(value) }
@@ -299,7 +300,7 @@ extension Runner {
         let interrupt: @Sendable () -> Void = {
             work.cancel()
             Task {
-                try? await Task.sleep(for: deadline)
+                try? await clock.sleep(for: deadline)
                 once.resume(nil)
             }
         }
