@@ -55,29 +55,35 @@ extension Runner {
         return true
     }
 
-    /// An event without a state change (progress, notice), with its line in the log: safe from any thread.
+    /// An event without a state change (progress, notice), with its line in the log: safe from any thread, and it
+    /// never waits for the journal (the write is queued on the journal thread, in order).
     nonisolated func noter(for taskID: String) -> @Sendable (EventKind, String, [String: JSONValue]?) -> Void {
-        Self.noter(for: taskID, journal: journal, logger: logger, eventsAdded: eventsAdded)
+        Self.noter(for: taskID, journal: journal, thread: journalThread, logger: logger, eventsAdded: eventsAdded)
     }
 
     /// The same, for a part of the runner that is not the actor (the supervisor's log readers).
-    static func noter(for taskID: String, journal: any Journal, logger: Logger,
+    static func noter(for taskID: String, journal: any Journal, thread: JournalThread, logger: Logger,
                       eventsAdded: @escaping @Sendable () -> Void)
         -> @Sendable (EventKind, String, [String: JSONValue]?) -> Void {
         return { kind, message, data in
             logger.info("\(message)", metadata: ["task": "\(taskID)"])
-            _ = try? journal.note(taskID, kind: kind, detail: EventDetail(message: message, data: data), at: Date())
-            eventsAdded()
+            let at = Date()
+            thread.submit {
+                _ = try? journal.note(taskID, kind: kind, detail: EventDetail(message: message, data: data), at: at)
+                eventsAdded()
+            }
         }
     }
 
     func reporter(for taskID: String) -> StageReporter {
         let journal = self.journal
+        let thread = journalThread
         let note = noter(for: taskID)
         return StageReporter(
             progress: { message, data in note(.progress, message, data) },
-            isDone: { step in (try? journal.step(taskID, step)) ?? nil },
-            markDone: { step, info in try? journal.markStep(taskID, step, info: info) },
+            // A read: in WAL mode it does not wait for another process's write lock.
+            isDone: { step in (try? journal.completedStep(step, of: taskID)) ?? nil },
+            markDone: { step, info in thread.submit { try? journal.markStep(taskID, step, info: info) } },
             notice: { message, data in note(.notice, message, data) })
     }
 }

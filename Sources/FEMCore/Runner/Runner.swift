@@ -21,6 +21,10 @@ public actor Runner {
     let supervisor: Supervisor
     /// Timeouts, grace periods, deadlines and retry delays run on this clock.
     let clock: RunnerClock
+    /// The actor runs here, and so does every journal write it makes: never on the cooperative pool.
+    let journalThread: JournalThread
+
+    public nonisolated var unownedExecutor: UnownedSerialExecutor { journalThread.asUnownedSerialExecutor() }
 
     var queue: [String] = []
     /// Why each active task was cancelled, once it was.
@@ -40,8 +44,9 @@ public actor Runner {
                 sandboxes: any SandboxProvider, stageIn: any StageIn, stageOut: any StageOut, logger: Logger,
                 follower: any LineFollower = NoLineFollower(), hooks: any HookRunner = NoHooks(),
                 unrecorded: any UnrecordedChanges = NoUnrecordedChanges(),
-                clock: any Clock<Duration> = ContinuousClock(),
+                clock: any Clock<Duration> = ContinuousClock(), journalThread: JournalThread = .shared,
                 eventsAdded: @escaping @Sendable () -> Void = {}) {
+        self.journalThread = journalThread
         let clock = RunnerClock(clock)
         self.clock = clock
         self.unrecordedStore = unrecorded
@@ -56,7 +61,8 @@ public actor Runner {
         self.logger = logger
         self.eventsAdded = eventsAdded
         self.supervisor = Supervisor(settings: settings, journal: journal, logger: logger, follower: follower,
-                                     hooks: hooks, clock: clock, eventsAdded: eventsAdded)
+                                     hooks: hooks, clock: clock, journalThread: journalThread,
+                                     eventsAdded: eventsAdded)
     }
 
     public var activeCount: Int { active.count }
@@ -147,7 +153,7 @@ public actor Runner {
     /// journals it) go on with their stage-out. Waiting tasks hold no slot; the daemon calls this every second.
     public func resumeDecided() {
         guard let waiting = try? journal.tasks(states: [.awaitingApproval], limit: 100_000) else { return }
-        for rec in waiting where ((try? journal.step(rec.taskID, Self.approvalStep)) ?? nil) != nil {
+        for rec in waiting where ((try? journal.completedStep(Self.approvalStep, of: rec.taskID)) ?? nil) != nil {
             enqueue(rec.taskID)
         }
     }

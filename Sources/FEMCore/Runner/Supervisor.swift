@@ -54,6 +54,8 @@ struct Supervisor: Sendable {
     let follower: any LineFollower
     let hooks: any HookRunner
     let clock: RunnerClock
+    /// Where its journal calls run (never on the cooperative pool), in order with the runner's.
+    let journalThread: JournalThread
     /// Called after every journal write that adds an event, to wake the publisher.
     let eventsAdded: @Sendable () -> Void
 
@@ -61,7 +63,11 @@ struct Supervisor: Sendable {
     func supervise(_ job: LaunchJob, handle: LaunchHandle, launcher: any Launcher,
                    cancelSignal: AsyncStream<String>) async -> TaskOutcome {
         let timeout = job.command.timeoutSeconds ?? settings.defaultTimeoutSeconds
-        let elapsed = Date().timeIntervalSince((try? journal.history(job.task.taskID))?
+        let journal = self.journal
+        let taskID = job.task.taskID
+        let history = (try? await journalThread.run { try journal.history(taskID) }) ?? []
+        let held = (try? await journalThread.run { try journal.completedStep(Runner.heldTextStep, of: taskID) }) ?? nil
+        let elapsed = Date().timeIntervalSince(history
             .last(where: { $0.state == .running && $0.kind == .state })?.time ?? Date())
         let remaining = max(0, Double(timeout) - elapsed)
         let grace = settings.stopGrace
@@ -69,8 +75,7 @@ struct Supervisor: Sendable {
         // The work's logs, read while it runs: reporter lines on stdout, launcher signals on both.
         let watch = LinkState(clock: clock)
         let budget = EventBudget(settings.reporter)
-        budget.seed(history: (try? journal.history(job.task.taskID)) ?? [],
-                    held: (try? journal.step(job.task.taskID, Runner.heldTextStep)) ?? nil)
+        budget.seed(history: history, held: held)
         let (verdicts, verdict) = AsyncStream<SupervisionEnd?>.makeStream()
         let followed = [(job.stdoutPath, true), (job.stderrPath, false)].map { path, isStdout in
             let (lines, finish) = follower.follow(path)
@@ -173,7 +178,9 @@ struct Supervisor: Sendable {
         let limits = settings.reporter
         let hold = limits.holdToolText
         let meta: Logger.Metadata = ["task": "\(taskID)"]
-        let note = Runner.noter(for: taskID, journal: journal, logger: logger, eventsAdded: eventsAdded)
+        let note = Runner.noter(for: taskID, journal: journal, thread: journalThread, logger: logger,
+                                eventsAdded: eventsAdded)
+        let thread = journalThread
         /// A tool-originated event, within the task's caps; past them, a log line only.
         let toolNote: @Sendable (EventKind, String, [String: JSONValue]?) -> Void = { kind, message, data in
             let size = message.utf8.count + (data.map { JSONValue.object($0).encoded().count } ?? 0)
@@ -192,7 +199,7 @@ struct Supervisor: Sendable {
         }
         /// Keeps tool text for the steward (`fem-client outputs show`), in the journal.
         let keep: @Sendable (String) -> Void = { text in
-            if let all = budget.hold(text) { try? journal.markStep(taskID, Runner.heldTextStep, info: all) }
+            if let all = budget.hold(text) { thread.submit { try? journal.markStep(taskID, Runner.heldTextStep, info: all) } }
         }
         /// A launcher's reading of a log line: its words, but what it quotes of the line (in parentheses) is the
         /// tool's text, held with the outputs while the airlock is on.

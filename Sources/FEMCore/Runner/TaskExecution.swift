@@ -257,7 +257,7 @@ extension Runner {
                     data: ["outputs": .object(outputs)]))
                 return
             }
-            if let decision = (try? journal.step(taskID, Self.approvalStep)) ?? nil {
+            if let decision = (try? journal.completedStep(Self.approvalStep, of: taskID)) ?? nil {
                 outputs["approval"] = .string(decision)
                 if decision.hasPrefix("rejected") {
                     outcome.detail.message = [outcome.detail.message, "outputs \(decision); nothing was uploaded"]
