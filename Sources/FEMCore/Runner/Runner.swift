@@ -75,7 +75,7 @@ public actor Runner {
     public func drain(limit: Duration) async -> Int {
         draining = true
         let deadline = clock.now + limit
-        while !active.isEmpty && clock.now < deadline {
+        while !active.isEmpty && clock.now < deadline && !Task.isCancelled {
             try? await clock.sleep(for: .milliseconds(100))
         }
         return active.count
