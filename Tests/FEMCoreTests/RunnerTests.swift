@@ -3,6 +3,17 @@ import Foundation
 import Logging
 import Testing
 
+/// The fake's handle state: the id of its piece of work.
+struct FakeState: LauncherState {
+    static let version = 2
+    var id: String
+    init(id: String) { self.id = id }
+    init?(legacy data: [String: String]) {
+        guard let id = data["id"] else { return nil }
+        self.id = id
+    }
+}
+
 /// A launcher whose work is scripted: exit with a code after a delay, or run until stopped.
 final class FakeLauncher: Launcher, @unchecked Sendable {
     enum Script: Sendable { case exit(Int32, after: Duration), hang, failToStart, oom }
@@ -14,6 +25,7 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     private var streams: [String: AsyncStream<Void>] = [:]
     private(set) var started: [String] = []
     private(set) var stops = 0
+    private(set) var destroyed: [String] = []
     var declineReason: String?
     /// A start that takes this long first (a Flower environment being made); a cancel interrupts it.
     var startDelay: Duration?
@@ -36,14 +48,14 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
         if let prepareDelay { try await Task.sleep(for: prepareDelay) }
     }
 
-    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
+    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
         if case .failToStart = script { throw TaskFailure(.runnerSystemFailure, "engine unreachable") }
         if let startDelay { try await Task.sleep(for: startDelay) }
         let id = job.task.taskID
         lock.withLock { started.append(id) }
         _ = signal(id)
-        let h = LaunchHandle(launcher: name, data: ["id": id])
-        try persist(h)
+        let h = LaunchHandle(launcher: name, state: FakeState(id: id))
+        try await persist(h)
         return h
     }
 
@@ -59,7 +71,7 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     }
 
     func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome {
-        let stream: AsyncStream<Void>? = signal(handle.data["id"]!)
+        let stream: AsyncStream<Void>? = signal(try handle.state(as: FakeState.self).id)
         switch script {
         case .exit(let code, let delay):
             try? await Task.sleep(for: delay)
@@ -73,18 +85,26 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     }
 
     func stop(_ handle: LaunchHandle, grace: Duration) async {
-        _ = signal(handle.data["id"]!)
+        guard let id = try? handle.state(as: FakeState.self).id else { return }
+        _ = signal(id)
         lock.withLock {
             stops += 1
-            stopped[handle.data["id"]!]?.yield()
+            stopped[id]?.yield()
         }
     }
+
+    func destroy(_ handle: LaunchHandle) async {
+        guard let id = try? handle.state(as: FakeState.self).id else { return }
+        lock.withLock { destroyed.append(id) }
+    }
+
+    func inspect(_ handle: LaunchHandle) async -> LaunchInspection { LaunchInspection(state: .running) }
 
     func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery { recovery }
 }
 
 /// A fake whose work talks to a server: its log lines say when it reached it or lost it (as a Flower SuperNode's).
-struct LinkedFakeLauncher: Launcher {
+struct LinkedFakeLauncher: ServerLinkedLauncher {
     let inner: FakeLauncher
     var unreachableLimit: Duration? = .seconds(30)
     var finishDeliveryLimit: Duration? = .seconds(30)
@@ -93,13 +113,15 @@ struct LinkedFakeLauncher: Launcher {
     func toolPaths(forHost sandbox: ToolPaths) -> ToolPaths { sandbox }
     func datasetPath(id: String, hostPath: String) -> String { hostPath }
     func policyCheck(_ job: LaunchJob) -> String? { nil }
-    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
+    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
         try await inner.start(job, persist: persist)
     }
+    func destroy(_ handle: LaunchHandle) async { await inner.destroy(handle) }
+    func inspect(_ handle: LaunchHandle) async -> LaunchInspection { await inner.inspect(handle) }
     func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome { try await inner.wait(handle) }
     func stop(_ handle: LaunchHandle, grace: Duration) async { await inner.stop(handle, grace: grace) }
     func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery { await inner.recover(job, handle: handle) }
-    func signal(in line: String) -> LaunchSignal? {
+    func linkEvent(inLogLine line: String) -> LinkEvent? {
         switch line {
         case "lost": .disconnected("lost the server")
         case "linked": .connected("reached the server")
@@ -221,6 +243,7 @@ struct RunnerTests {
         await r.waitUntilIdle()
         #expect(try journal.task("a")?.failureClass == .timeout)
         #expect(launcher.stops == 1)
+        #expect(launcher.destroyed == ["a"], "what is left of stopped work is removed")
     }
 
     /// The injected clock: a 30 s limit on being away from the server passes in milliseconds of the test.
@@ -346,7 +369,7 @@ struct RunnerTests {
         try admit("running")
         try journal.transition("running", to: .stagingIn, detail: .none, at: Date())
         try journal.transition("running", to: .running, detail: .none, at: Date())
-        try journal.setHandle("running", LaunchHandle(launcher: "process", data: ["id": "running"]))
+        try journal.setHandle("running", LaunchHandle(launcher: "process", state: FakeState(id: "running")))
         try admit("queued")
         let launcher = FakeLauncher(script: .exit(0, after: .zero), recovery: .lost("the process did not survive"))
         let r = runner(launcher)
@@ -363,20 +386,22 @@ struct RunnerTests {
         try admit("a")
         try journal.transition("a", to: .stagingIn, detail: .none, at: Date())
         try journal.transition("a", to: .running, detail: .none, at: Date())
-        try journal.setHandle("a", LaunchHandle(launcher: "process", data: ["id": "a"]))
+        // As a daemon before typed launcher state journaled it: the upgraded daemon still follows the work.
+        try journal.setHandle("a", LaunchHandle(launcher: "process", legacy: ["id": "a"]))
         let launcher = FakeLauncher(script: .exit(0, after: .milliseconds(10)), recovery: .running)
         let r = runner(launcher)
         await r.recover()
         await r.waitUntilIdle()
         #expect(try journal.task("a")?.state == .completed)
         #expect(launcher.started.isEmpty, "re-attached, not started again")
+        #expect(launcher.destroyed == ["a"])
     }
 
     @Test func aCancelRecordedBeforeARestartStopsReattachedWork() async throws {
         try admit("a")
         try journal.transition("a", to: .stagingIn, detail: .none, at: Date())
         try journal.transition("a", to: .running, detail: .none, at: Date())
-        try journal.setHandle("a", LaunchHandle(launcher: "process", data: ["id": "a"]))
+        try journal.setHandle("a", LaunchHandle(launcher: "process", state: FakeState(id: "a")))
         try journal.setCancelRequested("a")
         let launcher = FakeLauncher(script: .hang, recovery: .running)
         let r = runner(launcher)

@@ -158,6 +158,14 @@ public actor Runner {
         }
     }
 
+    /// What the launcher can tell about a task's work now (running, exited or gone; CPU and memory used), from the
+    /// journaled handle: nil when the task has no handle or its launcher is not enabled.
+    public func inspect(_ taskID: String) async -> LaunchInspection? {
+        guard let handle = (try? journal.task(taskID))?.handle,
+              let launcher = registry.launcher(named: handle.launcher) else { return nil }
+        return await launcher.inspect(handle)
+    }
+
     /// The journal step holding an airlock decision: `approved` or `rejected: <reason>`.
     public static let approvalStep = "approval"
     /// The journal step holding tool text the airlock keeps from events (error text, print/info lines, triggers),

@@ -50,7 +50,7 @@ struct Supervisor: Sendable {
     let settings: RunnerSettings
     let journal: any Journal
     let logger: Logger
-    /// Reads the work's logs while it runs, for reporter-protocol lines and launcher signals.
+    /// Reads the work's logs while it runs, for reporter-protocol lines and link events.
     let follower: any LineFollower
     let hooks: any HookRunner
     let clock: RunnerClock
@@ -72,7 +72,7 @@ struct Supervisor: Sendable {
         let remaining = max(0, Double(timeout) - elapsed)
         let grace = settings.stopGrace
 
-        // The work's logs, read while it runs: reporter lines on stdout, launcher signals on both.
+        // The work's logs, read while it runs: reporter lines on stdout, link events on both.
         let watch = LinkState(clock: clock)
         let budget = EventBudget(settings.reporter)
         budget.seed(history: history, held: held)
@@ -83,7 +83,8 @@ struct Supervisor: Sendable {
                                      verdict: verdict)
             return (reader: Task { for await line in lines { handle(line, isStdout) } }, finish: finish)
         }
-        let limit = launcher.unreachableLimit
+        let linked = launcher as? any ServerLinkedLauncher
+        let limit = linked?.unreachableLimit
 
         let result: (SupervisionEnd?, LaunchOutcome?) = await withTaskGroup(of: SupervisionEnd?.self) { group in
             group.addTask {
@@ -124,8 +125,8 @@ struct Supervisor: Sendable {
                 if case .exited(let o)? = first { return (first, o) }
                 return (first, nil)
             case .timedOut?, .cancelled?, .reportedError?, .finished?, .unreachable?:
-                if case .finished? = first, let limit = launcher.finishDeliveryLimit {
-                    await Self.awaitDelivery(watch, limit: limit, linger: launcher.finishLinger, clock: clock)
+                if case .finished? = first, let linked, let limit = linked.finishDeliveryLimit {
+                    await Self.awaitDelivery(watch, limit: limit, linger: linked.finishLinger, clock: clock)
                 }
                 await launcher.stop(handle, grace: grace)
                 var ended: LaunchOutcome?
@@ -143,6 +144,8 @@ struct Supervisor: Sendable {
             await f.reader.value
         }
         verdict.finish()
+        // Whatever is left of the work (a container, a cgroup) goes, whatever `wait` returned or threw.
+        await launcher.destroy(handle)
 
         return OutcomeClassifier.classify(result.0, ended: result.1, reportedError: watch.reportedError,
                                           timeoutSeconds: timeout)
@@ -166,7 +169,7 @@ struct Supervisor: Sendable {
         }
     }
 
-    /// What each line of the work's logs means: reporter messages (stdout only) and launcher signals. Everything a
+    /// What each line of the work's logs means: reporter messages (stdout only) and link events. Everything a
     /// tool chooses is screened (short plain names, numbers, text cut and without control characters) and counted
     /// against the node's caps; with the airlock on, its text stays on the node (held for the steward).
     private func lineHandler(_ taskID: String, launcher: any Launcher, watch: LinkState,
@@ -203,6 +206,7 @@ struct Supervisor: Sendable {
         }
         /// A launcher's reading of a log line: its words, but what it quotes of the line (in parentheses) is the
         /// tool's text, held with the outputs while the airlock is on.
+        let linked = launcher as? any ServerLinkedLauncher
         let signalText: @Sendable (String) -> String = { m in
             let text = ToolText.clean(m, maxBytes: 256)
             guard hold, let open = text.range(of: " (") else { return text }
@@ -210,8 +214,8 @@ struct Supervisor: Sendable {
             return text[..<open.lowerBound] + " (details held for approval)"
         }
         return { line, isStdout in
-            if let signal = launcher.signal(in: line) {
-                switch signal {
+            if let event = linked?.linkEvent(inLogLine: line) {
+                switch event {
                 case .notice(let m): toolNote(.notice, signalText(m), nil)
                 case .connected(let m):
                     if watch.connect() { toolNote(.notice, signalText(m), ["link": "connected"]) }

@@ -189,14 +189,17 @@ extension Runner {
                                     data: ["timeout_seconds": .int(Int64(job.command.timeoutSeconds ?? 0))])
         guard await record(taskID, .running, runDetail) else { return nil }
         let journal = self.journal
+        let thread = journalThread
         let grace = settings.stopGrace
         let logger = self.logger
         // A start that a cancel left behind and that still brought up work: that work is stopped, not orphaned.
         let started = await interruptibly(taskID, late: { handle in
             logger.notice("a start left behind by a cancel brought up work; stopping it", metadata: ["task": "\(taskID)"])
             await launcher.stop(handle, grace: grace)
+            await launcher.destroy(handle)
         }) {
-            try await launcher.start(job) { handle in try journal.setHandle(taskID, handle) }
+            // The handle is journaled on the journal thread; the start waits for it without holding a thread.
+            try await launcher.start(job) { handle in try await thread.run { try journal.setHandle(taskID, handle) } }
         }
         switch started {
         case .success(let handle)?:

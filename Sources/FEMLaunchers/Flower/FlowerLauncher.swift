@@ -59,7 +59,7 @@ public struct FlowerLauncherConfig: Sendable {
 ///   Python, the server address as its first argument and in `FEM_SERVER_ADDRESS`; started once the server answers.
 /// Python dependencies are installed into a virtual environment cached by tool id, version and requirements.
 /// The SuperNode's log lines become events: connected to the SuperLink, lost it (past `unreachableLimit`: failed).
-public final class FlowerLauncher: Launcher, Sendable {
+public final class FlowerLauncher: ServerLinkedLauncher, Sendable {
     public let name = "flower"
     let config: FlowerLauncherConfig
     private let processes: HostProcesses
@@ -109,7 +109,7 @@ public final class FlowerLauncher: Launcher, Sendable {
         return nil
     }
 
-    public func signal(in line: String) -> LaunchSignal? {
+    public func linkEvent(inLogLine line: String) -> LinkEvent? {
         let text = Self.plain(line)
         if let r = text.range(of: "SuperNode ID: ") {
             return .connected("connected to the SuperLink (SuperNode ID \(text[r.upperBound...].trimmingCharacters(in: .whitespaces)))")
@@ -165,7 +165,7 @@ public final class FlowerLauncher: Launcher, Sendable {
                     log: "\(job.sandbox.logs)/venv.log")
     }
 
-    public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
+    public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
         guard let plan = job.task.plan.flower, let task = job.task.flower else {
             throw TaskFailure(.runnerSystemFailure, "flower: plan or task section missing")
         }
@@ -194,7 +194,7 @@ public final class FlowerLauncher: Launcher, Sendable {
                 .map { "\($0.key)=\(Self.tomlValue($0.value))" }.joined(separator: " ")
             if !nodeConfig.isEmpty { args += ["--node-config", nodeConfig] }
             try Task.checkCancellation()  // cancelled while the environment was made: nothing starts
-            return try processes.spawn(job, executable: "\(venv)/bin/flower-supernode", arguments: args,
+            return try await processes.spawn(job, executable: "\(venv)/bin/flower-supernode", arguments: args,
                                        environment: env, persist: persist)
         case .script:
             let entry = plan.entry ?? "client.py"
@@ -202,7 +202,7 @@ public final class FlowerLauncher: Launcher, Sendable {
             try await waitForServer(task.server)
             try Task.checkCancellation()
             let userArgs = Array(job.command.argv.dropFirst(job.task.plan.command.base.count))
-            return try processes.spawn(job, executable: "\(venv)/bin/python",
+            return try await processes.spawn(job, executable: "\(venv)/bin/python",
                                        arguments: [script, task.server] + userArgs, environment: env, persist: persist)
         }
     }
@@ -210,6 +210,10 @@ public final class FlowerLauncher: Launcher, Sendable {
     public func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome { try await processes.wait(handle) }
 
     public func stop(_ handle: LaunchHandle, grace: Duration) async { await processes.stop(handle, grace: grace) }
+
+    public func destroy(_ handle: LaunchHandle) async { await processes.destroy(handle) }
+
+    public func inspect(_ handle: LaunchHandle) async -> LaunchInspection { await processes.inspect(handle) }
 
     public func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery {
         await processes.recover(job, handle: handle)

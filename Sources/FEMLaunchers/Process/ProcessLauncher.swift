@@ -107,20 +107,24 @@ public final class ProcessLauncher: Launcher, Sendable {
         return env
     }
 
-    public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
+    public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
         // Resolved and checked here, once, and that very path is what runs.
         let executable: String
         switch authorize(job) {
         case .success(let path): executable = path
         case .failure(let d): throw TaskFailure(.taskFailure, d.reason)
         }
-        return try processes.spawn(job, executable: executable, arguments: Array(job.command.argv.dropFirst()),
+        return try await processes.spawn(job, executable: executable, arguments: Array(job.command.argv.dropFirst()),
                                    environment: environment(job), persist: persist)
     }
 
     public func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome { try await processes.wait(handle) }
 
     public func stop(_ handle: LaunchHandle, grace: Duration) async { await processes.stop(handle, grace: grace) }
+
+    public func destroy(_ handle: LaunchHandle) async { await processes.destroy(handle) }
+
+    public func inspect(_ handle: LaunchHandle) async -> LaunchInspection { await processes.inspect(handle) }
 
     public func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery {
         await processes.recover(job, handle: handle)
