@@ -371,7 +371,7 @@ struct FaultTests {
         // Its echo failed on the full disk: it failed, and says the disk was full.
         let duringEnd = try #require(op.finalState(of: Tasks.id(during)))
         #expect(duringEnd.state == .failed && duringEnd.detail.failureClass == .nodeDiskFull, "\(duringEnd.detail)")
-        #expect(duringEnd.detail.message?.contains("while the node's disk was full") == true)
+        #expect(duringEnd.detail.message?.contains("while the node's disk was full") == true, "\(duringEnd.detail)")
         #expect(op.finalState(of: Tasks.id(refused))?.state == .completed)
         try op.waitFor("the pressure to end", timeout: 10) { _ in op.notices.contains { $0.reason == "disk_pressure_ended" } }
         #expect(node.pid == pid && node.pid.map { Glibc.kill($0, 0) == 0 } == true, "the same daemon, still running")

@@ -1,44 +1,48 @@
 import Foundation
 import Logging
+import Synchronization
 
 /// The link between running work and its server (a Flower SuperNode and its SuperLink) as its log lines tell it,
 /// the messages it took and answered, and the first error the tool reported: shared by the log readers of one task
 /// and its supervision.
-final class LinkState: @unchecked Sendable {
-    private let lock = NSLock()
+final class LinkState: Sendable {
+    private struct State {
+        var error: String?
+        var lostSince: (Duration, String)?
+        var linked: Bool?
+        var received = 0
+        var sent = 0
+    }
+    private let state = Mutex(State())
     private let clock: RunnerClock
-    private var error: String?
-    private var lostSince: (Duration, String)?
-    private var linked: Bool?
-    private var received = 0
-    private var sent = 0
 
     init(clock: RunnerClock) { self.clock = clock }
 
     /// Messages the work took from its server and answers it delivered.
-    var messages: (received: Int, sent: Int) { lock.withLock { (received, sent) } }
-    func messageReceived() { lock.withLock { received += 1 } }
-    func replySent() { lock.withLock { sent += 1 } }
+    var messages: (received: Int, sent: Int) { state.withLock { ($0.received, $0.sent) } }
+    func messageReceived() { state.withLock { $0.received += 1 } }
+    func replySent() { state.withLock { $0.sent += 1 } }
 
-    var reportedError: String? { lock.withLock { error } }
-    func reportError(_ m: String) { lock.withLock { if error == nil { error = m } } }
+    var reportedError: String? { state.withLock { $0.error } }
+    func reportError(_ m: String) { state.withLock { if $0.error == nil { $0.error = m } } }
     /// Since when (on the runner's clock) and why the work is away from its server.
-    var disconnected: (Duration, String)? { lock.withLock { lostSince } }
+    var disconnected: (Duration, String)? { state.withLock { $0.lostSince } }
 
     /// True when this changes the link's state (so that only changes become events).
     func connect() -> Bool {
-        lock.withLock {
-            lostSince = nil
-            defer { linked = true }
-            return linked != true
+        state.withLock { s in
+            s.lostSince = nil
+            defer { s.linked = true }
+            return s.linked != true
         }
     }
 
     func disconnect(_ why: String) -> Bool {
-        lock.withLock {
-            if lostSince == nil { lostSince = (clock.now, why) }
-            defer { linked = false }
-            return linked != false
+        let now = clock.now
+        return state.withLock { s in
+            if s.lostSince == nil { s.lostSince = (now, why) }
+            defer { s.linked = false }
+            return s.linked != false
         }
     }
 }
