@@ -282,7 +282,13 @@ struct RunnerTests {
         try admit("b")
         await r.enqueue("a")
         await r.enqueue("b")
-        while launcher.started.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while try journal.task("a")?.handle == nil {
+            try #require(ContinuousClock.now < deadline, "the work never started")
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        #expect(await r.inspect("a")?.state == .running, "the launcher is asked about the journaled handle")
+        #expect(await r.inspect("b") == nil, "no handle: nothing to ask")
         await r.cancel("b", reason: "operator")
         await r.cancel("a", reason: nil)
         await r.waitUntilIdle()
