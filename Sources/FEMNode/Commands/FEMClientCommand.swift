@@ -61,7 +61,7 @@ extension FEMClientCommand {
             }
             do {
                 try FileManager.default.createDirectory(atPath: config.workDir, withIntermediateDirectories: true)
-                let probe = "\(config.workDir)/.fem-check-\(getpid())"
+                let probe = "\(config.workDir)/.fem-check-\(Posix.processID)"
                 try Data("x".utf8).write(to: URL(fileURLWithPath: probe))
                 try FileManager.default.removeItem(atPath: probe)
                 let free = freeDiskBytes(at: config.workDir).map { " (\($0 / 1_048_576) MiB free)" } ?? ""
@@ -137,7 +137,7 @@ extension FEMClientCommand {
                     failures.append("\(name): \(why)")
                     print("FAIL  \(failures.last!)")
                 }
-                if geteuid() != 0, let why = confinement.refusal() {
+                if Posix.effectiveUserID != 0, let why = confinement.refusal() {
                     failures.append("\(name): \(why)")
                     print("FAIL  \(failures.last!)")
                 } else if let why = TaskCgroup.probe(host: confinement.cgroups, node: config.nodeID) {

@@ -211,7 +211,7 @@ extension FEMCtlCommand {
 /// event is one line.
 struct WatchTable {
     var rows: [String: (event: TaskEvent, order: Int)] = [:]
-    let tty = isatty(STDOUT_FILENO) == 1
+    let tty = Posix.isTerminal(STDOUT_FILENO)
 
     mutating func apply(_ e: TaskEvent) {
         let key = "\(e.nodeID)/\(e.taskID ?? "-")"

@@ -12,10 +12,9 @@ public final class DirectoryHandle: @unchecked Sendable {
     public let path: String
 
     /// Opens `path` itself (a canonical path: symlinks in it are the administrator's, and resolved by the caller).
-    public init(root path: String) throws {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemError("open", path) }
-        self.fd = fd
+    /// With `followingSymlink` false, a symlink in the place of the last component fails (ELOOP).
+    public init(root path: String, followingSymlink: Bool = true) throws {
+        self.fd = try Posix.open(path, O_RDONLY | O_DIRECTORY | (followingSymlink ? 0 : O_NOFOLLOW))
         self.path = path
     }
 
@@ -49,6 +48,23 @@ public final class DirectoryHandle: @unchecked Sendable {
         let sub = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
         guard sub >= 0 else { throw SystemError("openat", "\(path)/\(name) (a symlink is never followed)") }
         return DirectoryHandle(fd: sub, path: "\(path)/\(name)")
+    }
+
+    /// What `name` in this folder is, without following a symlink; nil when it is gone.
+    public func status(of name: String) throws -> FileStatus? {
+        let name = try checked(name)
+        return try Posix.ifPresent { try Posix.lstat(name, in: fd, path: path) }
+    }
+
+    /// The names in this folder (not `.` and `..`), sorted.
+    public func names() throws -> [String] {
+        try Posix.names(inDirectory: fd, path: path)
+    }
+
+    /// Opens the file `name` in this folder for reading, never following a symlink in its place (ELOOP), nor
+    /// blocking on a FIFO, nor taking a terminal. The caller closes it (`Posix.release`).
+    public func openForReading(_ name: String) throws -> Int32 {
+        try Posix.openat(fd, try checked(name), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, path: path)
     }
 
     /// The folder at `components` below this one, each made as needed.
