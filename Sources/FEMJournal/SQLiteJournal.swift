@@ -187,7 +187,7 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
 
     // MARK: - Reads
 
-    public func step(_ taskID: String, _ step: String) throws -> String? {
+    public func completedStep(_ step: String, of taskID: String) throws -> String? {
         try db.read { db in
             try String.fetchOne(db, sql: "SELECT info FROM steps WHERE task_id = ? AND step = ?",
                                 arguments: [taskID, step])

@@ -83,6 +83,43 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery { recovery }
 }
 
+/// A fake whose work talks to a server: its log lines say when it reached it or lost it (as a Flower SuperNode's).
+struct LinkedFakeLauncher: Launcher {
+    let inner: FakeLauncher
+    var unreachableLimit: Duration? = .seconds(30)
+    var finishDeliveryLimit: Duration? = .seconds(30)
+    var finishLinger: Duration = .seconds(5)
+    var name: String { inner.name }
+    func toolPaths(forHost sandbox: ToolPaths) -> ToolPaths { sandbox }
+    func datasetPath(id: String, hostPath: String) -> String { hostPath }
+    func policyCheck(_ job: LaunchJob) -> String? { nil }
+    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
+        try await inner.start(job, persist: persist)
+    }
+    func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome { try await inner.wait(handle) }
+    func stop(_ handle: LaunchHandle, grace: Duration) async { await inner.stop(handle, grace: grace) }
+    func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery { await inner.recover(job, handle: handle) }
+    func signal(in line: String) -> LaunchSignal? {
+        switch line {
+        case "lost": .disconnected("lost the server")
+        case "linked": .connected("reached the server")
+        default: nil
+        }
+    }
+}
+
+/// Log lines a task's work "wrote": given per log (stdout, stderr), then the logs stay open until the runner stops
+/// reading them.
+struct ScriptedFollower: LineFollower {
+    var stdout: [String] = []
+    var stderr: [String] = []
+    func follow(_ path: String) -> (lines: AsyncStream<String>, finish: @Sendable () -> Void) {
+        let (lines, c) = AsyncStream<String>.makeStream()
+        for line in path.hasSuffix("stdout.log") ? stdout : stderr { c.yield(line) }
+        return (lines, { c.finish() })
+    }
+}
+
 struct FakeSandboxes: SandboxProvider {
     func prepare(taskID: String) throws -> ToolPaths { paths(taskID: taskID) }
     func paths(taskID: String) -> ToolPaths { .under("/fake/\(taskID)") }
@@ -107,13 +144,15 @@ final class FakeStageOut: StageOut, @unchecked Sendable {
 struct RunnerTests {
     let journal = MemoryJournal(nodeID: "n1")
 
-    func runner(_ launcher: FakeLauncher?, stageOut: FakeStageOut = FakeStageOut(), max: Int = 2,
+    func runner(_ launcher: (any Launcher)?, stageOut: FakeStageOut = FakeStageOut(), max: Int = 2,
+                follower: any LineFollower = NoLineFollower(),
                 settings: ((inout RunnerSettings) -> Void)? = nil) -> Runner {
         var s = RunnerSettings(nodeID: "n1", maxConcurrentTasks: max, stopGrace: .milliseconds(100))
         settings?(&s)
         return Runner(settings: s, journal: journal, registry: LauncherRegistry(launcher.map { [$0] } ?? []),
                       sandboxes: FakeSandboxes(), stageIn: NoStageIn(), stageOut: stageOut,
-                      logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+                      logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }), follower: follower,
+                      clock: FastClock())
     }
 
     func admit(_ id: String, launcher: String = "process", timeout: Int? = nil, planTimeout: Int? = nil,
@@ -182,6 +221,35 @@ struct RunnerTests {
         await r.waitUntilIdle()
         #expect(try journal.task("a")?.failureClass == .timeout)
         #expect(launcher.stops == 1)
+    }
+
+    /// The injected clock: a 30 s limit on being away from the server passes in milliseconds of the test.
+    @Test func workAwayFromItsServerPastTheLimitFailsUnreachableAndIsStopped() async throws {
+        let fake = FakeLauncher(script: .hang)
+        let r = runner(LinkedFakeLauncher(inner: fake), follower: ScriptedFollower(stderr: ["lost"]))
+        try admit("a")
+        let t0 = ContinuousClock.now
+        await r.enqueue("a")
+        await r.waitUntilIdle()
+        let rec = try #require(try journal.task("a"))
+        #expect(rec.state == .failed && rec.failureClass == .serverUnreachable)
+        #expect(rec.message == "lost the server, for longer than 30 s")
+        #expect(fake.stops == 1)
+        #expect(ContinuousClock.now - t0 < .seconds(10))
+    }
+
+    /// After `Finished` the work may deliver its last reply (up to its limit), then it is stopped; the task completed.
+    @Test func aFinishedReportCompletesTheTaskAndStopsTheWork() async throws {
+        let fake = FakeLauncher(script: .hang)
+        let r = runner(LinkedFakeLauncher(inner: fake),
+                       follower: ScriptedFollower(stdout: [#"{"type": "info", "info": "Finished"}"#]))
+        try admit("a")
+        await r.enqueue("a")
+        await r.waitUntilIdle()
+        let rec = try #require(try journal.task("a"))
+        #expect(rec.state == .completed, "\(rec.message ?? "")")
+        #expect(rec.message == "the tool reported Finished; its processes were stopped")
+        #expect(fake.stops == 1)
     }
 
     @Test func cancelWhileRunningAndWhileQueued() async throws {

@@ -65,8 +65,8 @@ struct SQLiteJournalTests {
         #expect(rec.handle?.data["pid"] == "42")
         #expect(try j.history("a").map(\.seq) == [1, 2, 3])
         #expect(try j.history("a").map(\.state) == [.received, .stagingIn, .running])
-        #expect(try j.step("a", "upload:out/x") == "abc")
-        #expect(try j.step("a", "upload:out/y") == nil)
+        #expect(try j.completedStep("upload:out/x", of: "a") == "abc")
+        #expect(try j.completedStep("upload:out/y", of: "a") == nil)
     }
 
     @Test func outboxKeepsEventsUntilConfirmed() throws {
@@ -170,11 +170,11 @@ struct SQLiteJournalTests {
         try j.transition("new-done", to: .failed, detail: .none, at: Date())
         #expect(try j.pruneDocuments(finishedBefore: Date().addingTimeInterval(-30 * 86_400)) == 1)
         #expect(try j.task("old-done")?.document == .object([:]))
-        #expect(try j.step("old-done", "git") == nil)
+        #expect(try j.completedStep("git", of: "old-done") == nil)
         #expect(try j.task("old-done")?.state == .failed)
         #expect(try j.task("new-done")?.document["execution_id"] == "e")
         #expect(try j.task("old-running")?.document["execution_id"] == "e")
-        #expect(try j.step("old-running", "git") == "abc")
+        #expect(try j.completedStep("git", of: "old-running") == "abc")
         // Still recognised as a duplicate.
         let (s, d) = try spec("old-done")
         guard case .duplicate = try j.admit(s, document: d, at: Date()) else {

@@ -30,7 +30,7 @@ struct OutputsCommand: AsyncParsableCommand {
         guard rec.state == .awaitingApproval else {
             throw ValidationError("task \(taskID) is \(rec.state.rawValue), not awaiting_approval: there is nothing to decide")
         }
-        if let decided = try journal.step(taskID, Runner.approvalStep) {
+        if let decided = try journal.completedStep(Runner.approvalStep, of: taskID) {
             throw ValidationError("task \(taskID) is already decided (\(decided)); the daemon is sending or dropping its outputs")
         }
         return rec
@@ -57,7 +57,7 @@ struct OutputsCommand: AsyncParsableCommand {
 
     /// The manifest journaled when the outputs were staged, raw, read, and its sha256 (what an approval binds to).
     static func manifest(_ journal: SQLiteJournal, _ taskID: String) -> (raw: Data, view: ManifestView, sha256: String)? {
-        guard let text = try? journal.step(taskID, OutputDelivery.manifestStep) else { return nil }
+        guard let text = try? journal.completedStep(OutputDelivery.manifestStep, of: taskID) else { return nil }
         let data = Data(text.utf8)
         guard let view = try? JSONDecoder().decode(ManifestView.self, from: data) else { return nil }
         let digest = SHA256Digest()
@@ -135,7 +135,7 @@ struct OutputsCommand: AsyncParsableCommand {
             guard let manifest = OutputsCommand.manifest(journal, taskID) else {
                 // No outputs were held (no stage_out target, or the task never got that far); its held text, if any,
                 // is still the steward's to read.
-                guard !json, let held = try journal.step(taskID, Runner.heldTextStep) else {
+                guard !json, let held = try journal.completedStep(Runner.heldTextStep, of: taskID) else {
                     throw ValidationError("task \(taskID) has no journaled manifest of held outputs (state "
                                           + "\(rec.state.rawValue))")
                 }
@@ -174,7 +174,7 @@ struct OutputsCommand: AsyncParsableCommand {
             for f in m.files {
                 print("  \(String(f.size).leftPadded(12))  \(f.path.escapedForTerminal)  sha256 \(f.sha256.escapedForTerminal)")
             }
-            if let held = try journal.step(taskID, Runner.heldTextStep) { OutputsCommand.printHeld(held) }
+            if let held = try journal.completedStep(Runner.heldTextStep, of: taskID) { OutputsCommand.printHeld(held) }
         }
     }
 
