@@ -234,6 +234,30 @@ struct LayeringTests {
         }
     }
 
+    /// Package.swift's target dependencies obey the same table: a dependency the layer does not allow fails, so the
+    /// graph cannot grow an edge the imports check would only catch once someone uses it.
+    @Test func packageDependenciesFollowTheLayers() throws {
+        let manifest = try String(contentsOfFile: "\(Self.repoRoot)/Package.swift", encoding: .utf8)
+        let target = try NSRegularExpression(
+            pattern: #"\.(target|executableTarget)\(name:\s*"([^"]+)",\s*dependencies:\s*\[([^\]]*)\]"#)
+        let quoted = try NSRegularExpression(pattern: #""([A-Za-z0-9_-]+)""#)
+        var checked = 0
+        for m in target.matches(in: manifest, range: NSRange(manifest.startIndex..., in: manifest)) {
+            guard let n = Range(m.range(at: 2), in: manifest), let d = Range(m.range(at: 3), in: manifest) else { continue }
+            let name = String(manifest[n])
+            guard let allowed = Self.allowedImports[name] else { continue }  // fem-bench (bench/) is not a layer
+            checked += 1
+            let deps = String(manifest[d])
+            for q in quoted.matches(in: deps, range: NSRange(deps.startIndex..., in: deps)) {
+                guard let r = Range(q.range(at: 1), in: deps) else { continue }
+                let dep = String(deps[r])
+                guard Self.allowedImports[dep] != nil || Self.cModules.contains(dep) else { continue }  // a product
+                #expect(allowed.contains(dep), "Package.swift: \(name) depends on \(dep), which its layer may not use")
+            }
+        }
+        #expect(checked >= 8, "found the targets in Package.swift")
+    }
+
     /// The check finds what it is there to find: a planted bad line of each kind is reported with its file and line.
     @Test func theCheckFailsOnPlantedViolations() {
         let planted = SourceFile(target: "FEMStaging", relative: "Sources/FEMStaging/Planted.swift", lines: [
