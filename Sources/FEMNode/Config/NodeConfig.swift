@@ -2,6 +2,7 @@ import FEMCore
 import FEMLaunchers
 import FEMStaging
 import FEMSystem
+import FEMTransport
 import Foundation
 import TOMLKit
 
@@ -101,7 +102,12 @@ public struct NodeConfig: Sendable {
     /// The broker endpoint parsed from the URL, with the password from `password_file` or
     /// `FEM_BROKER_PASSWORD` (never from the URL or the file itself).
     public func endpoint() throws -> AMQPEndpoint {
-        try BrokerURL.parse(brokerURL, password: brokerPassword, caFile: caFile, certFile: certFile, keyFile: keyFile)
+        do {
+            return try BrokerURL.parse(brokerURL, password: brokerPassword, caFile: caFile, certFile: certFile,
+                                       keyFile: keyFile)
+        } catch {
+            throw ConfigError(problems: [error.description])
+        }
     }
 }
 
@@ -109,32 +115,6 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
     public var problems: [String]
     public var description: String {
         "configuration is not valid:\n" + problems.map { "  - \($0)" }.joined(separator: "\n")
-    }
-}
-
-/// `amqps://user@host:port/vhost`.
-public enum BrokerURL {
-    public static func parse(_ url: String, password: String?, caFile: String, certFile: String, keyFile: String) throws
-        -> AMQPEndpoint {
-        guard let c = URLComponents(string: url), c.scheme == "amqps", let host = c.host, !host.isEmpty else {
-            throw ConfigError(problems: ["broker.url: \"\(redacted(url))\" is not an amqps://user@host:port/vhost URL "
-                                         + "(only TLS is supported)"])
-        }
-        if c.password != nil {
-            throw ConfigError(problems: ["broker.url: must not contain a password; use broker.password_file or "
-                                         + "FEM_BROKER_PASSWORD"])
-        }
-        var vhost = c.percentEncodedPath
-        if vhost.hasPrefix("/") { vhost.removeFirst() }
-        vhost = vhost.isEmpty ? "/" : (vhost.removingPercentEncoding ?? vhost)
-        return AMQPEndpoint(host: host, port: c.port ?? 5671, vhost: vhost, user: c.user ?? "guest", password: password,
-                            caFile: caFile, certFile: certFile, keyFile: keyFile)
-    }
-
-    static func redacted(_ url: String) -> String {
-        guard var c = URLComponents(string: url), c.password != nil else { return url }
-        c.password = "***"
-        return c.string ?? "***"
     }
 }
 
@@ -328,8 +308,8 @@ extension NodeConfig {
         if let url = values["broker.url"] as? String {
             do {
                 _ = try BrokerURL.parse(url, password: nil, caFile: "", certFile: "", keyFile: "")
-            } catch let e as ConfigError {
-                problems += e.problems
+            } catch {
+                problems.append(error.description)
             }
         }
         for name in ["broker.ca_file", "broker.cert_file", "broker.key_file"] where brokerFiles {
