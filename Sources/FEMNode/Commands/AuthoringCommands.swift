@@ -198,7 +198,8 @@ enum LocalNode {
         var config: NodeConfig
         if FileManager.default.fileExists(atPath: path) {
             do {
-                config = try NodeConfig.load(path: path, brokerFiles: false)
+                config = try NodeConfig.load(path: path, environment: ProcessInfo.processInfo.environment,
+                                             brokerFiles: false)
             } catch let e as ConfigError {
                 throw ValidationError(e.description)
             }
