@@ -202,7 +202,7 @@ public actor Runner {
     public func drain(limit: Duration) async -> Int {
         draining = true
         let deadline = ContinuousClock.now + limit
-        while !active.isEmpty && ContinuousClock.now < deadline {
+        while !active.isEmpty && ContinuousClock.now < deadline && !Task.isCancelled {
             try? await Task.sleep(for: .milliseconds(100))
         }
         return active.count

@@ -149,9 +149,9 @@ extension FEMClientCommand {
             try FileManager.default.createDirectory(atPath: config.workDir, withIntermediateDirectories: true)
             let logger = Logger(label: "fem-client-run", factory: try LineLogHandler.factory(path: logPath))
             let printer = EventPrinter()
-            let box = WakeBox()
-            let node = try NodeAssembly(config: config, logger: logger) { box.fire() }
-            box.set { printer.drain(node.journal) }
+            try NodeAssembly.prepareWorkDir(config)
+            let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+            let node = try NodeAssembly(config: config, journal: journal, logger: logger) { printer.drain(journal) }
 
             print("task \(task.taskID): \(task.plan.id) \(task.plan.version) with launcher \(task.plan.launcher)")
             guard case .admitted = try node.journal.admit(task, document: .object(document), at: Date()) else {

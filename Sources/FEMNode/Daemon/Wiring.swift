@@ -14,11 +14,18 @@ public struct NodeAssembly: Sendable {
     public let runner: Runner
     public let sandboxes: DirectorySandboxes
 
-    public init(config: NodeConfig, logger: Logger, diskPressure: @escaping @Sendable (Date) -> String? = { _ in nil },
+    /// `journal`: one the caller opened already (after `prepareWorkDir`), else the work dir is prepared and the
+    /// journal opened here.
+    public init(config: NodeConfig, journal: SQLiteJournal? = nil, logger: Logger,
+                diskPressure: @escaping @Sendable (Date) -> String? = { _ in nil },
                 eventsAdded: @escaping @Sendable () -> Void) throws {
         self.config = config
-        try Self.prepareWorkDir(config)
-        journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+        if let journal {
+            self.journal = journal
+        } else {
+            try Self.prepareWorkDir(config)
+            self.journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+        }
         registry = Self.launchers(config)
         sandboxes = DirectorySandboxes(workDir: config.workDir, retention: SandboxRetention(
             completed: .seconds(config.keepCompletedHours * 3600), other: .seconds(config.keepFailedHours * 3600)))
@@ -32,7 +39,7 @@ public struct NodeAssembly: Sendable {
                                      maxMetricsPerLine: config.reporterMaxMetricsPerLine,
                                      holdToolText: config.requireApproval))
         settings.diskPressure = diskPressure
-        runner = Runner(settings: settings, journal: journal, registry: registry, sandboxes: sandboxes,
+        runner = Runner(settings: settings, journal: self.journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
                         stageOut: OutputDelivery(policy: DeliveryPolicy(
                             nodeID: config.nodeID,
