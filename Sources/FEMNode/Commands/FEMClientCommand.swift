@@ -25,7 +25,7 @@ struct ConfigOption: ParsableArguments {
 
     func load() throws -> NodeConfig {
         do {
-            return try NodeConfig.load(path: config)
+            return try NodeConfig.load(path: config, environment: ProcessInfo.processInfo.environment)
         } catch let e as ConfigError {
             throw ValidationError(e.description)
         }
@@ -53,7 +53,8 @@ extension FEMClientCommand {
             var failures: [String] = []
             let config: NodeConfig
             do {
-                config = try NodeConfig.load(path: options.config)
+                config = try NodeConfig.load(path: options.config,
+                                             environment: ProcessInfo.processInfo.environment)
                 print("ok    configuration \(options.config) (node \(config.nodeID))")
             } catch let e as ConfigError {
                 print("FAIL  \(e.description)")

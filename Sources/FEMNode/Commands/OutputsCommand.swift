@@ -18,7 +18,8 @@ struct OutputsCommand: AsyncParsableCommand {
     static func open(_ options: ConfigOption) throws -> (NodeConfig, SQLiteJournal) {
         var config: NodeConfig
         do {
-            config = try NodeConfig.load(path: options.config, brokerFiles: false)
+            config = try NodeConfig.load(path: options.config, environment: ProcessInfo.processInfo.environment,
+                                            brokerFiles: false)
         } catch let e as ConfigError {
             throw ValidationError(e.description)
         }

@@ -176,10 +176,6 @@ struct NodeHooks: HookRunner {
     }
 }
 
-public enum FEMVersion {
-    public static let string = "0.1.0"
-}
-
 extension TaskState {
     /// The states the heartbeat counts as running.
     var isActiveForHeartbeat: Bool { self == .stagingIn || self == .running || self == .stagingOut }
