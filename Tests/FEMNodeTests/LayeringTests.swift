@@ -19,12 +19,12 @@ struct LayeringTests {
         "FEMTransport": ["FEMCore", "FEMSystem"],
         "FEMStaging": ["FEMCore", "FEMSystem"],
         "FEMLaunchers": ["FEMCore", "FEMSystem"],
-        // femctl's own small target (core, system, transport), when it exists.
+        // 5. The daemon's composition root and the operator's side (broker only: no journal, no launchers), and the
+        // executables that only call into them.
+        "FEMNode": ["FEMCore", "FEMSystem", "FEMJournal", "FEMTransport", "FEMStaging", "FEMLaunchers"],
         "FEMCtl": ["FEMCore", "FEMSystem", "FEMTransport"],
-        // 5. The composition root, and the executables that only call into it.
-        "FEMNode": ["FEMCore", "FEMSystem", "FEMJournal", "FEMTransport", "FEMStaging", "FEMLaunchers", "FEMCtl"],
         "fem-client": ["FEMNode"],
-        "femctl": ["FEMNode", "FEMCtl"],
+        "femctl": ["FEMCtl"],
     ]
 
     /// C modules (layer 1): system-library folders with a module map, importable only by FEMSystem.
