@@ -55,7 +55,12 @@ let package = Package(
             .product(name: "UnixSignals", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "fem-client", dependencies: ["FEMNode"]),
-        .executableTarget(name: "femctl", dependencies: ["FEMNode"]),
+        // femctl, the operator's side: broker only (no journal, no TOML, no launchers).
+        .target(name: "FEMCtl", dependencies: [
+            "FEMCore", "FEMSystem", "FEMTransport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "femctl", dependencies: ["FEMCtl"]),
         // Benchmarks' driver (bench/*.sh build it with `swift build -c release --product fem-bench`).
         .executableTarget(name: "fem-bench", dependencies: ["FEMCore", "FEMSystem", "FEMLaunchers", "FEMStaging"],
                           path: "bench/fem-bench"),
@@ -66,6 +71,7 @@ let package = Package(
         .testTarget(name: "FEMStagingTests", dependencies: ["FEMStaging", "FEMCore", "FEMSystem"]),
         .testTarget(name: "FEMLaunchersTests", dependencies: ["FEMLaunchers", "FEMCore", "FEMSystem"]),
         .testTarget(name: "FEMNodeTests", dependencies: ["FEMNode", "FEMCore", "FEMSystem"]),
+        .testTarget(name: "FEMCtlTests", dependencies: ["FEMCtl", "FEMCore"]),
         .testTarget(name: "IntegrationTests", dependencies: ["FEMCore", "FEMSystem", "FEMJournal", "FEMLaunchers", "FEMNode"],
                     exclude: ["Support/flaky_server.py", "Flower"]),
     ],

@@ -2,9 +2,6 @@ import FEMCore
 import FEMSystem
 import Foundation
 import Synchronization
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Node settings for containers: what a plan may ask for and the caps on it.
 public struct DockerLauncherConfig: Sendable {
@@ -159,15 +156,22 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
     }
 
     /// The container user must be able to read `src` and `in` and write `out`; nothing else of the host is shared.
+    /// A change that fails fails the start, naming the folder and why (a daemon that is not root cannot give `out/`
+    /// to a numeric container user: the container could not write its outputs).
     func prepareSandbox(_ sandbox: ToolPaths) throws {
         try FileManager.default.createDirectory(atPath: sandbox.logs, withIntermediateDirectories: true)
         let ids = config.user.split(separator: ":").compactMap { UInt32($0) }
-        chmod(sandbox.src, 0o755)
-        chmod(sandbox.input, 0o755)
-        if ids.count == 2 {
-            chown(sandbox.output, ids[0], ids[1])
-        } else {
-            chmod(sandbox.output, 0o777)
+        do {
+            try Posix.chmod(sandbox.src, mode: 0o755)
+            try Posix.chmod(sandbox.input, mode: 0o755)
+            if ids.count == 2 {
+                try Posix.chown(sandbox.output, uid: ids[0], gid: ids[1])
+            } else {
+                try Posix.chmod(sandbox.output, mode: 0o777)
+            }
+        } catch {
+            throw TaskFailure(.runnerSystemFailure, "cannot prepare the sandbox for the container user "
+                              + "\(config.user) (launchers.docker.user): \(error)")
         }
     }
 
@@ -270,21 +274,34 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
                 return try FileWriter.open(path, append: false)
             } catch {
                 if failed == nil { failed = error as? SystemError ?? SystemError("open", errno: EIO, "\(error)") }
-                return Glibc.open("/dev/null", O_WRONLY | O_CLOEXEC)
+                return (try? Posix.open("/dev/null", O_WRONLY)) ?? -1  // -1: writes fail (EBADF), and are counted
             }
         }
         let out = open(stdout), err = open(stderr)
-        defer {
-            if out >= 0 { close(out) }
-            if err >= 0 { close(err) }
-        }
-        try engine.logs(id, follow: follow) { stream, bytes in
-            do {
-                try FileWriter.writeAll(stream == .stdout ? out : err, bytes, context: stream == .stdout ? stdout : stderr)
-            } catch {
-                if failed == nil { failed = error as? SystemError ?? SystemError("write", errno: EIO, "\(error)") }
+        // Closing reports what the writes did not (a delayed ENOSPC); the first error is the one returned.
+        func closeBoth() {
+            for (fd, path) in [(out, stdout), (err, stderr)] where fd >= 0 {
+                do {
+                    try Posix.close(fd, path: path)
+                } catch {
+                    if failed == nil { failed = error as? SystemError }
+                }
             }
         }
+        do {
+            try engine.logs(id, follow: follow) { stream, bytes in
+                do {
+                    try FileWriter.writeAll(stream == .stdout ? out : err, bytes,
+                                            context: stream == .stdout ? stdout : stderr)
+                } catch {
+                    if failed == nil { failed = error as? SystemError ?? SystemError("write", errno: EIO, "\(error)") }
+                }
+            }
+        } catch {
+            closeBoth()
+            throw error
+        }
+        closeBoth()
         return failed
     }
 

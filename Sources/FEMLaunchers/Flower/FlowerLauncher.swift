@@ -1,9 +1,6 @@
 import FEMCore
 import FEMSystem
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Node settings for Flower clients.
 public struct FlowerLauncherConfig: Sendable {
@@ -258,40 +255,16 @@ public final class FlowerLauncher: ServerLinkedLauncher, Sendable {
     }
 
     static func accepts(host: String, port: UInt16) -> Bool {
-        var hints = addrinfo()
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var list: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, String(port), &hints, &list) == 0, let first = list else { return false }
-        defer { freeaddrinfo(list) }
-        var entry: UnsafeMutablePointer<addrinfo>? = first
-        while let a = entry {
-            let fd = socket(a.pointee.ai_family, a.pointee.ai_socktype, a.pointee.ai_protocol)
-            if fd >= 0 {
-                defer { close(fd) }
-                if connect(fd, a.pointee.ai_addr, a.pointee.ai_addrlen) == 0 { return true }
-            }
-            entry = a.pointee.ai_next
-        }
-        return false
+        TCPPort.acceptsConnections(host: host, port: port)
     }
 
     /// A loopback port nobody listens on now (the SuperNode's own API; two on one node must differ).
     static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw TaskFailure(.runnerSystemFailure, "cannot open a socket") }
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0
-            }
+        do {
+            return try TCPPort.unusedLoopbackPort()
+        } catch {
+            throw TaskFailure(.runnerSystemFailure, "cannot find a free port for the SuperNode: \(error)")
         }
-        guard bound else { throw TaskFailure(.runnerSystemFailure, "cannot find a free port") }
-        return Int(UInt16(bigEndian: addr.sin_port))
     }
 
     /// `--node-config` values: numbers and booleans as they are, text quoted.

@@ -1,9 +1,6 @@
 import FEMCore
 import FEMSystem
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Node settings for host processes. Host processes are opt-in: the launcher exists only when the node config
 /// enables it, and then runs only the programs in `allowedExecutables`.
@@ -75,9 +72,7 @@ public final class ProcessLauncher: Launcher, Sendable {
 
     /// `realpath(3)`: the absolute path with every symlink, `.` and `..` resolved against the real file system.
     static func realPath(_ path: String) -> String? {
-        guard let p = realpath(path, nil) else { return nil }
-        defer { free(p) }
-        return String(cString: p)
+        try? Posix.realpath(path)  // not there (or unreadable): the caller declines, naming the path
     }
 
     /// What an allowlist entry resolves to, if it is an executable file on this host (for `fem-client check`).
@@ -87,8 +82,7 @@ public final class ProcessLauncher: Launcher, Sendable {
     }
 
     static func isExecutableFile(_ path: String) -> Bool {
-        var st = stat()
-        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG && access(path, X_OK) == 0
+        Posix.isExecutableFile(path)
     }
 
     public func policyCheck(_ job: LaunchJob) -> String? {

@@ -1,9 +1,6 @@
 import FEMCore
 import FEMSystem
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Host processes for the launchers that run them (`process`, `flower`). Confined (the daemon's configuration):
 /// - as the node's task user, with no supplementary groups, PR_SET_NO_NEW_PRIVS, umask 077 and rlimits (open files,

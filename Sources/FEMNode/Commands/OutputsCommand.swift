@@ -4,9 +4,6 @@ import FEMJournal
 import FEMStaging
 import FEMSystem
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// `fem-client outputs`: the output airlock. With `outputs.require_approval = true`, a task's outputs wait as
 /// `awaiting_approval` until an administrator of this node approves or rejects them. What is reviewed is the manifest
@@ -21,7 +18,8 @@ struct OutputsCommand: AsyncParsableCommand {
     static func open(_ options: ConfigOption) throws -> (NodeConfig, SQLiteJournal) {
         var config: NodeConfig
         do {
-            config = try NodeConfig.load(path: options.config, brokerFiles: false)
+            config = try NodeConfig.load(path: options.config, environment: ProcessInfo.processInfo.environment,
+                                            brokerFiles: false)
         } catch let e as ConfigError {
             throw ValidationError(e.description)
         }
@@ -80,7 +78,7 @@ struct OutputsCommand: AsyncParsableCommand {
         let who = currentUser()
         let decision = approve ? "approved" : "rejected: \(reason ?? "")"
         var data: [String: JSONValue] = ["decision": .string(approve ? "approved" : "rejected"), "by": .string(who),
-                                         "uid": .int(Int64(getuid())), "at": .string(FEMTime.format(Date()))]
+                                         "uid": .int(Int64(Posix.realUserID)), "at": .string(FEMTime.format(Date()))]
         if let held { data["manifest_sha256"] = .string(held.sha256) }
         if let reason { data["reason"] = .string(reason) }
         let message = "outputs \(approve ? "approved" : "rejected") by \(who)" + (reason.map { ": \($0)" } ?? "")
@@ -102,9 +100,8 @@ struct OutputsCommand: AsyncParsableCommand {
 
     /// The real user running the command (getuid → passwd), e.g. the steward behind `sudo -u fem`.
     static func currentUser() -> String {
-        let uid = getuid()
-        if let pw = getpwuid(uid), let name = pw.pointee.pw_name { return String(cString: name) }
-        return "uid \(uid)"
+        let uid = Posix.realUserID
+        return Posix.account(uid: uid)?.name ?? "uid \(uid)"
     }
 
     struct List: AsyncParsableCommand {

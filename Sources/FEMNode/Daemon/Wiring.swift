@@ -70,7 +70,7 @@ public struct NodeAssembly: Sendable {
                             ("\(config.workDir)/cache", mode_t(0o700)), ("\(config.workDir)/outputs", mode_t(0o700))] {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
                                                     attributes: [.posixPermissions: Int(mode)])
-            guard chmod(dir, mode) == 0 else { throw SystemError("chmod", errno: errno, "cannot protect \(dir)") }
+            try Posix.chmod(dir, mode: mode)  // a failure names the folder, the call and why
         }
         var refusals: [String] = []
         for (name, confinement) in [("process", config.processConfinement), ("flower", config.flower.confinement)]
@@ -174,10 +174,6 @@ struct NodeHooks: HookRunner {
             return "hook \(argv[0]) could not start: \(error)"
         }
     }
-}
-
-public enum FEMVersion {
-    public static let string = "0.1.0"
 }
 
 extension TaskState {
