@@ -1,4 +1,5 @@
 import FEMCore
+import FEMJournal
 import FEMSystem
 import Foundation
 import Testing
@@ -331,6 +332,10 @@ struct FaultTests {
         let during = Tasks.task(["/bin/sh", "-c", "sleep 4; echo during"])
         try op.submit(during)
         try op.waitFor("the task to run") { $0.contains { $0.taskID == Tasks.id(during) && $0.state == .running } }
+        // `running` is journaled as the launcher starts the work; its handle a moment later. Fill the disk only once
+        // the handle is journaled: a handle that cannot be recorded stops the work (another test's subject).
+        let journal = try SQLiteJournal(path: "\(node.dir)/var/journal.sqlite", nodeID: node.id)
+        try eventually("the task's handle to be journaled") { ((try? journal.task(Tasks.id(during)))??.handle) != nil }
 
         // Fill the filesystem to the last byte.
         // (then the slack of the log's last page, so that the next log line fails too)
