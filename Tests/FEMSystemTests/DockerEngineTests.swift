@@ -70,7 +70,6 @@ struct DockerEngineTests {
                     label: UUID().uuidString)
         }
         defer { for id in ids { try? engine.remove(id) } }
-        let before = threadCount()
         let engine = self.engine
         let results = try await withThrowingTaskGroup(of: (Int, String, String, Int).self) { group in
             for (i, id) in ids.enumerated() {
@@ -86,7 +85,7 @@ struct DockerEngineTests {
                 }
             }
             #expect(await eventually { HTTPStreams.shared.activeCount == 4 }, "4 follows in flight")
-            #expect(threadCount() - before <= 1, "4 followed containers: \(threadCount() - before) more threads")
+            #expect(threads(named: "fem-http-streams") == 1, "4 followed containers share one streams thread")
             return try await group.reduce(into: []) { $0.append($1) }
         }
         for (i, out, err, code) in results {
