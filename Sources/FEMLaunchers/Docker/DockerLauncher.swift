@@ -312,7 +312,7 @@ public final class DockerLauncher: Launcher, Sendable {
     static func followLogs(_ engine: DockerEngine, _ id: String, stdout: String, stderr: String) async throws
         -> SystemError? {
         let failed = Mutex<SystemError?>(nil)
-        func note(_ error: Error, _ call: String) {
+        @Sendable func note(_ error: Error, _ call: String) {
             failed.withLock { if $0 == nil { $0 = error as? SystemError ?? SystemError(call, errno: EIO, "\(error)") } }
         }
         func open(_ path: String) -> Int32 {
