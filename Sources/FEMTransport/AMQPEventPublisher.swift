@@ -71,13 +71,6 @@ public final class AMQPEventPublisher: Sendable {
         return await finished.wait(upTo: timeout)
     }
 
-    /// The same for synchronous callers: blocks the calling thread up to `timeout` seconds. Kept only until the
-    /// daemon awaits `stop()` from its service.
-    public func stop(timeout: Double) {
-        stopping.cancel()
-        _ = finished.waitBlocking(seconds: timeout)
-    }
-
     private var isStopped: Bool { stopping.isCancelled }
 
     private func runLoop() {
