@@ -79,6 +79,29 @@ public enum ChildProcess {
         let envp = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         var step: Int32 = 0
         var err: Int32 = 0
+        var pid: pid_t = -1
+        // ETXTBSY: the executable was written a moment ago (a Python environment's wrapper) and a child spawned
+        // meanwhile by another thread still holds a copy of its writer's descriptor until that child's own execve.
+        // The copy goes away within milliseconds: try again a few times before calling it a failure.
+        for attempt in 0..<8 {
+            if attempt > 0 { usleep(UInt32(5_000 << min(attempt, 4))) }
+            pid = spawnConfinedOnce(argv: argv, envp: envp, executable: executable, workingDirectory: workingDirectory,
+                                    stdoutPath: stdoutPath, stderrPath: stderrPath, confinement: confinement,
+                                    step: &step, err: &err)
+            if pid > 0 || !(step == 15 && err == ETXTBSY) { break }
+        }
+        if pid <= 0 {
+            let what = confinedSteps[step] ?? "step \(step)"
+            throw SystemError(what, errno: err, "cannot start \(executable) confined")
+        }
+        return Spawned(pid: pid, startTime: startTime(of: pid) ?? 0)
+    }
+
+    private static func spawnConfinedOnce(argv: [String], envp: [String], executable: String,
+                                          workingDirectory: String, stdoutPath: String, stderrPath: String,
+                                          confinement: Confinement, step: inout Int32, err: inout Int32) -> pid_t {
+        var step1: Int32 = 0
+        var err1: Int32 = 0
         let pid: pid_t = withCStrings(argv) { cArgv in
             withCStrings(envp) { cEnv in
                 withCStrings(confinement.cgroupProcs) { cProcs in
@@ -93,15 +116,13 @@ public enum ChildProcess {
                     c.fsize = confinement.fileSize ?? 0
                     c.set_umask = 1
                     return fem_spawn_confined(executable, cArgv, cEnv, workingDirectory, stdoutPath,
-                                              stderrPath, &c, &step, &err)
+                                              stderrPath, &c, &step1, &err1)
                 }
             }
         }
-        if pid <= 0 {
-            let what = confinedSteps[step] ?? "step \(step)"
-            throw SystemError(what, errno: err, "cannot start \(executable) confined")
-        }
-        return Spawned(pid: pid, startTime: startTime(of: pid) ?? 0)
+        step = step1
+        err = err1
+        return pid
     }
 
     public static func spawn(executable: String, arguments: [String], environment: [String: String],
