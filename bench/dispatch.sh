@@ -73,6 +73,14 @@ export FEMCTL_BROKER_URL="amqps://fem-orchestrator@localhost:$port/%2f" FEMCTL_C
   FEMCTL_PASSWORD_FILE="$broker/orchestrator.password"
 "$bin/femctl" setup >/dev/null
 
+# CPU time in ms of a process and its descendants (own threads, and the children they waited for).
+cpu_ms() {
+  local total=0 p
+  for p in $1 $(pgrep -P "$1" 2>/dev/null || true); do
+    total=$((total + $(awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+  done
+  echo $((total * 1000 / $(getconf CLK_TCK)))
+}
 kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status"; }
 # The RSS of a process and all its descendants, in KiB (field: VmRSS or VmHWM).
 tree_kib() {
@@ -89,8 +97,23 @@ daemon_pid=$!
 for _ in $(seq 1 100); do grep -q "connected to the broker" "$work/receiver.log" 2>/dev/null && break; sleep 0.1; done
 sleep 2
 fem_idle=$(kib "$daemon_pid" VmRSS)
-[[ $mode == latency ]] || drive fem throughput "$N" | tee -a "$results"
-[[ $mode == throughput ]] || drive fem latency "$LN" | tee -a "$results"
+cp "/proc/$daemon_pid/smaps" "$work/daemon-idle.smaps"
+# FEM_BENCH_PERF=1: `perf record -g` of the daemon during each fem-client run ($work/perf-MODE.data).
+profiled() {
+  if [[ -n "${FEM_BENCH_PERF:-}" ]]; then
+    perf record -q -g -p "$daemon_pid" -o "$work/perf-$2.data" 2>/dev/null & local perf_pid=$!
+    sleep 1; drive "$@"; kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+  else
+    drive "$@"
+  fi
+}
+c0=$(cpu_ms "$daemon_pid")
+[[ $mode == latency ]] || profiled fem throughput "$N" | tee -a "$results"
+c1=$(cpu_ms "$daemon_pid")
+[[ $mode == throughput ]] || profiled fem latency "$LN" | tee -a "$results"
+c2=$(cpu_ms "$daemon_pid")
+echo "{\"side\": \"fem-client\", \"mode\": \"cpu\", \"throughput_ms\": $((c1 - c0)), \"latency_ms\": $((c2 - c1))}" >> "$results"
+cp "/proc/$daemon_pid/smaps" "$work/daemon-after.smaps"
 fem_peak=$(kib "$daemon_pid" VmHWM)
 fem_after=$(kib "$daemon_pid" VmRSS)
 kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
@@ -101,8 +124,12 @@ kill "$daemon_pid"; wait "$daemon_pid" 2>/dev/null || true; daemon_pid=""
 celery_pid=$!
 sleep 3
 celery_idle=$(tree_kib "$celery_pid" VmRSS)
+c0=$(cpu_ms "$celery_pid")
 [[ $mode == latency ]] || drive celery throughput "$N" | tee -a "$results"
+c1=$(cpu_ms "$celery_pid")
 [[ $mode == throughput ]] || drive celery latency "$LN" | tee -a "$results"
+c2=$(cpu_ms "$celery_pid")
+echo "{\"side\": \"celery\", \"mode\": \"cpu\", \"throughput_ms\": $((c1 - c0)), \"latency_ms\": $((c2 - c1))}" >> "$results"
 celery_peak=$(tree_kib "$celery_pid" VmHWM)
 celery_procs=$(( $(pgrep -P "$celery_pid" | wc -l) + 1 ))
 kill -TERM "$celery_pid"; wait "$celery_pid" 2>/dev/null || true; celery_pid=""
@@ -144,6 +171,15 @@ if ("fem-client", "latency") in r:
     print(f"  fem-client                 median {f['median_ms']:6.1f} ms, p95 {f['p95_ms']:6.1f} ms")
     print(f"  Celery                     median {c['median_ms']:6.1f} ms, p95 {c['p95_ms']:6.1f} ms")
     print(f"  ratio fem-client / Celery  median {f['median_ms'] / c['median_ms']:6.2f}x, p95 {f['p95_ms'] / c['p95_ms']:.2f}x   (goal <= 0.5x)")
+if ("fem-client", "cpu") in r:
+    f, c = r["fem-client", "cpu"], r["celery", "cpu"]
+    n = r.get(("fem-client", "throughput"), {}).get("n") or 0
+    ln = r.get(("fem-client", "latency"), {}).get("n") or 0
+    print("CPU time per task (user+sys of the daemon / the Celery worker, with the children they ran; less noisy than rates)")
+    if n:
+        print(f"  throughput run             fem-client {f['throughput_ms'] / n:5.2f} ms, Celery {c['throughput_ms'] / n:5.2f} ms, ratio {f['throughput_ms'] / max(c['throughput_ms'], 1):.2f}x")
+    if ln:
+        print(f"  latency run                fem-client {f['latency_ms'] / ln:5.2f} ms, Celery {c['latency_ms'] / ln:5.2f} ms, ratio {f['latency_ms'] / max(c['latency_ms'], 1):.2f}x")
 print("memory")
 print(f"  fem-client daemon          idle {fem_idle / 1024:.1f} MiB, peak {fem_peak / 1024:.1f} MiB, after the runs {fem_after / 1024:.1f} MiB   (goal <= 20 idle, <= 40 peak)")
 print(f"  Celery worker ({c_procs} procs)    idle {c_idle / 1024:.1f} MiB, peak {c_peak / 1024:.1f} MiB (sum of the processes)")

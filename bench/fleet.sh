@@ -110,17 +110,25 @@ broker_idle=$(kib "$broker_pid" VmRSS)
 
 BENCH_BROKER_DIR="$broker" BENCH_PORT="$port" BENCH_TASK_FILE="$work/noop.task.json" \
   "$venv/bin/python" bench/dispatch_driver.py fleet - "$D" > "$work/result.json"
-after=(); peak=(); for p in "${pids[@]}"; do after+=("$(kib "$p" VmRSS)"); peak+=("$(kib "$p" VmHWM)"); done
+after=(); peak=(); pss=(); private=()
+for p in "${pids[@]}"; do
+  after+=("$(kib "$p" VmRSS)"); peak+=("$(kib "$p" VmHWM)")
+  # RSS counts the shared libraries' pages in every daemon; PSS shares them out, Private is the daemon's own.
+  pss+=("$(awk '$1 == "Pss:" {print $2}' "/proc/$p/smaps_rollup")")
+  private+=("$(awk '$1 ~ /^Private_(Clean|Dirty):$/ {s += $2} END {print s}' "/proc/$p/smaps_rollup")")
+done
+used_mib=$(free -m | awk '/^Mem:/ {print $3}')
 broker_after=$(kib "$broker_pid" VmRSS)
 broker_reported=$(rabbitmqctl -q -n "$node_name" eval 'erlang:memory(total).' 2>/dev/null || echo 0)
 
 python3 - "$work/result.json" "$D" "$t_start" "$t_up" "$broker_idle" "$broker_after" "$broker_reported" \
-  "${idle[*]}" "${after[*]}" "${peak[*]}" <<'EOF'
+  "${idle[*]}" "${after[*]}" "${peak[*]}" "${pss[*]}" "${private[*]}" "$used_mib" <<'EOF'
 import json, statistics, sys
 r = json.load(open(sys.argv[1]))
 d, t0, tup = int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 b_idle, b_after, b_rep = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
-idle, after, peak = ([int(x) / 1024 for x in s.split()] for s in sys.argv[8:11])
+idle, after, peak, pss, private = ([int(x) / 1024 for x in s.split()] for s in sys.argv[8:13])
+used = int(sys.argv[13])
 print(f"load average (1, 5, 15 min): {open('/proc/loadavg').read().split()[:3]} on {__import__('os').cpu_count()} cores")
 print(f"daemons                       {d} started, all connected in {tup - t0:.1f} s")
 print(f"task to `all`                 {r['completed']} completed, {r['not_completed']} failed/rejected")
@@ -128,6 +136,8 @@ if r["last_s"] is not None:
     print(f"publish -> completed          first {r['first_s']:.2f} s, median {r['median_s']:.2f} s, last {r['last_s']:.2f} s   (goal: last <= 10 s)")
 print(f"daemon RSS idle               median {statistics.median(idle):.1f} MiB, max {max(idle):.1f} MiB   (goal <= 20 MiB)")
 print(f"daemon RSS after the task     median {statistics.median(after):.1f} MiB, max {max(after):.1f} MiB; peak (VmHWM) max {max(peak):.1f} MiB")
-print(f"daemons together              {sum(after):.0f} MiB")
+print(f"daemon PSS after the task     median {statistics.median(pss):.1f} MiB, max {max(pss):.1f} MiB (shared library pages shared out)")
+print(f"daemon private after the task median {statistics.median(private):.1f} MiB, max {max(private):.1f} MiB (its own pages only)")
+print(f"daemons together              PSS {sum(pss):.0f} MiB (RSS summed: {sum(after):.0f} MiB); machine memory in use {used} MiB")
 print(f"broker                        RSS idle {b_idle / 1024:.0f} MiB, after {b_after / 1024:.0f} MiB; Erlang memory {b_rep / 1048576:.0f} MiB")
 EOF

@@ -21,6 +21,8 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
     private var generation = 0
     private var stopped = false
     private var started = false
+    /// Deliveries of the current connection not yet acked or returned, by channel. Only the consumer thread uses it.
+    private var unsettled: [UInt16: Set<UInt64>] = [:]
     private var continuation: AsyncStream<InboundMessage>.Continuation?
     private let stream: AsyncStream<InboundMessage>
 
@@ -89,6 +91,7 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
                 pendingAcks.removeAll()
                 return generation
             }
+            unsettled.removeAll()
             logger.notice("\(again ? "reconnected" : "connected") to the broker at \(endpoint)")
             try serve(conn, generation: gen)
         }
@@ -119,18 +122,43 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
             defer { pendingAcks.removeAll() }
             return pendingAcks
         }
+        var acked: [UInt16: Set<UInt64>] = [:]
         for ack in acks where ack.generation == gen {
             if ack.requeue {
                 try conn.nack(deliveryTag: ack.tag, requeue: true, channel: ack.channel)
+                unsettled[ack.channel]?.remove(ack.tag)
             } else {
-                try conn.ack(deliveryTag: ack.tag, channel: ack.channel)
+                acked[ack.channel, default: []].insert(ack.tag)
             }
         }
+        for (channel, tags) in acked {
+            let open = unsettled[channel] ?? []
+            for (tag, multiple) in Self.coalesce(acks: tags, unsettled: open) {
+                try conn.ack(deliveryTag: tag, channel: channel, multiple: multiple)
+            }
+            unsettled[channel] = open.subtracting(tags)
+        }
+    }
+
+    /// The acks to send for `acks` (delivery tags of one channel) given the channel's unsettled deliveries: the run
+    /// of the lowest unsettled tags that are all being acked goes as one ack with `multiple` (its highest tag), the
+    /// rest one by one. A delivery still held (to be requeued, or not yet journaled) is never covered by `multiple`.
+    static func coalesce(acks: Set<UInt64>, unsettled: Set<UInt64>) -> [(tag: UInt64, multiple: Bool)] {
+        var run: UInt64?
+        var runLength = 0
+        for tag in unsettled.union(acks).sorted() {
+            guard acks.contains(tag) else { break }
+            run = tag
+            runLength += 1
+        }
+        guard let last = run, runLength > 1 else { return acks.sorted().map { ($0, false) } }
+        return [(last, true)] + acks.filter { $0 > last }.sorted().map { ($0, false) }
     }
 
     private func receive(_ conn: AMQPConnection, timeout: Int, generation gen: Int) throws {
         guard let d = try conn.nextDelivery(timeoutMilliseconds: timeout, maxBodyBytes: maxMessageBytes) else { return }
         let channel: InboundMessage.Channel = d.channel == Self.controlChannel ? .control : .task
+        unsettled[d.channel, default: []].insert(d.deliveryTag)
         var message = InboundMessage(channel: channel, body: d.body, redelivered: d.redelivered,
                                      size: Int(clamping: d.declaredBodySize), ack: { [weak self] in
             guard let self else { return }
