@@ -92,7 +92,8 @@ drive() { "$venv/bin/python" bench/dispatch_driver.py "$@"; }
 results="$work/results.jsonl"; : > "$results"
 
 # --- fem-client
-"$bin/fem-client" daemon --config "$work/node.toml" > "$work/daemon.out" 2>&1 &
+# FEM_BENCH_DAEMON_ENV: extra environment for the daemon only (e.g. MALLOC_ARENA_MAX=2).
+env ${FEM_BENCH_DAEMON_ENV:-} "$bin/fem-client" daemon --config "$work/node.toml" > "$work/daemon.out" 2>&1 &
 daemon_pid=$!
 for _ in $(seq 1 100); do grep -q "connected to the broker" "$work/receiver.log" 2>/dev/null && break; sleep 0.1; done
 sleep 2
