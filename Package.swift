@@ -52,9 +52,15 @@ let package = Package(
             .product(name: "Logging", package: "swift-log"),
             .product(name: "TOMLKit", package: "TOMLKit"),
             .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            .product(name: "UnixSignals", package: "swift-service-lifecycle"),
         ]),
         .executableTarget(name: "fem-client", dependencies: ["FEMNode"]),
-        .executableTarget(name: "femctl", dependencies: ["FEMNode"]),
+        // femctl, the operator's side: broker only (no journal, no TOML, no launchers).
+        .target(name: "FEMCtl", dependencies: [
+            "FEMCore", "FEMSystem", "FEMTransport",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+        .executableTarget(name: "femctl", dependencies: ["FEMCtl"]),
         // Benchmarks' driver (bench/*.sh build it with `swift build -c release --product fem-bench`).
         .executableTarget(name: "fem-bench", dependencies: ["FEMCore", "FEMSystem", "FEMLaunchers", "FEMStaging"],
                           path: "bench/fem-bench"),
@@ -65,7 +71,8 @@ let package = Package(
         .testTarget(name: "FEMStagingTests", dependencies: ["FEMStaging", "FEMCore", "FEMSystem"]),
         .testTarget(name: "FEMLaunchersTests", dependencies: ["FEMLaunchers", "FEMCore", "FEMSystem"]),
         .testTarget(name: "FEMNodeTests", dependencies: ["FEMNode", "FEMCore", "FEMSystem"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["FEMCore", "FEMSystem", "FEMNode"],
+        .testTarget(name: "FEMCtlTests", dependencies: ["FEMCtl", "FEMCore"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["FEMCore", "FEMSystem", "FEMJournal", "FEMLaunchers", "FEMNode"],
                     exclude: ["Support/flaky_server.py", "Flower"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,8 +1,5 @@
 import FEMCore
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 import GRDB
 
 /// The journal in SQLite (WAL, through GRDB). A state change, its history row and its outbox row are one
@@ -27,8 +24,10 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
         db = try DatabasePool(path: path, configuration: config)
         try Self.migrator.migrate(db)
         // The journal can hold tokens of stage-out targets: readable by the node's user only (after migrating, so
-        // the WAL and shared-memory files exist too).
-        for suffix in ["", "-wal", "-shm"] { chmod(path + suffix, 0o600) }
+        // the WAL and shared-memory files exist too). A file that cannot be protected fails the open, naming it.
+        for suffix in ["", "-wal", "-shm"] where suffix.isEmpty || FileManager.default.fileExists(atPath: path + suffix) {
+            try FileManager.default.setAttributes([.posixPermissions: 0o600], ofItemAtPath: path + suffix)
+        }
     }
 
     static var migrator: DatabaseMigrator {
@@ -205,7 +204,7 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
 
     // MARK: - Reads
 
-    public func step(_ taskID: String, _ step: String) throws -> String? {
+    public func completedStep(_ step: String, of taskID: String) throws -> String? {
         try db.read { db in
             try String.fetchOne(db.cachedStatement(sql: "SELECT info FROM steps WHERE task_id = ? AND step = ?"),
                                 arguments: [taskID, step])

@@ -1,4 +1,4 @@
-import FEMNode
+import FEMCtl
 
 @main
 struct FEMCtlMain {

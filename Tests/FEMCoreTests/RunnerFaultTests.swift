@@ -28,7 +28,7 @@ extension ForwardingJournal {
     func setHandle(_ taskID: String, _ handle: LaunchHandle?) throws { try inner.setHandle(taskID, handle) }
     func setCancelRequested(_ taskID: String) throws { try inner.setCancelRequested(taskID) }
     func markStep(_ taskID: String, _ step: String, info: String) throws { try inner.markStep(taskID, step, info: info) }
-    func step(_ taskID: String, _ step: String) throws -> String? { try inner.step(taskID, step) }
+    func completedStep(_ step: String, of taskID: String) throws -> String? { try inner.completedStep(step, of: taskID) }
     func pendingEvents(limit: Int) throws -> [OutboxEntry] { try inner.pendingEvents(limit: limit) }
     func confirmEvents(_ ids: [Int64]) throws { try inner.confirmEvents(ids) }
 }
@@ -103,7 +103,8 @@ struct RunnerFaultTests {
         s.journalRetryMax = .milliseconds(50)
         s.cancelDeadline = .milliseconds(500)
         return Runner(settings: s, journal: journal, registry: LauncherRegistry([launcher]), sandboxes: FakeSandboxes(),
-                      stageIn: stageIn, stageOut: FakeStageOut(), logger: quiet, unrecorded: unrecorded)
+                      stageIn: stageIn, stageOut: FakeStageOut(), logger: quiet, unrecorded: unrecorded,
+                      clock: FastClock())
     }
 
     func states(_ id: String) throws -> [TaskState] {
@@ -220,6 +221,27 @@ struct RunnerFaultTests {
         #expect(launcher.started.isEmpty, "the start was interrupted before anything ran")
     }
 
+    /// The journal is synchronous SQLite that may wait seconds for a lock: the runner's writes (state changes, the
+    /// handle, the tool's events and held text) run on the journal thread, never on the cooperative pool.
+    @Test func everyJournalWriteOfTheRunnerRunsOnTheJournalThread() async throws {
+        try admit("a")
+        let journal = ThreadRecordingJournal(memory)
+        var s = RunnerSettings(nodeID: "n1", stopGrace: .milliseconds(100))
+        s.reporter.holdToolText = true
+        let r = Runner(settings: s, journal: journal, registry: LauncherRegistry([FakeLauncher(script: .exit(0, after: .milliseconds(20)))]),
+                       sandboxes: FakeSandboxes(), stageIn: NoStageIn(), stageOut: FakeStageOut(), logger: quiet,
+                       follower: ScriptedFollower(stdout: [#"{"type": "model", "round": 1, "metrics": {"loss": 0.5}}"#,
+                                                           #"{"type": "print", "message": "hello"}"#]),
+                       clock: FastClock())
+        await r.enqueue("a")
+        await r.waitUntilIdle()
+        #expect(try memory.task("a")?.state == .completed)
+        let kinds = try memory.history("a").map(\.kind)
+        #expect(kinds.contains(.progress), "\(kinds)")
+        #expect(journal.writes.count >= 5, "\(journal.writes)")
+        #expect(journal.writes.allSatisfy { $0 }, "\(journal.writes)")
+    }
+
     /// A task the node cannot journal goes back to the broker (never held), with a notice saying why.
     @Test func aDeliveryThatCannotBeJournaledIsReturnedWithANotice() async throws {
         let broken = BrokenAdmitJournal(memory)
@@ -254,6 +276,30 @@ struct RunnerFaultTests {
         #expect(requeues.value == 1)
         #expect(acks.value == 1, "the control message was read and acknowledged")
         #expect(try memory.tasks(states: nil, limit: 10).isEmpty)
+    }
+}
+
+/// Notes the thread every journal write of the runner ran on.
+final class ThreadRecordingJournal: ForwardingJournal, @unchecked Sendable {
+    let inner: MemoryJournal
+    private let lock = NSLock()
+    private var onJournalThread: [Bool] = []
+    init(_ inner: MemoryJournal) { self.inner = inner }
+    /// For each write: whether it ran on the runner's journal thread.
+    var writes: [Bool] { lock.withLock { onJournalThread } }
+    private func seen() { let on = JournalThread.shared.isCurrent; lock.withLock { onJournalThread.append(on) } }
+
+    func transition(_ taskID: String, to state: TaskState, detail: EventDetail, at: Date) throws -> TaskEvent {
+        seen()
+        return try inner.transition(taskID, to: state, detail: detail, at: at)
+    }
+    func note(_ taskID: String, kind: EventKind, detail: EventDetail, at: Date) throws -> TaskEvent {
+        seen()
+        return try inner.note(taskID, kind: kind, detail: detail, at: at)
+    }
+    func markStep(_ taskID: String, _ step: String, info: String) throws {
+        seen()
+        try inner.markStep(taskID, step, info: info)
     }
 }
 

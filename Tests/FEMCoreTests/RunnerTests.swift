@@ -3,6 +3,17 @@ import Foundation
 import Logging
 import Testing
 
+/// The fake's handle state: the id of its piece of work.
+struct FakeState: LauncherState {
+    static let version = 2
+    var id: String
+    init(id: String) { self.id = id }
+    init?(legacy data: [String: String]) {
+        guard let id = data["id"] else { return nil }
+        self.id = id
+    }
+}
+
 /// A launcher whose work is scripted: exit with a code after a delay, or run until stopped.
 final class FakeLauncher: Launcher, @unchecked Sendable {
     enum Script: Sendable { case exit(Int32, after: Duration), hang, failToStart, oom }
@@ -14,6 +25,7 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     private var streams: [String: AsyncStream<Void>] = [:]
     private(set) var started: [String] = []
     private(set) var stops = 0
+    private(set) var destroyed: [String] = []
     var declineReason: String?
     /// A start that takes this long first (a Flower environment being made); a cancel interrupts it.
     var startDelay: Duration?
@@ -36,14 +48,14 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
         if let prepareDelay { try await Task.sleep(for: prepareDelay) }
     }
 
-    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
+    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
         if case .failToStart = script { throw TaskFailure(.runnerSystemFailure, "engine unreachable") }
         if let startDelay { try await Task.sleep(for: startDelay) }
         let id = job.task.taskID
         lock.withLock { started.append(id) }
         _ = signal(id)
-        let h = LaunchHandle(launcher: name, data: ["id": id])
-        try persist(h)
+        let h = LaunchHandle(launcher: name, state: FakeState(id: id))
+        try await persist(h)
         return h
     }
 
@@ -59,7 +71,7 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     }
 
     func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome {
-        let stream: AsyncStream<Void>? = signal(handle.data["id"]!)
+        let stream: AsyncStream<Void>? = signal(try handle.state(as: FakeState.self).id)
         switch script {
         case .exit(let code, let delay):
             try? await Task.sleep(for: delay)
@@ -73,14 +85,61 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     }
 
     func stop(_ handle: LaunchHandle, grace: Duration) async {
-        _ = signal(handle.data["id"]!)
+        guard let id = try? handle.state(as: FakeState.self).id else { return }
+        _ = signal(id)
         lock.withLock {
             stops += 1
-            stopped[handle.data["id"]!]?.yield()
+            stopped[id]?.yield()
         }
     }
 
+    func destroy(_ handle: LaunchHandle) async {
+        guard let id = try? handle.state(as: FakeState.self).id else { return }
+        lock.withLock { destroyed.append(id) }
+    }
+
+    func inspect(_ handle: LaunchHandle) async -> LaunchInspection { LaunchInspection(state: .running) }
+
     func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery { recovery }
+}
+
+/// A fake whose work talks to a server: its log lines say when it reached it or lost it (as a Flower SuperNode's).
+struct LinkedFakeLauncher: ServerLinkedLauncher {
+    let inner: FakeLauncher
+    var unreachableLimit: Duration? = .seconds(30)
+    var finishDeliveryLimit: Duration? = .seconds(30)
+    var finishLinger: Duration = .seconds(5)
+    var name: String { inner.name }
+    func toolPaths(forHost sandbox: ToolPaths) -> ToolPaths { sandbox }
+    func datasetPath(id: String, hostPath: String) -> String { hostPath }
+    func policyCheck(_ job: LaunchJob) -> String? { nil }
+    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
+        try await inner.start(job, persist: persist)
+    }
+    func destroy(_ handle: LaunchHandle) async { await inner.destroy(handle) }
+    func inspect(_ handle: LaunchHandle) async -> LaunchInspection { await inner.inspect(handle) }
+    func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome { try await inner.wait(handle) }
+    func stop(_ handle: LaunchHandle, grace: Duration) async { await inner.stop(handle, grace: grace) }
+    func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery { await inner.recover(job, handle: handle) }
+    func linkEvent(inLogLine line: String) -> LinkEvent? {
+        switch line {
+        case "lost": .disconnected("lost the server")
+        case "linked": .connected("reached the server")
+        default: nil
+        }
+    }
+}
+
+/// Log lines a task's work "wrote": given per log (stdout, stderr), then the logs stay open until the runner stops
+/// reading them.
+struct ScriptedFollower: LineFollower {
+    var stdout: [String] = []
+    var stderr: [String] = []
+    func follow(_ path: String) -> (lines: AsyncStream<String>, finish: @Sendable () -> Void) {
+        let (lines, c) = AsyncStream<String>.makeStream()
+        for line in path.hasSuffix("stdout.log") ? stdout : stderr { c.yield(line) }
+        return (lines, { c.finish() })
+    }
 }
 
 struct FakeSandboxes: SandboxProvider {
@@ -107,13 +166,15 @@ final class FakeStageOut: StageOut, @unchecked Sendable {
 struct RunnerTests {
     let journal = MemoryJournal(nodeID: "n1")
 
-    func runner(_ launcher: FakeLauncher?, stageOut: FakeStageOut = FakeStageOut(), max: Int = 2,
+    func runner(_ launcher: (any Launcher)?, stageOut: FakeStageOut = FakeStageOut(), max: Int = 2,
+                follower: any LineFollower = NoLineFollower(),
                 settings: ((inout RunnerSettings) -> Void)? = nil) -> Runner {
         var s = RunnerSettings(nodeID: "n1", maxConcurrentTasks: max, stopGrace: .milliseconds(100))
         settings?(&s)
         return Runner(settings: s, journal: journal, registry: LauncherRegistry(launcher.map { [$0] } ?? []),
                       sandboxes: FakeSandboxes(), stageIn: NoStageIn(), stageOut: stageOut,
-                      logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+                      logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }), follower: follower,
+                      clock: FastClock())
     }
 
     func admit(_ id: String, launcher: String = "process", timeout: Int? = nil, planTimeout: Int? = nil,
@@ -182,6 +243,36 @@ struct RunnerTests {
         await r.waitUntilIdle()
         #expect(try journal.task("a")?.failureClass == .timeout)
         #expect(launcher.stops == 1)
+        #expect(launcher.destroyed == ["a"], "what is left of stopped work is removed")
+    }
+
+    /// The injected clock: a 30 s limit on being away from the server passes in milliseconds of the test.
+    @Test func workAwayFromItsServerPastTheLimitFailsUnreachableAndIsStopped() async throws {
+        let fake = FakeLauncher(script: .hang)
+        let r = runner(LinkedFakeLauncher(inner: fake), follower: ScriptedFollower(stderr: ["lost"]))
+        try admit("a")
+        let t0 = ContinuousClock.now
+        await r.enqueue("a")
+        await r.waitUntilIdle()
+        let rec = try #require(try journal.task("a"))
+        #expect(rec.state == .failed && rec.failureClass == .serverUnreachable)
+        #expect(rec.message == "lost the server, for longer than 30 s")
+        #expect(fake.stops == 1)
+        #expect(ContinuousClock.now - t0 < .seconds(10))
+    }
+
+    /// After `Finished` the work may deliver its last reply (up to its limit), then it is stopped; the task completed.
+    @Test func aFinishedReportCompletesTheTaskAndStopsTheWork() async throws {
+        let fake = FakeLauncher(script: .hang)
+        let r = runner(LinkedFakeLauncher(inner: fake),
+                       follower: ScriptedFollower(stdout: [#"{"type": "info", "info": "Finished"}"#]))
+        try admit("a")
+        await r.enqueue("a")
+        await r.waitUntilIdle()
+        let rec = try #require(try journal.task("a"))
+        #expect(rec.state == .completed, "\(rec.message ?? "")")
+        #expect(rec.message == "the tool reported Finished; its processes were stopped")
+        #expect(fake.stops == 1)
     }
 
     @Test func cancelWhileRunningAndWhileQueued() async throws {
@@ -191,7 +282,13 @@ struct RunnerTests {
         try admit("b")
         await r.enqueue("a")
         await r.enqueue("b")
-        while launcher.started.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+        let deadline = ContinuousClock.now + .seconds(30)
+        while try journal.task("a")?.handle == nil {
+            try #require(ContinuousClock.now < deadline, "the work never started")
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        #expect(await r.inspect("a")?.state == .running, "the launcher is asked about the journaled handle")
+        #expect(await r.inspect("b") == nil, "no handle: nothing to ask")
         await r.cancel("b", reason: "operator")
         await r.cancel("a", reason: nil)
         await r.waitUntilIdle()
@@ -278,7 +375,7 @@ struct RunnerTests {
         try admit("running")
         try journal.transition("running", to: .stagingIn, detail: .none, at: Date())
         try journal.transition("running", to: .running, detail: .none, at: Date())
-        try journal.setHandle("running", LaunchHandle(launcher: "process", data: ["id": "running"]))
+        try journal.setHandle("running", LaunchHandle(launcher: "process", state: FakeState(id: "running")))
         try admit("queued")
         let launcher = FakeLauncher(script: .exit(0, after: .zero), recovery: .lost("the process did not survive"))
         let r = runner(launcher)
@@ -295,20 +392,22 @@ struct RunnerTests {
         try admit("a")
         try journal.transition("a", to: .stagingIn, detail: .none, at: Date())
         try journal.transition("a", to: .running, detail: .none, at: Date())
-        try journal.setHandle("a", LaunchHandle(launcher: "process", data: ["id": "a"]))
+        // As a daemon before typed launcher state journaled it: the upgraded daemon still follows the work.
+        try journal.setHandle("a", LaunchHandle(launcher: "process", legacy: ["id": "a"]))
         let launcher = FakeLauncher(script: .exit(0, after: .milliseconds(10)), recovery: .running)
         let r = runner(launcher)
         await r.recover()
         await r.waitUntilIdle()
         #expect(try journal.task("a")?.state == .completed)
         #expect(launcher.started.isEmpty, "re-attached, not started again")
+        #expect(launcher.destroyed == ["a"])
     }
 
     @Test func aCancelRecordedBeforeARestartStopsReattachedWork() async throws {
         try admit("a")
         try journal.transition("a", to: .stagingIn, detail: .none, at: Date())
         try journal.transition("a", to: .running, detail: .none, at: Date())
-        try journal.setHandle("a", LaunchHandle(launcher: "process", data: ["id": "a"]))
+        try journal.setHandle("a", LaunchHandle(launcher: "process", state: FakeState(id: "a")))
         try journal.setCancelRequested("a")
         let launcher = FakeLauncher(script: .hang, recovery: .running)
         let r = runner(launcher)

@@ -81,17 +81,17 @@ struct SQLiteJournalTests {
             try j.transition("a", to: .stagingIn, detail: .none, at: Date())
             #expect(throws: JournalError.self) { try j.transition("a", to: .completed, detail: .none, at: Date()) }
             try j.transition("a", to: .running, detail: .none, at: Date())
-            try j.setHandle("a", LaunchHandle(launcher: "process", data: ["pid": "42"]))
+            try j.setHandle("a", LaunchHandle(launcher: "process", state: PIDState(pid: 42)))
             try j.markStep("a", "upload:out/x", info: "abc")
         }
         let j = try SQLiteJournal(path: path, nodeID: "n1")
         let rec = try #require(try j.task("a"))
         #expect(rec.state == .running)
-        #expect(rec.handle?.data["pid"] == "42")
+        #expect(try rec.handle?.state(as: PIDState.self) == PIDState(pid: 42))
         #expect(try j.history("a").map(\.seq) == [1, 2, 3])
         #expect(try j.history("a").map(\.state) == [.received, .stagingIn, .running])
-        #expect(try j.step("a", "upload:out/x") == "abc")
-        #expect(try j.step("a", "upload:out/y") == nil)
+        #expect(try j.completedStep("upload:out/x", of: "a") == "abc")
+        #expect(try j.completedStep("upload:out/y", of: "a") == nil)
     }
 
     @Test func outboxKeepsEventsUntilConfirmed() throws {
@@ -195,11 +195,11 @@ struct SQLiteJournalTests {
         try j.transition("new-done", to: .failed, detail: .none, at: Date())
         #expect(try j.pruneDocuments(finishedBefore: Date().addingTimeInterval(-30 * 86_400)) == 1)
         #expect(try j.task("old-done")?.document == .object([:]))
-        #expect(try j.step("old-done", "git") == nil)
+        #expect(try j.completedStep("git", of: "old-done") == nil)
         #expect(try j.task("old-done")?.state == .failed)
         #expect(try j.task("new-done")?.document["execution_id"] == "e")
         #expect(try j.task("old-running")?.document["execution_id"] == "e")
-        #expect(try j.step("old-running", "git") == "abc")
+        #expect(try j.completedStep("git", of: "old-running") == "abc")
         // Still recognised as a duplicate.
         let (s, d) = try spec("old-done")
         guard case .duplicate = try j.admit(s, document: d, at: Date()) else {
@@ -208,3 +208,38 @@ struct SQLiteJournalTests {
         }
     }
 }
+
+/// A launcher state for journal tests.
+struct PIDState: LauncherState {
+    static let version = 2
+    var pid: Int32
+    init(pid: Int32) { self.pid = pid }
+    init?(legacy data: [String: String]) {
+        guard let pid = data["pid"].flatMap({ Int32($0) }) else { return nil }
+        self.pid = pid
+    }
+}
+
+/// A daemon upgraded while tasks run: the handles its predecessor journaled (`data`, string pairs) are still read,
+/// and a handle written in that format is written back the same way.
+struct LegacyHandleTests {
+    @Test func aHandleJournaledBeforeTypedStateIsStillRead() throws {
+        let dir = NSTemporaryDirectory() + "fem-legacy-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let j = try SQLiteJournal(path: "\(dir)/j.sqlite", nodeID: "n1")
+        let doc: JSONValue = ["schema_version": 1, "task_id": "old", "execution_id": "e", "plan": [
+            "schema_version": 1, "id": "t", "version": "1", "launcher": "process", "command": ["base": ["/bin/true"]]]]
+        _ = try j.admit(try DocumentReader.readTask(doc, requireTaskID: true), document: doc, at: Date())
+        // Exactly the JSON an older daemon wrote into tasks.handle.
+        let old = #"{"launcher":"process","version":1,"data":{"pid":"42","pgid":"42","start_time":"7"}}"#
+        let decoded = try JSONDecoder.fem.decode(LaunchHandle.self, from: Data(old.utf8))
+        try j.setHandle("old", decoded)
+        let handle = try #require(try j.task("old")?.handle)
+        #expect(handle.version == 1)
+        #expect(try handle.state(as: PIDState.self) == PIDState(pid: 42))
+        let written = try JSONValue.parse(JSONEncoder.fem.encode(handle))
+        #expect(written == (try JSONValue.parse(Data(old.utf8))), "written back in the old format")
+    }
+}
+

@@ -37,7 +37,7 @@ struct ProcessLauncherTests {
 
     func groupAlive(_ handle: LaunchHandle) -> Bool {
         // A zombie still counts for kill(0); look at the leader's state instead.
-        guard let pid = handle.data["pid"],
+        guard let pid = try? handle.state(as: HostProcessState.self).pid,
               let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
         return !stat.contains(") Z ")
     }
@@ -91,7 +91,8 @@ struct ProcessLauncherTests {
     @Test func recoveryOfWorkThatAlreadyEnded() async throws {
         let j = try job(["/bin/true"], id: "ended")
         let result = await ProcessLauncher(config: Self.config).recover(
-            j, handle: LaunchHandle(launcher: "process", data: ["pid": "999999", "pgid": "999999", "start_time": "1"]))
+            // A handle as a daemon before typed launcher state journaled it.
+            j, handle: LaunchHandle(launcher: "process", legacy: ["pid": "999999", "pgid": "999999", "start_time": "1"]))
         #expect(result == .lost("the process ended while the daemon was down; its exit status is unknown"))
     }
 
@@ -106,8 +107,8 @@ struct ProcessLauncherTests {
         while ChildProcess.isAlive(child.pid) && Date() < deadline { try await Task.sleep(for: .milliseconds(10)) }
         #expect(!ChildProcess.isAlive(child.pid), "the child is a zombie now")
         let result = await ProcessLauncher(config: ProcessLauncherConfig()).recover(
-            j, handle: LaunchHandle(launcher: "process", data: ["pid": "\(child.pid)", "pgid": "\(child.pid)",
-                                                             "start_time": "\(child.startTime)"]))
+            j, handle: LaunchHandle(launcher: "process", state: HostProcessState(
+                pid: child.pid, pgid: child.pid, startTime: child.startTime, cgroup: nil)))
         #expect(result == .lost("the process ended while the daemon was down; its exit status is unknown"))
     }
 

@@ -1,5 +1,6 @@
 @testable import FEMNode
 import FEMCore
+import FEMStaging
 import Foundation
 import Testing
 
@@ -186,3 +187,145 @@ struct NodeConfigTests {
     }
 }
 
+
+/// Secrets, types, unknown keys and values in the typed configuration: every problem names its key, secrets come
+/// from the injected environment only.
+struct NodeConfigTypedTests {
+    static func toml(_ extra: String) -> String { NodeConfigTests.toml() + "\n" + extra }
+
+    @Test func passwordEnvAndTokenEnvResolveFromTheInjectedEnvironment() throws {
+        let text = Self.toml("""
+            [credentials.git]
+            token_env = "FEM_TEST_GIT_TOKEN"
+            urls = ["https://git.example.org/team/"]
+            [credentials.up]
+            username = "uploader"
+            password_env = "FEM_TEST_UP_PASSWORD"
+            urls = ["https://fem.example.org/uploads/"]
+            [registries."127.0.0.1:5000"]
+            username = "puller"
+            password_env = "FEM_TEST_REGISTRY_PASSWORD"
+            """)
+        let env = ["FEM_TEST_GIT_TOKEN": "tok-123", "FEM_TEST_UP_PASSWORD": "pw-456",
+                   "FEM_TEST_REGISTRY_PASSWORD": "pw-789"]
+        let c = try NodeConfig.parse(text, source: "t", environment: env)
+        let git = try #require(c.credentials["git"])
+        #expect(git.username == nil && git.secret == "tok-123")
+        let up = try #require(c.credentials["up"])
+        #expect(up.username == "uploader" && up.secret == "pw-456")
+        #expect(c.registries["127.0.0.1:5000"] == Credential(username: "puller", secret: "pw-789"))
+    }
+
+    @Test func aMissingSecretVariableNamesTheCredentialAndTheVariableNeverAValue() throws {
+        // HOME is set in the test process but not in the injected environment: it must not be read.
+        let text = Self.toml("""
+            [credentials.git]
+            token_env = "FEM_TEST_GIT_TOKEN"
+            urls = ["https://git.example.org/team/"]
+            [credentials.home]
+            username = "u"
+            password_env = "HOME"
+            urls = ["https://git.example.org/team/"]
+            [registries."127.0.0.1:5000"]
+            username = "puller"
+            password_env = "FEM_TEST_REGISTRY_PASSWORD"
+            """)
+        let env = ["FEM_TEST_OTHER": "hunter2", "FEM_TEST_REGISTRY_PASSWORD": ""]
+        let p = NodeConfigTests.problems(text, env: env)
+        #expect(p == ["registries.\"127.0.0.1:5000\".password_env: FEM_TEST_REGISTRY_PASSWORD is not set",
+                      "credentials.\"git\".token_env: FEM_TEST_GIT_TOKEN is not set",
+                      "credentials.\"home\".password_env: HOME is not set"], "\(p)")
+        #expect(!p.joined().contains("hunter2"))
+        // Local commands never send anything: they do not need the secrets.
+        let local = try NodeConfig.parse(text, source: "t", environment: env, brokerFiles: false)
+        #expect(local.credentials["git"]?.secret == "")
+    }
+
+    @Test func typeErrorsNameTheirKeyAndWhatWasFound() {
+        let p = NodeConfigTests.problems(NodeConfigTests.toml("name = 5\nmax_concurrent_tasks = \"two\"") + """
+
+            [launchers]
+            enabled = "docker"
+            [launchers.docker]
+            allow_gpus = "yes"
+            [stage_in]
+            file_allowed_urls = ["https://a.example/", "https://b.example/", 3]
+            [credentials.x]
+            username = 5
+            password_file = "/nonexistent"
+            urls = ["https://a.example/"]
+            reporter = 3
+            """, env: ["FEM_OUTPUTS_HOLD_LOGS": "maybe"])
+        let expected = [
+            "node.name: expected a string, got integer",
+            "node.max_concurrent_tasks: expected an integer, got string",
+            "launchers.enabled: expected an array of strings, got string",
+            "launchers.docker.allow_gpus: expected true or false, got string",
+            "stage_in.file_allowed_urls[2]: expected a string, got integer",
+            "credentials.\"x\".username: expected a string, got integer",
+            "outputs.hold_logs (from FEM_OUTPUTS_HOLD_LOGS): \"maybe\" is not true or false",
+        ]
+        for e in expected { #expect(p.contains(e), "\(e) missing from \(p)") }
+        // `reporter = 3` under [credentials.x] is a key of that credential, named as such.
+        #expect(p.contains { $0.hasPrefix("credentials.\"x\".reporter: is not a known key") }, "\(p)")
+        for text in p {
+            #expect(!text.contains("DecodingError") && !text.contains("codingPath") && !text.contains("CodingKeys"),
+                    "\(text)")
+        }
+    }
+
+    @Test func aSectionThatIsNotATableIsNamed() {
+        let p = NodeConfigTests.problems("reporter = 3\n" + NodeConfigTests.toml())
+        #expect(p == ["reporter: expected a table ([reporter]), got integer"], "\(p)")
+    }
+
+    @Test func unknownKeysAreNamedWhereverTheyAre() {
+        let p = NodeConfigTests.problems("colour = 1\n" + NodeConfigTests.toml() + """
+
+            [launchers.docker]
+            sockett = "/run/docker.sock"
+            [launchers.slurm]
+            partition = "x"
+            [credentials.up]
+            token_file = "/nonexistent"
+            urls = ["https://a.example/"]
+            colour = "blue"
+            [registries."h:5000"]
+            username = "u"
+            password_file = "/nonexistent"
+            token_env = "T"
+            """, env: [:])
+        let known = "is not a known key (known keys are listed in config/fem-client.example.toml)"
+        for e in ["colour: \(known)", "launchers.docker.sockett: \(known)", "launchers.slurm.partition: \(known)",
+                  "credentials.\"up\".colour: is not a known key (username, password_file, password_env, token_file, "
+                  + "token_env, urls)",
+                  "registries.\"h:5000\".token_env: is not a known key (username, password_file, password_env)"] {
+            #expect(p.contains(e), "\(e) missing from \(p)")
+        }
+    }
+
+    @Test func badValuesNameTheirKey() {
+        let p = NodeConfigTests.problems(Self.toml("""
+            [sandboxes]
+            keep_failed_hours = -1
+            [stage_in]
+            file_allowed_urls = ["https://ok.example/", "ftp://h/"]
+            """), env: ["FEM_BROKER_PREFETCH": "0"])
+        #expect(p.contains("sandboxes.keep_failed_hours: -1 is out of range (0…87600)"), "\(p)")
+        #expect(p.contains("broker.prefetch: 0 is out of range (1…65535)"), "\(p)")
+        #expect(p.contains { $0.hasPrefix("stage_in.file_allowed_urls: \"ftp://h/\"") }, "\(p)")
+    }
+
+    @Test func requiredKeysNameTheirOverride() {
+        let p = NodeConfigTests.problems("[broker]\nurl = \"amqps://n@localhost/\"\n", env: [:])
+        for k in ["node.id", "broker.ca_file", "broker.cert_file", "broker.key_file"] {
+            #expect(p.contains("\(k): is required (or set FEM_\(k.replacingOccurrences(of: ".", with: "_").uppercased()))"),
+                    "\(k) missing from \(p)")
+        }
+        #expect(NodeConfigTests.problems("", env: ["FEM_NODE_ID": "n1", "FEM_BROKER_URL": "amqps://n@localhost/",
+                                                   "FEM_BROKER_CA_FILE": "\(NodeConfigTests.dir)/ca.pem",
+                                                   "FEM_BROKER_CERT_FILE": "\(NodeConfigTests.dir)/c.pem",
+                                                   "FEM_BROKER_KEY_FILE": "\(NodeConfigTests.dir)/c.key"]).isEmpty,
+                "a node configured from the environment alone")
+    }
+}

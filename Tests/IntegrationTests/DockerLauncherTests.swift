@@ -1,4 +1,6 @@
 import FEMCore
+import FEMJournal
+import FEMLaunchers
 import FEMSystem
 import Foundation
 import Testing
@@ -192,6 +194,37 @@ struct DockerLauncherTests {
         try op.waitForFinal([Tasks.id(t)], timeout: 60)
         let events = op.events(of: Tasks.id(t))
         #expect(op.finalState(of: Tasks.id(t))?.state == .completed)
+        #expect(events.filter { $0.kind == .state && $0.state == .running }.count == 1, "started once")
+        #expect(events.contains { $0.kind == .notice && $0.detail.message?.contains("re-attached") == true })
+        #expect(try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/logs/stdout.log", encoding: .utf8)
+            == "started\ndone\n")
+        #expect(try containers(of: Tasks.id(t)).isEmpty)
+    }
+
+    /// A daemon upgraded while a task runs: the handle its predecessor journaled (version 1, string pairs) still leads
+    /// the new daemon to the container, which it re-attaches to and collects.
+    @Test func anUpgradedDaemonReattachesThroughAnOldFormatHandle() throws {
+        let node = try dockerNode("dk-upgrade")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = Self.task("echo started; sleep 8; echo done", outputs: [])
+        try op.submit(t)
+        let container = try runningContainer(of: t, op)
+        node.kill(SIGKILL)
+        // Written back as a daemon before typed launcher state wrote it.
+        let journal = try SQLiteJournal(path: "\(node.dir)/var/journal.sqlite", nodeID: node.id)
+        let typed = try #require(try journal.task(Tasks.id(t))?.handle)
+        #expect(typed.version == 2)
+        let state = try typed.state(as: ContainerHandleState.self)
+        #expect(state.container == container)
+        var pairs = ["container": state.container, "stdout": state.stdout, "stderr": state.stderr]
+        if let cgroup = state.cgroup { pairs["cgroup"] = cgroup }
+        try journal.setHandle(Tasks.id(t), LaunchHandle(launcher: "docker", legacy: pairs))
+        #expect(try journal.task(Tasks.id(t))?.handle?.version == 1)
+        try node.start()
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        #expect(op.finalState(of: Tasks.id(t))?.state == .completed)
+        let events = op.events(of: Tasks.id(t))
         #expect(events.filter { $0.kind == .state && $0.state == .running }.count == 1, "started once")
         #expect(events.contains { $0.kind == .notice && $0.detail.message?.contains("re-attached") == true })
         #expect(try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/logs/stdout.log", encoding: .utf8)

@@ -1,4 +1,5 @@
 import FEMCore
+import FEMJournal
 import FEMSystem
 import Foundation
 import Testing
@@ -272,6 +273,37 @@ struct FaultTests {
         node.stop()
     }
 
+    /// A second SIGTERM during a drain stops the daemon at once, well before drain_seconds; the task it left
+    /// running is followed again by the next start and its end is reported.
+    @Test func aSecondSigtermStopsAtOnceAndTheNextStartFollowsTheTask() throws {
+        let node = try TestNode("fault-drain2", extra: TestNode.hostProcesses)
+        try node.editConfig { $0.replacingOccurrences(of: "drain_seconds = 0", with: "drain_seconds = 120") }
+        try node.start()
+        let op = try Operator(node: node)
+        let running = Tasks.task(["/bin/sh", "-c", "sleep 6; echo done"])
+        try op.submit(running)
+        try op.waitFor("the task to run") { $0.contains { $0.taskID == Tasks.id(running) && $0.state == .running } }
+        guard let pid = node.pid else { throw HarnessError("no daemon") }
+        Glibc.kill(pid, SIGTERM)
+        try eventually("the node to say it drains", timeout: 5) { node.log.contains("no longer taking tasks") }
+        Glibc.kill(pid, SIGTERM)
+        let exited = Date().addingTimeInterval(15)
+        var status: Int32 = 0
+        while waitpid(pid, &status, WNOHANG) != pid {
+            if Date() > exited { throw HarnessError("the daemon did not stop on a second SIGTERM; log:\n\(node.log)") }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        node.pid = nil
+        #expect(node.log.contains("again: stopping now"), "\(node.log)")
+        #expect(!node.log.contains("drained: no task is running"), "the second signal waited for the drain")
+        #expect(op.events(of: Tasks.id(running)).allSatisfy { !$0.state.isTerminal },
+                "the task ended with the daemon: \(op.events(of: Tasks.id(running)))")
+        try node.start()
+        try op.waitForFinal([Tasks.id(running)], timeout: 30)
+        #expect(op.finalState(of: Tasks.id(running)) != nil)
+        node.stop()
+    }
+
     /// A full disk (work dir, journal and log on one small filesystem): the node flags pressure, returns new
     /// deliveries to the broker instead of holding them, keeps the outcome of a task that ended meanwhile until the
     /// journal takes it, and resumes by itself when space returns, without a restart. Every task ends with a true
@@ -300,6 +332,10 @@ struct FaultTests {
         let during = Tasks.task(["/bin/sh", "-c", "sleep 4; echo during"])
         try op.submit(during)
         try op.waitFor("the task to run") { $0.contains { $0.taskID == Tasks.id(during) && $0.state == .running } }
+        // `running` is journaled as the launcher starts the work; its handle a moment later. Fill the disk only once
+        // the handle is journaled: a handle that cannot be recorded stops the work (another test's subject).
+        let journal = try SQLiteJournal(path: "\(node.dir)/var/journal.sqlite", nodeID: node.id)
+        try eventually("the task's handle to be journaled") { ((try? journal.task(Tasks.id(during)))??.handle) != nil }
 
         // Fill the filesystem to the last byte.
         // (then the slack of the log's last page, so that the next log line fails too)
@@ -340,7 +376,7 @@ struct FaultTests {
         // Its echo failed on the full disk: it failed, and says the disk was full.
         let duringEnd = try #require(op.finalState(of: Tasks.id(during)))
         #expect(duringEnd.state == .failed && duringEnd.detail.failureClass == .nodeDiskFull, "\(duringEnd.detail)")
-        #expect(duringEnd.detail.message?.contains("while the node's disk was full") == true)
+        #expect(duringEnd.detail.message?.contains("while the node's disk was full") == true, "\(duringEnd.detail)")
         #expect(op.finalState(of: Tasks.id(refused))?.state == .completed)
         try op.waitFor("the pressure to end", timeout: 10) { _ in op.notices.contains { $0.reason == "disk_pressure_ended" } }
         #expect(node.pid == pid && node.pid.map { Glibc.kill($0, 0) == 0 } == true, "the same daemon, still running")

@@ -166,9 +166,10 @@ struct HostSandboxTests {
         let node = try node("usage")
         try node.start()
         let op = try Operator(node: node)
-        // Half a second of CPU in a busy loop, and about 20 MiB of memory held by tail.
+        // A fixed amount of work (a million shell additions, about 0.8 CPU seconds here), not a wall-clock
+        // interval, whose CPU share would depend on how busy the machine is; and about 20 MiB held by tail.
         let t = task("head -c 20000000 /dev/zero | tail > /dev/null; "
-                     + "end=$(($(date +%s%N) + 500000000)); while [ $(date +%s%N) -lt $end ]; do :; done")
+                     + "i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); done")
         try op.submit(t)
         try op.waitForFinal([Tasks.id(t)])
         let final = try #require(op.finalState(of: Tasks.id(t)))

@@ -255,6 +255,8 @@ struct ReceiverSpineTests {
         try op.waitFor("the task to run") { evs in
             evs.contains { $0.taskID == Tasks.id(running) && $0.state == .running }
         }
+        // `running` is journaled as the launcher starts the work: the process may appear a moment later.
+        try eventually("the task's process to start") { !processes(withMarker: marker).isEmpty }
         // An account that may publish (the broker's administrator here) but is no orchestrator of this node. The
         // broker checks user_id against the login, so it cannot claim to be the orchestrator.
         let admin = try BrokerAccounts.connect(as: "fem", brokerDir: node.brokerDir, port: node.port)
@@ -294,7 +296,7 @@ struct ReceiverSpineTests {
         #expect(op.events(of: Tasks.id(forgedTask)).isEmpty && op.events(of: Tasks.id(bare)).isEmpty,
                 "nothing was journaled under the ids the refused messages claimed")
         #expect(op.events(of: Tasks.id(running)).allSatisfy { !$0.state.isTerminal }, "the forged cancel stopped nothing")
-        #expect(!processes(withMarker: marker).isEmpty)
+        #expect(!processes(withMarker: marker).isEmpty, "the forged cancel stopped the task's process")
         // The orchestrator's cancel still works.
         try op.cancel(Tasks.id(running))
         try op.waitForFinal([Tasks.id(running)])

@@ -64,6 +64,28 @@ public protocol Outbox: Sendable {
 
 /// The node's single source of truth. Every state change and its event are written in one transaction, so an
 /// event can be late but never lost, and never sent for a change that did not happen.
+///
+/// ## Threading
+///
+/// Every method is **synchronous and blocking**: it returns once its transaction is committed (a write) or its
+/// snapshot is read. A write can wait: `SQLiteJournal` waits up to its busy timeout (10 s) while another process holds
+/// the write lock (`fem-client outputs approve|reject` from a shell), and a full or failing disk makes a write slow to
+/// fail. So **never call a writing method on Swift's cooperative pool** (from a plain `async` function or an actor on
+/// the default executor): the runner calls it on its `JournalThread` (its actor's executor, or `JournalThread.run` /
+/// `submit`), other callers on a thread of their own. Reads (`task`, `tasks`, `count`, `status`, `history`,
+/// `completedStep`, `pendingEvents`) do not wait for writers (WAL mode) and may be called from anywhere.
+///
+/// Implementations are **thread-safe** (`Sendable`): any thread may call any method at any time; writes are
+/// serialised by the journal, and each read sees a committed state (never half of a transaction).
+///
+/// ## Errors
+///
+/// A method throws when its change was not made (nothing is half-written):
+/// - an unknown task id (`transition`, `note`), or a transition `TaskState.canMove(to:)` does not allow: a
+///   programming error, not worth retrying;
+/// - the storage failed: a full disk (its message matches `DiskFull.matches`), an I/O error, a busy timeout. Worth
+///   retrying later (the runner retries state changes until they are written, see `UnrecordedChanges`).
+/// Reads of an unknown id return nil (or an empty list) instead of throwing.
 public protocol Journal: Outbox {
     var nodeID: String { get }
 
@@ -90,9 +112,11 @@ public protocol Journal: Outbox {
     func history(_ taskID: String) throws -> [TaskEvent]
     func setHandle(_ taskID: String, _ handle: LaunchHandle?) throws
     func setCancelRequested(_ taskID: String) throws
-    /// Step markers: what stage-in or stage-out already did, so a restarted daemon does not repeat it.
+    /// Step markers: what stage-in or stage-out already did, so a restarted daemon does not repeat it. Marking a step
+    /// again replaces its info.
     func markStep(_ taskID: String, _ step: String, info: String) throws
-    func step(_ taskID: String, _ step: String) throws -> String?
+    /// The info a completed step of the task was marked with (`markStep`), or nil when it is not marked.
+    func completedStep(_ step: String, of taskID: String) throws -> String?
 }
 
 extension Journal {

@@ -1,16 +1,89 @@
 import Foundation
 
+/// What a launcher keeps about work it started, journaled inside its `LaunchHandle` and given back after a restart
+/// (Nomad's driver state): each launcher's own `Codable` struct (a PID and its start time, a container id), with a
+/// version, so that a newer daemon reads what an older one wrote.
+public protocol LauncherState: Codable, Sendable, Equatable {
+    /// The version of this format, kept in the handle. Version 1 is the untyped `[String: String]` handle that
+    /// daemons before typed state journaled; typed formats start at 2. Raise it when the format changes, and read
+    /// the older ones in `init(from:)`.
+    static var version: Int { get }
+    /// The state of a version-1 handle (string pairs, journaled by an older daemon for work that may still be
+    /// running); nil when the pairs do not describe work of this launcher.
+    init?(legacy data: [String: String])
+}
+
 /// What a launcher hands back after starting work: opaque to the runner, persisted by the journal, and given
-/// back to `recover` after a restart (as Nomad's task handles). Versioned so a newer daemon can read an old one.
+/// back to `recover` after a restart (as Nomad's task handles). The launcher's state inside is typed and versioned.
 public struct LaunchHandle: Sendable, Codable, Equatable {
     public var launcher: String
+    /// The version of the launcher's state format (`LauncherState.version`; 1: the untyped handles of older daemons).
     public var version: Int
-    public var data: [String: String]
+    /// The launcher's state as JSON: read it with `state(as:)`.
+    public var state: JSONValue
 
-    public init(launcher: String, version: Int = 1, data: [String: String]) {
+    public init<State: LauncherState>(launcher: String, state: State) {
         self.launcher = launcher
-        self.version = version
-        self.data = data
+        self.version = State.version
+        // A Codable struct of strings and numbers always encodes; a failure would be a programming error, kept visible.
+        self.state = (try? JSONValue.parse(JSONEncoder.fem.encode(state))) ?? .object(["unencodable": .bool(true)])
+    }
+
+    /// A handle as daemons before typed launcher state wrote it (for tests of their recovery, and journals).
+    public init(launcher: String, legacy data: [String: String]) {
+        self.launcher = launcher
+        self.version = 1
+        self.state = .object(data.mapValues { .string($0) })
+    }
+
+    /// The launcher's state. Throws when the handle belongs to another launcher, was written by a newer daemon (a
+    /// version this one does not know), or does not hold a state of this type.
+    public func state<State: LauncherState>(as type: State.Type) throws -> State {
+        guard version <= State.version else {
+            throw TaskFailure(.runnerSystemFailure, "the \(launcher) handle has version \(version), newer than this "
+                              + "daemon's \(State.version): it was written by a newer fem-client")
+        }
+        if version <= 1 {
+            let pairs = (state.objectValue ?? [:]).compactMapValues(\.stringValue)
+            guard let legacy = State(legacy: pairs) else {
+                throw TaskFailure(.runnerSystemFailure, "the \(launcher) handle (version 1) does not describe its work: "
+                                  + pairs.keys.sorted().joined(separator: ", "))
+            }
+            return legacy
+        }
+        do {
+            return try JSONDecoder.fem.decode(State.self, from: Data(state.encoded()))
+        } catch {
+            throw TaskFailure(.runnerSystemFailure, "the \(launcher) handle (version \(version)) cannot be read: \(error)")
+        }
+    }
+
+    private enum CodingKeys: String, CodingKey { case launcher, version, state, data }
+
+    /// Reads both formats: `state` (typed, version ≥ 2) and `data` (version 1, string pairs), so that a daemon
+    /// upgraded while tasks run still recovers them.
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        launcher = try c.decode(String.self, forKey: .launcher)
+        version = try c.decodeIfPresent(Int.self, forKey: .version) ?? 1
+        if let state = try c.decodeIfPresent(JSONValue.self, forKey: .state) {
+            self.state = state
+        } else {
+            let data = try c.decodeIfPresent([String: String].self, forKey: .data) ?? [:]
+            self.state = .object(data.mapValues { .string($0) })
+            version = min(version, 1)
+        }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(launcher, forKey: .launcher)
+        try c.encode(version, forKey: .version)
+        if version <= 1 {
+            try c.encode((state.objectValue ?? [:]).compactMapValues(\.stringValue), forKey: .data)
+        } else {
+            try c.encode(state, forKey: .state)
+        }
     }
 }
 
@@ -65,7 +138,35 @@ public enum Recovery: Sendable, Equatable {
     case lost(String)
 }
 
-/// One way of running prepared work. Every launcher has the same shape (see Sources/FEMLaunchers).
+/// What a launcher can tell about work it started, while it runs or after (Nomad's InspectTask and TaskStats).
+public struct LaunchInspection: Sendable, Equatable {
+    public enum State: Sendable, Equatable {
+        case running
+        /// Ended (and not yet removed); how, where the launcher can tell.
+        case exited(LaunchOutcome?)
+        /// Neither running nor found (removed, or never started); the reason says what is known.
+        case gone(String)
+    }
+
+    public var state: State
+    /// CPU time used so far by everything the work ran, where the launcher counts it (a task cgroup).
+    public var cpuSeconds: Double?
+    /// Memory in use now (or the peak, after the work ended), where the launcher counts it.
+    public var memoryBytes: UInt64?
+
+    public init(state: State, cpuSeconds: Double? = nil, memoryBytes: UInt64? = nil) {
+        self.state = state
+        self.cpuSeconds = cpuSeconds
+        self.memoryBytes = memoryBytes
+    }
+}
+
+/// One way of running prepared work, shaped like Nomad's task driver: `start` → `wait` (→ `stop`) → `destroy`, with
+/// `recover` after a daemon restart and `inspect` at any time. Every launcher has this shape (see
+/// Sources/FEMLaunchers); what only work that talks to a server needs is `ServerLinkedLauncher`.
+///
+/// Calls come from any task, concurrently for different work (a launcher is `Sendable`). A call that blocks (a
+/// container engine request, a cgroup read) does so off the cooperative pool (FEMSystem's `offload`).
 public protocol Launcher: Sendable {
     var name: String { get }
     /// How the tool sees its sandbox, given the host paths.
@@ -77,18 +178,37 @@ public protocol Launcher: Sendable {
     /// What the work needs before it can start, done as part of stage-in (a Flower tool's Python environment):
     /// cancellable, and a failure fails stage-in. Nothing by default.
     func prepare(_ job: LaunchJob) async throws
-    /// Starts the work. `persist` is called with the handle as soon as it identifies the work, before the work
-    /// can have finished, so that a crash right after still leaves the handle in the journal.
-    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle
+    /// Starts the work. `persist` is awaited with the handle as soon as it identifies the work, before the work
+    /// can have finished, so that a crash right after still leaves the handle in the journal. When `persist` throws,
+    /// the launcher stops and removes what it started before it throws (nothing runs unsupervised).
+    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle
     /// Waits until the work ends.
     func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome
     /// Asks the work to stop, then forces it after `grace`.
     func stop(_ handle: LaunchHandle, grace: Duration) async
+    /// Removes whatever is left of the work once it ended or was stopped (a container, a cgroup): called after
+    /// every supervision, whatever `wait` returned or threw. Idempotent: what is already gone is skipped.
+    func destroy(_ handle: LaunchHandle) async
+    /// Whether the work runs, and what it used so far, where the launcher can tell.
+    func inspect(_ handle: LaunchHandle) async -> LaunchInspection
     /// After a daemon restart: what became of the job's work. `handle` is nil when the daemon died between starting
     /// the work and journaling its handle; a launcher then finds the work by what it stamped on it (an environment
     /// variable, a container label).
     func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery
-    func signal(in line: String) -> LaunchSignal?
+}
+
+extension Launcher {
+    public func prepare(_ job: LaunchJob) async throws {}
+}
+
+/// A launcher whose work talks to a server (a Flower SuperNode and its SuperLink): its log lines say when the link
+/// is up or lost, and the runner fails work that stays away from its server too long, and lets work deliver its last
+/// answer after the tool reported `Finished`. Only `FlowerLauncher` adopts it; the runner asks `as? ServerLinkedLauncher`.
+public protocol ServerLinkedLauncher: Launcher {
+    /// What a line of the work's output (stdout or stderr) says about its link; nil for any other line.
+    func linkEvent(inLogLine line: String) -> LinkEvent?
+    /// How long the work may stay disconnected from its server before the task fails `server_unreachable`. Nil: no
+    /// limit.
     var unreachableLimit: Duration? { get }
     /// After the tool reports `Finished`, how long the work may take to deliver the reply it is still sending
     /// (a Flower SuperNode's answer to the round in which its ClientApp said `Finished`) before it is stopped.
@@ -99,8 +219,9 @@ public protocol Launcher: Sendable {
     var finishLinger: Duration { get }
 }
 
-/// What a launcher reads in its work's log lines (a Flower SuperNode connecting or losing its SuperLink).
-public enum LaunchSignal: Sendable, Equatable {
+/// What a server-linked launcher reads in its work's log lines (a Flower SuperNode connecting or losing its
+/// SuperLink).
+public enum LinkEvent: Sendable, Equatable {
     /// Worth an event, nothing more.
     case notice(String)
     /// The work reached its server; a pending "unreachable" deadline is lifted.
@@ -112,16 +233,6 @@ public enum LaunchSignal: Sendable, Equatable {
     case messageReceived
     /// The work delivered an answer to its server (no event).
     case replySent
-}
-
-extension Launcher {
-    /// Signals this launcher reads in a line of its work's output. None by default.
-    public func signal(in line: String) -> LaunchSignal? { nil }
-    /// How long the work may stay disconnected from its server. Nil: no limit.
-    public var unreachableLimit: Duration? { nil }
-    public var finishDeliveryLimit: Duration? { nil }
-    public var finishLinger: Duration { .zero }
-    public func prepare(_ job: LaunchJob) async throws {}
 }
 
 /// The launchers this node can use, built explicitly by the executable (no registration by side effect).

@@ -99,7 +99,7 @@ public final class MemoryJournal: Journal, @unchecked Sendable {
         lock.withLock { steps["\(taskID)\u{0}\(step)"] = info }
     }
 
-    public func step(_ taskID: String, _ step: String) throws -> String? {
+    public func completedStep(_ step: String, of taskID: String) throws -> String? {
         lock.withLock { steps["\(taskID)\u{0}\(step)"] }
     }
 

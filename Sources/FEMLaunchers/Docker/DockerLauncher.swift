@@ -2,9 +2,6 @@ import FEMCore
 import FEMSystem
 import Foundation
 import Synchronization
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Node settings for containers: what a plan may ask for and the caps on it.
 public struct DockerLauncherConfig: Sendable {
@@ -159,19 +156,26 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
     }
 
     /// The container user must be able to read `src` and `in` and write `out`; nothing else of the host is shared.
+    /// A change that fails fails the start, naming the folder and why (a daemon that is not root cannot give `out/`
+    /// to a numeric container user: the container could not write its outputs).
     func prepareSandbox(_ sandbox: ToolPaths) throws {
         try FileManager.default.createDirectory(atPath: sandbox.logs, withIntermediateDirectories: true)
         let ids = config.user.split(separator: ":").compactMap { UInt32($0) }
-        chmod(sandbox.src, 0o755)
-        chmod(sandbox.input, 0o755)
-        if ids.count == 2 {
-            chown(sandbox.output, ids[0], ids[1])
-        } else {
-            chmod(sandbox.output, 0o777)
+        do {
+            try Posix.chmod(sandbox.src, mode: 0o755)
+            try Posix.chmod(sandbox.input, mode: 0o755)
+            if ids.count == 2 {
+                try Posix.chown(sandbox.output, uid: ids[0], gid: ids[1])
+            } else {
+                try Posix.chmod(sandbox.output, mode: 0o777)
+            }
+        } catch {
+            throw TaskFailure(.runnerSystemFailure, "cannot prepare the sandbox for the container user "
+                              + "\(config.user) (launchers.docker.user): \(error)")
         }
     }
 
-    public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
+    public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
         let engine = self.engine
         var cgroup: TaskCgroup?
         do {
@@ -183,14 +187,11 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
             }
             let body = try JSONSerialization.data(withJSONObject: createBody(job, cgroupParent: cgroup?.path))
             let id = try await offload("fem-docker-create") { try engine.createContainer(name: nil, json: body) }
-            var data = ["container": id, "stdout": job.stdoutPath, "stderr": job.stderrPath]
-            if let cgroup {
-                data["cgroup"] = cgroup.path
-                cgroups.withLock { $0[id] = cgroup }
-            }
-            let handle = LaunchHandle(launcher: name, data: data)
+            if let cgroup { cgroups.withLock { $0[id] = cgroup } }
+            let handle = LaunchHandle(launcher: name, state: ContainerHandleState(
+                container: id, stdout: job.stdoutPath, stderr: job.stderrPath, cgroup: cgroup?.path))
             do {
-                try persist(handle)
+                try await persist(handle)
             } catch {
                 // Spawn, then persist, or stop: a container nobody could re-attach to is removed before the error is
                 // reported (it was created, not started; force covers a start that raced in).
@@ -213,13 +214,11 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
 
     /// Streams the logs into the sandbox while the container runs, then collects the exit status and removes it.
     public func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome {
-        guard let id = handle.data["container"] else { throw TaskFailure(.runnerSystemFailure, "no container in handle") }
+        let state = try handle.state(as: ContainerHandleState.self)
+        let (id, stdout, stderr) = (state.container, state.stdout, state.stderr)
         let engine = self.engine
-        guard let stdout = handle.data["stdout"], let stderr = handle.data["stderr"] else {
-            throw TaskFailure(.runnerSystemFailure, "no log files in handle")
-        }
         let cgroup = cgroups.withLock { $0.removeValue(forKey: id) }
-            ?? handle.data["cgroup"].flatMap { path in taskCgroupHost().flatMap { TaskCgroup.existing(host: $0, path: path) } }
+            ?? state.cgroup.flatMap { path in taskCgroupHost().flatMap { TaskCgroup.existing(host: $0, path: path) } }
         return try await offload("fem-docker-wait") {
             do {
                 try Self.writeLogs(engine, id, follow: true, stdout: stdout, stderr: stderr)
@@ -275,26 +274,39 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
                 return try FileWriter.open(path, append: false)
             } catch {
                 if failed == nil { failed = error as? SystemError ?? SystemError("open", errno: EIO, "\(error)") }
-                return Glibc.open("/dev/null", O_WRONLY | O_CLOEXEC)
+                return (try? Posix.open("/dev/null", O_WRONLY)) ?? -1  // -1: writes fail (EBADF), and are counted
             }
         }
         let out = open(stdout), err = open(stderr)
-        defer {
-            if out >= 0 { close(out) }
-            if err >= 0 { close(err) }
-        }
-        try engine.logs(id, follow: follow) { stream, bytes in
-            do {
-                try FileWriter.writeAll(stream == .stdout ? out : err, bytes, context: stream == .stdout ? stdout : stderr)
-            } catch {
-                if failed == nil { failed = error as? SystemError ?? SystemError("write", errno: EIO, "\(error)") }
+        // Closing reports what the writes did not (a delayed ENOSPC); the first error is the one returned.
+        func closeBoth() {
+            for (fd, path) in [(out, stdout), (err, stderr)] where fd >= 0 {
+                do {
+                    try Posix.close(fd, path: path)
+                } catch {
+                    if failed == nil { failed = error as? SystemError }
+                }
             }
         }
+        do {
+            try engine.logs(id, follow: follow) { stream, bytes in
+                do {
+                    try FileWriter.writeAll(stream == .stdout ? out : err, bytes,
+                                            context: stream == .stdout ? stdout : stderr)
+                } catch {
+                    if failed == nil { failed = error as? SystemError ?? SystemError("write", errno: EIO, "\(error)") }
+                }
+            }
+        } catch {
+            closeBoth()
+            throw error
+        }
+        closeBoth()
         return failed
     }
 
     public func stop(_ handle: LaunchHandle, grace: Duration) async {
-        guard let id = handle.data["container"] else { return }
+        guard let id = try? handle.state(as: ContainerHandleState.self).container else { return }
         let engine = self.engine
         let seconds = Double(grace.components.seconds) + Double(grace.components.attoseconds) / 1e18
         _ = try? await offload("fem-docker-stop") {
@@ -307,20 +319,64 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
         }
     }
 
+    /// Removes the container (force: also one still running after a failed wait) and the task's cgroup. A container
+    /// already removed (by `wait`, which collects its end first) is skipped.
+    public func destroy(_ handle: LaunchHandle) async {
+        guard let state = try? handle.state(as: ContainerHandleState.self) else { return }
+        let engine = self.engine
+        let cgroup = cgroups.withLock { $0.removeValue(forKey: state.container) }
+        _ = try? await offload("fem-docker-destroy") {
+            if try engine.inspectContainer(state.container) != nil { try engine.remove(state.container) }
+            (cgroup ?? state.cgroup.flatMap { path in
+                self.taskCgroupHost().flatMap { TaskCgroup.existing(host: $0, path: path) } })?.remove()
+        }
+    }
+
+    /// Whether the container runs (or how it exited), and the CPU time and peak memory of the task's cgroup.
+    public func inspect(_ handle: LaunchHandle) async -> LaunchInspection {
+        guard let state = try? handle.state(as: ContainerHandleState.self) else {
+            return LaunchInspection(state: .gone("the handle does not name a container"))
+        }
+        let engine = self.engine
+        let cgroup = cgroups.withLock { $0[state.container] }
+        do {
+            return try await offload("fem-docker-inspect") {
+                let usage = (cgroup ?? state.cgroup.flatMap { path in
+                    self.taskCgroupHost().flatMap { TaskCgroup.existing(host: $0, path: path) } })?.usage()
+                let cpu = usage?.cpuSeconds
+                let memory = usage?.peakMemoryBytes.map { UInt64(max(0, $0)) }
+                guard let container = try engine.inspectContainer(state.container) else {
+                    return LaunchInspection(state: .gone("the container is gone"), cpuSeconds: cpu, memoryBytes: memory)
+                }
+                if container.running {
+                    return LaunchInspection(state: .running, cpuSeconds: cpu, memoryBytes: memory)
+                }
+                if container.status == "created" {
+                    return LaunchInspection(state: .gone("the container was created but not started"))
+                }
+                return LaunchInspection(state: .exited(Self.outcome(code: container.exitCode, oom: container.oomKilled)),
+                                        cpuSeconds: cpu, memoryBytes: memory)
+            }
+        } catch {
+            return LaunchInspection(state: .gone("cannot inspect the container: \(error)"))
+        }
+    }
+
     /// Finds the task's container by its journaled id, or by its labels if the daemon died before journaling it.
     public func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery {
         let engine = self.engine
         let labels = [Self.labelNode: config.nodeID, Self.labelTask: job.task.taskID]
+        let journaled = try? handle?.state(as: ContainerHandleState.self)
         do {
             return try await offload("fem-docker-recover") {
                 // The task's cgroup is found by its path (a daemon that died before journaling the handle made it
                 // too); it goes with the container, whatever became of that.
                 let cgroup = self.taskCgroupHost().flatMap { host in
-                    (handle?.data["cgroup"] ?? (try? TaskCgroup.relativePath(
+                    (journaled?.cgroup ?? (try? TaskCgroup.relativePath(
                         root: self.config.cgroupRoot, node: self.config.nodeID, task: job.task.taskID)))
                         .flatMap { TaskCgroup.existing(host: host, path: $0) }
                 }
-                let id = try handle?.data["container"]
+                let id = try journaled?.container
                     ?? engine.containers(labels: labels).first
                 guard let id, let state = try engine.inspectContainer(id) else {
                     cgroup?.remove()

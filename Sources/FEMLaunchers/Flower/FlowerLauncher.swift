@@ -1,9 +1,6 @@
 import FEMCore
 import FEMSystem
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Node settings for Flower clients.
 public struct FlowerLauncherConfig: Sendable {
@@ -59,7 +56,7 @@ public struct FlowerLauncherConfig: Sendable {
 ///   Python, the server address as its first argument and in `FEM_SERVER_ADDRESS`; started once the server answers.
 /// Python dependencies are installed into a virtual environment cached by tool id, version and requirements.
 /// The SuperNode's log lines become events: connected to the SuperLink, lost it (past `unreachableLimit`: failed).
-public final class FlowerLauncher: Launcher, Sendable {
+public final class FlowerLauncher: ServerLinkedLauncher, Sendable {
     public let name = "flower"
     let config: FlowerLauncherConfig
     private let processes: HostProcesses
@@ -109,7 +106,7 @@ public final class FlowerLauncher: Launcher, Sendable {
         return nil
     }
 
-    public func signal(in line: String) -> LaunchSignal? {
+    public func linkEvent(inLogLine line: String) -> LinkEvent? {
         let text = Self.plain(line)
         if let r = text.range(of: "SuperNode ID: ") {
             return .connected("connected to the SuperLink (SuperNode ID \(text[r.upperBound...].trimmingCharacters(in: .whitespaces)))")
@@ -165,7 +162,7 @@ public final class FlowerLauncher: Launcher, Sendable {
                     log: "\(job.sandbox.logs)/venv.log")
     }
 
-    public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
+    public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
         guard let plan = job.task.plan.flower, let task = job.task.flower else {
             throw TaskFailure(.runnerSystemFailure, "flower: plan or task section missing")
         }
@@ -194,7 +191,7 @@ public final class FlowerLauncher: Launcher, Sendable {
                 .map { "\($0.key)=\(Self.tomlValue($0.value))" }.joined(separator: " ")
             if !nodeConfig.isEmpty { args += ["--node-config", nodeConfig] }
             try Task.checkCancellation()  // cancelled while the environment was made: nothing starts
-            return try processes.spawn(job, executable: "\(venv)/bin/flower-supernode", arguments: args,
+            return try await processes.spawn(job, executable: "\(venv)/bin/flower-supernode", arguments: args,
                                        environment: env, persist: persist)
         case .script:
             let entry = plan.entry ?? "client.py"
@@ -202,7 +199,7 @@ public final class FlowerLauncher: Launcher, Sendable {
             try await waitForServer(task.server)
             try Task.checkCancellation()
             let userArgs = Array(job.command.argv.dropFirst(job.task.plan.command.base.count))
-            return try processes.spawn(job, executable: "\(venv)/bin/python",
+            return try await processes.spawn(job, executable: "\(venv)/bin/python",
                                        arguments: [script, task.server] + userArgs, environment: env, persist: persist)
         }
     }
@@ -210,6 +207,10 @@ public final class FlowerLauncher: Launcher, Sendable {
     public func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome { try await processes.wait(handle) }
 
     public func stop(_ handle: LaunchHandle, grace: Duration) async { await processes.stop(handle, grace: grace) }
+
+    public func destroy(_ handle: LaunchHandle) async { await processes.destroy(handle) }
+
+    public func inspect(_ handle: LaunchHandle) async -> LaunchInspection { await processes.inspect(handle) }
 
     public func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery {
         await processes.recover(job, handle: handle)
@@ -254,40 +255,16 @@ public final class FlowerLauncher: Launcher, Sendable {
     }
 
     static func accepts(host: String, port: UInt16) -> Bool {
-        var hints = addrinfo()
-        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
-        var list: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, String(port), &hints, &list) == 0, let first = list else { return false }
-        defer { freeaddrinfo(list) }
-        var entry: UnsafeMutablePointer<addrinfo>? = first
-        while let a = entry {
-            let fd = socket(a.pointee.ai_family, a.pointee.ai_socktype, a.pointee.ai_protocol)
-            if fd >= 0 {
-                defer { close(fd) }
-                if connect(fd, a.pointee.ai_addr, a.pointee.ai_addrlen) == 0 { return true }
-            }
-            entry = a.pointee.ai_next
-        }
-        return false
+        TCPPort.acceptsConnections(host: host, port: port)
     }
 
     /// A loopback port nobody listens on now (the SuperNode's own API; two on one node must differ).
     static func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw TaskFailure(.runnerSystemFailure, "cannot open a socket") }
-        defer { close(fd) }
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        addr.sin_port = 0
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafeMutablePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0
-            }
+        do {
+            return try TCPPort.unusedLoopbackPort()
+        } catch {
+            throw TaskFailure(.runnerSystemFailure, "cannot find a free port for the SuperNode: \(error)")
         }
-        guard bound else { throw TaskFailure(.runnerSystemFailure, "cannot find a free port") }
-        return Int(UInt16(bigEndian: addr.sin_port))
     }
 
     /// `--node-config` values: numbers and booleans as they are, text quoted.

@@ -1,9 +1,6 @@
 import FEMCore
 import FEMSystem
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Virtual environments for Python tools, under one folder, cached by tool id, version and a hash of the
 /// requirements (and the interpreter, wheel folder and install options they came from). Made once, under a lock,
@@ -36,9 +33,11 @@ struct PythonEnvironments: Sendable {
         try? FileManager.default.removeItem(atPath: dir)
         try Task.checkCancellation()
         if let user {
-            guard mkdir(dir, 0o700) == 0, chown(dir, user.uid, user.gid) == 0 else {
-                throw TaskFailure(.stageInFailure, "cannot make the Python environment \(dir) for \(user.name): "
-                                  + String(cString: strerror(errno)))
+            do {
+                try Posix.mkdir(dir, mode: 0o700)
+                try Posix.chown(dir, uid: user.uid, gid: user.gid)
+            } catch {
+                throw TaskFailure(.stageInFailure, "cannot make the Python environment \(dir) for \(user.name): \(error)")
             }
         }
         try await run(python, ["-m", "venv", dir], log: log, what: "creating the Python environment")
@@ -56,22 +55,29 @@ struct PythonEnvironments: Sendable {
             try await run("\(dir)/bin/pip", args + ["-r", file], log: log,
                           what: "installing \(requirements.map { "\($0.name)==\($0.version)" }.joined(separator: " "))")
         }
-        if let user { Self.takeBack(dir, from: user) }
+        if let user {
+            do {
+                try Self.takeBack(dir, from: user)
+            } catch {
+                throw TaskFailure(.stageInFailure, "cannot give the Python environment \(dir) to the daemon's user: \(error)")
+            }
+        }
         _ = FileManager.default.createFile(atPath: "\(dir)/.fem-ready", contents: Data(lines.joined(separator: "\n").utf8))
         return dir
     }
 
     /// The finished environment becomes the daemon's: what the task user made is given to the daemon's user,
     /// folders 0755, files readable (and executable where they were) by all, writable by the daemon only.
-    static func takeBack(_ dir: String, from user: TaskUser) {
-        let uid = getuid(), gid = getgid()
-        try? OwnedTree.walk(from: dir) { fd, st, _, _ in
-            guard st.st_uid == user.uid else { return }
-            fchown(fd, uid, gid)
-            let owner = st.st_mode & 0o700
-            let mode: mode_t = (st.st_mode & S_IFMT) == S_IFDIR
+    /// A failure leaves an environment the task user could change: it is not marked ready.
+    static func takeBack(_ dir: String, from user: TaskUser) throws {
+        let uid = Posix.realUserID, gid = Posix.realGroupID
+        try NoFollowTree.walk(from: dir) { entry in
+            guard entry.status.owner == user.uid else { return }
+            try entry.changeOwner(uid: uid, gid: gid)
+            let owner = mode_t(entry.status.permissions & 0o700)
+            let mode: mode_t = entry.status.kind == .directory
                 ? 0o755 : owner | ((owner & 0o500) >> 3) | ((owner & 0o500) >> 6)
-            fchmod(fd, mode)
+            try entry.changeMode(mode)
         }
     }
 

@@ -1,9 +1,6 @@
 import FEMCore
 import FEMSystem
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Node settings for host processes. Host processes are opt-in: the launcher exists only when the node config
 /// enables it, and then runs only the programs in `allowedExecutables`.
@@ -75,9 +72,7 @@ public final class ProcessLauncher: Launcher, Sendable {
 
     /// `realpath(3)`: the absolute path with every symlink, `.` and `..` resolved against the real file system.
     static func realPath(_ path: String) -> String? {
-        guard let p = realpath(path, nil) else { return nil }
-        defer { free(p) }
-        return String(cString: p)
+        try? Posix.realpath(path)  // not there (or unreadable): the caller declines, naming the path
     }
 
     /// What an allowlist entry resolves to, if it is an executable file on this host (for `fem-client check`).
@@ -87,8 +82,7 @@ public final class ProcessLauncher: Launcher, Sendable {
     }
 
     static func isExecutableFile(_ path: String) -> Bool {
-        var st = stat()
-        return stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG && access(path, X_OK) == 0
+        Posix.isExecutableFile(path)
     }
 
     public func policyCheck(_ job: LaunchJob) -> String? {
@@ -107,20 +101,24 @@ public final class ProcessLauncher: Launcher, Sendable {
         return env
     }
 
-    public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) throws -> Void) async throws -> LaunchHandle {
+    public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
         // Resolved and checked here, once, and that very path is what runs.
         let executable: String
         switch authorize(job) {
         case .success(let path): executable = path
         case .failure(let d): throw TaskFailure(.taskFailure, d.reason)
         }
-        return try processes.spawn(job, executable: executable, arguments: Array(job.command.argv.dropFirst()),
+        return try await processes.spawn(job, executable: executable, arguments: Array(job.command.argv.dropFirst()),
                                    environment: environment(job), persist: persist)
     }
 
     public func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome { try await processes.wait(handle) }
 
     public func stop(_ handle: LaunchHandle, grace: Duration) async { await processes.stop(handle, grace: grace) }
+
+    public func destroy(_ handle: LaunchHandle) async { await processes.destroy(handle) }
+
+    public func inspect(_ handle: LaunchHandle) async -> LaunchInspection { await processes.inspect(handle) }
 
     public func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery {
         await processes.recover(job, handle: handle)

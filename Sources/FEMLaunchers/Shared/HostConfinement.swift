@@ -1,9 +1,6 @@
 import FEMCore
 import FEMSystem
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// The unprivileged account host tasks run as (`launchers.process.user`, `launchers.flower.user`).
 public struct TaskUser: Sendable, Equatable {
@@ -19,16 +16,11 @@ public struct TaskUser: Sendable, Equatable {
 
     /// A user name (or a numeric uid) from the password database; nil when there is no such user.
     public static func lookup(_ name: String) -> TaskUser? {
-        var pwd = passwd()
-        var result: UnsafeMutablePointer<passwd>?
-        var buffer = [CChar](repeating: 0, count: 16_384)
-        let rc = getpwnam_r(name, &pwd, &buffer, buffer.count, &result)
-        if rc == 0, result != nil {
-            return TaskUser(name: name, uid: pwd.pw_uid, gid: pwd.pw_gid)
+        if let account = Posix.account(named: name) {
+            return TaskUser(name: name, uid: account.uid, gid: account.gid)
         }
         if let uid = UInt32(name) {
-            let byID = getpwuid_r(uid, &pwd, &buffer, buffer.count, &result)
-            return TaskUser(name: name, uid: uid, gid: byID == 0 && result != nil ? pwd.pw_gid : uid)
+            return TaskUser(name: name, uid: uid, gid: Posix.account(uid: uid)?.gid ?? uid)
         }
         return nil
     }
@@ -89,8 +81,8 @@ public struct HostConfinementConfig: Sendable {
     /// Why host processes cannot start on this node (no usable cgroup and no explicit `allow_unconfined`), or nil.
     public func refusal() -> String? {
         guard confined else { return nil }
-        if geteuid() != 0 {
-            return "\(section).user: the daemon runs as uid \(geteuid()), not root, so it cannot start host tasks as "
+        if Posix.effectiveUserID != 0 {
+            return "\(section).user: the daemon runs as uid \(Posix.effectiveUserID), not root, so it cannot start host tasks as "
                 + "\(user?.name ?? "the task user") (nor give them a cgroup and a network namespace); run the daemon as "
                 + "root, or do not enable this launcher"
         }
@@ -111,12 +103,17 @@ public struct HostConfinementConfig: Sendable {
         var path = ""
         for part in absolute.split(separator: "/") {
             path += "/\(part)"
-            var st = stat()
-            guard stat(path, &st) == 0 else { return nil }  // made later by the daemon (0711)
-            let bit: mode_t = st.st_uid == user.uid ? 0o100 : st.st_gid == user.gid ? 0o010 : 0o001
-            if st.st_mode & bit == 0 {
+            let st: FileStatus
+            do {
+                guard let found = try Posix.statIfPresent(path) else { return nil }  // made later by the daemon (0711)
+                st = found
+            } catch {
+                return "\(section).user: cannot tell whether the task user \(user.name) can reach \(dir): \(error)"
+            }
+            let bit: UInt32 = st.owner == user.uid ? 0o100 : st.group == user.gid ? 0o010 : 0o001
+            if st.permissions & bit == 0 {
                 return "\(section).user: the task user \(user.name) cannot reach \(dir): \(path) is mode "
-                    + String(st.st_mode & 0o7777, radix: 8) + " (host tasks need to pass through it: chmod o+x "
+                    + String(st.permissions, radix: 8) + " (host tasks need to pass through it: chmod o+x "
                     + "\(path), or choose a node.work_dir under a folder others may pass)"
             }
         }

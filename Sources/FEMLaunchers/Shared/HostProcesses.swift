@@ -1,9 +1,6 @@
 import FEMCore
 import FEMSystem
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// Host processes for the launchers that run them (`process`, `flower`). Confined (the daemon's configuration):
 /// - as the node's task user, with no supplementary groups, PR_SET_NO_NEW_PRIVS, umask 077 and rlimits (open files,
@@ -46,7 +43,7 @@ final class HostProcesses: @unchecked Sendable {
     }
 
     func spawn(_ job: LaunchJob, executable: String, arguments: [String], environment: [String: String],
-               persist: @Sendable (LaunchHandle) throws -> Void) throws -> LaunchHandle {
+               persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
         var cgroup: TaskCgroup?
         let spawned: ChildProcess.Spawned
         var environment = environment
@@ -101,11 +98,11 @@ final class HostProcesses: @unchecked Sendable {
         let pid = spawned.pid
         let waiter = Task { await ChildProcess.exitStatus(of: pid) }
         lock.withLock { running[pid] = Running(exit: waiter, cgroup: cgroup, sandbox: job.sandbox.sandbox) }
-        var data = ["pid": "\(pid)", "pgid": "\(pid)", "start_time": "\(spawned.startTime)"]
-        if let cgroup { data["cgroup"] = "\(cgroup.path) (\(cgroup.host.version.rawValue))" }
-        let handle = LaunchHandle(launcher: launcher, data: data)
+        let handle = LaunchHandle(launcher: launcher, state: HostProcessState(
+            pid: pid, pgid: pid, startTime: spawned.startTime,
+            cgroup: cgroup.map { "\($0.path) (\($0.host.version.rawValue))" }))
         do {
-            try persist(handle)
+            try await persist(handle)
         } catch {
             // Spawn, then persist, or stop: a process nobody supervises is not left behind. Everything it started
             // is killed (it ran for moments only) before the error is reported; its waiter reaps it.
@@ -121,7 +118,7 @@ final class HostProcesses: @unchecked Sendable {
     }
 
     func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome {
-        guard let pid = Int32(handle.data["pid"] ?? ""),
+        guard let pid = try? handle.state(as: HostProcessState.self).pid,
               let entry = lock.withLock({ running[pid] }) else {
             throw TaskFailure(.runnerSystemFailure, "no process is known for this handle")
         }
@@ -158,7 +155,7 @@ final class HostProcesses: @unchecked Sendable {
     }
 
     func stop(_ handle: LaunchHandle, grace: Duration) async {
-        guard let pgid = Int32(handle.data["pgid"] ?? "") else { return }
+        guard let pgid = try? handle.state(as: HostProcessState.self).pgid else { return }
         guard let cgroup = lock.withLock({ running[pgid]?.cgroup }) else {
             await Self.terminateGroup(pgid, grace: grace)
             return
@@ -170,6 +167,39 @@ final class HostProcesses: @unchecked Sendable {
             try? await Task.sleep(for: .milliseconds(50))
         }
         _ = try? await offload("fem-cgroup-kill") { cgroup.killAll() }
+    }
+
+    /// After a `wait` that did not end (it threw, or was left behind): nothing the work started outlives it. After
+    /// a `wait` that returned there is nothing left to do.
+    func destroy(_ handle: LaunchHandle) async {
+        guard let state = try? handle.state(as: HostProcessState.self),
+              let entry = lock.withLock({ running.removeValue(forKey: state.pid) }) else { return }
+        if let cgroup = entry.cgroup {
+            _ = try? await offload("fem-cgroup-destroy") {
+                cgroup.killAll()
+                cgroup.remove()
+            }
+        } else {
+            ChildProcess.signalGroup(state.pgid, SIGKILL)
+        }
+        if confinement.confined, let user = confinement.user {
+            SandboxOwnership.takeBack(ToolPaths.under(entry.sandbox), from: user)
+        }
+    }
+
+    /// Whether the work's process group still has live members, and the CPU time and peak memory of its cgroup.
+    func inspect(_ handle: LaunchHandle) async -> LaunchInspection {
+        guard let state = try? handle.state(as: HostProcessState.self) else {
+            return LaunchInspection(state: .gone("the handle does not describe a host process"))
+        }
+        guard let entry = lock.withLock({ running[state.pid] }) else {
+            return LaunchInspection(state: .gone("no process of this daemon is known for the handle (it was collected, "
+                                                 + "or the daemon restarted)"))
+        }
+        let usage = try? await offload("fem-cgroup-usage") { entry.cgroup?.usage() }
+        let live = !ChildProcess.liveMembers(ofGroup: state.pgid).isEmpty
+        return LaunchInspection(state: live ? .running : .exited(nil), cpuSeconds: usage?.cpuSeconds,
+                                memoryBytes: usage?.peakMemoryBytes.map { UInt64(max(0, $0)) })
     }
 
     static func terminateGroup(_ pgid: Int32, grace: Duration) async {
@@ -200,9 +230,9 @@ final class HostProcesses: @unchecked Sendable {
             }
         }
         var groups = ChildProcess.processGroups(withEnvironmentEntry: "FEM_SANDBOX=\(sandbox)")
-        if let handle, let pid = Int32(handle.data["pid"] ?? ""), let pgid = Int32(handle.data["pgid"] ?? ""),
-           ChildProcess.startTime(of: pid).map({ "\($0)" == handle.data["start_time"] }) ?? false {
-            groups.insert(pgid)
+        if let state = try? handle?.state(as: HostProcessState.self),
+           ChildProcess.startTime(of: state.pid) == state.startTime {
+            groups.insert(state.pgid)
         }
         // A process that already ended may linger as a zombie (its start time still matches): it is not running,
         // and a task whose work had finished must not be told it was stopped.

@@ -19,44 +19,16 @@ enum DocumentFile {
         }
     }
 
-    /// A task document from a task file, or a plan file wrapped into a local task.
+    /// A task document from a task file, or a plan file wrapped into a local task (`TaskDocument`).
     static func task(from path: String, params: [String]) throws -> JSONValue {
-        let value = try load(path)
-        var task: [String: JSONValue]
-        if value["plan"] != nil {
-            task = value.objectValue ?? [:]
-        } else {
-            task = ["schema_version": .int(1), "execution_id": .string("local-\(shortID())"), "plan": value]
-        }
-        var given = task["params"]?.objectValue ?? [:]
-        let args = task["plan"]?["command"]?["args"].flatMap { v -> [JSONValue]? in
-            if case .array(let a) = v { a } else { nil }
-        } ?? []
-        for p in params {
-            guard let eq = p.firstIndex(of: "=") else {
-                throw ValidationError("--param \(p): expected name=value")
-            }
-            let name = String(p[..<eq])
-            let text = String(p[p.index(after: eq)...])
-            let type = args.first { $0["id"]?.stringValue == name }?["type"]?.stringValue
-            given[name] = typed(text, type: type)
-        }
-        task["params"] = .object(given)
-        return .object(task)
-    }
-
-    /// `--param count=3` is an integer when the plan says `int`; otherwise the text as given, so a wrong value
-    /// gets the validator's message naming the parameter.
-    static func typed(_ text: String, type: String?) -> JSONValue {
-        switch type {
-        case "int": Int64(text).map(JSONValue.int) ?? .string(text)
-        case "float": Double(text).map(JSONValue.double) ?? .string(text)
-        case "bool": text == "true" ? .bool(true) : text == "false" ? .bool(false) : .string(text)
-        default: .string(text)
+        do {
+            return try TaskDocument.task(from: load(path), params: params)
+        } catch let e as TaskDocument.ParamError {
+            throw ValidationError(e.description)
         }
     }
 
-    static func shortID() -> String { String(UUID().uuidString.lowercased().prefix(8)) }
+    static func shortID() -> String { TaskDocument.shortID() }
 }
 
 extension FEMClientCommand {
@@ -177,9 +149,9 @@ extension FEMClientCommand {
             try FileManager.default.createDirectory(atPath: config.workDir, withIntermediateDirectories: true)
             let logger = Logger(label: "fem-client-run", factory: try LineLogHandler.factory(path: logPath))
             let printer = EventPrinter()
-            let box = WakeBox()
-            let node = try NodeAssembly(config: config, logger: logger) { box.fire() }
-            box.set { printer.drain(node.journal) }
+            try NodeAssembly.prepareWorkDir(config)
+            let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+            let node = try NodeAssembly(config: config, journal: journal, logger: logger) { printer.drain(journal) }
 
             print("task \(task.taskID): \(task.plan.id) \(task.plan.version) with launcher \(task.plan.launcher)")
             guard case .admitted = try node.journal.admit(task, document: .object(document), at: Date()) else {
@@ -226,7 +198,8 @@ enum LocalNode {
         var config: NodeConfig
         if FileManager.default.fileExists(atPath: path) {
             do {
-                config = try NodeConfig.load(path: path, brokerFiles: false)
+                config = try NodeConfig.load(path: path, environment: ProcessInfo.processInfo.environment,
+                                             brokerFiles: false)
             } catch let e as ConfigError {
                 throw ValidationError(e.description)
             }

@@ -25,7 +25,7 @@ struct ConfigOption: ParsableArguments {
 
     func load() throws -> NodeConfig {
         do {
-            return try NodeConfig.load(path: config)
+            return try NodeConfig.load(path: config, environment: ProcessInfo.processInfo.environment)
         } catch let e as ConfigError {
             throw ValidationError(e.description)
         }
@@ -53,7 +53,8 @@ extension FEMClientCommand {
             var failures: [String] = []
             let config: NodeConfig
             do {
-                config = try NodeConfig.load(path: options.config)
+                config = try NodeConfig.load(path: options.config,
+                                             environment: ProcessInfo.processInfo.environment)
                 print("ok    configuration \(options.config) (node \(config.nodeID))")
             } catch let e as ConfigError {
                 print("FAIL  \(e.description)")
@@ -61,7 +62,7 @@ extension FEMClientCommand {
             }
             do {
                 try FileManager.default.createDirectory(atPath: config.workDir, withIntermediateDirectories: true)
-                let probe = "\(config.workDir)/.fem-check-\(getpid())"
+                let probe = "\(config.workDir)/.fem-check-\(Posix.processID)"
                 try Data("x".utf8).write(to: URL(fileURLWithPath: probe))
                 try FileManager.default.removeItem(atPath: probe)
                 let free = freeDiskBytes(at: config.workDir).map { " (\($0 / 1_048_576) MiB free)" } ?? ""
@@ -137,7 +138,7 @@ extension FEMClientCommand {
                     failures.append("\(name): \(why)")
                     print("FAIL  \(failures.last!)")
                 }
-                if geteuid() != 0, let why = confinement.refusal() {
+                if Posix.effectiveUserID != 0, let why = confinement.refusal() {
                     failures.append("\(name): \(why)")
                     print("FAIL  \(failures.last!)")
                 } else if let why = TaskCgroup.probe(host: confinement.cgroups, node: config.nodeID) {

@@ -4,9 +4,6 @@ import FEMJournal
 import FEMStaging
 import FEMSystem
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// `fem-client outputs`: the output airlock. With `outputs.require_approval = true`, a task's outputs wait as
 /// `awaiting_approval` until an administrator of this node approves or rejects them. What is reviewed is the manifest
@@ -21,7 +18,8 @@ struct OutputsCommand: AsyncParsableCommand {
     static func open(_ options: ConfigOption) throws -> (NodeConfig, SQLiteJournal) {
         var config: NodeConfig
         do {
-            config = try NodeConfig.load(path: options.config, brokerFiles: false)
+            config = try NodeConfig.load(path: options.config, environment: ProcessInfo.processInfo.environment,
+                                            brokerFiles: false)
         } catch let e as ConfigError {
             throw ValidationError(e.description)
         }
@@ -33,7 +31,7 @@ struct OutputsCommand: AsyncParsableCommand {
         guard rec.state == .awaitingApproval else {
             throw ValidationError("task \(taskID) is \(rec.state.rawValue), not awaiting_approval: there is nothing to decide")
         }
-        if let decided = try journal.step(taskID, Runner.approvalStep) {
+        if let decided = try journal.completedStep(Runner.approvalStep, of: taskID) {
             throw ValidationError("task \(taskID) is already decided (\(decided)); the daemon is sending or dropping its outputs")
         }
         return rec
@@ -60,7 +58,7 @@ struct OutputsCommand: AsyncParsableCommand {
 
     /// The manifest journaled when the outputs were staged, raw, read, and its sha256 (what an approval binds to).
     static func manifest(_ journal: SQLiteJournal, _ taskID: String) -> (raw: Data, view: ManifestView, sha256: String)? {
-        guard let text = try? journal.step(taskID, OutputDelivery.manifestStep) else { return nil }
+        guard let text = try? journal.completedStep(OutputDelivery.manifestStep, of: taskID) else { return nil }
         let data = Data(text.utf8)
         guard let view = try? JSONDecoder().decode(ManifestView.self, from: data) else { return nil }
         let digest = SHA256Digest()
@@ -80,7 +78,7 @@ struct OutputsCommand: AsyncParsableCommand {
         let who = currentUser()
         let decision = approve ? "approved" : "rejected: \(reason ?? "")"
         var data: [String: JSONValue] = ["decision": .string(approve ? "approved" : "rejected"), "by": .string(who),
-                                         "uid": .int(Int64(getuid())), "at": .string(FEMTime.format(Date()))]
+                                         "uid": .int(Int64(Posix.realUserID)), "at": .string(FEMTime.format(Date()))]
         if let held { data["manifest_sha256"] = .string(held.sha256) }
         if let reason { data["reason"] = .string(reason) }
         let message = "outputs \(approve ? "approved" : "rejected") by \(who)" + (reason.map { ": \($0)" } ?? "")
@@ -102,9 +100,8 @@ struct OutputsCommand: AsyncParsableCommand {
 
     /// The real user running the command (getuid → passwd), e.g. the steward behind `sudo -u fem`.
     static func currentUser() -> String {
-        let uid = getuid()
-        if let pw = getpwuid(uid), let name = pw.pointee.pw_name { return String(cString: name) }
-        return "uid \(uid)"
+        let uid = Posix.realUserID
+        return Posix.account(uid: uid)?.name ?? "uid \(uid)"
     }
 
     struct List: AsyncParsableCommand {
@@ -139,7 +136,7 @@ struct OutputsCommand: AsyncParsableCommand {
             guard let manifest = OutputsCommand.manifest(journal, taskID) else {
                 // No outputs were held (no stage_out target, or the task never got that far); its held text, if any,
                 // is still the steward's to read.
-                guard !json, let held = try journal.step(taskID, Runner.heldTextStep) else {
+                guard !json, let held = try journal.completedStep(Runner.heldTextStep, of: taskID) else {
                     throw ValidationError("task \(taskID) has no journaled manifest of held outputs (state "
                                           + "\(rec.state.rawValue))")
                 }
@@ -178,7 +175,7 @@ struct OutputsCommand: AsyncParsableCommand {
             for f in m.files {
                 print("  \(String(f.size).leftPadded(12))  \(f.path.escapedForTerminal)  sha256 \(f.sha256.escapedForTerminal)")
             }
-            if let held = try journal.step(taskID, Runner.heldTextStep) { OutputsCommand.printHeld(held) }
+            if let held = try journal.completedStep(Runner.heldTextStep, of: taskID) { OutputsCommand.printHeld(held) }
         }
     }
 

@@ -2,6 +2,7 @@ import FEMCore
 import FEMLaunchers
 import FEMStaging
 import FEMSystem
+import FEMTransport
 import Foundation
 import TOMLKit
 
@@ -101,7 +102,12 @@ public struct NodeConfig: Sendable {
     /// The broker endpoint parsed from the URL, with the password from `password_file` or
     /// `FEM_BROKER_PASSWORD` (never from the URL or the file itself).
     public func endpoint() throws -> AMQPEndpoint {
-        try BrokerURL.parse(brokerURL, password: brokerPassword, caFile: caFile, certFile: certFile, keyFile: keyFile)
+        do {
+            return try BrokerURL.parse(brokerURL, password: brokerPassword, caFile: caFile, certFile: certFile,
+                                       keyFile: keyFile)
+        } catch {
+            throw ConfigError(problems: [error.description])
+        }
     }
 }
 
@@ -112,138 +118,14 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
     }
 }
 
-/// `amqps://user@host:port/vhost`.
-public enum BrokerURL {
-    public static func parse(_ url: String, password: String?, caFile: String, certFile: String, keyFile: String) throws
-        -> AMQPEndpoint {
-        guard let c = URLComponents(string: url), c.scheme == "amqps", let host = c.host, !host.isEmpty else {
-            throw ConfigError(problems: ["broker.url: \"\(redacted(url))\" is not an amqps://user@host:port/vhost URL "
-                                         + "(only TLS is supported)"])
-        }
-        if c.password != nil {
-            throw ConfigError(problems: ["broker.url: must not contain a password; use broker.password_file or "
-                                         + "FEM_BROKER_PASSWORD"])
-        }
-        var vhost = c.percentEncodedPath
-        if vhost.hasPrefix("/") { vhost.removeFirst() }
-        vhost = vhost.isEmpty ? "/" : (vhost.removingPercentEncoding ?? vhost)
-        return AMQPEndpoint(host: host, port: c.port ?? 5671, vhost: vhost, user: c.user ?? "guest", password: password,
-                            caFile: caFile, certFile: certFile, keyFile: keyFile)
-    }
-
-    static func redacted(_ url: String) -> String {
-        guard var c = URLComponents(string: url), c.password != nil else { return url }
-        c.password = "***"
-        return c.string ?? "***"
-    }
-}
-
 extension NodeConfig {
-    enum Kind {
-        case string, path, int(min: Int, max: Int), bool, strings
-    }
-
-    struct Key: @unchecked Sendable {
-        var name: String
-        var kind: Kind
-        var fallback: Any?
-        var envName: String { "FEM_" + name.replacingOccurrences(of: ".", with: "_").uppercased() }
-    }
-
-    static let keys: [Key] = [
-        Key(name: "node.id", kind: .string, fallback: nil),
-        Key(name: "node.name", kind: .string, fallback: ""),
-        Key(name: "node.work_dir", kind: .path, fallback: absolutePath("var")),
-        Key(name: "node.log_file", kind: .path, fallback: absolutePath("receiver.log")),
-        Key(name: "node.max_concurrent_tasks", kind: .int(min: 1, max: 1024), fallback: 2),
-        Key(name: "node.heartbeat_interval", kind: .int(min: 1, max: 86_400), fallback: 30),
-        Key(name: "node.default_timeout", kind: .int(min: 1, max: 31_536_000), fallback: 3600),
-        Key(name: "node.max_timeout", kind: .int(min: 1, max: 31_536_000), fallback: 604_800),
-        Key(name: "node.allow_timeout_above_plan", kind: .bool, fallback: false),
-        Key(name: "node.stop_grace", kind: .int(min: 0, max: 3600), fallback: 10),
-        Key(name: "node.min_free_mb", kind: .int(min: 0, max: 1 << 30), fallback: 256),
-        Key(name: "node.drain_seconds", kind: .int(min: 0, max: 86_400), fallback: 30),
-        Key(name: "broker.url", kind: .string, fallback: nil),
-        Key(name: "broker.password_file", kind: .path, fallback: ""),
-        Key(name: "broker.ca_file", kind: .path, fallback: nil),
-        Key(name: "broker.cert_file", kind: .path, fallback: nil),
-        Key(name: "broker.key_file", kind: .path, fallback: nil),
-        Key(name: "broker.prefetch", kind: .int(min: 1, max: 65_535), fallback: 16),
-        Key(name: "broker.max_message_bytes", kind: .int(min: 1024, max: 128 << 20), fallback: 1 << 20),
-        Key(name: "broker.orchestrators", kind: .strings, fallback: ["fem-orchestrator"]),
-        Key(name: "launchers.enabled", kind: .strings, fallback: [String]()),
-        Key(name: "launchers.env_allowed", kind: .strings, fallback: [String]()),
-        Key(name: "launchers.process.allowed_executables", kind: .strings, fallback: [String]()),
-        Key(name: "launchers.process.path", kind: .string, fallback: "/usr/local/bin:/usr/bin:/bin"),
-        Key(name: "launchers.process.user", kind: .string, fallback: "fem-task"),
-        Key(name: "launchers.process.allow_unconfined", kind: .bool, fallback: false),
-        Key(name: "launchers.process.allow_host_network", kind: .bool, fallback: false),
-        Key(name: "launchers.process.pids_limit", kind: .int(min: 16, max: 1_000_000), fallback: 256),
-        Key(name: "launchers.process.open_files", kind: .int(min: 64, max: 1_048_576), fallback: 1024),
-        Key(name: "launchers.process.default_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 512),
-        Key(name: "launchers.process.max_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 8192),
-        Key(name: "launchers.process.max_cpus", kind: .int(min: 1, max: 1024), fallback: 2),
-        Key(name: "launchers.docker.socket", kind: .path, fallback: "/var/run/docker.sock"),
-        Key(name: "launchers.docker.allowed_images", kind: .strings, fallback: [String]()),
-        Key(name: "launchers.docker.user", kind: .string, fallback: "65534:65534"),
-        Key(name: "launchers.docker.pids_limit", kind: .int(min: 16, max: 1_000_000), fallback: 256),
-        Key(name: "launchers.docker.default_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 512),
-        Key(name: "launchers.docker.max_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 8192),
-        Key(name: "launchers.docker.max_cpus", kind: .int(min: 1, max: 1024), fallback: 2),
-        Key(name: "launchers.docker.tmpfs_mb", kind: .int(min: 1, max: 1 << 20), fallback: 64),
-        Key(name: "launchers.docker.allow_host_network", kind: .bool, fallback: false),
-        Key(name: "launchers.docker.allow_gpus", kind: .bool, fallback: false),
-        Key(name: "launchers.docker.wait_for_daemon_seconds", kind: .int(min: 0, max: 86_400), fallback: 60),
-        Key(name: "launchers.flower.python", kind: .string, fallback: "/usr/bin/python3"),
-        Key(name: "launchers.flower.allowed_superlinks", kind: .strings, fallback: [String]()),
-        Key(name: "launchers.flower.allow_source_builds", kind: .bool, fallback: false),
-        Key(name: "launchers.flower.venv_dir", kind: .path, fallback: ""),
-        Key(name: "launchers.flower.wheel_dir", kind: .path, fallback: ""),
-        Key(name: "launchers.flower.allow_insecure", kind: .bool, fallback: false),
-        Key(name: "launchers.flower.root_certificates", kind: .path, fallback: ""),
-        Key(name: "launchers.flower.connect_attempts", kind: .int(min: 1, max: 100), fallback: 10),
-        Key(name: "launchers.flower.retry_delay_ms", kind: .int(min: 0, max: 600_000), fallback: 1000),
-        Key(name: "launchers.flower.unreachable_seconds", kind: .int(min: 1, max: 86_400), fallback: 120),
-        Key(name: "launchers.flower.user", kind: .string, fallback: "fem-task"),
-        Key(name: "launchers.flower.allow_unconfined", kind: .bool, fallback: false),
-        Key(name: "launchers.flower.pids_limit", kind: .int(min: 16, max: 1_000_000), fallback: 1024),
-        Key(name: "launchers.flower.open_files", kind: .int(min: 64, max: 1_048_576), fallback: 4096),
-        Key(name: "launchers.flower.default_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 2048),
-        Key(name: "launchers.flower.max_memory_mb", kind: .int(min: 6, max: 1 << 20), fallback: 8192),
-        Key(name: "launchers.flower.max_cpus", kind: .int(min: 1, max: 1024), fallback: 2),
-        Key(name: "stage_in.git_allowed_urls", kind: .strings, fallback: [String]()),
-        Key(name: "stage_in.file_allowed_urls", kind: .strings, fallback: [String]()),
-        Key(name: "stage_in.max_file_mb", kind: .int(min: 1, max: 1 << 20), fallback: 1024),
-        Key(name: "stage_in.require_sha256", kind: .bool, fallback: true),
-        Key(name: "stage_in.ca_file", kind: .path, fallback: ""),
-        Key(name: "stage_in.retries", kind: .int(min: 1, max: 20), fallback: 4),
-        Key(name: "stage_in.retry_delay_ms", kind: .int(min: 0, max: 600_000), fallback: 1000),
-        Key(name: "sandboxes.keep_completed_hours", kind: .int(min: 0, max: 87_600), fallback: 24),
-        Key(name: "sandboxes.keep_failed_hours", kind: .int(min: 0, max: 87_600), fallback: 168),
-        Key(name: "outputs.max_file_bytes", kind: .int(min: 1, max: Int.max), fallback: 1 << 30),
-        Key(name: "outputs.max_task_bytes", kind: .int(min: 1, max: Int.max), fallback: 4 << 30),
-        Key(name: "outputs.allowed_urls", kind: .strings, fallback: [String]()),
-        Key(name: "outputs.require_approval", kind: .bool, fallback: false),
-        Key(name: "outputs.hold_logs", kind: .bool, fallback: true),
-        Key(name: "outputs.ca_file", kind: .path, fallback: ""),
-        Key(name: "outputs.retries", kind: .int(min: 1, max: 50), fallback: 5),
-        Key(name: "outputs.retry_delay_ms", kind: .int(min: 0, max: 600_000), fallback: 1000),
-        Key(name: "journal.keep_days", kind: .int(min: 1, max: 36_500), fallback: 30),
-        Key(name: "reporter.max_events_per_task", kind: .int(min: 1, max: 10_000_000), fallback: 1000),
-        Key(name: "reporter.max_event_bytes_per_task", kind: .int(min: 1024, max: 1 << 30), fallback: 1 << 20),
-        Key(name: "reporter.max_metrics_per_line", kind: .int(min: 1, max: 1000), fallback: 32),
-    ]
-
-    /// The URL allowlists: each entry must parse (scheme://host[:port]/path, `*.domain` for subdomains).
-    static let urlListKeys = ["stage_in.git_allowed_urls", "stage_in.file_allowed_urls", "outputs.allowed_urls"]
-
     public static let knownLaunchers = ["process", "docker", "flower"]
 
-    /// Loads `path`, applies environment overrides, and checks everything, reporting every problem at once.
-    /// `brokerFiles: false` skips reading the broker's certificate and password files, for local commands that never
-    /// connect (`fem-client run`, `render`).
-    public static func load(path: String, environment: [String: String] = ProcessInfo.processInfo.environment,
-                            brokerFiles: Bool = true) throws -> NodeConfig {
+    /// Loads `path` and checks everything, reporting every problem at once. `environment` is the daemon's (its
+    /// `FEM_*` overrides, FEM_BROKER_PASSWORD and the variables `*_env` keys name are read from it and nowhere else).
+    /// `brokerFiles: false` skips reading the broker's certificate and password files and the credentials' secrets,
+    /// for local commands that never connect (`fem-client run`, `render`).
+    public static func load(path: String, environment: [String: String], brokerFiles: Bool = true) throws -> NodeConfig {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
             throw ConfigError(problems: ["cannot read the configuration file \(path) (run install.sh to create it "
                                          + "from config/fem-client.example.toml)"])
@@ -261,186 +143,116 @@ extension NodeConfig {
         } catch {
             throw ConfigError(problems: ["\(source): \(error)"])
         }
-        var problems: [String] = []
-        var flat: [String: TOMLValueConvertible] = [:]
-        var datasets: [String: Dataset] = [:]
-        var registries: [String: Credential] = [:]
-        if let r = table["registries"] {
-            registries = readLogins(r, section: "registries", tokens: false, brokerFiles: brokerFiles, problems: &problems)
-            table.remove(at: "registries")
+        // 1. Decode the sections (overrides applied, wrong types named), 2. name unknown keys, 3. validate,
+        // 4. resolve what lives outside the file (secrets, the task users, cgroups).
+        let reading = ConfigReading(root: table, environment: environment)
+        reading.prepareSections()
+        var file = ConfigFile()
+        var decoder = TOMLDecoder()
+        if let key = ConfigReading.userInfoKey { decoder.userInfo[key] = reading }
+        do {
+            file = try decoder.decode(ConfigFile.self, from: table)
+        } catch {
+            reading.note(reading.describe(error, expected: "a table"))
         }
-        var hooks: [String: [String]] = [:]
-        if let h = table["hooks"] {
-            hooks = readHooks(h, problems: &problems)
-            table.remove(at: "hooks")
-        }
-        var credentials: [String: Credential] = [:]
-        if let c = table["credentials"] {
-            credentials = readLogins(c, section: "credentials", tokens: true, brokerFiles: brokerFiles,
-                                     problems: &problems)
-            table.remove(at: "credentials")
-        }
-        flatten(table, prefix: "", into: &flat, datasets: &datasets, problems: &problems)
-        let known = Set(keys.map(\.name))
-        for name in flat.keys.sorted() where !known.contains(name) {
+        var problems = reading.problems
+        for name in reading.unknownKeys() {
             problems.append("\(name): is not a known key (known keys are listed in config/fem-client.example.toml)")
         }
+        problems += file.validate(brokerFiles: brokerFiles)
+        let config = resolve(file, source: source, environment: environment, brokerFiles: brokerFiles,
+                             problems: &problems)
+        guard problems.isEmpty, let config else { throw ConfigError(problems: problems) }
+        return config
+    }
 
-        var values: [String: Any] = [:]
-        for key in keys {
-            if let env = environment[key.envName] {
-                if let v = fromEnvironment(env, key: key, problems: &problems) { values[key.name] = v }
-            } else if let v = flat[key.name] {
-                if let v = fromTOML(v, key: key, problems: &problems) { values[key.name] = v }
-            } else if let f = key.fallback {
-                values[key.name] = f
-            } else {
-                problems.append("\(key.name): is required (or set \(key.envName))")
-            }
-        }
-        let enabled = values["launchers.enabled"] as? [String] ?? []
-        for l in enabled where !knownLaunchers.contains(l) {
-            problems.append("launchers.enabled: \"\(l)\" is not a launcher this build has (it has: "
-                            + knownLaunchers.joined(separator: ", ") + ")")
-        }
-        problems += launcherProblems(values, enabled: enabled)
-        if let id = values["node.id"] as? String, !Patterns.matches(#"^[a-z0-9][a-z0-9-]{0,62}$"#, id) {
-            problems.append("node.id: \"\(id)\" must be lowercase letters, digits and '-' (it names queues)")
-        }
-        if let accounts = values["broker.orchestrators"] as? [String] {
-            if accounts.isEmpty {
-                problems.append("broker.orchestrators: is empty, so this node would accept no task and no cancel; list "
-                                + "the broker accounts of your orchestrators (femctl's login)")
-            }
-            for a in accounts where !Patterns.matches(#"^[A-Za-z0-9_.@-]{1,64}$"#, a) {
-                problems.append("broker.orchestrators: \"\(TextEscaping.escaped(a))\" is not a broker account name "
-                                + "(letters, digits, _ . @ -, at most 64)")
-            }
-        }
+    /// The running configuration from a decoded, validated file: absolute paths, secrets, task users.
+    static func resolve(_ file: ConfigFile, source: String, environment: [String: String], brokerFiles: Bool,
+                        problems: inout [String]) -> NodeConfig? {
         var password = environment["FEM_BROKER_PASSWORD"]
-        if brokerFiles, password == nil, let file = values["broker.password_file"] as? String, !file.isEmpty {
-            if let text = try? String(contentsOfFile: file, encoding: .utf8) {
-                password = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            } else {
-                problems.append("broker.password_file: cannot read \(file)")
-            }
-        }
-        if let url = values["broker.url"] as? String {
+        let passwordFile = absolutePath(file.broker.passwordFile)
+        if brokerFiles, password == nil, !passwordFile.isEmpty {
             do {
-                _ = try BrokerURL.parse(url, password: nil, caFile: "", certFile: "", keyFile: "")
-            } catch let e as ConfigError {
-                problems += e.problems
+                password = try SecretSource.file(passwordFile).read(field: "broker.password_file", environment: environment)
+            } catch {
+                problems.append(error.description)
             }
         }
-        for name in ["broker.ca_file", "broker.cert_file", "broker.key_file"] where brokerFiles {
-            if let p = values[name] as? String, !FileManager.default.isReadableFile(atPath: p) {
-                problems.append("\(name): cannot read \(p)")
-            }
+        var registries: [String: Credential] = [:]
+        for (name, entry) in file.registries.sorted(by: { $0.key < $1.key }) {
+            registries[name] = entry.credential(tokens: false, environment: environment, readSecrets: brokerFiles,
+                                                problems: &problems)
         }
-        for name in urlListKeys {
-            if let list = values[name] as? [String] {
-                do {
-                    _ = try URLPolicy(list)
-                } catch {
-                    problems.append("\(name): \(error)")
-                }
-            }
+        var credentials: [String: Credential] = [:]
+        for (name, entry) in file.credentials.sorted(by: { $0.key < $1.key }) {
+            credentials[name] = entry.credential(tokens: true, environment: environment, readSecrets: brokerFiles,
+                                                 problems: &problems)
         }
-        for name in ["stage_in.ca_file", "outputs.ca_file"] {
-            if let ca = nonEmpty(values[name]), !FileManager.default.isReadableFile(atPath: ca) {
-                problems.append("\(name): cannot read \(ca)")
-            }
-        }
+        let enabled = file.launchers.enabled
         var taskUsers: [String: TaskUser] = [:]
-        for launcher in ["process", "flower"] where enabled.contains(launcher) {
-            let key = "launchers.\(launcher).user"
-            guard let name = values[key] as? String else { continue }
-            if let user = taskUser(name, key: key, problems: &problems) { taskUsers[launcher] = user }
+        for (launcher, name) in [("process", file.launchers.process.user), ("flower", file.launchers.flower.user)]
+            where enabled.contains(launcher) {
+            if let user = taskUser(name, key: "launchers.\(launcher).user", problems: &problems) {
+                taskUsers[launcher] = user
+            }
         }
-        if !problems.isEmpty { throw ConfigError(problems: problems) }
+        guard problems.isEmpty, let id = file.node.id, let url = file.broker.url, let ca = file.broker.caFile,
+              let cert = file.broker.certFile, let key = file.broker.keyFile else { return nil }
 
-        let id = values["node.id"] as! String
         let cgroups = CgroupHost.detect()
-        func confinement(_ launcher: String) -> HostConfinementConfig {
-            let section = "launchers.\(launcher)"
-            return HostConfinementConfig(
-                section: section, user: taskUsers[launcher], nodeID: id, cgroups: cgroups,
-                allowUnconfined: values["\(section).allow_unconfined"] as? Bool ?? false,
-                defaultMemoryMB: values["\(section).default_memory_mb"] as? Int ?? 512,
-                maxMemoryMB: values["\(section).max_memory_mb"] as? Int ?? 8192,
-                maxCPUs: values["\(section).max_cpus"] as? Int ?? 2,
-                pidsLimit: values["\(section).pids_limit"] as? Int ?? 256,
-                openFiles: values["\(section).open_files"] as? Int ?? 1024,
-                allowHostNetwork: values["\(section).allow_host_network"] as? Bool ?? false,
-                alwaysHostNetwork: launcher == "flower")
-        }
-        let name = values["node.name"] as! String
+        let p = file.launchers.process, d = file.launchers.docker, f = file.launchers.flower
+        let processConfinement = HostConfinementConfig(
+            section: "launchers.process", user: taskUsers["process"], nodeID: id, cgroups: cgroups,
+            allowUnconfined: p.allowUnconfined, defaultMemoryMB: p.defaultMemoryMB, maxMemoryMB: p.maxMemoryMB,
+            maxCPUs: p.maxCPUs, pidsLimit: p.pidsLimit, openFiles: p.openFiles, allowHostNetwork: p.allowHostNetwork,
+            alwaysHostNetwork: false)
+        let flowerConfinement = HostConfinementConfig(
+            section: "launchers.flower", user: taskUsers["flower"], nodeID: id, cgroups: cgroups,
+            allowUnconfined: f.allowUnconfined, defaultMemoryMB: f.defaultMemoryMB, maxMemoryMB: f.maxMemoryMB,
+            maxCPUs: f.maxCPUs, pidsLimit: f.pidsLimit, openFiles: f.openFiles, allowHostNetwork: false,
+            alwaysHostNetwork: true)
+        let workDir = absolutePath(file.node.workDir)
         var config = NodeConfig(
-            nodeID: id, nodeName: name.isEmpty ? id : name, workDir: values["node.work_dir"] as! String,
-            logFile: values["node.log_file"] as! String,
-            maxConcurrentTasks: values["node.max_concurrent_tasks"] as! Int,
-            heartbeatSeconds: values["node.heartbeat_interval"] as! Int,
-            defaultTimeoutSeconds: values["node.default_timeout"] as! Int,
-            maxTimeoutSeconds: values["node.max_timeout"] as! Int,
-            allowTimeoutAbovePlan: values["node.allow_timeout_above_plan"] as! Bool,
-            stopGraceSeconds: values["node.stop_grace"] as! Int,
-            brokerURL: values["broker.url"] as! String, brokerPassword: password,
-            caFile: values["broker.ca_file"] as! String, certFile: values["broker.cert_file"] as! String,
-            keyFile: values["broker.key_file"] as! String, prefetch: values["broker.prefetch"] as! Int,
-            maxMessageBytes: values["broker.max_message_bytes"] as! Int,
-            orchestrators: values["broker.orchestrators"] as! [String],
-            enabledLaunchers: enabled,
-            envAllowed: values["launchers.env_allowed"] as! [String],
-            processAllowedExecutables: values["launchers.process.allowed_executables"] as! [String],
-            processPath: values["launchers.process.path"] as! String,
-            processConfinement: confinement("process"),
+            nodeID: id, nodeName: file.node.name.isEmpty ? id : file.node.name, workDir: workDir,
+            logFile: absolutePath(file.node.logFile), maxConcurrentTasks: file.node.maxConcurrentTasks,
+            heartbeatSeconds: file.node.heartbeatInterval, defaultTimeoutSeconds: file.node.defaultTimeout,
+            maxTimeoutSeconds: file.node.maxTimeout, allowTimeoutAbovePlan: file.node.allowTimeoutAbovePlan,
+            stopGraceSeconds: file.node.stopGrace,
+            brokerURL: url, brokerPassword: password, caFile: absolutePath(ca), certFile: absolutePath(cert),
+            keyFile: absolutePath(key), prefetch: file.broker.prefetch, maxMessageBytes: file.broker.maxMessageBytes,
+            orchestrators: file.broker.orchestrators,
+            enabledLaunchers: enabled, envAllowed: file.launchers.envAllowed,
+            processAllowedExecutables: p.allowedExecutables, processPath: p.path,
+            processConfinement: processConfinement,
             docker: DockerLauncherConfig(
-                socket: values["launchers.docker.socket"] as! String,
-                allowedImages: values["launchers.docker.allowed_images"] as! [String],
-                user: values["launchers.docker.user"] as! String, pidsLimit: values["launchers.docker.pids_limit"] as! Int,
-                defaultMemoryMB: values["launchers.docker.default_memory_mb"] as! Int,
-                maxMemoryMB: values["launchers.docker.max_memory_mb"] as! Int,
-                maxCPUs: values["launchers.docker.max_cpus"] as! Int, tmpfsMB: values["launchers.docker.tmpfs_mb"] as! Int,
-                allowHostNetwork: values["launchers.docker.allow_host_network"] as! Bool,
-                allowGPUs: values["launchers.docker.allow_gpus"] as! Bool, nodeID: id, datasets: [:]),
+                socket: absolutePath(d.socket), allowedImages: d.allowedImages, user: d.user, pidsLimit: d.pidsLimit,
+                defaultMemoryMB: d.defaultMemoryMB, maxMemoryMB: d.maxMemoryMB, maxCPUs: d.maxCPUs, tmpfsMB: d.tmpfsMB,
+                allowHostNetwork: d.allowHostNetwork, allowGPUs: d.allowGPUs, nodeID: id, datasets: [:]),
             flower: FlowerLauncherConfig(
-                python: values["launchers.flower.python"] as! String,
-                venvDir: nonEmpty(values["launchers.flower.venv_dir"]) ?? "\(values["node.work_dir"] as! String)/venvs",
-                wheelDir: nonEmpty(values["launchers.flower.wheel_dir"]),
-                allowInsecure: values["launchers.flower.allow_insecure"] as! Bool,
-                rootCertificates: nonEmpty(values["launchers.flower.root_certificates"]),
-                connectAttempts: values["launchers.flower.connect_attempts"] as! Int,
-                retryDelay: .milliseconds(values["launchers.flower.retry_delay_ms"] as! Int),
-                unreachableLimit: .seconds(values["launchers.flower.unreachable_seconds"] as! Int),
-                path: values["launchers.process.path"] as! String,
-                allowedSuperlinks: (values["launchers.flower.allowed_superlinks"] as! [String]).compactMap(HostPort.parse),
-                allowSourceBuilds: values["launchers.flower.allow_source_builds"] as! Bool,
-                confinement: confinement("flower")),
-            hooks: hooks,
-            registries: registries, credentials: credentials,
-            gitAllowedURLs: values["stage_in.git_allowed_urls"] as! [String],
-            fileAllowedURLs: values["stage_in.file_allowed_urls"] as! [String],
-            requireSHA256: values["stage_in.require_sha256"] as! Bool,
-            stageInCAFile: nonEmpty(values["stage_in.ca_file"]),
-            retries: values["stage_in.retries"] as! Int, retryDelayMilliseconds: values["stage_in.retry_delay_ms"] as! Int,
-            maxStageInFileMB: values["stage_in.max_file_mb"] as! Int,
-            journalKeepDays: values["journal.keep_days"] as! Int,
-            keepCompletedHours: values["sandboxes.keep_completed_hours"] as! Int,
-            keepFailedHours: values["sandboxes.keep_failed_hours"] as! Int,
-            maxOutputFileBytes: Int64(values["outputs.max_file_bytes"] as! Int),
-            maxOutputTaskBytes: Int64(values["outputs.max_task_bytes"] as! Int),
-            outputAllowedURLs: values["outputs.allowed_urls"] as! [String],
-            requireApproval: values["outputs.require_approval"] as! Bool, holdLogs: values["outputs.hold_logs"] as! Bool,
-            outputCAFile: nonEmpty(values["outputs.ca_file"]),
-            outputRetries: values["outputs.retries"] as! Int,
-            outputRetryDelayMilliseconds: values["outputs.retry_delay_ms"] as! Int,
-            reporterMaxEventsPerTask: values["reporter.max_events_per_task"] as! Int,
-            reporterMaxEventBytesPerTask: values["reporter.max_event_bytes_per_task"] as! Int,
-            reporterMaxMetricsPerLine: values["reporter.max_metrics_per_line"] as! Int,
-            datasets: datasets, source: source)
-        config.minFreeMB = values["node.min_free_mb"] as! Int
-        config.drainSeconds = values["node.drain_seconds"] as! Int
-        config.dockerWaitSeconds = values["launchers.docker.wait_for_daemon_seconds"] as! Int
+                python: f.python, venvDir: nonEmpty(absolutePath(f.venvDir)) ?? "\(workDir)/venvs",
+                wheelDir: nonEmpty(absolutePath(f.wheelDir)), allowInsecure: f.allowInsecure,
+                rootCertificates: nonEmpty(absolutePath(f.rootCertificates)), connectAttempts: f.connectAttempts,
+                retryDelay: .milliseconds(f.retryDelayMS), unreachableLimit: .seconds(f.unreachableSeconds),
+                // Flower clients get the process launcher's PATH (there is no launchers.flower.path).
+                path: p.path, allowedSuperlinks: f.allowedSuperlinks.compactMap(HostPort.parse),
+                allowSourceBuilds: f.allowSourceBuilds, confinement: flowerConfinement),
+            hooks: file.hooks, registries: registries, credentials: credentials,
+            gitAllowedURLs: file.stageIn.gitAllowedURLs, fileAllowedURLs: file.stageIn.fileAllowedURLs,
+            requireSHA256: file.stageIn.requireSHA256, stageInCAFile: nonEmpty(absolutePath(file.stageIn.caFile)),
+            retries: file.stageIn.retries, retryDelayMilliseconds: file.stageIn.retryDelayMS,
+            maxStageInFileMB: file.stageIn.maxFileMB, journalKeepDays: file.journal.keepDays,
+            keepCompletedHours: file.sandboxes.keepCompletedHours, keepFailedHours: file.sandboxes.keepFailedHours,
+            maxOutputFileBytes: Int64(file.outputs.maxFileBytes), maxOutputTaskBytes: Int64(file.outputs.maxTaskBytes),
+            outputAllowedURLs: file.outputs.allowedURLs, requireApproval: file.outputs.requireApproval,
+            holdLogs: file.outputs.holdLogs, outputCAFile: nonEmpty(absolutePath(file.outputs.caFile)),
+            outputRetries: file.outputs.retries, outputRetryDelayMilliseconds: file.outputs.retryDelayMS,
+            reporterMaxEventsPerTask: file.reporter.maxEventsPerTask,
+            reporterMaxEventBytesPerTask: file.reporter.maxEventBytesPerTask,
+            reporterMaxMetricsPerLine: file.reporter.maxMetricsPerLine,
+            datasets: file.validDatasets, source: source)
+        config.minFreeMB = file.node.minFreeMB
+        config.drainSeconds = file.node.drainSeconds
+        config.dockerWaitSeconds = d.waitForDaemonSeconds
         return config
     }
 
@@ -459,250 +271,11 @@ extension NodeConfig {
         return user
     }
 
-    /// Host launchers run only what the admin listed: `process` needs a non-empty allowlist of absolute paths, and
-    /// `flower` an absolute interpreter; SuperLink entries must be host:port; env allowlist entries must be names.
-    static func launcherProblems(_ values: [String: Any], enabled: [String]) -> [String] {
-        var problems: [String] = []
-        if enabled.contains("process") {
-            let list = values["launchers.process.allowed_executables"] as? [String] ?? []
-            if list.isEmpty {
-                problems.append("launchers.process.allowed_executables: must list the absolute paths of the programs "
-                                + "host-process tasks may run while \"process\" is in launchers.enabled")
-            }
-            for p in list where !p.hasPrefix("/") {
-                problems.append("launchers.process.allowed_executables: \"\(p)\" is not an absolute path")
-            }
-        }
-        if enabled.contains("flower"), let python = values["launchers.flower.python"] as? String, !python.hasPrefix("/") {
-            problems.append("launchers.flower.python: \"\(python)\" is not an absolute path (the interpreter Flower "
-                            + "environments are made from, e.g. /usr/bin/python3)")
-        }
-        for entry in values["launchers.flower.allowed_superlinks"] as? [String] ?? [] where HostPort.parse(entry) == nil {
-            problems.append("launchers.flower.allowed_superlinks: \"\(entry)\" is not host:port (e.g. "
-                            + "\"superlink.example.org:9092\" or \"[2001:db8::1]:9092\")")
-        }
-        for entry in values["launchers.env_allowed"] as? [String] ?? []
-            where !Patterns.matches(#"^[A-Za-z_][A-Za-z0-9_]{0,127}\*?$"#, entry) {
-            problems.append("launchers.env_allowed: \"\(entry)\" is not a variable name (or NAME_PREFIX*)")
-        }
-        return problems
-    }
-
-    private static func flatten(_ table: TOMLTable, prefix: String, into flat: inout [String: TOMLValueConvertible],
-                                datasets: inout [String: Dataset], problems: inout [String]) {
-        for key in table.keys {
-            let name = prefix.isEmpty ? key : "\(prefix).\(key)"
-            guard let value = table[key] else { continue }
-            if name == "datasets" {
-                guard let t = value.table else {
-                    problems.append("datasets: expected a table of [datasets.<id>] sections")
-                    continue
-                }
-                for id in t.keys {
-                    readDataset(id, t[id], into: &datasets, problems: &problems)
-                }
-            } else if let sub = value.table {
-                flatten(sub, prefix: name, into: &flat, datasets: &datasets, problems: &problems)
-            } else {
-                flat[name] = value
-            }
-        }
-    }
-
-    /// Named logins: `[registries."host:port"]` (username and password) and `[credentials."name"]` (username and
-    /// password for basic, or a token for bearer). Secrets come from a file or an environment variable, never from
-    /// the configuration itself.
-    private static func readLogins(_ value: TOMLValueConvertible, section: String, tokens: Bool, brokerFiles: Bool,
-                                   problems: inout [String]) -> [String: Credential] {
-        var logins: [String: Credential] = [:]
-        let secretKeys = ["password_file", "password_env"] + (tokens ? ["token_file", "token_env"] : [])
-        // Node credentials name where they may be sent; a registry login goes only to its own registry.
-        let allowed = ["username"] + secretKeys + (tokens ? ["urls"] : [])
-        guard let t = value.table else {
-            problems.append("\(section): expected [\(section).\"name\"] sections")
-            return logins
-        }
-        for name in t.keys {
-            let at = "\(section).\"\(name)\""
-            guard let r = t[name]?.table else {
-                problems.append("\(at): expected a table with \(allowed.joined(separator: ", "))")
-                continue
-            }
-            for k in r.keys where !allowed.contains(k) {
-                problems.append("\(at).\(k): is not a known key (\(allowed.joined(separator: ", ")))")
-            }
-            let user = r["username"]?.string
-            let given = secretKeys.filter { r[$0] != nil }
-            guard given.count == 1, let source = r[given[0]]?.string else {
-                problems.append("\(at): needs exactly one of \(secretKeys.joined(separator: ", "))")
-                continue
-            }
-            let isToken = given[0].hasPrefix("token")
-            if isToken && user != nil {
-                problems.append("\(at).username: a token login has no username (use password_file for basic auth)")
-            }
-            if !isToken && user == nil {
-                problems.append("\(at).username: is required with \(given[0])")
-            }
-            var secret = ""
-            if given[0].hasSuffix("_env") {
-                secret = ProcessInfo.processInfo.environment[source] ?? ""
-                if secret.isEmpty && brokerFiles { problems.append("\(at).\(given[0]): \(source) is not set") }
-            } else if let text = try? String(contentsOfFile: absolutePath(source), encoding: .utf8) {
-                secret = text.trimmingCharacters(in: .whitespacesAndNewlines)
-            } else if brokerFiles {
-                problems.append("\(at).\(given[0]): cannot read \(source)")
-            }
-            var urls = URLPolicy(entries: [])
-            if tokens {
-                if let list = r["urls"]?.array, list.count > 0, list.allSatisfy({ $0.string != nil }) {
-                    do {
-                        urls = try URLPolicy(list.compactMap { $0.string })
-                    } catch {
-                        problems.append("\(at).urls: \(error)")
-                    }
-                } else {
-                    problems.append("\(at).urls: is required: a non-empty array of the URL prefixes this credential "
-                                    + "may be sent to (\"https://git.example.org/team/\")")
-                }
-            }
-            logins[name] = Credential(username: isToken ? nil : user, secret: secret, urls: urls)
-        }
-        return logins
-    }
-
-    /// `[hooks]`: `name = ["/absolute/program", "fixed", "args"]`.
-    private static func readHooks(_ value: TOMLValueConvertible, problems: inout [String]) -> [String: [String]] {
-        guard let t = value.table else {
-            problems.append("hooks: expected a table of name = [\"/program\", \"args\"...]")
-            return [:]
-        }
-        var hooks: [String: [String]] = [:]
-        for name in t.keys {
-            let argv = t[name]?.array?.compactMap { $0.string } ?? []
-            guard let program = argv.first, program.hasPrefix("/"), argv.count == t[name]?.array?.count else {
-                problems.append("hooks.\(name): expected an array of strings starting with an absolute program path")
-                continue
-            }
-            if !FileManager.default.isExecutableFile(atPath: program) {
-                problems.append("hooks.\(name): \(program) is not an executable file")
-            }
-            hooks[name] = argv
-        }
-        return hooks
-    }
-
-    private static func readDataset(_ id: String, _ value: TOMLValueConvertible?, into datasets: inout [String: Dataset],
-                                    problems: inout [String]) {
-        let where_ = "datasets.\(id)"
-        guard Patterns.matches(Patterns.datasetID, id) else {
-            problems.append("\(where_): \"\(id)\" is not a valid dataset id")
-            return
-        }
-        guard let t = value?.table else {
-            problems.append("\(where_): expected a table with path and labels")
-            return
-        }
-        var labels: [String: String] = [:]
-        for k in t.keys where k != "path" && k != "labels" {
-            problems.append("\(where_).\(k): is not a known key (path, labels)")
-        }
-        if let l = t["labels"] {
-            if let lt = l.table {
-                for k in lt.keys { labels[k] = lt[k]?.string ?? lt[k].map { "\($0)" } }
-            } else {
-                problems.append("\(where_).labels: expected a table of strings")
-            }
-        }
-        guard let path = t["path"]?.string, path.hasPrefix("/") else {
-            problems.append("\(where_).path: is required and must be an absolute path")
-            return
-        }
-        if !FileManager.default.fileExists(atPath: path) {
-            problems.append("\(where_).path: \(path) does not exist")
-        }
-        datasets[id] = Dataset(path: path, labels: labels)
-    }
-
-    private static func fromTOML(_ v: TOMLValueConvertible, key: Key, problems: inout [String]) -> Any? {
-        switch key.kind {
-        case .string, .path:
-            guard let s = v.string else {
-                problems.append("\(key.name): expected a string, got \(v.type)")
-                return nil
-            }
-            if case .path = key.kind { return absolutePath(s) }
-            return s
-        case .int(let min, let max):
-            guard let i = v.int else {
-                problems.append("\(key.name): expected an integer, got \(v.type)")
-                return nil
-            }
-            return checkRange(i, key: key, min: min, max: max, problems: &problems)
-        case .bool:
-            guard let b = v.bool else {
-                problems.append("\(key.name): expected true or false, got \(v.type)")
-                return nil
-            }
-            return b
-        case .strings:
-            guard let a = v.array else {
-                problems.append("\(key.name): expected an array of strings, got \(v.type)")
-                return nil
-            }
-            var out: [String] = []
-            for item in a {
-                guard let s = item.string else {
-                    problems.append("\(key.name): expected an array of strings, found \(item.type)")
-                    return nil
-                }
-                out.append(s)
-            }
-            return out
-        }
-    }
-
-    private static func fromEnvironment(_ text: String, key: Key, problems: inout [String]) -> Any? {
-        switch key.kind {
-        case .string:
-            return text
-        case .path:
-            return absolutePath(text)
-        case .int(let min, let max):
-            guard let i = Int(text) else {
-                problems.append("\(key.name) (from \(key.envName)): \"\(text)\" is not an integer")
-                return nil
-            }
-            return checkRange(i, key: key, min: min, max: max, problems: &problems)
-        case .bool:
-            switch text.lowercased() {
-            case "true", "1", "yes": return true
-            case "false", "0", "no": return false
-            default:
-                problems.append("\(key.name) (from \(key.envName)): \"\(text)\" is not true or false")
-                return nil
-            }
-        case .strings:
-            return text.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
-        }
-    }
-
-    private static func nonEmpty(_ value: Any?) -> String? {
-        guard let s = value as? String, !s.isEmpty else { return nil }
-        return s
-    }
+    private static func nonEmpty(_ s: String) -> String? { s.isEmpty ? nil : s }
 
     /// Relative paths are taken from the current directory (start.sh runs from the checkout).
     public static func absolutePath(_ path: String) -> String {
         guard !path.isEmpty, !path.hasPrefix("/") else { return path }
         return URL(fileURLWithPath: path).standardizedFileURL.path
-    }
-
-    private static func checkRange(_ i: Int, key: Key, min: Int, max: Int, problems: inout [String]) -> Int? {
-        guard i >= min && i <= max else {
-            problems.append("\(key.name): \(i) is out of range (\(min)…\(max))")
-            return nil
-        }
-        return i
     }
 }

@@ -1,26 +1,56 @@
 import FEMCore
+import FEMJournal
 import FEMSystem
 import FEMTransport
 import Foundation
 import Logging
+import ServiceLifecycle
+import UnixSignals
 
-/// The receiver daemon: broker → receiver → journal → runner, with the outbox publisher and a heartbeat.
+/// The receiver daemon: broker → receiver → journal → runner, with the outbox publisher, a heartbeat, the disk watch
+/// and the airlock's approval watcher. Each is a `Service`; one `ServiceGroup` runs them and shuts them down in
+/// reverse order on SIGTERM/SIGINT (see `NodeApplication.services`).
 public enum NodeDaemon {
     public static func run(config: NodeConfig) async throws {
         ignoreSIGPIPE()
+        let app = try NodeApplication(config: config)
+        try await app.run()
+    }
+}
+
+/// The daemon's parts, built once (the composition root is `NodeAssembly`), and the services that run them.
+struct NodeApplication: Sendable {
+    let config: NodeConfig
+    let logger: Logger
+    let node: NodeAssembly
+    let publisher: AMQPEventPublisher
+    let source: AMQPTaskSource
+    let receiver: Receiver
+    let notices: NodeNotices
+    let disk: DiskWatch
+    let admission: Admission
+    let endpoint: AMQPEndpoint
+
+    init(config: NodeConfig) throws {
+        self.config = config
         let logTrouble = LogTrouble()
         let makeHandler = try LineLogHandler.factory(path: config.logFile, trouble: logTrouble)
         let logger = Logger(label: "fem-client", factory: makeHandler)
+        self.logger = logger
         let endpoint = try config.endpoint()
+        self.endpoint = endpoint
 
-        // The publisher needs the journal and the runner needs the publisher's wake-up: break the cycle with a box.
-        let wake = WakeBox()
+        // The journal first: the publisher reads its outbox, and the runner wakes the publisher when it adds events.
+        try NodeAssembly.prepareWorkDir(config)
+        let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+        let publisher = AMQPEventPublisher(endpoint: endpoint, outbox: journal, logger: logger)
+        self.publisher = publisher
         let disk = DiskWatch(workDir: config.workDir, logFile: config.logFile, minFreeMB: config.minFreeMB)
-        let node = try NodeAssembly(config: config, logger: logger, diskPressure: { since in disk.pressure(since: since) }) { wake.fire() }
-        let publisher = AMQPEventPublisher(endpoint: endpoint, outbox: node.journal, logger: logger)
-        wake.set { publisher.wake() }
-        publisher.start()
+        self.disk = disk
+        node = try NodeAssembly(config: config, journal: journal, logger: logger,
+                                diskPressure: { since in disk.pressure(since: since) }) { publisher.wake() }
         let notices = NodeNotices(nodeID: config.nodeID, publisher: publisher)
+        self.notices = notices
         logTrouble.set { news in
             switch news {
             case .dropping(let error):
@@ -32,7 +62,41 @@ public enum NodeDaemon {
             }
         }
         let admission = Admission(disk: disk)
+        self.admission = admission
+        source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
+                                maxMessageBytes: config.maxMessageBytes, logger: logger)
+        receiver = Receiver(nodeID: config.nodeID, maxMessageBytes: config.maxMessageBytes, journal: node.journal,
+                            runner: node.runner, logger: logger, admission: { admission.refusal },
+                            notify: { reason, message, data in notices.send(reason, message, data) },
+                            orchestrators: Set(config.orchestrators)) { publisher.wake() }
+    }
 
+    /// Started in this order and shut down in the reverse one: the runner drains first (the receiver still reads
+    /// cancels and returns new deliveries to the broker, heartbeats say `draining`, the airlock still releases), then
+    /// the watchers stop, then the receiver stops consuming, and the publisher, last, sends what the journal holds.
+    var services: [ServiceGroupConfiguration.ServiceConfiguration] {
+        [
+            .init(service: PublisherService(publisher: publisher)),
+            .init(service: ReceiverService(receiver: receiver, source: source)),
+            .init(service: EveryService(name: "heartbeat", interval: .seconds(config.heartbeatSeconds)) { [self] in
+                await sendHeartbeat()
+                housekeeping()
+            }),
+            // Airlock decisions are journaled by `fem-client outputs approve|reject` (another process): look for them.
+            .init(service: EveryService(name: "approvals", interval: .seconds(1), delayFirst: true) { [node, publisher] in
+                await node.runner.resumeDecided()
+                publisher.wake()
+            }),
+            // Disk pressure: measured every second; a change is logged, sent as a notice and in the next heartbeat.
+            .init(service: EveryService(name: "disk-watch", interval: .seconds(1)) { [self] in
+                await checkDisk()
+            }),
+            .init(service: SecondSignalService(logger: logger), failureTerminationBehavior: .cancelGroup),
+            .init(service: RunnerService(app: self)),
+        ]
+    }
+
+    func run() async throws {
         let launchers = node.registry.names.joined(separator: ",")
         logger.notice("""
             fem-client \(FEMVersion.string) starting: node \(config.nodeID), broker \(endpoint), launchers \(launchers), \
@@ -42,96 +106,157 @@ public enum NodeDaemon {
         if config.enabledLaunchers.contains("docker") {
             reportForeignContainers(config: config, journal: node.journal, logger: logger)
         }
-
-        let source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
-                                    maxMessageBytes: config.maxMessageBytes, logger: logger)
-        let receiver = Receiver(nodeID: config.nodeID, maxMessageBytes: config.maxMessageBytes, journal: node.journal,
-                                runner: node.runner, logger: logger, admission: { admission.refusal },
-                                notify: { reason, message, data in notices.send(reason, message, data) },
-                                orchestrators: Set(config.orchestrators)) {
-            publisher.wake()
+        // A drain may take node.drain_seconds; past that and a margin the group cancels what is left.
+        var group = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
+                                              logger: logger)
+        group.maximumGracefulShutdownDuration = .seconds(config.drainSeconds + 30)
+        do {
+            try await ServiceGroup(configuration: group).run()
+        } catch is StopNow {
+            // The second signal: said in the log by the service that caught it.
         }
+        logger.notice("stopped")
+    }
 
-        // Disk pressure: measured every second; a change is logged, sent as a notice and in the next heartbeat.
-        let diskWatch = Task {
-            while !Task.isCancelled {
-                if let change = disk.check() {
-                    if let why = change {
-                        logger.warning("disk pressure: no new tasks until space returns (\(why))")
-                        notices.send("disk_pressure", "the node takes no new tasks until space returns: \(why)",
-                                     ["pressure": .string(why)])
-                    } else {
-                        logger.notice("disk pressure ended: taking tasks again")
-                        notices.send("disk_pressure_ended", "space returned; the node takes tasks again")
-                    }
-                    let beat = await node.heartbeat(version: FEMVersion.string, pressure: admission.refusal,
-                                                    draining: admission.draining)
-                    if let body = try? JSONEncoder.fem.encode(beat) {
-                        publisher.publishHeartbeat(routingKey: beat.routingKey, body: body)
-                    }
-                }
-                try? await Task.sleep(for: .seconds(1))
-            }
+    func sendHeartbeat() async {
+        let beat = await node.heartbeat(version: FEMVersion.string, pressure: admission.refusal,
+                                        draining: admission.draining)
+        if let body = try? JSONEncoder.fem.encode(beat) {
+            publisher.publishHeartbeat(routingKey: beat.routingKey, body: body)
         }
+    }
 
-        let heartbeat = Task {
-            while !Task.isCancelled {
-                let beat = await node.heartbeat(version: FEMVersion.string, pressure: admission.refusal,
-                                                draining: admission.draining)
-                if let body = try? JSONEncoder.fem.encode(beat) {
-                    publisher.publishHeartbeat(routingKey: beat.routingKey, body: body)
-                }
-                let cutoff = Date().addingTimeInterval(-Double(config.journalKeepDays) * 86_400)
-                if let pruned = try? node.journal.pruneDocuments(finishedBefore: cutoff), pruned > 0 {
-                    logger.info("pruned the documents of \(pruned) tasks that ended over \(config.journalKeepDays) days ago")
-                }
-                let removed = node.sandboxes.sweep(journal: node.journal)
-                if !removed.isEmpty {
-                    logger.info("removed \(removed.count) sandboxes past their retention: \(removed.joined(separator: ", "))")
-                }
-                try? await Task.sleep(for: .seconds(config.heartbeatSeconds))
-            }
+    /// Pruning old documents and sandboxes past their retention, with each heartbeat.
+    func housekeeping() {
+        let cutoff = Date().addingTimeInterval(-Double(config.journalKeepDays) * 86_400)
+        if let pruned = try? node.journal.pruneDocuments(finishedBefore: cutoff), pruned > 0 {
+            logger.info("pruned the documents of \(pruned) tasks that ended over \(config.journalKeepDays) days ago")
         }
-
-        // Airlock decisions are journaled by `fem-client outputs approve|reject` (another process): look for them.
-        let approvals = Task {
-            while !Task.isCancelled {
-                try? await Task.sleep(for: .seconds(1))
-                await node.runner.resumeDecided()
-                publisher.wake()
-            }
+        let removed = node.sandboxes.sweep(journal: node.journal)
+        if !removed.isEmpty {
+            logger.info("removed \(removed.count) sandboxes past their retention: \(removed.joined(separator: ", "))")
         }
+    }
 
-        // Drain: the first SIGTERM/SIGINT stops taking tasks (deliveries go back to the broker; cancels are still
-        // read), lets running tasks go on for node.drain_seconds, then stops; a second signal stops at once.
-        let runner = node.runner
-        let drainSeconds = config.drainSeconds
-        let signals = SignalWatcher(signals: [SIGTERM, SIGINT]) { sig in
-            guard admission.startDraining() else {
-                logger.notice("signal \(sig) again: stopping now (work still running is recovered at the next start)")
+    func checkDisk() async {
+        guard let change = disk.check() else { return }
+        if let why = change {
+            logger.warning("disk pressure: no new tasks until space returns (\(why))")
+            notices.send("disk_pressure", "the node takes no new tasks until space returns: \(why)",
+                         ["pressure": .string(why)])
+        } else {
+            logger.notice("disk pressure ended: taking tasks again")
+            notices.send("disk_pressure_ended", "space returned; the node takes tasks again")
+        }
+        await sendHeartbeat()
+    }
+}
+
+/// Sends the journal's outbox; on shutdown (it stops last) it sends what is left, for up to 5 s.
+struct PublisherService: Service {
+    let publisher: AMQPEventPublisher
+
+    func run() async throws {
+        publisher.start()
+        try? await gracefulShutdown()
+        publisher.stop(timeout: 5)
+    }
+}
+
+/// Consumes task and control messages until shutdown reaches it (after the drain).
+struct ReceiverService: Service {
+    let receiver: Receiver
+    let source: AMQPTaskSource
+
+    func run() async throws {
+        await withTaskCancellationHandler {
+            await withGracefulShutdownHandler {
+                await receiver.run(source)
+            } onGracefulShutdown: {
                 source.stop()
+            }
+        } onCancel: {
+            source.stop()
+        }
+    }
+}
+
+/// Runs `body` every `interval` until shutdown; a body in progress finishes first.
+struct EveryService: Service {
+    let name: String
+    let interval: Duration
+    var delayFirst = false
+    let body: @Sendable () async -> Void
+
+    init(name: String, interval: Duration, delayFirst: Bool = false, body: @escaping @Sendable () async -> Void) {
+        self.name = name
+        self.interval = interval
+        self.delayFirst = delayFirst
+        self.body = body
+    }
+
+    func run() async throws {
+        var first = true
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            if !(first && delayFirst) { await body() }
+            first = false
+            // The sleep ends early on shutdown (or cancellation).
+            do {
+                try await cancelWhenGracefulShutdown { try await Task.sleep(for: interval) }
+            } catch {
                 return
             }
-            logger.notice("signal \(sig): no longer taking tasks; running ones may go on for up to \(drainSeconds) s")
-            notices.send("draining", "the node stops: it takes no new tasks and lets running ones go on for up to "
+        }
+    }
+}
+
+/// The drain: on the first SIGTERM/SIGINT (the group's graceful shutdown, which reaches this service first) the
+/// node takes no new tasks and lets running ones go on for node.drain_seconds, then stops them.
+struct RunnerService: Service {
+    let app: NodeApplication
+
+    func run() async throws {
+        // Until shutdown (cancellation: the group stops at once, nothing to drain).
+        do { try await gracefulShutdown() } catch { return }
+        let drainSeconds = app.config.drainSeconds
+        guard app.admission.startDraining() else { return }
+        app.logger.notice("stopping: no longer taking tasks; running ones may go on for up to \(drainSeconds) s")
+        app.notices.send("draining", "the node stops: it takes no new tasks and lets running ones go on for up to "
                          + "\(drainSeconds) s", ["drain_seconds": .int(Int64(drainSeconds))])
-            Task {
-                let left = await runner.drain(limit: .seconds(drainSeconds))
-                await runner.shutdown()
-                let said = left == 0 ? "drained: no task is running; stopping"
-                    : "drain time is up with \(left) task(s) still active; stopping (work still running is recovered "
-                      + "at the next start)"
-                logger.notice("\(said)")
-                source.stop()
+        await app.sendHeartbeat()
+        let left = await app.node.runner.drain(limit: .seconds(drainSeconds))
+        await app.node.runner.shutdown()
+        let said = left == 0 ? "drained: no task is running; stopping"
+            : "drain time is up with \(left) task(s) still active; stopping (work still running is recovered "
+              + "at the next start)"
+        app.logger.notice("\(said)")
+    }
+}
+
+struct StopNow: Error, CustomStringConvertible {
+    var description: String { "stopped by a second signal" }
+}
+
+/// The first SIGTERM/SIGINT starts the drain (the service group's own handler); a second one stops at once: this
+/// service then fails, and its failure cancels the group.
+struct SecondSignalService: Service {
+    let logger: Logger
+
+    func run() async throws {
+        let signals = await UnixSignalsSequence(trapping: .sigterm, .sigint)
+        // Its own turn to shut down comes right after the runner's drain: the loop ends then.
+        try await cancelWhenGracefulShutdown {
+            var seen = 0
+            for await sig in signals {
+                seen += 1
+                if seen == 1 {
+                    logger.notice("signal \(sig): draining (a second signal stops at once)")
+                    continue
+                }
+                logger.notice("signal \(sig) again: stopping now (work still running is recovered at the next start)")
+                throw StopNow()
             }
         }
-        await receiver.run(source)
-        diskWatch.cancel()
-        heartbeat.cancel()
-        approvals.cancel()
-        publisher.stop(timeout: 5)
-        signals.cancel()
-        logger.notice("stopped")
     }
 }
 
@@ -149,28 +274,4 @@ func reportForeignContainers(config: NodeConfig, journal: any Journal, logger: L
     } catch {
         logger.warning("cannot list containers: \(error)")
     }
-}
-
-final class WakeBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var action: (@Sendable () -> Void)?
-    func set(_ a: @escaping @Sendable () -> Void) { lock.withLock { action = a } }
-    func fire() { lock.withLock { action }?() }
-}
-
-/// Turns SIGTERM/SIGINT into a callback on a dispatch queue.
-final class SignalWatcher: @unchecked Sendable {
-    private var sources: [DispatchSourceSignal] = []
-
-    init(signals: [Int32], handler: @escaping @Sendable (Int32) -> Void) {
-        for sig in signals {
-            signal(sig, SIG_IGN)
-            let s = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            s.setEventHandler { handler(sig) }
-            s.resume()
-            sources.append(s)
-        }
-    }
-
-    func cancel() { sources.forEach { $0.cancel() } }
 }

@@ -3,45 +3,49 @@ import FEMSystem
 import FEMTransport
 import Foundation
 import Logging
+import Synchronization
 
 /// Disk pressure as a node state: free space on the work dir's and the log's filesystems (statvfs), against
 /// `node.min_free_mb`. Under pressure the node takes no new tasks (the receiver returns deliveries to the broker),
 /// says so in its heartbeat and in a notice, and resumes by itself when space returns.
-final class DiskWatch: @unchecked Sendable {
-    let places: [(what: String, path: String)]
+final class DiskWatch: Sendable {
+    let places: [Place]
     let minFreeBytes: UInt64
-    private let lock = NSLock()
-    private var current: String?
-    /// The last time pressure was measured, and why.
-    private var lastSeen: (Date, String)?
+    struct Place: Sendable { let what: String; let path: String }
+    private struct State {
+        var current: String?
+        /// The last time pressure was measured, and why.
+        var lastSeen: (Date, String)?
+    }
+    private let state = Mutex(State())
 
     init(workDir: String, logFile: String, minFreeMB: Int) {
-        var places = [("the work dir", workDir)]
+        var places = [Place(what: "the work dir", path: workDir)]
         let logDir = (logFile as NSString).deletingLastPathComponent
-        if !logDir.isEmpty { places.append(("the log's folder", logDir)) }
+        if !logDir.isEmpty { places.append(Place(what: "the log's folder", path: logDir)) }
         self.places = places
         minFreeBytes = UInt64(max(0, minFreeMB)) * 1_048_576
     }
 
     /// Why the node is under pressure now, or nil.
-    var pressure: String? { lock.withLock { current } }
+    var pressure: String? { state.withLock { $0.current } }
 
     /// Was the disk under pressure at any time since `date` (measured now, or seen since)? The reason, or nil.
     func pressure(since date: Date) -> String? {
         if let now = measure() { return now }
-        return lock.withLock { lastSeen.flatMap { $0.0 >= date ? $0.1 : nil } }
+        return state.withLock { s in s.lastSeen.flatMap { $0.0 >= date ? $0.1 : nil } }
     }
 
     /// Measures again; returns the new pressure when it changed (`.some(nil)`: it ended).
     func check() -> String?? {
         guard minFreeBytes > 0 else { return nil }
         let now = measure()
-        return lock.withLock {
-            if (now == nil) == (current == nil) {
-                current = now
+        return state.withLock { s in
+            if (now == nil) == (s.current == nil) {
+                s.current = now
                 return nil
             }
-            current = now
+            s.current = now
             return .some(now)
         }
     }
@@ -50,7 +54,8 @@ final class DiskWatch: @unchecked Sendable {
     private func measure() -> String? {
         guard minFreeBytes > 0 else { return nil }
         var reasons: [String] = []
-        for (what, path) in places {
+        for place in places {
+            let (what, path) = (place.what, place.path)
             guard let free = freeDiskBytes(at: path) else { continue }
             if free < minFreeBytes {
                 reasons.append("\(what) \(path) has \(free / 1_048_576) MB free, below node.min_free_mb "
@@ -59,7 +64,7 @@ final class DiskWatch: @unchecked Sendable {
         }
         guard !reasons.isEmpty else { return nil }
         let why = "disk: " + reasons.joined(separator: "; ")
-        lock.withLock { lastSeen = (Date(), why) }
+        state.withLock { $0.lastSeen = (Date(), why) }
         return why
     }
 }
@@ -77,20 +82,19 @@ struct NodeNotices: Sendable {
 }
 
 /// Whether the node takes new tasks: not while it drains for a stop, nor under disk pressure.
-final class Admission: @unchecked Sendable {
-    private let lock = NSLock()
-    private var drainingSince: Date?
+final class Admission: Sendable {
+    private let drainingSince = Mutex<Date?>(nil)
     let disk: DiskWatch
 
     init(disk: DiskWatch) { self.disk = disk }
 
-    var draining: Bool { lock.withLock { drainingSince != nil } }
+    var draining: Bool { drainingSince.withLock { $0 != nil } }
 
     /// True the first time.
     func startDraining() -> Bool {
-        lock.withLock {
-            if drainingSince != nil { return false }
-            drainingSince = Date()
+        drainingSince.withLock { since in
+            if since != nil { return false }
+            since = Date()
             return true
         }
     }

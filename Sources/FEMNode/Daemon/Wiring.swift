@@ -14,11 +14,18 @@ public struct NodeAssembly: Sendable {
     public let runner: Runner
     public let sandboxes: DirectorySandboxes
 
-    public init(config: NodeConfig, logger: Logger, diskPressure: @escaping @Sendable (Date) -> String? = { _ in nil },
+    /// `journal`: one the caller opened already (after `prepareWorkDir`), else the work dir is prepared and the
+    /// journal opened here.
+    public init(config: NodeConfig, journal: SQLiteJournal? = nil, logger: Logger,
+                diskPressure: @escaping @Sendable (Date) -> String? = { _ in nil },
                 eventsAdded: @escaping @Sendable () -> Void) throws {
         self.config = config
-        try Self.prepareWorkDir(config)
-        journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+        if let journal {
+            self.journal = journal
+        } else {
+            try Self.prepareWorkDir(config)
+            self.journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+        }
         registry = Self.launchers(config)
         sandboxes = DirectorySandboxes(workDir: config.workDir, retention: SandboxRetention(
             completed: .seconds(config.keepCompletedHours * 3600), other: .seconds(config.keepFailedHours * 3600)))
@@ -32,7 +39,7 @@ public struct NodeAssembly: Sendable {
                                      maxMetricsPerLine: config.reporterMaxMetricsPerLine,
                                      holdToolText: config.requireApproval))
         settings.diskPressure = diskPressure
-        runner = Runner(settings: settings, journal: journal, registry: registry, sandboxes: sandboxes,
+        runner = Runner(settings: settings, journal: self.journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
                         stageOut: OutputDelivery(policy: DeliveryPolicy(
                             nodeID: config.nodeID,
@@ -63,7 +70,7 @@ public struct NodeAssembly: Sendable {
                             ("\(config.workDir)/cache", mode_t(0o700)), ("\(config.workDir)/outputs", mode_t(0o700))] {
             try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
                                                     attributes: [.posixPermissions: Int(mode)])
-            guard chmod(dir, mode) == 0 else { throw SystemError("chmod", errno: errno, "cannot protect \(dir)") }
+            try Posix.chmod(dir, mode: mode)  // a failure names the folder, the call and why
         }
         var refusals: [String] = []
         for (name, confinement) in [("process", config.processConfinement), ("flower", config.flower.confinement)]
@@ -167,10 +174,6 @@ struct NodeHooks: HookRunner {
             return "hook \(argv[0]) could not start: \(error)"
         }
     }
-}
-
-public enum FEMVersion {
-    public static let string = "0.1.0"
 }
 
 extension TaskState {

@@ -1,4 +1,5 @@
 import FEMCore
+import FEMSystem
 import Foundation
 
 /// Checks for paths built from message content: nothing a plan names may reach outside the task's sandbox,
@@ -15,8 +16,14 @@ public enum SandboxPaths {
             current += "/\(part)"
             switch kind(current) {
             case .missing:
-                guard mkdir(current, 0o750) == 0 || errno == EEXIST else {
-                    throw TaskFailure(.stageInFailure, "cannot create \(current): \(String(cString: strerror(errno)))")
+                do {
+                    try Posix.mkdir(current, mode: 0o750)
+                } catch let e as SystemError where e.errno == EEXIST {
+                    guard kind(current) == .directory else {  // something else was made there meanwhile
+                        throw TaskFailure(.stageInFailure, "path \"\(relative)\": \(part) is not a folder")
+                    }
+                } catch {
+                    throw TaskFailure(.stageInFailure, "cannot create a folder: \(error)")
                 }
             case .directory:
                 continue
@@ -95,13 +102,18 @@ public enum SandboxPaths {
 
     enum Kind { case missing, directory, symlink, other }
 
+    /// What is at `path` itself (a symlink is not followed). A file that cannot be looked at (EACCES, ELOOP) counts
+    /// as `other`: never walked into, never written through.
     static func kind(_ path: String) -> Kind {
-        var st = stat()
-        guard lstat(path, &st) == 0 else { return .missing }
-        switch st.st_mode & S_IFMT {
-        case S_IFDIR: return .directory
-        case S_IFLNK: return .symlink
-        default: return .other
+        do {
+            switch try Posix.lstatIfPresent(path)?.kind {
+            case nil: return .missing
+            case .directory?: return .directory
+            case .symlink?: return .symlink
+            default: return .other
+            }
+        } catch {
+            return .other
         }
     }
 }

@@ -1,9 +1,6 @@
 import FEMCore
 import FEMSystem
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// What the node allows stage-in to fetch, and how.
 public struct SourcePolicy: Sendable {
@@ -128,9 +125,7 @@ public struct SourceStageIn: StageIn {
     }
 
     static func realpath(_ path: String) -> String? {
-        guard let p = Glibc.realpath(path, nil) else { return nil }
-        defer { free(p) }
-        return String(cString: p)
+        try? Posix.realpath(path)  // not there (or unreadable): the caller refuses the URL, naming it
     }
 
     /// Is `path` `root` or below it (on a path-segment boundary)?
@@ -253,9 +248,11 @@ public struct SourceStageIn: StageIn {
     static func fetchFile(_ url: String, to dest: String, authorization: String?, caFile: String?, maxBytes: Int64,
                           field: String, cancel: CancelFlag? = nil) throws -> (sha: String, bytes: Int64) {
         let partial = dest + ".part"
-        let fd = open(partial, O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0o640)
-        guard fd >= 0 else {
-            throw TaskFailure(.stageInFailure, "\(field): cannot create \(partial): \(String(cString: strerror(errno)))")
+        let fd: Int32
+        do {
+            fd = try Posix.open(partial, O_CREAT | O_TRUNC | O_WRONLY | O_NOFOLLOW, mode: 0o640)
+        } catch {
+            throw TaskFailure(.stageInFailure, "\(field): cannot create the download: \(error)")
         }
         let hasher = SHA256Digest()
         var bytes: Int64 = 0
@@ -268,7 +265,6 @@ public struct SourceStageIn: StageIn {
         request.cancel = cancel
         let response: HTTPResponse
         do {
-            defer { close(fd) }
             response = try HTTPTransfer.perform(request) { chunk in
                 hasher.update(chunk)
                 bytes += Int64(chunk.count)
@@ -281,6 +277,7 @@ public struct SourceStageIn: StageIn {
                 return true
             }
         } catch let e as HTTPError {
+            Posix.release(fd)  // the download failed: what close says of the partial file no longer matters
             try? FileManager.default.removeItem(atPath: partial)
             if let w = writeFailed {
                 throw TaskFailure(FileWriter.isDiskFull(w) ? .nodeDiskFull : .stageInFailure,
@@ -291,13 +288,23 @@ public struct SourceStageIn: StageIn {
                                   + "\(maxBytes) bytes (stage_in.max_file_mb)")
             }
             throw e
+        } catch {
+            Posix.release(fd)
+            try? FileManager.default.removeItem(atPath: partial)
+            throw error
         }
         guard response.status == 200 else {
+            Posix.release(fd)
             try? FileManager.default.removeItem(atPath: partial)
             throw HTTPStatusError(status: response.status, what: "\(field): GET \(url)", serverText: response.statusLine)
         }
-        guard rename(partial, dest) == 0 else {
-            throw TaskFailure(.stageInFailure, "\(field): cannot move \(partial) into place")
+        do {
+            try Posix.close(fd, path: partial)
+            try Posix.rename(partial, to: dest)
+        } catch {
+            try? FileManager.default.removeItem(atPath: partial)
+            throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .stageInFailure,
+                              "\(field): cannot move the download into place: \(error)")
         }
         return (hasher.finalizeHex(), bytes)
     }

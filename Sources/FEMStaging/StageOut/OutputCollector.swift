@@ -1,9 +1,6 @@
 import FEMCore
 import FEMSystem
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// One file that leaves the node.
 public struct CollectedFile: Sendable, Equatable, Encodable {
@@ -62,8 +59,7 @@ public enum OutputCollector {
     }
 
     static func isRegularFile(_ path: String) -> Bool {
-        var st = stat()
-        return lstat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+        (try? Posix.lstatIfPresent(path))??.kind == .regular  // unreadable: not collected
     }
 
     /// Relative paths of the regular files under `root`, never following symlinks.
@@ -74,12 +70,11 @@ public enum OutputCollector {
             guard let names = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return }
             for name in names.sorted() {
                 let child = rel.isEmpty ? name : "\(rel)/\(name)"
-                var st = stat()
-                guard lstat("\(root)/\(child)", &st) == 0 else { continue }
-                switch st.st_mode & S_IFMT {
-                case S_IFDIR: visit(child)
-                case S_IFREG: out.append(child)
-                default: continue  // symlinks, devices, FIFOs, sockets
+                guard let st = try? Posix.lstat("\(root)/\(child)") else { continue }  // gone meanwhile
+                switch st.kind {
+                case .directory: visit(child)
+                case .regular: out.append(child)
+                case .symlink, .other: continue  // symlinks, devices, FIFOs, sockets
                 }
             }
         }
@@ -112,26 +107,32 @@ public enum StagingCopy {
         try prepareFolder(folder)
         var skipped = 0
         var files: [CollectedFile] = []
-        if let logs = try? Directory(open: sandbox.logs) {
-            for name in ["stdout.log", "stderr.log"] where logs.kind(of: name) == S_IFREG {
+        if let logs = try? DirectoryHandle(root: sandbox.logs, followingSymlink: false) {
+            for name in ["stdout.log", "stderr.log"] where try kind(logs, name, "logs/\(name)") == .regular {
                 files.append(try copy(logs, name, as: "logs/\(name)", into: folder, cap: Int64.max))
             }
         }
-        let out: Directory
+        let out: DirectoryHandle
         do {
-            out = try Directory(open: sandbox.output)
+            out = try DirectoryHandle(root: sandbox.output, followingSymlink: false)
         } catch {
             return (files, 0)
         }
         var total: Int64 = 0
-        func visit(_ dir: Directory, _ rel: String) throws {
-            for name in dir.names() {
+        func visit(_ dir: DirectoryHandle, _ rel: String) throws {
+            let names: [String]
+            do {
+                names = try dir.names()
+            } catch {
+                throw TaskFailure(.stageOutFailure, "cannot list out/\(rel): \(error)")
+            }
+            for name in names {
                 let child = rel.isEmpty ? name : "\(rel)/\(name)"
-                switch dir.kind(of: name) {
-                case S_IFDIR:
-                    guard let sub = try? dir.subdirectory(name) else { continue }
+                switch try kind(dir, name, "out/\(child)") {
+                case .directory?:
+                    guard let sub = try? dir.subdirectory(name, create: false) else { continue }
                     try visit(sub, child)
-                case S_IFREG:
+                case .regular?:
                     guard let rule = plan.outputs.first(where: { Glob.matches($0.pattern, child) }) else { continue }
                     let cap = min(rule.maxBytes ?? limits.maxFileBytes, limits.maxFileBytes)
                     let file = try copy(dir, name, as: "out/\(child)", into: folder, cap: cap)
@@ -141,9 +142,9 @@ public enum StagingCopy {
                                           + "bytes at out/\(child)")
                     }
                     files.append(file)
-                case 0:
-                    continue
-                default:
+                case nil:
+                    continue  // gone meanwhile
+                case .symlink?, .other?:
                     // Symlinks, devices, FIFOs, sockets: never collected (counted, for the steward's information).
                     if plan.outputs.contains(where: { Glob.matches($0.pattern, child) }) { skipped += 1 }
                 }
@@ -153,14 +154,25 @@ public enum StagingCopy {
         return (files, skipped)
     }
 
+    /// What `name` in `dir` is (nil: gone); a failure to look names the output.
+    static func kind(_ dir: DirectoryHandle, _ name: String, _ rel: String) throws -> FileStatus.Kind? {
+        do {
+            return try dir.status(of: name)?.kind
+        } catch {
+            throw TaskFailure(.stageOutFailure, "cannot look at \(rel): \(error)")
+        }
+    }
+
     /// Re-reads a staged file and compares it with what was approved; throws naming the file when it differs.
     public static func verify(_ file: CollectedFile) throws {
-        let fd = open(file.source, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        guard fd >= 0 else {
-            throw TaskFailure(.stageOutFailure, "\(file.path): the staged copy cannot be read (\(SystemError("open"))); "
+        let fd: Int32
+        do {
+            fd = try Posix.openForReading(file.source)
+        } catch {
+            throw TaskFailure(.stageOutFailure, "\(file.path): the staged copy cannot be read (\(error)); "
                               + "nothing more was sent")
         }
-        defer { close(fd) }
+        defer { Posix.release(fd) }
         let (size, sha) = try hash(fd, what: file.path)
         guard size == file.size, sha == file.sha256 else {
             throw TaskFailure(.stageOutFailure, "\(file.path) changed after it was held: its staged copy is \(size) "
@@ -184,10 +196,9 @@ public enum StagingCopy {
         do {
             try fm.createDirectory(atPath: parent, withIntermediateDirectories: true,
                                    attributes: [.posixPermissions: 0o700])
-            chmod(parent, 0o700)
-            var st = stat()
-            if lstat(folder, &st) == 0 { try fm.removeItem(atPath: folder) }
-            guard mkdir(folder, 0o700) == 0 else { throw SystemError("mkdir", folder) }
+            try Posix.chmod(parent, mode: 0o700)
+            if try Posix.lstatIfPresent(folder) != nil { try fm.removeItem(atPath: folder) }
+            try Posix.mkdir(folder, mode: 0o700)
         } catch let e as TaskFailure {
             throw e
         } catch {
@@ -196,23 +207,24 @@ public enum StagingCopy {
     }
 
     /// Copies `name` (in `dir`) to `<folder>/<as>`, hashing the bytes as they are copied.
-    static func copy(_ dir: Directory, _ name: String, as rel: String, into folder: String, cap: Int64) throws
+    static func copy(_ dir: DirectoryHandle, _ name: String, as rel: String, into folder: String, cap: Int64) throws
         -> CollectedFile {
-        let fd = openat(dir.fd, name, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
-        guard fd >= 0 else {
-            throw TaskFailure(.stageOutFailure, "cannot open \(rel) to collect it: \(SystemError("open"))")
+        let fd: Int32
+        do {
+            fd = try dir.openForReading(name)
+        } catch {
+            throw TaskFailure(.stageOutFailure, "cannot open \(rel) to collect it: \(error)")
         }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else {
+        defer { Posix.release(fd) }
+        guard let st = try? Posix.fstat(fd, path: rel), st.kind == .regular else {
             throw TaskFailure(.stageOutFailure, "\(rel) is no longer a regular file: it is not collected")
         }
-        guard st.st_nlink == 1 else {
-            throw TaskFailure(.stageOutFailure, "\(rel) has \(st.st_nlink) names (a hard link): outputs must be files "
+        guard st.links == 1 else {
+            throw TaskFailure(.stageOutFailure, "\(rel) has \(st.links) names (a hard link): outputs must be files "
                               + "of their own, so it is refused")
         }
-        if Int64(st.st_size) > cap {
-            throw TaskFailure(.stageOutFailure, "output \(rel) is \(st.st_size) bytes, over the limit of \(cap) bytes")
+        if st.size > cap {
+            throw TaskFailure(.stageOutFailure, "output \(rel) is \(st.size) bytes, over the limit of \(cap) bytes")
         }
         let dest = "\(folder)/\(rel)"
         let destDir = (dest as NSString).deletingLastPathComponent
@@ -222,9 +234,14 @@ public enum StagingCopy {
         } catch {
             throw TaskFailure(.stageOutFailure, "cannot make \(destDir): \(error)")
         }
-        let outFD = open(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o600)
-        guard outFD >= 0 else { throw TaskFailure(.stageOutFailure, "cannot create \(dest): \(SystemError("open"))") }
-        defer { close(outFD) }
+        let outFD: Int32
+        do {
+            outFD = try Posix.open(dest, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
+        } catch {
+            throw TaskFailure(.stageOutFailure, "cannot create the staged copy: \(error)")
+        }
+        var closed = false
+        defer { if !closed { Posix.release(outFD) } }  // a failure is already being thrown
         // Hashed while copied, from the same reads: the manifest describes exactly the bytes of the staged copy.
         var copied: Int64 = 0
         let copy: (size: Int64, sha256: String)
@@ -241,53 +258,14 @@ public enum StagingCopy {
         } catch {
             throw TaskFailure(.stageOutFailure, "cannot copy \(rel) to \(dest): \(error)")
         }
-        guard fsync(outFD) == 0 else { throw TaskFailure(.stageOutFailure, "cannot write \(dest): \(SystemError("fsync"))") }
+        do {
+            try Posix.fsync(outFD, path: dest)
+            closed = true
+            try Posix.close(outFD, path: dest)
+        } catch {
+            throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .stageOutFailure,
+                              "cannot write the staged copy: \(error)")
+        }
         return CollectedFile(source: dest, path: rel, size: copy.size, sha256: copy.sha256)
-    }
-
-    /// A folder opened without following symlinks; entries are looked at relative to it.
-    final class Directory {
-        let fd: Int32
-
-        init(open path: String) throws {
-            fd = Glibc.open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            guard fd >= 0 else { throw SystemError("open", path) }
-        }
-
-        private init(fd: Int32) { self.fd = fd }
-
-        deinit { close(fd) }
-
-        func subdirectory(_ name: String) throws -> Directory {
-            let sub = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-            guard sub >= 0 else { throw SystemError("openat", name) }
-            return Directory(fd: sub)
-        }
-
-        /// The entry's type (`S_IFREG`, `S_IFDIR`, `S_IFLNK`, …) without following a symlink; 0 when it is gone.
-        func kind(of name: String) -> mode_t {
-            var st = stat()
-            guard fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 else { return 0 }
-            return st.st_mode & S_IFMT
-        }
-
-        func names() -> [String] {
-            let copy = dup(fd)
-            guard copy >= 0 else { return [] }
-            guard let dir = fdopendir(copy) else {
-                close(copy)
-                return []
-            }
-            defer { closedir(dir) }
-            rewinddir(dir)
-            var out: [String] = []
-            while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                    String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
-                }
-                if name != "." && name != ".." { out.append(name) }
-            }
-            return out.sorted()
-        }
     }
 }

@@ -303,11 +303,12 @@ final class FolderDestination: OutputDestination, @unchecked Sendable {
         guard let entry = policy.entries.first(where: { $0.url.scheme == "file" && $0.matches(url) }) else {
             throw fail("is not under an allowed folder")
         }
-        guard let p = realpath(entry.url.filePath, nil) else {
-            throw fail("the allowed folder \(entry.url.filePath) does not exist on this node")
+        let canonical: String
+        do {
+            canonical = try Posix.realpath(entry.url.filePath)
+        } catch {
+            throw fail("the allowed folder \(entry.url.filePath) cannot be used on this node (\(error))")
         }
-        let canonical = String(cString: p)
-        free(p)
         let rest = url.segments.dropFirst(entry.url.segments.count).map { ParsedURL.percentDecodedSegment(String($0)) }
         guard rest.allSatisfy(DirectoryHandle.isPlainName) else { throw fail("has a path segment that is not a plain name") }
         do {

@@ -43,6 +43,35 @@ public struct Credential: Sendable, Equatable, CustomStringConvertible {
     public var description: String { username.map { "Credential(basic \($0), ***)" } ?? "Credential(bearer ***)" }
 }
 
+/// Where a login's secret is kept: a file, or an environment variable of the daemon; never the configuration itself.
+/// The environment is the one the daemon was given (injected), so what a test or a caller passes is what is read.
+public enum SecretSource: Sendable, Equatable {
+    case file(String)
+    case environment(String)
+
+    /// The secret. `field` names the setting in errors (`credentials."git".token_env`); an error names the file or
+    /// the variable, never a value. A variable that is set but empty counts as not set.
+    public func read(field: String, environment: [String: String]) throws(SecretSourceError) -> String {
+        switch self {
+        case .environment(let name):
+            guard let value = environment[name], !value.isEmpty else {
+                throw SecretSourceError(description: "\(field): \(name) is not set")
+            }
+            return value
+        case .file(let path):
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+                throw SecretSourceError(description: "\(field): cannot read \(path)")
+            }
+            return text.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+    }
+}
+
+/// A secret that could not be read: names the setting and the file or variable only.
+public struct SecretSourceError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+}
+
 /// How transfers are retried: connection errors, timeouts, broken transfers, 429 and 5xx answers are tried again
 /// after `base`, 2×`base`, 4×`base`… up to `attempts` tries in all; anything else fails at once.
 public struct RetryPolicy: Sendable, Equatable {

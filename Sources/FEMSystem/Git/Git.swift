@@ -225,20 +225,19 @@ public final class FileLock {
     private var fd: Int32
 
     public init(path: String) throws {
-        fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw SystemError("open", path) }
-        while flock(fd, LOCK_EX) != 0 {
-            guard errno == EINTR else {
-                let e = SystemError("flock", path)
-                close(fd)
-                fd = -1
-                throw e
-            }
+        fd = try Posix.open(path, O_CREAT | O_RDWR, mode: 0o600)
+        do {
+            try Posix.retrying("flock", path) { [fd] in flock(fd, LOCK_EX) }
+        } catch {
+            Posix.release(fd)
+            fd = -1
+            throw error
         }
     }
 
+    /// Closing the descriptor releases the lock; the lock file holds nothing to lose.
     public func unlock() {
-        if fd >= 0 { close(fd) }
+        Posix.release(fd)
         fd = -1
     }
 

@@ -34,9 +34,8 @@ public final class SHA256Digest {
 
     /// The size and SHA-256 of a file, read in 1 MiB blocks.
     public static func file(_ path: String) throws -> (size: Int64, sha256: String) {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemError("open", path) }
-        defer { close(fd) }
+        let fd = try Posix.open(path, O_RDONLY)
+        defer { Posix.release(fd) }
         do {
             return try descriptor(fd)
         } catch let e as SystemError {
@@ -53,9 +52,7 @@ public final class SHA256Digest {
         defer { buffer.deallocate() }
         var size: Int64 = 0
         while true {
-            let n = read(fd, buffer.baseAddress, buffer.count)
-            if n < 0 && errno == EINTR { continue }
-            guard n >= 0 else { throw SystemError("read") }
+            let n = try Posix.read(fd, into: buffer, path: nil)
             if n == 0 { break }
             let block = UnsafeRawBufferPointer(rebasing: buffer[0..<n])
             size += Int64(n)

@@ -12,10 +12,9 @@ public final class DirectoryHandle: @unchecked Sendable {
     public let path: String
 
     /// Opens `path` itself (a canonical path: symlinks in it are the administrator's, and resolved by the caller).
-    public init(root path: String) throws {
-        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        guard fd >= 0 else { throw SystemError("open", path) }
-        self.fd = fd
+    /// With `followingSymlink` false, a symlink in the place of the last component fails (ELOOP).
+    public init(root path: String, followingSymlink: Bool = true) throws {
+        self.fd = try Posix.open(path, O_RDONLY | O_DIRECTORY | (followingSymlink ? 0 : O_NOFOLLOW))
         self.path = path
     }
 
@@ -24,7 +23,7 @@ public final class DirectoryHandle: @unchecked Sendable {
         self.path = path
     }
 
-    deinit { close(fd) }
+    deinit { Posix.release(fd) }  // only read through, or written through files of their own
 
     /// A single path component: not empty, not `.` or `..`, no `/` or NUL.
     public static func isPlainName(_ name: String) -> Bool {
@@ -43,12 +42,37 @@ public final class DirectoryHandle: @unchecked Sendable {
     /// fails with ELOOP or ENOTDIR.
     public func subdirectory(_ name: String, create: Bool = true) throws -> DirectoryHandle {
         let name = try checked(name)
-        if create && mkdirat(fd, name, 0o755) != 0 && errno != EEXIST {
-            throw SystemError("mkdirat", "\(path)/\(name)")
+        if create {
+            do {
+                try Posix.mkdirat(fd, name, mode: 0o755, path: path)
+            } catch let e as SystemError where e.errno == EEXIST {
+                // there already: opened below, which refuses a symlink
+            }
         }
-        let sub = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
-        guard sub >= 0 else { throw SystemError("openat", "\(path)/\(name) (a symlink is never followed)") }
+        let sub: Int32
+        do {
+            sub = try Posix.openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, path: path)
+        } catch let e as SystemError {
+            throw SystemError("openat", errno: e.errno, "\(path)/\(name) (a symlink is never followed)")
+        }
         return DirectoryHandle(fd: sub, path: "\(path)/\(name)")
+    }
+
+    /// What `name` in this folder is, without following a symlink; nil when it is gone.
+    public func status(of name: String) throws -> FileStatus? {
+        let name = try checked(name)
+        return try Posix.ifPresent { try Posix.lstat(name, in: fd, path: path) }
+    }
+
+    /// The names in this folder (not `.` and `..`), sorted.
+    public func names() throws -> [String] {
+        try Posix.names(inDirectory: fd, path: path)
+    }
+
+    /// Opens the file `name` in this folder for reading, never following a symlink in its place (ELOOP), nor
+    /// blocking on a FIFO, nor taking a terminal. The caller closes it (`Posix.release`).
+    public func openForReading(_ name: String) throws -> Int32 {
+        try Posix.openat(fd, try checked(name), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY, path: path)
     }
 
     /// The folder at `components` below this one, each made as needed.
@@ -62,50 +86,33 @@ public final class DirectoryHandle: @unchecked Sendable {
     /// fresh temporary name made with O_EXCL, then renamed over `name`.
     public func writeFile(_ name: String, copying source: String, mode: mode_t = 0o644) throws {
         let name = try checked(name)
-        let input = open(source, O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
-        guard input >= 0 else { throw SystemError("open", source) }
-        defer { close(input) }
+        let input = try Posix.open(source, O_RDONLY | O_NOFOLLOW)
+        defer { Posix.release(input) }
         let partial = ".\(name.prefix(200)).partial"
-        if unlinkat(fd, partial, 0) != 0 && errno != ENOENT {
-            throw SystemError("unlinkat", "\(path)/\(partial)")
+        do {
+            try Posix.unlinkat(fd, partial, path: path)
+        } catch let e as SystemError where e.errno == ENOENT {
+            // no leftover of an earlier attempt
         }
-        let output = openat(fd, partial, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode)
-        guard output >= 0 else { throw SystemError("openat", "\(path)/\(partial)") }
-        var closed = false
-        defer { if !closed { close(output) } }
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: 1 << 16, alignment: 16)
-        defer { buffer.deallocate() }
-        while true {
-            let n = read(input, buffer, 1 << 16)
-            if n < 0 {
-                if errno == EINTR { continue }
-                let e = SystemError("read", source)
-                unlinkat(fd, partial, 0)
-                throw e
-            }
-            if n == 0 { break }
-            var offset = 0
-            while offset < n {
-                let w = write(output, buffer + offset, n - offset)
-                if w < 0 {
-                    if errno == EINTR { continue }
-                    let e = SystemError("write", "\(path)/\(partial)")
-                    unlinkat(fd, partial, 0)
-                    throw e
+        let output = try Posix.openat(fd, partial, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, mode: mode, path: path)
+        do {
+            do {
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1 << 16, alignment: 16)
+                defer { buffer.deallocate() }
+                while true {
+                    let n = try Posix.read(input, into: buffer, path: source)
+                    if n == 0 { break }
+                    try Posix.writeAll(output, UnsafeRawBufferPointer(rebasing: buffer[0..<n]), path: "\(path)/\(partial)")
                 }
-                offset += w
+            } catch {
+                Posix.release(output)
+                throw error
             }
-        }
-        closed = true
-        if close(output) != 0 {
-            let e = SystemError("close", "\(path)/\(partial)")
-            unlinkat(fd, partial, 0)
-            throw e
-        }
-        guard renameat(fd, partial, fd, name) == 0 else {
-            let e = SystemError("renameat", "\(path)/\(name)")
-            unlinkat(fd, partial, 0)
-            throw e
+            try Posix.close(output, path: "\(path)/\(partial)")
+            try Posix.renameat(fd, partial, to: name, path: path)
+        } catch {
+            _ = unlinkat(fd, partial, 0)  // best effort: the error being thrown is the one that matters
+            throw error
         }
     }
 }

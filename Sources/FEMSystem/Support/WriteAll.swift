@@ -8,17 +8,7 @@ import Foundation
 public enum FileWriter {
     /// Writes all of `bytes` to `fd`, retrying short writes and EINTR.
     public static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, context: String = "") throws {
-        guard let base = bytes.baseAddress else { return }
-        var offset = 0
-        while offset < bytes.count {
-            let n = Glibc.write(fd, base + offset, bytes.count - offset)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw SystemError("write", context)
-            }
-            if n == 0 { throw SystemError("write", errno: EIO, context) }
-            offset += n
-        }
+        try Posix.writeAll(fd, bytes, path: context)
     }
 
     public static func writeAll(_ fd: Int32, _ bytes: [UInt8], context: String = "") throws {
@@ -27,10 +17,7 @@ public enum FileWriter {
 
     /// Opens `path` for writing (created with `mode` when missing): appending, or truncated first.
     public static func open(_ path: String, append: Bool, mode: mode_t = 0o640) throws -> Int32 {
-        let flags = O_WRONLY | O_CREAT | O_CLOEXEC | (append ? O_APPEND : O_TRUNC)
-        let fd = Glibc.open(path, flags, mode)
-        guard fd >= 0 else { throw SystemError("open", path) }
-        return fd
+        try Posix.open(path, O_WRONLY | O_CREAT | (append ? O_APPEND : O_TRUNC), mode: mode)
     }
 
     /// True when `error` says the filesystem is full (ENOSPC, EDQUOT, or SQLite's "database or disk is full").

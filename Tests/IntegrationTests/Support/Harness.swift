@@ -220,12 +220,13 @@ final class TestNode {
     }
     var log: String { (try? String(contentsOfFile: "\(dir)/receiver.log", encoding: .utf8)) ?? "" }
 
-    /// Starts the daemon and waits until it is consuming.
-    func start() throws {
+    /// Starts the daemon and waits until it is consuming. `environment` is added to the daemon's (PATH only).
+    func start(environment: [String: String] = [:]) throws {
         let connectedBefore = log.components(separatedBy: "connected to the broker").count
         let spawned = try ChildProcess.spawn(executable: try TestEnv.binary("fem-client"),
                                              arguments: ["daemon", "--config", configPath],
-                                             environment: ["PATH": "/usr/bin:/bin"], workingDirectory: dir,
+                                             environment: ["PATH": "/usr/bin:/bin"].merging(environment) { $1 },
+                                             workingDirectory: dir,
                                              stdoutPath: "\(dir)/daemon.out", stderrPath: "\(dir)/daemon.out")
         pid = spawned.pid
         let deadline = Date().addingTimeInterval(30)

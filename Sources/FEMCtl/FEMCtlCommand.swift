@@ -15,29 +15,48 @@ public struct FEMCtlCommand: AsyncParsableCommand {
     public init() {}
 }
 
-/// Broker settings for femctl. From a checkout, the local development broker's files are the defaults.
+/// Broker settings for femctl: a flag, else its `FEMCTL_*` environment variable, else (from a checkout) the local
+/// development broker's files. femctl reads no node configuration: an operator's machine has none.
 struct BrokerOptions: ParsableArguments {
     static let devDir = "var/dev-broker"
-    static let env = ProcessInfo.processInfo.environment
 
-    @Option(help: "amqps://user@host:port/vhost (or FEMCTL_BROKER_URL). The user is an orchestrator account: nodes accept tasks and cancels only from the accounts in their broker.orchestrators.")
-    var brokerURL = env["FEMCTL_BROKER_URL"] ?? "amqps://fem-orchestrator@localhost:5671/%2f"
-    @Option(help: "CA certificate (or FEMCTL_CA_FILE).") var ca = env["FEMCTL_CA_FILE"] ?? "\(devDir)/ca.pem"
-    @Option(help: "Client certificate (or FEMCTL_CERT_FILE).") var cert = env["FEMCTL_CERT_FILE"] ?? "\(devDir)/operator.pem"
-    @Option(help: "Client key (or FEMCTL_KEY_FILE).") var key = env["FEMCTL_KEY_FILE"] ?? "\(devDir)/operator.key"
-    @Option(help: "File holding the broker password (or FEMCTL_BROKER_PASSWORD).")
-    var passwordFile = env["FEMCTL_PASSWORD_FILE"] ?? "\(devDir)/orchestrator.password"
+    @Option(help: "amqps://user@host:port/vhost (or FEMCTL_BROKER_URL; default \(Defaults.url)). The user is an orchestrator account: nodes accept tasks and cancels only from the accounts in their broker.orchestrators.")
+    var brokerURL: String?
+    @Option(help: "CA certificate (or FEMCTL_CA_FILE; default \(devDir)/ca.pem).") var ca: String?
+    @Option(help: "Client certificate (or FEMCTL_CERT_FILE; default \(devDir)/operator.pem).") var cert: String?
+    @Option(help: "Client key (or FEMCTL_KEY_FILE; default \(devDir)/operator.key).") var key: String?
+    @Option(help: "File holding the broker password (or FEMCTL_PASSWORD_FILE; default \(devDir)/orchestrator.password). FEMCTL_BROKER_PASSWORD, when set, is used instead.")
+    var passwordFile: String?
 
-    func connect() throws -> AMQPConnection {
-        var password = Self.env["FEMCTL_BROKER_PASSWORD"]
-        if password == nil, let text = try? String(contentsOfFile: passwordFile, encoding: .utf8) {
+    enum Defaults {
+        static let url = "amqps://fem-orchestrator@localhost:5671/%2f"
+    }
+
+    /// The endpoint from the flags, then `environment`, then the defaults. The password comes from
+    /// FEMCTL_BROKER_PASSWORD or the password file (an unreadable default file means no password).
+    func endpoint(environment: [String: String]) throws -> AMQPEndpoint {
+        let url = brokerURL ?? environment["FEMCTL_BROKER_URL"] ?? Defaults.url
+        let ca = ca ?? environment["FEMCTL_CA_FILE"] ?? "\(Self.devDir)/ca.pem"
+        let cert = cert ?? environment["FEMCTL_CERT_FILE"] ?? "\(Self.devDir)/operator.pem"
+        let key = key ?? environment["FEMCTL_KEY_FILE"] ?? "\(Self.devDir)/operator.key"
+        let file = passwordFile ?? environment["FEMCTL_PASSWORD_FILE"] ?? "\(Self.devDir)/orchestrator.password"
+        var password = environment["FEMCTL_BROKER_PASSWORD"]
+        if password == nil, let text = try? String(contentsOfFile: file, encoding: .utf8) {
             password = text.trimmingCharacters(in: .whitespacesAndNewlines)
         }
         do {
-            let endpoint = try BrokerURL.parse(brokerURL, password: password, caFile: ca, certFile: cert, keyFile: key)
+            return try BrokerURL.parse(url, password: password, caFile: ca, certFile: cert, keyFile: key,
+                                       key: "--broker-url", passwordHint: "use --password-file or FEMCTL_BROKER_PASSWORD")
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    /// Connects with the settings the process was started with.
+    func connect() throws -> AMQPConnection {
+        let endpoint = try endpoint(environment: ProcessInfo.processInfo.environment)
+        do {
             return try AMQPConnection(endpoint: endpoint)
-        } catch let e as ConfigError {
-            throw ValidationError(e.problems.joined(separator: "; "))
         } catch {
             throw ValidationError("broker: \(error)")
         }
@@ -84,7 +103,15 @@ extension FEMCtlCommand {
         }
 
         func run() async throws {
-            var document = try DocumentFile.task(from: file, params: params).objectValue ?? [:]
+            guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
+            var document: [String: JSONValue]
+            do {
+                document = try TaskDocument.task(from: JSONValue.parse(data), params: params).objectValue ?? [:]
+            } catch let e as TaskDocument.ParamError {
+                throw ValidationError(e.description)
+            } catch {
+                throw ValidationError("\(file): \(error)")
+            }
             let givenID = document["task_id"]?.stringValue
             do {
                 _ = try DocumentReader.readTask(.object(document))
@@ -211,7 +238,7 @@ extension FEMCtlCommand {
 /// event is one line.
 struct WatchTable {
     var rows: [String: (event: TaskEvent, order: Int)] = [:]
-    let tty = isatty(STDOUT_FILENO) == 1
+    let tty = Posix.isTerminal(STDOUT_FILENO)
 
     mutating func apply(_ e: TaskEvent) {
         let key = "\(e.nodeID)/\(e.taskID ?? "-")"
@@ -224,7 +251,7 @@ struct WatchTable {
     func render() {
         guard tty else { return }
         var out = "\u{1B}[H\u{1B}[2J"
-        out += TaskView.pad("NODE", 14) + TaskView.pad("TASK", 38) + TaskView.pad("STATE", 18) + TaskView.pad("SEQ", 5)
+        out += pad("NODE", 14) + pad("TASK", 38) + pad("STATE", 18) + pad("SEQ", 5)
             + "DETAIL\n"
         for (_, row) in rows.sorted(by: { $0.value.order < $1.value.order }) { out += line(row.event) + "\n" }
         print(out, terminator: "")
@@ -236,7 +263,17 @@ struct WatchTable {
         detail += e.detail.message ?? ""
         let state = e.kind == .state ? e.state.rawValue : "\(e.state.rawValue)/\(e.kind.rawValue)"
         // Event text comes from messages and tools: escaped before it reaches the terminal.
-        return TaskView.pad(TextEscaping.escaped(e.nodeID), 14) + TaskView.pad(TextEscaping.escaped(e.taskID ?? "-"), 38)
-            + TaskView.pad(state, 18) + TaskView.pad("\(e.seq)", 5) + TextEscaping.escaped(detail)
+        return pad(TextEscaping.escaped(e.nodeID), 14) + pad(TextEscaping.escaped(e.taskID ?? "-"), 38)
+            + pad(state, 18) + pad("\(e.seq)", 5) + TextEscaping.escaped(detail)
     }
+}
+
+/// `s` padded with spaces to `n` columns (at least one space after it).
+func pad(_ s: String, _ n: Int) -> String {
+    s.count >= n ? s + " " : s + String(repeating: " ", count: n - s.count)
+}
+
+/// Flushes standard output (so piped readers see lines at once).
+func flushOut() {
+    fflush(nil)
 }

@@ -1,0 +1,607 @@
+import Foundation
+import TOMLKit
+
+// The node configuration file, one `Codable` struct per section, decoded by TOMLKit's `TOMLDecoder`. A key's default
+// is its property's initial value; each is read through `ConfigReading`, which applies its `FEM_<SECTION>_<KEY>`
+// override and turns a wrong type into a message naming the key. Ranges, formats and files are checked afterwards
+// (ConfigValidation.swift). Adding a key: a property with its default, a coding key, a line in `init(from:)`, its
+// range in `validate`, and a commented entry in config/fem-client.example.toml.
+
+/// The whole file.
+struct ConfigFile: Codable, Sendable {
+    var node = NodeSection()
+    var broker = BrokerSection()
+    var launchers = LaunchersSection()
+    var stageIn = StageInSection()
+    var sandboxes = SandboxesSection()
+    var outputs = OutputsSection()
+    var journal = JournalSection()
+    var reporter = ReporterSection()
+    /// `[registries."host:port"]`: logins for image pulls.
+    var registries: [String: LoginEntry] = [:]
+    /// `[credentials."name"]`: logins plans and tasks name by reference.
+    var credentials: [String: LoginEntry] = [:]
+    /// `[hooks]`: name → argv.
+    var hooks: [String: [String]] = [:]
+    /// `[datasets.<id>]`.
+    var datasets: [String: DatasetEntry] = [:]
+
+    enum CodingKeys: String, CodingKey {
+        case node, broker, launchers, stageIn = "stage_in", sandboxes, outputs, journal, reporter, registries,
+             credentials, hooks, datasets
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        node = r.section(c, .node) ?? node
+        broker = r.section(c, .broker) ?? broker
+        launchers = r.section(c, .launchers) ?? launchers
+        stageIn = r.section(c, .stageIn) ?? stageIn
+        sandboxes = r.section(c, .sandboxes) ?? sandboxes
+        outputs = r.section(c, .outputs) ?? outputs
+        journal = r.section(c, .journal) ?? journal
+        reporter = r.section(c, .reporter) ?? reporter
+        registries = Self.named(c, .registries, r, notATable: "expected [registries.\"name\"] sections") { name in
+            "registries.\"\(name)\": expected a table with " + LoginEntry.allowed(tokens: false).joined(separator: ", ")
+        }
+        credentials = Self.named(c, .credentials, r, notATable: "expected [credentials.\"name\"] sections") { name in
+            "credentials.\"\(name)\": expected a table with " + LoginEntry.allowed(tokens: true).joined(separator: ", ")
+        }
+        datasets = Self.named(c, .datasets, r, notATable: "expected a table of [datasets.<id>] sections") { id in
+            "datasets.\(id): expected a table with path and labels"
+        }
+        hooks = Self.hooks(c, r)
+    }
+
+    /// A table of named entries, each decoded on its own so one bad entry does not hide the others.
+    private static func named<T: Decodable>(_ c: KeyedDecodingContainer<CodingKeys>, _ key: CodingKeys,
+                                            _ r: ConfigReading, notATable: String,
+                                            entryNotATable: (String) -> String) -> [String: T] {
+        guard c.contains(key) else { return [:] }
+        guard let t = try? c.nestedContainer(keyedBy: NameKey.self, forKey: key) else {
+            r.note("\(key.stringValue): \(notATable)")
+            return [:]
+        }
+        var entries: [String: T] = [:]
+        for name in t.allKeys {
+            guard (try? t.nestedContainer(keyedBy: NameKey.self, forKey: name)) != nil else {
+                r.note(entryNotATable(name.stringValue))
+                continue
+            }
+            do {
+                entries[name.stringValue] = try t.decode(T.self, forKey: name)
+            } catch {
+                r.note(r.describe(error, expected: "a table"))
+            }
+        }
+        return entries
+    }
+
+    /// `[hooks]`: `name = ["/absolute/program", "fixed", "args"]`.
+    private static func hooks(_ c: KeyedDecodingContainer<CodingKeys>, _ r: ConfigReading) -> [String: [String]] {
+        guard c.contains(.hooks) else { return [:] }
+        guard let t = try? c.nestedContainer(keyedBy: NameKey.self, forKey: .hooks) else {
+            r.note("hooks: expected a table of name = [\"/program\", \"args\"...]")
+            return [:]
+        }
+        var hooks: [String: [String]] = [:]
+        for name in t.allKeys {
+            guard let argv = try? t.decode([String].self, forKey: name), let program = argv.first,
+                  program.hasPrefix("/") else {
+                r.note("hooks.\(name.stringValue): expected an array of strings starting with an absolute program path")
+                continue
+            }
+            hooks[name.stringValue] = argv
+        }
+        return hooks
+    }
+}
+
+/// `[node]`.
+struct NodeSection: Codable, Sendable {
+    /// Required: names the node's queues and events.
+    var id: String?
+    var name = ""
+    var workDir = "var"
+    var logFile = "receiver.log"
+    var maxConcurrentTasks = 2
+    var heartbeatInterval = 30
+    var defaultTimeout = 3600
+    var maxTimeout = 604_800
+    var allowTimeoutAbovePlan = false
+    var stopGrace = 10
+    var minFreeMB = 256
+    var drainSeconds = 30
+
+    enum CodingKeys: String, CodingKey {
+        case id, name, workDir = "work_dir", logFile = "log_file", maxConcurrentTasks = "max_concurrent_tasks",
+             heartbeatInterval = "heartbeat_interval", defaultTimeout = "default_timeout", maxTimeout = "max_timeout",
+             allowTimeoutAbovePlan = "allow_timeout_above_plan", stopGrace = "stop_grace", minFreeMB = "min_free_mb",
+             drainSeconds = "drain_seconds"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        id = r.required(c, .id)
+        name = r.value(c, .name) ?? name
+        workDir = r.value(c, .workDir) ?? workDir
+        logFile = r.value(c, .logFile) ?? logFile
+        maxConcurrentTasks = r.value(c, .maxConcurrentTasks) ?? maxConcurrentTasks
+        heartbeatInterval = r.value(c, .heartbeatInterval) ?? heartbeatInterval
+        defaultTimeout = r.value(c, .defaultTimeout) ?? defaultTimeout
+        maxTimeout = r.value(c, .maxTimeout) ?? maxTimeout
+        allowTimeoutAbovePlan = r.value(c, .allowTimeoutAbovePlan) ?? allowTimeoutAbovePlan
+        stopGrace = r.value(c, .stopGrace) ?? stopGrace
+        minFreeMB = r.value(c, .minFreeMB) ?? minFreeMB
+        drainSeconds = r.value(c, .drainSeconds) ?? drainSeconds
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        let k = { (key: CodingKeys) in "node.\(key.stringValue)" }
+        v.range(k(.maxConcurrentTasks), maxConcurrentTasks, 1...1024)
+        v.range(k(.heartbeatInterval), heartbeatInterval, 1...86_400)
+        v.range(k(.defaultTimeout), defaultTimeout, 1...31_536_000)
+        v.range(k(.maxTimeout), maxTimeout, 1...31_536_000)
+        v.range(k(.stopGrace), stopGrace, 0...3600)
+        v.range(k(.minFreeMB), minFreeMB, 0...(1 << 30))
+        v.range(k(.drainSeconds), drainSeconds, 0...86_400)
+    }
+}
+
+/// `[broker]`.
+struct BrokerSection: Codable, Sendable {
+    var url: String?
+    /// "" logs in with the client certificate (or FEM_BROKER_PASSWORD).
+    var passwordFile = ""
+    var caFile: String?
+    var certFile: String?
+    var keyFile: String?
+    var prefetch = 16
+    var maxMessageBytes = 1 << 20
+    var orchestrators = ["fem-orchestrator"]
+
+    enum CodingKeys: String, CodingKey {
+        case url, passwordFile = "password_file", caFile = "ca_file", certFile = "cert_file", keyFile = "key_file",
+             prefetch, maxMessageBytes = "max_message_bytes", orchestrators
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        url = r.required(c, .url)
+        passwordFile = r.value(c, .passwordFile) ?? passwordFile
+        caFile = r.required(c, .caFile)
+        certFile = r.required(c, .certFile)
+        keyFile = r.required(c, .keyFile)
+        prefetch = r.value(c, .prefetch) ?? prefetch
+        maxMessageBytes = r.value(c, .maxMessageBytes) ?? maxMessageBytes
+        orchestrators = r.value(c, .orchestrators) ?? orchestrators
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        v.range("broker.prefetch", prefetch, 1...65_535)
+        v.range("broker.max_message_bytes", maxMessageBytes, 1024...(128 << 20))
+    }
+}
+
+/// `[launchers]` and its `[launchers.<name>]` sections.
+struct LaunchersSection: Codable, Sendable {
+    /// Nothing runs unless listed.
+    var enabled: [String] = []
+    var envAllowed: [String] = []
+    var process = ProcessSection()
+    var docker = DockerSection()
+    var flower = FlowerSection()
+
+    enum CodingKeys: String, CodingKey {
+        case enabled, envAllowed = "env_allowed", process, docker, flower
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        enabled = r.value(c, .enabled) ?? enabled
+        envAllowed = r.value(c, .envAllowed) ?? envAllowed
+        process = r.section(c, .process) ?? process
+        docker = r.section(c, .docker) ?? docker
+        flower = r.section(c, .flower) ?? flower
+    }
+}
+
+/// `[launchers.process]`.
+struct ProcessSection: Codable, Sendable {
+    var allowedExecutables: [String] = []
+    var path = "/usr/local/bin:/usr/bin:/bin"
+    var user = "fem-task"
+    var allowUnconfined = false
+    var allowHostNetwork = false
+    var pidsLimit = 256
+    var openFiles = 1024
+    var defaultMemoryMB = 512
+    var maxMemoryMB = 8192
+    var maxCPUs = 2
+
+    enum CodingKeys: String, CodingKey {
+        case allowedExecutables = "allowed_executables", path, user, allowUnconfined = "allow_unconfined",
+             allowHostNetwork = "allow_host_network", pidsLimit = "pids_limit", openFiles = "open_files",
+             defaultMemoryMB = "default_memory_mb", maxMemoryMB = "max_memory_mb", maxCPUs = "max_cpus"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        allowedExecutables = r.value(c, .allowedExecutables) ?? allowedExecutables
+        path = r.value(c, .path) ?? path
+        user = r.value(c, .user) ?? user
+        allowUnconfined = r.value(c, .allowUnconfined) ?? allowUnconfined
+        allowHostNetwork = r.value(c, .allowHostNetwork) ?? allowHostNetwork
+        pidsLimit = r.value(c, .pidsLimit) ?? pidsLimit
+        openFiles = r.value(c, .openFiles) ?? openFiles
+        defaultMemoryMB = r.value(c, .defaultMemoryMB) ?? defaultMemoryMB
+        maxMemoryMB = r.value(c, .maxMemoryMB) ?? maxMemoryMB
+        maxCPUs = r.value(c, .maxCPUs) ?? maxCPUs
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        v.range("launchers.process.pids_limit", pidsLimit, 16...1_000_000)
+        v.range("launchers.process.open_files", openFiles, 64...1_048_576)
+        v.range("launchers.process.default_memory_mb", defaultMemoryMB, 6...(1 << 20))
+        v.range("launchers.process.max_memory_mb", maxMemoryMB, 6...(1 << 20))
+        v.range("launchers.process.max_cpus", maxCPUs, 1...1024)
+    }
+}
+
+/// `[launchers.docker]`.
+struct DockerSection: Codable, Sendable {
+    var socket = "/var/run/docker.sock"
+    var allowedImages: [String] = []
+    var user = "65534:65534"
+    var pidsLimit = 256
+    var defaultMemoryMB = 512
+    var maxMemoryMB = 8192
+    var maxCPUs = 2
+    var tmpfsMB = 64
+    var allowHostNetwork = false
+    var allowGPUs = false
+    var waitForDaemonSeconds = 60
+
+    enum CodingKeys: String, CodingKey {
+        case socket, allowedImages = "allowed_images", user, pidsLimit = "pids_limit",
+             defaultMemoryMB = "default_memory_mb", maxMemoryMB = "max_memory_mb", maxCPUs = "max_cpus",
+             tmpfsMB = "tmpfs_mb", allowHostNetwork = "allow_host_network", allowGPUs = "allow_gpus",
+             waitForDaemonSeconds = "wait_for_daemon_seconds"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        socket = r.value(c, .socket) ?? socket
+        allowedImages = r.value(c, .allowedImages) ?? allowedImages
+        user = r.value(c, .user) ?? user
+        pidsLimit = r.value(c, .pidsLimit) ?? pidsLimit
+        defaultMemoryMB = r.value(c, .defaultMemoryMB) ?? defaultMemoryMB
+        maxMemoryMB = r.value(c, .maxMemoryMB) ?? maxMemoryMB
+        maxCPUs = r.value(c, .maxCPUs) ?? maxCPUs
+        tmpfsMB = r.value(c, .tmpfsMB) ?? tmpfsMB
+        allowHostNetwork = r.value(c, .allowHostNetwork) ?? allowHostNetwork
+        allowGPUs = r.value(c, .allowGPUs) ?? allowGPUs
+        waitForDaemonSeconds = r.value(c, .waitForDaemonSeconds) ?? waitForDaemonSeconds
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        v.range("launchers.docker.pids_limit", pidsLimit, 16...1_000_000)
+        v.range("launchers.docker.default_memory_mb", defaultMemoryMB, 6...(1 << 20))
+        v.range("launchers.docker.max_memory_mb", maxMemoryMB, 6...(1 << 20))
+        v.range("launchers.docker.max_cpus", maxCPUs, 1...1024)
+        v.range("launchers.docker.tmpfs_mb", tmpfsMB, 1...(1 << 20))
+        v.range("launchers.docker.wait_for_daemon_seconds", waitForDaemonSeconds, 0...86_400)
+    }
+}
+
+/// `[launchers.flower]`.
+struct FlowerSection: Codable, Sendable {
+    var python = "/usr/bin/python3"
+    var allowedSuperlinks: [String] = []
+    var allowSourceBuilds = false
+    /// "": `<work_dir>/venvs`.
+    var venvDir = ""
+    var wheelDir = ""
+    var allowInsecure = false
+    var rootCertificates = ""
+    var connectAttempts = 10
+    var retryDelayMS = 1000
+    var unreachableSeconds = 120
+    var user = "fem-task"
+    var allowUnconfined = false
+    var pidsLimit = 1024
+    var openFiles = 4096
+    var defaultMemoryMB = 2048
+    var maxMemoryMB = 8192
+    var maxCPUs = 2
+
+    enum CodingKeys: String, CodingKey {
+        case python, allowedSuperlinks = "allowed_superlinks", allowSourceBuilds = "allow_source_builds",
+             venvDir = "venv_dir", wheelDir = "wheel_dir", allowInsecure = "allow_insecure",
+             rootCertificates = "root_certificates", connectAttempts = "connect_attempts", retryDelayMS = "retry_delay_ms",
+             unreachableSeconds = "unreachable_seconds", user, allowUnconfined = "allow_unconfined",
+             pidsLimit = "pids_limit", openFiles = "open_files", defaultMemoryMB = "default_memory_mb",
+             maxMemoryMB = "max_memory_mb", maxCPUs = "max_cpus"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        python = r.value(c, .python) ?? python
+        allowedSuperlinks = r.value(c, .allowedSuperlinks) ?? allowedSuperlinks
+        allowSourceBuilds = r.value(c, .allowSourceBuilds) ?? allowSourceBuilds
+        venvDir = r.value(c, .venvDir) ?? venvDir
+        wheelDir = r.value(c, .wheelDir) ?? wheelDir
+        allowInsecure = r.value(c, .allowInsecure) ?? allowInsecure
+        rootCertificates = r.value(c, .rootCertificates) ?? rootCertificates
+        connectAttempts = r.value(c, .connectAttempts) ?? connectAttempts
+        retryDelayMS = r.value(c, .retryDelayMS) ?? retryDelayMS
+        unreachableSeconds = r.value(c, .unreachableSeconds) ?? unreachableSeconds
+        user = r.value(c, .user) ?? user
+        allowUnconfined = r.value(c, .allowUnconfined) ?? allowUnconfined
+        pidsLimit = r.value(c, .pidsLimit) ?? pidsLimit
+        openFiles = r.value(c, .openFiles) ?? openFiles
+        defaultMemoryMB = r.value(c, .defaultMemoryMB) ?? defaultMemoryMB
+        maxMemoryMB = r.value(c, .maxMemoryMB) ?? maxMemoryMB
+        maxCPUs = r.value(c, .maxCPUs) ?? maxCPUs
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        v.range("launchers.flower.connect_attempts", connectAttempts, 1...100)
+        v.range("launchers.flower.retry_delay_ms", retryDelayMS, 0...600_000)
+        v.range("launchers.flower.unreachable_seconds", unreachableSeconds, 1...86_400)
+        v.range("launchers.flower.pids_limit", pidsLimit, 16...1_000_000)
+        v.range("launchers.flower.open_files", openFiles, 64...1_048_576)
+        v.range("launchers.flower.default_memory_mb", defaultMemoryMB, 6...(1 << 20))
+        v.range("launchers.flower.max_memory_mb", maxMemoryMB, 6...(1 << 20))
+        v.range("launchers.flower.max_cpus", maxCPUs, 1...1024)
+    }
+}
+
+/// `[stage_in]`.
+struct StageInSection: Codable, Sendable {
+    var gitAllowedURLs: [String] = []
+    var fileAllowedURLs: [String] = []
+    var maxFileMB = 1024
+    var requireSHA256 = true
+    var caFile = ""
+    var retries = 4
+    var retryDelayMS = 1000
+
+    enum CodingKeys: String, CodingKey {
+        case gitAllowedURLs = "git_allowed_urls", fileAllowedURLs = "file_allowed_urls", maxFileMB = "max_file_mb",
+             requireSHA256 = "require_sha256", caFile = "ca_file", retries, retryDelayMS = "retry_delay_ms"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        gitAllowedURLs = r.value(c, .gitAllowedURLs) ?? gitAllowedURLs
+        fileAllowedURLs = r.value(c, .fileAllowedURLs) ?? fileAllowedURLs
+        maxFileMB = r.value(c, .maxFileMB) ?? maxFileMB
+        requireSHA256 = r.value(c, .requireSHA256) ?? requireSHA256
+        caFile = r.value(c, .caFile) ?? caFile
+        retries = r.value(c, .retries) ?? retries
+        retryDelayMS = r.value(c, .retryDelayMS) ?? retryDelayMS
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        v.range("stage_in.max_file_mb", maxFileMB, 1...(1 << 20))
+        v.range("stage_in.retries", retries, 1...20)
+        v.range("stage_in.retry_delay_ms", retryDelayMS, 0...600_000)
+    }
+}
+
+/// `[sandboxes]`: hours a finished task's sandbox is kept.
+struct SandboxesSection: Codable, Sendable {
+    var keepCompletedHours = 24
+    var keepFailedHours = 168
+
+    enum CodingKeys: String, CodingKey {
+        case keepCompletedHours = "keep_completed_hours", keepFailedHours = "keep_failed_hours"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        keepCompletedHours = r.value(c, .keepCompletedHours) ?? keepCompletedHours
+        keepFailedHours = r.value(c, .keepFailedHours) ?? keepFailedHours
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        v.range("sandboxes.keep_completed_hours", keepCompletedHours, 0...87_600)
+        v.range("sandboxes.keep_failed_hours", keepFailedHours, 0...87_600)
+    }
+}
+
+/// `[outputs]`.
+struct OutputsSection: Codable, Sendable {
+    var maxFileBytes = 1 << 30
+    var maxTaskBytes = 4 << 30
+    var allowedURLs: [String] = []
+    var requireApproval = false
+    var holdLogs = true
+    var caFile = ""
+    var retries = 5
+    var retryDelayMS = 1000
+
+    enum CodingKeys: String, CodingKey {
+        case maxFileBytes = "max_file_bytes", maxTaskBytes = "max_task_bytes", allowedURLs = "allowed_urls",
+             requireApproval = "require_approval", holdLogs = "hold_logs", caFile = "ca_file", retries,
+             retryDelayMS = "retry_delay_ms"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        maxFileBytes = r.value(c, .maxFileBytes) ?? maxFileBytes
+        maxTaskBytes = r.value(c, .maxTaskBytes) ?? maxTaskBytes
+        allowedURLs = r.value(c, .allowedURLs) ?? allowedURLs
+        requireApproval = r.value(c, .requireApproval) ?? requireApproval
+        holdLogs = r.value(c, .holdLogs) ?? holdLogs
+        caFile = r.value(c, .caFile) ?? caFile
+        retries = r.value(c, .retries) ?? retries
+        retryDelayMS = r.value(c, .retryDelayMS) ?? retryDelayMS
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        v.range("outputs.max_file_bytes", maxFileBytes, 1...Int.max)
+        v.range("outputs.max_task_bytes", maxTaskBytes, 1...Int.max)
+        v.range("outputs.retries", retries, 1...50)
+        v.range("outputs.retry_delay_ms", retryDelayMS, 0...600_000)
+    }
+}
+
+/// `[journal]`.
+struct JournalSection: Codable, Sendable {
+    var keepDays = 30
+
+    enum CodingKeys: String, CodingKey {
+        case keepDays = "keep_days"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        keepDays = ConfigReading.of(decoder).value(c, .keepDays) ?? keepDays
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        v.range("journal.keep_days", keepDays, 1...36_500)
+    }
+}
+
+/// `[reporter]`: caps on the events a tool's reports cause, per task.
+struct ReporterSection: Codable, Sendable {
+    var maxEventsPerTask = 1000
+    var maxEventBytesPerTask = 1 << 20
+    var maxMetricsPerLine = 32
+
+    enum CodingKeys: String, CodingKey {
+        case maxEventsPerTask = "max_events_per_task", maxEventBytesPerTask = "max_event_bytes_per_task",
+             maxMetricsPerLine = "max_metrics_per_line"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        maxEventsPerTask = r.value(c, .maxEventsPerTask) ?? maxEventsPerTask
+        maxEventBytesPerTask = r.value(c, .maxEventBytesPerTask) ?? maxEventBytesPerTask
+        maxMetricsPerLine = r.value(c, .maxMetricsPerLine) ?? maxMetricsPerLine
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        v.range("reporter.max_events_per_task", maxEventsPerTask, 1...10_000_000)
+        v.range("reporter.max_event_bytes_per_task", maxEventBytesPerTask, 1024...(1 << 30))
+        v.range("reporter.max_metrics_per_line", maxMetricsPerLine, 1...1000)
+    }
+}
+
+/// `[registries."host:port"]` (username and password) or `[credentials."name"]` (username and password for basic, or
+/// a token for bearer, and the URLs it may be sent to). Only where the secret is kept: a file or a variable.
+struct LoginEntry: Codable, Sendable {
+    var username: String?
+    var passwordFile: String?
+    var passwordEnv: String?
+    var tokenFile: String?
+    var tokenEnv: String?
+    var urls: [String]?
+    /// Every key the entry's table has, for naming unknown ones.
+    var keys: [String] = []
+    /// Where messages point: `credentials."git"`.
+    var at = ""
+
+    enum CodingKeys: String, CodingKey {
+        case username, passwordFile = "password_file", passwordEnv = "password_env", tokenFile = "token_file",
+             tokenEnv = "token_env", urls
+    }
+
+    static func secretKeys(tokens: Bool) -> [String] {
+        ["password_file", "password_env"] + (tokens ? ["token_file", "token_env"] : [])
+    }
+
+    /// Node credentials name where they may be sent; a registry login goes only to its own registry.
+    static func allowed(tokens: Bool) -> [String] { ["username"] + secretKeys(tokens: tokens) + (tokens ? ["urls"] : []) }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        let path = decoder.codingPath.map(\.stringValue)
+        at = path.count == 2 ? "\(path[0]).\"\(path[1])\"" : path.joined(separator: ".")
+        keys = try decoder.container(keyedBy: NameKey.self).allKeys.map(\.stringValue)
+        let at = self.at
+        username = r.value(c, .username, display: "\(at).username")
+        passwordFile = r.value(c, .passwordFile, display: "\(at).password_file")
+        passwordEnv = r.value(c, .passwordEnv, display: "\(at).password_env")
+        tokenFile = r.value(c, .tokenFile, display: "\(at).token_file")
+        tokenEnv = r.value(c, .tokenEnv, display: "\(at).token_env")
+        urls = r.value(c, .urls, display: "\(at).urls")
+    }
+}
+
+/// `[datasets.<id>]`: a host folder tasks may mount read-only, with labels plans may match.
+struct DatasetEntry: Codable, Sendable {
+    var path: String?
+    var labels: [String: String] = [:]
+    var keys: [String] = []
+
+    enum CodingKeys: String, CodingKey {
+        case path, labels
+    }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        let at = ConfigReading.name(decoder.codingPath)
+        keys = try decoder.container(keyedBy: NameKey.self).allKeys.map(\.stringValue)
+        path = r.value(c, .path, display: "\(at).path")
+        guard c.contains(.labels) else { return }
+        guard let l = try? c.nestedContainer(keyedBy: NameKey.self, forKey: .labels) else {
+            r.note("\(at).labels: expected a table of strings")
+            return
+        }
+        // A label's value is text; numbers and booleans are taken as written.
+        for key in l.allKeys {
+            if let s = try? l.decode(String.self, forKey: key) {
+                labels[key.stringValue] = s
+            } else if let i = try? l.decode(Int.self, forKey: key) {
+                labels[key.stringValue] = "\(i)"
+            } else if let b = try? l.decode(Bool.self, forKey: key) {
+                labels[key.stringValue] = "\(b)"
+            } else if let d = try? l.decode(Double.self, forKey: key) {
+                labels[key.stringValue] = "\(d)"
+            } else {
+                r.note("\(at).labels.\(key.stringValue): expected a string")
+            }
+        }
+    }
+}

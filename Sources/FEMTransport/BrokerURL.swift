@@ -1,0 +1,36 @@
+import FEMSystem
+import Foundation
+
+/// `amqps://user@host:port/vhost`: the broker address the node (`broker.url`) and femctl (`--broker-url`) are given.
+public enum BrokerURL {
+    /// What is wrong with a broker URL, naming the setting it came from; never the URL's password.
+    public struct Problem: Error, CustomStringConvertible, Sendable {
+        public var description: String
+    }
+
+    /// The endpoint, with `password` from wherever the caller keeps it (never from the URL itself).
+    /// `key` names the setting in messages (`broker.url`, `--broker-url`).
+    public static func parse(_ url: String, password: String?, caFile: String, certFile: String, keyFile: String,
+                             key: String = "broker.url", passwordHint: String = "use broker.password_file or FEM_BROKER_PASSWORD")
+        throws(Problem) -> AMQPEndpoint {
+        guard let c = URLComponents(string: url), c.scheme == "amqps", let host = c.host, !host.isEmpty else {
+            throw Problem(description: "\(key): \"\(redacted(url))\" is not an amqps://user@host:port/vhost URL "
+                                       + "(only TLS is supported)")
+        }
+        if c.password != nil {
+            throw Problem(description: "\(key): must not contain a password; \(passwordHint)")
+        }
+        var vhost = c.percentEncodedPath
+        if vhost.hasPrefix("/") { vhost.removeFirst() }
+        vhost = vhost.isEmpty ? "/" : (vhost.removingPercentEncoding ?? vhost)
+        return AMQPEndpoint(host: host, port: c.port ?? 5671, vhost: vhost, user: c.user ?? "guest", password: password,
+                            caFile: caFile, certFile: certFile, keyFile: keyFile)
+    }
+
+    /// The URL with any password replaced by `***`, for messages.
+    public static func redacted(_ url: String) -> String {
+        guard var c = URLComponents(string: url), c.password != nil else { return url }
+        c.password = "***"
+        return c.string ?? "***"
+    }
+}
