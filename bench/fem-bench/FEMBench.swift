@@ -181,8 +181,8 @@ struct FEMBench {
         for d in [paths.src, paths.input, paths.output, paths.logs] {
             try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
         }
-        // The output is the benchmark file itself, linked into out/ (no copy).
-        try FileManager.default.linkItem(atPath: file, toPath: "\(paths.output)/big.bin")
+        // A copy of the benchmark file in out/ (made once, before the timed rounds): a hard link is refused as an output.
+        try FileManager.default.copyItem(atPath: file, toPath: "\(paths.output)/big.bin")
         let size = (try FileManager.default.attributesOfItem(atPath: file)[.size] as? Int64) ?? 0
         let delivery = OutputDelivery(policy: DeliveryPolicy(
             nodeID: "bench", limits: OutputLimits(maxFileBytes: Int64.max, maxTaskBytes: Int64.max),
