@@ -233,23 +233,23 @@ public struct Receiver: Sendable {
 
 /// The wait before a delivery goes back to the broker: `base` while all is well, doubling with each journal failure
 /// in a row (up to 30 s), so a node whose journal fails does not spin on its deliveries.
-public final class RequeueBackoff: @unchecked Sendable {
+public final class RequeueBackoff: Sendable {
     let base: Duration
-    private let lock = NSLock()
-    private var failures = 0
+    /// Journal failures in a row.
+    private let failures = Mutex(0)
 
     init(base: Duration) { self.base = base }
 
     func failure() -> Duration {
-        lock.withLock {
-            defer { failures += 1 }
-            return delay(failures)
+        failures.withLock { n in
+            defer { n += 1 }
+            return delay(n)
         }
     }
 
-    func peek() -> Duration { lock.withLock { delay(failures) } }
+    func peek() -> Duration { failures.withLock { delay($0) } }
 
-    func success() { lock.withLock { failures = 0 } }
+    func success() { failures.withLock { $0 = 0 } }
 
     private func delay(_ n: Int) -> Duration { min(base * (1 << min(n, 5)), .seconds(30)) }
 }
