@@ -115,9 +115,13 @@ public struct LaunchOutcome: Sendable, Equatable {
     /// cgroup); they go into the terminal event's `data.usage`.
     public var cpuSeconds: Double?
     public var peakMemoryBytes: UInt64?
+    /// How the work ended where the launcher's scheduler says so (a Slurm job's `TIMEOUT`, `NODE_FAIL`,
+    /// `PREEMPTED`): the task fails with this class. Nil: classified from the exit code, signal and `outOfMemory`.
+    public var failureClass: FailureClass?
 
     public init(exitCode: Int32?, signal: Int32? = nil, outOfMemory: Bool = false, message: String? = nil,
-                cpuSeconds: Double? = nil, peakMemoryBytes: UInt64? = nil) {
+                cpuSeconds: Double? = nil, peakMemoryBytes: UInt64? = nil, failureClass: FailureClass? = nil) {
+        self.failureClass = failureClass
         self.exitCode = exitCode
         self.signal = signal
         self.outOfMemory = outOfMemory
@@ -126,7 +130,7 @@ public struct LaunchOutcome: Sendable, Equatable {
         self.peakMemoryBytes = peakMemoryBytes
     }
 
-    public var succeeded: Bool { exitCode == 0 && !outOfMemory }
+    public var succeeded: Bool { exitCode == 0 && !outOfMemory && failureClass == nil }
 }
 
 public enum Recovery: Sendable, Equatable {
