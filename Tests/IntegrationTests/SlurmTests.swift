@@ -246,6 +246,29 @@ struct SlurmTests {
         #expect(end == "survived\n")
     }
 
+    /// A job that ended while the daemon was down is collected from Slurm after the restart, not run again.
+    @Test func aJobThatEndedWhileTheDaemonWasDownIsCollected() throws {
+        let node = try node("slurm-collect")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task(["/bin/sh", "-c", "sleep 3; echo collected > \"$FEM_OUTPUT_DIR/end.txt\"; exit 4"], timeout: 120,
+                     plan: ["outputs": [["pattern": "end.txt"]]])
+        try op.submit(t)
+        try op.waitFor("the task to run", timeout: 60) { events in
+            events.contains { $0.taskID == Tasks.id(t) && $0.kind == .state && $0.state == .running }
+        }
+        let id = try #require(try jobs(t).first)
+        node.kill(SIGKILL)
+        try eventually("job \(id) to end while the daemon is down", timeout: 30) { (try? jobState(id)) == "FAILED" }
+        try node.start()
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let e = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(e.state == .failed && e.detail.exitCode == 4 && e.detail.failureClass == .taskFailure, "\(e.detail)")
+        #expect(try jobs(t) == [id], "submitted once")
+        let end = try String(contentsOfFile: try #require(kept(node, t, "end.txt")), encoding: .utf8)
+        #expect(end == "collected\n")
+    }
+
     /// Unsafe configurations are refused at start, naming the key.
     @Test func unsafeConfigurationsAreRefused() throws {
         let slurm = try Self.slurmDir()
