@@ -101,7 +101,8 @@ struct SlurmTests {
         try node.start()
         let op = try Operator(node: node)
         let prefix = "slurm-\(UUID().uuidString.prefix(6).lowercased())"
-        var t = task(["/bin/sh", "-c", "echo from-slurm; id -un > \"$FEM_OUTPUT_DIR/who.txt\"; "
+        var t = task(["/bin/sh", "-c", "echo '{\"type\": \"model\", \"round\": 1, \"metrics\": {\"accuracy\": 0.5}}'; "
+                      + "sleep 1; echo from-slurm; id -un > \"$FEM_OUTPUT_DIR/who.txt\"; "
                       + "id -gn >> \"$FEM_OUTPUT_DIR/who.txt\"; env | sort > \"$FEM_OUTPUT_DIR/env.txt\""],
                      plan: ["outputs": [["pattern": "*.txt"]]])
         t["stage_out"] = ["url": .string("https://localhost:18443/dav/\(prefix)"), "credentials": "upload-login"]
@@ -126,6 +127,10 @@ struct SlurmTests {
         let stdout = try String(contentsOfFile: "\(node.dir)/var/sandboxes/\(Tasks.id(t))/logs/stdout.log",
                                 encoding: .utf8)
         #expect(stdout.contains("from-slurm"))
+        // The reporter protocol: the job's stdout, followed while it runs, becomes progress events.
+        let progress = op.events(of: Tasks.id(t)).filter { $0.kind == .progress && $0.detail.data?["round"] != nil }
+        #expect(progress.map { $0.detail.data?["round"] } == [1], "\(op.events(of: Tasks.id(t)).map(\.detail))")
+        #expect(progress.first?.detail.data?["metrics"]?["accuracy"] == JSONValue.double(0.5))
     }
 
     @Test func exitCodesAndAnImpossibleRequest() throws {
