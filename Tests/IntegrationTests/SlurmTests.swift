@@ -66,6 +66,16 @@ struct SlurmTests {
             .split(whereSeparator: \.isNewline).map(String.init)
     }
 
+    /// The task's job id, once Slurm lists it (the task's `running` event is sent as the submission begins).
+    func jobID(_ t: [String: JSONValue]) throws -> String {
+        var id: String?
+        try eventually("Slurm to list the job of task \(Tasks.id(t))", timeout: 30) {
+            id = (try? jobs(t))?.first
+            return id != nil
+        }
+        return try #require(id)
+    }
+
     func jobState(_ id: String) throws -> String {
         let line = try slurm(["/usr/bin/scontrol", "show", "job", "-o", id])
         return line.split(separator: " ").first { $0.hasPrefix("JobState=") }.map { String($0.dropFirst(9)) } ?? line
@@ -165,7 +175,7 @@ struct SlurmTests {
         try op.waitFor("the second task to run", timeout: 60) { events in
             events.contains { $0.taskID == Tasks.id(cancelled) && $0.kind == .state && $0.state == .running }
         }
-        let cid = try #require(try jobs(cancelled).first)
+        let cid = try jobID(cancelled)
         try eventually("job \(cid) to run", timeout: 30) { (try? jobState(cid)) == "RUNNING" }
         try op.cancel(Tasks.id(cancelled))
         try op.waitForFinal([Tasks.id(slow), Tasks.id(cancelled)], timeout: 60)
@@ -173,11 +183,33 @@ struct SlurmTests {
         #expect(es.state == .failed && es.detail.failureClass == .timeout, "\(es.detail)")
         let ec = try #require(op.finalState(of: Tasks.id(cancelled)))
         #expect(ec.state == .cancelled, "\(ec.detail)")
-        let sid = try #require(try jobs(slow).first)
+        let sid = try jobID(slow)
         for id in [sid, cid] {
             #expect(try !active(id), "job \(id) is gone from squeue")
             #expect(try jobState(id) == "CANCELLED")
         }
+    }
+
+    /// A job that waits for resources (both CPUs of the node are taken) is reported with Slurm's reason, then runs.
+    @Test func aPendingJobIsReportedWithSlurmsReason() throws {
+        let node = try node("slurm-pending", extra: "max_cpus = 2")
+        try node.start()
+        let op = try Operator(node: node)
+        let cpus = ProcessInfo.processInfo.processorCount
+        let first = task(["/bin/sh", "-c", "sleep 6"], plan: ["resources": ["cpus": .int(Int64(cpus))]])
+        let second = task(["/bin/sh", "-c", "true"], plan: ["resources": ["cpus": .int(Int64(cpus))]])
+        try op.submit(first)
+        try op.waitFor("the first task to run", timeout: 60) { events in
+            events.contains { $0.taskID == Tasks.id(first) && $0.kind == .state && $0.state == .running }
+        }
+        let firstJob = try jobID(first)
+        try eventually("job \(firstJob) to run", timeout: 30) { (try? jobState(firstJob)) == "RUNNING" }
+        try op.submit(second)
+        try op.waitForFinal([Tasks.id(first), Tasks.id(second)], timeout: 60)
+        let notices = op.events(of: Tasks.id(second)).filter { $0.kind == .notice && $0.detail.data?["queued"] == true }
+        #expect(notices.first?.detail.data?["reason"] == "Resources", "\(op.events(of: Tasks.id(second)).map(\.detail))")
+        #expect(notices.first?.detail.message == "the work waits in the slurm queue: Resources")
+        #expect(op.finalState(of: Tasks.id(second))?.state == .completed)
     }
 
     @Test func aJobOverItsMemoryEndsOutOfMemory() throws {
@@ -190,7 +222,7 @@ struct SlurmTests {
         try op.waitForFinal([Tasks.id(t)], timeout: 60)
         let e = try #require(op.finalState(of: Tasks.id(t)))
         #expect(e.state == .failed && e.detail.failureClass == .outOfMemory, "\(e.detail)")
-        #expect(try jobState(try #require(try jobs(t).first)) == "OUT_OF_MEMORY")
+        #expect(try jobState(try jobID(t)) == "OUT_OF_MEMORY")
     }
 
     /// Injection attempts in parameter values reach the program through the job script as one literal argv item
@@ -237,7 +269,7 @@ struct SlurmTests {
         try op.waitFor("the task to run", timeout: 60) { events in
             events.contains { $0.taskID == Tasks.id(t) && $0.kind == .state && $0.state == .running }
         }
-        let id = try #require(try jobs(t).first)
+        let id = try jobID(t)
         try eventually("job \(id) to run", timeout: 30) { (try? jobState(id)) == "RUNNING" }
         node.kill(SIGKILL)
         #expect(try jobState(id) == "RUNNING", "the job outlives the daemon")
@@ -262,7 +294,9 @@ struct SlurmTests {
         try op.waitFor("the task to run", timeout: 60) { events in
             events.contains { $0.taskID == Tasks.id(t) && $0.kind == .state && $0.state == .running }
         }
-        let id = try #require(try jobs(t).first)
+        let id = try jobID(t)
+        // Running in Slurm: sbatch returned well before, so the daemon has journaled the job id.
+        try eventually("job \(id) to run", timeout: 30) { (try? jobState(id)) == "RUNNING" }
         node.kill(SIGKILL)
         try eventually("job \(id) to end while the daemon is down", timeout: 30) { (try? jobState(id)) == "FAILED" }
         try node.start()

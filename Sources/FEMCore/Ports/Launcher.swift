@@ -205,6 +205,22 @@ extension Launcher {
     public func prepare(_ job: LaunchJob) async throws {}
 }
 
+/// Where work waits in a scheduler's queue before it runs (`QueuedLauncher`).
+public enum QueueState: Sendable, Equatable {
+    /// Not running yet; the scheduler's reason, where it gave one (Slurm: `Resources`, `Priority`, `QOSMaxCpuPerUserLimit`).
+    case waiting(String?)
+    /// Running, or already ended: nothing more to report.
+    case started
+}
+
+/// A launcher whose work may wait in a scheduler's queue (a Slurm job `PENDING`): while it waits, the runner asks
+/// every `queuePollInterval` and reports each new reason as a `notice` event. Only `SlurmLauncher` adopts it; the
+/// runner asks `as? QueuedLauncher`.
+public protocol QueuedLauncher: Launcher {
+    func queueState(_ handle: LaunchHandle) async -> QueueState
+    var queuePollInterval: Duration { get }
+}
+
 /// A launcher whose work talks to a server (a Flower SuperNode and its SuperLink): its log lines say when the link
 /// is up or lost, and the runner fails work that stays away from its server too long, and lets work deliver its last
 /// answer after the tool reported `Finished`. Only `FlowerLauncher` adopts it; the runner asks `as? ServerLinkedLauncher`.

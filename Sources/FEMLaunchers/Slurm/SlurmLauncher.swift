@@ -99,7 +99,7 @@ public struct SlurmLauncherConfig: Sendable {
 ///   on the compute node); the network is the compute node's (Slurm has no per-job network isolation).
 /// The job is followed with `scontrol show job` (22.05: no `--json`; `sacct` needs slurmdbd) until it ends; a
 /// restarted daemon follows the journaled job id again, or collects how it ended, and never submits it again.
-public final class SlurmLauncher: Launcher, Sendable {
+public final class SlurmLauncher: QueuedLauncher, Sendable {
     public let name = "slurm"
     private let config: SlurmLauncherConfig
 
@@ -286,6 +286,17 @@ public final class SlurmLauncher: Launcher, Sendable {
         }
         takeBack(state.sandbox)
     }
+
+    /// A pending job's reason (`Resources`, `Priority`, a limit), for the runner's `notice`; Slurm's `None` (not
+    /// yet looked at by the scheduler) is no reason.
+    public func queueState(_ handle: LaunchHandle) async -> QueueState {
+        guard let state = try? handle.state(as: SlurmJobState.self) else { return .started }
+        guard let info = try? await query(state.jobID) else { return .waiting(nil) }
+        if case .pending(let reason) = info.phase { return .waiting(reason == "None" ? nil : reason) }
+        return .started
+    }
+
+    public var queuePollInterval: Duration { config.pollInterval }
 
     public func inspect(_ handle: LaunchHandle) async -> LaunchInspection {
         guard let state = try? handle.state(as: SlurmJobState.self) else {
