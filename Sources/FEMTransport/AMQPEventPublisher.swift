@@ -2,21 +2,26 @@ import FEMCore
 import FEMSystem
 import Foundation
 import Logging
+import Synchronization
 
 /// Drains the journal's outbox to `fem.events` with publisher confirms, on its own connection and thread.
 /// An entry leaves the outbox only after the broker confirmed it: a broker outage delays events, never loses them.
-public final class AMQPEventPublisher: @unchecked Sendable {
+public final class AMQPEventPublisher: Sendable {
     private let endpoint: AMQPEndpoint
     private let outbox: any Outbox
     private let logger: Logger
     private let wakeup = WakeupPipe()
-    private let lock = NSLock()
-    private var stopped = false
-    private var heartbeat: (key: String, body: Data)?
-    /// Messages sent without the outbox (node notices, and events the outbox could not take), kept until confirmed.
-    private var direct: [(key: String, body: Data)] = []
-    private var thread: Thread?
-    private let done = DispatchSemaphore(value: 0)
+    private struct State {
+        var heartbeat: (key: String, body: Data)?
+        /// Messages sent without the outbox (node notices, and events the outbox could not take), kept until
+        /// confirmed.
+        var direct: [(key: String, body: Data)] = []
+    }
+    private let state = Mutex(State())
+    /// Set by `stop`: ends the loop after one more drain, and any backoff wait at once.
+    private let stopping = CancelFlag()
+    /// Opens when the publisher's thread has ended.
+    private let finished = Latch()
     public let batchSize: Int
 
     public init(endpoint: AMQPEndpoint, outbox: any Outbox, logger: Logger, batchSize: Int = 256) {
@@ -26,13 +31,16 @@ public final class AMQPEventPublisher: @unchecked Sendable {
         self.batchSize = batchSize
     }
 
+    /// Starts the publisher's thread (it owns the rabbitmq-c connection, which is not thread-safe).
     public func start() {
+        let wakeup = self.wakeup
+        stopping.onCancel { wakeup.wake() }
         let t = Thread { [self] in
+            nameThread("fem-amqp-publish")
             runLoop()
-            done.signal()
+            finished.open()
         }
         t.name = "fem-amqp-publisher"
-        thread = t
         t.start()
     }
 
@@ -41,31 +49,32 @@ public final class AMQPEventPublisher: @unchecked Sendable {
 
     /// Heartbeats are not journaled: only the newest matters, and it is sent at the next chance.
     public func publishHeartbeat(routingKey: String, body: Data) {
-        lock.withLock { heartbeat = (routingKey, body) }
+        state.withLock { $0.heartbeat = (routingKey, body) }
         wakeup.wake()
     }
 
     /// Publishes `body` without the journal's outbox (which may be what fails: a full disk), persistent and with
     /// confirms; kept in memory until the broker confirmed it (at most 1000; the oldest go first).
     public func publishDirect(routingKey: String, body: Data) {
-        lock.withLock {
-            direct.append((routingKey, body))
-            if direct.count > 1000 { direct.removeFirst(direct.count - 1000) }
+        state.withLock {
+            $0.direct.append((routingKey, body))
+            if $0.direct.count > 1000 { $0.direct.removeFirst($0.direct.count - 1000) }
         }
         wakeup.wake()
     }
 
-    /// Stops after one more attempt to drain the outbox, waiting at most `timeout`.
-    public func stop(timeout: Double = 5) {
-        lock.withLock { stopped = true }
-        wakeup.wake()
-        _ = done.wait(timeout: .now() + timeout)
+    /// Stops after one more attempt to drain the outbox, waiting at most `timeout` for it (a Service's shutdown
+    /// awaits this; no thread is blocked). True when the publisher ended within the time.
+    @discardableResult
+    public func stop(timeout: Duration = .seconds(5)) async -> Bool {
+        stopping.cancel()
+        return await finished.wait(upTo: timeout)
     }
 
-    private var isStopped: Bool { lock.withLock { stopped } }
+    private var isStopped: Bool { stopping.isCancelled }
 
     private func runLoop() {
-        runReconnecting(endpoint, label: "event publisher", logger: logger, isStopped: { isStopped }) { conn, again in
+        runReconnecting(endpoint, label: "event publisher", logger: logger, stop: stopping) { conn, again in
             try conn.openChannel(1)
             // Declared by `femctl setup`; the node only looks it up (no configure permission needed).
             try conn.declareExchange(WireNames.eventsExchange, passive: true)
@@ -78,19 +87,19 @@ public final class AMQPEventPublisher: @unchecked Sendable {
     private func serve(_ conn: AMQPConnection) throws {
         while true {
             let stopping = isStopped
-            let beat = lock.withLock { () -> (key: String, body: Data)? in
-                defer { heartbeat = nil }
-                return heartbeat
+            let beat = state.withLock { s -> (key: String, body: Data)? in
+                defer { s.heartbeat = nil }
+                return s.heartbeat
             }
-            let extra = lock.withLock { () -> [(key: String, body: Data)] in
-                defer { direct.removeAll() }
-                return direct
+            let extra = state.withLock { s -> [(key: String, body: Data)] in
+                defer { s.direct.removeAll() }
+                return s.direct
             }
             let batch: [OutboxEntry]
             do {
                 batch = try outbox.pendingEvents(limit: batchSize)
             } catch {
-                lock.withLock { direct.insert(contentsOf: extra, at: 0) }
+                state.withLock { $0.direct.insert(contentsOf: extra, at: 0) }
                 throw error
             }
             if batch.isEmpty && beat == nil && extra.isEmpty {
@@ -117,7 +126,7 @@ public final class AMQPEventPublisher: @unchecked Sendable {
                                                        body: Array(m.body)))
                 }
             } catch {
-                lock.withLock { direct.insert(contentsOf: extra, at: 0) }
+                state.withLock { $0.direct.insert(contentsOf: extra, at: 0) }
                 throw error
             }
             if let beat {
@@ -128,16 +137,17 @@ public final class AMQPEventPublisher: @unchecked Sendable {
             do {
                 nacked = Set(try conn.waitForConfirms())
             } catch {
-                lock.withLock { direct.insert(contentsOf: extra, at: 0) }
+                state.withLock { $0.direct.insert(contentsOf: extra, at: 0) }
                 throw error
             }
             let refusedDirect = zip(extra, directTags).filter { nacked.contains($0.1) }.map(\.0)
-            if !refusedDirect.isEmpty { lock.withLock { direct.insert(contentsOf: refusedDirect, at: 0) } }
+            if !refusedDirect.isEmpty { state.withLock { $0.direct.insert(contentsOf: refusedDirect, at: 0) } }
             let confirmed = zip(batch, tags).filter { !nacked.contains($0.1) }.map(\.0.id)
             try outbox.confirmEvents(confirmed)
             if !nacked.isEmpty {
                 logger.warning("the broker refused \(nacked.count) event(s); they stay in the outbox")
-                Thread.sleep(forTimeInterval: 0.5)
+                // A pause before trying them again, which a stop ends at once.
+                _ = self.stopping.sleep(seconds: 0.5)
             }
             if stopping && batch.count < batchSize { return }
         }

@@ -2,11 +2,12 @@ import FEMCore
 import FEMSystem
 import Foundation
 import Logging
+import Synchronization
 
 /// Consumes the node's task queue and control queue. One dedicated thread owns the connection; acks from async
 /// code wake it through a pipe. After a reconnect, acks for the old connection's delivery tags are dropped
 /// (the broker redelivers those messages, and the journal recognises them as duplicates).
-public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
+public final class AMQPTaskSource: TaskSource, Sendable {
     public static let taskChannel: UInt16 = 1
     public static let controlChannel: UInt16 = 2
 
@@ -16,12 +17,16 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
     private let maxMessageBytes: Int
     private let logger: Logger
     private let wakeup = WakeupPipe()
-    private let lock = NSLock()
-    private var pendingAcks: [(generation: Int, channel: UInt16, tag: UInt64, requeue: Bool)] = []
-    private var generation = 0
-    private var stopped = false
-    private var started = false
-    private var continuation: AsyncStream<InboundMessage>.Continuation?
+    private typealias Ack = (generation: Int, channel: UInt16, tag: UInt64, requeue: Bool)
+    private struct State {
+        var pendingAcks: [Ack] = []
+        var generation = 0
+        var started = false
+    }
+    private let state = Mutex(State())
+    /// Set by `stop`: ends the loop, and any backoff wait at once.
+    private let stopping = CancelFlag()
+    private let continuation: AsyncStream<InboundMessage>.Continuation
     private let stream: AsyncStream<InboundMessage>
 
     /// `maxMessageBytes`: a message whose content header declares more is read and dropped frame by frame, never
@@ -38,23 +43,29 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
     }
 
     public func messages() -> AsyncStream<InboundMessage> {
-        lock.withLock {
-            if !started {
-                started = true
-                let thread = Thread { [self] in runLoop() }
-                thread.name = "fem-amqp-consumer"
-                thread.start()
+        let start = state.withLock { s -> Bool in
+            defer { s.started = true }
+            return !s.started
+        }
+        if start {
+            let wakeup = self.wakeup
+            stopping.onCancel { wakeup.wake() }
+            let thread = Thread { [self] in
+                nameThread("fem-amqp-consume")
+                runLoop()
             }
+            thread.name = "fem-amqp-consumer"
+            thread.start()
         }
         return stream
     }
 
     public func stop() {
-        lock.withLock { stopped = true }
+        stopping.cancel()
         wakeup.wake()
     }
 
-    private var isStopped: Bool { lock.withLock { stopped } }
+    private var isStopped: Bool { stopping.isCancelled }
 
     /// Declares the node's side of wire protocol v1 on a connection: its two queues and their bindings. The shared
     /// exchanges are only looked up (a passive declare): `femctl setup` declares them, so a node's broker account
@@ -80,19 +91,19 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
     }
 
     private func runLoop() {
-        runReconnecting(endpoint, label: "broker connection", logger: logger, isStopped: { isStopped }) { conn, again in
+        runReconnecting(endpoint, label: "broker connection", logger: logger, stop: stopping) { conn, again in
             try Self.declareTopology(conn, nodeID: nodeID, prefetch: prefetch)
             try conn.consume(queue: WireNames.taskQueue(node: nodeID), channel: Self.taskChannel)
             try conn.consume(queue: WireNames.controlQueue(node: nodeID), channel: Self.controlChannel)
-            let gen = lock.withLock { () -> Int in
-                generation += 1
-                pendingAcks.removeAll()
-                return generation
+            let gen = state.withLock { s -> Int in
+                s.generation += 1
+                s.pendingAcks.removeAll()
+                return s.generation
             }
             logger.notice("\(again ? "reconnected" : "connected") to the broker at \(endpoint)")
             try serve(conn, generation: gen)
         }
-        continuation?.finish()
+        continuation.finish()
     }
 
     private func serve(_ conn: AMQPConnection, generation gen: Int) throws {
@@ -111,13 +122,13 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
             }
         }
         try flushAcks(conn, generation: gen)
-        continuation?.finish()
+        continuation.finish()
     }
 
     private func flushAcks(_ conn: AMQPConnection, generation gen: Int) throws {
-        let acks = lock.withLock { () -> [(generation: Int, channel: UInt16, tag: UInt64, requeue: Bool)] in
-            defer { pendingAcks.removeAll() }
-            return pendingAcks
+        let acks = state.withLock { s -> [Ack] in
+            defer { s.pendingAcks.removeAll() }
+            return s.pendingAcks
         }
         for ack in acks where ack.generation == gen {
             if ack.requeue {
@@ -134,14 +145,14 @@ public final class AMQPTaskSource: TaskSource, @unchecked Sendable {
         var message = InboundMessage(channel: channel, body: d.body, redelivered: d.redelivered,
                                      size: Int(clamping: d.declaredBodySize), ack: { [weak self] in
             guard let self else { return }
-            self.lock.withLock { self.pendingAcks.append((gen, d.channel, d.deliveryTag, false)) }
+            self.state.withLock { $0.pendingAcks.append((gen, d.channel, d.deliveryTag, false)) }
             self.wakeup.wake()
         }, requeue: { [weak self] in
             guard let self else { return }
-            self.lock.withLock { self.pendingAcks.append((gen, d.channel, d.deliveryTag, true)) }
+            self.state.withLock { $0.pendingAcks.append((gen, d.channel, d.deliveryTag, true)) }
             self.wakeup.wake()
         })
         message.userID = d.userID
-        continuation?.yield(message)
+        continuation.yield(message)
     }
 }

@@ -62,6 +62,46 @@ struct DockerEngineTests {
         #expect(try engine.containers(labels: ["fem.test": label]).isEmpty)
     }
 
+    /// Many containers followed at once hold one thread between them (HTTPStreams), and their logs arrive whole.
+    @Test func followedContainersShareOneStreamsThread() async throws {
+        try requireEngine()
+        let ids = try (0..<4).map { i in
+            try run(["sh", "-c", "sleep 1; for n in 1 2 3; do echo out\(i).$n; echo err\(i).$n >&2; done; exit \(i)"],
+                    label: UUID().uuidString)
+        }
+        defer { for id in ids { try? engine.remove(id) } }
+        let engine = self.engine
+        let results = try await withThrowingTaskGroup(of: (Int, String, String, Int).self) { group in
+            for (i, id) in ids.enumerated() {
+                group.addTask {
+                    let text = Shared((out: "", err: ""))
+                    try engine.start(id)
+                    try await engine.followLogs(id, follow: true) { stream, bytes in
+                        let s = String(decoding: bytes, as: UTF8.self)
+                        text.withLock { if stream == .stdout { $0.out += s } else { $0.err += s } }
+                    }
+                    let code = try await engine.waitForExit(id)
+                    return text.withLock { (i, $0.out, $0.err, code) }
+                }
+            }
+            #expect(await eventually { HTTPStreams.shared.activeCount == 4 }, "4 follows in flight")
+            #expect(threads(named: "fem-http-streams") == 1, "4 followed containers share one streams thread")
+            return try await group.reduce(into: []) { $0.append($1) }
+        }
+        for (i, out, err, code) in results {
+            #expect(out == "out\(i).1\nout\(i).2\nout\(i).3\n")
+            #expect(err == "err\(i).1\nerr\(i).2\nerr\(i).3\n")
+            #expect(code == i)
+        }
+        // A stop's grace: a wait that times out says so; one for a stopped container answers at once.
+        let sleeper = try run(["sleep", "60"], label: UUID().uuidString)
+        defer { try? engine.remove(sleeper) }
+        try engine.start(sleeper)
+        #expect(try await engine.waitStopped(sleeper, upTo: .milliseconds(300)) == false)
+        try engine.kill(sleeper, signal: "KILL")
+        #expect(try await engine.waitStopped(sleeper, upTo: .seconds(10)) == true)
+    }
+
     @Test func killStopsARunningContainer() throws {
         try requireEngine()
         let id = try run(["sleep", "60"], label: UUID().uuidString)

@@ -82,7 +82,7 @@ struct HostCgroupTests {
         let leaky = open("/dev/null", O_RDONLY)
         defer { close(leaky) }
         let main = try spawn("grep -E '^(Uid|Gid|Groups|CapEff|NoNewPrivs):' /proc/self/status; umask; "
-                             + "echo fds: $(ls /proc/$$/fd | tr '\\n' ' '); "
+                             + "cd /proc/$$/fd && echo fds: *; cd /; "
                              + "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '", cgroup: nil, uid: 65534,
                              newNetwork: true)
         #expect(ChildProcess.waitBlocking(pid: main.pid) == .exited(0))
@@ -95,10 +95,36 @@ struct HostCgroupTests {
         #expect(out.contains("NoNewPrivs:\t1"), "\(out)")
         #expect(out.contains("0077"), "\(out)")
         #expect(out.hasSuffix("\nlo\n"), "only lo: \(out)")
-        // 3 is the shell's own: the read end of the `$(...)` pipe.
+        // The shell lists its own descriptors (no subshell, whose pipe would race the listing); 3 is the directory
+        // the glob is reading.
         #expect(out.contains("fds: 0 1 2 3\n"), "no descriptor of the parent reaches the task: \(out)")
         let mode = try FileManager.default.attributesOfItem(atPath: "\(scratch)/out.log")[.posixPermissions] as? Int
         #expect(mode == 0o600)
+    }
+
+    /// An executable still open for writing somewhere (ETXTBSY) is tried again for a moment; one that stays busy
+    /// fails naming execve and the reason.
+    @Test func aBusyExecutableIsTriedAgainForAMoment() throws {
+        try FileManager.default.createDirectory(atPath: scratch, withIntermediateDirectories: true)
+        let script = "\(scratch)/busy.sh"
+        try "#!/bin/sh\nexit 0\n".write(toFile: script, atomically: false, encoding: .utf8)
+        chmod(script, 0o755)
+        let writer = open(script, O_WRONLY)
+        try #require(writer >= 0)
+        DispatchQueue.global().asyncAfter(deadline: .now() + 0.05) { close(writer) }
+        let child = try ChildProcess.spawn(executable: script, arguments: [], environment: [:],
+                                           workingDirectory: scratch, stdoutPath: "\(scratch)/o", stderrPath: "\(scratch)/e",
+                                           confinement: .init(uid: 65534, gid: 65534, newNetwork: false))
+        #expect(ChildProcess.waitBlocking(pid: child.pid) == .exited(0))
+
+        let holder = open(script, O_WRONLY)
+        try #require(holder >= 0)
+        defer { close(holder) }
+        #expect {
+            _ = try ChildProcess.spawn(executable: script, arguments: [], environment: [:], workingDirectory: scratch,
+                                       stdoutPath: "\(scratch)/o", stderrPath: "\(scratch)/e",
+                                       confinement: .init(uid: 65534, gid: 65534, newNetwork: false))
+        } throws: { "\($0)".contains("execve") && "\($0)".contains("Text file busy") }
     }
 
     @Test func aFailingStepIsNamed() throws {

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A state change the journal refused (a full disk, an I/O error), with the journal's error: the runner keeps it in
 /// memory and retries; a copy here lets a restarted daemon tell the truth about a task whose outcome never reached
@@ -42,16 +43,18 @@ public enum DiskFull {
 }
 
 /// Resumes a continuation once, whichever comes first: the work's end, or a deadline after a cancel.
-final class ResumeOnce<T: Sendable>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var continuation: CheckedContinuation<T, Never>?
-    private var early: T?
-    private var done = false
+final class ResumeOnce<T: Sendable>: Sendable {
+    private struct State {
+        var continuation: CheckedContinuation<T, Never>?
+        var early: T?
+        var done = false
+    }
+    private let state = Mutex(State())
 
     func set(_ c: CheckedContinuation<T, Never>) {
-        let value: T? = lock.withLock {
-            if let early { done = true; return early }
-            continuation = c
+        let value: T? = state.withLock { s in
+            if let early = s.early { s.done = true; return early }
+            s.continuation = c
             return nil
         }
         if let value { c.resume(returning: value) }
@@ -60,19 +63,19 @@ final class ResumeOnce<T: Sendable>: @unchecked Sendable {
     /// False when it was already resumed (or a value was already waiting).
     @discardableResult
     func resume(_ value: T) -> Bool {
-        let (won, c): (Bool, CheckedContinuation<T, Never>?) = lock.withLock {
-            if done || early != nil { return (false, nil) }
-            if let continuation {
-                done = true
-                self.continuation = nil
+        let (won, c): (Bool, CheckedContinuation<T, Never>?) = state.withLock { s in
+            if s.done || s.early != nil { return (false, nil) }
+            if let continuation = s.continuation {
+                s.done = true
+                s.continuation = nil
                 return (true, continuation)
             }
-            early = value
+            s.early = value
             return (true, nil)
         }
         c?.resume(returning: value)
         return won
     }
 
-    var resumed: Bool { lock.withLock { done || early != nil } }
+    var resumed: Bool { state.withLock { $0.done || $0.early != nil } }
 }

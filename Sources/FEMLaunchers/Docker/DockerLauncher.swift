@@ -58,7 +58,7 @@ public struct DockerLauncherConfig: Sendable {
 /// no network, no capabilities, no new privileges, a non-root user, a read-only root with a tmpfs `/tmp`, a PIDs
 /// limit, memory and CPU from the plan capped by the node; `src` and `in` read-only, `out` writable, datasets
 /// read-only by id. The container id is journaled before the container starts; a restarted daemon re-attaches.
-public final class DockerLauncher: Launcher, @unchecked Sendable {
+public final class DockerLauncher: Launcher, Sendable {
     public let name = "docker"
     let config: DockerLauncherConfig
     let engine: DockerEngine
@@ -219,18 +219,20 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
         let engine = self.engine
         let cgroup = cgroups.withLock { $0.removeValue(forKey: id) }
             ?? state.cgroup.flatMap { path in taskCgroupHost().flatMap { TaskCgroup.existing(host: $0, path: path) } }
-        return try await offload("fem-docker-wait") {
-            do {
-                try Self.writeLogs(engine, id, follow: true, stdout: stdout, stderr: stderr)
-                let code = try engine.wait(id)
+        do {
+            // The logs are followed and the end awaited on the one HTTP streams thread: a running container holds
+            // no thread; the OOM count is in the task's cgroup (an event on v1, a counter on v2).
+            try await Self.followLogs(engine, id, stdout: stdout, stderr: stderr)
+            let code = try await engine.waitForExit(id)
+            return try await offload("fem-docker-end") {
                 let state = try engine.inspectContainer(id)
                 let oom = try Self.wasOOMKilled(engine, id, code: code, state: state, cgroup: cgroup)
                 try? engine.remove(id)
                 cgroup?.remove()
                 return Self.outcome(code: code, oom: oom)
-            } catch let e as DockerError {
-                throw TaskFailure(.runnerSystemFailure, e.message)
             }
+        } catch let e as DockerError {
+            throw TaskFailure(.runnerSystemFailure, e.message)
         }
     }
 
@@ -305,18 +307,53 @@ public final class DockerLauncher: Launcher, @unchecked Sendable {
         return failed
     }
 
+    /// As `writeLogs(follow: true)`, on the HTTP streams thread (no thread is held while the container runs).
+    @discardableResult
+    static func followLogs(_ engine: DockerEngine, _ id: String, stdout: String, stderr: String) async throws
+        -> SystemError? {
+        let failed = Mutex<SystemError?>(nil)
+        @Sendable func note(_ error: Error, _ call: String) {
+            failed.withLock { if $0 == nil { $0 = error as? SystemError ?? SystemError(call, errno: EIO, "\(error)") } }
+        }
+        func open(_ path: String) -> Int32 {
+            do {
+                return try FileWriter.open(path, append: false)
+            } catch {
+                note(error, "open")
+                return (try? Posix.open("/dev/null", O_WRONLY)) ?? -1  // -1: writes fail (EBADF), and are counted
+            }
+        }
+        let out = open(stdout), err = open(stderr)
+        // Closing reports what the writes did not (a delayed ENOSPC); the first error is the one returned.
+        func closeBoth() {
+            for (fd, path) in [(out, stdout), (err, stderr)] where fd >= 0 {
+                do { try Posix.close(fd, path: path) } catch { note(error, "close") }
+            }
+        }
+        do {
+            try await engine.followLogs(id, follow: true) { stream, bytes in
+                do {
+                    try FileWriter.writeAll(stream == .stdout ? out : err, bytes,
+                                            context: stream == .stdout ? stdout : stderr)
+                } catch {
+                    note(error, "write")
+                }
+            }
+        } catch {
+            closeBoth()
+            throw error
+        }
+        closeBoth()
+        return failed.withLock { $0 }
+    }
+
+    /// TERM, then dockerd's answer to a wait for the container's end (an event, not a poll) up to `grace`, then KILL.
     public func stop(_ handle: LaunchHandle, grace: Duration) async {
         guard let id = try? handle.state(as: ContainerHandleState.self).container else { return }
         let engine = self.engine
-        let seconds = Double(grace.components.seconds) + Double(grace.components.attoseconds) / 1e18
-        _ = try? await offload("fem-docker-stop") {
-            try engine.kill(id, signal: "TERM")
-            let deadline = Date().addingTimeInterval(seconds)
-            while Date() < deadline, try engine.inspectContainer(id)?.running == true {
-                Thread.sleep(forTimeInterval: 0.1)
-            }
-            try engine.kill(id, signal: "KILL")
-        }
+        guard (try? await offload("fem-docker-stop") { try engine.kill(id, signal: "TERM") }) != nil else { return }
+        if (try? await engine.waitStopped(id, upTo: grace)) == true { return }
+        _ = try? await offload("fem-docker-kill") { try engine.kill(id, signal: "KILL") }
     }
 
     /// Removes the container (force: also one still running after a failed wait) and the task's cgroup. A container

@@ -1,6 +1,7 @@
 import FEMCore
 import FEMSystem
 import Foundation
+import Synchronization
 
 /// Host processes for the launchers that run them (`process`, `flower`). Confined (the daemon's configuration):
 /// - as the node's task user, with no supplementary groups, PR_SET_NO_NEW_PRIVS, umask 077 and rlimits (open files,
@@ -13,14 +14,14 @@ import Foundation
 /// - with its sandbox (except `logs/`, which the daemon keeps) owned by the task user while it runs, and given back
 ///   to the daemon (0700) when it ends, so a later task of the same user cannot read it.
 /// Unconfined (unit tests, library callers): the daemon's user, its own process group, no cgroup.
-final class HostProcesses: @unchecked Sendable {
+final class HostProcesses: Sendable {
     let launcher: String
     let confinement: HostConfinementConfig
-    private let lock = NSLock()
-    private var running: [Int32: Running] = [:]
+    private let running = Mutex<[Int32: Running]>([:])
 
-    private struct Running {
-        var exit: Task<ExitStatus, Never>
+    private struct Running: Sendable {
+        /// Reaped by the event reactor the moment the process ends.
+        var exit: ChildExit
         var cgroup: TaskCgroup?
         var sandbox: String
     }
@@ -96,8 +97,8 @@ final class HostProcesses: @unchecked Sendable {
             throw TaskFailure(.runnerSystemFailure, "\(error)")
         }
         let pid = spawned.pid
-        let waiter = Task { await ChildProcess.exitStatus(of: pid) }
-        lock.withLock { running[pid] = Running(exit: waiter, cgroup: cgroup, sandbox: job.sandbox.sandbox) }
+        let exit = ChildProcess.watchExit(pid)
+        running.withLock { $0[pid] = Running(exit: exit, cgroup: cgroup, sandbox: job.sandbox.sandbox) }
         let handle = LaunchHandle(launcher: launcher, state: HostProcessState(
             pid: pid, pgid: pid, startTime: spawned.startTime,
             cgroup: cgroup.map { "\($0.path) (\($0.host.version.rawValue))" }))
@@ -109,7 +110,7 @@ final class HostProcesses: @unchecked Sendable {
             ChildProcess.signalGroup(pid, SIGKILL)
             cgroup?.killAll()
             cgroup?.remove()
-            lock.withLock { _ = running.removeValue(forKey: pid) }
+            running.withLock { _ = $0.removeValue(forKey: pid) }
             if confinement.confined, let user = confinement.user { SandboxOwnership.takeBack(job.sandbox, from: user) }
             throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .runnerSystemFailure,
                               "cannot record the process's handle, so it was stopped: \(error)")
@@ -119,11 +120,11 @@ final class HostProcesses: @unchecked Sendable {
 
     func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome {
         guard let pid = try? handle.state(as: HostProcessState.self).pid,
-              let entry = lock.withLock({ running[pid] }) else {
+              let entry = running.withLock({ $0[pid] }) else {
             throw TaskFailure(.runnerSystemFailure, "no process is known for this handle")
         }
-        let status = await entry.exit.value
-        lock.withLock { _ = running.removeValue(forKey: pid) }
+        let status = await entry.exit.wait()
+        running.withLock { _ = $0.removeValue(forKey: pid) }
         // The main process is gone; nothing it started may outlive it.
         var usage: CgroupUsage?
         if let cgroup = entry.cgroup {
@@ -148,6 +149,9 @@ final class HostProcesses: @unchecked Sendable {
         case .signaled(let sig):
             outcome = LaunchOutcome(exitCode: 128 + sig, signal: sig, outOfMemory: oom,
                                     message: oom ? "killed for exceeding its memory limit" : "killed by signal \(sig)")
+        case .unknown(let why):
+            outcome = LaunchOutcome(exitCode: nil, outOfMemory: oom,
+                                    message: oom ? "killed for exceeding its memory limit" : "its exit status is unknown: \(why)")
         }
         outcome.cpuSeconds = usage?.cpuSeconds
         outcome.peakMemoryBytes = usage?.peakMemoryBytes.map { UInt64(max(0, $0)) }
@@ -156,16 +160,15 @@ final class HostProcesses: @unchecked Sendable {
 
     func stop(_ handle: LaunchHandle, grace: Duration) async {
         guard let pgid = try? handle.state(as: HostProcessState.self).pgid else { return }
-        guard let cgroup = lock.withLock({ running[pgid]?.cgroup }) else {
+        guard let cgroup = running.withLock({ $0[pgid]?.cgroup }) else {
             await Self.terminateGroup(pgid, grace: grace)
             return
         }
-        // TERM to every member (not only the group), then the cgroup kill after the grace period.
+        // TERM to every member (not only the group), wait for their exits (events, not a poll) up to the grace
+        // period, then the cgroup kill for whatever is left.
+        let members = cgroup.processes()
         cgroup.signalAll(SIGTERM)
-        let deadline = ContinuousClock.now + grace
-        while ContinuousClock.now < deadline, !cgroup.processes().isEmpty {
-            try? await Task.sleep(for: .milliseconds(50))
-        }
+        _ = await ChildProcess.awaitExits(of: members, upTo: grace)
         _ = try? await offload("fem-cgroup-kill") { cgroup.killAll() }
     }
 
@@ -173,7 +176,7 @@ final class HostProcesses: @unchecked Sendable {
     /// a `wait` that returned there is nothing left to do.
     func destroy(_ handle: LaunchHandle) async {
         guard let state = try? handle.state(as: HostProcessState.self),
-              let entry = lock.withLock({ running.removeValue(forKey: state.pid) }) else { return }
+              let entry = running.withLock({ $0.removeValue(forKey: state.pid) }) else { return }
         if let cgroup = entry.cgroup {
             _ = try? await offload("fem-cgroup-destroy") {
                 cgroup.killAll()
@@ -192,7 +195,7 @@ final class HostProcesses: @unchecked Sendable {
         guard let state = try? handle.state(as: HostProcessState.self) else {
             return LaunchInspection(state: .gone("the handle does not describe a host process"))
         }
-        guard let entry = lock.withLock({ running[state.pid] }) else {
+        guard let entry = running.withLock({ $0[state.pid] }) else {
             return LaunchInspection(state: .gone("no process of this daemon is known for the handle (it was collected, "
                                                  + "or the daemon restarted)"))
         }
@@ -202,13 +205,11 @@ final class HostProcesses: @unchecked Sendable {
                                 memoryBytes: usage?.peakMemoryBytes.map { UInt64(max(0, $0)) })
     }
 
+    /// TERM to the group, its members' exits awaited up to `grace` (pidfd events), then KILL to what is left.
     static func terminateGroup(_ pgid: Int32, grace: Duration) async {
+        let members = ChildProcess.liveMembers(ofGroup: pgid)
         guard ChildProcess.signalGroup(pgid, SIGTERM) else { return }
-        let deadline = ContinuousClock.now + grace
-        while ContinuousClock.now < deadline {
-            if !ChildProcess.groupExists(pgid) { return }
-            try? await Task.sleep(for: .milliseconds(50))
-        }
+        if await ChildProcess.awaitExits(of: members, upTo: grace), !ChildProcess.groupExists(pgid) { return }
         ChildProcess.signalGroup(pgid, SIGKILL)
     }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 import FEMCore
 import FEMSystem
 
@@ -10,13 +11,17 @@ public struct LineLogHandler: LogHandler {
     /// Writes lines with write(2) loops: a write that fails (a full disk) never crashes the daemon. Lines that
     /// cannot be written are counted; the first failure is said once on stderr and through `trouble` (a notice
     /// event), and when writes work again the log gets a line with the count (and `trouble` hears of it).
-    final class Sink: @unchecked Sendable {
+    final class Sink: Sendable {
         let fd: Int32
         let path: String
         let trouble: LogTrouble
-        let lock = NSLock()
-        private var dropped = 0
-        private var failing: String?
+        /// Lines dropped since writes started failing, and why they fail; held while a line is written, so lines
+        /// never interleave.
+        private struct State {
+            var dropped = 0
+            var failing: String?
+        }
+        private let state = Mutex(State())
 
         init(fd: Int32, path: String, trouble: LogTrouble) {
             self.fd = fd
@@ -26,24 +31,24 @@ public struct LineLogHandler: LogHandler {
 
         func write(_ line: String) {
             var news: LogTrouble.News?
-            lock.withLock {
-                if let why = failing {
-                    let note = "\(FEMTime.format(Date())) NOTE  log writes work again; \(dropped) line(s) were dropped "
+            state.withLock { s in
+                if let why = s.failing {
+                    let note = "\(FEMTime.format(Date())) NOTE  log writes work again; \(s.dropped) line(s) were dropped "
                         + "while they failed (\(why))\n"
                     guard (try? FileWriter.writeAll(fd, Array(note.utf8), context: path)) != nil else {
-                        dropped += 1
+                        s.dropped += 1
                         return
                     }
-                    news = .recovered(dropped: dropped, error: why)
-                    dropped = 0
-                    failing = nil
+                    news = .recovered(dropped: s.dropped, error: why)
+                    s.dropped = 0
+                    s.failing = nil
                 }
                 do {
                     try FileWriter.writeAll(fd, Array(line.utf8), context: path)
                 } catch {
-                    dropped += 1
-                    if failing == nil {
-                        failing = "\(error)"
+                    s.dropped += 1
+                    if s.failing == nil {
+                        s.failing = "\(error)"
                         news = .dropping(error: "\(error)")
                         let say = "fem-client: cannot write the log \(path) (\(error)); dropping log lines and counting "
                             + "them until writes work again\n"
@@ -113,32 +118,34 @@ public struct LineLogHandler: LogHandler {
 
 /// Where a log sink reports that it cannot write (and that it can again): the daemon turns these into node notices.
 /// Called outside the sink's lock; the handler may log (a line it logs while writes fail is counted as dropped).
-public final class LogTrouble: @unchecked Sendable {
+public final class LogTrouble: Sendable {
     public enum News: Sendable {
         case dropping(error: String)
         case recovered(dropped: Int, error: String)
     }
 
-    private let lock = NSLock()
-    private var handler: (@Sendable (News) -> Void)?
-    /// News from before a handler was set (the daemon sets it once the publisher runs).
-    private var early: [News] = []
+    private struct State {
+        var handler: (@Sendable (News) -> Void)?
+        /// News from before a handler was set (the daemon sets it once the publisher runs).
+        var early: [News] = []
+    }
+    private let state = Mutex(State())
 
     public init() {}
 
     public func set(_ h: @escaping @Sendable (News) -> Void) {
-        let pending = lock.withLock { () -> [News] in
-            handler = h
-            defer { early = [] }
-            return early
+        let pending = state.withLock { s -> [News] in
+            s.handler = h
+            defer { s.early = [] }
+            return s.early
         }
         pending.forEach(h)
     }
 
     func fire(_ news: News) {
-        let h = lock.withLock { () -> (@Sendable (News) -> Void)? in
-            if handler == nil { early.append(news) }
-            return handler
+        let h = state.withLock { s -> (@Sendable (News) -> Void)? in
+            if s.handler == nil { s.early.append(news) }
+            return s.handler
         }
         h?(news)
     }

@@ -76,7 +76,7 @@ struct NodeApplication: Sendable {
     /// the watchers stop, then the receiver stops consuming, and the publisher, last, sends what the journal holds.
     var services: [ServiceGroupConfiguration.ServiceConfiguration] {
         [
-            .init(service: PublisherService(publisher: publisher)),
+            .init(service: PublisherService(publisher: publisher, logger: logger)),
             .init(service: ReceiverService(receiver: receiver, source: source)),
             .init(service: EveryService(name: "heartbeat", interval: .seconds(config.heartbeatSeconds)) { [self] in
                 await sendHeartbeat()
@@ -155,11 +155,14 @@ struct NodeApplication: Sendable {
 /// Sends the journal's outbox; on shutdown (it stops last) it sends what is left, for up to 5 s.
 struct PublisherService: Service {
     let publisher: AMQPEventPublisher
+    let logger: Logger
 
     func run() async throws {
         publisher.start()
         try? await gracefulShutdown()
-        publisher.stop(timeout: 5)
+        if !(await publisher.stop(timeout: .seconds(5))) {
+            logger.warning("the event publisher did not finish within 5 s; events still in the journal go out at the next start")
+        }
     }
 }
 

@@ -292,7 +292,7 @@ struct HTTPDestination: OutputDestination {
 /// every folder below it (the rest of the URL's path, then execution, node and task id, then the file's own
 /// folders) and every file is made relative to an open descriptor without following symlinks, so a link planted
 /// in the destination tree leads nowhere.
-final class FolderDestination: OutputDestination, @unchecked Sendable {
+final class FolderDestination: OutputDestination, Sendable {
     let root: DirectoryHandle
     /// Below `root`: the URL's remaining path segments and the ids.
     let below: [String]

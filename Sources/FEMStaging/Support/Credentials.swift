@@ -107,11 +107,8 @@ public struct RetryPolicy: Sendable, Equatable {
                 guard retryable(error), attempt < attempts else { throw error }
                 let pause = delay(afterAttempt: attempt)
                 waiting(attempt, pause, error)
-                if let cancel {
-                    guard cancel.sleep(seconds: pause.seconds) else { throw OperationCancelled("retry") }
-                } else {
-                    Thread.sleep(forTimeInterval: pause.seconds)
-                }
+                // Without a flag of the caller's, a flag nobody sets: the same timed wait on a semaphore.
+                guard (cancel ?? CancelFlag()).sleep(seconds: pause.seconds) else { throw OperationCancelled("retry") }
                 attempt += 1
             }
         }

@@ -36,22 +36,68 @@ public struct CgroupUsage: Sendable, Equatable {
 /// OOM kills are read from the counters, never guessed from an exit code: on v2 `memory.events` counts `oom_kill`
 /// hierarchically; on v1 the kill is counted in the victim's own cgroup (gone with a container), so the node also
 /// registers an eventfd on `memory.oom_control` (`cgroup.event_control`) when it makes the cgroup: the kernel
-/// signals it whenever this cgroup's limit invokes the OOM killer, and the count waits in the eventfd.
+/// signals it whenever this cgroup's limit invokes the OOM killer. The eventfd sits in the `EventReactor`, which
+/// adds each notice to the count the moment it arrives (no thread waits on it, nothing polls); `usage()` drains
+/// what the reactor has not read yet under the same lock, so the count is exact whichever reads first.
 public final class TaskCgroup: Sendable {
     public let host: CgroupHost
     /// Relative to each hierarchy's root, starting with `/` (what dockerd's `CgroupParent` takes).
     public let path: String
-    private let oomEvent: Int32?
-    private let oomEvents = Mutex(0)
+    private let oomEvents: OOMEvents?
+    private let oomWatch: UInt64?
 
-    private init(host: CgroupHost, path: String, oomEvent: Int32?) {
+    /// The v1 OOM eventfd and the kills it counted. Owns the descriptor: the reactor's watch holds it, so it is
+    /// closed only after the watch ended.
+    private final class OOMEvents: Sendable {
+        let fd: Int32
+        /// The total, and whether the cgroup was removed: the kernel signals the eventfd once more when its cgroup
+        /// goes, which is no OOM kill.
+        private let total = Mutex((count: 0, retired: false))
+        /// Called back (the reactor's thread) when the cgroup's OOM killer ran, with the total so far.
+        let notice: @Sendable (Int) -> Void
+
+        init(fd: Int32, notice: @escaping @Sendable (Int) -> Void) {
+            self.fd = fd
+            self.notice = notice
+        }
+        deinit { close(fd) }
+
+        /// Adds what the eventfd holds to the total and returns the total.
+        @discardableResult
+        func drain() -> Int {
+            total.withLock { total in
+                var value: UInt64 = 0
+                if Glibc.read(fd, &value, 8) == 8, !total.retired { total.count += Int(value) }
+                return total.count
+            }
+        }
+
+        /// Counts what is pending, then ignores the eventfd from now on (before the cgroup is removed).
+        func retire() {
+            drain()
+            total.withLock { $0.retired = true }
+        }
+    }
+
+    private init(host: CgroupHost, path: String, oomEvent: Int32?, onOOM: (@Sendable (Int) -> Void)? = nil) {
         self.host = host
         self.path = path
-        self.oomEvent = oomEvent
+        if let oomEvent {
+            let events = OOMEvents(fd: oomEvent, notice: onOOM ?? { _ in })
+            oomEvents = events
+            oomWatch = EventReactor.shared?.watch(oomEvent) {
+                let before = events.drain()
+                events.notice(before)
+                return true
+            }
+        } else {
+            oomEvents = nil
+            oomWatch = nil
+        }
     }
 
     deinit {
-        if let oomEvent { close(oomEvent) }
+        if let oomWatch { EventReactor.shared?.unwatch(oomWatch) }
     }
 
     /// `/<root>/<node>/<task>` after checking each part is a plain name.
@@ -66,7 +112,10 @@ public final class TaskCgroup: Sendable {
     }
 
     /// Makes the cgroup (and its parents) with `limits`. An existing one (a restarted task) is reused.
-    public static func create(host: CgroupHost, path: String, limits: CgroupLimits) throws -> TaskCgroup {
+    /// `onOOM` (v1) is told, on the event reactor's thread, each time the cgroup's OOM killer ran (with the total so
+    /// far); on v2 the counters are read at the end only.
+    public static func create(host: CgroupHost, path: String, limits: CgroupLimits,
+                              onOOM: (@Sendable (Int) -> Void)? = nil) throws -> TaskCgroup {
         switch host.version {
         case .v2:
             guard let root = host.roots[""] else { throw SystemError("cgroup", errno: ENOENT, "no cgroup v2 mount") }
@@ -106,7 +155,7 @@ public final class TaskCgroup: Sendable {
                 try? write("100000", to: "\(dir)/cpu.cfs_period_us")
                 try? write("\(Int(cpus * 100_000))", to: "\(dir)/cpu.cfs_quota_us")
             }
-            return TaskCgroup(host: host, path: path, oomEvent: oomEvent)
+            return TaskCgroup(host: host, path: path, oomEvent: oomEvent, onOOM: onOOM)
         }
     }
 
@@ -120,7 +169,7 @@ public final class TaskCgroup: Sendable {
 
     /// Whether OOM kills are counted by an event this object holds (v1, made by this daemon) or by the kernel's
     /// counters (v2): true means `usage().oomKills` is exact.
-    public var countsOOMKillsExactly: Bool { host.version == .v2 || oomEvent != nil }
+    public var countsOOMKillsExactly: Bool { host.version == .v2 || oomEvents != nil }
 
     private static func registerOOMEvent(_ memory: String) throws -> Int32 {
         let efd = fem_eventfd_nonblock()
@@ -158,7 +207,7 @@ public final class TaskCgroup: Sendable {
                 // Kills of processes that live in this cgroup itself (host tasks) are counted here; kills inside a
                 // child cgroup (a container) only through the eventfd.
                 let own = Self.keyed(Self.read("\(memory)/memory.oom_control"))["oom_kill"] ?? 0
-                u.oomKills = max(own, drainOOMEvents())
+                u.oomKills = max(own, oomEvents?.drain() ?? 0)
                 u.limitHits = Self.read("\(memory)/memory.failcnt").flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 0
                 u.peakMemoryBytes = Self.read("\(memory)/memory.max_usage_in_bytes")
                     .flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
@@ -169,16 +218,6 @@ public final class TaskCgroup: Sendable {
             }
         }
         return u
-    }
-
-    private func drainOOMEvents() -> Int {
-        guard let oomEvent else { return 0 }
-        var value: UInt64 = 0
-        let n = Glibc.read(oomEvent, &value, 8)
-        return oomEvents.withLock { total in
-            if n == 8 { total += Int(value) }
-            return total
-        }
     }
 
     /// The pids in the cgroup and every cgroup below it.
@@ -221,6 +260,7 @@ public final class TaskCgroup: Sendable {
     /// Removes the cgroup (after what ran in it ended) in every hierarchy, with what an engine left below it, and
     /// the node's and the root's levels where they became empty.
     public func remove() {
+        oomEvents?.retire()
         let mounts = host.version == .v2 ? Array(host.roots.values) : Array(Set(host.allMounts + host.roots.values))
         for mount in mounts {
             let dir = mount + path

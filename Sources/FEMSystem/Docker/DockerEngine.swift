@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// What went wrong talking to dockerd, classified so a caller can tell "unreachable" from "no such image" from
 /// "the registry refused". Registry credentials never appear in a message.
@@ -46,6 +47,28 @@ public struct DockerEngine: Sendable {
         }
         r.body = head
         return r
+    }
+
+    /// As `stream`, on the one `HTTPStreams` thread: the request holds no thread while it waits (a followed log, a
+    /// wait for a container's end). `timeoutMilliseconds` nil: no limit. Like the blocking calls, it is not ended by
+    /// cancelling the calling task (a launcher's wait outlasts a cancelled supervisor until the container ends).
+    func streamed(_ method: String, _ path: String, timeoutMilliseconds: Int? = nil,
+                  sink: (@Sendable (UnsafeRawBufferPointer) -> Bool)? = nil) async throws -> HTTPResponse {
+        var request = httpRequest(method, path, timeout: 0)
+        request.timeoutMilliseconds = timeoutMilliseconds
+        do {
+            guard let sink else { return try await HTTPStreams.shared.perform(request, cancelWithTask: false) }
+            // The first 64 KiB streamed, for the message of a non-2xx answer.
+            let head = Mutex<[UInt8]>([])
+            var r = try await HTTPStreams.shared.perform(request, cancelWithTask: false) { chunk in
+                head.withLock { if $0.count < 65_536 { $0.append(contentsOf: chunk.prefix(65_536 - $0.count)) } }
+                return sink(chunk)
+            }
+            r.body = head.withLock { $0 }
+            return r
+        } catch let e as HTTPError where e.code == .connect {
+            throw DockerError(code: .unreachable, message: "dockerd is not reachable on \(socket) (is it running?)")
+        }
     }
 
     /// The `filters=` query value of the Engine API: a JSON object of string lists, percent-encoded.
@@ -225,6 +248,26 @@ public struct DockerEngine: Sendable {
         return obj?["StatusCode"] as? Int ?? -1
     }
 
+    /// As `wait`, holding no thread while the container runs (the streams thread answers when dockerd does).
+    public func waitForExit(_ id: String) async throws -> Int {
+        let r = try expect(await streamed("POST", "/containers/\(id)/wait?condition=not-running"), [200],
+                           "wait for container \(id.prefix(12))")
+        let obj = try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any]
+        return obj?["StatusCode"] as? Int ?? -1
+    }
+
+    /// Waits at most `limit` for the container to stop: true when it did (or is gone), false when the time passed.
+    public func waitStopped(_ id: String, upTo limit: Duration) async throws -> Bool {
+        let ms = Int(limit.components.seconds) * 1000 + Int(limit.components.attoseconds / 1_000_000_000_000_000)
+        guard ms > 0 else { return try inspectContainer(id)?.running != true }
+        do {
+            let r = try await streamed("POST", "/containers/\(id)/wait?condition=not-running", timeoutMilliseconds: ms)
+            return r.status == 200 || r.status == 404
+        } catch let e as HTTPError where e.code == .timeout {
+            return false
+        }
+    }
+
     public struct ContainerState: Sendable, Equatable {
         /// `created`, `running`, `exited`, …
         public var status: String
@@ -290,6 +333,38 @@ public struct DockerEngine: Sendable {
     }
 
     public enum Stream: UInt8, Sendable { case stdout = 1, stderr = 2 }
+
+    /// Splits dockerd's log stream into frames (8-byte header: stream, 0, 0, 0, big-endian length) as chunks arrive.
+    final class LogFrames: Sendable {
+        private let pending = Mutex<[UInt8]>([])
+        func add(_ chunk: UnsafeRawBufferPointer, _ handler: (Stream, UnsafeRawBufferPointer) -> Void) {
+            pending.withLock { pending in
+                pending.append(contentsOf: chunk)
+                var start = 0
+                while pending.count - start >= 8 {
+                    let length = Int(pending[start + 4]) << 24 | Int(pending[start + 5]) << 16
+                        | Int(pending[start + 6]) << 8 | Int(pending[start + 7])
+                    guard pending.count - start >= 8 + length else { break }
+                    let stream = Stream(rawValue: pending[start]) ?? .stdout
+                    pending[(start + 8)..<(start + 8 + length)].withUnsafeBytes { handler(stream, $0) }
+                    start += 8 + length
+                }
+                pending.removeFirst(start)
+            }
+        }
+    }
+
+    /// As `logs`, on the streams thread: following a running container's logs holds no thread. `handler` runs on
+    /// that thread and must not block.
+    public func followLogs(_ id: String, follow: Bool,
+                           handler: @escaping @Sendable (Stream, UnsafeRawBufferPointer) -> Void) async throws {
+        let frames = LogFrames()
+        let r = try await streamed("GET", "/containers/\(id)/logs?stdout=true&stderr=true&follow=\(follow)") { chunk in
+            frames.add(chunk, handler)
+            return true
+        }
+        try expect(r, [200], "logs of container \(id.prefix(12))")
+    }
 
     /// Streams a container's logs (`Tty: false`), demultiplexing dockerd's 8-byte frame headers
     /// (stream, 0, 0, 0, big-endian length). With `follow`, returns when the container stops.

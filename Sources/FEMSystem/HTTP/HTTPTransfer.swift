@@ -15,6 +15,8 @@ public struct HTTPRequest: Sendable {
     public var unixSocket: String?
     /// 0 means no overall limit (streams such as logs and pulls run as long as they need).
     public var timeoutSeconds: Int
+    /// When set, the overall limit in milliseconds instead of `timeoutSeconds` (a stop's grace period).
+    public var timeoutMilliseconds: Int?
     public var connectTimeoutSeconds: Int
     public var caFile: String?
     /// A file to send as the body (PUT), streamed from disk: memory stays flat whatever its size.
@@ -78,56 +80,76 @@ public struct HTTPError: Error, CustomStringConvertible, Sendable {
 
 /// Performs requests. Not shared between threads: each call makes and frees its own easy handle.
 public enum HTTPTransfer {
-    private static let globalInit: Void = { _ = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) }()
+    static let globalInit: Void = { _ = curl_global_init(Int(CURL_GLOBAL_DEFAULT)) }()
 
     /// Receives body bytes as they arrive; returns false to abort the transfer.
     public typealias Sink = (UnsafeRawBufferPointer) -> Bool
 
     /// Performs `request`, collecting the body.
     public static func perform(_ request: HTTPRequest) throws -> HTTPResponse {
-        try run(request, sink: nil)
+        let transfer = try CurlTransfer(request, sink: nil)
+        return try transfer.finish(curl_easy_perform(transfer.handle))
     }
 
     /// Performs `request`, streaming the body to `sink` instead of collecting it. libcurl calls back only during
     /// the transfer, so the sink does not escape.
     public static func perform(_ request: HTTPRequest, sink: (UnsafeRawBufferPointer) -> Bool) throws -> HTTPResponse {
-        try withoutActuallyEscaping(sink) { try run(request, sink: $0) }
+        try withoutActuallyEscaping(sink) { sink in
+            let transfer = try CurlTransfer(request, sink: sink)
+            return try transfer.finish(curl_easy_perform(transfer.handle))
+        }
+    }
+}
+
+/// One request's easy handle and everything libcurl points into while it runs, set up from an `HTTPRequest`; run by
+/// `curl_easy_perform` (HTTPTransfer) or a multi handle (HTTPStreams), then `finish` turns libcurl's result into an
+/// answer or an error. Used by one thread at a time (handed to the streams thread, never shared).
+final class CurlTransfer: @unchecked Sendable {
+    let handle: UnsafeMutableRawPointer
+    private let request: HTTPRequest
+    private let context = Context()
+    private let unmanaged: Unmanaged<Context>
+    private let errorBuffer: UnsafeMutablePointer<CChar>
+    private var headerList: UnsafeMutablePointer<curl_slist>?
+
+    final class Context {
+        var collected: [UInt8] = []
+        var sink: HTTPTransfer.Sink?
+        var aborted = false
+        var upload: Int32 = -1
+        var received: Int64 = 0
+        var maxBody: Int64 = .max
+        var tooLarge = false
+        var statusLine = ""
+        var expected: (size: Int64, sha256: String)?
+        var digest = SHA256Digest()
+        var sent: Int64 = 0
+        var bodyChanged = false
+        var cancel: CancelFlag?
     }
 
-    private static func run(_ request: HTTPRequest, sink: Sink?) throws -> HTTPResponse {
-        _ = globalInit
-        guard let handle = curl_easy_init() else { throw HTTPError(code: .setup, message: "libcurl: no easy handle") }
-        defer { curl_easy_cleanup(handle) }
+    deinit {
+        curl_easy_cleanup(handle)
+        curl_slist_free_all(headerList)
+        errorBuffer.deallocate()
+        if context.upload >= 0 { close(context.upload) }
+        unmanaged.release()
+    }
 
-        final class Context {
-            var collected: [UInt8] = []
-            var sink: Sink?
-            var aborted = false
-            var upload: Int32 = -1
-            var received: Int64 = 0
-            var maxBody: Int64 = .max
-            var tooLarge = false
-            var statusLine = ""
-            var expected: (size: Int64, sha256: String)?
-            var digest = SHA256Digest()
-            var sent: Int64 = 0
-            var bodyChanged = false
-            var cancel: CancelFlag?
-        }
-        let context = Context()
+    init(_ request: HTTPRequest, sink: HTTPTransfer.Sink?) throws {
+        _ = HTTPTransfer.globalInit
+        guard let handle = curl_easy_init() else { throw HTTPError(code: .setup, message: "libcurl: no easy handle") }
+        self.handle = handle
+        self.request = request
         context.sink = sink
         context.maxBody = request.maxBodyBytes ?? .max
         context.cancel = request.cancel
-        let unmanaged = Unmanaged.passRetained(context)
-        defer { unmanaged.release() }
+        unmanaged = Unmanaged.passRetained(context)
 
         // libcurl writes into this during perform, so it must outlive every setopt call (an inout array pointer
         // would not).
-        let errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
+        errorBuffer = UnsafeMutablePointer<CChar>.allocate(capacity: Int(CURL_ERROR_SIZE) + 1)
         errorBuffer.initialize(repeating: 0, count: Int(CURL_ERROR_SIZE) + 1)
-        defer { errorBuffer.deallocate() }
-        var headerList: UnsafeMutablePointer<curl_slist>?
-        defer { curl_slist_free_all(headerList) }
         for (name, value) in request.headers {
             headerList = curl_slist_append(headerList, "\(name): \(value)")
         }
@@ -136,7 +158,6 @@ public enum HTTPTransfer {
         }
         // libcurl would otherwise send "Expect: 100-continue" and wait for the server on larger bodies.
         headerList = curl_slist_append(headerList, "Expect:")
-
         let write: fem_curl_data_cb = { data, size, count, user in
             let ctx = Unmanaged<Context>.fromOpaque(user!).takeUnretainedValue()
             let n = size * count
@@ -177,7 +198,7 @@ public enum HTTPTransfer {
         setup.append(fem_curl_setopt_string(handle, CURLOPT_CUSTOMREQUEST, request.method))
         setup.append(fem_curl_setopt_long(handle, CURLOPT_NOSIGNAL, 1))
         setup.append(fem_curl_setopt_long(handle, CURLOPT_CONNECTTIMEOUT_MS, request.connectTimeoutSeconds * 1000))
-        setup.append(fem_curl_setopt_long(handle, CURLOPT_TIMEOUT_MS, request.timeoutSeconds * 1000))
+        setup.append(fem_curl_setopt_long(handle, CURLOPT_TIMEOUT_MS, request.timeoutMilliseconds ?? request.timeoutSeconds * 1000))
         setup.append(fem_curl_setopt_long(handle, CURLOPT_SSL_VERIFYPEER, 1))
         setup.append(fem_curl_setopt_long(handle, CURLOPT_SSL_VERIFYHOST, 2))
         setup.append(fem_curl_setopt_slist(handle, CURLOPT_HTTPHEADER, headerList))
@@ -250,23 +271,25 @@ public enum HTTPTransfer {
             setup.append(fem_curl_setopt_datafn(handle, CURLOPT_READFUNCTION, read))
             setup.append(fem_curl_setopt_pointer(handle, CURLOPT_READDATA, unmanaged.toOpaque()))
         }
-        defer { if context.upload >= 0 { close(context.upload) } }
         if let ca = request.caFile {
             // A private CA in addition to the system's (OpenSSL reads both the file and the folder).
             setup.append(fem_curl_setopt_string(handle, CURLOPT_CAINFO, ca))
             setup.append(fem_curl_setopt_string(handle, CURLOPT_CAPATH, "/etc/ssl/certs"))
         }
+        if let body = request.body {
+            // Copied by libcurl: the request's bytes need not outlive this call.
+            setup.append(fem_curl_setopt_offset(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(body.count)))
+            setup.append((body + [0]).withUnsafeBytes {
+                fem_curl_setopt_pointer(handle, CURLOPT_COPYPOSTFIELDS, UnsafeMutableRawPointer(mutating: $0.baseAddress))
+            })
+        }
         if let bad = setup.first(where: { $0 != CURLE_OK }) {
             throw HTTPError(code: .setup, message: "libcurl setup failed: \(String(cString: curl_easy_strerror(bad)))")
         }
+    }
 
-        let code: CURLcode = (request.body ?? []).withUnsafeBytes { bytes in
-            if request.body != nil {
-                _ = fem_curl_setopt_offset(handle, CURLOPT_POSTFIELDSIZE_LARGE, curl_off_t(bytes.count))
-                _ = fem_curl_setopt_pointer(handle, CURLOPT_POSTFIELDS, UnsafeMutableRawPointer(mutating: bytes.baseAddress))
-            }
-            return curl_easy_perform(handle)
-        }
+    /// The answer for libcurl's result `code`, or the error it means.
+    func finish(_ code: CURLcode) throws -> HTTPResponse {
         if code != CURLE_OK {
             let detail = String(cString: errorBuffer).isEmpty ? String(cString: curl_easy_strerror(code))
                 : String(cString: errorBuffer)

@@ -5,14 +5,25 @@ import Foundation
 import CLinux
 
 /// How a child process ended.
-public enum ExitStatus: Sendable, Equatable {
+public enum ExitStatus: Sendable, Equatable, CustomStringConvertible {
     case exited(Int32)
     case signaled(Int32)
+    /// The status could not be had (the child was reaped elsewhere: ECHILD); the reason says why.
+    case unknown(String)
+
+    public var description: String {
+        switch self {
+        case .exited(let code): return "exited(\(code))"
+        case .signaled(let sig): return "signaled(\(sig))"
+        case .unknown(let why): return "exit status unknown (\(why))"
+        }
+    }
 }
 
 /// Spawns host processes with posix_spawn: an argv array (never a shell), its own process group, a given
 /// environment and working directory, stdout/stderr appended to files, stdin from /dev/null.
-/// Exit is reported at once by a thread blocked in waitpid (Foundation.Process polls and waits for grandchildren).
+/// Exit is reported at once by the `EventReactor` through a pidfd, with no thread per child (Foundation.Process
+/// polls and waits for grandchildren).
 public enum ChildProcess {
     public struct Spawned: Sendable {
         public var pid: Int32
@@ -68,6 +79,29 @@ public enum ChildProcess {
         let envp = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
         var step: Int32 = 0
         var err: Int32 = 0
+        var pid: pid_t = -1
+        // ETXTBSY: the executable was written a moment ago (a Python environment's wrapper) and a child spawned
+        // meanwhile by another thread still holds a copy of its writer's descriptor until that child's own execve.
+        // The copy goes away within milliseconds: try again a few times before calling it a failure.
+        for attempt in 0..<8 {
+            if attempt > 0 { usleep(UInt32(5_000 << min(attempt, 4))) }
+            pid = spawnConfinedOnce(argv: argv, envp: envp, executable: executable, workingDirectory: workingDirectory,
+                                    stdoutPath: stdoutPath, stderrPath: stderrPath, confinement: confinement,
+                                    step: &step, err: &err)
+            if pid > 0 || !(step == 15 && err == ETXTBSY) { break }
+        }
+        if pid <= 0 {
+            let what = confinedSteps[step] ?? "step \(step)"
+            throw SystemError(what, errno: err, "cannot start \(executable) confined")
+        }
+        return Spawned(pid: pid, startTime: startTime(of: pid) ?? 0)
+    }
+
+    private static func spawnConfinedOnce(argv: [String], envp: [String], executable: String,
+                                          workingDirectory: String, stdoutPath: String, stderrPath: String,
+                                          confinement: Confinement, step: inout Int32, err: inout Int32) -> pid_t {
+        var step1: Int32 = 0
+        var err1: Int32 = 0
         let pid: pid_t = withCStrings(argv) { cArgv in
             withCStrings(envp) { cEnv in
                 withCStrings(confinement.cgroupProcs) { cProcs in
@@ -82,15 +116,13 @@ public enum ChildProcess {
                     c.fsize = confinement.fileSize ?? 0
                     c.set_umask = 1
                     return fem_spawn_confined(executable, cArgv, cEnv, workingDirectory, stdoutPath,
-                                              stderrPath, &c, &step, &err)
+                                              stderrPath, &c, &step1, &err1)
                 }
             }
         }
-        if pid <= 0 {
-            let what = confinedSteps[step] ?? "step \(step)"
-            throw SystemError(what, errno: err, "cannot start \(executable) confined")
-        }
-        return Spawned(pid: pid, startTime: startTime(of: pid) ?? 0)
+        step = step1
+        err = err1
+        return pid
     }
 
     public static func spawn(executable: String, arguments: [String], environment: [String: String],
@@ -134,25 +166,15 @@ public enum ChildProcess {
         return Spawned(pid: pid, startTime: startTime(of: pid) ?? 0)
     }
 
-    /// Blocks the calling thread until the child exits (use from a dedicated thread, see `exitStatus(of:)`).
+    /// Blocks the calling thread until the child exits (tests and tools; the daemon uses `watchExit`). A child
+    /// reaped elsewhere (ECHILD) is `.unknown`.
     public static func waitBlocking(pid: Int32) -> ExitStatus {
-        var status: Int32 = 0
-        while true {
-            let r = waitpid(pid, &status, 0)
-            if r == pid { break }
-            if r == -1 && errno == EINTR { continue }
-            // ECHILD: not our child any more (already reaped); report it as lost.
-            return .signaled(0)
-        }
-        let termSig = status & 0x7f
-        if termSig == 0 { return .exited((status >> 8) & 0xff) }
-        return .signaled(termSig)
+        reap(pid, block: true) ?? .unknown("waitpid returned early")
     }
 
-    /// Waits for a child of this process without blocking a Swift concurrency thread.
+    /// Waits for a child of this process without holding any thread: the reactor reaps it when its pidfd fires.
     public static func exitStatus(of pid: Int32) async -> ExitStatus {
-        // The body cannot throw, so the fallback is never used.
-        (try? await offload("fem-wait-\(pid)") { waitBlocking(pid: pid) }) ?? .signaled(0)
+        await watchExit(pid).wait()
     }
 
     /// Sends `signal` to a whole process group. Returns false when the group no longer exists.

@@ -6,7 +6,7 @@ import Glibc
 /// An open directory, and files and folders made below it only relative to open descriptors: `mkdirat` then
 /// `openat(O_DIRECTORY | O_NOFOLLOW)` for folders, `openat(O_CREAT | O_EXCL | O_NOFOLLOW)` for files. A symlink
 /// planted anywhere below the root is never followed, whatever it points at.
-public final class DirectoryHandle: @unchecked Sendable {
+public final class DirectoryHandle: Sendable {
     public let fd: Int32
     /// For messages only; never used to open anything.
     public let path: String

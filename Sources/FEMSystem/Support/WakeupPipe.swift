@@ -4,7 +4,7 @@ import Glibc
 #endif
 
 /// A non-blocking pipe that lets async code wake a thread sleeping in `poll()` beside a socket.
-public final class WakeupPipe: @unchecked Sendable {
+public final class WakeupPipe: Sendable {
     public let readDescriptor: Int32
     private let writeDescriptor: Int32
 

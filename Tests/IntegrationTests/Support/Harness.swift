@@ -97,6 +97,7 @@ enum Shell {
         switch ChildProcess.waitBlocking(pid: child.pid) {
         case .exited(let code): status = code
         case .signaled(let sig): status = 128 + sig
+        case .unknown: status = -1
         }
         return (status, (try? String(contentsOfFile: outPath, encoding: .utf8)) ?? "")
     }
