@@ -71,7 +71,7 @@ let package = Package(
         .testTarget(name: "FEMStagingTests", dependencies: ["FEMStaging", "FEMCore", "FEMSystem"]),
         .testTarget(name: "FEMLaunchersTests", dependencies: ["FEMLaunchers", "FEMCore", "FEMSystem"]),
         .testTarget(name: "FEMNodeTests", dependencies: ["FEMNode", "FEMCore", "FEMSystem"]),
-        .testTarget(name: "FEMCtlTests", dependencies: ["FEMCtl", "FEMCore"]),
+        .testTarget(name: "FEMCtlTests", dependencies: ["FEMCtl", "FEMCore", "FEMTransport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["FEMCore", "FEMSystem", "FEMJournal", "FEMLaunchers", "FEMNode"],
                     exclude: ["Support/flaky_server.py", "Flower"]),
     ],

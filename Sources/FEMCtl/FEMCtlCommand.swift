@@ -39,10 +39,20 @@ struct BrokerOptions: ParsableArguments {
         let ca = ca ?? environment["FEMCTL_CA_FILE"] ?? "\(Self.devDir)/ca.pem"
         let cert = cert ?? environment["FEMCTL_CERT_FILE"] ?? "\(Self.devDir)/operator.pem"
         let key = key ?? environment["FEMCTL_KEY_FILE"] ?? "\(Self.devDir)/operator.key"
-        let file = passwordFile ?? environment["FEMCTL_PASSWORD_FILE"] ?? "\(Self.devDir)/orchestrator.password"
         var password = environment["FEMCTL_BROKER_PASSWORD"]
-        if password == nil, let text = try? String(contentsOfFile: file, encoding: .utf8) {
-            password = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        if password == nil {
+            // A file the operator named must be readable; only the development default may be missing.
+            if let named = passwordFile.map({ ("--password-file", $0) })
+                ?? environment["FEMCTL_PASSWORD_FILE"].map({ ("FEMCTL_PASSWORD_FILE", $0) }) {
+                do {
+                    password = try String(contentsOfFile: named.1, encoding: .utf8)
+                        .trimmingCharacters(in: .whitespacesAndNewlines)
+                } catch {
+                    throw ValidationError("\(named.0): cannot read \(named.1): \(error.localizedDescription)")
+                }
+            } else if let text = try? String(contentsOfFile: "\(Self.devDir)/orchestrator.password", encoding: .utf8) {
+                password = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            }
         }
         do {
             return try BrokerURL.parse(url, password: password, caFile: ca, certFile: cert, keyFile: key,

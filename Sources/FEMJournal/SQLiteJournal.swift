@@ -80,13 +80,36 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
     // MARK: - Writes
 
     public func admit(_ spec: TaskSpec, document: JSONValue, at: Date) throws -> Admission {
-        try db.write { db in try self.admitRow(db, spec, document: document, at: at) }
+        try durableWrite { db in try self.admitRow(db, spec, document: document, at: at) }
+    }
+
+    /// The writer connection's `synchronous` setting (1 NORMAL, 2 FULL), for tests.
+    func writerSynchronousMode() throws -> Int {
+        try db.writeWithoutTransaction { try Int.fetchOne($0, sql: "PRAGMA synchronous") ?? -1 }
+    }
+
+    /// A write whose commit is on the disk before it returns (`synchronous = FULL` for this transaction; the
+    /// journal's other writes keep NORMAL, which survives a crash of the daemon but not of the machine). Admissions
+    /// and rejections are what the broker is then told to forget (the ack): they must survive a power loss too.
+    private func durableWrite<T>(_ body: (Database) throws -> T) throws -> T {
+        try db.writeWithoutTransaction { db in
+            try db.execute(sql: "PRAGMA synchronous = FULL")
+            defer { try? db.execute(sql: "PRAGMA synchronous = NORMAL") }
+            var result: Result<T, any Error>?
+            try db.inTransaction {
+                result = Result { try body(db) }
+                if case .failure = result { return .rollback }
+                return .commit
+            }
+            guard let result else { throw DatabaseError(message: "the durable write ran no transaction") }
+            return try result.get()
+        }
     }
 
     /// Group commit: the tasks of one burst of deliveries in one transaction (one WAL append instead of one each).
     /// Should that transaction fail, each is tried in its own, so one bad row does not fail the others.
     public func admit(all items: [(spec: TaskSpec, document: JSONValue)], at: Date) -> [Result<Admission, any Error>] {
-        if items.count > 1, let all = try? db.write({ db in
+        if items.count > 1, let all = try? durableWrite({ db in
             try items.map { try self.admitRow(db, $0.spec, document: $0.document, at: at) }
         }) {
             return all.map { .success($0) }
@@ -110,7 +133,7 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
     }
 
     public func recordRejection(taskID: String?, executionID: String?, message: String, at: Date) throws {
-        try db.write { db in
+        try durableWrite { db in
             // No task row: a rejected message does not use up its task id (a later valid task with that id runs; its
             // events continue the id's sequence numbers). A task we already have is never touched, and is not said to
             // be `rejected`: a bad copy of it gets a notice in its own state.

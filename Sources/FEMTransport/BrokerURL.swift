@@ -27,10 +27,18 @@ public enum BrokerURL {
                             caFile: caFile, certFile: certFile, keyFile: keyFile)
     }
 
-    /// The URL with any password replaced by `***`, for messages.
+    /// The URL with any login part (`user:password@`) replaced by `***@`, for messages; also for text that is not
+    /// a URL at all, which a parser would hand back whole, password included.
     public static func redacted(_ url: String) -> String {
-        guard var c = URLComponents(string: url), c.password != nil else { return url }
-        c.password = "***"
-        return c.string ?? "***"
+        guard let scheme = url.range(of: "://") else {
+            return url.contains("@") ? "***" : url
+        }
+        let rest = url[scheme.upperBound...]
+        let authorityEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" || $0 == "#" }) ?? rest.endIndex
+        guard let at = rest[..<authorityEnd].lastIndex(of: "@") else { return url }
+        let login = rest[..<at]
+        guard login.contains(":") else { return url }
+        let user = login.prefix { $0 != ":" }
+        return String(url[..<scheme.upperBound]) + user + ":***" + String(rest[at...])
     }
 }

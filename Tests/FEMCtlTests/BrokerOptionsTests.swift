@@ -1,4 +1,5 @@
 @testable import FEMCtl
+import FEMTransport
 import Foundation
 import Testing
 
@@ -9,6 +10,31 @@ struct BrokerOptionsTests {
         #expect(e.host == "localhost" && e.port == 5671 && e.vhost == "/" && e.user == "fem-orchestrator")
         #expect(e.caFile == "var/dev-broker/ca.pem" && e.certFile == "var/dev-broker/operator.pem")
         #expect(e.keyFile == "var/dev-broker/operator.key")
+    }
+
+    /// A password file the operator named and that cannot be read is an error naming the flag, not an empty login.
+    @Test func anUnreadableNamedPasswordFileIsAnError() throws {
+        #expect {
+            _ = try BrokerOptions.parse(["--password-file", "/nonexistent/pw"]).endpoint(environment: [:])
+        } throws: { "\($0)".contains("--password-file: cannot read /nonexistent/pw") }
+        #expect {
+            _ = try BrokerOptions.parse([]).endpoint(environment: ["FEMCTL_PASSWORD_FILE": "/nonexistent/pw"])
+        } throws: { "\($0)".contains("FEMCTL_PASSWORD_FILE: cannot read /nonexistent/pw") }
+    }
+
+    /// A broker URL with a password, parseable or not, never shows the password in a message.
+    @Test func messagesNeverShowAURLPassword() {
+        for url in ["amqps://u:s3cret@h/", "amqps://u:s3 cret@h:5671/v", "amqp://u:s3cret@h", "amqps://u:p@ss:s3cret@h/"] {
+            #expect(!BrokerURL.redacted(url).contains("s3"), "\(BrokerURL.redacted(url))")
+            #expect(BrokerURL.redacted(url).contains("u:***@"), "\(BrokerURL.redacted(url))")
+            do {
+                _ = try BrokerURL.parse(url, password: nil, caFile: "", certFile: "", keyFile: "")
+                Issue.record("\(url) was accepted")
+            } catch {
+                #expect(!error.description.contains("s3"), "\(error.description)")
+            }
+        }
+        #expect(BrokerURL.redacted("amqps://ops@h/") == "amqps://ops@h/")
     }
 
     @Test func environmentThenFlags() throws {

@@ -1,5 +1,5 @@
 import FEMCore
-import FEMJournal
+@testable import FEMJournal
 import Foundation
 import Testing
 
@@ -28,6 +28,21 @@ struct SQLiteJournalTests {
             return
         }
         #expect(existing.state == .received)
+    }
+
+    /// Admissions are committed with synchronous = FULL (they are acknowledged right after), and the writer goes
+    /// back to NORMAL for the journal's other writes, also after a burst and after a rejection.
+    @Test func admissionsAreDurableAndTheWriterReturnsToNormal() throws {
+        let j = try SQLiteJournal(path: "\(dir)/j.sqlite", nodeID: "n1")
+        #expect(try j.writerSynchronousMode() == 1)
+        let (s, d) = try spec("a")
+        #expect(try j.admit(s, document: d, at: Date()) == .admitted)
+        #expect(try j.writerSynchronousMode() == 1)
+        let burst = try ["b", "c"].map { try spec($0) }
+        #expect(j.admit(all: burst.map { ($0.0, $0.1) }, at: Date()).count == 2)
+        try j.recordRejection(taskID: nil, executionID: nil, message: "bad", at: Date())
+        #expect(try j.writerSynchronousMode() == 1)
+        #expect(try j.task("c")?.state == .received)
     }
 
     /// Group commit: a burst is admitted in one transaction with one result per item, in order; a task already

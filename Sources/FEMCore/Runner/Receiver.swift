@@ -71,7 +71,7 @@ public struct Receiver: Sendable {
         var group: [(message: InboundMessage, spec: TaskSpec, document: JSONValue)] = []
         for message in batch {
             if message.channel == .task, unauthorised(message) == nil {
-                if let task = read(message) { group.append((message, task.spec, task.document)) }
+                if let task = await read(message) { group.append((message, task.spec, task.document)) }
                 continue
             }
             await admit(group)
@@ -84,7 +84,7 @@ public struct Receiver: Sendable {
     public func handle(_ message: InboundMessage) async {
         if let reason = unauthorised(message) {
             // Never under the task id the message claims: that would let anyone occupy an id before its real task.
-            reject(message, taskID: nil, executionID: nil, reason: reason, at: Date())
+            await reject(message, taskID: nil, executionID: nil, reason: reason, at: Date())
             return
         }
         switch message.channel {
@@ -111,13 +111,13 @@ public struct Receiver: Sendable {
     }
 
     private func handleTask(_ message: InboundMessage) async {
-        guard let task = read(message) else { return }
+        guard let task = await read(message) else { return }
         await admit([(message, task.spec, task.document)])
     }
 
     /// The task a delivery carries, or nil when it was already dealt with (requeued while the node takes no tasks,
     /// or rejected with an event).
-    private func read(_ message: InboundMessage) -> (spec: TaskSpec, document: JSONValue)? {
+    private func read(_ message: InboundMessage) async -> (spec: TaskSpec, document: JSONValue)? {
         if let why = admission() {
             // Not read, not journaled: back to the broker (the node said why in a notice when it began refusing).
             requeueLater(message, failed: false)
@@ -132,7 +132,7 @@ public struct Receiver: Sendable {
             }
             value = try JSONValue.parse(Data(message.body))
         } catch {
-            reject(message, taskID: nil, executionID: nil, reason: "\(error)", at: now)
+            await reject(message, taskID: nil, executionID: nil, reason: "\(error)", at: now)
             return nil
         }
         // Best effort, for the rejected event: which task was this meant to be?
@@ -143,7 +143,7 @@ public struct Receiver: Sendable {
         do {
             spec = try DocumentReader.readTask(value, requireTaskID: true)
         } catch {
-            reject(message, taskID: claimedID, executionID: claimedExecution, reason: "invalid task: \(error)", at: now)
+            await reject(message, taskID: claimedID, executionID: claimedExecution, reason: "invalid task: \(error)", at: now)
             return nil
         }
         return (spec, value)
@@ -154,11 +154,19 @@ public struct Receiver: Sendable {
     private func admit(_ group: [(message: InboundMessage, spec: TaskSpec, document: JSONValue)]) async {
         guard !group.isEmpty else { return }
         let now = Date()
-        let results = journal.admit(all: group.map { ($0.spec, $0.document) }, at: now)
+        let items = group.map { ($0.spec, $0.document) }
+        let journal = self.journal
+        // On the runner's journal thread, never on the cooperative pool: a write may wait for SQLite's lock.
+        let results: [Result<Admission, any Error>]
+        do {
+            results = try await runner.journalThread.run { journal.admit(all: items, at: now) }
+        } catch {
+            results = items.map { _ in .failure(error) }
+        }
         // All acks first (the source sends them together), then the runner gets the tasks.
         var admitted: [String] = []
-        for (item, result) in zip(group, results) where settle(item.message, spec: item.spec, result: result, at: now) {
-            admitted.append(item.spec.taskID)
+        for (item, result) in zip(group, results) {
+            if await settle(item.message, spec: item.spec, result: result, at: now) { admitted.append(item.spec.taskID) }
         }
         for id in admitted { await runner.enqueue(id) }
     }
@@ -166,7 +174,7 @@ public struct Receiver: Sendable {
     /// Acknowledges the delivery once its task is journaled (or returns it to the broker); true when the task is
     /// new and is to run.
     private func settle(_ message: InboundMessage, spec: TaskSpec, result: Result<Admission, any Error>,
-                        at now: Date) -> Bool {
+                        at now: Date) async -> Bool {
         do {
             switch try result.get() {
             case .admitted:
@@ -180,7 +188,10 @@ public struct Receiver: Sendable {
                 // The journal fills in the state (`{state}` and data.state) in the same transaction as the event's
                 // own `state`, so they always agree.
                 let text = "task \(spec.taskID) was already received (now {state}); this delivery was not run again"
-                let event = try journal.note(spec.taskID, kind: .duplicate, detail: EventDetail(message: text), at: now)
+                let journal = self.journal
+                let event = try await runner.journalThread.run {
+                    try journal.note(spec.taskID, kind: .duplicate, detail: EventDetail(message: text), at: now)
+                }
                 logger.notice("duplicate delivery ignored (task is \(event.state.rawValue))",
                               metadata: ["task": "\(spec.taskID)"])
                 eventsAdded()
@@ -201,9 +212,13 @@ public struct Receiver: Sendable {
         }
     }
 
-    private func reject(_ message: InboundMessage, taskID: String?, executionID: String?, reason: String, at: Date) {
+    private func reject(_ message: InboundMessage, taskID: String?, executionID: String?, reason: String,
+                        at: Date) async {
         do {
-            try journal.recordRejection(taskID: taskID, executionID: executionID, message: reason, at: at)
+            let journal = self.journal
+            try await runner.journalThread.run {
+                try journal.recordRejection(taskID: taskID, executionID: executionID, message: reason, at: at)
+            }
             logger.warning("rejected: \(reason)", metadata: taskID.map { ["task": "\($0)"] } ?? [:])
             eventsAdded()
             message.ack()

@@ -45,8 +45,37 @@ final class HostProcesses: Sendable {
 
     func spawn(_ job: LaunchJob, executable: String, arguments: [String], environment: [String: String],
                persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
+        let (spawned, cgroup) = try await offload("fem-spawn") { [self] in
+            try prepareAndSpawn(job, executable: executable, arguments: arguments, environment: environment)
+        }
+        let pid = spawned.pid
+        let exit = ChildProcess.watchExit(pid)
+        running.withLock { $0[pid] = Running(exit: exit, cgroup: cgroup, sandbox: job.sandbox.sandbox) }
+        let handle = LaunchHandle(launcher: launcher, state: HostProcessState(
+            pid: pid, pgid: pid, startTime: spawned.startTime,
+            cgroup: cgroup.map { "\($0.path) (\($0.host.version.rawValue))" }))
+        do {
+            try await persist(handle)
+        } catch {
+            // Spawn, then persist, or stop: a process nobody supervises is not left behind. Everything it started
+            // is killed (it ran for moments only) before the error is reported; its waiter reaps it.
+            ChildProcess.signalGroup(pid, SIGKILL)
+            cgroup?.killAll()
+            cgroup?.remove()
+            running.withLock { _ = $0.removeValue(forKey: pid) }
+            if confinement.confined, let user = confinement.user { SandboxOwnership.takeBack(job.sandbox, from: user) }
+            throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .runnerSystemFailure,
+                              "cannot record the process's handle, so it was stopped: \(error)")
+        }
+        return handle
+    }
+
+    /// The sandbox's folders, the task's cgroup, the sandbox handed to the task user, and the confined spawn: all
+    /// blocking (mkdir, cgroup files, chown, clone + execve), so run on the blocking pool. On failure, what was made
+    /// is undone before the error is thrown.
+    private func prepareAndSpawn(_ job: LaunchJob, executable: String, arguments: [String],
+                                 environment: [String: String]) throws -> (ChildProcess.Spawned, TaskCgroup?) {
         var cgroup: TaskCgroup?
-        let spawned: ChildProcess.Spawned
         var environment = environment
         do {
             try FileManager.default.createDirectory(atPath: job.sandbox.logs, withIntermediateDirectories: true)
@@ -85,10 +114,11 @@ final class HostProcesses: Sendable {
                     fileSize: plan.resources.storageMB.map { UInt64($0) << 20 },
                     cgroupProcs: cgroup?.procsFiles ?? [], newNetwork: !hostNetwork)
             }
-            spawned = try ChildProcess.spawn(executable: executable, arguments: arguments, environment: environment,
-                                             workingDirectory: job.command.workingDirectory,
-                                             stdoutPath: job.stdoutPath, stderrPath: job.stderrPath,
-                                             confinement: confined)
+            let spawned = try ChildProcess.spawn(executable: executable, arguments: arguments, environment: environment,
+                                                 workingDirectory: job.command.workingDirectory,
+                                                 stdoutPath: job.stdoutPath, stderrPath: job.stderrPath,
+                                                 confinement: confined)
+            return (spawned, cgroup)
         } catch {
             cgroup?.killAll()
             cgroup?.remove()
@@ -96,26 +126,6 @@ final class HostProcesses: Sendable {
             if let failure = error as? TaskFailure { throw failure }
             throw TaskFailure(.runnerSystemFailure, "\(error)")
         }
-        let pid = spawned.pid
-        let exit = ChildProcess.watchExit(pid)
-        running.withLock { $0[pid] = Running(exit: exit, cgroup: cgroup, sandbox: job.sandbox.sandbox) }
-        let handle = LaunchHandle(launcher: launcher, state: HostProcessState(
-            pid: pid, pgid: pid, startTime: spawned.startTime,
-            cgroup: cgroup.map { "\($0.path) (\($0.host.version.rawValue))" }))
-        do {
-            try await persist(handle)
-        } catch {
-            // Spawn, then persist, or stop: a process nobody supervises is not left behind. Everything it started
-            // is killed (it ran for moments only) before the error is reported; its waiter reaps it.
-            ChildProcess.signalGroup(pid, SIGKILL)
-            cgroup?.killAll()
-            cgroup?.remove()
-            running.withLock { _ = $0.removeValue(forKey: pid) }
-            if confinement.confined, let user = confinement.user { SandboxOwnership.takeBack(job.sandbox, from: user) }
-            throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .runnerSystemFailure,
-                              "cannot record the process's handle, so it was stopped: \(error)")
-        }
-        return handle
     }
 
     func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome {

@@ -13,6 +13,9 @@ import UnixSignals
 public enum NodeDaemon {
     public static func run(config: NodeConfig) async throws {
         ignoreSIGPIPE()
+        // Each task holds at most one blocking call at a time (a transfer, a spawn, a cleanup): twice the task
+        // slots and a margin, so a timed-out task's cleanup never queues behind other tasks' long transfers.
+        BlockingPool.configureShared(size: max(16, 2 * config.maxConcurrentTasks + 4))
         let app = try NodeApplication(config: config)
         try await app.run()
     }
@@ -80,7 +83,8 @@ struct NodeApplication: Sendable {
             .init(service: ReceiverService(receiver: receiver, source: source)),
             .init(service: EveryService(name: "heartbeat", interval: .seconds(config.heartbeatSeconds)) { [self] in
                 await sendHeartbeat()
-                housekeeping()
+                // A journal write (which may wait for SQLite's lock) and folder removals: not on the cooperative pool.
+                _ = try? await offload("housekeeping") { [self] in housekeeping() }
             }),
             // Airlock decisions are journaled by `fem-client outputs approve|reject` (another process): look for them.
             .init(service: EveryService(name: "approvals", interval: .seconds(1), delayFirst: true) { [node, publisher] in
@@ -160,7 +164,10 @@ struct PublisherService: Service {
     func run() async throws {
         publisher.start()
         try? await gracefulShutdown()
-        if !(await publisher.stop(timeout: .seconds(5))) {
+        let finished = await publisher.stop(timeout: .seconds(5))
+        if Task.isCancelled {
+            logger.notice("stopping at once: events not yet sent stay in the journal and go out at the next start")
+        } else if !finished {
             logger.warning("the event publisher did not finish within 5 s; events still in the journal go out at the next start")
         }
     }
@@ -214,7 +221,8 @@ struct EveryService: Service {
 }
 
 /// The drain: on the first SIGTERM/SIGINT (the group's graceful shutdown, which reaches this service first) the
-/// node takes no new tasks and lets running ones go on for node.drain_seconds, then stops them.
+/// node takes no new tasks and lets running ones go on for node.drain_seconds; work still running then is left to
+/// run and is followed again by the next start (its handle is in the journal).
 struct RunnerService: Service {
     let app: NodeApplication
 
