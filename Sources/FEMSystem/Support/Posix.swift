@@ -368,9 +368,17 @@ public enum TCPPort {
                             a.pointee.ai_protocol)
             if fd >= 0 {
                 defer { Posix.release(fd) }
-                var rc: Int32
-                repeat { rc = connect(fd, a.pointee.ai_addr, a.pointee.ai_addrlen) } while rc != 0 && errno == EINTR
-                if rc == 0 { return true }
+                // A connect interrupted by a signal goes on in the background (calling it again says EALREADY):
+                // wait for it to finish and read its result instead.
+                if connect(fd, a.pointee.ai_addr, a.pointee.ai_addrlen) == 0 { return true }
+                if errno == EINTR || errno == EINPROGRESS {
+                    var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
+                    var ready: Int32
+                    repeat { ready = poll(&p, 1, 2_000) } while ready < 0 && errno == EINTR
+                    var err: Int32 = 0
+                    var len = socklen_t(MemoryLayout<Int32>.size)
+                    if ready == 1, getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0, err == 0 { return true }
+                }
             }
             entry = a.pointee.ai_next
         }
