@@ -103,7 +103,7 @@ struct ReceiverSpineTests {
         mistyped["timeout_seconds"] = .string("sixty")
         var unknownLauncher = Tasks.task(["/bin/true"], id: "bad-launcher")
         if case .object(var p)? = unknownLauncher["plan"] {
-            p["launcher"] = .string("slurm")
+            p["launcher"] = .string("kubernetes")
             unknownLauncher["plan"] = .object(p)
         }
         try op.publish(Array("{this is not json".utf8))
@@ -123,7 +123,7 @@ struct ReceiverSpineTests {
         #expect(messages.contains { $0.contains("not valid UTF-8") })
         #expect(messages.contains { $0.contains("execution_id: is required") })
         #expect(messages.contains { $0.contains("timeout_seconds: expected an integer, got string") })
-        #expect(messages.contains { $0.contains(#"plan.launcher: "slurm" is not one of docker, process, flower"#) })
+        #expect(messages.contains { $0.contains(#"plan.launcher: "kubernetes" is not one of docker, process, flower, slurm"#) })
         #expect(messages.contains { $0.contains("over the limit of 65536 bytes") })
         #expect(rejections.first { $0.detail.message?.contains("execution_id") == true }?.taskID == "bad-missing")
         #expect(node.pid != nil && kill(node.pid!, 0) == 0, "the daemon is still running")
