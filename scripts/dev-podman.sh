@@ -2,7 +2,7 @@
 # Podman's Docker-compatible API for development and tests: a rootful `podman system service` on DIR/podman.sock
 # with its own --root/--runroot under DIR (the host's /var/lib/containers is untouched) and a containers.conf of its
 # own whose default_ulimits let containers start where root lacks CAP_SYS_RESOURCE (podman's default nofile/nproc
-# of 1048576 exceed the inherited hard limit). Loads the test image fem-test/busybox:2 from dockerd (`docker save`,
+# of 1048576 exceed the inherited hard limit) and cgroups = "no-conmon" (see start). Loads the test image fem-test/busybox:2 from dockerd (`docker save`,
 # so it is the same image; needs scripts/dev-docker.sh first), or imports it from busybox-static without dockerd.
 #
 #   scripts/dev-podman.sh start  [--dir DIR]   (default var/dev-podman; socket DIR/podman.sock)
@@ -44,8 +44,12 @@ start() {
   command -v podman >/dev/null || bash "$(dirname "$0")/install-packages.sh" podman
   mkdir -p "$dir/root" "$dir/runroot"
   # Keep soft == hard: podman 4.3's compat create swaps unequal ones and runc then refuses them.
+  # no-conmon: conmon (and the `podman container cleanup` it starts at the end) stay out of the container's cgroup
+  # parent; otherwise they sit in <CgroupParent>/conmon, under the task's memory limit, and an OOM kills them too
+  # (the container's end is then never reported).
   cat > "$CONTAINERS_CONF" <<'CONF'
 [containers]
+cgroups = "no-conmon"
 default_ulimits = ["nofile=4096:4096", "nproc=1024:1024"]
 CONF
   if [[ -f "$dir/podman.pid" ]] && kill -0 "$(cat "$dir/podman.pid")" 2>/dev/null && ping; then
