@@ -14,8 +14,12 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
         self.path = path
         var config = Configuration()
         config.busyMode = .timeout(10)
+        // Footprint: the journal is small and the OS caches its file, so each connection keeps a small page cache
+        // (512 KiB instead of SQLite's 2 MiB) and the pool opens at most two readers (instead of five).
+        config.maximumReaderCount = 2
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = NORMAL")
+            try db.execute(sql: "PRAGMA cache_size = -512")
         }
         db = try DatabasePool(path: path, configuration: config)
         try Self.migrator.migrate(db)
@@ -76,20 +80,33 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
     // MARK: - Writes
 
     public func admit(_ spec: TaskSpec, document: JSONValue, at: Date) throws -> Admission {
-        try db.write { db in
-            if let existing = try Self.fetchTask(db, spec.taskID) { return .duplicate(existing) }
-            var doc = document.objectValue ?? [:]
-            doc["task_id"] = .string(spec.taskID)
-            try db.execute(sql: """
-                INSERT INTO tasks (task_id, execution_id, state, document, launcher, received_at, updated_at, seq)
-                VALUES (?, ?, ?, ?, ?, ?, ?, 0)
-                """, arguments: [spec.taskID, spec.executionID, TaskState.received.rawValue,
-                                 String(decoding: JSONValue.object(doc).encoded(), as: UTF8.self), spec.plan.launcher,
-                                 FEMTime.format(at), FEMTime.format(at)])
-            _ = try self.appendEvent(db, taskID: spec.taskID, executionID: spec.executionID, kind: .state,
-                                     state: .received, detail: .none, at: at)
-            return .admitted
+        try db.write { db in try self.admitRow(db, spec, document: document, at: at) }
+    }
+
+    /// Group commit: the tasks of one burst of deliveries in one transaction (one WAL append instead of one each).
+    /// Should that transaction fail, each is tried in its own, so one bad row does not fail the others.
+    public func admit(all items: [(spec: TaskSpec, document: JSONValue)], at: Date) -> [Result<Admission, any Error>] {
+        if items.count > 1, let all = try? db.write({ db in
+            try items.map { try self.admitRow(db, $0.spec, document: $0.document, at: at) }
+        }) {
+            return all.map { .success($0) }
         }
+        return items.map { item in Result { try admit(item.spec, document: item.document, at: at) } }
+    }
+
+    private func admitRow(_ db: Database, _ spec: TaskSpec, document: JSONValue, at: Date) throws -> Admission {
+        if let existing = try Self.fetchTask(db, spec.taskID) { return .duplicate(existing) }
+        var doc = document.objectValue ?? [:]
+        doc["task_id"] = .string(spec.taskID)
+        try db.cachedStatement(sql: """
+            INSERT INTO tasks (task_id, execution_id, state, document, launcher, received_at, updated_at, seq)
+            VALUES (?, ?, ?, ?, ?, ?, ?, 0)
+            """).execute(arguments: [spec.taskID, spec.executionID, TaskState.received.rawValue,
+                             String(decoding: JSONValue.object(doc).encoded(), as: UTF8.self), spec.plan.launcher,
+                             FEMTime.format(at), FEMTime.format(at)])
+        _ = try self.appendEvent(db, taskID: spec.taskID, executionID: spec.executionID, kind: .state,
+                                 state: .received, detail: .none, at: at)
+        return .admitted
     }
 
     public func recordRejection(taskID: String?, executionID: String?, message: String, at: Date) throws {
@@ -112,21 +129,21 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
     @discardableResult
     public func transition(_ taskID: String, to state: TaskState, detail: EventDetail, at: Date) throws -> TaskEvent {
         try db.write { db in
-            guard let rec = try Self.fetchTask(db, taskID) else { throw JournalError.unknownTask(taskID) }
+            guard let rec = try Self.fetchState(db, taskID) else { throw JournalError.unknownTask(taskID) }
             guard rec.state.canMove(to: state) else {
                 throw JournalError.illegalTransition(taskID, rec.state, state)
             }
-            try db.execute(sql: """
+            try db.cachedStatement(sql: """
                 UPDATE tasks SET state = ?, updated_at = ?, exit_code = COALESCE(?, exit_code),
                     failure_class = COALESCE(?, failure_class), message = ? WHERE task_id = ?
-                """, arguments: [state.rawValue, FEMTime.format(at), detail.exitCode, detail.failureClass?.rawValue,
+                """).execute(arguments: [state.rawValue, FEMTime.format(at), detail.exitCode, detail.failureClass?.rawValue,
                                  detail.message, taskID])
             if state.isTerminal {
                 // The task's own stage_out token is needed only until its outputs are delivered.
-                try db.execute(sql: """
+                try db.cachedStatement(sql: """
                     UPDATE tasks SET document = json_remove(document, '$.stage_out.token')
                     WHERE task_id = ? AND json_extract(document, '$.stage_out.token') IS NOT NULL
-                    """, arguments: [taskID])
+                    """).execute(arguments: [taskID])
             }
             return try self.appendEvent(db, taskID: taskID, executionID: rec.executionID, kind: .state, state: state,
                                         detail: detail, at: at)
@@ -136,7 +153,7 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
     @discardableResult
     public func note(_ taskID: String, kind: EventKind, detail: EventDetail, at: Date) throws -> TaskEvent {
         try db.write { db in
-            guard let rec = try Self.fetchTask(db, taskID) else { throw JournalError.unknownTask(taskID) }
+            guard let rec = try Self.fetchState(db, taskID) else { throw JournalError.unknownTask(taskID) }
             return try self.appendEvent(db, taskID: taskID, executionID: rec.executionID, kind: kind, state: rec.state,
                                         detail: kind == .duplicate ? detail.withState(rec.state) : detail, at: at)
         }
@@ -147,28 +164,28 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
                              detail: EventDetail, at: Date, updateRow: Bool = true) throws -> TaskEvent {
         var seq = 1
         if let taskID {
-            let last = try Int.fetchOne(db, sql: "SELECT MAX(seq) FROM events WHERE task_id = ?",
+            let last = try Int.fetchOne(db.cachedStatement(sql: "SELECT MAX(seq) FROM events WHERE task_id = ?"),
                                         arguments: [taskID]) ?? 0
             seq = last + 1
             if updateRow {
-                try db.execute(sql: "UPDATE tasks SET seq = ? WHERE task_id = ?", arguments: [seq, taskID])
+                try db.cachedStatement(sql: "UPDATE tasks SET seq = ? WHERE task_id = ?").execute(arguments: [seq, taskID])
             }
         }
         let event = TaskEvent(kind: kind, nodeID: nodeID, taskID: taskID, executionID: executionID, state: state,
                               seq: seq, time: at, detail: detail)
         let body = event.encoded()
-        try db.execute(sql: "INSERT INTO events (task_id, seq, kind, state, at, body) VALUES (?, ?, ?, ?, ?, ?)",
-                       arguments: [taskID, seq, kind.rawValue, state.rawValue, FEMTime.format(at),
-                                   String(decoding: body, as: UTF8.self)])
-        try db.execute(sql: "INSERT INTO outbox (routing_key, body) VALUES (?, ?)",
-                       arguments: [event.routingKey, body])
+        try db.cachedStatement(sql: "INSERT INTO events (task_id, seq, kind, state, at, body) VALUES (?, ?, ?, ?, ?, ?)")
+            .execute(arguments: [taskID, seq, kind.rawValue, state.rawValue, FEMTime.format(at),
+                                 String(decoding: body, as: UTF8.self)])
+        try db.cachedStatement(sql: "INSERT INTO outbox (routing_key, body) VALUES (?, ?)")
+            .execute(arguments: [event.routingKey, body])
         return event
     }
 
     public func setHandle(_ taskID: String, _ handle: LaunchHandle?) throws {
         let text = try handle.map { String(decoding: try JSONEncoder.fem.encode($0), as: UTF8.self) }
         try db.write { db in
-            try db.execute(sql: "UPDATE tasks SET handle = ? WHERE task_id = ?", arguments: [text, taskID])
+            try db.cachedStatement(sql: "UPDATE tasks SET handle = ? WHERE task_id = ?").execute(arguments: [text, taskID])
         }
     }
 
@@ -180,8 +197,8 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
 
     public func markStep(_ taskID: String, _ step: String, info: String) throws {
         try db.write { db in
-            try db.execute(sql: "INSERT OR REPLACE INTO steps (task_id, step, info, done_at) VALUES (?, ?, ?, ?)",
-                           arguments: [taskID, step, info, FEMTime.format(Date())])
+            try db.cachedStatement(sql: "INSERT OR REPLACE INTO steps (task_id, step, info, done_at) VALUES (?, ?, ?, ?)")
+                .execute(arguments: [taskID, step, info, FEMTime.format(Date())])
         }
     }
 
@@ -189,7 +206,7 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
 
     public func completedStep(_ step: String, of taskID: String) throws -> String? {
         try db.read { db in
-            try String.fetchOne(db, sql: "SELECT info FROM steps WHERE task_id = ? AND step = ?",
+            try String.fetchOne(db.cachedStatement(sql: "SELECT info FROM steps WHERE task_id = ? AND step = ?"),
                                 arguments: [taskID, step])
         }
     }
@@ -207,7 +224,7 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
 
     public func status(_ id: String) throws -> (state: TaskState, updatedAt: Date)? {
         try db.read { db in
-            guard let row = try Row.fetchOne(db, sql: "SELECT state, updated_at FROM tasks WHERE task_id = ?",
+            guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT state, updated_at FROM tasks WHERE task_id = ?"),
                                              arguments: [id]) else { return nil }
             guard let state = TaskState(rawValue: row["state"]), let updated = FEMTime.parse(row["updated_at"]) else {
                 throw JournalError.corrupt(id, "its state or time does not read")
@@ -232,14 +249,14 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
     public func history(_ taskID: String) throws -> [TaskEvent] {
         try db.read { db in
             // An event that no longer decodes is an error, not a gap nobody notices.
-            try String.fetchAll(db, sql: "SELECT body FROM events WHERE task_id = ? ORDER BY seq", arguments: [taskID])
+            try String.fetchAll(db.cachedStatement(sql: "SELECT body FROM events WHERE task_id = ? ORDER BY seq"), arguments: [taskID])
                 .map { try JSONDecoder.fem.decode(TaskEvent.self, from: Data($0.utf8)) }
         }
     }
 
     public func pendingEvents(limit: Int) throws -> [OutboxEntry] {
         try db.read { db in
-            try Row.fetchAll(db, sql: "SELECT id, routing_key, body FROM outbox ORDER BY id LIMIT ?",
+            try Row.fetchAll(db.cachedStatement(sql: "SELECT id, routing_key, body FROM outbox ORDER BY id LIMIT ?"),
                              arguments: [limit]).map {
                 OutboxEntry(id: $0["id"], routingKey: $0["routing_key"], body: $0["body"])
             }
@@ -278,8 +295,18 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
         }
     }
 
+    /// A task's state and execution id only: what a state change needs, without reading its document.
+    private static func fetchState(_ db: Database, _ id: String) throws -> (state: TaskState, executionID: String)? {
+        guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT state, execution_id FROM tasks WHERE task_id = ?"),
+                                         arguments: [id]) else { return nil }
+        guard let state = TaskState(rawValue: row["state"]) else {
+            throw JournalError.corrupt(id, "state \"\(row["state"] as String)\" is not a known state")
+        }
+        return (state, row["execution_id"])
+    }
+
     private static func fetchTask(_ db: Database, _ id: String) throws -> TaskRecord? {
-        try Row.fetchOne(db, sql: "SELECT * FROM tasks WHERE task_id = ?", arguments: [id]).map { try record($0) }
+        try Row.fetchOne(db.cachedStatement(sql: "SELECT * FROM tasks WHERE task_id = ?"), arguments: [id]).map { try record($0) }
     }
 
     /// A row as it was written, or an error naming what does not read: an unknown state or an unreadable time is

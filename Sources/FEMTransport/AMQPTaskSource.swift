@@ -27,6 +27,9 @@ public final class AMQPTaskSource: TaskSource, Sendable {
     /// Set by `stop`: ends the loop, and any backoff wait at once.
     private let stopping = CancelFlag()
     private let continuation: AsyncStream<InboundMessage>.Continuation
+    /// Deliveries of the current connection not yet acked or returned, by channel. Only the consumer thread uses it
+    /// (the lock is for the compiler's sake, never contended).
+    private let unsettled = Mutex<[UInt16: Set<UInt64>]>([:])
     private let stream: AsyncStream<InboundMessage>
 
     /// `maxMessageBytes`: a message whose content header declares more is read and dropped frame by frame, never
@@ -100,6 +103,7 @@ public final class AMQPTaskSource: TaskSource, Sendable {
                 s.pendingAcks.removeAll()
                 return s.generation
             }
+            unsettled.withLock { $0.removeAll() }
             logger.notice("\(again ? "reconnected" : "connected") to the broker at \(endpoint)")
             try serve(conn, generation: gen)
         }
@@ -130,18 +134,43 @@ public final class AMQPTaskSource: TaskSource, Sendable {
             defer { s.pendingAcks.removeAll() }
             return s.pendingAcks
         }
+        var acked: [UInt16: Set<UInt64>] = [:]
         for ack in acks where ack.generation == gen {
             if ack.requeue {
                 try conn.nack(deliveryTag: ack.tag, requeue: true, channel: ack.channel)
+                _ = unsettled.withLock { $0[ack.channel]?.remove(ack.tag) }
             } else {
-                try conn.ack(deliveryTag: ack.tag, channel: ack.channel)
+                acked[ack.channel, default: []].insert(ack.tag)
             }
         }
+        for (channel, tags) in acked {
+            let open = unsettled.withLock { $0[channel] ?? [] }
+            for (tag, multiple) in Self.coalesce(acks: tags, unsettled: open) {
+                try conn.ack(deliveryTag: tag, channel: channel, multiple: multiple)
+            }
+            unsettled.withLock { $0[channel] = open.subtracting(tags) }
+        }
+    }
+
+    /// The acks to send for `acks` (delivery tags of one channel) given the channel's unsettled deliveries: the run
+    /// of the lowest unsettled tags that are all being acked goes as one ack with `multiple` (its highest tag), the
+    /// rest one by one. A delivery still held (to be requeued, or not yet journaled) is never covered by `multiple`.
+    static func coalesce(acks: Set<UInt64>, unsettled: Set<UInt64>) -> [(tag: UInt64, multiple: Bool)] {
+        var run: UInt64?
+        var runLength = 0
+        for tag in unsettled.union(acks).sorted() {
+            guard acks.contains(tag) else { break }
+            run = tag
+            runLength += 1
+        }
+        guard let last = run, runLength > 1 else { return acks.sorted().map { ($0, false) } }
+        return [(last, true)] + acks.filter { $0 > last }.sorted().map { ($0, false) }
     }
 
     private func receive(_ conn: AMQPConnection, timeout: Int, generation gen: Int) throws {
         guard let d = try conn.nextDelivery(timeoutMilliseconds: timeout, maxBodyBytes: maxMessageBytes) else { return }
         let channel: InboundMessage.Channel = d.channel == Self.controlChannel ? .control : .task
+        _ = unsettled.withLock { $0[d.channel, default: []].insert(d.deliveryTag) }
         var message = InboundMessage(channel: channel, body: d.body, redelivered: d.redelivered,
                                      size: Int(clamping: d.declaredBodySize), ack: { [weak self] in
             guard let self else { return }

@@ -27,6 +27,13 @@ struct OutcomeClassifierTests {
             failureClass: .outOfMemory, message: "oom (memory.events)"),
         Row(launched: LaunchOutcome(exitCode: 1, message: "the container was removed"), state: .failed,
             failureClass: .taskFailure, message: "the container was removed"),
+        // A scheduler's verdict (Slurm's TIMEOUT, NODE_FAIL, PREEMPTED) is the class, whatever the exit code says.
+        Row(launched: LaunchOutcome(exitCode: 0, message: "Slurm preempted the job (PREEMPTED)", failureClass: .preempted),
+            state: .failed, failureClass: .preempted, message: "Slurm preempted the job (PREEMPTED)"),
+        Row(launched: LaunchOutcome(exitCode: 0, failureClass: .nodeFailure), state: .failed,
+            failureClass: .nodeFailure, message: "node_failure"),
+        Row(launched: LaunchOutcome(exitCode: 143, signal: 15, message: "TIMEOUT", failureClass: .timeout),
+            state: .failed, failureClass: .timeout, message: "TIMEOUT"),
     ]
 
     @Test(arguments: launched)

@@ -429,6 +429,34 @@ struct RunnerTests {
         #expect(rec.message?.hasPrefix("cannot resume after a restart: launcher \"docker\" is not enabled") == true)
     }
 
+    /// A burst of deliveries is handled in order: the valid tasks in one group commit, a bad message and a control
+    /// message between them handled on their own; every delivery is acknowledged once, every new task runs once.
+    @Test func receiverHandlesABurstInOrder() async throws {
+        let r = runner(FakeLauncher(script: .exit(0, after: .zero)))
+        let receiver = Receiver(nodeID: "n1", maxMessageBytes: 2000, journal: journal, runner: r,
+                                logger: Logger(label: "t", factory: { _ in SwiftLogNoOpLogHandler() }), eventsAdded: {})
+        let acks = Counter()
+        func task(_ id: String) -> InboundMessage {
+            let body = #"{"schema_version":1,"task_id":"\#(id)","execution_id":"e","plan":{"schema_version":1,"id":"t","version":"1","launcher":"process","command":{"base":["/bin/true"]}}}"#
+            return InboundMessage(channel: .task, body: Array(body.utf8), redelivered: false) { acks.add() }
+        }
+        let cancel = InboundMessage(channel: .control, body: Array(#"{"schema_version":1,"type":"cancel","task_id":"zz"}"#.utf8),
+                                    redelivered: false) { acks.add() }
+        await receiver.handle([task("b1"), task("b2"), InboundMessage(channel: .task, body: Array("nope".utf8),
+                                                                      redelivered: false) { acks.add() },
+                               task("b1"), cancel, task("b3"), task("b3")])
+        await r.waitUntilIdle()
+        #expect(acks.value == 7)
+        for id in ["b1", "b2", "b3"] {
+            let events = try journal.history(id)
+            #expect(events.filter { $0.kind == .state && $0.state == .running }.count == 1, "\(id) ran once")
+            #expect(events.first?.state == .received)
+        }
+        #expect(try journal.history("b1").contains { $0.kind == .duplicate })
+        #expect(try journal.history("b3").contains { $0.kind == .duplicate })
+        #expect(journal.unattributedEvents.contains { $0.detail.message?.contains("not JSON") == true })
+    }
+
     @Test func receiverRejectsMalformedAndIgnoresDuplicates() async throws {
         let r = runner(FakeLauncher(script: .exit(0, after: .zero)))
         let receiver = Receiver(nodeID: "n1", maxMessageBytes: 2000, journal: journal, runner: r,

@@ -30,6 +30,31 @@ struct SQLiteJournalTests {
         #expect(existing.state == .received)
     }
 
+    /// Group commit: a burst is admitted in one transaction with one result per item, in order; a task already
+    /// journaled, or twice in the same burst, is a duplicate; each admitted task has its `received` event.
+    @Test func admitAllInOneTransaction() throws {
+        let j = try SQLiteJournal(path: "\(dir)/j.sqlite", nodeID: "n1")
+        let (a, da) = try spec("a")
+        #expect(try j.admit(a, document: da, at: Date()) == .admitted)
+        let items = try ["a", "b", "c", "b"].map { id -> (spec: TaskSpec, document: JSONValue) in
+            let (s, d) = try spec(id)
+            return (s, d)
+        }
+        let results = j.admit(all: items, at: Date())
+        let kinds = try results.map { r -> String in
+            switch try r.get() {
+            case .admitted: return "admitted"
+            case .duplicate: return "duplicate"
+            }
+        }
+        #expect(kinds == ["duplicate", "admitted", "admitted", "duplicate"])
+        for id in ["b", "c"] {
+            #expect(try j.task(id)?.state == .received)
+            #expect(try j.history(id).map(\.state) == [.received])
+        }
+        #expect(try j.outboxCount() == 3)
+    }
+
     /// The heartbeat's counts and the sandbox sweep's status come from the columns, agreeing with the full records.
     @Test func countsAndStatusAgreeWithTheRecords() throws {
         let j = try SQLiteJournal(path: "\(dir)/j.sqlite", nodeID: "n1")

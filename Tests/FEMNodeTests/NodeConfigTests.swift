@@ -158,8 +158,8 @@ struct NodeConfigTests {
     }
 
     @Test func unknownLauncherAndMissingFilesAreNamed() {
-        let p = Self.problems(Self.toml("[launchers]\nenabled = [\"slurm\"]").replacingOccurrences(of: "c.key", with: "nope.key"))
-        #expect(p.contains { $0.hasPrefix("launchers.enabled: \"slurm\" is not a launcher this build has") })
+        let p = Self.problems(Self.toml("[launchers]\nenabled = [\"kubernetes\"]").replacingOccurrences(of: "c.key", with: "nope.key"))
+        #expect(p.contains { $0.hasPrefix("launchers.enabled: \"kubernetes\" is not a launcher this build has") })
         #expect(p.contains { $0.hasPrefix("broker.key_file: cannot read") })
     }
 
@@ -284,7 +284,7 @@ struct NodeConfigTypedTests {
 
             [launchers.docker]
             sockett = "/run/docker.sock"
-            [launchers.slurm]
+            [launchers.kubernetes]
             partition = "x"
             [credentials.up]
             token_file = "/nonexistent"
@@ -296,7 +296,7 @@ struct NodeConfigTypedTests {
             token_env = "T"
             """, env: [:])
         let known = "is not a known key (known keys are listed in config/fem-client.example.toml)"
-        for e in ["colour: \(known)", "launchers.docker.sockett: \(known)", "launchers.slurm.partition: \(known)",
+        for e in ["colour: \(known)", "launchers.docker.sockett: \(known)", "launchers.kubernetes.partition: \(known)",
                   "credentials.\"up\".colour: is not a known key (username, password_file, password_env, token_file, "
                   + "token_env, urls)",
                   "registries.\"h:5000\".token_env: is not a known key (username, password_file, password_env)"] {

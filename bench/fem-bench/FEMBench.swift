@@ -11,6 +11,9 @@ import Foundation
 ///   then a cached update (fetch + checkout) vs `git fetch` + `git checkout` in the peer's clone.
 /// - `fem-bench upload URL FILE N` (FEM_BENCH_USER / FEM_BENCH_PASSWORD_FILE, FEM_BENCH_CA): stage-out of FILE as a
 ///   task's only output (collect, sha256, PUT) vs `curl -T FILE` to the same server.
+/// - `fem-bench slurm SLURM_DIR N` (bench/slurm.sh): one `/bin/true` task through the slurm launcher (submit →
+///   completed, as fem-task) vs `sbatch --wait` of the same job script with the same options, and vs `sbatch` +
+///   `scontrol show job` polled every 100 ms (the launcher's own way of following a job, without the launcher).
 /// - `fem-bench publish BROKER_DIR PORT NODE FILE` (bench/fuzz.py): publishes the raw bodies in FILE (each a 4-byte
 ///   big-endian length, then the bytes) to the node's task queue as the broker's `fem` user with the operator's
 ///   certificate, unchecked, with publisher confirms.
@@ -19,11 +22,12 @@ struct FEMBench {
     static func main() async throws {
         let args = CommandLine.arguments
         let usage = "usage: fem-bench docker IMAGE ROUNDS | git URL ROUNDS | upload URL FILE ROUNDS | "
-            + "publish BROKER_DIR PORT NODE FILE\n"
+            + "slurm SLURM_DIR ROUNDS | publish BROKER_DIR PORT NODE FILE\n"
         switch (args.count, args.count > 1 ? args[1] : "") {
         case (4, "docker"): try await docker(image: args[2], rounds: Int(args[3]) ?? 10)
         case (4, "git"): try await git(url: args[2], rounds: Int(args[3]) ?? 5)
         case (5, "upload"): try await upload(url: args[2], file: args[3], rounds: Int(args[4]) ?? 3)
+        case (4, "slurm"): try await slurm(dir: args[2], rounds: Int(args[3]) ?? 10)
         case (6, "publish"): try publish(brokerDir: args[2], port: Int(args[3]) ?? 5671, node: args[4], file: args[5])
         default:
             FileHandle.standardError.write(Data(usage.utf8))
@@ -95,6 +99,105 @@ struct FEMBench {
         print(String(format: "fem-client launcher     median %.1f ms (create, start, wait, logs, remove; hardened)", a * 1000))
         print(String(format: "docker run --rm         median %.1f ms (--network none)", b * 1000))
         print(String(format: "ratio launcher / docker %.2f", a / b))
+    }
+
+    static func slurm(dir: String, rounds n: Int) async throws {
+        guard let user = TaskUser.lookup("fem-task") else {
+            FileHandle.standardError.write(Data("no user fem-task (scripts/create-task-user.sh)\n".utf8))
+            exit(1)
+        }
+        let shared = "\(dir)/shared"
+        let root = "\(shared)/bench-\(getpid())"
+        try FileManager.default.createDirectory(atPath: root, withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o711])
+        defer { try? FileManager.default.removeItem(atPath: root) }
+        let conf = "\(dir)/slurm.conf"
+        let launcher = SlurmLauncher(config: SlurmLauncherConfig(
+            sharedDir: shared, maxCPUs: 1, defaultMemoryMB: 100, maxMemoryMB: 100, allowedExecutables: ["/bin/true"],
+            user: user, slurmConf: conf, pollInterval: .milliseconds(100)))
+        let env = ["PATH": "/usr/bin:/bin", "SLURM_CONF": conf]
+        func sbatch(_ job: LaunchJob, wait: Bool) throws -> [String] {
+            let script = "\(job.sandbox.logs)/peer-job.sh"
+            try SlurmJobScript.render(taskID: job.task.taskID, argv: ["/bin/true"], environment: job.command.environment)
+                .write(toFile: script, atomically: true, encoding: .utf8)
+            for log in ["peer-out.log", "peer-err.log"] {
+                let path = "\(job.sandbox.logs)/\(log)"
+                _ = FileManager.default.createFile(atPath: path, contents: nil)
+                try Posix.chown(path, uid: user.uid, gid: user.gid)
+            }
+            try Posix.chmod(job.sandbox.logs, mode: 0o711)
+            let request = SlurmJobScript.Request(cpus: 1, memoryMB: 100, gpus: 0, minutes: 2)
+            var args = SlurmJobScript.sbatchArguments(
+                taskID: "peer-\(job.task.taskID)", script: script, workingDirectory: job.sandbox.sandbox,
+                stdout: "\(job.sandbox.logs)/peer-out.log", stderr: "\(job.sandbox.logs)/peer-err.log",
+                request: request, partition: nil, account: nil, qos: nil, user: (user.uid, user.gid))
+            if wait { args.insert("--wait", at: 0) }
+            return args
+        }
+        var ours: [Double] = [], waited: [Double] = [], polled: [Double] = []
+        // The three take turns going first: a job submitted right after another waits for slurmd to clean up
+        // the previous one, which would otherwise always count against the same contender.
+        func launcherRun(_ i: Int) async throws {
+            let job = try makeSlurmJob(root: root, id: "s\(i)")
+            let t0 = Date()
+            let handle = try await launcher.start(job) { _ in }
+            let outcome = try await launcher.wait(handle)
+            ours.append(Date().timeIntervalSince(t0))
+            guard outcome.exitCode == 0 else { fatalError("launcher run \(i) ended \(outcome)") }
+        }
+        func waitRun(_ i: Int) async throws {
+            let peer = try makeSlurmJob(root: root, id: "w\(i)")
+            let waitArgs = try sbatch(peer, wait: true)
+            let t1 = Date()
+            let r = try await ChildProcess.run(executable: "/usr/bin/sbatch", arguments: waitArgs, environment: env)
+            waited.append(Date().timeIntervalSince(t1))
+            guard r.succeeded else { fatalError("sbatch --wait \(i): \(r.diagnostic)") }
+        }
+        func pollRun(_ i: Int) async throws {
+            let peer2 = try makeSlurmJob(root: root, id: "p\(i)")
+            let pollArgs = try sbatch(peer2, wait: false)
+            let t2 = Date()
+            let s = try await ChildProcess.run(executable: "/usr/bin/sbatch", arguments: pollArgs, environment: env)
+            guard s.succeeded, let id = SlurmJobScript.parseJobID(s.stdout) else { fatalError("sbatch \(i): \(s.diagnostic)") }
+            while true {
+                let q = try await ChildProcess.run(executable: "/usr/bin/scontrol", arguments: ["show", "job", "-o", id],
+                                                   environment: env)
+                if let info = SlurmJobInfo.parse(q.stdout), case .ended = info.phase { break }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            polled.append(Date().timeIntervalSince(t2))
+        }
+        for i in 0..<n {
+            for k in 0..<3 {
+                switch (i + k) % 3 {
+                case 0: try await launcherRun(i)
+                case 1: try await waitRun(i)
+                default: try await pollRun(i)
+                }
+            }
+        }
+        let a = median(ours), b = median(waited), c = median(polled)
+        print(String(format: "rounds                     %d (taking turns)", n))
+        print(String(format: "fem-client slurm launcher  median %.1f ms (job script, sbatch, scontrol every 100 ms, "
+                     + "sandbox to fem-task and back)", a * 1000))
+        print(String(format: "sbatch --wait              median %.1f ms (same script and options)", b * 1000))
+        print(String(format: "sbatch + scontrol polling  median %.1f ms (every 100 ms)", c * 1000))
+        print(String(format: "ratio launcher / sbatch --wait      %.2f", a / b))
+        print(String(format: "ratio launcher / sbatch + polling   %.2f", a / c))
+    }
+
+    static func makeSlurmJob(root: String, id: String) throws -> LaunchJob {
+        let doc: JSONValue = ["schema_version": 1, "task_id": .string(id), "execution_id": "bench", "plan": [
+            "schema_version": 1, "id": "bench", "version": "1", "launcher": "slurm", "command": ["base": ["/bin/true"]]]]
+        let task = try DocumentReader.readTask(doc, requireTaskID: true)
+        let host = ToolPaths.under("\(root)/\(id)")
+        for d in [host.src, host.input, host.output, host.logs] {
+            try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
+        }
+        try Posix.chmod(host.sandbox, mode: 0o711)
+        let command = try Renderer.render(task, context: RenderContext(nodeID: "bench", nodeName: "bench", paths: host,
+                                                                       datasets: [:]), timeoutSeconds: 60)
+        return LaunchJob(task: task, command: command, sandbox: host)
     }
 
     static func makeJob(image: String, root: String, id: String) throws -> LaunchJob {
@@ -181,8 +284,8 @@ struct FEMBench {
         for d in [paths.src, paths.input, paths.output, paths.logs] {
             try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
         }
-        // The output is the benchmark file itself, linked into out/ (no copy).
-        try FileManager.default.linkItem(atPath: file, toPath: "\(paths.output)/big.bin")
+        // A copy of the benchmark file in out/ (made once, before the timed rounds): a hard link is refused as an output.
+        try FileManager.default.copyItem(atPath: file, toPath: "\(paths.output)/big.bin")
         let size = (try FileManager.default.attributesOfItem(atPath: file)[.size] as? Int64) ?? 0
         let delivery = OutputDelivery(policy: DeliveryPolicy(
             nodeID: "bench", limits: OutputLimits(maxFileBytes: Int64.max, maxTaskBytes: Int64.max),

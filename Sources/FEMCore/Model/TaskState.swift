@@ -55,4 +55,8 @@ public enum FailureClass: String, Sendable, Codable, CaseIterable {
     /// A write on the node failed because its filesystem is full (work dir, logs, journal): the node's fault, with
     /// the real cause in the message.
     case nodeDiskFull = "node_disk_full"
+    /// The cluster node running the work failed (a Slurm job ended `NODE_FAIL`): not the task's fault.
+    case nodeFailure = "node_failure"
+    /// The cluster scheduler took the work's resources for other work (a Slurm job ended `PREEMPTED`).
+    case preempted
 }

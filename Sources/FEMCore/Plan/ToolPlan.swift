@@ -1,7 +1,7 @@
 /// A tool plan: how to run one tool, written once by its author. See docs/templates/README.md.
 public struct ToolPlan: Sendable, Equatable {
     public static let supportedSchemaVersions = [1]
-    public static let launchers = ["docker", "process", "flower"]
+    public static let launchers = ["docker", "process", "flower", "slurm"]
 
     public var schemaVersion: Int
     public var id: String

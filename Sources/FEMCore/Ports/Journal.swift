@@ -91,6 +91,9 @@ public protocol Journal: Outbox {
 
     /// Records a new task in state `received` (with its event), or reports the existing one.
     func admit(_ spec: TaskSpec, document: JSONValue, at: Date) throws -> Admission
+    /// Several tasks at once, each admitted or reported as `admit` would; one result per item, in order. A journal
+    /// that can writes them in one transaction (group commit); the default admits them one by one.
+    func admit(all items: [(spec: TaskSpec, document: JSONValue)], at: Date) -> [Result<Admission, any Error>]
     /// Records an event for a message that could not be accepted. No task row is made: the id stays free for a
     /// later valid task (whose events continue the id's sequence numbers).
     func recordRejection(taskID: String?, executionID: String?, message: String, at: Date) throws
@@ -136,5 +139,11 @@ extension EventDetail {
         d.message = d.message?.replacingOccurrences(of: "{state}", with: state.rawValue)
         d.data = (d.data ?? [:]).merging(["state": .string(state.rawValue)]) { $1 }
         return d
+    }
+}
+
+extension Journal {
+    public func admit(all items: [(spec: TaskSpec, document: JSONValue)], at: Date) -> [Result<Admission, any Error>] {
+        items.map { item in Result { try admit(item.spec, document: item.document, at: at) } }
     }
 }

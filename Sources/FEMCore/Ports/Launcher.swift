@@ -115,9 +115,13 @@ public struct LaunchOutcome: Sendable, Equatable {
     /// cgroup); they go into the terminal event's `data.usage`.
     public var cpuSeconds: Double?
     public var peakMemoryBytes: UInt64?
+    /// How the work ended where the launcher's scheduler says so (a Slurm job's `TIMEOUT`, `NODE_FAIL`,
+    /// `PREEMPTED`): the task fails with this class. Nil: classified from the exit code, signal and `outOfMemory`.
+    public var failureClass: FailureClass?
 
     public init(exitCode: Int32?, signal: Int32? = nil, outOfMemory: Bool = false, message: String? = nil,
-                cpuSeconds: Double? = nil, peakMemoryBytes: UInt64? = nil) {
+                cpuSeconds: Double? = nil, peakMemoryBytes: UInt64? = nil, failureClass: FailureClass? = nil) {
+        self.failureClass = failureClass
         self.exitCode = exitCode
         self.signal = signal
         self.outOfMemory = outOfMemory
@@ -126,7 +130,7 @@ public struct LaunchOutcome: Sendable, Equatable {
         self.peakMemoryBytes = peakMemoryBytes
     }
 
-    public var succeeded: Bool { exitCode == 0 && !outOfMemory }
+    public var succeeded: Bool { exitCode == 0 && !outOfMemory && failureClass == nil }
 }
 
 public enum Recovery: Sendable, Equatable {
@@ -199,6 +203,22 @@ public protocol Launcher: Sendable {
 
 extension Launcher {
     public func prepare(_ job: LaunchJob) async throws {}
+}
+
+/// Where work waits in a scheduler's queue before it runs (`QueuedLauncher`).
+public enum QueueState: Sendable, Equatable {
+    /// Not running yet; the scheduler's reason, where it gave one (Slurm: `Resources`, `Priority`, `QOSMaxCpuPerUserLimit`).
+    case waiting(String?)
+    /// Running, or already ended: nothing more to report.
+    case started
+}
+
+/// A launcher whose work may wait in a scheduler's queue (a Slurm job `PENDING`): while it waits, the runner asks
+/// every `queuePollInterval` and reports each new reason as a `notice` event. Only `SlurmLauncher` adopts it; the
+/// runner asks `as? QueuedLauncher`.
+public protocol QueuedLauncher: Launcher {
+    func queueState(_ handle: LaunchHandle) async -> QueueState
+    var queuePollInterval: Duration { get }
 }
 
 /// A launcher whose work talks to a server (a Flower SuperNode and its SuperLink): its log lines say when the link

@@ -21,6 +21,10 @@ enum SupervisionEnd: Sendable, Equatable {
 enum OutcomeClassifier {
     /// How the work's own end reads as a task outcome.
     static func classify(_ outcome: LaunchOutcome) -> TaskOutcome {
+        if let failureClass = outcome.failureClass {
+            return TaskOutcome(state: .failed, detail: EventDetail(exitCode: outcome.exitCode, failureClass: failureClass,
+                                                                   message: outcome.message ?? failureClass.rawValue))
+        }
         if outcome.outOfMemory {
             return TaskOutcome(state: .failed, detail: EventDetail(exitCode: outcome.exitCode, failureClass: .outOfMemory,
                                                                    message: outcome.message ?? "killed for exceeding its memory limit"))

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Synchronization
 
 /// Turns broker deliveries into journal rows. A delivery is acknowledged only after its row is committed; a task
 /// id seen before is acknowledged and not run again; a malformed message is rejected with an event and
@@ -49,11 +50,35 @@ public struct Receiver: Sendable {
         }
     }
 
-    /// Consumes messages until the source ends.
+    /// Consumes messages until the source ends (or this task is cancelled). The deliveries that arrived while the
+    /// previous ones were being journaled are handled together: their tasks go into the journal in one
+    /// transaction (group commit), and are acknowledged after it (the source sends one ack with `multiple`).
     public func run(_ source: any TaskSource) async {
-        for await message in source.messages() {
+        let inbox = Inbox()
+        await withDiscardingTaskGroup { group in
+            group.addTask {
+                for await message in source.messages() { inbox.put(message) }
+                inbox.finish()
+            }
+            while let batch = await inbox.take() {
+                await handle(batch)
+            }
+        }
+    }
+
+    /// Handles deliveries in order; consecutive valid tasks among them are journaled in one transaction.
+    public func handle(_ batch: [InboundMessage]) async {
+        var group: [(message: InboundMessage, spec: TaskSpec, document: JSONValue)] = []
+        for message in batch {
+            if message.channel == .task, unauthorised(message) == nil {
+                if let task = read(message) { group.append((message, task.spec, task.document)) }
+                continue
+            }
+            await admit(group)
+            group = []
             await handle(message)
         }
+        await admit(group)
     }
 
     public func handle(_ message: InboundMessage) async {
@@ -86,11 +111,18 @@ public struct Receiver: Sendable {
     }
 
     private func handleTask(_ message: InboundMessage) async {
+        guard let task = read(message) else { return }
+        await admit([(message, task.spec, task.document)])
+    }
+
+    /// The task a delivery carries, or nil when it was already dealt with (requeued while the node takes no tasks,
+    /// or rejected with an event).
+    private func read(_ message: InboundMessage) -> (spec: TaskSpec, document: JSONValue)? {
         if let why = admission() {
             // Not read, not journaled: back to the broker (the node said why in a notice when it began refusing).
             requeueLater(message, failed: false)
             logger.debug("delivery returned to the broker: \(why)")
-            return
+            return nil
         }
         let now = Date()
         let value: JSONValue
@@ -101,7 +133,7 @@ public struct Receiver: Sendable {
             value = try JSONValue.parse(Data(message.body))
         } catch {
             reject(message, taskID: nil, executionID: nil, reason: "\(error)", at: now)
-            return
+            return nil
         }
         // Best effort, for the rejected event: which task was this meant to be?
         let claimedID = value["task_id"]?.stringValue.flatMap { Patterns.matches(Patterns.taskID, $0) ? $0 : nil }
@@ -112,17 +144,38 @@ public struct Receiver: Sendable {
             spec = try DocumentReader.readTask(value, requireTaskID: true)
         } catch {
             reject(message, taskID: claimedID, executionID: claimedExecution, reason: "invalid task: \(error)", at: now)
-            return
+            return nil
         }
+        return (spec, value)
+    }
+
+    /// Journals the tasks (one transaction when there are several), then acknowledges each delivery and hands the
+    /// admitted tasks to the runner.
+    private func admit(_ group: [(message: InboundMessage, spec: TaskSpec, document: JSONValue)]) async {
+        guard !group.isEmpty else { return }
+        let now = Date()
+        let results = journal.admit(all: group.map { ($0.spec, $0.document) }, at: now)
+        // All acks first (the source sends them together), then the runner gets the tasks.
+        var admitted: [String] = []
+        for (item, result) in zip(group, results) where settle(item.message, spec: item.spec, result: result, at: now) {
+            admitted.append(item.spec.taskID)
+        }
+        for id in admitted { await runner.enqueue(id) }
+    }
+
+    /// Acknowledges the delivery once its task is journaled (or returns it to the broker); true when the task is
+    /// new and is to run.
+    private func settle(_ message: InboundMessage, spec: TaskSpec, result: Result<Admission, any Error>,
+                        at now: Date) -> Bool {
         do {
-            switch try journal.admit(spec, document: value, at: now) {
+            switch try result.get() {
             case .admitted:
                 logger.info("received \(spec.plan.id) \(spec.plan.version) (\(spec.plan.launcher)), execution \(spec.executionID)",
                             metadata: ["task": "\(spec.taskID)"])
                 eventsAdded()
                 message.ack()
                 backoff.success()
-                await runner.enqueue(spec.taskID)
+                return true
             case .duplicate:
                 // The journal fills in the state (`{state}` and data.state) in the same transaction as the event's
                 // own `state`, so they always agree.
@@ -132,6 +185,7 @@ public struct Receiver: Sendable {
                               metadata: ["task": "\(spec.taskID)"])
                 eventsAdded()
                 message.ack()
+                return false
             }
         } catch {
             // Returned to the broker after a backoff: it comes again, and the journal decides again.
@@ -143,6 +197,7 @@ public struct Receiver: Sendable {
                    ["task_id": .string(spec.taskID), "execution_id": .string(spec.executionID),
                     "error": .string("\(error)")])
             requeueLater(message, failed: true)
+            return false
         }
     }
 
@@ -178,23 +233,70 @@ public struct Receiver: Sendable {
 
 /// The wait before a delivery goes back to the broker: `base` while all is well, doubling with each journal failure
 /// in a row (up to 30 s), so a node whose journal fails does not spin on its deliveries.
-public final class RequeueBackoff: @unchecked Sendable {
+public final class RequeueBackoff: Sendable {
     let base: Duration
-    private let lock = NSLock()
-    private var failures = 0
+    /// Journal failures in a row.
+    private let failures = Mutex(0)
 
     init(base: Duration) { self.base = base }
 
     func failure() -> Duration {
-        lock.withLock {
-            defer { failures += 1 }
-            return delay(failures)
+        failures.withLock { n in
+            defer { n += 1 }
+            return delay(n)
         }
     }
 
-    func peek() -> Duration { lock.withLock { delay(failures) } }
+    func peek() -> Duration { failures.withLock { delay($0) } }
 
-    func success() { lock.withLock { failures = 0 } }
+    func success() { failures.withLock { $0 = 0 } }
 
     private func delay(_ n: Int) -> Duration { min(base * (1 << min(n, 5)), .seconds(30)) }
+}
+
+/// The receiver's queue of deliveries: the consuming task puts them in one by one, the receiver takes all there
+/// are at once (nil once the source ended and everything was taken).
+final class Inbox: Sendable {
+    private struct State {
+        var buffer: [InboundMessage] = []
+        var finished = false
+        var waiter: CheckedContinuation<[InboundMessage]?, Never>?
+    }
+    private let state = Mutex(State())
+
+    func put(_ message: InboundMessage) {
+        let waiter = state.withLock { s -> CheckedContinuation<[InboundMessage]?, Never>? in
+            if let w = s.waiter {
+                s.waiter = nil
+                return w
+            }
+            s.buffer.append(message)
+            return nil
+        }
+        waiter?.resume(returning: [message])
+    }
+
+    func finish() {
+        let waiter = state.withLock { s -> CheckedContinuation<[InboundMessage]?, Never>? in
+            s.finished = true
+            defer { s.waiter = nil }
+            return s.waiter
+        }
+        waiter?.resume(returning: nil)
+    }
+
+    func take() async -> [InboundMessage]? {
+        await withCheckedContinuation { (c: CheckedContinuation<[InboundMessage]?, Never>) in
+            let ready = state.withLock { s -> [InboundMessage]?? in
+                if !s.buffer.isEmpty {
+                    defer { s.buffer = [] }
+                    return .some(s.buffer)
+                }
+                if s.finished { return .some(nil) }
+                s.waiter = c
+                return .none
+            }
+            if let ready { c.resume(returning: ready) }
+        }
+    }
 }

@@ -106,6 +106,24 @@ struct Supervisor: Sendable {
                 for await v in verdicts { return v }
                 return nil
             }
+            if let queued = launcher as? any QueuedLauncher {
+                // While the work waits in a scheduler's queue: a notice for each new reason.
+                let note = Runner.noter(for: taskID, journal: journal, thread: journalThread, logger: logger,
+                                        eventsAdded: eventsAdded)
+                group.addTask {
+                    var last: String?
+                    while !Task.isCancelled {
+                        guard case .waiting(let reason) = await queued.queueState(handle) else { return nil }
+                        if let reason, reason != last {
+                            last = reason
+                            note(.notice, "the work waits in the \(launcher.name) queue: \(reason)",
+                                 ["queued": true, "reason": .string(reason)])
+                        }
+                        try? await clock.sleep(for: queued.queuePollInterval)
+                    }
+                    return nil
+                }
+            }
             if let limit {
                 group.addTask {
                     while !Task.isCancelled {

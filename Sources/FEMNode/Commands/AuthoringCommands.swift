@@ -4,6 +4,7 @@ import FEMJournal
 import FEMLaunchers
 import Foundation
 import Logging
+import Synchronization
 
 /// Reading documents for the authoring commands: a plan or a task file, with `--param k=v` overrides typed by
 /// the plan's argument types.
@@ -174,11 +175,12 @@ extension FEMClientCommand {
 }
 
 /// Prints events from the outbox as they are written (the local stand-in for the broker).
-final class EventPrinter: @unchecked Sendable {
-    private let lock = NSLock()
+final class EventPrinter: Sendable {
+    /// One drain at a time, so lines are printed once and in order.
+    private let draining = Mutex(())
 
     func drain(_ journal: SQLiteJournal) {
-        lock.withLock {
+        draining.withLock { _ in
             guard let entries = try? journal.pendingEvents(limit: 1000), !entries.isEmpty else { return }
             for entry in entries {
                 if let e = try? JSONDecoder.fem.decode(TaskEvent.self, from: entry.body) {

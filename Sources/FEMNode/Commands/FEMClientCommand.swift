@@ -109,6 +109,23 @@ extension FEMClientCommand {
                     print("FAIL  \(failures.last!)")
                 }
             }
+            if config.enabledLaunchers.contains("slurm") {
+                let shared = config.slurm.sharedDir
+                do {
+                    let probe = "\(shared)/.fem-check-\(Posix.processID)"
+                    try Data("x".utf8).write(to: URL(fileURLWithPath: probe))
+                    try FileManager.default.removeItem(atPath: probe)
+                    print("ok    slurm: shared dir \(shared) exists and is writable")
+                } catch {
+                    failures.append("slurm: launchers.slurm.shared_dir \(shared) is not a writable folder: "
+                                    + error.localizedDescription)
+                    print("FAIL  \(failures.last ?? "")")
+                }
+                if let why = config.slurm.refusal(workDir: config.workDir) {
+                    failures.append("slurm: \(why)")
+                    print("FAIL  \(failures.last ?? "")")
+                }
+            }
             if config.enabledLaunchers.contains("process") {
                 // Compared by resolved path: say what each entry really is, and which ones match nothing here.
                 for program in config.processAllowedExecutables {

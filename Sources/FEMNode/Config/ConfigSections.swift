@@ -200,9 +200,10 @@ struct LaunchersSection: Codable, Sendable {
     var process = ProcessSection()
     var docker = DockerSection()
     var flower = FlowerSection()
+    var slurm = SlurmSection()
 
     enum CodingKeys: String, CodingKey {
-        case enabled, envAllowed = "env_allowed", process, docker, flower
+        case enabled, envAllowed = "env_allowed", process, docker, flower, slurm
     }
 
     init() {}
@@ -215,6 +216,76 @@ struct LaunchersSection: Codable, Sendable {
         process = r.section(c, .process) ?? process
         docker = r.section(c, .docker) ?? docker
         flower = r.section(c, .flower) ?? flower
+        slurm = r.section(c, .slurm) ?? slurm
+    }
+}
+
+/// `[launchers.slurm]`: tasks as Slurm batch jobs (SlurmLauncher).
+struct SlurmSection: Codable, Sendable {
+    var sharedDir = ""
+    var partition = ""
+    var allowedPartitions: [String] = []
+    var account = ""
+    var qos = ""
+    var user = "fem-task"
+    var allowedExecutables: [String] = []
+    var path = "/usr/local/bin:/usr/bin:/bin"
+    var maxCPUs = 2
+    var defaultMemoryMB = 512
+    var maxMemoryMB = 8192
+    var slurmConf = ""
+    var sbatch = "/usr/bin/sbatch"
+    var squeue = "/usr/bin/squeue"
+    var scontrol = "/usr/bin/scontrol"
+    var scancel = "/usr/bin/scancel"
+    var pollIntervalMS = 250
+
+    enum CodingKeys: String, CodingKey {
+        case sharedDir = "shared_dir", partition, allowedPartitions = "allowed_partitions", account, qos, user,
+             allowedExecutables = "allowed_executables", path, maxCPUs = "max_cpus",
+             defaultMemoryMB = "default_memory_mb", maxMemoryMB = "max_memory_mb", slurmConf = "slurm_conf",
+             sbatch, squeue, scontrol, scancel, pollIntervalMS = "poll_interval_ms"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        sharedDir = r.value(c, .sharedDir) ?? sharedDir
+        partition = r.value(c, .partition) ?? partition
+        allowedPartitions = r.value(c, .allowedPartitions) ?? allowedPartitions
+        account = r.value(c, .account) ?? account
+        qos = r.value(c, .qos) ?? qos
+        user = r.value(c, .user) ?? user
+        allowedExecutables = r.value(c, .allowedExecutables) ?? allowedExecutables
+        path = r.value(c, .path) ?? path
+        maxCPUs = r.value(c, .maxCPUs) ?? maxCPUs
+        defaultMemoryMB = r.value(c, .defaultMemoryMB) ?? defaultMemoryMB
+        maxMemoryMB = r.value(c, .maxMemoryMB) ?? maxMemoryMB
+        slurmConf = r.value(c, .slurmConf) ?? slurmConf
+        sbatch = r.value(c, .sbatch) ?? sbatch
+        squeue = r.value(c, .squeue) ?? squeue
+        scontrol = r.value(c, .scontrol) ?? scontrol
+        scancel = r.value(c, .scancel) ?? scancel
+        pollIntervalMS = r.value(c, .pollIntervalMS) ?? pollIntervalMS
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        v.range("launchers.slurm.max_cpus", maxCPUs, 1...100_000)
+        v.range("launchers.slurm.default_memory_mb", defaultMemoryMB, 6...(1 << 30))
+        v.range("launchers.slurm.max_memory_mb", maxMemoryMB, 6...(1 << 30))
+        v.range("launchers.slurm.poll_interval_ms", pollIntervalMS, 50...60_000)
+        // Names go into sbatch options: Slurm's own character set only.
+        let plain = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_."))
+        for (key, value) in [("partition", partition), ("account", account), ("qos", qos)] + allowedPartitions.map({ ("allowed_partitions", $0) })
+            where value.unicodeScalars.contains(where: { !plain.contains($0) }) || value.hasPrefix("-") {
+            v.note("launchers.slurm.\(key): \"\(value)\" is not a Slurm name (letters, digits, - _ . only)")
+        }
+        for (key, value) in [("sbatch", sbatch), ("squeue", squeue), ("scontrol", scontrol), ("scancel", scancel)]
+            where !value.hasPrefix("/") {
+            v.note("launchers.slurm.\(key): \"\(value)\" must be an absolute path")
+        }
     }
 }
 

@@ -27,6 +27,7 @@ extension ConfigFile {
         launchers.process.validate(&v)
         launchers.docker.validate(&v)
         launchers.flower.validate(&v)
+        launchers.slurm.validate(&v)
         stageIn.validate(&v)
         sandboxes.validate(&v)
         outputs.validate(&v)

@@ -31,6 +31,8 @@ public struct NodeConfig: Sendable {
     public var drainSeconds: Int = 30
     /// A task that finds dockerd unreachable waits this long for it (with a notice) before failing.
     public var dockerWaitSeconds: Int = 60
+    /// `[launchers.slurm]` (its task user filled in when the launcher is enabled).
+    public var slurm = SlurmLauncherConfig()
 
     public var brokerURL: String
     public var brokerPassword: String?
@@ -119,7 +121,7 @@ public struct ConfigError: Error, CustomStringConvertible, Sendable {
 }
 
 extension NodeConfig {
-    public static let knownLaunchers = ["process", "docker", "flower"]
+    public static let knownLaunchers = ["process", "docker", "flower", "slurm"]
 
     /// Loads `path` and checks everything, reporting every problem at once. `environment` is the daemon's (its
     /// `FEM_*` overrides, FEM_BROKER_PASSWORD and the variables `*_env` keys name are read from it and nowhere else).
@@ -190,7 +192,8 @@ extension NodeConfig {
         }
         let enabled = file.launchers.enabled
         var taskUsers: [String: TaskUser] = [:]
-        for (launcher, name) in [("process", file.launchers.process.user), ("flower", file.launchers.flower.user)]
+        for (launcher, name) in [("process", file.launchers.process.user), ("flower", file.launchers.flower.user),
+                                 ("slurm", file.launchers.slurm.user)]
             where enabled.contains(launcher) {
             if let user = taskUser(name, key: "launchers.\(launcher).user", problems: &problems) {
                 taskUsers[launcher] = user
@@ -253,6 +256,13 @@ extension NodeConfig {
         config.minFreeMB = file.node.minFreeMB
         config.drainSeconds = file.node.drainSeconds
         config.dockerWaitSeconds = d.waitForDaemonSeconds
+        let s = file.launchers.slurm
+        config.slurm = SlurmLauncherConfig(
+            sharedDir: absolutePath(s.sharedDir), partition: s.partition, allowedPartitions: s.allowedPartitions,
+            account: s.account, qos: s.qos, maxCPUs: s.maxCPUs, defaultMemoryMB: s.defaultMemoryMB,
+            maxMemoryMB: s.maxMemoryMB, allowedExecutables: s.allowedExecutables, path: s.path,
+            user: taskUsers["slurm"], slurmConf: absolutePath(s.slurmConf), sbatch: s.sbatch, squeue: s.squeue,
+            scontrol: s.scontrol, scancel: s.scancel, pollInterval: .milliseconds(s.pollIntervalMS))
         return config
     }
 

@@ -62,6 +62,7 @@ public struct NodeAssembly: Sendable {
     /// (private repositories) and local deliveries (`outputs/`) are 0700. Host launchers refuse to start where their processes cannot be confined.
     static func prepareWorkDir(_ config: NodeConfig) throws {
         let hostTasks = config.enabledLaunchers.contains("process") || config.enabledLaunchers.contains("flower")
+            || config.enabledLaunchers.contains("slurm")
         let passable: mode_t = hostTasks ? 0o711 : 0o700
         // The work dir itself may be passed through, never listed (0711): the task user must reach its sandbox, and
         // the development broker's files (var/dev-broker, start.sh) live in the default work dir and its broker runs
@@ -78,6 +79,14 @@ public struct NodeAssembly: Sendable {
             if let why = confinement.refusal() { refusals.append(why) }
             if let why = confinement.unreachable("\(config.workDir)/sandboxes") { refusals.append(why) }
         }
+        if config.enabledLaunchers.contains("slurm") {
+            if let why = config.slurm.refusal(workDir: config.workDir) { refusals.append(why) }
+            if let user = config.slurm.user,
+               let why = HostConfinementConfig(section: "launchers.slurm", user: user, nodeID: config.nodeID,
+                                               cgroups: nil).unreachable("\(config.workDir)/sandboxes") {
+                refusals.append(why)
+            }
+        }
         if !refusals.isEmpty { throw ConfigError(problems: refusals) }
     }
 
@@ -92,6 +101,8 @@ public struct NodeAssembly: Sendable {
                     confinement: config.processConfinement)))
             case "flower":
                 list.append(FlowerLauncher(config: config.flower))
+            case "slurm":
+                list.append(SlurmLauncher(config: config.slurm))
             case "docker":
                 var docker = config.docker
                 docker.nodeID = config.nodeID

@@ -413,8 +413,9 @@ public final class AMQPConnection {
         return string(properties.user_id)
     }
 
-    public func ack(deliveryTag: UInt64, channel: UInt16 = 1) throws {
-        let status = amqp_basic_ack(state, channel, deliveryTag, 0)
+    /// `multiple`: acknowledges every unacknowledged delivery on the channel up to and including `deliveryTag`.
+    public func ack(deliveryTag: UInt64, channel: UInt16 = 1, multiple: Bool = false) throws {
+        let status = amqp_basic_ack(state, channel, deliveryTag, multiple ? 1 : 0)
         if status != AMQP_STATUS_OK.rawValue {
             throw AMQPError(.connectionLost, "cannot ack: \(String(cString: amqp_error_string2(status)))")
         }

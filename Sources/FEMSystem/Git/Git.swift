@@ -40,7 +40,12 @@ public struct GitFetchResult: Sendable, Equatable {
 /// mirror the remote's (`refs/heads/*`, `refs/tags/*`), plus the remote's HEAD as `refs/fem/remote-head`.
 /// Callers serialize work on one cache (see `FileLock`); different caches may be used from different threads.
 public enum Git {
-    private static let setup: Void = { _ = git_libgit2_init() }()
+    private static let setup: Void = {
+        _ = git_libgit2_init()
+        // A checkout out of the cache reads every blob; re-hashing each (SHA-1 with collision detection) was the
+        // redundant part of a stage-in next to `git clone`. The fetch still verifies what it receives.
+        _ = fem_git_disable_read_hash_verification()
+    }()
 
     /// Trust `file` (a PEM bundle) and/or the certificates in `directory` for https remotes. Process-wide.
     public static func useCertificateAuthorities(file: String?, directory: String?) throws {

@@ -84,7 +84,7 @@ case("plan-missing-fields", "plan", {"schema_version": 1}, False,
 case("plan-schema-version-unknown", "plan", plan(schema_version=2), False, ["plan.schema_version"])
 case("plan-schema-version-string", "plan", plan(schema_version="1"), False, ["plan.schema_version"])
 case("plan-bad-id", "plan", plan(id="Has Spaces"), False, ["plan.id"])
-case("plan-unknown-launcher", "plan", plan(launcher="slurm"), False, ["plan.launcher"])
+case("plan-unknown-launcher", "plan", plan(launcher="kubernetes"), False, ["plan.launcher"])
 case("plan-unknown-field", "plan", plan(imagee="x"), False, ["plan.imagee"])
 case("plan-docker-without-image", "plan", plan(launcher="docker"), False, ["plan.image"])
 case("plan-flower-without-section", "plan", plan(launcher="flower"), False, ["plan.flower"])

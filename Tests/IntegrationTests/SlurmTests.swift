@@ -1,0 +1,334 @@
+import FEMCore
+import FEMSystem
+import Foundation
+import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The `slurm` launcher through the real daemon and broker, against the real single-node Slurm that
+/// scripts/dev-slurm.sh starts (test.sh: FEM_TEST_SLURM_DIR). Every job is checked in Slurm itself by its name,
+/// `fem-<task id>`.
+@Suite(.serialized)
+struct SlurmTests {
+    static func slurmDir() throws -> String {
+        guard let d = TestEnv.env["FEM_TEST_SLURM_DIR"], FileManager.default.fileExists(atPath: "\(d)/slurm.conf") else {
+            throw HarnessError("FEM_TEST_SLURM_DIR is not set or holds no slurm.conf: run the tests with `bash test.sh`, "
+                               + "which starts a single-node Slurm (scripts/dev-slurm.sh start --dir DIR)")
+        }
+        let r = try Shell.run(["/usr/bin/sinfo", "-h", "-o", "%T"], environment: ["SLURM_CONF": "\(d)/slurm.conf",
+                                                                                 "PATH": "/usr/bin:/bin"])
+        guard r.status == 0, r.output.contains("idle") || r.output.contains("mixed") || r.output.contains("alloc") else {
+            throw HarnessError("the Slurm in \(d) does not answer (sinfo: \(r.output)); start it with "
+                               + "scripts/dev-slurm.sh start --dir \(d)")
+        }
+        return d
+    }
+
+    /// A node whose work dir is inside its shared dir (its own scratch folder), running jobs as fem-task.
+    func node(_ name: String, extra: String = "") throws -> TestNode {
+        let slurm = try Self.slurmDir()
+        let node = try TestNode(name)
+        try node.editConfig { $0 + """
+
+            [launchers]
+            enabled = ["slurm"]
+            [launchers.slurm]
+            shared_dir = "\(node.dir)"
+            slurm_conf = "\(slurm)/slurm.conf"
+            allowed_executables = ["/bin/sh", "/usr/bin/python3"]
+            poll_interval_ms = 100
+            \(extra)
+            """ }
+        return node
+    }
+
+    func task(_ base: [String], timeout: Int? = nil, plan extra: [String: JSONValue] = [:],
+              params: [String: JSONValue] = [:], args: [JSONValue] = []) -> [String: JSONValue] {
+        var t = Tasks.task(base, timeout: timeout, params: params, args: args)
+        if case .object(var plan)? = t["plan"] {
+            plan["launcher"] = "slurm"
+            for (k, v) in extra { plan[k] = v }
+            t["plan"] = .object(plan)
+        }
+        return t
+    }
+
+    /// Slurm's client commands against the test's Slurm.
+    func slurm(_ argv: [String]) throws -> String {
+        let d = try Self.slurmDir()
+        return try Shell.run(argv, environment: ["SLURM_CONF": "\(d)/slurm.conf", "PATH": "/usr/bin:/bin"]).output
+    }
+
+    /// The ids of every job of the task Slurm knows (finished ones too, for MinJobAge).
+    func jobs(_ t: [String: JSONValue]) throws -> [String] {
+        try slurm(["/usr/bin/squeue", "-h", "--states=all", "--name=fem-\(Tasks.id(t))", "--format=%i"])
+            .split(whereSeparator: \.isNewline).map(String.init)
+    }
+
+    /// The task's job id, once Slurm lists it (the task's `running` event is sent as the submission begins).
+    func jobID(_ t: [String: JSONValue]) throws -> String {
+        var id: String?
+        try eventually("Slurm to list the job of task \(Tasks.id(t))", timeout: 30) {
+            id = (try? jobs(t))?.first
+            return id != nil
+        }
+        return try #require(id)
+    }
+
+    func jobState(_ id: String) throws -> String {
+        let line = try slurm(["/usr/bin/scontrol", "show", "job", "-o", id])
+        return line.split(separator: " ").first { $0.hasPrefix("JobState=") }.map { String($0.dropFirst(9)) } ?? line
+    }
+
+    /// Jobs pending or running (what plain `squeue` lists).
+    func active(_ id: String) throws -> Bool {
+        !(try slurm(["/usr/bin/squeue", "-h", "-j", id, "--format=%i"])).trimmingCharacters(in: .whitespacesAndNewlines)
+            .isEmpty
+    }
+
+    /// An output file of a task without a stage-out target: kept in its sandbox's `out/`, and listed in the
+    /// sandbox's manifest (nil when either is missing).
+    func kept(_ node: TestNode, _ t: [String: JSONValue], _ name: String) -> String? {
+        let sandbox = "\(node.dir)/var/sandboxes/\(Tasks.id(t))"
+        guard let manifest = try? String(contentsOfFile: "\(sandbox)/manifest.json", encoding: .utf8),
+              manifest.contains("\"out/\(name)\"") else { return nil }
+        return "\(sandbox)/out/\(name)"
+    }
+
+    /// Staged out over WebDAV (nginx of scripts/dev-web.sh), as for the other launchers.
+    @Test func aTaskRunsAsAJobAndItsOutputsAreStagedOut() throws {
+        let web = try TestEnv.webDir()
+        let node = try node("slurm-ok", extra: """
+            [outputs]
+            allowed_urls = ["https://localhost:18443/dav/"]
+            ca_file = "\(web)/ca.pem"
+            [credentials.upload-login]
+            username = "fem-upload"
+            password_file = "\(web)/password-fem-upload"
+            urls = ["https://localhost:18443/dav/"]
+            """)
+        try node.start()
+        let op = try Operator(node: node)
+        let prefix = "slurm-\(UUID().uuidString.prefix(6).lowercased())"
+        var t = task(["/bin/sh", "-c", "echo '{\"type\": \"model\", \"round\": 1, \"metrics\": {\"accuracy\": 0.5}}'; "
+                      + "sleep 1; echo from-slurm; id -un > \"$FEM_OUTPUT_DIR/who.txt\"; "
+                      + "id -gn >> \"$FEM_OUTPUT_DIR/who.txt\"; env | sort > \"$FEM_OUTPUT_DIR/env.txt\""],
+                     plan: ["outputs": [["pattern": "*.txt"]]])
+        t["stage_out"] = ["url": .string("https://localhost:18443/dav/\(prefix)"), "credentials": "upload-login"]
+        let dest = "\(web)/dav/\(prefix)/exec-test/\(node.id)/\(Tasks.id(t))"
+        func delivered(_ node: TestNode, _ name: String) -> String? {
+            FileManager.default.fileExists(atPath: "\(dest)/out/\(name)") ? "\(dest)/out/\(name)" : nil
+        }
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .completed, "\(final.detail)")
+        #expect(final.detail.exitCode == 0)
+        let ids = try jobs(t)
+        #expect(ids.count == 1, "one job per task: \(ids)")
+        #expect(try jobState(ids.first ?? "-") == "COMPLETED")
+        let who = try String(contentsOfFile: try #require(delivered(node, "who.txt")), encoding: .utf8)
+        #expect(who == "fem-task\nfem-task\n", "the job ran as the task user and group (not root's group)")
+        let env = try String(contentsOfFile: try #require(delivered(node, "env.txt")), encoding: .utf8)
+        // Only the plan's checked environment: nothing of Slurm's or the daemon's.
+        #expect(!env.contains("SLURM_"), "\(env)")
+        #expect(env.contains("FEM_TASK_ID=\(Tasks.id(t))"), "\(env)")
+        let stdout = try String(contentsOfFile: "\(node.dir)/var/sandboxes/\(Tasks.id(t))/logs/stdout.log",
+                                encoding: .utf8)
+        #expect(stdout.contains("from-slurm"))
+        // The reporter protocol: the job's stdout, followed while it runs, becomes progress events.
+        let progress = op.events(of: Tasks.id(t)).filter { $0.kind == .progress && $0.detail.data?["round"] != nil }
+        #expect(progress.map { $0.detail.data?["round"] } == [1], "\(op.events(of: Tasks.id(t)).map(\.detail))")
+        #expect(progress.first?.detail.data?["metrics"]?["accuracy"] == JSONValue.double(0.5))
+    }
+
+    @Test func exitCodesAndAnImpossibleRequest() throws {
+        let node = try node("slurm-exit", extra: "max_cpus = 64")
+        try node.start()
+        let op = try Operator(node: node)
+        let three = task(["/bin/sh", "-c", "exit 3"])
+        let killed = task(["/bin/sh", "-c", "kill -9 $$"])
+        let huge = task(["/bin/sh", "-c", "true"], plan: ["resources": ["cpus": 48]])
+        for t in [three, killed, huge] { try op.submit(t) }
+        try op.waitForFinal([three, killed, huge].map(Tasks.id), timeout: 60)
+        let e3 = try #require(op.finalState(of: Tasks.id(three)))
+        #expect(e3.state == .failed && e3.detail.exitCode == 3 && e3.detail.failureClass == .taskFailure, "\(e3.detail)")
+        let e9 = try #require(op.finalState(of: Tasks.id(killed)))
+        #expect(e9.state == .failed && e9.detail.exitCode == 137, "\(e9.detail)")
+        #expect(e9.detail.message?.contains("signal 9") == true, "\(e9.detail)")
+        let eh = try #require(op.finalState(of: Tasks.id(huge)))
+        #expect(eh.state == .failed, "\(eh.detail)")
+        #expect(eh.detail.message?.contains("48 CPUs") == true, "the request is named: \(eh.detail)")
+        #expect(eh.detail.message?.contains("More processors requested than permitted") == true, "\(eh.detail)")
+        #expect(try jobs(huge).isEmpty, "nothing was queued")
+    }
+
+    @Test func timeoutAndCancelEndTheJobInSlurm() throws {
+        let node = try node("slurm-stop")
+        try node.start()
+        let op = try Operator(node: node)
+        let slow = task(["/bin/sh", "-c", "sleep 60"], timeout: 3)
+        let cancelled = task(["/bin/sh", "-c", "sleep 60"])
+        try op.submit(slow)
+        try op.submit(cancelled)
+        try op.waitFor("the second task to run", timeout: 60) { events in
+            events.contains { $0.taskID == Tasks.id(cancelled) && $0.kind == .state && $0.state == .running }
+        }
+        let cid = try jobID(cancelled)
+        try eventually("job \(cid) to run", timeout: 30) { (try? jobState(cid)) == "RUNNING" }
+        try op.cancel(Tasks.id(cancelled))
+        try op.waitForFinal([Tasks.id(slow), Tasks.id(cancelled)], timeout: 60)
+        let es = try #require(op.finalState(of: Tasks.id(slow)))
+        #expect(es.state == .failed && es.detail.failureClass == .timeout, "\(es.detail)")
+        let ec = try #require(op.finalState(of: Tasks.id(cancelled)))
+        #expect(ec.state == .cancelled, "\(ec.detail)")
+        let sid = try jobID(slow)
+        for id in [sid, cid] {
+            #expect(try !active(id), "job \(id) is gone from squeue")
+            #expect(try jobState(id) == "CANCELLED")
+        }
+    }
+
+    /// A job that waits for resources (both CPUs of the node are taken) is reported with Slurm's reason, then runs.
+    @Test func aPendingJobIsReportedWithSlurmsReason() throws {
+        let node = try node("slurm-pending", extra: "max_cpus = 2")
+        try node.start()
+        let op = try Operator(node: node)
+        let cpus = ProcessInfo.processInfo.processorCount
+        let first = task(["/bin/sh", "-c", "sleep 6"], plan: ["resources": ["cpus": .int(Int64(cpus))]])
+        let second = task(["/bin/sh", "-c", "true"], plan: ["resources": ["cpus": .int(Int64(cpus))]])
+        try op.submit(first)
+        try op.waitFor("the first task to run", timeout: 60) { events in
+            events.contains { $0.taskID == Tasks.id(first) && $0.kind == .state && $0.state == .running }
+        }
+        let firstJob = try jobID(first)
+        try eventually("job \(firstJob) to run", timeout: 30) { (try? jobState(firstJob)) == "RUNNING" }
+        try op.submit(second)
+        try op.waitForFinal([Tasks.id(first), Tasks.id(second)], timeout: 60)
+        let notices = op.events(of: Tasks.id(second)).filter { $0.kind == .notice && $0.detail.data?["queued"] == true }
+        #expect(notices.first?.detail.data?["reason"] == "Resources", "\(op.events(of: Tasks.id(second)).map(\.detail))")
+        #expect(notices.first?.detail.message == "the work waits in the slurm queue: Resources")
+        #expect(op.finalState(of: Tasks.id(second))?.state == .completed)
+    }
+
+    @Test func aJobOverItsMemoryEndsOutOfMemory() throws {
+        let node = try node("slurm-oom")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task(["/usr/bin/python3", "-c", "import time; x = bytearray(400 << 20); time.sleep(5)"],
+                     plan: ["resources": ["memory_mb": 100]])
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let e = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(e.state == .failed && e.detail.failureClass == .outOfMemory, "\(e.detail)")
+        #expect(try jobState(try jobID(t)) == "OUT_OF_MEMORY")
+    }
+
+    /// Injection attempts in parameter values reach the program through the job script as one literal argv item
+    /// each.
+    @Test func injectionCorpusReachesTheProgramAsOneItemEach() throws {
+        let node = try node("slurm-inject")
+        try node.start()
+        let op = try Operator(node: node)
+        let marker = "\(node.dir)/pwned"
+        let corpus = [
+            "plain", "two words", "semi; colon", "$(touch \(marker)1)", "`touch \(marker)2`", "a && touch \(marker)3",
+            "| cat /etc/passwd", "'single' \"double\"", "it's", "'", "${PATH}", "*", "../../etc/passwd", "-rf",
+            "%%sandbox%%", "\\n\\t", "ünïcödé ✓", "#x", "a=b", "$'\\x41'",
+        ]
+        var params: [String: JSONValue] = [:]
+        for (i, v) in corpus.enumerated() { params["v\(i)"] = .string(v) }
+        var t = task(["/usr/bin/python3", "-c",
+                      "import json,os,sys; json.dump(sys.argv[1:], open(os.environ['FEM_OUTPUT_DIR']+'/argv.json','w'))"],
+                     params: params,
+                     args: corpus.indices.map { .object(["id": .string("v\($0)"), "type": "str", "position": .int(Int64($0))]) })
+        if case .object(var plan)? = t["plan"] {
+            plan["outputs"] = .array([.object(["pattern": "argv.json"])])
+            t["plan"] = .object(plan)
+        }
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let e = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(e.state == .completed, "\(e.detail)")
+        let argv = try JSONDecoder().decode([String].self, from: Data(contentsOf: URL(
+            fileURLWithPath: try #require(kept(node, t, "argv.json")))))
+        #expect(argv == corpus)
+        for i in 1...3 { #expect(!FileManager.default.fileExists(atPath: "\(marker)\(i)")) }
+    }
+
+    /// The daemon is SIGKILLed while a 20 s job runs; restarted, it follows the same job (by the journaled id) to its
+    /// end: the task completes, and Slurm has exactly one job for it.
+    @Test func aRestartedDaemonFollowsTheSameJobToItsEnd() throws {
+        let node = try node("slurm-restart")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task(["/bin/sh", "-c", "sleep 20; echo survived > \"$FEM_OUTPUT_DIR/end.txt\""], timeout: 120,
+                     plan: ["outputs": [["pattern": "end.txt"]]])
+        try op.submit(t)
+        try op.waitFor("the task to run", timeout: 60) { events in
+            events.contains { $0.taskID == Tasks.id(t) && $0.kind == .state && $0.state == .running }
+        }
+        let id = try jobID(t)
+        try eventually("job \(id) to run", timeout: 30) { (try? jobState(id)) == "RUNNING" }
+        node.kill(SIGKILL)
+        #expect(try jobState(id) == "RUNNING", "the job outlives the daemon")
+        try node.start()
+        try op.waitForFinal([Tasks.id(t)], timeout: 90)
+        let e = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(e.state == .completed, "\(e.detail)")
+        #expect(try jobs(t) == [id], "submitted once")
+        #expect(try jobState(id) == "COMPLETED")
+        let end = try String(contentsOfFile: try #require(kept(node, t, "end.txt")), encoding: .utf8)
+        #expect(end == "survived\n")
+    }
+
+    /// A job that ended while the daemon was down is collected from Slurm after the restart, not run again.
+    @Test func aJobThatEndedWhileTheDaemonWasDownIsCollected() throws {
+        let node = try node("slurm-collect")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task(["/bin/sh", "-c", "sleep 3; echo collected > \"$FEM_OUTPUT_DIR/end.txt\"; exit 4"], timeout: 120,
+                     plan: ["outputs": [["pattern": "end.txt"]]])
+        try op.submit(t)
+        try op.waitFor("the task to run", timeout: 60) { events in
+            events.contains { $0.taskID == Tasks.id(t) && $0.kind == .state && $0.state == .running }
+        }
+        let id = try jobID(t)
+        // Running in Slurm: sbatch returned well before, so the daemon has journaled the job id.
+        try eventually("job \(id) to run", timeout: 30) { (try? jobState(id)) == "RUNNING" }
+        node.kill(SIGKILL)
+        try eventually("job \(id) to end while the daemon is down", timeout: 30) { (try? jobState(id)) == "FAILED" }
+        try node.start()
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let e = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(e.state == .failed && e.detail.exitCode == 4 && e.detail.failureClass == .taskFailure, "\(e.detail)")
+        #expect(try jobs(t) == [id], "submitted once")
+        let end = try String(contentsOfFile: try #require(kept(node, t, "end.txt")), encoding: .utf8)
+        #expect(end == "collected\n")
+    }
+
+    /// Unsafe configurations are refused at start, naming the key.
+    @Test func unsafeConfigurationsAreRefused() throws {
+        let slurm = try Self.slurmDir()
+        for (name, section, key) in [
+            ("slurm-noshare", "shared_dir = \"/nonexistent-shared\"", "launchers.slurm.shared_dir"),
+            ("slurm-root", "shared_dir = \"/\"\nuser = \"root\"", "launchers.slurm.user"),
+        ] {
+            let node = try TestNode(name)
+            try node.editConfig { $0 + """
+
+                [launchers]
+                enabled = ["slurm"]
+                [launchers.slurm]
+                slurm_conf = "\(slurm)/slurm.conf"
+                allowed_executables = ["/bin/sh"]
+                \(section)
+                """ }
+            let r = try Shell.run([try TestEnv.binary("fem-client"), "daemon", "--config", node.configPath],
+                                  environment: ["PATH": "/usr/bin:/bin"], cwd: node.dir)
+            #expect(r.status != 0, "\(name): \(r.output)")
+            #expect(r.output.contains(key), "\(name) names \(key): \(r.output)")
+        }
+    }
+}
