@@ -51,6 +51,7 @@ export FEM_TEST_SCRATCH="$services"
 export FEM_TEST_REGISTRY_DIR="$services/registry"
 export FEM_TEST_WEB_DIR="$services/web"
 export FEM_TEST_SLURM_DIR="$services/slurm"
+export FEM_TEST_PODMAN_SOCKET="$services/podman/podman.sock"
 
 # Flower 1.41 for the federation tests: the orchestrator's side (SuperLink, `flwr run`, a legacy server) runs from
 # this environment; nodes make their own under FEM_TEST_VENV_DIR. Both are kept between runs (about 45 s to make).
