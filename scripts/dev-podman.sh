@@ -45,8 +45,9 @@ start() {
   mkdir -p "$dir/root" "$dir/runroot"
   # Keep soft == hard: podman 4.3's compat create swaps unequal ones and runc then refuses them.
   # no-conmon: conmon (and the `podman container cleanup` it starts at the end) stay out of the container's cgroup
-  # parent; otherwise they sit in <CgroupParent>/conmon, under the task's memory limit, and an OOM kills them too
-  # (the container's end is then never reported).
+  # parent; otherwise they start in <CgroupParent>/conmon, under the task's memory limit (the docker launcher moves
+  # them out right after the start, but a task that hits its limit at once can take them with it, and the
+  # container's end is then never reported).
   cat > "$CONTAINERS_CONF" <<'CONF'
 [containers]
 cgroups = "no-conmon"

@@ -102,6 +102,9 @@ public final class DockerLauncher: Launcher, Sendable {
         return nil
     }
 
+    /// The cgroup below the node's (`/<root>/<node>/…`) that holds podman's conmon processes: `+` is no task id's.
+    static let podmanConmonCgroup = "podman-conmon+"
+
     static let labelNode = "org.fem-client.node"
     static let labelTask = "org.fem-client.task"
     static let labelExecution = "org.fem-client.execution"
@@ -208,7 +211,14 @@ public final class DockerLauncher: Launcher, Sendable {
                 throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .runnerSystemFailure,
                                   "cannot record the container's handle, so it was removed and not started: \(error)")
             }
-            try await offload("fem-docker-start") { try engine.start(id) }
+            let taskCgroup = cgroup
+            try await offload("fem-docker-start") {
+                try engine.start(id)
+                // Podman (unless its containers.conf says cgroups = "no-conmon") runs conmon in
+                // <CgroupParent>/conmon: under the task's memory limit, where a memory kill can take it, and the
+                // container's end is then never reported. It goes to a sibling cgroup of the node's, unlimited.
+                if kind == .podman, let taskCgroup { taskCgroup.evict(child: "conmon", to: Self.podmanConmonCgroup) }
+            }
             return handle
         } catch let e as DockerError {
             cgroup?.remove()
@@ -235,6 +245,7 @@ public final class DockerLauncher: Launcher, Sendable {
                 let state = try engine.inspectContainer(id)
                 let oom = try Self.wasOOMKilled(engine, id, code: code, state: state, cgroup: cgroup)
                 try? engine.remove(id)
+                cgroup?.removeSibling(Self.podmanConmonCgroup)
                 cgroup?.remove()
                 return Self.outcome(code: code, oom: oom)
             }
