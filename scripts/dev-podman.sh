@@ -57,7 +57,8 @@ CONF
     echo "podman already answers on $sock (pid $(cat "$dir/podman.pid"))"
   else
     rm -f "$sock"
-    podman_cli system service --time=0 "unix://$sock" > "$dir/podman.log" 2>&1 &
+    # Not through podman_cli: $! must be podman's own PID (the service does not fork), not a subshell's.
+    podman --root "$dir/root" --runroot "$dir/runroot" system service --time=0 "unix://$sock" > "$dir/podman.log" 2>&1 &
     echo $! > "$dir/podman.pid"
     for _ in $(seq 1 100); do ping && break; sleep 0.1; done
     ping || { echo "dev-podman.sh: podman did not answer on $sock; see $dir/podman.log" >&2; tail -20 "$dir/podman.log" >&2; exit 1; }
