@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The test command (README, CI): installs what the tests need, starts the real services on loopback
-# (RabbitMQ with TLS and client certificates, dockerd without a bridge network, two image registries, nginx with
+# (RabbitMQ with TLS and client certificates, dockerd without a bridge network, podman's Docker API, two image registries, nginx with
 # TLS serving git, task files and WebDAV uploads, a git daemon), runs
 # `swift test`, and stops what it started.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-bash scripts/install-packages.sh busybox-static docker-registry apache2-utils nginx fcgiwrap git munge slurmctld slurmd slurm-client
+bash scripts/install-packages.sh busybox-static podman docker-registry apache2-utils nginx fcgiwrap git munge slurmctld slurmd slurm-client
 python3 -c "import jsonschema" 2>/dev/null || python3 -m pip install -q jsonschema
 # Host-process tests run tasks as the unprivileged fem-task user (CI starts from a fresh machine).
 bash scripts/create-task-user.sh
@@ -16,13 +16,14 @@ mkdir -p "$services"
 # State of earlier runs: the shared broker's queues (one durable queue per test operator; thousands slow its start)
 # and the tests' scratch folders. Service folders holding a running service's PID file are kept.
 rm -rf "$services/broker/mnesia"
-find "$services" -mindepth 1 -maxdepth 1 -type d ! -name broker ! -name docker ! -name registry ! -name web ! -name slurm -exec rm -rf {} +
+find "$services" -mindepth 1 -maxdepth 1 -type d ! -name broker ! -name docker ! -name registry ! -name web ! -name slurm ! -name podman -exec rm -rf {} +
 # Every broker here, the shared one and those tests start for themselves, records its PID under $services;
 # on exit each is stopped by that PID.
 cleanup() {
   bash scripts/dev-slurm.sh stop --dir "$services/slurm" || true
   bash scripts/dev-web.sh stop --dir "$services/web" || true
   bash scripts/dev-registry.sh stop --dir "$services/registry" || true
+  bash scripts/dev-podman.sh stop --dir "$services/podman" || true
   bash scripts/dev-docker.sh stop --dir "$services/docker" || true
   for pidfile in "$services"/*/broker.pid; do
     [[ -f "$pidfile" ]] && { bash scripts/dev-broker.sh stop --dir "$(dirname "$pidfile")" || true; }
@@ -34,6 +35,9 @@ trap cleanup EXIT
 bash scripts/dev-broker.sh start --dir "$services/broker" --port 5699 --name fem-test
 # dockerd (reused if one already answers; stopped at exit only if started here) and the image fem-test/busybox:2.
 bash scripts/dev-docker.sh start --dir "$services/docker"
+# podman's Docker-compatible service on its own socket (private storage; the image loaded from dockerd): the docker
+# launcher's tests run against both engines.
+bash scripts/dev-podman.sh start --dir "$services/podman"
 # Registries on 127.0.0.1:5000 (open) and :5001 (htpasswd), with the test images pushed.
 bash scripts/dev-registry.sh start --dir "$services/registry"
 # nginx (https://localhost:18443 with a private CA, http://127.0.0.1:18080) and git daemon (127.0.0.1:19418).
@@ -47,6 +51,7 @@ export FEM_TEST_SCRATCH="$services"
 export FEM_TEST_REGISTRY_DIR="$services/registry"
 export FEM_TEST_WEB_DIR="$services/web"
 export FEM_TEST_SLURM_DIR="$services/slurm"
+export FEM_TEST_PODMAN_SOCKET="$services/podman/podman.sock"
 
 # Flower 1.41 for the federation tests: the orchestrator's side (SuperLink, `flwr run`, a legacy server) runs from
 # this environment; nodes make their own under FEM_TEST_VENV_DIR. Both are kept between runs (about 45 s to make).

@@ -153,6 +153,35 @@ struct DockerEngineTests {
         #expect(left.isEmpty, "the task cgroup is removed in every hierarchy, also where dockerd made it: \(left)")
     }
 
+    /// Podman's Docker-compatible service (scripts/dev-podman.sh; FEM_TEST_PODMAN_SOCKET) is told apart by its
+    /// `/version`, and its 500 answers for what dockerd calls a conflict read as conflicts: a kill of a stopped
+    /// container is no error, removing a running one without force is a conflict, as with dockerd.
+    @Test func podmanIsRecognisedAndItsConflictsReadAsDockerdsOnes() throws {
+        try #require(try engine.kind() == .docker, "dockerd names itself so")
+        let socket = try #require(ProcessInfo.processInfo.environment["FEM_TEST_PODMAN_SOCKET"],
+                                  "FEM_TEST_PODMAN_SOCKET is not set: run the tests with `bash test.sh`, which starts podman (scripts/dev-podman.sh)")
+        let podman = DockerEngine(socket: socket)
+        try #require((try? podman.ping()) ?? false, "podman is not answering on \(socket): scripts/dev-podman.sh start")
+        #expect(try podman.kind() == .podman)
+        for engine in [engine, podman] {
+            let id = try engine.createContainer(name: nil, body: [
+                "Image": Self.image, "Cmd": ["sleep", "30"], "Labels": ["fem.test": UUID().uuidString],
+                "HostConfig": ["NetworkMode": "none"],
+            ])
+            defer { try? engine.remove(id) }
+            try engine.start(id)
+            #expect(throws: DockerError.self, "removing a running container without force") {
+                do { try engine.remove(id, force: false) } catch let e as DockerError {
+                    #expect(e.code == .conflict, "\(e)")
+                    throw e
+                }
+            }
+            try engine.kill(id, signal: "KILL")
+            #expect(try engine.wait(id) == 137)
+            try engine.kill(id)  // no longer running: not an error on either engine
+        }
+    }
+
     @Test func pullFromARegistryThatIsDownSaysSo() throws {
         try requireEngine()
         let error = try #require(throws: DockerError.self) {

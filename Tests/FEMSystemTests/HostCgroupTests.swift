@@ -65,6 +65,32 @@ struct HostCgroupTests {
         #expect(TaskCgroup.existing(host: cg.host, path: cg.path) == nil)
     }
 
+    /// What podman puts below a container's cgroup parent for itself (conmon) is moved out of the task's limits to
+    /// a sibling holder, and that holder goes once empty, so the node's level can go too.
+    @Test func anEnginesHelperCgroupIsEvictedToASibling() throws {
+        let cg = try create("t-evict", CgroupLimits(memoryBytes: 64 << 20))
+        defer { cg.removeSibling("holder+"); cg.remove() }
+        let children = cg.host.directories(cg.path).map { "\($0)/conmon" }
+        for dir in children { try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        let helper = try ChildProcess.spawn(executable: "/bin/sleep", arguments: ["300"], environment: [:],
+                                            workingDirectory: "/", stdoutPath: "/dev/null", stderrPath: "/dev/null",
+                                            confinement: ChildProcess.Confinement(uid: nil, gid: nil, cgroupProcs: children.map { "\($0)/cgroup.procs" }))
+        func members(_ dir: String) -> [String] {
+            ((try? String(contentsOfFile: "\(dir)/cgroup.procs", encoding: .utf8)) ?? "").split(separator: "\n").map(String.init)
+        }
+        #expect(children.allSatisfy { members($0) == ["\(helper.pid)"] })
+        #expect(cg.evict(child: "conmon", to: "holder+") == children.count, "moved in every hierarchy")
+        let holders = cg.host.directories(cg.path).map { ($0 as NSString).deletingLastPathComponent + "/holder+" }
+        #expect(holders.allSatisfy { members($0) == ["\(helper.pid)"] }, "in the holder, out of the task's limits")
+        #expect(children.allSatisfy { members($0).isEmpty })
+        cg.removeSibling("holder+")
+        #expect(holders.allSatisfy { FileManager.default.fileExists(atPath: $0) }, "a holder with processes stays")
+        kill(helper.pid, SIGKILL)
+        _ = ChildProcess.waitBlocking(pid: helper.pid)
+        cg.removeSibling("holder+")
+        #expect(holders.allSatisfy { !FileManager.default.fileExists(atPath: $0) }, "an empty holder goes")
+    }
+
     @Test func outOfMemoryAndUsageAreCounted() throws {
         let cg = try create("oom", CgroupLimits(memoryBytes: 32 << 20, pids: 64))
         defer { cg.remove() }

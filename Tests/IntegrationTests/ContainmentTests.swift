@@ -138,16 +138,16 @@ struct ContainmentTests {
                 == "env.GREETING: is not in this node's launchers.env_allowed (OMP_NUM_THREADS, TOOL_*)")
     }
 
-    @Test func containersGetTheSameEnvironmentRules() throws {
-        let engine = DockerEngine()
-        try #require((try? engine.ping()) ?? false,
-                     "dockerd is not answering on /var/run/docker.sock: run the tests with `bash test.sh`")
+    @Test(arguments: ContainerEngine.allCases)
+    func containersGetTheSameEnvironmentRules(_ kind: ContainerEngine) throws {
+        _ = try kind.up()
         let data = try TestEnv.scratch("contain-dataset")
-        let node = try TestNode("contain-docker", extra: """
+        let node = try TestNode("contain-docker-\(kind)", extra: """
             [launchers]
             enabled = ["docker"]
             [launchers.docker]
             allowed_images = ["fem-test/*"]
+            \(try kind.socketConfig)
             [datasets.demo]
             path = "\(data)"
             """)

@@ -8,16 +8,52 @@ import Testing
 import Glibc
 #endif
 
-/// The docker launcher through a real daemon, a real TLS broker and a real dockerd (test.sh starts both; the image
-/// fem-test/busybox:2 comes from scripts/dev-docker.sh).
+/// The engines the docker launcher runs containers through: dockerd on its usual socket, and podman's
+/// Docker-compatible service (scripts/dev-podman.sh, its socket in FEM_TEST_PODMAN_SOCKET). test.sh starts both;
+/// each has the image fem-test/busybox:2.
+enum ContainerEngine: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case dockerd, podman
+
+    var testDescription: String { rawValue }
+
+    var socket: String {
+        get throws {
+            switch self {
+            case .dockerd: return "/var/run/docker.sock"
+            case .podman:
+                guard let socket = TestEnv.env["FEM_TEST_PODMAN_SOCKET"], !socket.isEmpty else {
+                    throw HarnessError("FEM_TEST_PODMAN_SOCKET is not set: run the tests with `bash test.sh`, which "
+                                       + "starts podman's Docker-compatible service (scripts/dev-podman.sh)")
+                }
+                return socket
+            }
+        }
+    }
+
+    /// The engine, answering; a failure says which one is missing and how to get it.
+    func up() throws -> DockerEngine {
+        let engine = DockerEngine(socket: try socket)
+        guard (try? engine.ping()) ?? false else {
+            throw HarnessError("\(rawValue) is not answering on \(engine.socket): run the tests with `bash test.sh`"
+                               + (self == .podman ? " (scripts/dev-podman.sh start)" : ""))
+        }
+        return engine
+    }
+
+    /// The `[launchers.docker]` line that points a node at this engine (none for dockerd: the default socket).
+    var socketConfig: String {
+        get throws { self == .dockerd ? "" : "socket = \"\(try socket)\"" }
+    }
+}
+
+/// The docker launcher through a real daemon, a real TLS broker and a real container engine: dockerd and podman
+/// (test.sh starts them; the image fem-test/busybox:2 comes from scripts/dev-docker.sh and scripts/dev-podman.sh).
 @Suite(.serialized)
 struct DockerLauncherTests {
     static let image = "fem-test/busybox:2"
-    let engine = DockerEngine()
 
-    func dockerNode(_ name: String, extra: String = "") throws -> TestNode {
-        let up = (try? engine.ping()) ?? false
-        try #require(up, "dockerd is not answering on /var/run/docker.sock: run the tests with `bash test.sh`")
+    func dockerNode(_ name: String, on kind: ContainerEngine = .dockerd, extra: String = "") throws -> TestNode {
+        _ = try kind.up()
         let data = try TestEnv.scratch("dataset")
         try "id,value\n1,42\n".write(toFile: "\(data)/table.csv", atomically: true, encoding: .utf8)
         chmod(data, 0o755)
@@ -29,6 +65,7 @@ struct DockerLauncherTests {
             allowed_executables = \(TestNode.hostPrograms)
             [launchers.docker]
             allowed_images = ["fem-test/*"]
+            \(try kind.socketConfig)
             \(extra)
             [datasets.demo]
             path = "\(data)"
@@ -52,26 +89,28 @@ struct DockerLauncherTests {
 
     func sandbox(_ node: TestNode, _ taskID: String) -> String { "\(node.dir)/var/sandboxes/\(taskID)" }
 
-    func containers(of taskID: String) throws -> [String] {
+    func containers(of taskID: String, _ engine: DockerEngine) throws -> [String] {
         try engine.containers(labels: ["org.fem-client.task": taskID])
     }
 
     /// The task's container once it runs. Created is not started: a daemon killed between the two is a different
     /// case (the container is removed, not run), so restart tests wait for a running one.
-    func runningContainer(of t: [String: JSONValue], _ op: Operator) throws -> String {
+    func runningContainer(of t: [String: JSONValue], _ op: Operator, _ engine: DockerEngine) throws -> String {
         try op.waitFor("the container to run", timeout: 60) { evs in
             evs.contains { $0.taskID == Tasks.id(t) && $0.state == .running }
         }
-        try eventually("the container to exist", timeout: 20) { ((try? containers(of: Tasks.id(t))) ?? []).count == 1 }
-        let container = try containers(of: Tasks.id(t))[0]
+        try eventually("the container to exist", timeout: 20) { ((try? containers(of: Tasks.id(t), engine)) ?? []).count == 1 }
+        let container = try containers(of: Tasks.id(t), engine)[0]
         try eventually("the container to be running", timeout: 20) {
             (try? engine.inspectContainer(container))??.running == true
         }
         return container
     }
 
-    @Test func everySecureDefaultHoldsInsideTheContainer() throws {
-        let node = try dockerNode("dk-secure")
+    @Test(arguments: ContainerEngine.allCases)
+    func everySecureDefaultHoldsInsideTheContainer(_ kind: ContainerEngine) throws {
+        let engine = try kind.up()
+        let node = try dockerNode("dk-secure-\(kind)", on: kind)
         try node.start()
         let op = try Operator(node: node)
         let probe = """
@@ -81,6 +120,8 @@ struct DockerLauncherTests {
             echo net=$(ls /sys/class/net | tr '\\n' ' ')
             touch /probe 2>/dev/null && echo root=writable || echo root=readonly
             touch /tmp/probe 2>/dev/null && echo tmp=writable || echo tmp=readonly
+            touch /run/probe 2>/dev/null && echo run=writable || echo run=readonly
+            touch /var/tmp/probe 2>/dev/null && echo vartmp=writable || echo vartmp=readonly
             touch /fem/in/probe 2>/dev/null && echo in=writable || echo in=readonly
             touch /fem/src/probe 2>/dev/null && echo src=writable || echo src=readonly
             touch /fem/data/demo/probe 2>/dev/null && echo data=writable || echo data=readonly
@@ -96,13 +137,13 @@ struct DockerLauncherTests {
         #expect(final.state == .completed, "\(final.detail.message ?? "")")
         let report = try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/out/report.txt", encoding: .utf8)
         for line in ["uid=65534 gid=65534", "CapEff:\t0000000000000000", "CapPrm:\t0000000000000000", "NoNewPrivs:\t1",
-                     "net=lo", "root=readonly", "tmp=writable", "in=readonly", "src=readonly", "data=readonly",
+                     "net=lo", "root=readonly", "tmp=writable", "run=readonly", "vartmp=readonly", "in=readonly", "src=readonly", "data=readonly",
                      "data=1,42", "pids=256", "dataset_env=/fem/data/demo out_env=/fem/out"] {
             #expect(report.contains(line + "\n"), "report lacks \(line):\n\(report)")
         }
         let stderr = try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/logs/stderr.log", encoding: .utf8)
         #expect(stderr == "on-stderr\n")
-        #expect(try containers(of: Tasks.id(t)).isEmpty, "the container is removed after the task")
+        #expect(try containers(of: Tasks.id(t), engine).isEmpty, "the container is removed after the task")
         #expect(op.events(of: Tasks.id(t)).contains { $0.kind == .progress && $0.detail.message?.contains("ready") == true })
     }
 
@@ -119,8 +160,10 @@ struct DockerLauncherTests {
         #expect(!op.events(of: Tasks.id(t)).contains { $0.state == .stagingIn }, "nothing was staged, nothing pulled")
     }
 
-    @Test func exitCodeAndLogs() throws {
-        let node = try dockerNode("dk-exit")
+    @Test(arguments: ContainerEngine.allCases)
+    func exitCodeAndLogs(_ kind: ContainerEngine) throws {
+        let engine = try kind.up()
+        let node = try dockerNode("dk-exit-\(kind)", on: kind)
         try node.start()
         let op = try Operator(node: node)
         let t = Self.task("echo line one; echo line two; echo oops >&2; exit 3")
@@ -133,8 +176,10 @@ struct DockerLauncherTests {
         #expect(try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/logs/stderr.log", encoding: .utf8) == "oops\n")
     }
 
-    @Test func reporterLinesFromAContainerBecomeEvents() throws {
-        let node = try dockerNode("dk-report")
+    @Test(arguments: ContainerEngine.allCases)
+    func reporterLinesFromAContainerBecomeEvents(_ kind: ContainerEngine) throws {
+        let engine = try kind.up()
+        let node = try dockerNode("dk-report-\(kind)", on: kind)
         try node.start()
         let op = try Operator(node: node)
         let t = Self.task("""
@@ -147,11 +192,13 @@ struct DockerLauncherTests {
         let final = try #require(op.finalState(of: Tasks.id(t)))
         #expect(final.state == .failed && final.detail.message == "RuntimeError: no rows in /fem/data/demo", "\(final.detail)")
         #expect(op.events(of: Tasks.id(t)).contains { $0.kind == .progress && $0.detail.data?["round"] == 1 })
-        try eventually("the container to be removed", timeout: 20) { ((try? containers(of: Tasks.id(t))) ?? [""]).isEmpty }
+        try eventually("the container to be removed", timeout: 20) { ((try? containers(of: Tasks.id(t), engine)) ?? [""]).isEmpty }
     }
 
-    @Test func aMemoryLimitKillIsReportedAsOutOfMemory() throws {
-        let node = try dockerNode("dk-oom")
+    @Test(arguments: ContainerEngine.allCases)
+    func aMemoryLimitKillIsReportedAsOutOfMemory(_ kind: ContainerEngine) throws {
+        let engine = try kind.up()
+        let node = try dockerNode("dk-oom-\(kind)", on: kind)
         try node.start()
         let op = try Operator(node: node)
         let t = Self.task("dd if=/dev/zero of=/dev/null bs=64M count=4", memoryMB: 8)
@@ -161,8 +208,10 @@ struct DockerLauncherTests {
         #expect(final.state == .failed && final.detail.failureClass == .outOfMemory, "\(final.detail)")
     }
 
-    @Test func timeoutAndCancelStopAndRemoveTheContainer() throws {
-        let node = try dockerNode("dk-stop")
+    @Test(arguments: ContainerEngine.allCases)
+    func timeoutAndCancelStopAndRemoveTheContainer(_ kind: ContainerEngine) throws {
+        let engine = try kind.up()
+        let node = try dockerNode("dk-stop-\(kind)", on: kind)
         try node.start()
         let op = try Operator(node: node)
         let slow = Self.task("sleep 60", timeout: 2)
@@ -172,22 +221,24 @@ struct DockerLauncherTests {
         try op.waitFor("the second container to run", timeout: 60) { evs in
             evs.contains { $0.taskID == Tasks.id(cancelled) && $0.state == .running }
         }
-        try eventually("its container to exist", timeout: 20) { ((try? containers(of: Tasks.id(cancelled))) ?? []).count == 1 }
+        try eventually("its container to exist", timeout: 20) { ((try? containers(of: Tasks.id(cancelled), engine)) ?? []).count == 1 }
         try op.cancel(Tasks.id(cancelled))
         try op.waitForFinal([Tasks.id(slow), Tasks.id(cancelled)], timeout: 60)
         #expect(op.finalState(of: Tasks.id(slow))?.detail.failureClass == .timeout)
         #expect(op.finalState(of: Tasks.id(cancelled))?.state == .cancelled)
-        #expect(try containers(of: Tasks.id(slow)).isEmpty)
-        #expect(try containers(of: Tasks.id(cancelled)).isEmpty)
+        #expect(try containers(of: Tasks.id(slow), engine).isEmpty)
+        #expect(try containers(of: Tasks.id(cancelled), engine).isEmpty)
     }
 
-    @Test func afterSIGKILLTheDaemonReattachesAndCompletesExactlyOnce() throws {
-        let node = try dockerNode("dk-reattach")
+    @Test(arguments: ContainerEngine.allCases)
+    func afterSIGKILLTheDaemonReattachesAndCompletesExactlyOnce(_ kind: ContainerEngine) throws {
+        let engine = try kind.up()
+        let node = try dockerNode("dk-reattach-\(kind)", on: kind)
         try node.start()
         let op = try Operator(node: node)
         let t = Self.task("echo started; sleep 20; echo finished > /fem/out/done.txt; echo done", outputs: ["done.txt"])
         try op.submit(t)
-        let container = try runningContainer(of: t, op)
+        let container = try runningContainer(of: t, op, engine)
         node.kill(SIGKILL)
         #expect(try engine.inspectContainer(container)?.running == true, "the container outlives the daemon")
         try node.start()
@@ -198,18 +249,19 @@ struct DockerLauncherTests {
         #expect(events.contains { $0.kind == .notice && $0.detail.message?.contains("re-attached") == true })
         #expect(try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/logs/stdout.log", encoding: .utf8)
             == "started\ndone\n")
-        #expect(try containers(of: Tasks.id(t)).isEmpty)
+        #expect(try containers(of: Tasks.id(t), engine).isEmpty)
     }
 
     /// A daemon upgraded while a task runs: the handle its predecessor journaled (version 1, string pairs) still leads
     /// the new daemon to the container, which it re-attaches to and collects.
     @Test func anUpgradedDaemonReattachesThroughAnOldFormatHandle() throws {
+        let engine = try ContainerEngine.dockerd.up()
         let node = try dockerNode("dk-upgrade")
         try node.start()
         let op = try Operator(node: node)
         let t = Self.task("echo started; sleep 8; echo done", outputs: [])
         try op.submit(t)
-        let container = try runningContainer(of: t, op)
+        let container = try runningContainer(of: t, op, engine)
         node.kill(SIGKILL)
         // Written back as a daemon before typed launcher state wrote it.
         let journal = try SQLiteJournal(path: "\(node.dir)/var/journal.sqlite", nodeID: node.id)
@@ -229,16 +281,18 @@ struct DockerLauncherTests {
         #expect(events.contains { $0.kind == .notice && $0.detail.message?.contains("re-attached") == true })
         #expect(try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/logs/stdout.log", encoding: .utf8)
             == "started\ndone\n")
-        #expect(try containers(of: Tasks.id(t)).isEmpty)
+        #expect(try containers(of: Tasks.id(t), engine).isEmpty)
     }
 
-    @Test func aContainerThatFinishedWhileTheDaemonWasDownIsCollected() throws {
-        let node = try dockerNode("dk-collect")
+    @Test(arguments: ContainerEngine.allCases)
+    func aContainerThatFinishedWhileTheDaemonWasDownIsCollected(_ kind: ContainerEngine) throws {
+        let engine = try kind.up()
+        let node = try dockerNode("dk-collect-\(kind)", on: kind)
         try node.start()
         let op = try Operator(node: node)
         let t = Self.task("echo working; sleep 3; echo result > /fem/out/r.txt; exit 5", outputs: ["r.txt"])
         try op.submit(t)
-        let container = try runningContainer(of: t, op)
+        let container = try runningContainer(of: t, op, engine)
         node.kill(SIGKILL)
         try eventually("the container to exit while the daemon is down", timeout: 30) {
             (try? engine.inspectContainer(container))??.running == false
@@ -250,11 +304,13 @@ struct DockerLauncherTests {
         #expect(try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/logs/stdout.log", encoding: .utf8) == "working\n")
         #expect(try String(contentsOfFile: "\(sandbox(node, Tasks.id(t)))/out/r.txt", encoding: .utf8) == "result\n")
         #expect(op.events(of: Tasks.id(t)).filter { $0.kind == .state && $0.state == .running }.count == 1)
-        #expect(try containers(of: Tasks.id(t)).isEmpty, "collected and removed")
+        #expect(try containers(of: Tasks.id(t), engine).isEmpty, "collected and removed")
     }
 
-    @Test func containersOfUnknownTasksAreLeftAloneAndLogged() throws {
-        let node = try dockerNode("dk-foreign")
+    @Test(arguments: ContainerEngine.allCases)
+    func containersOfUnknownTasksAreLeftAloneAndLogged(_ kind: ContainerEngine) throws {
+        let engine = try kind.up()
+        let node = try dockerNode("dk-foreign-\(kind)", on: kind)
         let foreign = try engine.createContainer(name: nil, body: [
             "Image": Self.image, "Cmd": ["true"],
             "Labels": ["org.fem-client.node": node.id, "org.fem-client.task": "not-in-the-journal"],

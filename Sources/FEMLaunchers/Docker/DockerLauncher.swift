@@ -102,12 +102,18 @@ public final class DockerLauncher: Launcher, Sendable {
         return nil
     }
 
+    /// The cgroup below the node's (`/<root>/<node>/…`) that holds podman's conmon processes: `+` is no task id's.
+    static let podmanConmonCgroup = "podman-conmon+"
+
     static let labelNode = "org.fem-client.node"
     static let labelTask = "org.fem-client.task"
     static let labelExecution = "org.fem-client.execution"
 
     /// The Engine API create body: every secure default in one place.
-    func createBody(_ job: LaunchJob, cgroupParent: String? = nil) -> [String: Any] {
+    /// `engine`: podman's compat service mounts writable tmpfs on `/run` and `/var/tmp` of a read-only root (its
+    /// `read_only_tmpfs`); mounts of our own there, read-only and tiny, keep the root read-only as under dockerd.
+    /// Its `/tmp` tmpfs takes the image's `/tmp` mode whatever `mode=` says (images ship it 1777).
+    func createBody(_ job: LaunchJob, cgroupParent: String? = nil, engine: DockerEngine.Kind = .docker) -> [String: Any] {
         let plan = job.task.plan
         let memoryMB = memoryLimitMB(job)
         let cpus = min(plan.resources.cpus ?? 1, Double(config.maxCPUs))
@@ -122,7 +128,10 @@ public final class DockerLauncher: Launcher, Sendable {
             "CapDrop": ["ALL"],
             "SecurityOpt": ["no-new-privileges"],
             "ReadonlyRootfs": true,
-            "Tmpfs": ["/tmp": "rw,nosuid,nodev,mode=1777,size=\(config.tmpfsMB)m"],
+            "Tmpfs": engine == .podman
+                ? ["/tmp": "rw,nosuid,nodev,mode=1777,size=\(config.tmpfsMB)m",
+                   "/run": "ro,nosuid,nodev,noexec,size=64k", "/var/tmp": "ro,nosuid,nodev,noexec,size=64k"]
+                : ["/tmp": "rw,nosuid,nodev,mode=1777,size=\(config.tmpfsMB)m"],
             "PidsLimit": config.pidsLimit,
             "NanoCpus": Int(cpus * 1_000_000_000),
             "Binds": binds,
@@ -185,7 +194,8 @@ public final class DockerLauncher: Launcher, Sendable {
                 cgroup = try TaskCgroup.create(host: host, path: path,
                                                limits: CgroupLimits(memoryBytes: memoryLimitMB(job) << 20))
             }
-            let body = try JSONSerialization.data(withJSONObject: createBody(job, cgroupParent: cgroup?.path))
+            let kind = try await offload("fem-docker-version") { try engine.kind() }
+            let body = try JSONSerialization.data(withJSONObject: createBody(job, cgroupParent: cgroup?.path, engine: kind))
             let id = try await offload("fem-docker-create") { try engine.createContainer(name: nil, json: body) }
             if let cgroup { cgroups.withLock { $0[id] = cgroup } }
             let handle = LaunchHandle(launcher: name, state: ContainerHandleState(
@@ -201,7 +211,14 @@ public final class DockerLauncher: Launcher, Sendable {
                 throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .runnerSystemFailure,
                                   "cannot record the container's handle, so it was removed and not started: \(error)")
             }
-            try await offload("fem-docker-start") { try engine.start(id) }
+            let taskCgroup = cgroup
+            try await offload("fem-docker-start") {
+                try engine.start(id)
+                // Podman (unless its containers.conf says cgroups = "no-conmon") runs conmon in
+                // <CgroupParent>/conmon: under the task's memory limit, where a memory kill can take it, and the
+                // container's end is then never reported. It goes to a sibling cgroup of the node's, unlimited.
+                if kind == .podman, let taskCgroup { taskCgroup.evict(child: "conmon", to: Self.podmanConmonCgroup) }
+            }
             return handle
         } catch let e as DockerError {
             cgroup?.remove()
@@ -228,6 +245,7 @@ public final class DockerLauncher: Launcher, Sendable {
                 let state = try engine.inspectContainer(id)
                 let oom = try Self.wasOOMKilled(engine, id, code: code, state: state, cgroup: cgroup)
                 try? engine.remove(id)
+                cgroup?.removeSibling(Self.podmanConmonCgroup)
                 cgroup?.remove()
                 return Self.outcome(code: code, oom: oom)
             }
@@ -238,7 +256,8 @@ public final class DockerLauncher: Launcher, Sendable {
 
     /// Read from the task's cgroup, which outlives the container: exact where it counts kills (v2, or v1 with the
     /// OOM eventfd this daemon registered); after a daemon restart on v1, a SIGKILL exit with the limit reached. A
-    /// container without a cgroup of the node's (dockerd's systemd driver) falls back to dockerd's own record.
+    /// container without a cgroup of the node's (dockerd's systemd driver) falls back to dockerd's own record; podman
+    /// keeps none (no `oom` event, `OOMKilled` stays false), so there only the task cgroup tells.
     static func wasOOMKilled(_ engine: DockerEngine, _ id: String, code: Int, state: DockerEngine.ContainerState?,
                              cgroup: TaskCgroup?) throws -> Bool {
         if let cgroup {
@@ -247,6 +266,7 @@ public final class DockerLauncher: Launcher, Sendable {
             if cgroup.countsOOMKillsExactly { return false }
             return code == 137 && usage.limitHits > 0
         }
+        if try engine.kind() == .podman { return state?.oomKilled ?? false }
         return try state.map { try engine.wasOOMKilled(id, state: $0, since: $0.created) } ?? false
     }
 

@@ -257,6 +257,32 @@ public final class TaskCgroup: Sendable {
         return processes().isEmpty
     }
 
+    /// Moves the processes of `child`, a cgroup an engine made below this one for its own helpers (podman puts
+    /// `conmon`, and the `podman container cleanup` it starts at the end, in `<CgroupParent>/conmon`), into the
+    /// sibling cgroup `holder` (made if needed, no limits), out of the task's limits: a memory kill then never takes
+    /// the engine's monitor with the task. Returns how many processes moved.
+    @discardableResult
+    public func evict(child: String, to holder: String) -> Int {
+        let mounts = host.version == .v2 ? Array(host.roots.values) : Array(Set(host.allMounts + host.roots.values))
+        var moved = 0
+        for mount in mounts {
+            let source = mount + path + "/" + child
+            guard Self.isDirectory(source) else { continue }
+            let target = ((mount + path) as NSString).deletingLastPathComponent + "/" + holder
+            guard (try? Self.makeDirectory(target)) != nil else { continue }
+            let pids = (Self.read(source + "/cgroup.procs") ?? "").split(separator: "\n")
+            for pid in pids where (try? Self.write(String(pid), to: target + "/cgroup.procs")) != nil { moved += 1 }
+        }
+        return moved
+    }
+
+    /// Removes the sibling cgroup `name` (an `evict` holder) where it is empty, so that `remove()` can take the
+    /// node's level too; one still holding processes (another task's) stays.
+    public func removeSibling(_ name: String) {
+        let mounts = host.version == .v2 ? Array(host.roots.values) : Array(Set(host.allMounts + host.roots.values))
+        for mount in mounts { rmdir(((mount + path) as NSString).deletingLastPathComponent + "/" + name) }
+    }
+
     /// Removes the cgroup (after what ran in it ended) in every hierarchy, with what an engine left below it, and
     /// the node's and the root's levels where they became empty.
     public func remove() {

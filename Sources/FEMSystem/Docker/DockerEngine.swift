@@ -21,8 +21,33 @@ public struct DockerEngine: Sendable {
     public static let apiVersion = "v1.41"
     public var socket: String
 
+    /// Which engine answers on the socket, learned once from its `/version` (see `kind()`).
+    private let learned = KindCache()
+
     public init(socket: String = "/var/run/docker.sock") {
         self.socket = socket
+    }
+
+    /// dockerd, or podman's Docker-compatible service. They differ where the compat API does: podman answers some
+    /// conflicts with 500, never sends an `oom` event nor sets `OOMKilled`, and mounts writable tmpfs on `/run` and
+    /// `/var/tmp` of a read-only root.
+    public enum Kind: Sendable, Equatable { case docker, podman }
+
+    final class KindCache: Sendable {
+        let value = Mutex<Kind?>(nil)
+    }
+
+    /// Told by the engine itself: podman's `/version` names the component "Podman Engine" (dockerd's is "Engine").
+    /// Asked once per engine value; an engine that cannot be asked is taken for dockerd and asked again next time.
+    public func kind() throws -> Kind {
+        if let known = learned.value.withLock({ $0 }) { return known }
+        let r = try request("GET", "/version", timeout: 10)
+        guard r.status == 200 else { return .docker }
+        let obj = try? JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any]
+        let components = obj?["Components"] as? [[String: Any]] ?? []
+        let kind: Kind = components.contains { ($0["Name"] as? String) == "Podman Engine" } ? .podman : .docker
+        learned.value.withLock { $0 = kind }
+        return kind
     }
 
     // MARK: - Plumbing
@@ -104,8 +129,17 @@ public struct DockerEngine: Sendable {
         switch r.status {
         case 404: throw DockerError(code: .notFound, message: text)
         case 409: throw DockerError(code: .conflict, message: text)
+        case 500 where Self.isPodmanConflict(Self.message(r.body)) && (try? kind()) == .podman:
+            // Podman 4 answers these with 500 where dockerd gives 409.
+            throw DockerError(code: .conflict, message: text)
         default: throw DockerError(code: .server, message: "\(text) (HTTP \(r.status))")
         }
+    }
+
+    /// Podman's texts for what dockerd calls a conflict: a container not in a state for the call (kill of one that
+    /// is not running, removal of a running one without force), a name already taken.
+    static func isPodmanConflict(_ message: String) -> Bool {
+        message.contains("container state improper") || message.contains("is already in use")
     }
 
     /// dockerd's RFC 3339 times carry nanoseconds, which ISO8601DateFormatter does not read: drop the fraction.
@@ -323,8 +357,12 @@ public struct DockerEngine: Sendable {
 
     public func kill(_ id: String, signal: String = "KILL") throws {
         let r = try request("POST", "/containers/\(id)/kill?signal=\(signal)")
-        // 409: not running any more, which is what we wanted.
-        try expect(r, [204, 409], "kill container \(id.prefix(12))")
+        // 409: not running any more, which is what we wanted (podman says so with a 500, read as a conflict).
+        do {
+            try expect(r, [204, 409], "kill container \(id.prefix(12))")
+        } catch let e as DockerError where e.code == .conflict {
+            return
+        }
     }
 
     public func remove(_ id: String, force: Bool = true) throws {
