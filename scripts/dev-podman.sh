@@ -58,8 +58,11 @@ CONF
   else
     rm -f "$sock"
     # Not through podman_cli: $! must be podman's own PID (the service does not fork), not a subshell's.
+    # Started from DIR: conmon leaves files (an `oom` marker) in its working directory, which is the service's.
+    pushd "$dir" >/dev/null
     podman --root "$dir/root" --runroot "$dir/runroot" system service --time=0 "unix://$sock" > "$dir/podman.log" 2>&1 &
     echo $! > "$dir/podman.pid"
+    popd >/dev/null
     for _ in $(seq 1 100); do ping && break; sleep 0.1; done
     ping || { echo "dev-podman.sh: podman did not answer on $sock; see $dir/podman.log" >&2; tail -20 "$dir/podman.log" >&2; exit 1; }
     echo "podman running (pid $(cat "$dir/podman.pid")) on $sock"
