@@ -264,6 +264,43 @@ struct SlurmTests {
         #expect(calls >= 3 && Double(calls) <= elapsed / 0.5 + 3, "\(calls) scontrol calls in \(elapsed) s")
     }
 
+    /// sbatch submits but prints no job id: the job is found by its name and comment and followed to its end (not
+    /// reported refused while it runs). Then sbatch cannot be started at all: the task fails saying why, and the
+    /// sandbox is the daemon's again (not left to the task user).
+    @Test func sbatchAnswersWithoutAnIdOrCannotRun() throws {
+        let dir = FileManager.default.temporaryDirectory.path + "/fem-slurm-tools-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sbatch = "\(dir)/sbatch-garbled"
+        try Data("#!/bin/sh\n/usr/bin/sbatch \"$@\" > /dev/null || exit $?\necho 'Submitted, id withheld'\n".utf8)
+            .write(to: URL(fileURLWithPath: sbatch))
+        try Posix.chmod(sbatch, mode: 0o755)
+        let node = try node("slurm-sbatch", extra: """
+            sbatch = "\(sbatch)"
+            """)
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task(["/bin/sh", "-c", "sleep 1; echo found-by-name"])
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let e = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(e.state == .completed, "\(e.detail)")
+        let ids = try jobs(t)
+        let state = try jobState(ids.first ?? "-")
+        #expect(ids.count == 1 && state == "COMPLETED", "\(ids) \(state)")
+
+        try FileManager.default.removeItem(atPath: sbatch)
+        let gone = task(["/bin/sh", "-c", "true"])
+        try op.submit(gone)
+        try op.waitForFinal([Tasks.id(gone)], timeout: 60)
+        let g = try #require(op.finalState(of: Tasks.id(gone)))
+        #expect(g.state == .failed && g.detail.message?.contains("cannot run \(sbatch)") == true, "\(g.detail)")
+        var st = stat()
+        #expect(stat("\(node.dir)/var/sandboxes/\(Tasks.id(gone))/home", &st) == 0)
+        #expect(st.st_uid == 0, "the sandbox was taken back (home is uid \(st.st_uid))")
+        #expect(try jobs(gone).isEmpty)
+    }
+
     /// A job that waits for resources (both CPUs of the node are taken) is reported with Slurm's reason, then runs.
     @Test func aPendingJobIsReportedWithSlurmsReason() throws {
         let node = try node("slurm-pending", extra: "max_cpus = 2")
