@@ -111,9 +111,19 @@ start() {
 }
 
 stop() {
-  # Jobs still running are cancelled first, so that slurmd leaves no job processes behind.
+  # Every job of this instance (its own slurmctld: pending, running or ending) is cancelled first, and its end
+  # awaited (10 s at most), so that slurmd leaves no job processes behind. (scancel takes only one --state.)
   if [[ -f "$dir/run/slurmctld.pid" ]] && kill -0 "$(cat "$dir/run/slurmctld.pid")" 2>/dev/null; then
-    scancel --full --state=RUNNING --state=PENDING -w "$node" 2>/dev/null || true
+    local ids
+    ids=$(squeue -h --states=PENDING,CONFIGURING,RUNNING,SUSPENDED,COMPLETING -o %i 2>/dev/null || true)
+    if [[ -n $ids ]]; then
+      # shellcheck disable=SC2086 # one job id per word
+      scancel --full $ids 2>/dev/null || true
+      for _ in $(seq 100); do
+        [[ -z $(squeue -h --states=PENDING,CONFIGURING,RUNNING,SUSPENDED,COMPLETING -o %i 2>/dev/null) ]] && break
+        sleep 0.1
+      done
+    fi
   fi
   stop_pid slurmd "$dir/run/slurmd.pid"
   stop_pid slurmctld "$dir/run/slurmctld.pid"

@@ -48,14 +48,57 @@ struct SlurmJobScriptTests {
         let plan = try DocumentReader.readTask(doc, requireTaskID: true).plan
         let r = SlurmJobScript.request(plan, timeoutSeconds: 61, maxCPUs: 4, defaultMemoryMB: 512, maxMemoryMB: 2048)
         #expect(r == SlurmJobScript.Request(cpus: 2, memoryMB: 2048, gpus: 1, minutes: 3))
-        let args = SlurmJobScript.sbatchArguments(taskID: "t", script: "/s/job.sh", workingDirectory: "/s/src",
+        let args = SlurmJobScript.sbatchArguments(nodeID: "n1", taskID: "t", script: "/s/job.sh", workingDirectory: "/s/src",
                                                   stdout: "/s/logs/stdout.log", stderr: "/s/logs/stderr.log",
                                                   request: r, partition: "debug", account: "", qos: "normal",
                                                   user: (999, 995))
-        #expect(args == ["--parsable", "--job-name=fem-t", "--comment=fem-task:t", "--chdir=/s/src",
+        #expect(args == ["--parsable", "--job-name=fem-task:n1:t", "--comment=fem-task:n1:t", "--chdir=/s/src",
                          "--output=/s/logs/stdout.log", "--error=/s/logs/stderr.log", "--export=NONE", "--no-requeue",
                          "--nodes=1", "--ntasks=1", "--cpus-per-task=2", "--mem=2048M", "--gres=gpu:1", "--time=3",
                          "--partition=debug", "--qos=normal", "--uid=999", "--gid=995", "/s/job.sh"])
+    }
+
+    /// A node finds only its own job for a task: another node's job for the same task (a task sent to `all`), or a
+    /// job whose comment differs, is never taken (nor cancelled).
+    @Test func onlyJobsWithThisNodesCommentAreFound() {
+        let out = "11 fem-task:n1:t\n12 fem-task:n2:t\n13 fem-task:n1:t2\n14 (null)\nx fem-task:n1:t\n15 fem-task:n1:t \n"
+        #expect(SlurmJobScript.jobIDs(inSqueue: out, comment: SlurmJobScript.comment(nodeID: "n1", taskID: "t"))
+                == ["11", "15"])
+        #expect(SlurmJobScript.jobName(nodeID: "n1", taskID: "t") == "fem-task:n1:t")
+    }
+
+    /// Paths are compared resolved: a work dir reached through a symlink out of the shared dir is refused, and a
+    /// program whose resolved path holds "=" is refused.
+    @Test func pathChecksCompareResolvedPaths() throws {
+        let dir = try Posix.realpath(NSTemporaryDirectory()) + "/fem-slurm-paths-\(UUID().uuidString)"
+        let fm = FileManager.default
+        try fm.createDirectory(atPath: "\(dir)/shared", withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: "\(dir)/elsewhere/work", withIntermediateDirectories: true)
+        try fm.createDirectory(atPath: "\(dir)/a=b", withIntermediateDirectories: true)
+        defer { try? fm.removeItem(atPath: dir) }
+        try fm.createSymbolicLink(atPath: "\(dir)/shared/link", withDestinationPath: "\(dir)/elsewhere")
+        #expect(!SlurmLauncherConfig.isInside("\(dir)/shared/link/work", "\(dir)/shared"))
+        #expect(SlurmLauncherConfig.isInside("\(dir)/shared/new/sub", "\(dir)/shared"))
+        #expect(SlurmLauncherConfig.isInside("\(dir)/elsewhere/work", "\(dir)/shared/link"))
+        #expect(!SlurmLauncherConfig.isInside("\(dir)/shared/../elsewhere", "\(dir)/shared"))
+        var config = SlurmLauncherConfig(sharedDir: "\(dir)/shared", user: TaskUser(name: "x", uid: 999, gid: 999))
+        if Posix.effectiveUserID == 0 {
+            let why = config.refusal(workDir: "\(dir)/shared/link/work")
+            #expect(why?.hasPrefix("launchers.slurm.shared_dir: the node's work dir") == true, "\(why ?? "nil")")
+        }
+        try Data("#!/bin/sh\n".utf8).write(to: URL(fileURLWithPath: "\(dir)/a=b/prog"))
+        try Posix.chmod("\(dir)/a=b/prog", mode: 0o755)
+        try fm.createSymbolicLink(atPath: "\(dir)/prog", withDestinationPath: "\(dir)/a=b/prog")
+        config.allowedExecutables = ["\(dir)/prog"]
+        let doc: JSONValue = ["schema_version": 1, "task_id": "t1", "execution_id": "e", "plan": [
+            "schema_version": 1, "id": "t", "version": "1", "launcher": "slurm",
+            "command": ["base": [.string("\(dir)/prog")]]]]
+        let task = try DocumentReader.readTask(doc, requireTaskID: true)
+        let paths = ToolPaths.under("\(dir)/shared/sandboxes/t1")
+        let command = try Renderer.render(task, context: RenderContext(nodeID: "n1", nodeName: "n1", paths: paths,
+                                                                       datasets: [:]), timeoutSeconds: 30)
+        let why = SlurmLauncher(config: config).policyCheck(LaunchJob(task: task, command: command, sandbox: paths))
+        #expect(why?.contains("which contains \"=\"") == true, "\(why ?? "nil")")
     }
 
     @Test func jobIDFromParsableOutput() {

@@ -83,3 +83,36 @@ struct ChildExitTests {
         #expect(await ChildProcess.exitStatus(of: child.pid) == .exited(137))
     }
 }
+
+/// `ChildProcess.run` (a scheduler's client commands): a deadline and cancellation end a hung command.
+struct CommandRunDeadlineTests {
+    @Test func aCommandPastItsDeadlineIsKilled() async throws {
+        let t0 = ContinuousClock.now
+        await #expect(throws: CommandTimedOut.self) {
+            _ = try await ChildProcess.run(executable: "/bin/sleep", arguments: ["300"],
+                                           environment: ["PATH": "/usr/bin:/bin"], deadline: .milliseconds(300))
+        }
+        #expect(ContinuousClock.now - t0 < .seconds(10))
+        // One that ignores SIGTERM is killed all the same.
+        let t1 = ContinuousClock.now
+        await #expect(throws: CommandTimedOut.self) {
+            _ = try await ChildProcess.run(executable: "/bin/sh", arguments: ["-c", "trap '' TERM; while :; do sleep 0.1; done"],
+                                           environment: ["PATH": "/usr/bin:/bin"], deadline: .milliseconds(300))
+        }
+        #expect(ContinuousClock.now - t1 < .seconds(10))
+        let ok = try await ChildProcess.run(executable: "/bin/echo", arguments: ["hi"], environment: [:],
+                                            deadline: .seconds(30))
+        #expect(ok.succeeded && ok.stdout == "hi\n")
+    }
+
+    @Test func cancellingTheCallerKillsTheCommand() async throws {
+        let t0 = ContinuousClock.now
+        let run = Task {
+            try await ChildProcess.run(executable: "/bin/sleep", arguments: ["300"], environment: [:])
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        run.cancel()
+        await #expect(throws: CancellationError.self) { _ = try await run.value }
+        #expect(ContinuousClock.now - t0 < .seconds(10))
+    }
+}

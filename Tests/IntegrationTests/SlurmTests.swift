@@ -8,7 +8,7 @@ import Glibc
 
 /// The `slurm` launcher through the real daemon and broker, against the real single-node Slurm that
 /// scripts/dev-slurm.sh starts (test.sh: FEM_TEST_SLURM_DIR). Every job is checked in Slurm itself by its name,
-/// `fem-<task id>`.
+/// `fem-task:<node id>:<task id>`.
 @Suite(.serialized)
 struct SlurmTests {
     static func slurmDir() throws -> String {
@@ -62,8 +62,13 @@ struct SlurmTests {
 
     /// The ids of every job of the task Slurm knows (finished ones too, for MinJobAge).
     func jobs(_ t: [String: JSONValue]) throws -> [String] {
-        try slurm(["/usr/bin/squeue", "-h", "--states=all", "--name=fem-\(Tasks.id(t))", "--format=%i"])
-            .split(whereSeparator: \.isNewline).map(String.init)
+        // Names are `fem-task:<node>:<task>`: any node's job for the task.
+        try slurm(["/usr/bin/squeue", "-h", "--states=all", "--format=%i %j"])
+            .split(whereSeparator: \.isNewline).compactMap { line in
+                let w = line.split(separator: " ")
+                guard w.count == 2, w[1].hasPrefix("fem-task:"), w[1].hasSuffix(":\(Tasks.id(t))") else { return nil }
+                return String(w[0])
+            }
     }
 
     /// The task's job id, once Slurm lists it (the task's `running` event is sent as the submission begins).
@@ -137,6 +142,11 @@ struct SlurmTests {
         let stdout = try String(contentsOfFile: "\(node.dir)/var/sandboxes/\(Tasks.id(t))/logs/stdout.log",
                                 encoding: .utf8)
         #expect(stdout.contains("from-slurm"))
+        // The job script holds the task's environment and arguments: the daemon's alone (0600), read by sbatch as
+        // root at submission; the job above ran all the same, as fem-task, from Slurm's copy.
+        var st = stat()
+        #expect(stat("\(node.dir)/var/sandboxes/\(Tasks.id(t))/logs/slurm-job.sh", &st) == 0)
+        #expect(st.st_mode & 0o777 == 0o600 && st.st_uid == 0, "mode \(String(st.st_mode & 0o777, radix: 8))")
         // The reporter protocol: the job's stdout, followed while it runs, becomes progress events.
         let progress = op.events(of: Tasks.id(t)).filter { $0.kind == .progress && $0.detail.data?["round"] != nil }
         #expect(progress.map { $0.detail.data?["round"] } == [1], "\(op.events(of: Tasks.id(t)).map(\.detail))")
@@ -188,6 +198,107 @@ struct SlurmTests {
             #expect(try !active(id), "job \(id) is gone from squeue")
             #expect(try jobState(id) == "CANCELLED")
         }
+    }
+
+    /// Slurm does not answer (scontrol fails every time) for longer than unreachable_seconds: the task fails
+    /// saying so, and its job, still running in Slurm, is cancelled (not left running unsupervised).
+    @Test func aJobSlurmDoesNotAnswerAboutIsCancelledWhenGivenUp() throws {
+        let dir = FileManager.default.temporaryDirectory.path + "/fem-slurm-tools-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let broken = "\(dir)/scontrol-unreachable"
+        try Data("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n".utf8)
+            .write(to: URL(fileURLWithPath: broken))
+        try Posix.chmod(broken, mode: 0o755)
+        let node = try node("slurm-unreach", extra: """
+            scontrol = "\(broken)"
+            unreachable_seconds = 3
+            """)
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task(["/bin/sh", "-c", "sleep 120"])
+        try op.submit(t)
+        let id = try jobID(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .failed && final.detail.failureClass == .runnerSystemFailure, "\(final.detail)")
+        #expect(final.detail.message?.contains("Slurm did not answer about job \(id) for 3 s") == true,
+                "\(final.detail)")
+        try eventually("job \(id) to be cancelled", timeout: 30) { (try? active(id)) == false }
+        #expect(try jobState(id) == "CANCELLED")
+    }
+
+    /// One scontrol per job per poll interval serves both the job's wait and the queue notices, also while the job
+    /// waits in the queue (counted through a wrapper that logs each call, then runs the real scontrol).
+    @Test func oneQueryPerIntervalPerJob() throws {
+        let dir = FileManager.default.temporaryDirectory.path + "/fem-slurm-tools-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let counting = "\(dir)/scontrol-counting"
+        try Data("#!/bin/sh\necho \"$*\" >> '\(dir)/calls'\nexec /usr/bin/scontrol \"$@\"\n".utf8)
+            .write(to: URL(fileURLWithPath: counting))
+        try Posix.chmod(counting, mode: 0o755)
+        let node = try node("slurm-polls", extra: """
+            scontrol = "\(counting)"
+            max_cpus = 2
+            """)
+        try node.editConfig { $0.replacingOccurrences(of: "poll_interval_ms = 100", with: "poll_interval_ms = 500") }
+        try node.start()
+        let op = try Operator(node: node)
+        let cpus = ProcessInfo.processInfo.processorCount
+        let first = task(["/bin/sh", "-c", "sleep 6"], plan: ["resources": ["cpus": .int(Int64(cpus))]])
+        let second = task(["/bin/sh", "-c", "true"], plan: ["resources": ["cpus": .int(Int64(cpus))]])
+        try op.submit(first)
+        let firstJob = try jobID(first)
+        try eventually("job \(firstJob) to run", timeout: 30) { (try? jobState(firstJob)) == "RUNNING" }
+        let t0 = Date()
+        try op.submit(second)
+        try op.waitForFinal([Tasks.id(first), Tasks.id(second)], timeout: 90)
+        let elapsed = Date().timeIntervalSince(t0)
+        #expect(op.finalState(of: Tasks.id(second))?.state == .completed)
+        let secondJob = try jobID(second)
+        let calls = ((try? String(contentsOfFile: "\(dir)/calls", encoding: .utf8)) ?? "")
+            .split(whereSeparator: \.isNewline).filter { $0.hasSuffix(" \(secondJob)") }.count
+        // The job waited about 5 s: two loops polling on their own would make twice elapsed / 0.5 s calls.
+        #expect(elapsed > 3, "the second job waited in the queue (\(elapsed) s)")
+        #expect(calls >= 3 && Double(calls) <= elapsed / 0.5 + 3, "\(calls) scontrol calls in \(elapsed) s")
+    }
+
+    /// sbatch submits but prints no job id: the job is found by its name and comment and followed to its end (not
+    /// reported refused while it runs). Then sbatch cannot be started at all: the task fails saying why, and the
+    /// sandbox is the daemon's again (not left to the task user).
+    @Test func sbatchAnswersWithoutAnIdOrCannotRun() throws {
+        let dir = FileManager.default.temporaryDirectory.path + "/fem-slurm-tools-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let sbatch = "\(dir)/sbatch-garbled"
+        try Data("#!/bin/sh\n/usr/bin/sbatch \"$@\" > /dev/null || exit $?\necho 'Submitted, id withheld'\n".utf8)
+            .write(to: URL(fileURLWithPath: sbatch))
+        try Posix.chmod(sbatch, mode: 0o755)
+        let node = try node("slurm-sbatch", extra: """
+            sbatch = "\(sbatch)"
+            """)
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task(["/bin/sh", "-c", "sleep 1; echo found-by-name"])
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let e = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(e.state == .completed, "\(e.detail)")
+        let ids = try jobs(t)
+        let state = try jobState(ids.first ?? "-")
+        #expect(ids.count == 1 && state == "COMPLETED", "\(ids) \(state)")
+
+        try FileManager.default.removeItem(atPath: sbatch)
+        let gone = task(["/bin/sh", "-c", "true"])
+        try op.submit(gone)
+        try op.waitForFinal([Tasks.id(gone)], timeout: 60)
+        let g = try #require(op.finalState(of: Tasks.id(gone)))
+        #expect(g.state == .failed && g.detail.message?.contains("cannot run \(sbatch)") == true, "\(g.detail)")
+        var st = stat()
+        #expect(stat("\(node.dir)/var/sandboxes/\(Tasks.id(gone))/home", &st) == 0)
+        #expect(st.st_uid == 0, "the sandbox was taken back (home is uid \(st.st_uid))")
+        #expect(try jobs(gone).isEmpty)
     }
 
     /// A job that waits for resources (both CPUs of the node are taken) is reported with Slurm's reason, then runs.
@@ -281,6 +392,39 @@ struct SlurmTests {
         #expect(try jobState(id) == "COMPLETED")
         let end = try String(contentsOfFile: try #require(kept(node, t, "end.txt")), encoding: .utf8)
         #expect(end == "survived\n")
+    }
+
+    /// Restarted while Slurm does not answer (scontrol fails): the job is not declared lost and left running in
+    /// the sandbox; it is followed, and once Slurm stayed silent for unreachable_seconds it is cancelled.
+    @Test func aRestartWhileSlurmIsSilentFollowsTheJobThenCancelsIt() throws {
+        let node = try node("slurm-restart-silent")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task(["/bin/sh", "-c", "sleep 120"], timeout: 300)
+        try op.submit(t)
+        let id = try jobID(t)
+        try eventually("job \(id) to run", timeout: 30) { (try? jobState(id)) == "RUNNING" }
+        // The handle is journaled right after sbatch answers.
+        try eventually("the job id in the journal", timeout: 30) {
+            (try? Shell.run(["/usr/bin/grep", "-rqa", "\"\(id)\"", "\(node.dir)/var"]))?.status == 0
+        }
+        node.kill(SIGKILL)
+        let dir = FileManager.default.temporaryDirectory.path + "/fem-slurm-tools-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let broken = "\(dir)/scontrol-unreachable"
+        try Data("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n".utf8)
+            .write(to: URL(fileURLWithPath: broken))
+        try Posix.chmod(broken, mode: 0o755)
+        try node.editConfig { $0 + "\nscontrol = \"\(broken)\"\nunreachable_seconds = 3\n" }
+        try node.start()
+        try op.waitForFinal([Tasks.id(t)], timeout: 90)
+        let e = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(e.state == .failed, "\(e.detail)")
+        #expect(e.detail.message?.contains("Slurm did not answer about job \(id)") == true, "\(e.detail)")
+        try eventually("job \(id) to be cancelled", timeout: 30) { (try? active(id)) == false }
+        #expect(try jobState(id) == "CANCELLED")
+        #expect(try jobs(t) == [id], "submitted once")
     }
 
     /// A job that ended while the daemon was down is collected from Slurm after the restart, not run again.

@@ -128,7 +128,7 @@ struct FEMBench {
             try Posix.chmod(job.sandbox.logs, mode: 0o711)
             let request = SlurmJobScript.Request(cpus: 1, memoryMB: 100, gpus: 0, minutes: 2)
             var args = SlurmJobScript.sbatchArguments(
-                taskID: "peer-\(job.task.taskID)", script: script, workingDirectory: job.sandbox.sandbox,
+                nodeID: "bench", taskID: "peer-\(job.task.taskID)", script: script, workingDirectory: job.sandbox.sandbox,
                 stdout: "\(job.sandbox.logs)/peer-out.log", stderr: "\(job.sandbox.logs)/peer-err.log",
                 request: request, partition: nil, account: nil, qos: nil, user: (user.uid, user.gid))
             if wait { args.insert("--wait", at: 0) }

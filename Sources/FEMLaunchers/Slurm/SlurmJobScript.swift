@@ -48,10 +48,11 @@ public enum SlurmJobScript {
 
     /// The `sbatch` arguments (the script path last). `--export=NONE`: nothing of the daemon's environment goes
     /// with the job; `--no-requeue`: Slurm never runs the job a second time.
-    public static func sbatchArguments(taskID: String, script: String, workingDirectory: String, stdout: String,
+    public static func sbatchArguments(nodeID: String, taskID: String, script: String, workingDirectory: String, stdout: String,
                                        stderr: String, request: Request, partition: String?, account: String?,
                                        qos: String?, user: (uid: UInt32, gid: UInt32)?) -> [String] {
-        var args = ["--parsable", "--job-name=\(jobName(taskID))", "--comment=fem-task:\(taskID)",
+        var args = ["--parsable", "--job-name=\(jobName(nodeID: nodeID, taskID: taskID))",
+                    "--comment=\(comment(nodeID: nodeID, taskID: taskID))",
                     "--chdir=\(workingDirectory)", "--output=\(stdout)", "--error=\(stderr)", "--export=NONE",
                     "--no-requeue", "--nodes=1", "--ntasks=1", "--cpus-per-task=\(request.cpus)",
                     "--mem=\(request.memoryMB)M"]
@@ -65,7 +66,20 @@ public enum SlurmJobScript {
         return args
     }
 
-    public static func jobName(_ taskID: String) -> String { "fem-\(taskID)" }
+    /// The job's name and its comment: `fem-task:<node>:<task>`, so a node finds only its own job for a task
+    /// (a task sent to `all` has a job per node).
+    public static func jobName(nodeID: String, taskID: String) -> String { "fem-task:\(nodeID):\(taskID)" }
+    public static func comment(nodeID: String, taskID: String) -> String { jobName(nodeID: nodeID, taskID: taskID) }
+
+    /// The job ids in `squeue --format='%i %k'` output whose comment is exactly `comment`.
+    public static func jobIDs(inSqueue output: String, comment: String) -> [String] {
+        output.split(whereSeparator: \.isNewline).compactMap { line in
+            let words = line.split(separator: " ", maxSplits: 1).map(String.init)
+            guard words.count == 2, !words[0].isEmpty, words[0].allSatisfy(\.isNumber),
+                  words[1].trimmingCharacters(in: .whitespaces) == comment else { return nil }
+            return words[0]
+        }
+    }
 
     /// The job id in `sbatch --parsable` output (`<id>` or `<id>;<cluster>`).
     public static func parseJobID(_ output: String) -> String? {

@@ -7,7 +7,7 @@ public struct SlurmJobState: LauncherState {
 
     /// Slurm's job id (from `sbatch --parsable`).
     public var jobID: String
-    /// The job's name, `fem-<task id>`, by which a daemon that died before journaling the id finds it.
+    /// The job's name, `fem-task:<node id>:<task id>`, by which a daemon that died before journaling the id finds it.
     public var jobName: String
     /// The task's sandbox (given to the task user while the job runs, and taken back when it ended).
     public var sandbox: String

@@ -1,6 +1,7 @@
 import FEMCore
 import FEMSystem
 import Foundation
+import Synchronization
 
 /// Node settings for the `slurm` launcher (`[launchers.slurm]`).
 public struct SlurmLauncherConfig: Sendable {
@@ -27,14 +28,24 @@ public struct SlurmLauncherConfig: Sendable {
     public var squeue: String
     public var scontrol: String
     public var scancel: String
+    /// How often each job's state is read (one `scontrol` per job per interval, serving both `wait` and the queue
+    /// notices).
     public var pollInterval: Duration
+    /// How long Slurm may stay unreachable before a job is given up (and cancelled); at least SlurmctldTimeout.
+    public var unreachableTolerance: Duration
+    /// The longest a client command (sbatch, scontrol, squeue, scancel) may take before it is killed.
+    public var commandTimeout: Duration
+    /// The node's id: in every job's name and comment (`fem-task:<node>:<task>`), so that a node only ever finds and
+    /// cancels its own jobs.
+    public var nodeID: String
 
     public init(sharedDir: String = "", partition: String = "", allowedPartitions: [String] = [], account: String = "",
                 qos: String = "", maxCPUs: Int = 2, defaultMemoryMB: Int = 512, maxMemoryMB: Int = 8192,
                 allowedExecutables: [String] = [], path: String = "/usr/local/bin:/usr/bin:/bin", user: TaskUser? = nil,
                 slurmConf: String = "", sbatch: String = "/usr/bin/sbatch", squeue: String = "/usr/bin/squeue",
                 scontrol: String = "/usr/bin/scontrol", scancel: String = "/usr/bin/scancel",
-                pollInterval: Duration = .milliseconds(250)) {
+                pollInterval: Duration = .seconds(1), unreachableTolerance: Duration = .seconds(300),
+                commandTimeout: Duration = .seconds(120), nodeID: String = "") {
         self.sharedDir = sharedDir
         self.partition = partition
         self.allowedPartitions = allowedPartitions
@@ -52,6 +63,26 @@ public struct SlurmLauncherConfig: Sendable {
         self.scontrol = scontrol
         self.scancel = scancel
         self.pollInterval = pollInterval
+        self.unreachableTolerance = unreachableTolerance
+        self.commandTimeout = commandTimeout
+        self.nodeID = nodeID
+    }
+
+    /// `path` with every symlink resolved; for a path that does not exist yet, its nearest existing ancestor is
+    /// resolved and the rest appended.
+    public static func resolved(_ path: String) -> String {
+        if let real = try? Posix.realpath(path) { return real }
+        let url = URL(fileURLWithPath: path)
+        let parent = url.deletingLastPathComponent().path
+        guard parent != path, !parent.isEmpty else { return path }
+        let base = resolved(parent)
+        return (base.hasSuffix("/") ? base : base + "/") + url.lastPathComponent
+    }
+
+    /// True when `path` is `dir` or inside it, both compared resolved (a symlink cannot lead out).
+    public static func isInside(_ path: String, _ dir: String) -> Bool {
+        let p = resolved(path), d = resolved(dir)
+        return p == d || p.hasPrefix(d.hasSuffix("/") ? d : d + "/")
     }
 
     /// Why the daemon must not start with this launcher enabled (naming the key), or nil. Jobs never run as root:
@@ -70,9 +101,9 @@ public struct SlurmLauncherConfig: Sendable {
             return "launchers.slurm.shared_dir: must be the absolute path of a folder every compute node mounts "
                 + "(got \"\(sharedDir)\")"
         }
-        let shared = sharedDir.hasSuffix("/") ? sharedDir : sharedDir + "/"
-        if !(workDir + "/").hasPrefix(shared) {
-            return "launchers.slurm.shared_dir: the node's work dir \(workDir) is not inside \(sharedDir), so compute "
+        if !Self.isInside(workDir, sharedDir) {
+            return "launchers.slurm.shared_dir: the node's work dir \(workDir) (\(Self.resolved(workDir))) is not "
+                + "inside \(sharedDir) (\(Self.resolved(sharedDir))), so compute "
                 + "nodes could not reach the tasks' sandboxes; put node.work_dir on the shared filesystem"
         }
         if !partition.isEmpty, !allowedPartitions.isEmpty, !allowedPartitions.contains(partition) {
@@ -91,7 +122,7 @@ public struct SlurmLauncherConfig: Sendable {
 ///   plan's argv with `env -i` and exactly the plan's checked environment, every item single-quoted, so no value is
 ///   ever read by a shell; `--export=NONE` keeps the daemon's environment out of the job;
 /// - `--chdir` the sandbox's working directory, `--output/--error` the sandbox's log files (followed by the runner
-///   for the reporter protocol as for the other launchers), job name `fem-<task>` and `--comment=fem-task:<task>`;
+///   for the reporter protocol as for the other launchers), job name and comment `fem-task:<node>:<task>`;
 /// - resources from the plan capped by the node (`--cpus-per-task`, `--mem`, `--gres=gpu:N`, `--time`), partition,
 ///   account and QOS from the node config; `--no-requeue`, so Slurm itself never runs a job twice;
 /// - as `launchers.slurm.user` (`--uid/--gid`), never as root; the sandbox is the task user's while the job runs and
@@ -102,6 +133,8 @@ public struct SlurmLauncherConfig: Sendable {
 public final class SlurmLauncher: QueuedLauncher, Sendable {
     public let name = "slurm"
     private let config: SlurmLauncherConfig
+    /// Each followed job's last state, as `wait` read it (the queue notices read it here).
+    private let phases = Mutex<[String: SlurmJobInfo.Phase]>([:])
 
     public init(config: SlurmLauncherConfig) {
         self.config = config
@@ -127,6 +160,11 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
         guard let resolved = ProcessLauncher.resolvedExecutable(program) else {
             return .failure(PolicyDecline("executable \"\(program)\" is not an executable file on this node"))
         }
+        // The script runs the resolved path, which env(1) must not take for a variable either.
+        guard !resolved.contains("=") else {
+            return .failure(PolicyDecline("command.base[0]: \"\(program)\" resolves to \(resolved), which contains "
+                                          + "\"=\"; env would read it as a variable, so this node cannot run it"))
+        }
         let allowed = Set(config.allowedExecutables.compactMap(ProcessLauncher.resolvedExecutable))
         guard allowed.contains(resolved) else {
             return .failure(PolicyDecline("executable \"\(program)\" (\(resolved)) is not in this node's "
@@ -137,8 +175,7 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
 
     public func policyCheck(_ job: LaunchJob) -> String? {
         if case .failure(let d) = authorize(job) { return d.reason }
-        let shared = config.sharedDir.hasSuffix("/") ? config.sharedDir : config.sharedDir + "/"
-        if !job.sandbox.sandbox.hasPrefix(shared) {
+        if !SlurmLauncherConfig.isInside(job.sandbox.sandbox, config.sharedDir) {
             return "the sandbox \(job.sandbox.sandbox) is not under launchers.slurm.shared_dir (\(config.sharedDir))"
         }
         return nil
@@ -160,12 +197,42 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
         return env
     }
 
-    private func client(_ tool: String, _ args: [String]) async throws -> CommandResult {
+    /// One client command, killed past `commandTimeout` or when the calling task is cancelled. `shielded`: it runs
+    /// to its end (or deadline) even when the caller is cancelled (cleanup: scancel, and the query before it).
+    private func client(_ tool: String, _ args: [String], shielded: Bool = false) async throws -> CommandResult {
+        let env = clientEnvironment, deadline = config.commandTimeout
+        let run: @Sendable () async throws -> CommandResult = {
+            try await ChildProcess.run(executable: tool, arguments: args, environment: env, deadline: deadline)
+        }
         do {
-            return try await ChildProcess.run(executable: tool, arguments: args, environment: clientEnvironment)
+            return shielded ? try await Task { try await run() }.value : try await run()
+        } catch let e as CancellationError {
+            throw e
         } catch {
             throw TaskFailure(.runnerSystemFailure, "cannot run \(tool): \(error)")
         }
+    }
+
+    /// scancel; nil when Slurm took the request, else why not.
+    private func cancel(_ jobID: String) async -> String? {
+        do {
+            let r = try await client(config.scancel, [jobID], shielded: true)
+            return r.succeeded ? nil : "scancel \(jobID) failed: \(r.diagnostic)"
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    /// The ids of this node's jobs for the task in `states`: listed by name and user, and kept only when their
+    /// comment is exactly this node's for this task (never another node's job for the same task).
+    func findJobs(taskID: String, states: String) async throws -> [String] {
+        let uid = config.user?.uid ?? Posix.effectiveUserID
+        let r = try await client(config.squeue, [
+            "-h", "--states=\(states)", "--name=\(SlurmJobScript.jobName(nodeID: config.nodeID, taskID: taskID))",
+            "--user=\(uid)", "--format=%i %k"], shielded: true)
+        guard r.succeeded else { throw TaskFailure(.runnerSystemFailure, "squeue failed: \(r.diagnostic)") }
+        return SlurmJobScript.jobIDs(inSqueue: r.stdout,
+                                     comment: SlurmJobScript.comment(nodeID: config.nodeID, taskID: taskID))
     }
 
     public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
@@ -185,7 +252,9 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
             }
             let text = SlurmJobScript.render(taskID: taskID, argv: [executable] + job.command.argv.dropFirst(),
                                              environment: environment(job))
-            try Posix.writeFileAtomically(script, Array(text.utf8), mode: 0o644)
+            // 0600: it holds the task's environment and arguments. sbatch (run as root) reads it at submission and
+            // Slurm keeps its own copy, so the job (as the task user) never reads this file.
+            try Posix.writeFileAtomically(script, Array(text.utf8), mode: 0o600)
             // Slurm's step daemon opens the log files as the job's user: they are made here and handed over; the
             // logs folder stays the daemon's (0711), so the files cannot be swapped for links.
             for log in [job.stdoutPath, job.stderrPath] {
@@ -206,11 +275,39 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
                                              maxCPUs: config.maxCPUs, defaultMemoryMB: config.defaultMemoryMB,
                                              maxMemoryMB: config.maxMemoryMB)
         let args = SlurmJobScript.sbatchArguments(
-            taskID: taskID, script: script, workingDirectory: job.command.workingDirectory, stdout: job.stdoutPath,
+            nodeID: config.nodeID, taskID: taskID, script: script, workingDirectory: job.command.workingDirectory, stdout: job.stdoutPath,
             stderr: job.stderrPath, request: request, partition: config.partition, account: config.account,
             qos: config.qos, user: config.user.map { ($0.uid, $0.gid) })
-        let submitted = try await client(config.sbatch, args)
-        guard submitted.succeeded, let jobID = SlurmJobScript.parseJobID(submitted.stdout) else {
+        let submitted: CommandResult
+        do {
+            submitted = try await client(config.sbatch, args)
+        } catch {
+            takeBack(job.sandbox.sandbox)
+            throw error
+        }
+        var parsed = submitted.succeeded ? SlurmJobScript.parseJobID(submitted.stdout) : nil
+        if submitted.succeeded, parsed == nil {
+            // Submitted, but sbatch's answer holds no id: the job is found by its name and comment, and followed.
+            let found: [String]
+            do {
+                found = try await findJobs(taskID: taskID, states: "all")
+            } catch {
+                takeBack(job.sandbox.sandbox)
+                throw TaskFailure(.runnerSystemFailure, "sbatch accepted the job but printed no job id "
+                                  + "(\"\(submitted.diagnostic)\"), and Slurm could not be asked for it: \(error)")
+            }
+            guard found.count == 1 else {
+                var problems: [String] = []
+                for id in found { if let why = await cancel(id) { problems.append(why) } }
+                takeBack(job.sandbox.sandbox)
+                throw TaskFailure(.runnerSystemFailure, "sbatch accepted the job but printed no job id "
+                                  + "(\"\(submitted.diagnostic)\"), and Slurm lists \(found.count) jobs of this task"
+                                  + (found.isEmpty ? "" : problems.isEmpty ? "; they were cancelled"
+                                     : "; cancelling them failed: " + problems.joined(separator: "; ")))
+            }
+            parsed = found[0]
+        }
+        guard submitted.succeeded, let jobID = parsed else {
             takeBack(job.sandbox.sandbox)
             throw TaskFailure(.taskFailure, "Slurm refused the job (asked: \(request.cpus) CPUs, \(request.memoryMB) MB"
                               + (request.gpus > 0 ? ", \(request.gpus) GPUs" : "")
@@ -218,22 +315,25 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
                               + submitted.diagnostic)
         }
         let handle = LaunchHandle(launcher: name, state: SlurmJobState(
-            jobID: jobID, jobName: SlurmJobScript.jobName(taskID), sandbox: job.sandbox.sandbox))
+            jobID: jobID, jobName: SlurmJobScript.jobName(nodeID: config.nodeID, taskID: taskID),
+            sandbox: job.sandbox.sandbox))
         do {
             try await persist(handle)
         } catch {
             // Submitted, then persisted, or cancelled: no job runs that nobody follows.
-            _ = try? await client(config.scancel, [jobID])
+            let refused = await cancel(jobID)
             takeBack(job.sandbox.sandbox)
             throw TaskFailure(FileWriter.isDiskFull(error) ? .nodeDiskFull : .runnerSystemFailure,
-                              "cannot record the Slurm job's handle, so job \(jobID) was cancelled: \(error)")
+                              "cannot record the Slurm job's handle (\(error)), so job \(jobID) "
+                              + (refused.map { "should have been cancelled, but it may still run: \($0)" }
+                                 ?? "was cancelled"))
         }
         return handle
     }
 
     /// The job's state now; nil when Slurm no longer knows the job (older than MinJobAge, or never there).
-    func query(_ jobID: String) async throws -> SlurmJobInfo? {
-        let r = try await client(config.scontrol, ["show", "job", "-o", jobID])
+    func query(_ jobID: String, shielded: Bool = false) async throws -> SlurmJobInfo? {
+        let r = try await client(config.scontrol, ["show", "job", "-o", jobID], shielded: shielded)
         if r.succeeded, let info = SlurmJobInfo.parse(r.stdout) { return info }
         if r.diagnostic.contains("Invalid job id") { return nil }
         throw TaskFailure(.runnerSystemFailure, "scontrol show job \(jobID) failed: \(r.diagnostic)")
@@ -241,17 +341,26 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
 
     public func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome {
         let state = try handle.state(as: SlurmJobState.self)
-        var failures = 0
+        defer { phases.withLock { _ = $0.removeValue(forKey: state.jobID) } }
+        var unreachableSince: ContinuousClock.Instant?
         while true {
             try Task.checkCancellation()
             let info: SlurmJobInfo?
             do {
                 info = try await query(state.jobID)
-                failures = 0
+                unreachableSince = nil
+            } catch let e as CancellationError {
+                throw e
             } catch {
-                // slurmctld restarting or briefly unreachable: keep asking, for a while.
-                failures += 1
-                if failures > 120 { throw error }
+                // slurmctld restarting or unreachable: keep asking for unreachable_seconds (the job is cancelled
+                // by destroy when it is given up).
+                let since = unreachableSince ?? ContinuousClock.now
+                unreachableSince = since
+                if ContinuousClock.now - since >= config.unreachableTolerance {
+                    throw TaskFailure(.runnerSystemFailure, "Slurm did not answer about job \(state.jobID) for "
+                                      + "\(config.unreachableTolerance.components.seconds) s "
+                                      + "(launchers.slurm.unreachable_seconds): \(error)")
+                }
                 try await Task.sleep(for: config.pollInterval)
                 continue
             }
@@ -259,6 +368,8 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
                 takeBack(state.sandbox)
                 throw TaskFailure(.runnerSystemFailure, "Slurm no longer knows job \(state.jobID)")
             }
+            // The queue-state loop reads this: one scontrol per job per interval serves both.
+            phases.withLock { $0[state.jobID] = info.phase }
             if case .ended(let outcome) = info.phase {
                 takeBack(state.sandbox)
                 return outcome
@@ -270,19 +381,21 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
     public func stop(_ handle: LaunchHandle, grace: Duration) async {
         guard let state = try? handle.state(as: SlurmJobState.self) else { return }
         // scancel sends SIGTERM to the job's processes (then SIGKILL after Slurm's KillWait).
-        _ = try? await client(config.scancel, [state.jobID])
+        _ = await cancel(state.jobID)
         let deadline = ContinuousClock.now + grace
         while ContinuousClock.now < deadline {
             if let info = try? await query(state.jobID), case .ended = info.phase { return }
             try? await Task.sleep(for: .milliseconds(100))
         }
-        _ = try? await client(config.scancel, ["--signal=KILL", "--full", state.jobID])
+        _ = try? await client(config.scancel, ["--signal=KILL", "--full", state.jobID], shielded: true)
     }
 
     public func destroy(_ handle: LaunchHandle) async {
         guard let state = try? handle.state(as: SlurmJobState.self) else { return }
-        if let info = try? await query(state.jobID) {
-            if case .ended = info.phase {} else { _ = try? await client(config.scancel, [state.jobID]) }
+        // scancel unless Slurm says the job ended (cancelling an ended job is harmless): a job whose state is
+        // unknown (Slurm unreachable) is never left running unsupervised.
+        if let info = try? await query(state.jobID, shielded: true), case .ended = info.phase {} else {
+            _ = await cancel(state.jobID)
         }
         takeBack(state.sandbox)
     }
@@ -291,8 +404,9 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
     /// yet looked at by the scheduler) is no reason.
     public func queueState(_ handle: LaunchHandle) async -> QueueState {
         guard let state = try? handle.state(as: SlurmJobState.self) else { return .started }
-        guard let info = try? await query(state.jobID) else { return .waiting(nil) }
-        if case .pending(let reason) = info.phase { return .waiting(reason == "None" ? nil : reason) }
+        // What `wait` read last (no scontrol of its own); nothing yet: still waiting, for no known reason.
+        guard let phase = phases.withLock({ $0[state.jobID] }) else { return .waiting(nil) }
+        if case .pending(let reason) = phase { return .waiting(reason == "None" ? nil : reason) }
         return .started
     }
 
@@ -332,18 +446,25 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
                     return .exited(outcome)
                 }
             } catch {
-                return .lost("cannot ask Slurm about job \(state.jobID): \(error)")
+                // Slurm unreachable for now: the job may still run and write into the sandbox. It is followed:
+                // wait keeps asking for unreachable_seconds, and destroy cancels it if it is given up.
+                return .running
             }
         }
-        let name = SlurmJobScript.jobName(job.task.taskID)
-        if let r = try? await client(config.squeue, ["-h", "--states=PENDING,RUNNING,SUSPENDED", "--name=\(name)",
-                                                      "--format=%i"]), r.succeeded {
-            for id in r.stdout.split(whereSeparator: \.isNewline) where id.allSatisfy(\.isNumber) {
-                _ = try? await client(config.scancel, [String(id)])
+        // Only this node's jobs for this task (name, user and comment), never another node's for the same task.
+        var problems: [String] = []
+        do {
+            for id in try await findJobs(taskID: job.task.taskID,
+                                         states: "PENDING,CONFIGURING,RUNNING,COMPLETING,SUSPENDED") {
+                if let why = await cancel(id) { problems.append(why) }
             }
+        } catch {
+            problems.append("cannot list the task's jobs: \(error)")
         }
         takeBack(job.sandbox.sandbox)
-        return .lost("the daemon stopped before it recorded the Slurm job; any job it submitted was cancelled")
+        return .lost("the daemon stopped before it recorded the Slurm job; "
+                     + (problems.isEmpty ? "any job it submitted was cancelled"
+                        : "a job it submitted may still run: " + problems.joined(separator: "; ")))
     }
 
     private func takeBack(_ sandbox: String) {

@@ -238,13 +238,15 @@ struct SlurmSection: Codable, Sendable {
     var squeue = "/usr/bin/squeue"
     var scontrol = "/usr/bin/scontrol"
     var scancel = "/usr/bin/scancel"
-    var pollIntervalMS = 250
+    var pollIntervalMS = 1000
+    var unreachableSeconds = 300
 
     enum CodingKeys: String, CodingKey {
         case sharedDir = "shared_dir", partition, allowedPartitions = "allowed_partitions", account, qos, user,
              allowedExecutables = "allowed_executables", path, maxCPUs = "max_cpus",
              defaultMemoryMB = "default_memory_mb", maxMemoryMB = "max_memory_mb", slurmConf = "slurm_conf",
-             sbatch, squeue, scontrol, scancel, pollIntervalMS = "poll_interval_ms"
+             sbatch, squeue, scontrol, scancel, pollIntervalMS = "poll_interval_ms",
+             unreachableSeconds = "unreachable_seconds"
     }
 
     init() {}
@@ -269,6 +271,7 @@ struct SlurmSection: Codable, Sendable {
         scontrol = r.value(c, .scontrol) ?? scontrol
         scancel = r.value(c, .scancel) ?? scancel
         pollIntervalMS = r.value(c, .pollIntervalMS) ?? pollIntervalMS
+        unreachableSeconds = r.value(c, .unreachableSeconds) ?? unreachableSeconds
     }
 
     func validate(_ v: inout ConfigValidator) {
@@ -276,6 +279,7 @@ struct SlurmSection: Codable, Sendable {
         v.range("launchers.slurm.default_memory_mb", defaultMemoryMB, 6...(1 << 30))
         v.range("launchers.slurm.max_memory_mb", maxMemoryMB, 6...(1 << 30))
         v.range("launchers.slurm.poll_interval_ms", pollIntervalMS, 50...60_000)
+        v.range("launchers.slurm.unreachable_seconds", unreachableSeconds, 1...86_400)
         // Names go into sbatch options: Slurm's own character set only.
         let plain = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_."))
         for (key, value) in [("partition", partition), ("account", account), ("qos", qos)] + allowedPartitions.map({ ("allowed_partitions", $0) })

@@ -262,7 +262,8 @@ extension NodeConfig {
             account: s.account, qos: s.qos, maxCPUs: s.maxCPUs, defaultMemoryMB: s.defaultMemoryMB,
             maxMemoryMB: s.maxMemoryMB, allowedExecutables: s.allowedExecutables, path: s.path,
             user: taskUsers["slurm"], slurmConf: absolutePath(s.slurmConf), sbatch: s.sbatch, squeue: s.squeue,
-            scontrol: s.scontrol, scancel: s.scancel, pollInterval: .milliseconds(s.pollIntervalMS))
+            scontrol: s.scontrol, scancel: s.scancel, pollInterval: .milliseconds(s.pollIntervalMS),
+            unreachableTolerance: .seconds(s.unreachableSeconds), nodeID: id)
         return config
     }
 
