@@ -203,13 +203,9 @@ struct SlurmTests {
     /// Slurm does not answer (scontrol fails every time) for longer than unreachable_seconds: the task fails
     /// saying so, and its job, still running in Slurm, is cancelled (not left running unsupervised).
     @Test func aJobSlurmDoesNotAnswerAboutIsCancelledWhenGivenUp() throws {
-        let dir = FileManager.default.temporaryDirectory.path + "/fem-slurm-tools-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let broken = "\(dir)/scontrol-unreachable"
-        try Data("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n".utf8)
-            .write(to: URL(fileURLWithPath: broken))
-        try Posix.chmod(broken, mode: 0o755)
+        let tools = try FakeTools()
+        defer { tools.remove() }
+        let broken = try tools.script("scontrol-unreachable", FakeTools.unreachableScontrol)
         let node = try node("slurm-unreach", extra: """
             scontrol = "\(broken)"
             unreachable_seconds = 3
@@ -231,13 +227,10 @@ struct SlurmTests {
     /// One scontrol per job per poll interval serves both the job's wait and the queue notices, also while the job
     /// waits in the queue (counted through a wrapper that logs each call, then runs the real scontrol).
     @Test func oneQueryPerIntervalPerJob() throws {
-        let dir = FileManager.default.temporaryDirectory.path + "/fem-slurm-tools-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let counting = "\(dir)/scontrol-counting"
-        try Data("#!/bin/sh\necho \"$*\" >> '\(dir)/calls'\nexec /usr/bin/scontrol \"$@\"\n".utf8)
-            .write(to: URL(fileURLWithPath: counting))
-        try Posix.chmod(counting, mode: 0o755)
+        let tools = try FakeTools()
+        defer { tools.remove() }
+        let dir = tools.dir
+        let counting = try tools.script("scontrol-counting", "echo \"$*\" >> '\(dir)/calls'\nexec /usr/bin/scontrol \"$@\"\n")
         let node = try node("slurm-polls", extra: """
             scontrol = "\(counting)"
             max_cpus = 2
@@ -268,13 +261,10 @@ struct SlurmTests {
     /// reported refused while it runs). Then sbatch cannot be started at all: the task fails saying why, and the
     /// sandbox is the daemon's again (not left to the task user).
     @Test func sbatchAnswersWithoutAnIdOrCannotRun() throws {
-        let dir = FileManager.default.temporaryDirectory.path + "/fem-slurm-tools-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let sbatch = "\(dir)/sbatch-garbled"
-        try Data("#!/bin/sh\n/usr/bin/sbatch \"$@\" > /dev/null || exit $?\necho 'Submitted, id withheld'\n".utf8)
-            .write(to: URL(fileURLWithPath: sbatch))
-        try Posix.chmod(sbatch, mode: 0o755)
+        let tools = try FakeTools()
+        defer { tools.remove() }
+        let sbatch = try tools.script("sbatch-garbled",
+                                      "/usr/bin/sbatch \"$@\" > /dev/null || exit $?\necho 'Submitted, id withheld'\n")
         let node = try node("slurm-sbatch", extra: """
             sbatch = "\(sbatch)"
             """)
@@ -409,13 +399,9 @@ struct SlurmTests {
             (try? Shell.run(["/usr/bin/grep", "-rqa", "\"\(id)\"", "\(node.dir)/var"]))?.status == 0
         }
         node.kill(SIGKILL)
-        let dir = FileManager.default.temporaryDirectory.path + "/fem-slurm-tools-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let broken = "\(dir)/scontrol-unreachable"
-        try Data("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n".utf8)
-            .write(to: URL(fileURLWithPath: broken))
-        try Posix.chmod(broken, mode: 0o755)
+        let tools = try FakeTools()
+        defer { tools.remove() }
+        let broken = try tools.script("scontrol-unreachable", FakeTools.unreachableScontrol)
         try node.editConfig { $0 + "\nscontrol = \"\(broken)\"\nunreachable_seconds = 3\n" }
         try node.start()
         try op.waitForFinal([Tasks.id(t)], timeout: 90)
@@ -475,4 +461,27 @@ struct SlurmTests {
             #expect(r.output.contains(key), "\(name) names \(key): \(r.output)")
         }
     }
+}
+
+/// A folder of stand-in Slurm client commands for one test (a Slurm that does not answer, a wrapper that counts),
+/// removed when the test ends.
+struct FakeTools {
+    let dir = FileManager.default.temporaryDirectory.path + "/fem-slurm-tools-\(UUID().uuidString.prefix(8))"
+
+    /// scontrol as it answers while slurmctld is down.
+    static let unreachableScontrol = "echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n"
+
+    init() throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    /// Writes the shell script `name` (`body` after the #! line), executable; returns its path.
+    func script(_ name: String, _ body: String) throws -> String {
+        let path = "\(dir)/\(name)"
+        try Data(("#!/bin/sh\n" + body).utf8).write(to: URL(fileURLWithPath: path))
+        try Posix.chmod(path, mode: 0o755)
+        return path
+    }
+
+    func remove() { try? FileManager.default.removeItem(atPath: dir) }
 }

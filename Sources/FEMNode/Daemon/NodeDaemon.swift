@@ -108,7 +108,10 @@ struct NodeApplication: Sendable {
             """)
         await node.runner.recover()
         if config.enabledLaunchers.contains("docker") {
-            reportForeignContainers(config: config, journal: node.journal, logger: logger)
+            // Docker API calls: blocking, so on the pool.
+            _ = try? await offload("foreign-containers") { [config, node, logger] in
+                reportForeignContainers(config: config, journal: node.journal, logger: logger)
+            }
         }
         // A drain may take node.drain_seconds; past that and a margin the group cancels what is left.
         var group = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
