@@ -358,14 +358,13 @@ struct SlurmTests {
         for i in 1...3 { #expect(!FileManager.default.fileExists(atPath: "\(marker)\(i)")) }
     }
 
-    /// The daemon is SIGKILLed while a 20 s job runs; restarted, it follows the same job (by the journaled id) to its
-    /// end: the task completes, and Slurm has exactly one job for it.
-    @Test func aRestartedDaemonFollowsTheSameJobToItsEnd() throws {
-        let node = try node("slurm-restart")
+    /// Starts the node, submits `script` (its `end.txt` declared as an output), waits until Slurm runs the job
+    /// (sbatch returned well before, so the daemon has journaled the job id), then SIGKILLs the daemon.
+    func runThenKillTheDaemon(_ node: TestNode, _ script: String) throws
+        -> (op: Operator, task: [String: JSONValue], job: String) {
         try node.start()
         let op = try Operator(node: node)
-        let t = task(["/bin/sh", "-c", "sleep 20; echo survived > \"$FEM_OUTPUT_DIR/end.txt\""], timeout: 120,
-                     plan: ["outputs": [["pattern": "end.txt"]]])
+        let t = task(["/bin/sh", "-c", script], timeout: 120, plan: ["outputs": [["pattern": "end.txt"]]])
         try op.submit(t)
         try op.waitFor("the task to run", timeout: 60) { events in
             events.contains { $0.taskID == Tasks.id(t) && $0.kind == .state && $0.state == .running }
@@ -373,6 +372,14 @@ struct SlurmTests {
         let id = try jobID(t)
         try eventually("job \(id) to run", timeout: 30) { (try? jobState(id)) == "RUNNING" }
         node.kill(SIGKILL)
+        return (op, t, id)
+    }
+
+    /// The daemon is SIGKILLed while a 20 s job runs; restarted, it follows the same job (by the journaled id) to its
+    /// end: the task completes, and Slurm has exactly one job for it.
+    @Test func aRestartedDaemonFollowsTheSameJobToItsEnd() throws {
+        let node = try node("slurm-restart")
+        let (op, t, id) = try runThenKillTheDaemon(node, "sleep 20; echo survived > \"$FEM_OUTPUT_DIR/end.txt\"")
         #expect(try jobState(id) == "RUNNING", "the job outlives the daemon")
         try node.start()
         try op.waitForFinal([Tasks.id(t)], timeout: 90)
@@ -416,18 +423,7 @@ struct SlurmTests {
     /// A job that ended while the daemon was down is collected from Slurm after the restart, not run again.
     @Test func aJobThatEndedWhileTheDaemonWasDownIsCollected() throws {
         let node = try node("slurm-collect")
-        try node.start()
-        let op = try Operator(node: node)
-        let t = task(["/bin/sh", "-c", "sleep 3; echo collected > \"$FEM_OUTPUT_DIR/end.txt\"; exit 4"], timeout: 120,
-                     plan: ["outputs": [["pattern": "end.txt"]]])
-        try op.submit(t)
-        try op.waitFor("the task to run", timeout: 60) { events in
-            events.contains { $0.taskID == Tasks.id(t) && $0.kind == .state && $0.state == .running }
-        }
-        let id = try jobID(t)
-        // Running in Slurm: sbatch returned well before, so the daemon has journaled the job id.
-        try eventually("job \(id) to run", timeout: 30) { (try? jobState(id)) == "RUNNING" }
-        node.kill(SIGKILL)
+        let (op, t, id) = try runThenKillTheDaemon(node, "sleep 3; echo collected > \"$FEM_OUTPUT_DIR/end.txt\"; exit 4")
         try eventually("job \(id) to end while the daemon is down", timeout: 30) { (try? jobState(id)) == "FAILED" }
         try node.start()
         try op.waitForFinal([Tasks.id(t)], timeout: 60)
