@@ -37,7 +37,8 @@ def summary(side, mode, lat, span, n):
     print(json.dumps(out), flush=True)
 
 
-def fem(mode, n):
+def events_queue(binding):
+    """The orchestrator's connection, a channel, and a private queue bound to fem.events for `binding`."""
     import amqp
     password = open(f"{broker_dir}/orchestrator.password").read().strip()
     conn = amqp.Connection(host=f"localhost:{port}", userid="fem-orchestrator", password=password,
@@ -45,7 +46,13 @@ def fem(mode, n):
     conn.connect()
     ch = conn.channel()
     q, _, _ = ch.queue_declare("", exclusive=True, auto_delete=True)
-    ch.queue_bind(q, "fem.events", "node.bench.task.#")
+    ch.queue_bind(q, "fem.events", binding)
+    return conn, ch, q
+
+
+def fem(mode, n):
+    import amqp
+    conn, ch, q = events_queue("node.bench.task.#")
     done = {}
 
     def on_event(msg):
@@ -121,13 +128,7 @@ def celery(mode, n):
 def fleet(_mode, n):
     """bench/fleet.sh: one task to `all`; prints the time from its publish to the last of n `completed` events."""
     import amqp
-    password = open(f"{broker_dir}/orchestrator.password").read().strip()
-    conn = amqp.Connection(host=f"localhost:{port}", userid="fem-orchestrator", password=password,
-                           ssl=tls(), connect_timeout=10)
-    conn.connect()
-    ch = conn.channel()
-    q, _, _ = ch.queue_declare("", exclusive=True, auto_delete=True)
-    ch.queue_bind(q, "fem.events", "node.*.task.#")
+    conn, ch, q = events_queue("node.*.task.#")
     done, other = {}, {}
 
     def on_event(msg):
