@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Podman's Docker-compatible API for development and tests: a rootful `podman system service` on DIR/podman.sock
-# with its own --root/--runroot under DIR (the host's /var/lib/containers is untouched) and a containers.conf of its
+# with its own --root under DIR and --runroot in /run (the host's /var/lib/containers is untouched) and a containers.conf of its
 # own whose default_ulimits let containers start where root lacks CAP_SYS_RESOURCE (podman's default nofile/nproc
 # of 1048576 exceed the inherited hard limit) and cgroups = "no-conmon" (see start). Loads the test image fem-test/busybox:2 from dockerd (`docker save`,
 # so it is the same image; needs scripts/dev-docker.sh first), or imports it from busybox-static without dockerd.
 #
-#   scripts/dev-podman.sh start  [--dir DIR]   (default var/dev-podman; socket DIR/podman.sock)
+#   scripts/dev-podman.sh start  [--dir DIR]   (default var/dev-podman; socket DIR/podman.sock; runroot /run/fem-podman-<hash of DIR>)
 #   scripts/dev-podman.sh stop   [--dir DIR]   (removes the containers, stops the service by PID, removes the
 #                                               empty libpod_parent cgroup folders it leaves)
 #   scripts/dev-podman.sh status [--dir DIR]
@@ -15,7 +15,10 @@ source "$(dirname "$0")/lib.sh"
 parse_dir dev-podman.sh var/dev-podman "$@"
 sock=$dir/podman.sock
 export CONTAINERS_CONF=$dir/containers.conf
-podman_cli() { podman --root "$dir/root" --runroot "$dir/runroot" "$@"; }
+# Podman refuses a runroot longer than 50 characters (a clone at /check/work/main already passes that under DIR), so
+# the runroot is a short folder in /run named by a hash of DIR: two DIRs never share one, the same DIR always finds its own.
+runroot=/run/fem-podman-$(printf '%s' "$dir" | sha256sum | cut -c1-12)
+podman_cli() { podman --root "$dir/root" --runroot "$runroot" "$@"; }
 ping() { curl -sf --max-time 2 --unix-socket "$sock" http://localhost/_ping >/dev/null 2>&1; }
 image=fem-test/busybox:2
 
@@ -42,7 +45,7 @@ load_image() {
 
 start() {
   command -v podman >/dev/null || bash "$(dirname "$0")/install-packages.sh" podman
-  mkdir -p "$dir/root" "$dir/runroot"
+  mkdir -p "$dir/root" "$runroot"
   # Keep soft == hard: podman 4.3's compat create swaps unequal ones and runc then refuses them.
   # no-conmon: conmon (and the `podman container cleanup` it starts at the end) stay out of the container's cgroup
   # parent; otherwise they start in <CgroupParent>/conmon, under the task's memory limit (the docker launcher moves
@@ -60,7 +63,7 @@ CONF
     # Not through podman_cli: $! must be podman's own PID (the service does not fork), not a subshell's.
     # Started from DIR: conmon leaves files (an `oom` marker) in its working directory, which is the service's.
     pushd "$dir" >/dev/null
-    podman --root "$dir/root" --runroot "$dir/runroot" system service --time=0 "unix://$sock" > "$dir/podman.log" 2>&1 &
+    podman --root "$dir/root" --runroot "$runroot" system service --time=0 "unix://$sock" > "$dir/podman.log" 2>&1 &
     echo $! > "$dir/podman.pid"
     popd >/dev/null
     for _ in $(seq 1 100); do ping && break; sleep 0.1; done
@@ -76,6 +79,8 @@ stop() {
   fi
   stop_pid podman "$dir/podman.pid" 40
   rm -f "$sock"
+  # The runroot holds only run-time state; it goes unless something is still mounted under it.
+  if [[ -d "$runroot" ]] && ! grep -q " $runroot/" /proc/mounts; then rm -rf "$runroot"; fi
   # Podman's cgroupfs manager leaves empty libpod_parent folders in every v1 hierarchy; rmdir removes only empty ones.
   find /sys/fs/cgroup/*/libpod_parent -depth -type d -exec rmdir {} + 2>/dev/null || true
 }
