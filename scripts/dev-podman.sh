@@ -45,7 +45,13 @@ load_image() {
 
 start() {
   command -v podman >/dev/null || bash "$(dirname "$0")/install-packages.sh" podman
+  # A store made with another runroot (an older layout of this script) refuses to open ("database configuration
+  # mismatch"): it holds only the test image, so it is made again, unless something is still mounted from it.
+  if [[ -d "$dir/root" && "$(cat "$dir/runroot.path" 2>/dev/null)" != "$runroot" ]] && ! grep -q " $dir/root/" /proc/mounts; then
+    rm -rf "$dir/root"
+  fi
   mkdir -p "$dir/root" "$runroot"
+  printf '%s\n' "$runroot" > "$dir/runroot.path"
   # Keep soft == hard: podman 4.3's compat create swaps unequal ones and runc then refuses them.
   # no-conmon: conmon (and the `podman container cleanup` it starts at the end) stay out of the container's cgroup
   # parent; otherwise they start in <CgroupParent>/conmon, under the task's memory limit (the docker launcher moves
