@@ -122,7 +122,8 @@ struct StatusCommand: AsyncParsableCommand {
               let now = NodeStatusFile.modified(configPath) else { return nil }
         let loadedPath = NodeConfig.absolutePath(s.configPath)
         guard loadedPath == NodeConfig.absolutePath(configPath) else { return nil }
-        if let loaded = s.configModified, now <= loaded { return nil }
+        // The status file keeps milliseconds: a file changed later than that is newer.
+        if let loaded = s.configModified, now.timeIntervalSince(loaded) < 0.001 { return nil }
         return "the configuration file \(configPath) changed (\(FEMTime.format(now))) after the running daemon (pid "
             + "\(s.pid)) loaded it (\(FEMTime.format(s.configLoadedAt))): send SIGHUP (systemctl reload fem-client) "
             + "to apply it"

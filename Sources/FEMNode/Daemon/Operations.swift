@@ -134,16 +134,16 @@ final class Operations: Sendable {
         if let why = systemd.send(message) { logger.warning("systemd notification failed: \(why)") }
     }
 
+    /// Under the lock: writers share one temporary file, and the last snapshot taken is the one left in place.
     private func write() {
-        let status = state.withLock { s -> NodeStatusFile in
+        state.withLock { s in
             s.status.writtenAt = Date()
-            return s.status
-        }
-        guard let body = try? Self.encoder.encode(status) else { return }
-        do {
-            try Posix.writeFileAtomically(path, Array(body) + [0x0A], mode: 0o644)
-        } catch {
-            logger.debug("cannot write the status file \(path): \(error)")
+            guard let body = try? Self.encoder.encode(s.status) else { return }
+            do {
+                try Posix.writeFileAtomically(path, Array(body) + [0x0A], mode: 0o644)
+            } catch {
+                logger.debug("cannot write the status file \(path): \(error)")
+            }
         }
     }
 
