@@ -93,7 +93,12 @@ final class Operations: Sendable {
             s.ready = true
             return true
         }
-        if first { notify("READY=1\nSTATUS=connected to the broker; taking tasks") }
+        if first {
+            notify("READY=1\nSTATUS=connected to the broker; taking tasks")
+        } else {
+            notify(connected ? "STATUS=connected to the broker again; taking tasks"
+                   : "STATUS=lost the broker connection; reconnecting")
+        }
         write()
     }
 
