@@ -94,6 +94,8 @@ struct NodeApplication: Sendable {
     /// the watchers stop, then the receiver stops consuming, and the publisher, last, sends what the journal holds.
     var services: [ServiceGroupConfiguration.ServiceConfiguration] {
         var list: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            // SIGHUP (log reopen, config reload): first, so it is handled until the very end of a stop.
+            .init(service: HangupService(app: self)),
             .init(service: PublisherService(publisher: publisher, logger: logger)),
             .init(service: ReceiverService(receiver: receiver, source: source)),
             .init(service: EveryService(name: "heartbeat", interval: .seconds(config.heartbeatSeconds)) { [self] in
@@ -111,7 +113,6 @@ struct NodeApplication: Sendable {
                 await checkDisk()
             }),
             .init(service: SecondSignalService(logger: logger), failureTerminationBehavior: .cancelGroup),
-            .init(service: HangupService(app: self)),
             .init(service: RunnerService(app: self)),
         ]
         // systemd's watchdog: first, so the graceful shutdown reaches it last (it pings through the drain).

@@ -216,7 +216,11 @@ struct ConfigReload: Sendable {
         let old = live.value
         let loaded: NodeConfig
         do {
-            loaded = try NodeConfig.load(path: old.source, environment: ProcessInfo.processInfo.environment)
+            // Files, users and cgroups are read: blocking, so on the pool.
+            let source = old.source
+            loaded = try await offload("config-reload") {
+                try NodeConfig.load(path: source, environment: ProcessInfo.processInfo.environment)
+            }
         } catch let e as ConfigError {
             let problems = e.problems.joined(separator: "; ")
             logger.error("config reload refused: \(old.source) is not valid (\(problems)); the running configuration is kept")
