@@ -261,6 +261,63 @@ struct OperationsTests {
         #expect(op.finalState(of: Tasks.id(fourth))?.state == .declined)
         node.stop()
     }
+
+    @Test func hupReloadsTheTaskFileAllowlist() throws {
+        let web = try TestEnv.webDir()
+        let dir = "reload-\(UUID().uuidString.prefix(6))"
+        let file = "\(web)/files/\(dir)/a.txt"
+        try FileManager.default.createDirectory(atPath: "\(web)/files/\(dir)", withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        try "alpha\n".write(toFile: file, atomically: true, encoding: .utf8)
+        chmod(file, 0o644)
+        defer { try? FileManager.default.removeItem(atPath: "\(web)/files/\(dir)") }
+        var h = SHA256()
+        h.update(Array("alpha\n".utf8))
+        let sha = h.finalizeHex()
+        let node = try TestNode("reload-files", extra: """
+            \(TestNode.hostProcesses)
+            [stage_in]
+            file_allowed_urls = ["https://localhost:18443/files/"]
+            ca_file = "\(web)/ca.pem"
+            [credentials.files-login]
+            username = "fem-files"
+            password_file = "\(web)/password-fem-files"
+            urls = ["http://127.0.0.1:18080/files/", "https://localhost:18443/files/"]
+            """)
+        try node.start()
+        let op = try Operator(node: node)
+        func task() -> [String: JSONValue] {
+            var t = Tasks.task(["/bin/sh", "-c", "cat \"$FEM_SRC_DIR\"/a.txt"])
+            if case .object(var plan)? = t["plan"] {
+                plan["source"] = .object(["files": .array([.object([
+                    "url": .string("http://127.0.0.1:18080/files/\(dir)/a.txt"), "path": "a.txt",
+                    "sha256": .string(sha), "credentials": "files-login"])])])
+                t["plan"] = .object(plan)
+            }
+            return t
+        }
+        let before = task()
+        try op.submit(before)
+        try op.waitForFinal([Tasks.id(before)])
+        let declined = try #require(op.finalState(of: Tasks.id(before)))
+        #expect(declined.state == .declined)
+        #expect(declined.detail.message?.contains("is not allowed on this node") == true, "\(declined.detail)")
+
+        try node.editConfig {
+            $0.replacingOccurrences(of: #"file_allowed_urls = ["https://localhost:18443/files/"]"#,
+                                    with: #"file_allowed_urls = ["https://localhost:18443/files/", "http://127.0.0.1:18080/files/"]"#)
+        }
+        guard let pid = node.pid else { throw HarnessError("the daemon is not running") }
+        Glibc.kill(pid, SIGHUP)
+        try eventually("the reload's log line") { node.log.contains("stage_in.file_allowed_urls") }
+        let after = task()
+        try op.submit(after)
+        try op.waitForFinal([Tasks.id(after)])
+        #expect(op.finalState(of: Tasks.id(after))?.state == .completed, "\(op.events(of: Tasks.id(after)).map(\.detail))")
+        let stdout = try String(contentsOfFile: "\(node.dir)/var/sandboxes/\(Tasks.id(after))/logs/stdout.log", encoding: .utf8)
+        #expect(stdout == "alpha\n")
+        node.stop()
+    }
 }
 
 /// The systemd side of `NOTIFY_SOCKET`: an abstract unix datagram socket read by a thread, which notes for each
