@@ -29,6 +29,9 @@ echo "install.sh: done; binaries in $(swift build -c release --show-bin-path)"
 
 if $service; then
   unit=${FEM_SYSTEMD_DIR:-/etc/systemd/system}/fem-client.service
+  if [[ ! -w $(dirname "$unit") ]]; then
+    echo "install.sh: cannot write $(dirname "$unit"): run install.sh --service as root" >&2; exit 1
+  fi
   bash scripts/service-unit.sh --bin "$(swift build -c release --show-bin-path)/fem-client" \
     --config "$(pwd)/config/fem-client.toml" --dir "$(pwd)" > "$unit.part"
   mv "$unit.part" "$unit"

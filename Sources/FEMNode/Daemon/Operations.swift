@@ -70,7 +70,8 @@ final class Operations: Sendable {
         let now = Date()
         state = Mutex(State(status: NodeStatusFile(
             pid: Posix.processID, nodeID: config.nodeID, version: FEMVersion.string,
-            protocolVersion: TaskEvent.schemaVersion, startedAt: now, configPath: config.source, configLoadedAt: now,
+            protocolVersion: TaskEvent.schemaVersion, startedAt: now, configPath: NodeConfig.absolutePath(config.source),
+            configLoadedAt: now,
             configModified: NodeStatusFile.modified(config.source), broker: broker, brokerConnected: false,
             brokerConnectedSince: nil, brokerDisconnectedSince: now, lastHeartbeat: nil,
             heartbeatInterval: config.heartbeatSeconds, running: 0, queued: 0, awaitingApproval: 0,
