@@ -21,6 +21,7 @@ stop=$(( ${drain:-30} + ${grace:-10} + 20 ))
 sed -e "s|^ExecStart=.*|ExecStart=$bin daemon --config $config|" \
     -e "s|^WorkingDirectory=.*|WorkingDirectory=$dir|" \
     -e "s|^ReadWritePaths=.*|ReadWritePaths=$dir|" \
+    -e "/^StateDirectory/d" -e "/^LogsDirectory=/d" \
     -e "s|^TimeoutStopSec=.*|TimeoutStopSec=$stop|" \
     -e "s|^Documentation=.*|Documentation=file://$root/docs/operations.md|" \
     "$root/config/fem-client.service"

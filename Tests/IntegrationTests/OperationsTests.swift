@@ -32,6 +32,14 @@ struct OperationsTests {
         let verify = try Shell.run(["/usr/bin/systemd-analyze", "verify", unit])
         #expect(verify.status == 0, "systemd-analyze verify: \(verify.output)")
         #expect(!verify.output.contains("Unknown key"), "\(verify.output)")
+        // The unit as shipped (a package's paths), with only the binary put where verify can find it.
+        let shipped = try String(contentsOfFile: "\(TestEnv.repoRoot)/config/fem-client.service", encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: "\(dir)/shipped", withIntermediateDirectories: true)
+        try shipped.replacingOccurrences(of: "ExecStart=/usr/local/bin/fem-client",
+                                         with: "ExecStart=\(try TestEnv.binary("fem-client"))")
+            .write(toFile: "\(dir)/shipped/fem-client.service", atomically: true, encoding: .utf8)
+        let verifyShipped = try Shell.run(["/usr/bin/systemd-analyze", "verify", "\(dir)/shipped/fem-client.service"])
+        #expect(verifyShipped.status == 0, "systemd-analyze verify (shipped): \(verifyShipped.output)")
     }
 
     @Test func readyOnlyAfterTheBrokerThenStoppingAndWatchdogPings() throws {
