@@ -24,11 +24,7 @@ struct ConfigOption: ParsableArguments {
     var config: String = ProcessInfo.processInfo.environment["FEM_CONFIG"] ?? "config/fem-client.toml"
 
     func load() throws -> NodeConfig {
-        do {
-            return try NodeConfig.load(path: config, environment: ProcessInfo.processInfo.environment)
-        } catch let e as ConfigError {
-            throw ValidationError(e.description)
-        }
+        try loadConfig()
     }
 }
 
@@ -52,6 +48,10 @@ extension FEMClientCommand {
         func run() async throws {
             var failures: [String] = []
             let config: NodeConfig
+            if let why = ConfigOption.unreadable(options.config) {
+                print("FAIL  \(why)")
+                throw ExitCode(1)
+            }
             do {
                 config = try NodeConfig.load(path: options.config,
                                              environment: ProcessInfo.processInfo.environment)
@@ -203,12 +203,12 @@ extension FEMClientCommand {
 
         func run() async throws {
             let config = try options.load()
-            let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+            let journal = try config.openJournal()
             var states: Set<TaskState>?
             if !state.isEmpty {
                 states = Set(try state.map {
                     guard let s = TaskState(rawValue: $0) else {
-                        throw ValidationError("--state: \"\($0)\" is not one of "
+                        throw CommandFailure.invalid("--state: \"\($0)\" is not one of "
                                               + TaskState.allCases.map(\.rawValue).joined(separator: ", "))
                     }
                     return s
@@ -233,9 +233,9 @@ extension FEMClientCommand {
 
         func run() async throws {
             let config = try options.load()
-            let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+            let journal = try config.openJournal()
             guard let rec = try journal.task(taskID) else {
-                throw ValidationError("task \(taskID) is not in the journal at \(config.journalPath)")
+                throw CommandFailure("task \(taskID) is not in the journal at \(config.journalPath)")
             }
             let history = try journal.history(taskID)
             if json {
