@@ -2,6 +2,7 @@ import ArgumentParser
 import FEMCore
 import FEMJournal
 import FEMLaunchers
+import FEMSystem
 import Foundation
 import Logging
 import Synchronization
@@ -216,6 +217,11 @@ enum LocalNode {
             }
         } else {
             config = try NodeConfig.local()
+            // Said once, on stderr: a --config with a typo would otherwise run with other settings than meant.
+            let full = NodeConfig.absolutePath(path)
+            let note = "note: no configuration file \(path)\(full == path ? "" : " (\(full))"): using the built-in local "
+                + "defaults (process launcher for /bin/sh, /bin/bash, /usr/bin/python3, /usr/bin/Rscript; no datasets)\n"
+            try? FileWriter.writeAll(2, Array(note.utf8))
         }
         if let workDir { config.workDir = NodeConfig.absolutePath(workDir) }
         config.workDir = NodeConfig.absolutePath(config.workDir)
