@@ -114,6 +114,15 @@ extension FEMClientCommand {
             if let g = rendered.gpus { limits.append("gpus \(g)") }
             if let s = rendered.storageMB { limits.append("storage \(s) MB") }
             print("limits       \(limits.joined(separator: ", "))")
+            if task.plan.constraints != nil || task.constraints != nil {
+                // This node's attributes, computed here as the daemon computes them.
+                let attributes = await NodeFingerprint(config: config, launchers: registry.names).refresh()
+                let verdict = task.constraintVerdict(on: attributes)
+                print("constraints  " + [task.plan.constraints.map { "plan: \($0)" }, task.constraints.map { "task: \($0)" }]
+                        .compactMap { $0 }.joined(separator: "; "))
+                print(verdict.matched ? "             this node (\(config.nodeID)) matches"
+                        : "             this node (\(config.nodeID)) does NOT match: \(verdict.reason ?? "")")
+            }
         }
 
         func quote(_ s: String) -> String {

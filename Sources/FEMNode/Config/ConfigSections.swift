@@ -1,3 +1,4 @@
+import FEMCore
 import Foundation
 import TOMLKit
 
@@ -115,12 +116,15 @@ struct NodeSection: Codable, Sendable {
     var stopGrace = 10
     var minFreeMB = 256
     var drainSeconds = 30
+    /// `[node.labels]`: key = string, number, boolean or a list of them.
+    var labels: [String: AttributeValue] = [:]
 
     enum CodingKeys: String, CodingKey {
         case id, name, workDir = "work_dir", logFile = "log_file", maxConcurrentTasks = "max_concurrent_tasks",
              heartbeatInterval = "heartbeat_interval", defaultTimeout = "default_timeout", maxTimeout = "max_timeout",
              allowTimeoutAbovePlan = "allow_timeout_above_plan", stopGrace = "stop_grace", minFreeMB = "min_free_mb",
              drainSeconds = "drain_seconds"
+        case labels
     }
 
     init() {}
@@ -140,6 +144,45 @@ struct NodeSection: Codable, Sendable {
         stopGrace = r.value(c, .stopGrace) ?? stopGrace
         minFreeMB = r.value(c, .minFreeMB) ?? minFreeMB
         drainSeconds = r.value(c, .drainSeconds) ?? drainSeconds
+        labels = Self.labels(c, r)
+    }
+
+    /// `[node.labels]`, each value a string, a number, a boolean or a list of those (a problem names the key).
+    static func labels(_ c: KeyedDecodingContainer<CodingKeys>, _ r: ConfigReading) -> [String: AttributeValue] {
+        let path = c.codingPath + [CodingKeys.labels]
+        r.markKnown(ConfigReading.name(path))
+        guard c.contains(.labels) else { return [:] }
+        guard let table = r.rawValue(at: path)?.table else {
+            r.note("node.labels: expected a table ([node.labels]) of key = value")
+            return [:]
+        }
+        func scalar(_ v: any TOMLValueConvertible) -> AttributeValue? {
+            if let b = v.bool { return .bool(b) }
+            if let i = v.int { return .number(Double(i)) }
+            if let d = v.double, d.isFinite { return .number(d) }
+            if let s = v.string { return .string(s) }
+            return nil
+        }
+        var labels: [String: AttributeValue] = [:]
+        for key in table.keys.sorted() {
+            guard let value = table[key] else { continue }
+            if let s = scalar(value) {
+                labels[key] = s
+            } else if let array = value.array {
+                var items: [AttributeValue] = []
+                for (i, item) in array.enumerated() {
+                    guard let s = scalar(item) else {
+                        r.note("node.labels.\(key)[\(i)]: expected a string, number or boolean, got \(item.type)")
+                        continue
+                    }
+                    items.append(s)
+                }
+                labels[key] = .list(items)
+            } else {
+                r.note("node.labels.\(key): expected a string, number, boolean or a list of them, got \(value.type)")
+            }
+        }
+        return labels
     }
 
     func validate(_ v: inout ConfigValidator) {
@@ -151,6 +194,7 @@ struct NodeSection: Codable, Sendable {
         v.range(k(.stopGrace), stopGrace, 0...3600)
         v.range(k(.minFreeMB), minFreeMB, 0...(1 << 30))
         v.range(k(.drainSeconds), drainSeconds, 0...86_400)
+        v.labels(labels)
     }
 }
 

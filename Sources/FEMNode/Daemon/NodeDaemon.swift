@@ -33,6 +33,8 @@ struct NodeApplication: Sendable {
     let disk: DiskWatch
     let admission: Admission
     let endpoint: AMQPEndpoint
+    /// The node's attributes, for constraints and heartbeats.
+    let fingerprint: NodeFingerprint
 
     init(config: NodeConfig) throws {
         self.config = config
@@ -66,12 +68,15 @@ struct NodeApplication: Sendable {
         }
         let admission = Admission(disk: disk)
         self.admission = admission
+        let fingerprint = NodeFingerprint(config: config, launchers: node.registry.names)
+        self.fingerprint = fingerprint
         source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
                                 maxMessageBytes: config.maxMessageBytes, logger: logger)
         receiver = Receiver(nodeID: config.nodeID, maxMessageBytes: config.maxMessageBytes, journal: node.journal,
                             runner: node.runner, logger: logger, admission: { admission.refusal },
                             notify: { reason, message, data in notices.send(reason, message, data) },
-                            orchestrators: Set(config.orchestrators)) { publisher.wake() }
+                            orchestrators: Set(config.orchestrators),
+                            attributes: { fingerprint.current }) { publisher.wake() }
     }
 
     /// Started in this order and shut down in the reverse one: the runner drains first (the receiver still reads
@@ -106,6 +111,7 @@ struct NodeApplication: Sendable {
             fem-client \(FEMVersion.string) starting: node \(config.nodeID), broker \(endpoint), launchers \(launchers), \
             work dir \(config.workDir), up to \(config.maxConcurrentTasks) tasks at once
             """)
+        await fingerprint.refresh()
         await node.runner.recover()
         if config.enabledLaunchers.contains("docker") {
             // Docker API calls: blocking, so on the pool.
@@ -126,8 +132,9 @@ struct NodeApplication: Sendable {
     }
 
     func sendHeartbeat() async {
-        let beat = await node.heartbeat(version: FEMVersion.string, pressure: admission.refusal,
+        var beat = await node.heartbeat(version: FEMVersion.string, pressure: admission.refusal,
                                         draining: admission.draining)
+        beat.attributes = await fingerprint.refresh()
         if let body = try? JSONEncoder.fem.encode(beat) {
             publisher.publishHeartbeat(routingKey: beat.routingKey, body: body)
         }
