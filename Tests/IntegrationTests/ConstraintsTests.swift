@@ -1,0 +1,85 @@
+import FEMCore
+import FEMSystem
+import Foundation
+import Testing
+
+/// Selection criteria through the real daemon and broker: a node with `[node.labels]` runs the tasks whose
+/// constraints it meets, declines (naming the attribute and both values) those it does not, declines an expression
+/// it cannot read (naming `constraints` and the column), and advertises its attributes in its heartbeat.
+@Suite(.serialized)
+struct ConstraintsTests {
+    static let labelled = TestNode.hostProcesses + """
+
+        [node.labels]
+        site = "hospital-a"
+        sensors = ["camera"]
+        """
+
+    static func task(constraints: String?, planConstraints: String? = nil) -> [String: JSONValue] {
+        var t = Tasks.task(["/bin/echo", "ran"])
+        if let constraints { t["constraints"] = .string(constraints) }
+        if let planConstraints, case .object(var p)? = t["plan"] {
+            p["constraints"] = .string(planConstraints)
+            t["plan"] = .object(p)
+        }
+        return t
+    }
+
+    @Test func matchingTaskRunsOthersAreDeclinedWithWhy() throws {
+        let node = try TestNode("constraints", extra: Self.labelled)
+        try node.start()
+        let op = try Operator(node: node)
+        let matching = Self.task(constraints: #""camera" in labels.sensors and labels.site == "hospital-a""#,
+                                 planConstraints: "cpus >= 0.01 and version(version) >= \"0.0.1\"")
+        let otherSite = Self.task(constraints: #"labels.site == "hospital-b""#)
+        let planMismatch = Self.task(constraints: nil, planConstraints: #""lidar" in labels.sensors"#)
+        let malformed = Self.task(constraints: #"labels.site == "hospital-a" and and cpus > 1"#)
+        let missing = Self.task(constraints: #"labels.room == "b12""#)
+        for t in [matching, otherSite, planMismatch, malformed, missing] { try op.submit(t) }
+        try op.waitForFinal([matching, otherSite, planMismatch, malformed, missing].map(Tasks.id))
+
+        #expect(op.finalState(of: Tasks.id(matching))?.state == .completed)
+        for t in [otherSite, planMismatch, malformed, missing] {
+            let states = op.events(of: Tasks.id(t)).filter { $0.kind == .state }.map(\.state)
+            #expect(states == [.received, .declined], "\(Tasks.id(t)): \(states)")
+            // Declined before any stage-in: no sandbox was made.
+            #expect(!FileManager.default.fileExists(atPath: "\(node.dir)/var/sandboxes/\(Tasks.id(t))"))
+        }
+        func reason(_ t: [String: JSONValue]) -> String { op.finalState(of: Tasks.id(t))?.detail.message ?? "" }
+        #expect(reason(otherSite) == #"constraints not met by this node: labels.site == "hospital-b" is false: "#
+                + #"labels.site is "hospital-a""#)
+        #expect(reason(planMismatch) == #"plan.constraints not met by this node: "lidar" in labels.sensors is false: "#
+                + #"labels.sensors is ["camera"]"#)
+        #expect(reason(malformed) == #"constraints cannot be read: column 33: expected an operand (a value, an "#
+                + #"attribute or "("), found "and""#)
+        #expect(reason(missing).contains("labels.room is not set on this node"), "\(reason(missing))")
+        #expect(node.log.contains("task=\(Tasks.id(otherSite)) declined: constraints not met"))
+
+        // The heartbeat advertises the attributes, labels included.
+        try op.waitFor("a heartbeat with attributes", timeout: 15) { _ in op.heartbeats.contains { $0.attributes != nil } }
+        let attributes = try #require(op.heartbeats.last { $0.attributes != nil }?.attributes)
+        #expect(attributes["labels.site"] == .string("hospital-a"))
+        #expect(attributes["labels.sensors"] == .list([.string("camera")]))
+        #expect(attributes["node_id"] == .string(node.id) && attributes["launchers"] == .list([.string("process")]))
+        #expect(attributes["version"] == .string(FEMVersion.string))
+        for key in ["cpus", "memory_mb", "gpus", "disk_free_mb", "arch", "kernel"] {
+            #expect(attributes[key] != nil, "the heartbeat's attributes lack \(key): \(attributes)")
+        }
+    }
+
+    @Test func renderSaysWhetherThisNodeMatchesAndWhyNot() throws {
+        let node = try TestNode("constraints-render", extra: Self.labelled)
+        let file = "\(node.dir)/task.json"
+        let t = Self.task(constraints: #"labels.site == "hospital-b""#, planConstraints: #""camera" in labels.sensors"#)
+        try String(decoding: JSONValue.object(t).encoded(), as: UTF8.self).write(toFile: file, atomically: true, encoding: .utf8)
+        let out = try node.run(["render", file])
+        #expect(out.status == 0, "\(out.output)")
+        #expect(out.output.contains(#"this node (\#(node.id)) does NOT match: constraints not met by this node: "#
+                                    + #"labels.site == "hospital-b" is false: labels.site is "hospital-a""#), "\(out.output)")
+        var ok = t
+        ok["constraints"] = .string(#"labels.site == "hospital-a""#)
+        try String(decoding: JSONValue.object(ok).encoded(), as: UTF8.self).write(toFile: file, atomically: true, encoding: .utf8)
+        let matched = try node.run(["render", file])
+        #expect(matched.output.contains("this node (\(node.id)) matches"), "\(matched.output)")
+    }
+}
