@@ -81,5 +81,12 @@ struct ConstraintsTests {
         try String(decoding: JSONValue.object(ok).encoded(), as: UTF8.self).write(toFile: file, atomically: true, encoding: .utf8)
         let matched = try node.run(["render", file])
         #expect(matched.output.contains("this node (\(node.id)) matches"), "\(matched.output)")
+        // `validate` reads the expressions, so an author sees a syntax error before sending the task.
+        var bad = t
+        bad["constraints"] = .string(#"labels.site = "hospital-a""#)
+        try String(decoding: JSONValue.object(bad).encoded(), as: UTF8.self).write(toFile: file, atomically: true, encoding: .utf8)
+        let invalid = try Shell.run([try TestEnv.binary("fem-client"), "validate", file])
+        #expect(invalid.status == 1 && invalid.output.contains(
+            #"constraints: column 13: expected "==" (a single "=" is not an operator)"#), "\(invalid.output)")
     }
 }

@@ -44,10 +44,21 @@ extension FEMClientCommand {
             do {
                 let doc = try DocumentReader.readAny(value)
                 let what: String
+                var constraints: [(String, String?)] = []
                 switch doc {
-                case .plan(let p): what = "plan \(p.id) \(p.version) (\(p.launcher))"
-                case .task(let t): what = "task for plan \(t.plan.id) \(t.plan.version), execution \(t.executionID)"
+                case .plan(let p):
+                    what = "plan \(p.id) \(p.version) (\(p.launcher))"
+                    constraints = [("plan.constraints", p.constraints)]
+                case .task(let t):
+                    what = "task for plan \(t.plan.id) \(t.plan.version), execution \(t.executionID)"
+                    constraints = [("plan.constraints", t.plan.constraints), ("constraints", t.constraints)]
                 }
+                // A node declines a task whose expression it cannot read: say so here, before it is sent.
+                var unreadable: [ValidationIssue] = []
+                for case let (path, text?) in constraints {
+                    do { _ = try ConstraintExpression.parse(text) } catch { unreadable.append(ValidationIssue(path, "\(error)")) }
+                }
+                if !unreadable.isEmpty { throw FEMCore.ValidationError(unreadable) }
                 if json {
                     print(#"{"errors":[],"valid":true}"#)
                 } else {
