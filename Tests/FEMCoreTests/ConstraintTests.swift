@@ -263,6 +263,23 @@ struct ConstraintTests {
         #expect(parseError(deep)?.message.contains("groups nested deeper than 32") == true)
     }
 
+    @Test func documentedExamplesParse() throws {
+        // docs/templates/README.md, "Constraints".
+        for text in [#""camera" in labels.sensors"#, #"labels.site == "hospital-a" or labels.site == "hospital-c""#,
+                     #"gpus >= 1 and gpu_model =~ "A100""#, #"version(version) >= "0.5" and "docker" in launchers"#,
+                     #"memory_mb >= 16000 and cpus >= 4 and os == "ubuntu" and version(os_version) >= "22.04""#,
+                     #""cohort-a" in datasets and not labels.maintenance"#,
+                     #"gpus >= 1 and gpu_model =~ "A100|H100" and "camera" in labels.sensors"#,
+                     #"not defined(labels.tags) or "x" in labels.tags"#,
+                     #"version(labels.driver) < version("550.54")"#] {
+            #expect(throws: Never.self, "\(text)") { _ = try ConstraintExpression.parse(text) }
+        }
+        // The JSON example's string, once JSON has read it.
+        let json = try JSONValue.parse(Data(#"{"constraints": "version =~ \"^\\\\d+\\\\.\""}"#.utf8))
+        let text = try #require(json["constraints"]?.stringValue)
+        #expect(try ConstraintExpression.parse(text).evaluate(node).matched)
+    }
+
     @Test func attributesEncodeAsAFlatObject() throws {
         let a = NodeAttributes(["cpus": .number(4), "load": .number(0.5), "labels.ok": .bool(true),
                                 "labels.tags": .list([.string("x"), .number(1)])])
