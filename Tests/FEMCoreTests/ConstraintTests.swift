@@ -152,6 +152,14 @@ struct ConstraintTests {
         #expect(verdict("cpus >= 4").reason == nil && verdict("cpus >= 4").matched)
     }
 
+    @Test func reasonsAreOneLineAndBounded() {
+        #expect(verdict("cpus\n  >=\t16").reason == "cpus >= 16 is false: cpus is 8")
+        #expect(verdict("labels.site == \"a  b\"").reason == "labels.site == \"a  b\" is false: labels.site is \"hospital-a\"")
+        let many = (0..<250).map { "cpus == \($0 + 100)" }.joined(separator: " or ")
+        let v = verdict(many)
+        #expect(!v.matched && (v.reason?.count ?? 0) <= ConstraintExpression.maxReasonLength + 1 && v.reason?.hasSuffix("…") == true)
+    }
+
     @Test func missingAttributeIsNotMatchedAndNamed() {
         let v = verdict("labels.room == \"b12\"")
         #expect(!v.matched && v.reason == "labels.room is not set on this node (in labels.room == \"b12\")")
@@ -207,6 +215,8 @@ struct ConstraintTests {
             ("version(\"1\" > 0", 16, "expected \")\" to close version("),
             ("cpus == 4 ; rm", 11, "unexpected character \";\""),
             ("cpus == 4 and", 14, "found the end of the expression"),
+            ("labels.site == \"a\u{1b}[31m\"", 18, "control or formatting character (U+1B)"),
+            ("labels.site == \"a\u{202e}b\"", 18, "control or formatting character (U+202E)"),
         ]
         for (text, column, message) in cases {
             guard let e = parseError(text) else { continue }
@@ -282,6 +292,7 @@ struct ConstraintTests {
 
     @Test func attributesEncodeAsAFlatObject() throws {
         let a = NodeAttributes(["cpus": .number(4), "load": .number(0.5), "labels.ok": .bool(true),
+                                "gpus": .number(1), "zero": .number(0), "off": .bool(false),
                                 "labels.tags": .list([.string("x"), .number(1)])])
         let data = try JSONEncoder().encode(a)
         let text = String(decoding: data, as: UTF8.self)

@@ -33,10 +33,15 @@ public struct ConstraintExpression: Sendable {
         return ConstraintExpression(text: text, root: root)
     }
 
+    /// The longest reason given (a long `or` lists every alternative's): past it, cut with "…".
+    public static let maxReasonLength = 2000
+
     public func evaluate(_ attributes: NodeAttributes) -> ConstraintVerdict {
         switch Evaluator(attributes: attributes).test(root) {
-        case .yes: ConstraintVerdict(matched: true, reason: nil)
-        case .no(let why), .error(let why): ConstraintVerdict(matched: false, reason: why)
+        case .yes: return ConstraintVerdict(matched: true, reason: nil)
+        case .no(let why), .error(let why):
+            let reason = why.count > Self.maxReasonLength ? why.prefix(Self.maxReasonLength) + "…" : why
+            return ConstraintVerdict(matched: false, reason: reason)
         }
     }
 }
@@ -148,6 +153,11 @@ struct Lexer {
             let c = s[i]
             if c == quote { i += 1; return String(value) }
             if c == "\n" { throw error("a string cannot span lines; expected \(quote)", at: i) }
+            if c.value < 0x20 || c.value == 0x7F || (0x80...0x9F).contains(c.value) || c.properties.generalCategory == .format {
+                // Never copied raw into a reason, an event or the log.
+                throw error("a control or formatting character (U+\(String(c.value, radix: 16, uppercase: true))) in a "
+                            + "string; write it as \\uXXXX", at: i)
+            }
             if c == "\\" {
                 guard i + 1 < s.count else { throw error("expected an escaped character after \"\\\"", at: i) }
                 let e = s[i + 1]
@@ -372,9 +382,26 @@ struct Parser {
 
     var current: Token { tokens[k] }
 
+    /// The source of what was read since `start`, each run of whitespace one space (for one-line reasons).
     func text(from start: Int) -> String {
         let end = tokens[max(k - 1, 0)].end
-        return String(String.UnicodeScalarView(source[start..<max(end, start)]))
+        var out = String.UnicodeScalarView()
+        var inString: Unicode.Scalar?
+        var escaped = false
+        for c in source[start..<max(end, start)] {
+            if let q = inString {
+                if escaped { escaped = false } else if c == "\\" { escaped = true } else if c == q { inString = nil }
+                out.append(c)
+            } else if c == "\"" || c == "'" {
+                inString = c
+                out.append(c)
+            } else if c == " " || c == "\t" || c == "\n" || c == "\r" {
+                if out.last != " " { out.append(" ") }
+            } else {
+                out.append(c)
+            }
+        }
+        return String(out)
     }
 
     func error(_ message: String, at token: Token? = nil) -> ConstraintError {
