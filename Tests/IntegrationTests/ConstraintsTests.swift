@@ -35,11 +35,16 @@ struct ConstraintsTests {
         let planMismatch = Self.task(constraints: nil, planConstraints: #""lidar" in labels.sensors"#)
         let malformed = Self.task(constraints: #"labels.site == "hospital-a" and and cpus > 1"#)
         let missing = Self.task(constraints: #"labels.room == "b12""#)
-        for t in [matching, otherSite, planMismatch, malformed, missing] { try op.submit(t) }
-        try op.waitForFinal([matching, otherSite, planMismatch, malformed, missing].map(Tasks.id))
+        // Hostile input ends at once: nesting past the limit is declined, an expression past 4096 bytes rejected.
+        let deep = Self.task(constraints: String(repeating: "(", count: 2000) + "true" + String(repeating: ")", count: 2000))
+        let huge = Self.task(constraints: "labels.site == \"" + String(repeating: "x", count: 5000) + "\"")
+        let pathological = Self.task(constraints: #"labels.site =~ "^(a*)*(h|o|s|p|i|t|a|l|-)*b$""#)
+        let all = [matching, otherSite, planMismatch, malformed, missing, deep, huge, pathological]
+        for t in all { try op.submit(t) }
+        try op.waitForFinal(all.map(Tasks.id))
 
         #expect(op.finalState(of: Tasks.id(matching))?.state == .completed)
-        for t in [otherSite, planMismatch, malformed, missing] {
+        for t in [otherSite, planMismatch, malformed, missing, deep, pathological] {
             let states = op.events(of: Tasks.id(t)).filter { $0.kind == .state }.map(\.state)
             #expect(states == [.received, .declined], "\(Tasks.id(t)): \(states)")
             // Declined before any stage-in: no sandbox was made.
@@ -53,6 +58,10 @@ struct ConstraintsTests {
         #expect(reason(malformed) == #"constraints cannot be read: column 33: expected an operand (a value, an "#
                 + #"attribute or "("), found "and""#)
         #expect(reason(missing).contains("labels.room is not set on this node"), "\(reason(missing))")
+        #expect(reason(deep) == "constraints cannot be read: column 65: the expression is nested deeper than 64 levels")
+        #expect(reason(pathological).hasPrefix(#"constraints not met by this node: labels.site =~ "^(a*)*"#))
+        #expect(op.finalState(of: Tasks.id(huge))?.state == .rejected)
+        #expect(reason(huge).contains("constraints: is 5017 bytes long; the limit is 4096"), "\(reason(huge))")
         #expect(node.log.contains("task=\(Tasks.id(otherSite)) declined: constraints not met"))
 
         // The heartbeat advertises the attributes, labels included.
