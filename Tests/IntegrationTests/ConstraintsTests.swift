@@ -85,6 +85,10 @@ struct ConstraintsTests {
         #expect(out.status == 0, "\(out.output)")
         #expect(out.output.contains(#"this node (\#(node.id)) does NOT match: constraints not met by this node: "#
                                     + #"labels.site == "hospital-b" is false: labels.site is "hospital-a""#), "\(out.output)")
+        let json = try node.run(["render", file, "--json"])
+        let value = try JSONValue.parse(Data(json.output.utf8))
+        #expect(value["constraints"]?["matched"] == .bool(false) && value["argv"] != nil, "\(json.output)")
+        #expect(value["constraints"]?["reason"]?.stringValue?.hasSuffix(#"labels.site is "hospital-a""#) == true)
         var ok = t
         ok["constraints"] = .string(#"labels.site == "hospital-a""#)
         try String(decoding: JSONValue.object(ok).encoded(), as: UTF8.self).write(toFile: file, atomically: true, encoding: .utf8)

@@ -103,10 +103,27 @@ extension FEMClientCommand {
             } catch {
                 throw ValidationError("cannot render: \(error)")
             }
+            // This node's attributes, computed here as the daemon computes them, when there are constraints to check.
+            var verdict: ConstraintVerdict?
+            if task.plan.constraints != nil || task.constraints != nil {
+                let attributes = await NodeFingerprint(config: config, launchers: registry.names).refresh()
+                verdict = task.constraintVerdict(on: attributes)
+            }
             if json {
                 let e = JSONEncoder.fem
                 e.outputFormatting.insert(.prettyPrinted)
-                print(String(decoding: try e.encode(rendered), as: UTF8.self))
+                var data = try e.encode(rendered)
+                if let verdict, case .object(var object) = try JSONValue.parse(data) {
+                    // Added beside the rendered command: `constraints` {plan, task, matched, reason}.
+                    var c: [String: JSONValue] = ["matched": .bool(verdict.matched)]
+                    c["plan"] = task.plan.constraints.map(JSONValue.string)
+                    c["task"] = task.constraints.map(JSONValue.string)
+                    c["reason"] = verdict.reason.map(JSONValue.string)
+                    object["constraints"] = .object(c)
+                    e.outputFormatting.insert(.sortedKeys)
+                    data = try e.encode(JSONValue.object(object))
+                }
+                print(String(decoding: data, as: UTF8.self))
                 return
             }
             print("launcher     \(rendered.launcher)\(launcher == nil ? "  (not enabled on this node)" : "")")
@@ -125,10 +142,7 @@ extension FEMClientCommand {
             if let g = rendered.gpus { limits.append("gpus \(g)") }
             if let s = rendered.storageMB { limits.append("storage \(s) MB") }
             print("limits       \(limits.joined(separator: ", "))")
-            if task.plan.constraints != nil || task.constraints != nil {
-                // This node's attributes, computed here as the daemon computes them.
-                let attributes = await NodeFingerprint(config: config, launchers: registry.names).refresh()
-                let verdict = task.constraintVerdict(on: attributes)
+            if let verdict {
                 print("constraints  " + [task.plan.constraints.map { "plan: \($0)" }, task.constraints.map { "task: \($0)" }]
                         .compactMap { $0 }.joined(separator: "; "))
                 print(verdict.matched ? "             this node (\(config.nodeID)) matches"
