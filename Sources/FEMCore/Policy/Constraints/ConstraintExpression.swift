@@ -1,3 +1,5 @@
+import Foundation
+
 /// A selection criterion: a boolean expression over a node's attributes (docs/templates/README.md, "Constraints").
 /// Read by a hand-written lexer and recursive-descent parser with limits on length, nesting and list size, so no
 /// input can exhaust the stack or take long; evaluated without any `eval`.
