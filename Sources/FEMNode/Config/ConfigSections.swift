@@ -118,6 +118,11 @@ struct NodeSection: Codable, Sendable {
     var drainSeconds = 30
     /// `[node.labels]`: key = string, number, boolean or a list of them.
     var labels: [String: AttributeValue] = [:]
+    /// receiver.log rotates itself past this size (0: never; logrotate with a SIGHUP instead), keeping `logKeep` files.
+    var logMaxMB = 0
+    var logKeep = 5
+    /// "text" (one readable line) or "json" (one JSON object per line, for log shippers).
+    var logFormat = "text"
 
     enum CodingKeys: String, CodingKey {
         case id, name, workDir = "work_dir", logFile = "log_file", maxConcurrentTasks = "max_concurrent_tasks",
@@ -125,6 +130,7 @@ struct NodeSection: Codable, Sendable {
              allowTimeoutAbovePlan = "allow_timeout_above_plan", stopGrace = "stop_grace", minFreeMB = "min_free_mb",
              drainSeconds = "drain_seconds"
         case labels
+        case logMaxMB = "log_max_mb", logKeep = "log_keep", logFormat = "log_format"
     }
 
     init() {}
@@ -144,6 +150,9 @@ struct NodeSection: Codable, Sendable {
         stopGrace = r.value(c, .stopGrace) ?? stopGrace
         minFreeMB = r.value(c, .minFreeMB) ?? minFreeMB
         drainSeconds = r.value(c, .drainSeconds) ?? drainSeconds
+        logMaxMB = r.value(c, .logMaxMB) ?? logMaxMB
+        logKeep = r.value(c, .logKeep) ?? logKeep
+        logFormat = r.value(c, .logFormat) ?? logFormat
         labels = Self.labels(c, r)
     }
 
@@ -195,6 +204,11 @@ struct NodeSection: Codable, Sendable {
         v.range(k(.minFreeMB), minFreeMB, 0...(1 << 30))
         v.range(k(.drainSeconds), drainSeconds, 0...86_400)
         v.labels(labels)
+        v.range(k(.logMaxMB), logMaxMB, 0...1_048_576)
+        v.range(k(.logKeep), logKeep, 1...100)
+        if !["text", "json"].contains(logFormat) {
+            v.note("\(k(.logFormat)): \"\(logFormat)\" is not one of \"text\", \"json\"")
+        }
     }
 }
 

@@ -8,14 +8,20 @@ import Synchronization
 /// and the config's `[node.labels]` as `labels.<key>`. Computed at start and again before every heartbeat; the
 /// GPU list (from `nvidia-smi`, which can be slow) is read once and kept.
 public final class NodeFingerprint: Sendable {
-    let config: NodeConfig
+    /// The config as it is now (a reload may change labels and datasets).
+    let config: @Sendable () -> NodeConfig
     let launchers: [String]
     private let state = Mutex<(attributes: NodeAttributes, gpus: [String]?)>((NodeAttributes(), nil))
 
-    public init(config: NodeConfig, launchers: [String]) {
+    public convenience init(config: NodeConfig, launchers: [String]) {
+        self.init(config: { config }, launchers: launchers)
+    }
+
+    public init(config: @escaping @Sendable () -> NodeConfig, launchers: [String]) {
         self.config = config
         self.launchers = launchers
-        state.withLock { $0.attributes = compute(gpus: nil) }
+        let first = compute(gpus: nil)
+        state.withLock { $0.attributes = first }
     }
 
     /// The attributes as last computed.
@@ -32,6 +38,7 @@ public final class NodeFingerprint: Sendable {
     }
 
     func compute(gpus: [String]?) -> NodeAttributes {
+        let config = self.config()
         var a = NodeAttributes()
         a["node_id"] = .string(config.nodeID)
         a["version"] = .string(FEMVersion.string)
