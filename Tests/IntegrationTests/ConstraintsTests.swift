@@ -2,6 +2,9 @@ import FEMCore
 import FEMSystem
 import Foundation
 import Testing
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Selection criteria through the real daemon and broker: a node with `[node.labels]` runs the tasks whose
 /// constraints it meets, declines (naming the attribute and both values) those it does not, declines an expression
@@ -73,6 +76,27 @@ struct ConstraintsTests {
         #expect(attributes["version"] == .string(FEMVersion.string))
         for key in ["cpus", "memory_mb", "gpus", "disk_free_mb", "arch", "kernel"] {
             #expect(attributes[key] != nil, "the heartbeat's attributes lack \(key): \(attributes)")
+        }
+    }
+
+    @Test func labelsFollowAConfigReload() throws {
+        let node = try TestNode("constraints-reload", extra: Self.labelled)
+        try node.start()
+        let op = try Operator(node: node)
+        let before = Self.task(constraints: #"labels.site == "hospital-b""#)
+        try op.submit(before)
+        try op.waitForFinal([Tasks.id(before)])
+        #expect(op.finalState(of: Tasks.id(before))?.state == .declined)
+        try node.editConfig { $0.replacingOccurrences(of: #"site = "hospital-a""#, with: #"site = "hospital-b""#) }
+        guard let pid = node.pid else { throw HarnessError("the daemon is not running") }
+        Glibc.kill(pid, SIGHUP)
+        try eventually("the reload's log line") { node.log.contains("node.labels") && node.log.contains("config reloaded") }
+        let after = Self.task(constraints: #"labels.site == "hospital-b""#)
+        try op.submit(after)
+        try op.waitForFinal([Tasks.id(after)])
+        #expect(op.finalState(of: Tasks.id(after))?.state == .completed, "\(op.events(of: Tasks.id(after)))")
+        try op.waitFor("a heartbeat with the new label", timeout: 15) { _ in
+            op.heartbeats.contains { $0.attributes?["labels.site"] == .string("hospital-b") }
         }
     }
 

@@ -24,8 +24,20 @@ public final class NodeFingerprint: Sendable {
         state.withLock { $0.attributes = first }
     }
 
-    /// The attributes as last computed.
-    public var current: NodeAttributes { state.withLock { $0.attributes } }
+    /// The host's attributes as last computed, with the labels and datasets of the config as it is now (a reload
+    /// applies at once, not at the next heartbeat).
+    public var current: NodeAttributes {
+        var a = state.withLock { $0.attributes }
+        Self.apply(config(), to: &a)
+        return a
+    }
+
+    /// What comes from the config: dataset ids and `labels.<key>` (labels no longer configured are removed).
+    static func apply(_ config: NodeConfig, to a: inout NodeAttributes) {
+        a.values = a.values.filter { !$0.key.hasPrefix("labels.") }
+        a["datasets"] = .list(config.datasets.keys.sorted().map(AttributeValue.string))
+        for (key, value) in config.labels { a["labels.\(key)"] = value }
+    }
 
     /// Computes the attributes again (GPUs on the first call only) and returns them.
     @discardableResult
@@ -54,8 +66,7 @@ public final class NodeFingerprint: Sendable {
         a["arch"] = .string(u.machine)
         a["kernel"] = .string(u.release)
         a["launchers"] = .list(launchers.sorted().map(AttributeValue.string))
-        a["datasets"] = .list(config.datasets.keys.sorted().map(AttributeValue.string))
-        for (key, value) in config.labels { a["labels.\(key)"] = value }
+        Self.apply(config, to: &a)
         return a
     }
 
