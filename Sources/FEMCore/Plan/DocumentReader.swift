@@ -46,6 +46,7 @@ public enum DocumentReader {
         let timeout = f.int("timeout_seconds", min: 1)
         let stageOut = stageOut(f.object("stage_out"))
         let flower = flowerTask(f.object("flower"))
+        let priority = f.int("priority", min: -1000, max: 1000)
         f.finish()
         if let plan {
             if paramsReadable { checkParams(params, against: plan, log: log) }
@@ -55,7 +56,8 @@ public enum DocumentReader {
         }
         guard log.issues.isEmpty, let plan, let executionID, let version else { throw ValidationError(log.issues) }
         return TaskSpec(schemaVersion: version, taskID: taskID ?? defaultTaskID(), executionID: executionID, plan: plan,
-                        params: params, timeoutSeconds: timeout, stageOut: stageOut, flower: flower)
+                        params: params, timeoutSeconds: timeout, stageOut: stageOut, flower: flower,
+                        priority: priority)
     }
 
     static func schemaVersion(_ f: Fields, supported: [Int]) -> Int? {
@@ -114,6 +116,7 @@ public enum DocumentReader {
         let network = f.string("network", allowed: NetworkMode.allCases.map(\.rawValue)).flatMap(NetworkMode.init)
         let timeout = f.int("timeout_seconds", min: 1)
         let flower = flowerPlan(f.object("flower"))
+        let priority = f.int("priority", min: -1000, max: 1000)
         f.finish()
 
         if launcher == "docker" && image == nil && f.values["image"] == nil {
@@ -129,7 +132,7 @@ public enum DocumentReader {
         return ToolPlan(schemaVersion: version, id: id, version: toolVersion, description: description,
                         launcher: launcher, image: image, pullPolicy: pull, source: source, command: command, env: env,
                         inputs: inputs, outputs: outputs, resources: resources, network: network ?? .none,
-                        timeoutSeconds: timeout, flower: flower)
+                        timeoutSeconds: timeout, flower: flower, priority: priority)
     }
 
     static func source(_ f: Fields?) -> PlanSource? {

@@ -19,6 +19,8 @@ public struct ToolPlan: Sendable, Equatable {
     public var network: NetworkMode
     public var timeoutSeconds: Int?
     public var flower: FlowerPlan?
+    /// Start order among this node's waiting tasks: higher first, FIFO within one priority (default 0).
+    public var priority: Int? = nil
 }
 
 public enum PullPolicy: String, Sendable, Equatable, CaseIterable {
@@ -112,6 +114,11 @@ public struct TaskSpec: Sendable, Equatable {
     public var timeoutSeconds: Int?
     public var stageOut: StageOutTarget?
     public var flower: FlowerTask?
+    /// Overrides the plan's `priority` for this task.
+    public var priority: Int? = nil
+
+    /// The priority the node queues the task with: the task's, else the plan's, else 0.
+    public var effectivePriority: Int { priority ?? plan.priority ?? 0 }
 }
 
 public struct StageOutTarget: Sendable, Equatable, CustomStringConvertible {
