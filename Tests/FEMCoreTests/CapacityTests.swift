@@ -246,6 +246,45 @@ struct RunnerQueueTests {
         }
     }
 
+    @Test func aTaskDeclinedAtItsStartGivesItsResourcesBack() async throws {
+        let launcher = FakeLauncher(script: .exit(0, after: .zero))
+        launcher.declineReason = "not on this node"
+        let r = runner(launcher)
+        try admit("a", cpus: 2)
+        try admit("b", cpus: 2)
+        await r.enqueue("a")
+        await r.enqueue("b")
+        await r.waitUntilIdle()
+        #expect(try states("a") == [.received, .declined])
+        #expect(try states("b") == [.received, .queued, .declined], "b waited for a's CPUs, then was declined too")
+        #expect(await r.freeCapacity == Self.node)
+    }
+
+    /// Outputs waiting for approval hold no reservation: the next task runs meanwhile.
+    @Test func awaitingApprovalHoldsNoResources() async throws {
+        let launcher = FakeLauncher(script: .exit(0, after: .zero))
+        var s = RunnerSettings(nodeID: "n1", maxConcurrentTasks: 4, stopGrace: .milliseconds(100))
+        s.capacity = Self.node
+        let r = Runner(settings: s, journal: journal, registry: LauncherRegistry([launcher]),
+                       sandboxes: FakeSandboxes(), stageIn: NoStageIn(), stageOut: HoldingStageOut(),
+                       logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }), clock: FastClock())
+        try admit("a", cpus: 2)
+        try admit("b", cpus: 2)
+        await r.enqueue("a")
+        await r.enqueue("b")
+        await r.waitUntilIdle()
+        #expect(try journal.task("a")?.state == .awaitingApproval)
+        #expect(try journal.task("b")?.state == .awaitingApproval)
+        #expect(await r.freeCapacity == Self.node)
+        try journal.markStep("a", Runner.approvalStep, info: "approved")
+        await r.resumeDecided()
+        await r.waitUntilIdle()
+        #expect(try journal.task("a")?.state == .completed)
+        let timings = try #require(TaskTimings(try journal.history("a").last?.detail.data?["timings"]))
+        #expect(timings.approvalMS != nil, "the wait for approval is timed on its own")
+        #expect(await r.freeCapacity == Self.node)
+    }
+
     @Test func cancelledWhileQueuedLetsTheNextStart() async throws {
         let launcher = FakeLauncher(script: .exit(0, after: .milliseconds(100)))
         let r = runner(launcher)
@@ -284,3 +323,16 @@ struct RunnerQueueTests {
         #expect(await r.freeCapacity == Self.node)
     }
 }
+
+/// A stage-out that holds outputs for approval until the journal has a decision.
+struct HoldingStageOut: StageOut {
+    func check(_ target: StageOutTarget?) -> String? { nil }
+    func stageOut(_ job: LaunchJob, record: TaskRecord, outcome: TaskOutcome, reporter: StageReporter) async throws
+        -> StageOutSummary {
+        let decided = reporter.isDone(Runner.approvalStep) != nil
+        var summary = StageOutSummary(files: 1, bytes: 1, location: decided ? "file:///x" : nil)
+        summary.awaitingApproval = !decided
+        return summary
+    }
+}
+
