@@ -285,6 +285,33 @@ struct RunnerQueueTests {
         #expect(await r.freeCapacity == Self.node)
     }
 
+    /// Work a cluster scheduler places (Slurm) uses the cluster's resources: it reserves nothing here, and a request
+    /// bigger than this node goes to the cluster, which judges it.
+    @Test func aClusterLaunchersTasksNeedOnlyASlot() async throws {
+        let fake = FakeLauncher(name: "slurm", script: .exit(0, after: .milliseconds(20)))
+        var s = RunnerSettings(nodeID: "n1", maxConcurrentTasks: 4, stopGrace: .milliseconds(100))
+        s.capacity = Self.node
+        let r = Runner(settings: s, journal: journal, registry: LauncherRegistry([ClusterFakeLauncher(inner: fake)]),
+                       sandboxes: FakeSandboxes(), stageIn: NoStageIn(), stageOut: FakeStageOut(),
+                       logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }), clock: FastClock())
+        for id in ["a", "b"] {
+            var plan: [String: JSONValue] = ["schema_version": 1, "id": "t", "version": "1", "launcher": "slurm",
+                                             "command": .object(["base": .array(["/bin/true"])])]
+            plan["resources"] = .object(["cpus": 48])
+            let doc: JSONValue = .object(["schema_version": 1, "task_id": .string(id), "execution_id": "e",
+                                          "plan": .object(plan)])
+            let spec = try DocumentReader.readTask(doc, requireTaskID: true)
+            _ = try journal.admit(spec, document: doc, at: Date())
+            #expect(await r.admission(for: spec) == .fitsNow)
+        }
+        await r.enqueue("a")
+        await r.enqueue("b")
+        #expect(await r.freeCapacity == Self.node)
+        await r.waitUntilIdle()
+        #expect(try states("a") == [.received, .stagingIn, .running, .stagingOut, .completed])
+        #expect(try states("b") == [.received, .stagingIn, .running, .stagingOut, .completed])
+    }
+
     @Test func cancelledWhileQueuedLetsTheNextStart() async throws {
         let launcher = FakeLauncher(script: .exit(0, after: .milliseconds(100)))
         let r = runner(launcher)
@@ -334,5 +361,24 @@ struct HoldingStageOut: StageOut {
         summary.awaitingApproval = !decided
         return summary
     }
+}
+
+/// A fake whose work waits in a cluster scheduler's queue (as Slurm's).
+struct ClusterFakeLauncher: QueuedLauncher {
+    let inner: FakeLauncher
+    var name: String { inner.name }
+    var queuePollInterval: Duration { .seconds(1) }
+    func queueState(_ handle: LaunchHandle) async -> QueueState { .started }
+    func toolPaths(forHost sandbox: ToolPaths) -> ToolPaths { sandbox }
+    func datasetPath(id: String, hostPath: String) -> String { hostPath }
+    func policyCheck(_ job: LaunchJob) -> String? { nil }
+    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
+        try await inner.start(job, persist: persist)
+    }
+    func destroy(_ handle: LaunchHandle) async { await inner.destroy(handle) }
+    func inspect(_ handle: LaunchHandle) async -> LaunchInspection { await inner.inspect(handle) }
+    func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome { try await inner.wait(handle) }
+    func stop(_ handle: LaunchHandle, grace: Duration) async { await inner.stop(handle, grace: grace) }
+    func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery { await inner.recover(job, handle: handle) }
 }
 

@@ -95,7 +95,8 @@ public actor Runner {
     /// Queues a journaled task; it starts when a slot is free and its resources fit (see `pump`).
     public func enqueue(_ taskID: String) {
         guard active[taskID] == nil, !queue.contains(where: { $0.id == taskID }) else { return }
-        let entry = QueueEntry(taskID, record: try? journal.task(taskID), arrival: arrivals)
+        let entry = QueueEntry(taskID, record: try? journal.task(taskID), arrival: arrivals,
+                               usesNodeResources: { usesNodeResources(launcher: $0) })
         arrivals += 1
         let at = queue.firstIndex { entry.precedes($0) } ?? queue.endIndex
         queue.insert(entry, at: at)
@@ -119,6 +120,18 @@ public actor Runner {
             let waiting = queue.contains { $0.needsAdmission }
             return active.count < settings.maxConcurrentTasks && !waiting ? .fitsNow : .mustWait
         }
+    }
+
+    /// `admission(for:)` for a whole task: the resources of work a cluster scheduler places (Slurm) are the
+    /// cluster's, not this node's, so such a task needs only a slot.
+    public func admission(for task: TaskSpec) -> Admission {
+        admission(for: usesNodeResources(launcher: task.plan.launcher) ? task.plan.resources : .none)
+    }
+
+    /// False for a launcher whose work a cluster scheduler places (`QueuedLauncher`: Slurm): its `resources` are asked
+    /// of the cluster, which queues the work itself, and reserve nothing here.
+    nonisolated func usesNodeResources(launcher name: String) -> Bool {
+        !(registry.launcher(named: name) is any QueuedLauncher)
     }
 
     /// The node's capacity minus what active tasks reserve.
@@ -322,12 +335,12 @@ extension Runner {
         /// `queued` was journaled (or the task was `queued` already when it was read).
         var announced: Bool
 
-        init(_ id: String, record: TaskRecord?, arrival: Int) {
+        init(_ id: String, record: TaskRecord?, arrival: Int, usesNodeResources: (String) -> Bool) {
             self.id = id
             self.arrival = arrival
             let spec = record.flatMap { try? DocumentReader.readTask($0.document, requireTaskID: true) }
             // An unreadable record needs no admission: `execute` fails it at once.
-            resources = spec?.plan.resources ?? .none
+            resources = spec.map { usesNodeResources($0.plan.launcher) ? $0.plan.resources : .none } ?? .none
             priority = spec?.effectivePriority ?? 0
             let state = record?.state ?? .received
             needsAdmission = spec != nil && [.received, .queued, .stagingIn].contains(state)
