@@ -76,8 +76,8 @@ public actor Runner {
     /// State changes not yet written to the journal (task id → the state it is really in), for the heartbeat.
     public var unrecordedStates: [String: TaskState] { unrecorded.mapValues(\.state) }
 
-    /// The drain for a stop: no queued task starts any more (they stay `received` in the journal and run after the
-    /// next start); waits until nothing runs, or `limit` passed. Returns how many tasks are still active.
+    /// The drain for a stop: no waiting task starts any more (they stay `received` or `queued` in the journal and run
+    /// after the next start); waits until nothing runs, or `limit` passed. Returns how many tasks are still active.
     public func drain(limit: Duration) async -> Int {
         draining = true
         let deadline = clock.now + limit

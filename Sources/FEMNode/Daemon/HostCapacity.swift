@@ -14,7 +14,7 @@ enum HostCapacity {
     }
 
     static func onlineCPUs() -> Int {
-        max(1, sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+        max(1, ProcessInfo.processInfo.activeProcessorCount)
     }
 
     /// `MemTotal` of /proc/meminfo, in MB (nil when it cannot be read).
