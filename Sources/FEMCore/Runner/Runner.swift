@@ -146,7 +146,7 @@ public actor Runner {
 
     /// False for a launcher whose work a cluster scheduler places (`QueuedLauncher`: Slurm): its `resources` are asked
     /// of the cluster, which queues the work itself, and reserve nothing here.
-    nonisolated func usesNodeResources(launcher name: String) -> Bool {
+    func usesNodeResources(launcher name: String) -> Bool {
         !(registry.launcher(named: name) is any QueuedLauncher)
     }
 
