@@ -127,6 +127,10 @@ struct DocsTests {
     /// install.sh's completions and manual pages (scripts/install-shell-docs.sh): every subcommand is completed, and
     /// the pages render with man and groff without a warning.
     @Test func completionsAndManualPagesCoverEveryCommand() throws {
+        for tool in ["/usr/bin/man", "/usr/bin/groff", "/usr/bin/python3"] {
+            try #require(FileManager.default.isExecutableFile(atPath: tool),
+                         "\(tool) is missing: apt-get install man-db groff-base python3 (Debian's standard system has them)")
+        }
         let prefix = try TestEnv.scratch("shell-docs")
         let r = try Shell.run(["/bin/bash", "\(TestEnv.repoRoot)/scripts/install-shell-docs.sh", "--bin", TestEnv.binDir,
                                "--prefix", prefix])
