@@ -44,6 +44,12 @@ struct CommandLineTests {
         #expect(watched.output.contains(taskID))
         let greeting = try String(contentsOfFile: "\(node.dir)/var/sandboxes/\(taskID)/out/greeting.txt", encoding: .utf8)
         #expect(greeting.hasPrefix("hello, operator"))
+        // The node's journal lists it with its tool and execution.
+        let tasks = try node.run(["tasks"])
+        let row = tasks.output.split(separator: "\n").first { $0.hasPrefix(taskID) } ?? ""
+        #expect(tasks.output.hasPrefix("TASK") && tasks.output.contains(" EXECUTION "), "\(tasks.output)")
+        #expect(row.contains("completed") && row.contains("hello-process@1.0.0") && row.contains("exec-hello-1"),
+                "\(tasks.output)")
     }
 
     @Test func femctlCancel() throws {

@@ -268,14 +268,15 @@ extension FEMClientCommand {
 /// How tasks and events print, shared by `tasks`, `show`, `run` and `femctl watch`.
 enum TaskView {
     static let tableHeader = pad("TASK", 38) + pad("STATE", 18) + pad("LAUNCHER", 10) + pad("TOOL", 24)
-        + pad("UPDATED", 26) + pad("TIMINGS", 40) + "DETAIL"
+        + pad("EXECUTION", 20) + pad("UPDATED", 26) + pad("TIMINGS", 40) + "DETAIL"
 
     static func tableRow(_ r: TaskRecord, timings: TaskTimings? = nil) -> String {
         var detail = r.failureClass.map { "\($0.rawValue) " } ?? ""
         if let e = r.exitCode { detail += "exit=\(e) " }
         detail += r.message ?? ""
         return pad(TextEscaping.escaped(r.taskID), 38) + pad(r.state.rawValue, 18) + pad(r.launcher, 10)
-            + pad(TextEscaping.escaped(tool(r)), 24) + pad(FEMTime.format(r.updatedAt), 26)
+            + pad(TextEscaping.escaped(tool(r)), 24) + pad(TextEscaping.escaped(r.executionID), 20)
+            + pad(FEMTime.format(r.updatedAt), 26)
             + pad(timings?.compact ?? "", 40) + TextEscaping.escaped(detail)
     }
 
