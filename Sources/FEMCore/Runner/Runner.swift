@@ -67,6 +67,9 @@ public actor Runner {
 
     public var activeCount: Int { active.count }
 
+    /// Tasks waiting for a slot (the metrics' queued gauge).
+    public var queuedCount: Int { queue.count }
+
     /// State changes not yet written to the journal (task id → the state it is really in), for the heartbeat.
     public var unrecordedStates: [String: TaskState] { unrecorded.mapValues(\.state) }
 

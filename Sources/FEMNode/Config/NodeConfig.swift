@@ -96,6 +96,8 @@ public struct NodeConfig: Sendable {
     public var reporterMaxMetricsPerLine: Int
 
     public var datasets: [String: Dataset]
+    /// `[metrics] listen`: where `GET /metrics` is served (nil: metrics are off).
+    public var metricsListen: MetricsListen?
     /// Where the file was read from, for messages.
     public var source: String
 
@@ -255,6 +257,7 @@ extension NodeConfig {
             datasets: file.validDatasets, source: source)
         config.minFreeMB = file.node.minFreeMB
         config.drainSeconds = file.node.drainSeconds
+        config.metricsListen = file.metrics.listen.isEmpty ? nil : try? MetricsListen.parse(file.metrics.listen)
         config.dockerWaitSeconds = d.waitForDaemonSeconds
         let s = file.launchers.slurm
         config.slurm = SlurmLauncherConfig(

@@ -33,6 +33,8 @@ struct NodeApplication: Sendable {
     let disk: DiskWatch
     let admission: Admission
     let endpoint: AMQPEndpoint
+    /// `[metrics]`: nil when off.
+    let metrics: NodeMetrics?
 
     init(config: NodeConfig) throws {
         self.config = config
@@ -44,8 +46,12 @@ struct NodeApplication: Sendable {
         self.endpoint = endpoint
 
         // The journal first: the publisher reads its outbox, and the runner wakes the publisher when it adds events.
+        // The metrics hear every state change and event the journal commits.
+        let metrics = config.metricsListen.map { _ in NodeMetrics(version: FEMVersion.string) }
+        self.metrics = metrics
         try NodeAssembly.prepareWorkDir(config)
-        let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+        let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID,
+                                        metrics: metrics ?? NoTaskMetrics())
         let publisher = AMQPEventPublisher(endpoint: endpoint, outbox: journal, logger: logger)
         self.publisher = publisher
         let disk = DiskWatch(workDir: config.workDir, logFile: config.logFile, minFreeMB: config.minFreeMB)
@@ -57,9 +63,11 @@ struct NodeApplication: Sendable {
         logTrouble.set { news in
             switch news {
             case .dropping(let error):
+                metrics?.logTrouble(failing: true)
                 notices.send("log_dropping", "the node cannot write its log \(config.logFile) (\(error)); log lines are "
                              + "dropped and counted until writes work again", ["error": .string(error)])
             case .recovered(let dropped, let error):
+                metrics?.logTrouble(failing: false, dropped: dropped)
                 notices.send("log_recovered", "the node writes its log again; \(dropped) line(s) were dropped while "
                              + "writes failed (\(error))", ["dropped_lines": .int(Int64(dropped))])
             }
@@ -78,7 +86,8 @@ struct NodeApplication: Sendable {
     /// cancels and returns new deliveries to the broker, heartbeats say `draining`, the airlock still releases), then
     /// the watchers stop, then the receiver stops consuming, and the publisher, last, sends what the journal holds.
     var services: [ServiceGroupConfiguration.ServiceConfiguration] {
-        [
+        // The metrics first (stopped last): they watch the drain to its end.
+        metricsServices + [
             .init(service: PublisherService(publisher: publisher, logger: logger)),
             .init(service: ReceiverService(receiver: receiver, source: source)),
             .init(service: EveryService(name: "heartbeat", interval: .seconds(config.heartbeatSeconds)) { [self] in
@@ -98,6 +107,28 @@ struct NodeApplication: Sendable {
             .init(service: SecondSignalService(logger: logger), failureTerminationBehavior: .cancelGroup),
             .init(service: RunnerService(app: self)),
         ]
+    }
+
+    var metricsServices: [ServiceGroupConfiguration.ServiceConfiguration] {
+        guard let metrics, let listen = config.metricsListen else { return [] }
+        return [.init(service: MetricsService(listen: listen, metrics: metrics, sample: { [self] in await metricsSample() },
+                                              logger: logger))]
+    }
+
+    /// The node's own facts for a scrape (task facts come from the journal as they happen).
+    func metricsSample() async -> NodeMetrics.Sample {
+        var s = NodeMetrics.Sample()
+        s.running = await node.runner.activeCount
+        s.queued = await node.runner.queuedCount
+        s.outbox = try? node.journal.outboxCount()
+        let link = publisher.link
+        s.brokerConnected = link.connected
+        s.brokerReconnects = link.reconnects
+        s.lastHeartbeat = link.lastHeartbeatConfirmed
+        s.freeDiskBytes = freeDiskBytes(at: config.workDir)
+        s.diskPressure = disk.pressure != nil
+        s.draining = admission.draining
+        return s
     }
 
     func run() async throws {

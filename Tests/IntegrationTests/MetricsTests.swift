@@ -1,0 +1,182 @@
+import FEMCore
+import FEMSystem
+import Foundation
+import Testing
+
+/// `[metrics]`: a real Prometheus (test.sh's, scripts/dev-prometheus.sh) scrapes a real daemon while it runs tasks
+/// sent through the real broker, and its HTTP API shows the task counters and the step histograms.
+@Suite(.serialized) struct MetricsTests {
+    static let metricsOn = "\n[metrics]\nlisten = \"127.0.0.1:0\"\n"
+
+    @Test func prometheusScrapesTaskCountersAndStepHistogramsDuringARun() throws {
+        let prometheus = try PrometheusServer()
+        let node = try TestNode("metrics", extra: TestNode.hostProcesses + Self.metricsOn)
+        try node.start()
+        let address = try node.metricsAddress()
+        try prometheus.addTarget(address, node: node.id)
+        defer { prometheus.removeTarget(node: node.id) }
+        // The first scrape of a new target comes about 5 s after it was listed.
+        let up = try prometheus.waitFor("up{node=\"\(node.id)\"}", timeout: 30) { $0 == 1 }
+        #expect(up == 1)
+        let connected = try prometheus.waitFor("fem_broker_connected{node=\"\(node.id)\"}") { $0 == 1 }
+        #expect(connected == 1, "the event publisher is connected")
+
+        let op = try Operator(node: node)
+        // Long enough to be scraped while they run (1 scrape a second).
+        let completed = (0..<3).map { _ in Tasks.task(["/bin/sleep", "1.5"]) }
+        let failed = Tasks.task(["/bin/sh", "-c", "sleep 0.5; exit 3"])
+        for t in completed + [failed] { try op.submit(t) }
+        try op.confirmPublished()
+        let running = try prometheus.waitFor("fem_tasks_running{node=\"\(node.id)\"}") { $0 > 0 }
+        #expect(running > 0 && running <= 2, "max_concurrent_tasks is 2")
+        try op.waitForFinal((completed + [failed]).map(Tasks.id))
+        #expect(completed.allSatisfy { op.finalState(of: Tasks.id($0))?.state == .completed })
+        #expect(op.finalState(of: Tasks.id(failed))?.detail.failureClass == .taskFailure)
+
+        let n = "node=\"\(node.id)\""
+        #expect(try prometheus.waitFor("fem_tasks_total{\(n),outcome=\"completed\"}") { $0 == 3 } == 3)
+        #expect(try prometheus.waitFor("fem_tasks_total{\(n),outcome=\"failed\",failure_class=\"task_failure\"}") {
+            $0 == 1
+        } == 1)
+        #expect(try prometheus.waitFor("sum(fem_tasks_total{\(n),outcome=\"failed\"})") { $0 == 1 } == 1,
+                "no other failure class counted")
+        for step in ["stage_in", "run", "stage_out"] {
+            let count = try prometheus.waitFor("fem_task_step_duration_seconds_count{\(n),step=\"\(step)\"}") { $0 == 4 }
+            #expect(count == 4, "4 tasks went through \(step)")
+        }
+        // The three 1.5 s runs and the 0.5 s one, measured from the journaled state changes.
+        let runSeconds = try prometheus.value("fem_task_step_duration_seconds_sum{\(n),step=\"run\"}")
+        #expect(runSeconds >= 5 && runSeconds < 30, "run time sum \(runSeconds) s")
+        let under1s = try prometheus.value("fem_task_step_duration_seconds_bucket{\(n),step=\"run\",le=\"1.0\"}")
+        #expect(under1s == 1, "only the failed task's run was under a second")
+        #expect(try prometheus.waitFor("fem_tasks_running{\(n)}") { $0 == 0 } == 0)
+        #expect(try prometheus.waitFor("fem_outbox_events{\(n)}") { $0 == 0 } == 0, "every event confirmed")
+        #expect(try prometheus.value("fem_heartbeat_age_seconds{\(n)}") < 10, "heartbeats every 2 s")
+        #expect(try prometheus.value("fem_disk_free_bytes{\(n)}") > 0)
+
+        // The exposition itself passes promtool's checks (HELP texts, _total suffixes, units, histogram layout).
+        let check = try Shell.run(["/bin/bash", "-c",
+                                   "set -o pipefail; curl -sf http://\(address)/metrics | promtool check metrics"])
+        #expect(check.status == 0, "promtool check metrics: \(check.output)")
+        // GET /metrics only: everything else is 404.
+        for (method, path) in [("GET", "/"), ("GET", "/metrics/x"), ("POST", "/metrics"), ("PUT", "/metrics"),
+                               ("GET", "/debug")] {
+            let status = try Shell.run(["/usr/bin/curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", method,
+                                        "http://\(address)\(path)"]).output
+            #expect(status == "404", "\(method) \(path) answered \(status)")
+        }
+    }
+
+    /// An unauthenticated endpoint on the network is the admin's explicit choice: the daemon refuses to start with
+    /// a non-loopback `listen` unless `allow_remote = true`, naming the key.
+    @Test func aNonLoopbackListenIsRefusedWithoutAllowRemote() throws {
+        let node = try TestNode("metrics-remote", extra: "\n[metrics]\nlisten = \"0.0.0.0:9464\"\n")
+        // Bounded: a daemon that wrongly accepted the config would run until stopped.
+        let out = try Shell.run(["/usr/bin/timeout", "30", try TestEnv.binary("fem-client"), "daemon", "--config",
+                                 node.configPath])
+        #expect(out.status != 0)
+        #expect(out.output.contains("metrics.listen: 0.0.0.0:9464 is not a loopback address"), "\(out.output)")
+        #expect(out.output.contains("metrics.allow_remote = true"))
+        #expect(!node.log.contains("metrics: serving"), "nothing was served")
+        let check = try node.run(["check"])
+        #expect(check.status != 0 && check.output.contains("metrics.listen: 0.0.0.0:9464"), "\(check.output)")
+    }
+
+    /// The example alert rules in config/ are valid Prometheus rules.
+    @Test func exampleAlertRulesPassPromtool() throws {
+        let out = try Shell.run(["/usr/bin/promtool", "check", "rules",
+                                 "\(TestEnv.repoRoot)/config/prometheus-alerts.yml"])
+        #expect(out.status == 0, "\(out.output)")
+        #expect(out.output.contains("SUCCESS"))
+    }
+}
+
+extension TestNode {
+    /// Where the daemon serves its metrics: its log says so once it listens (port 0 is the system's choice).
+    func metricsAddress(timeout: Double = 30) throws -> String {
+        var found: String?
+        try eventually("the daemon's log to say where it serves metrics", timeout: timeout) {
+            if let line = log.split(separator: "\n").first(where: { $0.contains("metrics: serving http://") }),
+               let start = line.range(of: "http://"), let end = line.range(of: "/metrics", range: start.upperBound..<line.endIndex) {
+                found = String(line[start.upperBound..<end.lowerBound])
+            }
+            return found != nil
+        }
+        guard let found else { throw HarnessError("no metrics address in the log") }
+        return found
+    }
+}
+
+/// test.sh's Prometheus (scripts/dev-prometheus.sh): a test lists its node in the targets folder (file_sd) and reads
+/// the results through the HTTP API.
+struct PrometheusServer {
+    let dir: String
+    let url: String
+
+    init() throws {
+        let env = ProcessInfo.processInfo.environment
+        guard let dir = env["FEM_TEST_PROMETHEUS_DIR"], let url = env["FEM_TEST_PROMETHEUS_URL"],
+              FileManager.default.fileExists(atPath: "\(dir)/targets") else {
+            throw HarnessError("FEM_TEST_PROMETHEUS_DIR / FEM_TEST_PROMETHEUS_URL are not set or the folder has no "
+                               + "targets/: run the tests with `bash test.sh`, which starts Prometheus "
+                               + "(scripts/dev-prometheus.sh)")
+        }
+        self.dir = dir
+        self.url = url
+        let ready = try Shell.run(["/usr/bin/curl", "-sf", "\(url)/-/ready"])
+        if ready.status != 0 { throw HarnessError("Prometheus at \(url) is not ready: \(ready.output)") }
+    }
+
+    /// Lists `address` as a target with the label `node`; written whole (a rename), so Prometheus never reads half.
+    func addTarget(_ address: String, node: String) throws {
+        let body = #"[{"targets": ["\#(address)"], "labels": {"node": "\#(node)"}}]"#
+        let temporary = "\(dir)/targets/.\(node).tmp"
+        try body.write(toFile: temporary, atomically: false, encoding: .utf8)
+        try FileManager.default.moveItem(atPath: temporary, toPath: "\(dir)/targets/\(node).json")
+    }
+
+    func removeTarget(node: String) {
+        try? FileManager.default.removeItem(atPath: "\(dir)/targets/\(node).json")
+    }
+
+    /// The single value of an instant query, or nil when it has no result yet.
+    func query(_ promQL: String) throws -> Double? {
+        let out = try Shell.run(["/usr/bin/curl", "-sfG", "\(url)/api/v1/query", "--data-urlencode", "query=\(promQL)"])
+        guard out.status == 0 else { throw HarnessError("query \(promQL) failed: \(out.output)") }
+        guard case .object(let root) = try JSONValue.parse(Data(out.output.utf8)),
+              root["status"]?.stringValue == "success", case .object(let data)? = root["data"],
+              case .array(let result)? = data["result"] else {
+            throw HarnessError("query \(promQL): unexpected answer \(out.output)")
+        }
+        guard let first = result.first else { return nil }
+        guard result.count == 1 else { throw HarnessError("query \(promQL) has \(result.count) series: \(out.output)") }
+        guard case .object(let series) = first, case .array(let value)? = series["value"], value.count == 2,
+              let text = value[1].stringValue, let number = Double(text) else {
+            throw HarnessError("query \(promQL): no value in \(out.output)")
+        }
+        return number
+    }
+
+    /// The value now; a query without a result fails.
+    func value(_ promQL: String) throws -> Double {
+        guard let v = try query(promQL) else { throw HarnessError("query \(promQL) has no result") }
+        return v
+    }
+
+    /// Polls until the query has a value that `done` accepts (scrapes come once a second); fails after `timeout`
+    /// seconds with the last value seen.
+    @discardableResult
+    func waitFor(_ promQL: String, timeout: Double = 20, _ done: (Double) -> Bool) throws -> Double {
+        let deadline = Date().addingTimeInterval(timeout)
+        var last: Double?
+        while true {
+            last = try query(promQL)
+            if let last, done(last) { return last }
+            if Date() > deadline {
+                throw HarnessError("timed out after \(Int(timeout)) s waiting for \(promQL); last value: "
+                                   + (last.map { "\($0)" } ?? "none"))
+            }
+            Thread.sleep(forTimeInterval: 0.25)
+        }
+    }
+}
