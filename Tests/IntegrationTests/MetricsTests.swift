@@ -65,6 +65,22 @@ import Testing
                                         "http://\(address)\(path)"]).output
             #expect(status == "404", "\(method) \(path) answered \(status)")
         }
+        // The metrics are served through the drain and stop with the daemon.
+        node.stop()
+        #expect(node.log.contains("NOTE  stopped"))
+        let gone = try Shell.run(["/usr/bin/curl", "-s", "-o", "/dev/null", "http://\(address)/metrics"])
+        #expect(gone.status != 0, "nothing listens after the stop")
+    }
+
+    /// A `listen` address that cannot be bound stops the daemon at its start, saying why.
+    @Test func anAddressInUseStopsTheDaemonWithTheReason() throws {
+        let prometheus = try PrometheusServer()
+        guard let taken = URL(string: prometheus.url)?.port else { throw HarnessError("no port in \(prometheus.url)") }
+        let node = try TestNode("metrics-busy", extra: "\n[metrics]\nlisten = \"127.0.0.1:\(taken)\"\n")
+        let out = try Shell.run(["/usr/bin/timeout", "60", try TestEnv.binary("fem-client"), "daemon", "--config",
+                                 node.configPath])
+        #expect(out.status != 0 && out.status != 124, "the daemon stopped by itself (status \(out.status))")
+        #expect(node.log.contains("metrics: cannot serve on 127.0.0.1:\(taken) ([metrics] listen)"), "\(node.log)")
     }
 
     /// An unauthenticated endpoint on the network is the admin's explicit choice: the daemon refuses to start with

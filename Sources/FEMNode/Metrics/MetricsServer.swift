@@ -63,6 +63,9 @@ struct MetricsService: Service {
                             body: ResponseBody(byteBuffer: ByteBuffer(bytes: body)))
         }
         let logger = self.logger, listen = self.listen
+        // Hummingbird's own lines (its start at info) repeat ours: only its notices and errors reach the log.
+        var serverLogger = logger
+        serverLogger.logLevel = .notice
         let app = Application(
             router: router,
             // A scraper or two: a few connections at once are plenty, and bound what a flood of them can hold.
@@ -74,7 +77,7 @@ struct MetricsService: Service {
                 bound.port = port
                 logger.notice("metrics: serving http://\(bound)/metrics")
             },
-            logger: logger)
+            logger: serverLogger)
         do {
             try await app.run()
         } catch {
