@@ -95,6 +95,36 @@ import Testing
         #expect(gone.status != 0, "nothing listens after the stop")
     }
 
+    /// The broker link as Prometheus sees it: connected, then 0 while the node's broker is down (the heartbeat ages),
+    /// then connected again with one reconnect counted. A broker of the test's own, so other tests keep theirs.
+    @Test func brokerOutageShowsInConnectedReconnectsAndHeartbeatAge() throws {
+        let prometheus = try PrometheusServer()
+        // A port of its own (the broker also uses port+1000 and port+20000), away from test.sh's 5699 and the
+        // restart test's 5698.
+        guard let port = (5731...5790).first(where: { p in
+            [p, p + 1000, p + 20_000].allSatisfy { !TCPPort.acceptsConnections(host: "127.0.0.1", port: UInt16($0)) }
+        }) else { throw HarnessError("no free port for a broker of the test's own in 5731...5790") }
+        let broker = try OwnBroker(port: port)
+        let node = try TestNode("metrics-link", brokerDir: broker.dir, port: broker.port, extra: Self.metricsOn)
+        try node.start()
+        let address = try node.metricsAddress()
+        try prometheus.addTarget(address, node: node.id)
+        defer { prometheus.removeTarget(node: node.id) }
+        let n = "node=\"\(node.id)\""
+        try prometheus.waitFor("fem_broker_connected{\(n)}", timeout: 30) { $0 == 1 }
+        #expect(try prometheus.value("fem_broker_reconnects_total{\(n)}") == 0)
+
+        try broker.run("stop")
+        try prometheus.waitFor("fem_broker_connected{\(n)}") { $0 == 0 }
+        // Heartbeats every 2 s: none is confirmed while the broker is away.
+        try prometheus.waitFor("fem_heartbeat_age_seconds{\(n)}") { $0 > 4 }
+        try broker.run("start")
+        try prometheus.waitFor("fem_broker_connected{\(n)}", timeout: 60) { $0 == 1 }
+        #expect(try prometheus.waitFor("fem_broker_reconnects_total{\(n)}") { $0 >= 1 } == 1)
+        #expect(try prometheus.waitFor("fem_heartbeat_age_seconds{\(n)}") { $0 < 4 } < 4)
+        #expect(try prometheus.value("fem_outbox_events{\(n)}") == 0)
+    }
+
     /// A `listen` address that cannot be bound stops the daemon at its start, saying why.
     @Test func anAddressInUseStopsTheDaemonWithTheReason() throws {
         let prometheus = try PrometheusServer()
