@@ -95,6 +95,71 @@ import Testing
         #expect(gone.status != 0, "nothing listens after the stop")
     }
 
+    /// Bytes staged: a task file downloaded from nginx (in) and outputs uploaded to its WebDAV (out), counted as
+    /// what really arrived on each side.
+    @Test func stagedBytesCountDownloadsAndUploads() throws {
+        let prometheus = try PrometheusServer()
+        let web = try TestEnv.webDir()
+        let prefix = "metrics-\(UUID().uuidString.prefix(8).lowercased())"
+        let served = "\(web)/files/\(prefix)/input.bin"
+        try FileManager.default.createDirectory(atPath: "\(web)/files/\(prefix)", withIntermediateDirectories: true,
+                                                attributes: [.posixPermissions: 0o755])
+        let content = (0..<123_457).map { UInt8(truncatingIfNeeded: $0 &* 31) }
+        try Data(content).write(to: URL(fileURLWithPath: served))
+        try FileManager.default.setAttributes([.posixPermissions: 0o644], ofItemAtPath: served)
+        defer { try? FileManager.default.removeItem(atPath: "\(web)/files/\(prefix)") }
+        var digest = SHA256()
+        digest.update(content)
+        let node = try TestNode("metrics-bytes", extra: TestNode.hostProcesses + Self.metricsOn + """
+            [stage_in]
+            file_allowed_urls = ["http://127.0.0.1:18080/files/"]
+            [outputs]
+            allowed_urls = ["http://127.0.0.1:18080/dav/"]
+            [credentials.files-login]
+            username = "fem-files"
+            password_file = "\(web)/password-fem-files"
+            urls = ["http://127.0.0.1:18080/files/"]
+            [credentials.upload-login]
+            username = "fem-upload"
+            password_file = "\(web)/password-fem-upload"
+            urls = ["http://127.0.0.1:18080/dav/"]
+            """)
+        try node.start()
+        let address = try node.metricsAddress()
+        try prometheus.addTarget(address, node: node.id)
+        defer { prometheus.removeTarget(node: node.id) }
+        let n = "node=\"\(node.id)\""
+        try prometheus.waitFor("up{\(n)}", timeout: 30) { $0 == 1 }
+
+        var t = Tasks.task(["/bin/sh", "-c", "cp \"$FEM_SRC_DIR\"/input.bin \"$FEM_OUTPUT_DIR\"/copy.bin && "
+                            + "head -c 5000 /dev/zero > \"$FEM_OUTPUT_DIR\"/zeros.bin"])
+        if case .object(var plan) = t["plan"] {
+            plan["outputs"] = .array([["pattern": "*.bin"]])
+            plan["source"] = .object(["files": .array([.object([
+                "url": .string("http://127.0.0.1:18080/files/\(prefix)/input.bin"), "path": "input.bin",
+                "sha256": .string(digest.finalizeHex()), "credentials": "files-login"])])])
+            t["plan"] = .object(plan)
+        }
+        t["stage_out"] = .object(["url": .string("http://127.0.0.1:18080/dav/\(prefix)"), "credentials": "upload-login"])
+        let op = try Operator(node: node)
+        try op.submit(t)
+        try op.confirmPublished()
+        try op.waitForFinal([Tasks.id(t)])
+        let final = op.finalState(of: Tasks.id(t))
+        #expect(final?.state == .completed, "\(String(describing: final?.detail))")
+
+        // What arrived on the WebDAV server (the outputs and their manifest), wherever the node put them below it.
+        let dav = "\(web)/dav/\(prefix)"
+        let uploaded = (FileManager.default.enumerator(atPath: dav)?.compactMap { $0 as? String } ?? [])
+            .compactMap { try? FileManager.default.attributesOfItem(atPath: "\(dav)/\($0)") }
+            .filter { ($0[.type] as? FileAttributeType) == .typeRegular }
+            .reduce(0) { $0 + (($1[.size] as? Int) ?? 0) }
+        #expect(uploaded > 123_457 + 5000, "copy.bin, zeros.bin and manifest.json arrived (\(uploaded) bytes)")
+        #expect(try prometheus.waitFor("fem_staged_bytes_total{\(n),direction=\"in\"}") { $0 == 123_457 } == 123_457)
+        let out = try prometheus.waitFor("fem_staged_bytes_total{\(n),direction=\"out\"}") { $0 > 0 }
+        #expect(out == Double(uploaded), "Prometheus \(out) bytes out, the server got \(uploaded)")
+    }
+
     /// The broker link as Prometheus sees it: connected, then 0 while the node's broker is down (the heartbeat ages),
     /// then connected again with one reconnect counted. A broker of the test's own, so other tests keep theirs.
     @Test func brokerOutageShowsInConnectedReconnectsAndHeartbeatAge() throws {
