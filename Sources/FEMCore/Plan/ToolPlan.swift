@@ -19,6 +19,8 @@ public struct ToolPlan: Sendable, Equatable {
     public var network: NetworkMode
     public var timeoutSeconds: Int?
     public var flower: FlowerPlan?
+    /// A selection criterion over node attributes (docs/templates/README.md, "Constraints"); nil: any node.
+    public var constraints: String? = nil
 }
 
 public enum PullPolicy: String, Sendable, Equatable, CaseIterable {
@@ -112,6 +114,8 @@ public struct TaskSpec: Sendable, Equatable {
     public var timeoutSeconds: Int?
     public var stageOut: StageOutTarget?
     public var flower: FlowerTask?
+    /// The task's own selection criterion, and-ed with its plan's.
+    public var constraints: String? = nil
 }
 
 public struct StageOutTarget: Sendable, Equatable, CustomStringConvertible {

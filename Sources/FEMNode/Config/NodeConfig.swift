@@ -102,6 +102,8 @@ public struct NodeConfig: Sendable {
     public var datasets: [String: Dataset]
     /// `[metrics] listen`: where `GET /metrics` is served (nil: metrics are off).
     public var metricsListen: MetricsListen?
+    /// `[node.labels]`: free-form attributes for constraints, as `labels.<key>`.
+    public var labels: [String: AttributeValue] = [:]
     /// Where the file was read from, for messages.
     public var source: String
 
@@ -262,6 +264,7 @@ extension NodeConfig {
         config.minFreeMB = file.node.minFreeMB
         config.drainSeconds = file.node.drainSeconds
         config.metricsListen = file.metrics.listen.isEmpty ? nil : try? MetricsListen.parse(file.metrics.listen)
+        config.labels = file.node.labels
         config.logMaxMB = file.node.logMaxMB
         config.logKeep = file.node.logKeep
         config.logFormat = file.node.logFormat

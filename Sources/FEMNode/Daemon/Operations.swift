@@ -181,7 +181,7 @@ struct HangupService: Service {
 
     func run() async throws {
         let signals = await UnixSignalsSequence(trapping: .sighup)
-        try await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             for await _ in signals {
                 if let why = app.logSink?.reopen() {
                     app.logger.warning("SIGHUP: cannot reopen the log \(app.config.logFile) (\(why)); writing on to the old file")
@@ -343,6 +343,7 @@ struct ConfigReload: Sendable {
         },
         Key("datasets") { "\($0.datasets.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })" },
         Key("launchers.env_allowed") { "\($0.envAllowed)" },
+        Key("node.labels") { "\($0.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })" },
         Key("node.default_timeout, node.max_timeout or node.allow_timeout_above_plan") {
             "\($0.defaultTimeoutSeconds) \($0.maxTimeoutSeconds) \($0.allowTimeoutAbovePlan)"
         },
