@@ -47,6 +47,7 @@ public enum DocumentReader {
         let stageOut = stageOut(f.object("stage_out"))
         let flower = flowerTask(f.object("flower"))
         let constraints = constraintsText(f)
+        let priority = f.int("priority", min: -1000, max: 1000)
         f.finish()
         if let plan {
             if paramsReadable { checkParams(params, against: plan, log: log) }
@@ -56,7 +57,8 @@ public enum DocumentReader {
         }
         guard log.issues.isEmpty, let plan, let executionID, let version else { throw ValidationError(log.issues) }
         var task = TaskSpec(schemaVersion: version, taskID: taskID ?? defaultTaskID(), executionID: executionID,
-                            plan: plan, params: params, timeoutSeconds: timeout, stageOut: stageOut, flower: flower)
+                            plan: plan, params: params, timeoutSeconds: timeout, stageOut: stageOut, flower: flower,
+                            priority: priority)
         task.constraints = constraints
         return task
     }
@@ -118,6 +120,7 @@ public enum DocumentReader {
         let timeout = f.int("timeout_seconds", min: 1)
         let flower = flowerPlan(f.object("flower"))
         let constraints = constraintsText(f)
+        let priority = f.int("priority", min: -1000, max: 1000)
         f.finish()
 
         if launcher == "docker" && image == nil && f.values["image"] == nil {
@@ -133,7 +136,7 @@ public enum DocumentReader {
         var plan = ToolPlan(schemaVersion: version, id: id, version: toolVersion, description: description,
                             launcher: launcher, image: image, pullPolicy: pull, source: source, command: command,
                             env: env, inputs: inputs, outputs: outputs, resources: resources,
-                            network: network ?? .none, timeoutSeconds: timeout, flower: flower)
+                            network: network ?? .none, timeoutSeconds: timeout, flower: flower, priority: priority)
         plan.constraints = constraints
         return plan
     }

@@ -68,7 +68,7 @@ final class ConfigReading {
     private(set) var known: Set<String> = []
 
     /// The fixed sections, each a table. `[launchers.process]` and its siblings sit inside `[launchers]`.
-    static let sections = ["node", "broker", "launchers", "launchers.process", "launchers.docker", "launchers.flower",
+    static let sections = ["node", "node.capacity", "broker", "launchers", "launchers.process", "launchers.docker", "launchers.flower",
                            "launchers.slurm",
                            "stage_in", "sandboxes", "outputs", "journal", "reporter", "metrics"]
     /// Sections whose keys are names (credentials, hooks, datasets): their readers name unknown keys themselves.

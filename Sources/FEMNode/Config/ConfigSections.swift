@@ -126,12 +126,15 @@ struct NodeSection: Codable, Sendable {
     var logKeep = 5
     /// "text" (one readable line) or "json" (one JSON object per line, for log shippers).
     var logFormat = "text"
+    /// `[node.capacity]`.
+    var capacity = CapacitySection()
 
     enum CodingKeys: String, CodingKey {
         case id, name, workDir = "work_dir", logFile = "log_file", maxConcurrentTasks = "max_concurrent_tasks",
              heartbeatInterval = "heartbeat_interval", defaultTimeout = "default_timeout", maxTimeout = "max_timeout",
              allowTimeoutAbovePlan = "allow_timeout_above_plan", stopGrace = "stop_grace", minFreeMB = "min_free_mb",
              drainSeconds = "drain_seconds"
+        case capacity
         case labels
         case logMaxMB = "log_max_mb", logKeep = "log_keep", logFormat = "log_format"
     }
@@ -157,6 +160,7 @@ struct NodeSection: Codable, Sendable {
         logKeep = r.value(c, .logKeep) ?? logKeep
         logFormat = r.value(c, .logFormat) ?? logFormat
         labels = Self.labels(c, r)
+        capacity = r.section(c, .capacity) ?? capacity
     }
 
     /// `[node.labels]`, each value a string, a number, a boolean or a list of those (a problem names the key).
@@ -212,6 +216,39 @@ struct NodeSection: Codable, Sendable {
         if !["text", "json"].contains(logFormat) {
             v.note("\(k(.logFormat)): \"\(logFormat)\" is not one of \"text\", \"json\"")
         }
+        capacity.validate(&v)
+    }
+}
+
+/// `[node.capacity]`: what running tasks' `resources` may reserve in all. A key left out takes the host's value
+/// (CPUs online, MemTotal, free disk under the work dir at start; GPUs: 0).
+struct CapacitySection: Codable, Sendable {
+    var cpus: Int?
+    var memoryMB: Int?
+    var gpus: Int?
+    var storageMB: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case cpus, memoryMB = "memory_mb", gpus, storageMB = "storage_mb"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        cpus = r.value(c, .cpus)
+        memoryMB = r.value(c, .memoryMB)
+        gpus = r.value(c, .gpus)
+        storageMB = r.value(c, .storageMB)
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        let k = { (key: CodingKeys) in "node.capacity.\(key.stringValue)" }
+        if let cpus { v.range(k(.cpus), cpus, 1...65_536) }
+        if let memoryMB { v.range(k(.memoryMB), memoryMB, 1...(1 << 40)) }
+        if let gpus { v.range(k(.gpus), gpus, 0...1024) }
+        if let storageMB { v.range(k(.storageMB), storageMB, 0...(1 << 40)) }
     }
 }
 

@@ -27,6 +27,11 @@ public struct NodeConfig: Sendable {
     public var stopGraceSeconds: Int
     /// Below this much free space (MB) on the work dir's or the log's filesystem the node takes no new tasks.
     public var minFreeMB: Int = 256
+    /// `[node.capacity]` as configured: nil fields take the host's values (`NodeAssembly.capacity`).
+    public var capacityCPUs: Int?
+    public var capacityMemoryMB: Int?
+    public var capacityGPUs: Int?
+    public var capacityStorageMB: Int?
     /// On SIGTERM, running tasks may go on for this long before the daemon stops (work left is recovered at start).
     public var drainSeconds: Int = 30
     /// A task that finds dockerd unreachable waits this long for it (with a notice) before failing.
@@ -268,6 +273,10 @@ extension NodeConfig {
         config.logMaxMB = file.node.logMaxMB
         config.logKeep = file.node.logKeep
         config.logFormat = file.node.logFormat
+        config.capacityCPUs = file.node.capacity.cpus
+        config.capacityMemoryMB = file.node.capacity.memoryMB
+        config.capacityGPUs = file.node.capacity.gpus
+        config.capacityStorageMB = file.node.capacity.storageMB
         config.dockerWaitSeconds = d.waitForDaemonSeconds
         let s = file.launchers.slurm
         config.slurm = SlurmLauncherConfig(

@@ -39,6 +39,7 @@ public struct NodeAssembly: Sendable {
                                      maxMetricsPerLine: config.reporterMaxMetricsPerLine,
                                      holdToolText: config.requireApproval))
         settings.diskPressure = diskPressure
+        settings.capacity = HostCapacity.of(config)
         runner = Runner(settings: settings, journal: self.journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
                         stageOut: try Self.stageOut(config),
@@ -151,6 +152,8 @@ public struct NodeAssembly: Sendable {
         beat.pressure = pressure
         beat.unrecorded = unrecorded.isEmpty ? nil : unrecorded.count
         beat.draining = draining ? true : nil
+        beat.capacity = await runner.capacity
+        beat.free = await runner.freeCapacity
         return beat
     }
 }

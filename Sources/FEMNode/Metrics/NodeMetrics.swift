@@ -43,7 +43,7 @@ final class NodeMetrics: TaskMetrics, Sendable {
         "fem_tasks_total": "Tasks that ended, by outcome (completed, failed, cancelled, declined, rejected) and failure class (none unless failed).",
         "fem_task_step_duration_seconds": "Duration of each task step (stage_in, run, stage_out), from the journaled state changes.",
         "fem_tasks_running": "Tasks holding a slot now (staging in, running or staging out).",
-        "fem_tasks_queued": "Tasks received and waiting for a slot.",
+        "fem_tasks_queued": "Tasks waiting to start (for resources, a slot, or an earlier task).",
         "fem_outbox_events": "Events journaled and not yet confirmed by the broker.",
         "fem_broker_connected": "1 while the event publisher is connected to the broker, else 0.",
         "fem_broker_reconnects_total": "Times the event publisher connected to the broker again after losing the connection.",

@@ -126,7 +126,7 @@ case("plan-dataset-not-declared", "plan", plan(command={"base": ["/bin/cat", "%%
 # --- invalid tasks (schema agrees)
 case("task-missing-execution", "task", task(execution_id=None), False, ["execution_id"])
 case("task-bad-task-id", "task", task(task_id="../etc"), False, ["task_id"])
-case("task-unknown-field", "task", task(priority=1), False, ["priority"])
+case("task-unknown-field", "task", task(urgency=1), False, ["urgency"])
 case("task-params-not-object", "task", task(params=[1]), False, ["params"])
 case("task-bad-timeout", "task", task(timeout_seconds="60"), False, ["timeout_seconds"])
 case("task-stage-out-ftp", "task", task(stage_out={"url": "ftp://x"}), False, ["stage_out.url"])
