@@ -30,6 +30,9 @@ import Testing
         try op.confirmPublished()
         let running = try prometheus.waitFor("fem_tasks_running{node=\"\(node.id)\"}") { $0 > 0 }
         #expect(running > 0 && running <= 2, "max_concurrent_tasks is 2")
+        // Two slots for four 1.5 s tasks: two wait at first, longer than a scrape interval.
+        let queued = try prometheus.waitFor("max_over_time(fem_tasks_queued{node=\"\(node.id)\"}[2m])") { $0 >= 1 }
+        #expect(queued >= 1, "\(queued) queued")
         try op.waitForFinal((completed + [failed]).map(Tasks.id))
         #expect(completed.allSatisfy { op.finalState(of: Tasks.id($0))?.state == .completed })
         #expect(op.finalState(of: Tasks.id(failed))?.detail.failureClass == .taskFailure)
