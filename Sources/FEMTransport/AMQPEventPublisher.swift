@@ -16,6 +16,17 @@ public final class AMQPEventPublisher: Sendable {
         /// Messages sent without the outbox (node notices, and events the outbox could not take), kept until
         /// confirmed.
         var direct: [(key: String, body: Data)] = []
+        var link = LinkStatus()
+    }
+
+    /// The publisher's connection to the broker, for the node's metrics.
+    public struct LinkStatus: Sendable, Equatable {
+        /// Connected, with the events exchange found and confirms on.
+        public var connected = false
+        /// Connections made again after a loss (the first connection is not counted).
+        public var reconnects = 0
+        /// When the broker last confirmed a heartbeat (nil: none yet).
+        public var lastHeartbeatConfirmed: Date?
     }
     private let state = Mutex(State())
     /// Set by `stop`: ends the loop after one more drain, and any backoff wait at once.
@@ -46,6 +57,9 @@ public final class AMQPEventPublisher: Sendable {
 
     /// New events are in the outbox.
     public func wake() { wakeup.wake() }
+
+    /// Whether the broker connection is up, how often it was made again, and the last confirmed heartbeat.
+    public var link: LinkStatus { state.withLock { $0.link } }
 
     /// Heartbeats are not journaled: only the newest matters, and it is sent at the next chance.
     public func publishHeartbeat(routingKey: String, body: Data) {
@@ -80,6 +94,11 @@ public final class AMQPEventPublisher: Sendable {
             try conn.declareExchange(WireNames.eventsExchange, passive: true)
             try conn.enablePublisherConfirms()
             if again { logger.notice("event publisher reconnected") }
+            state.withLock {
+                $0.link.connected = true
+                if again { $0.link.reconnects += 1 }
+            }
+            defer { state.withLock { $0.link.connected = false } }
             try serve(conn)
         }
     }
@@ -129,9 +148,10 @@ public final class AMQPEventPublisher: Sendable {
                 state.withLock { $0.direct.insert(contentsOf: extra, at: 0) }
                 throw error
             }
+            var beatTag: UInt64?
             if let beat {
-                try conn.publish(exchange: WireNames.eventsExchange, routingKey: beat.key, body: Array(beat.body),
-                                 persistent: false, userID: userID)
+                beatTag = try conn.publish(exchange: WireNames.eventsExchange, routingKey: beat.key,
+                                           body: Array(beat.body), persistent: false, userID: userID)
             }
             let nacked: Set<UInt64>
             do {
@@ -140,6 +160,7 @@ public final class AMQPEventPublisher: Sendable {
                 state.withLock { $0.direct.insert(contentsOf: extra, at: 0) }
                 throw error
             }
+            if let beatTag, !nacked.contains(beatTag) { state.withLock { $0.link.lastHeartbeatConfirmed = Date() } }
             let refusedDirect = zip(extra, directTags).filter { nacked.contains($0.1) }.map(\.0)
             if !refusedDirect.isEmpty { state.withLock { $0.direct.insert(contentsOf: refusedDirect, at: 0) } }
             let confirmed = zip(batch, tags).filter { !nacked.contains($0.1) }.map(\.0.id)

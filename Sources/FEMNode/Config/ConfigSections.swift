@@ -18,6 +18,7 @@ struct ConfigFile: Codable, Sendable {
     var outputs = OutputsSection()
     var journal = JournalSection()
     var reporter = ReporterSection()
+    var metrics = MetricsSection()
     /// `[registries."host:port"]`: logins for image pulls.
     var registries: [String: LoginEntry] = [:]
     /// `[credentials."name"]`: logins plans and tasks name by reference.
@@ -30,6 +31,7 @@ struct ConfigFile: Codable, Sendable {
     enum CodingKeys: String, CodingKey {
         case node, broker, launchers, stageIn = "stage_in", sandboxes, outputs, journal, reporter, registries,
              credentials, hooks, datasets
+        case metrics
     }
 
     init() {}
@@ -45,6 +47,7 @@ struct ConfigFile: Codable, Sendable {
         outputs = r.section(c, .outputs) ?? outputs
         journal = r.section(c, .journal) ?? journal
         reporter = r.section(c, .reporter) ?? reporter
+        metrics = r.section(c, .metrics) ?? metrics
         registries = Self.named(c, .registries, r, notATable: "expected [registries.\"name\"] sections") { name in
             "registries.\"\(name)\": expected a table with " + LoginEntry.allowed(tokens: false).joined(separator: ", ")
         }
@@ -693,6 +696,40 @@ struct ReporterSection: Codable, Sendable {
         v.range("reporter.max_events_per_task", maxEventsPerTask, 1...10_000_000)
         v.range("reporter.max_event_bytes_per_task", maxEventBytesPerTask, 1024...(1 << 30))
         v.range("reporter.max_metrics_per_line", maxMetricsPerLine, 1...1000)
+    }
+}
+
+/// `[metrics]`: Prometheus metrics on `GET /metrics`, off unless `listen` is set. Served without authentication, so
+/// on loopback unless `allow_remote` says otherwise.
+struct MetricsSection: Codable, Sendable {
+    var listen = ""
+    var allowRemote = false
+
+    enum CodingKeys: String, CodingKey {
+        case listen, allowRemote = "allow_remote"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        listen = r.value(c, .listen) ?? listen
+        allowRemote = r.value(c, .allowRemote) ?? allowRemote
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        guard !listen.isEmpty else { return }
+        do {
+            let address = try MetricsListen.parse(listen)
+            if !address.isLoopback && !allowRemote {
+                v.note("metrics.listen: \(address) is not a loopback address: the metrics would be served without "
+                       + "authentication to whoever can reach it; set metrics.allow_remote = true to allow that (and "
+                       + "limit who may connect with a firewall), or listen on 127.0.0.1")
+            }
+        } catch {
+            v.note("metrics.listen: \(error)")
+        }
     }
 }
 

@@ -57,6 +57,7 @@ extension ConfigFile {
         outputs.validate(&v)
         journal.validate(&v)
         reporter.validate(&v)
+        metrics.validate(&v)
 
         for l in launchers.enabled where !NodeConfig.knownLaunchers.contains(l) {
             v.note("launchers.enabled: \"\(l)\" is not a launcher this build has (it has: "

@@ -105,6 +105,8 @@ public struct NodeConfig: Sendable {
     public var reporterMaxMetricsPerLine: Int
 
     public var datasets: [String: Dataset]
+    /// `[metrics] listen`: where `GET /metrics` is served (nil: metrics are off).
+    public var metricsListen: MetricsListen?
     /// `[node.labels]`: free-form attributes for constraints, as `labels.<key>`.
     public var labels: [String: AttributeValue] = [:]
     /// Where the file was read from, for messages.
@@ -266,6 +268,7 @@ extension NodeConfig {
             datasets: file.validDatasets, source: source)
         config.minFreeMB = file.node.minFreeMB
         config.drainSeconds = file.node.drainSeconds
+        config.metricsListen = file.metrics.listen.isEmpty ? nil : try? MetricsListen.parse(file.metrics.listen)
         config.labels = file.node.labels
         config.logMaxMB = file.node.logMaxMB
         config.logKeep = file.node.logKeep

@@ -34,6 +34,8 @@ struct NodeApplication: Sendable {
     let disk: DiskWatch
     let admission: Admission
     let endpoint: AMQPEndpoint
+    /// `[metrics]`: nil when off.
+    let metrics: NodeMetrics?
     /// The node's attributes, for constraints and heartbeats.
     let fingerprint: NodeFingerprint
     /// receiver.log, reopened on SIGHUP; the status file and systemd; the config a reload replaces.
@@ -58,8 +60,12 @@ struct NodeApplication: Sendable {
         live = LiveConfig(config)
 
         // The journal first: the publisher reads its outbox, and the runner wakes the publisher when it adds events.
+        // The metrics hear every state change and event the journal commits.
+        let metrics = config.metricsListen.map { _ in NodeMetrics(version: FEMVersion.string) }
+        self.metrics = metrics
         try NodeAssembly.prepareWorkDir(config)
-        let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+        let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID,
+                                        metrics: metrics ?? NoTaskMetrics())
         let publisher = AMQPEventPublisher(endpoint: endpoint, outbox: journal, logger: logger)
         self.publisher = publisher
         let disk = DiskWatch(workDir: config.workDir, logFile: config.logFile, minFreeMB: config.minFreeMB)
@@ -71,9 +77,11 @@ struct NodeApplication: Sendable {
         logTrouble.set { news in
             switch news {
             case .dropping(let error):
+                metrics?.logTrouble(failing: true)
                 notices.send("log_dropping", "the node cannot write its log \(config.logFile) (\(error)); log lines are "
                              + "dropped and counted until writes work again", ["error": .string(error)])
             case .recovered(let dropped, let error):
+                metrics?.logTrouble(failing: false, dropped: dropped)
                 notices.send("log_recovered", "the node writes its log again; \(dropped) line(s) were dropped while "
                              + "writes failed (\(error))", ["dropped_lines": .int(Int64(dropped))])
             }
@@ -122,11 +130,35 @@ struct NodeApplication: Sendable {
             .init(service: SecondSignalService(logger: logger), failureTerminationBehavior: .cancelGroup),
             .init(service: RunnerService(app: self)),
         ]
+        // The metrics near the start (stopped late): they watch the drain to its end.
+        list.insert(contentsOf: metricsServices, at: 0)
         // systemd's watchdog: first, so the graceful shutdown reaches it last (it pings through the drain).
         if let interval = operations.systemd.watchdogPingInterval {
             list.insert(.init(service: WatchdogService(operations: operations, interval: interval)), at: 0)
         }
         return list
+    }
+
+    var metricsServices: [ServiceGroupConfiguration.ServiceConfiguration] {
+        guard let metrics, let listen = config.metricsListen else { return [] }
+        return [.init(service: MetricsService(listen: listen, metrics: metrics, sample: { [self] in await metricsSample() },
+                                              logger: logger))]
+    }
+
+    /// The node's own facts for a scrape (task facts come from the journal as they happen).
+    func metricsSample() async -> NodeMetrics.Sample {
+        var s = NodeMetrics.Sample()
+        s.running = await node.runner.activeCount
+        s.queued = await node.runner.queuedCount
+        s.outbox = try? node.journal.outboxCount()
+        let link = publisher.link
+        s.brokerConnected = link.connected
+        s.brokerReconnects = link.reconnects
+        s.lastHeartbeat = link.lastHeartbeatConfirmed
+        s.freeDiskBytes = freeDiskBytes(at: config.workDir)
+        s.diskPressure = disk.pressure != nil
+        s.draining = admission.draining
+        return s
     }
 
     func run() async throws {

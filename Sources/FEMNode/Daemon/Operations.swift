@@ -291,6 +291,8 @@ struct ConfigReload: Sendable {
         Key("reporter") {
             "\($0.reporterMaxEventsPerTask) \($0.reporterMaxEventBytesPerTask) \($0.reporterMaxMetricsPerLine)"
         },
+        // The metrics endpoint is bound once, at start.
+        Key("metrics.listen") { $0.metricsListen?.description ?? "" },
     ]
 
     static func keepRunning(_ old: NodeConfig, in next: inout NodeConfig) {
@@ -306,6 +308,7 @@ struct ConfigReload: Sendable {
         next.stopGraceSeconds = old.stopGraceSeconds
         next.minFreeMB = old.minFreeMB
         next.drainSeconds = old.drainSeconds
+        next.metricsListen = old.metricsListen
         next.brokerURL = old.brokerURL
         next.brokerPassword = old.brokerPassword
         next.caFile = old.caFile
