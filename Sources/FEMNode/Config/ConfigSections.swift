@@ -115,6 +115,11 @@ struct NodeSection: Codable, Sendable {
     var stopGrace = 10
     var minFreeMB = 256
     var drainSeconds = 30
+    /// receiver.log rotates itself past this size (0: never; logrotate with a SIGHUP instead), keeping `logKeep` files.
+    var logMaxMB = 0
+    var logKeep = 5
+    /// "text" (one readable line) or "json" (one JSON object per line, for log shippers).
+    var logFormat = "text"
     /// `[node.capacity]`.
     var capacity = CapacitySection()
 
@@ -123,6 +128,7 @@ struct NodeSection: Codable, Sendable {
              heartbeatInterval = "heartbeat_interval", defaultTimeout = "default_timeout", maxTimeout = "max_timeout",
              allowTimeoutAbovePlan = "allow_timeout_above_plan", stopGrace = "stop_grace", minFreeMB = "min_free_mb",
              drainSeconds = "drain_seconds"
+        case logMaxMB = "log_max_mb", logKeep = "log_keep", logFormat = "log_format"
         case capacity
     }
 
@@ -143,6 +149,9 @@ struct NodeSection: Codable, Sendable {
         stopGrace = r.value(c, .stopGrace) ?? stopGrace
         minFreeMB = r.value(c, .minFreeMB) ?? minFreeMB
         drainSeconds = r.value(c, .drainSeconds) ?? drainSeconds
+        logMaxMB = r.value(c, .logMaxMB) ?? logMaxMB
+        logKeep = r.value(c, .logKeep) ?? logKeep
+        logFormat = r.value(c, .logFormat) ?? logFormat
         capacity = r.section(c, .capacity) ?? capacity
     }
 
@@ -155,6 +164,11 @@ struct NodeSection: Codable, Sendable {
         v.range(k(.stopGrace), stopGrace, 0...3600)
         v.range(k(.minFreeMB), minFreeMB, 0...(1 << 30))
         v.range(k(.drainSeconds), drainSeconds, 0...86_400)
+        v.range(k(.logMaxMB), logMaxMB, 0...1_048_576)
+        v.range(k(.logKeep), logKeep, 1...100)
+        if !["text", "json"].contains(logFormat) {
+            v.note("\(k(.logFormat)): \"\(logFormat)\" is not one of \"text\", \"json\"")
+        }
         capacity.validate(&v)
     }
 }

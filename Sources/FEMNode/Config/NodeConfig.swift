@@ -36,6 +36,10 @@ public struct NodeConfig: Sendable {
     public var drainSeconds: Int = 30
     /// A task that finds dockerd unreachable waits this long for it (with a notice) before failing.
     public var dockerWaitSeconds: Int = 60
+    /// `node.log_max_mb` (0: no size rotation), `node.log_keep`, `node.log_format` ("text" or "json").
+    public var logMaxMB: Int = 0
+    public var logKeep: Int = 5
+    public var logFormat: String = "text"
     /// `[launchers.slurm]` (its task user filled in when the launcher is enabled).
     public var slurm = SlurmLauncherConfig()
 
@@ -260,6 +264,9 @@ extension NodeConfig {
             datasets: file.validDatasets, source: source)
         config.minFreeMB = file.node.minFreeMB
         config.drainSeconds = file.node.drainSeconds
+        config.logMaxMB = file.node.logMaxMB
+        config.logKeep = file.node.logKeep
+        config.logFormat = file.node.logFormat
         config.capacityCPUs = file.node.capacity.cpus
         config.capacityMemoryMB = file.node.capacity.memoryMB
         config.capacityGPUs = file.node.capacity.gpus
