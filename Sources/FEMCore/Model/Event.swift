@@ -101,6 +101,8 @@ public struct Heartbeat: Sendable, Codable, Equatable {
     public var unrecorded: Int?
     /// The node is draining for a stop: it takes no new tasks, and running ones finish.
     public var draining: Bool?
+    /// The node's attributes (what `constraints` are evaluated against), a flat object.
+    public var attributes: NodeAttributes?
     /// `[node.capacity]`: what task resources may reserve in all, and what is free of it now.
     public var capacity: Capacity?
     public var free: Capacity?
@@ -125,6 +127,7 @@ public struct Heartbeat: Sendable, Codable, Equatable {
         case version, time, running, queued
         case freeDiskBytes = "free_disk_bytes"
         case launchers, datasets, pressure, unrecorded, draining
+        case attributes
         case capacity, free
     }
 

@@ -89,6 +89,9 @@ final class ConfigReading {
 
     func note(_ problem: String) { problems.append(problem) }
 
+    /// A key read as a whole by its section (`node.labels`): nothing in it is unknown.
+    func markKnown(_ name: String) { known.insert(name) }
+
     static func name(_ path: [any CodingKey]) -> String { path.map(\.stringValue).joined(separator: ".") }
 
     /// `launchers.docker.socket` → `FEM_LAUNCHERS_DOCKER_SOCKET`.

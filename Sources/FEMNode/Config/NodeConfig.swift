@@ -105,6 +105,8 @@ public struct NodeConfig: Sendable {
     public var reporterMaxMetricsPerLine: Int
 
     public var datasets: [String: Dataset]
+    /// `[node.labels]`: free-form attributes for constraints, as `labels.<key>`.
+    public var labels: [String: AttributeValue] = [:]
     /// Where the file was read from, for messages.
     public var source: String
 
@@ -264,6 +266,7 @@ extension NodeConfig {
             datasets: file.validDatasets, source: source)
         config.minFreeMB = file.node.minFreeMB
         config.drainSeconds = file.node.drainSeconds
+        config.labels = file.node.labels
         config.logMaxMB = file.node.logMaxMB
         config.logKeep = file.node.logKeep
         config.logFormat = file.node.logFormat

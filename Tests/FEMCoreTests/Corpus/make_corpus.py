@@ -139,4 +139,9 @@ case("task-unknown-param", "task", task(params={"name": "a", "colour": "red"}), 
 case("task-missing-required", "task", task(params={}), False, ["params.name"], schema_valid=True)
 case("task-bool-given-string", "task", task(params={"name": "a", "flag": "true"}), False, ["params.flag"], schema_valid=True)
 case("task-str-given-number", "task", task(params={"name": 5}), False, ["params.name"], schema_valid=True)
+# --- constraints: a string (its syntax is checked on the node, which declines a task it cannot read)
+case("task-plan-constraints", "task", task(plan=plan(constraints='cpus >= 1 and gpu_model =~ "A100"'),
+                                           constraints='"camera" in labels.sensors'), True)
+case("task-constraints-not-a-string", "task", task(plan=plan(constraints=""), constraints=3), False,
+     ["constraints", "plan.constraints"])
 print(f"wrote {n} cases")
