@@ -123,7 +123,7 @@ struct ConstraintsTests {
         bad["constraints"] = .string(#"labels.site = "hospital-a""#)
         try String(decoding: JSONValue.object(bad).encoded(), as: UTF8.self).write(toFile: file, atomically: true, encoding: .utf8)
         let invalid = try Shell.run([try TestEnv.binary("fem-client"), "validate", file])
-        #expect(invalid.status == 1 && invalid.output.contains(
+        #expect(invalid.status == 2 && invalid.output.contains(
             #"constraints: column 13: expected "==" (a single "=" is not an operator)"#), "\(invalid.output)")
     }
 }
