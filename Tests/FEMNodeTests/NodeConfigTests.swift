@@ -151,7 +151,7 @@ struct NodeConfigTests {
 
     @Test func capacityIsTheHostsUnlessCappedAndBadValuesAreNamed() throws {
         let host = HostCapacity.of(try NodeConfig.parse(Self.toml(), source: "t", environment: [:]))
-        #expect(host.cpus >= 1 && host.memoryMB > 0 && host.gpus == 0, "\(host)")
+        #expect(host.cpus > 0 && host.memoryMB > 0 && host.gpus == 0, "\(host)")
         let text = Self.toml() + "\n[node.capacity]\ncpus = 2\nmemory_mb = 4000\ngpus = 1\nstorage_mb = 500\n"
         let capped = try NodeConfig.parse(text, source: "t", environment: ["FEM_NODE_CAPACITY_GPUS": "3"])
         #expect(HostCapacity.of(capped) == Capacity(cpus: 2, memoryMB: 4000, gpus: 3, storageMB: 500))

@@ -265,11 +265,18 @@ public actor Runner {
                 }
                 continue
             }
+            // Behind a blocked task, one already checked and announced has nothing to do: a pump stays cheap per
+            // waiting task however long the queue (the capacity does not change, so a task that fit it still does).
+            if blockedBy != nil && entry.vetted && entry.announced {
+                i += 1
+                continue
+            }
             if let never = ledger.neverFits(entry.resources) {
                 queue.remove(at: i)
                 decline(entry.id, never)
                 continue
             }
+            queue[i].vetted = true
             if blockedBy == nil {
                 if active.count < settings.maxConcurrentTasks, ledger.shortfall(entry.resources) == nil {
                     queue.remove(at: i)
@@ -277,8 +284,12 @@ public actor Runner {
                     continue
                 }
                 blockedBy = entry.id
-                markQueued(i, ledger.shortfall(entry.resources).map { "waiting for \($0)" }
-                              ?? "waiting for a free slot (\(active.count) of \(settings.maxConcurrentTasks) tasks running)")
+                if !entry.announced {
+                    markQueued(i, ledger.shortfall(entry.resources).map { "waiting for \($0)" }
+                                  ?? "waiting for a free slot (\(active.count) of \(settings.maxConcurrentTasks) tasks running)")
+                }
+            } else if entry.announced {
+                // (checked just now; nothing to announce)
             } else if let short = ledger.shortfall(entry.resources) {
                 markQueued(i, "waiting for \(short)")
             } else {
@@ -360,6 +371,8 @@ extension Runner {
         let reserves: Bool
         /// `queued` was journaled (or the task was `queued` already when it was read).
         var announced: Bool
+        /// A pump found that it can fit the node's capacity.
+        var vetted = false
 
         init(_ id: String, record: TaskRecord?, arrival: Int, usesNodeResources: (String) -> Bool) {
             self.id = id
