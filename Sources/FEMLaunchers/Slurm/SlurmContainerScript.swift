@@ -13,10 +13,13 @@ import Foundation
 ///   to `out/` are that user's, as for host processes, and the sandbox is taken back the same way.
 /// - `--network=none`, `--cap-drop=ALL`, `--security-opt=no-new-privileges`, `--read-only` (no tmpfs of podman's
 ///   own on /run and /var/tmp) with a tmpfs `/tmp`, `--ulimit nproc` (RLIMIT_NPROC, counted per user namespace).
-/// - Limits: rootless podman on cgroup v1 cannot create cgroups, so `--memory`, `--cpus` and `--pids-limit` would be
-///   ignored (podman says so on stderr). The container's processes stay in the job's cgroup instead, where Slurm's
-///   `--mem` and `--cpus-per-task` hold them (task/cgroup). `--pids-limit` is added where the compute node has
-///   cgroup v2 (a delegated controller can hold it).
+/// - Limits: rootless podman on cgroup v1 sets no limits of its own, so `--memory`, `--cpus` and `--pids-limit` would
+///   be ignored (podman says so on stderr). runc makes the container's cgroup below the job's task cgroup (which
+///   Slurm gives the job's user), where Slurm's `--mem` and `--cpus-per-task` hold it (task/cgroup). On v1 the
+///   kernel counts a memory kill only in the container's cgroup, so Slurm records FAILED with exit 137 rather than
+///   OUT_OF_MEMORY; the script then says on stderr that the job's memory limit was reached. `--cgroups=disabled`
+///   (which would keep the container in Slurm's cgroup) needs crun, which refuses a hybrid v1/v2 hierarchy.
+///   `--pids-limit` is added where the compute node has cgroup v2.
 /// - The sandbox's `src/`, `in/` (read-only), `out/` (writable) and the datasets (read-only) are bind-mounted at
 ///   their host paths, which are the paths the command was rendered with; `logs/` (the job script, the environment
 ///   file) is not mounted.
@@ -150,6 +153,18 @@ public enum SlurmContainerScript {
             # shellcheck disable=SC2086 # $pids is one word or none
             \(run.joined(separator: " "))
             rc=$?
+            # A kill at the job's memory limit (Slurm's cgroup) is counted, on cgroup v1, only in the container's own
+            # cgroup, which is gone: Slurm then reports FAILED with exit 137, not OUT_OF_MEMORY. Said here instead.
+            if [ "$rc" -eq 137 ]; then
+              cg=$(sed -n 's/^[0-9]*:memory://p' /proc/self/cgroup)
+              while case "$cg" in */job_*) true ;; *) false ;; esac; do
+                if [ "$(cat "/sys/fs/cgroup/memory$cg/memory.failcnt" 2>/dev/null || echo 0)" != 0 ]; then
+                  echo 'fem-client: the container was killed (SIGKILL) when the job reached its memory limit (Slurm --mem)' >&2
+                  break
+                fi
+                cg=${cg%/*}
+              done
+            fi
             exit $rc
 
             """
