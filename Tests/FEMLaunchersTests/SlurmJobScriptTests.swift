@@ -192,12 +192,12 @@ struct SlurmJobScriptTests {
         let lines = try String(contentsOfFile: "\(dir)/\(names.first ?? "-")", encoding: .utf8)
             .split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [Any] }
         let calls = lines.compactMap { $0.first as? [String] }
-        // pull, run, then the storage's removal (podman unshare rm).
-        #expect(calls.count == 3, "\(calls)")
+        // pull, run, then the cleanup: any container left (rm), the storage (podman unshare rm).
+        #expect(calls.count == 4 && calls.last?.contains("unshare") == true, "\(calls)")
         let pull = calls.first ?? [], run = calls.count > 1 ? calls[1] : []
         #expect(pull.suffix(3) == ["pull", "--quiet", "127.0.0.1:5000/fem/busybox:1.36"], "\(pull)")
         for option in ["--network=none", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only",
-                       "--read-only-tmpfs=false", "--userns=keep-id", "--rm", "--pull=never", "--log-level=error",
+                       "--read-only-tmpfs=false", "--userns=keep-id", "--rm", "--init", "--pull=never", "--log-level=error",
                        "--storage-driver=overlay"] {
             #expect(run.contains(option), "\(option) in \(run)")
         }

@@ -557,6 +557,34 @@ struct SlurmTests {
         #expect(stderr.contains("the container was killed (SIGKILL) when the job reached its memory limit"), "\(stderr)")
     }
 
+    /// The per-job podman folders in /tmp (storage and runroot) that exist now.
+    func podmanFolders() -> Set<String> {
+        Set(((try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []).filter { $0.hasPrefix("fem-podman.") })
+    }
+
+    /// A container task that outlives its timeout is stopped through Slurm (scancel): the program, not the
+    /// container's init, gets the SIGTERM, the task fails `timeout`, the job is CANCELLED and gone from squeue, and
+    /// the job's podman storage in /tmp is removed.
+    @Test func aContainerTimeoutEndsTheJobAndLeavesNoStorage() throws {
+        let node = try node("slurm-podman-stop", extra: """
+            container_runtime = "podman"
+            allowed_images = ["127.0.0.1:5000/fem/*"]
+            insecure_registries = ["127.0.0.1:5000"]
+            """)
+        try node.start()
+        let op = try Operator(node: node)
+        let before = podmanFolders()
+        let t = task(["/bin/sleep", "120"], timeout: 8, plan: ["image": .string(try Self.pinnedImage())])
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 90)
+        let e = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(e.state == .failed && e.detail.failureClass == .timeout, "\(e.detail)")
+        let id = try jobID(t)
+        #expect(try !active(id), "job \(id) is gone from squeue")
+        #expect(try jobState(id) == "CANCELLED")
+        try eventually("the job's podman folder to be removed", timeout: 30) { podmanFolders().subtracting(before).isEmpty }
+    }
+
     /// Where the node runs no containers on Slurm (container_runtime left at "none"), a plan naming an image is
     /// declined saying so, and nothing is submitted.
     @Test func aContainerPlanIsDeclinedWithoutAContainerRuntime() throws {

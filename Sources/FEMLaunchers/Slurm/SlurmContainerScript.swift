@@ -11,6 +11,9 @@ import Foundation
 ///   is verified by podman); nothing is shared between jobs or users.
 /// - `--userns=keep-id --user <uid>:<gid>`: the container runs as the job's (non-root) user, so the files it writes
 ///   to `out/` are that user's, as for host processes, and the sandbox is taken back the same way.
+/// - `--init` (catatonit as the container's PID 1): the program is not its namespace's init, so Slurm's SIGTERM at a
+///   cancel or timeout ends it (an init without a handler ignores it), podman returns and the script cleans up
+///   before Slurm's KillWait runs out.
 /// - `--network=none`, `--cap-drop=ALL`, `--security-opt=no-new-privileges`, `--read-only` (no tmpfs of podman's
 ///   own on /run and /var/tmp) with a tmpfs `/tmp`, `--ulimit nproc` (RLIMIT_NPROC, counted per user namespace).
 /// - Limits: rootless podman on cgroup v1 sets no limits of its own, so `--memory`, `--cpus` and `--pids-limit` would
@@ -119,7 +122,7 @@ public enum SlurmContainerScript {
         let entrypoint = (try? JSONSerialization.data(withJSONObject: Array(c.argv.prefix(1)),
                                                       options: [.withoutEscapingSlashes]))
             .map { String(decoding: $0, as: UTF8.self) } ?? "[]"
-        var run = ["p", "run", "--rm", "--pull=never", "--network=none", "--cap-drop=ALL",
+        var run = ["p", "run", "--rm", "--pull=never", "--init", "--network=none", "--cap-drop=ALL",
                    "--security-opt=no-new-privileges", "--read-only", "--read-only-tmpfs=false",
                    "--tmpfs", q("/tmp:rw,nosuid,nodev,size=\(c.tmpfsMB)m"),
                    "--userns=keep-id", "--user", q("\(c.uid):\(c.gid)"),
@@ -142,17 +145,25 @@ public enum SlurmContainerScript {
                 XDG_DATA_HOME="$d/data" CONTAINERS_REGISTRIES_CONF=\(q(c.registriesConf)) \\
                 \(q(c.podman)) --log-level=error --storage-driver=overlay --root "$d/storage" --runroot "$d/run" "$@"
             }
-            # The storage holds files of the user's subordinate ids: removed from inside its user namespace.
-            trap 'p unshare rm -rf "$d/storage" >/dev/null 2>&1; rm -rf "$d"' EXIT
+            # The container (if a signal cut its --rm short) is removed, then the storage and runroot, which hold files of
+            # the user's subordinate ids, from inside its user namespace.
+            trap 'p rm --all --force --time 0 >/dev/null 2>&1; p unshare rm -rf "$d/storage" "$d/run" >/dev/null 2>&1; rm -rf "$d"' EXIT
             trap 'exit 143' TERM INT
             mkdir -m 700 "$d/run" || exit 125
             p pull --quiet \(q(c.image)) >/dev/null || { echo 'fem-client: podman could not pull the image '\(q(c.image)) >&2; exit 125; }
             # Rootless podman holds a PIDs limit only on cgroup v2; on v1 the job's cgroup (Slurm) and nproc hold it.
             pids=''
             [ -f /sys/fs/cgroup/cgroup.controllers ] && pids=\(q("--pids-limit=\(c.pidsLimit)"))
+            # In the background, with Slurm's SIGTERM (cancel, time limit) passed on: Slurm signals the job's shell, not
+            # podman, which would otherwise keep the container running until KillWait's SIGKILL, leaving no time to
+            # clean up. podman hands the signal to the container.
             # shellcheck disable=SC2086 # $pids is one word or none
-            \(run.joined(separator: " "))
+            \(run.joined(separator: " ")) &
+            pid=$!
+            trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
+            wait "$pid"
             rc=$?
+            while kill -0 "$pid" 2>/dev/null; do wait "$pid"; rc=$?; done
             # A kill at the job's memory limit (Slurm's cgroup) is counted, on cgroup v1, only in the container's own
             # cgroup, which is gone: Slurm then reports FAILED with exit 137, not OUT_OF_MEMORY. Said here instead.
             if [ "$rc" -eq 137 ]; then
