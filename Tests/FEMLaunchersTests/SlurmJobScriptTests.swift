@@ -168,13 +168,18 @@ struct SlurmJobScriptTests {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let fake = "\(dir)/podman"
-        try """
+        let program = """
             #!/usr/bin/python3
             import json, os, sys
             with open(os.environ["XDG_RUNTIME_DIR"] + "/../../../calls-" + os.path.basename(os.environ["HOME"]), "a") as f:
                 f.write(json.dumps([sys.argv[1:], sorted(os.environ)]) + "\\n")
-            """.write(toFile: fake, atomically: true, encoding: .utf8)
-        try Posix.chmod(fake, mode: 0o755)
+
+            """
+        // Written by a child process: a descriptor of this (threaded) process open for writing it could be inherited
+        // by another test's fork, and exec would then fail with ETXTBSY.
+        let made = try await ChildProcess.run(executable: "/bin/sh", arguments: [
+            "-c", "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"", "sh", program, fake], environment: ["PATH": "/usr/bin:/bin"])
+        try #require(made.succeeded, "\(made.diagnostic)")
         let container = SlurmContainerScript.Container(
             podman: fake, image: "127.0.0.1:5000/fem/busybox:1.36", argv: ["/bin/echo"] + Self.corpus,
             workingDirectory: "/s p/src", mounts: [.init(path: "/s p/src", writable: false), .init(path: "/s p/out", writable: true)],

@@ -128,7 +128,7 @@ public struct SlurmLauncherConfig: Sendable {
             return "launchers.slurm.\(key): \(tool) is not an executable file (apt-get install slurm-client)"
         }
         if containerRuntime == "podman", !Posix.isExecutableFile(podman) {
-            return "launchers.slurm.podman: \(podman) is not an executable file (apt-get install podman uidmap), and "
+            return "launchers.slurm.podman: \(podman) is not an executable file (apt-get install podman uidmap catatonit), and "
                 + "launchers.slurm.container_runtime is \"podman\""
         }
         return nil
