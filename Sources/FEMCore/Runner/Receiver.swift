@@ -22,12 +22,16 @@ public struct Receiver: Sendable {
     /// A node notice sent directly, not through the outbox: reason, message, data.
     let notify: @Sendable (String, String, [String: JSONValue]) -> Void
     let backoff: RequeueBackoff
+    /// The node's attributes as last fingerprinted: what tasks' `constraints` are evaluated against.
+    let attributes: @Sendable () -> NodeAttributes
 
     public init(nodeID: String, maxMessageBytes: Int, journal: any Journal, runner: Runner, logger: Logger,
                 admission: @escaping @Sendable () -> String? = { nil },
                 notify: @escaping @Sendable (String, String, [String: JSONValue]) -> Void = { _, _, _ in },
                 requeueDelay: Duration = .seconds(1), orchestrators: Set<String>? = nil,
+                attributes: @escaping @Sendable () -> NodeAttributes = { NodeAttributes() },
                 eventsAdded: @escaping @Sendable () -> Void) {
+        self.attributes = attributes
         self.orchestrators = orchestrators
         self.nodeID = nodeID
         self.maxMessageBytes = maxMessageBytes
@@ -165,10 +169,25 @@ public struct Receiver: Sendable {
         }
         // All acks first (the source sends them together), then the runner gets the tasks.
         var admitted: [String] = []
+        var unmet: [(String, String)] = []
         for (item, result) in zip(group, results) {
-            if await settle(item.message, spec: item.spec, result: result, at: now) { admitted.append(item.spec.taskID) }
+            if await settle(item.message, spec: item.spec, result: result, at: now) {
+                // A task this node does not meet the constraints of ends here, journaled and declined with why.
+                let verdict = constraintVerdict(for: item.spec)
+                if verdict.matched {
+                    admitted.append(item.spec.taskID)
+                } else {
+                    unmet.append((item.spec.taskID, verdict.reason ?? "constraints not met by this node"))
+                }
+            }
         }
+        for (id, reason) in unmet { await runner.record(id, .declined, EventDetail(message: reason)) }
         for id in admitted { await runner.enqueue(id) }
+    }
+
+    /// Whether this node meets the task's constraints (its plan's and its own), against the node's attributes now.
+    public func constraintVerdict(for task: TaskSpec) -> ConstraintVerdict {
+        task.constraintVerdict(on: attributes())
     }
 
     /// Acknowledges the delivery once its task is journaled (or returns it to the broker); true when the task is

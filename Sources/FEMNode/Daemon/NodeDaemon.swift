@@ -13,6 +13,7 @@ import UnixSignals
 public enum NodeDaemon {
     public static func run(config: NodeConfig) async throws {
         ignoreSIGPIPE()
+        ignoreSIGHUP()  // until HangupService handles it: reopen the log, reload the config
         // Each task holds at most one blocking call at a time (a transfer, a spawn, a cleanup): twice the task
         // slots and a margin, so a timed-out task's cleanup never queues behind other tasks' long transfers.
         BlockingPool.configureShared(size: max(16, 2 * config.maxConcurrentTasks + 4))
@@ -33,15 +34,28 @@ struct NodeApplication: Sendable {
     let disk: DiskWatch
     let admission: Admission
     let endpoint: AMQPEndpoint
+    /// The node's attributes, for constraints and heartbeats.
+    let fingerprint: NodeFingerprint
+    /// receiver.log, reopened on SIGHUP; the status file and systemd; the config a reload replaces.
+    let logSink: LineLogHandler.Sink?
+    let operations: Operations
+    let live: LiveConfig
+    var reload: ConfigReload {
+        ConfigReload(live: live, runner: node.runner, operations: operations, logger: logger)
+    }
 
     init(config: NodeConfig) throws {
         self.config = config
         let logTrouble = LogTrouble()
-        let makeHandler = try LineLogHandler.factory(path: config.logFile, trouble: logTrouble)
+        let (makeHandler, sink) = try LineLogHandler.factory(
+            path: config.logFile, trouble: logTrouble,
+            options: .init(maxMB: config.logMaxMB, keep: config.logKeep, json: config.logFormat == "json"))
+        logSink = sink
         let logger = Logger(label: "fem-client", factory: makeHandler)
         self.logger = logger
         let endpoint = try config.endpoint()
         self.endpoint = endpoint
+        live = LiveConfig(config)
 
         // The journal first: the publisher reads its outbox, and the runner wakes the publisher when it adds events.
         try NodeAssembly.prepareWorkDir(config)
@@ -66,19 +80,29 @@ struct NodeApplication: Sendable {
         }
         let admission = Admission(disk: disk)
         self.admission = admission
+        // Labels and datasets as the last config reload left them.
+        let live = self.live
+        let fingerprint = NodeFingerprint(config: { live.value }, launchers: node.registry.names)
+        self.fingerprint = fingerprint
+        let operations = Operations(config: config, broker: "\(endpoint)", launchers: node.registry.names, logger: logger)
+        self.operations = operations
         source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
-                                maxMessageBytes: config.maxMessageBytes, logger: logger)
+                                maxMessageBytes: config.maxMessageBytes, logger: logger,
+                                connection: { operations.broker(connected: $0) })
         receiver = Receiver(nodeID: config.nodeID, maxMessageBytes: config.maxMessageBytes, journal: node.journal,
                             runner: node.runner, logger: logger, admission: { admission.refusal },
                             notify: { reason, message, data in notices.send(reason, message, data) },
-                            orchestrators: Set(config.orchestrators)) { publisher.wake() }
+                            orchestrators: Set(config.orchestrators),
+                            attributes: { fingerprint.current }) { publisher.wake() }
     }
 
     /// Started in this order and shut down in the reverse one: the runner drains first (the receiver still reads
     /// cancels and returns new deliveries to the broker, heartbeats say `draining`, the airlock still releases), then
     /// the watchers stop, then the receiver stops consuming, and the publisher, last, sends what the journal holds.
     var services: [ServiceGroupConfiguration.ServiceConfiguration] {
-        [
+        var list: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            // SIGHUP (log reopen, config reload): first, so it is handled until the very end of a stop.
+            .init(service: HangupService(app: self)),
             .init(service: PublisherService(publisher: publisher, logger: logger)),
             .init(service: ReceiverService(receiver: receiver, source: source)),
             .init(service: EveryService(name: "heartbeat", interval: .seconds(config.heartbeatSeconds)) { [self] in
@@ -98,6 +122,11 @@ struct NodeApplication: Sendable {
             .init(service: SecondSignalService(logger: logger), failureTerminationBehavior: .cancelGroup),
             .init(service: RunnerService(app: self)),
         ]
+        // systemd's watchdog: first, so the graceful shutdown reaches it last (it pings through the drain).
+        if let interval = operations.systemd.watchdogPingInterval {
+            list.insert(.init(service: WatchdogService(operations: operations, interval: interval)), at: 0)
+        }
+        return list
     }
 
     func run() async throws {
@@ -106,7 +135,9 @@ struct NodeApplication: Sendable {
             fem-client \(FEMVersion.string) starting: node \(config.nodeID), broker \(endpoint), launchers \(launchers), \
             work dir \(config.workDir), up to \(config.maxConcurrentTasks) tasks at once
             """)
+        await fingerprint.refresh()
         await node.runner.recover()
+        operations.versions(await engineVersions(config))
         if config.enabledLaunchers.contains("docker") {
             // Docker API calls: blocking, so on the pool.
             _ = try? await offload("foreign-containers") { [config, node, logger] in
@@ -126,8 +157,13 @@ struct NodeApplication: Sendable {
     }
 
     func sendHeartbeat() async {
-        let beat = await node.heartbeat(version: FEMVersion.string, pressure: admission.refusal,
+        var beat = await node.heartbeat(version: FEMVersion.string, pressure: admission.refusal,
                                         draining: admission.draining)
+        beat.attributes = await fingerprint.refresh()
+        // Datasets as the last config reload left them.
+        beat.datasets = live.value.datasets.sorted { $0.key < $1.key }.map { DatasetAdvert(id: $0.key, labels: $0.value.labels) }
+        operations.heartbeat(beat, awaitingApproval: try? node.journal.count(states: [.awaitingApproval]),
+                             draining: admission.draining)
         if let body = try? JSONEncoder.fem.encode(beat) {
             publisher.publishHeartbeat(routingKey: beat.routingKey, body: body)
         }
@@ -234,6 +270,7 @@ struct RunnerService: Service {
         do { try await gracefulShutdown() } catch { return }
         let drainSeconds = app.config.drainSeconds
         guard app.admission.startDraining() else { return }
+        app.operations.draining()
         app.logger.notice("stopping: no longer taking tasks; running ones may go on for up to \(drainSeconds) s")
         app.notices.send("draining", "the node stops: it takes no new tasks and lets running ones go on for up to "
                          + "\(drainSeconds) s", ["drain_seconds": .int(Int64(drainSeconds))])
