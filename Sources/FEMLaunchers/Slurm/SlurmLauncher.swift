@@ -51,8 +51,6 @@ public struct SlurmLauncherConfig: Sendable {
     /// Dataset id → host path (bind-mounted read-only into containers at the same path).
     public var datasets: [String: String] = [:]
 
-    public static let containerRuntimes = ["none", "podman"]
-
     public init(sharedDir: String = "", partition: String = "", allowedPartitions: [String] = [], account: String = "",
                 qos: String = "", maxCPUs: Int = 2, defaultMemoryMB: Int = 512, maxMemoryMB: Int = 8192,
                 allowedExecutables: [String] = [], path: String = "/usr/local/bin:/usr/bin:/bin", user: TaskUser? = nil,
@@ -128,8 +126,8 @@ public struct SlurmLauncherConfig: Sendable {
             return "launchers.slurm.\(key): \(tool) is not an executable file (apt-get install slurm-client)"
         }
         if containerRuntime == "podman", !Posix.isExecutableFile(podman) {
-            return "launchers.slurm.podman: \(podman) is not an executable file (apt-get install podman uidmap catatonit), and "
-                + "launchers.slurm.container_runtime is \"podman\""
+            return "launchers.slurm.podman: \(podman) is not an executable file (apt-get install podman uidmap "
+                + "catatonit), and launchers.slurm.container_runtime is \"podman\""
         }
         return nil
     }
@@ -142,9 +140,10 @@ public struct SlurmLauncherConfig: Sendable {
 /// - `--chdir` the sandbox's working directory, `--output/--error` the sandbox's log files (followed by the runner
 ///   for the reporter protocol as for the other launchers), job name and comment `fem-task:<node>:<task>`;
 /// - resources from the plan capped by the node (`--cpus-per-task`, `--mem`, `--gres=gpu:N`, `--time`), the
-///   partition the plan picks (`resources.partition`) among `allowed_partitions`, account and QOS from the node config;
+///   partition the plan picks (`resources.partition`) among `allowed_partitions`, account and QOS from the node
+///   config; `--no-requeue`, so Slurm itself never runs a job twice;
 /// - a plan that names an image runs in rootless podman inside the job (`container_runtime = "podman"`, see
-///   SlurmContainerScript), and is declined where the node runs no containers on Slurm; `--no-requeue`, so Slurm itself never runs a job twice;
+///   SlurmContainerScript), and is declined where the node runs no containers on Slurm;
 /// - as `launchers.slurm.user` (`--uid/--gid`), never as root; the sandbox is the task user's while the job runs and
 ///   given back to the daemon after, as for host processes. Memory, CPU and process limits are Slurm's (its cgroups
 ///   on the compute node); the network is the compute node's (Slurm has no per-job network isolation).
@@ -253,7 +252,7 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
         if let gpus = plan.resources.gpus, gpus > 0 {
             return "the plan asks for \(gpus) GPU(s); containers on Slurm are given none on this node"
         }
-        guard let program = job.command.argv.first, !program.isEmpty else { return "command.base: the command is empty" }
+        if job.command.argv.first?.isEmpty ?? true { return "command.base: the command is empty" }
         if SlurmContainerScript.envFile(containerEnvironment(job)) == nil {
             return "env: a value holds a line break, which cannot be passed to a container on Slurm"
         }
