@@ -6,10 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-bash scripts/install-packages.sh busybox-static podman docker-registry apache2-utils nginx fcgiwrap git munge slurmctld slurmd slurm-client man-db groff-base prometheus
+bash scripts/install-packages.sh busybox-static podman uidmap catatonit docker-registry apache2-utils nginx fcgiwrap git munge slurmctld slurmd slurm-client man-db groff-base prometheus
 python3 -c "import jsonschema" 2>/dev/null || python3 -m pip install -q jsonschema
 # Host-process tests run tasks as the unprivileged fem-task user (CI starts from a fresh machine).
-bash scripts/create-task-user.sh
+bash scripts/create-task-user.sh --subids
 
 services=$(pwd)/.build-test/services
 mkdir -p "$services"

@@ -113,7 +113,8 @@ public enum DocumentReader {
         var resources = Resources.none
         if let r = f.object("resources") {
             resources = Resources(cpus: r.number("cpus", exclusiveMin: 0), memoryMB: r.int("memory_mb", min: 4),
-                                  gpus: r.int("gpus", min: 0), storageMB: r.int("storage_mb", min: 1))
+                                  gpus: r.int("gpus", min: 0), storageMB: r.int("storage_mb", min: 1),
+                                  partition: r.string("partition", pattern: Patterns.slurmName))
             r.finish()
         }
         let network = f.string("network", allowed: NetworkMode.allCases.map(\.rawValue)).flatMap(NetworkMode.init)

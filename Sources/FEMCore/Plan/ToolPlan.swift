@@ -87,6 +87,8 @@ public struct Resources: Sendable, Equatable {
     public var memoryMB: Int?
     public var gpus: Int?
     public var storageMB: Int?
+    /// The Slurm partition the plan asks for (`launchers.slurm` checks it against the node's allowed ones).
+    public var partition: String? = nil
 
     public static let none = Resources(cpus: nil, memoryMB: nil, gpus: nil, storageMB: nil)
 }

@@ -338,8 +338,16 @@ struct SlurmSection: Codable, Sendable {
     var scancel = "/usr/bin/scancel"
     var pollIntervalMS = 1000
     var unreachableSeconds = 300
+    var containerRuntime = "none"
+    var podman = "/usr/bin/podman"
+    var allowedImages: [String] = []
+    var insecureRegistries: [String] = []
+    var pidsLimit = 256
+    var tmpfsMB = 64
 
     enum CodingKeys: String, CodingKey {
+        case containerRuntime = "container_runtime", podman, allowedImages = "allowed_images",
+             insecureRegistries = "insecure_registries", pidsLimit = "pids_limit", tmpfsMB = "tmpfs_mb"
         case sharedDir = "shared_dir", partition, allowedPartitions = "allowed_partitions", account, qos, user,
              allowedExecutables = "allowed_executables", path, maxCPUs = "max_cpus",
              defaultMemoryMB = "default_memory_mb", maxMemoryMB = "max_memory_mb", slurmConf = "slurm_conf",
@@ -370,6 +378,12 @@ struct SlurmSection: Codable, Sendable {
         scancel = r.value(c, .scancel) ?? scancel
         pollIntervalMS = r.value(c, .pollIntervalMS) ?? pollIntervalMS
         unreachableSeconds = r.value(c, .unreachableSeconds) ?? unreachableSeconds
+        containerRuntime = r.value(c, .containerRuntime) ?? containerRuntime
+        podman = r.value(c, .podman) ?? podman
+        allowedImages = r.value(c, .allowedImages) ?? allowedImages
+        insecureRegistries = r.value(c, .insecureRegistries) ?? insecureRegistries
+        pidsLimit = r.value(c, .pidsLimit) ?? pidsLimit
+        tmpfsMB = r.value(c, .tmpfsMB) ?? tmpfsMB
     }
 
     func validate(_ v: inout ConfigValidator) {
@@ -378,13 +392,25 @@ struct SlurmSection: Codable, Sendable {
         v.range("launchers.slurm.max_memory_mb", maxMemoryMB, 6...(1 << 30))
         v.range("launchers.slurm.poll_interval_ms", pollIntervalMS, 50...60_000)
         v.range("launchers.slurm.unreachable_seconds", unreachableSeconds, 1...86_400)
+        v.range("launchers.slurm.pids_limit", pidsLimit, 16...1_000_000)
+        v.range("launchers.slurm.tmpfs_mb", tmpfsMB, 1...(1 << 20))
+        if !["none", "podman"].contains(containerRuntime) {
+            v.note("launchers.slurm.container_runtime: \"\(containerRuntime)\" is not one of none, podman")
+        }
+        // Registry hosts (`host` or `host:port`) go into podman's registries.conf: a host name's characters only.
+        let host = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-.:[]"))
+        for registry in insecureRegistries
+            where registry.isEmpty || registry.unicodeScalars.contains(where: { !host.contains($0) }) {
+            v.note("launchers.slurm.insecure_registries: \"\(registry)\" is not a registry host (host or host:port)")
+        }
         // Names go into sbatch options: Slurm's own character set only.
         let plain = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_."))
         for (key, value) in [("partition", partition), ("account", account), ("qos", qos)] + allowedPartitions.map({ ("allowed_partitions", $0) })
             where value.unicodeScalars.contains(where: { !plain.contains($0) }) || value.hasPrefix("-") {
             v.note("launchers.slurm.\(key): \"\(value)\" is not a Slurm name (letters, digits, - _ . only)")
         }
-        for (key, value) in [("sbatch", sbatch), ("squeue", squeue), ("scontrol", scontrol), ("scancel", scancel)]
+        for (key, value) in [("sbatch", sbatch), ("squeue", squeue), ("scontrol", scontrol), ("scancel", scancel),
+                             ("podman", podman)]
             where !value.hasPrefix("/") {
             v.note("launchers.slurm.\(key): \"\(value)\" must be an absolute path")
         }

@@ -286,6 +286,13 @@ extension NodeConfig {
             user: taskUsers["slurm"], slurmConf: absolutePath(s.slurmConf), sbatch: s.sbatch, squeue: s.squeue,
             scontrol: s.scontrol, scancel: s.scancel, pollInterval: .milliseconds(s.pollIntervalMS),
             unreachableTolerance: .seconds(s.unreachableSeconds), nodeID: id)
+        config.slurm.containerRuntime = s.containerRuntime
+        config.slurm.podman = s.podman
+        config.slurm.allowedImages = s.allowedImages
+        config.slurm.insecureRegistries = s.insecureRegistries
+        config.slurm.pidsLimit = s.pidsLimit
+        config.slurm.tmpfsMB = s.tmpfsMB
+        config.slurm.datasets = config.datasets.mapValues(\.path)
         return config
     }
 
