@@ -16,6 +16,14 @@ public final class AMQPEventPublisher: Sendable {
         /// Messages sent without the outbox (node notices, and events the outbox could not take), kept until
         /// confirmed.
         var direct: [(key: String, body: Data)] = []
+        /// Pool tasks to put back on `fem.tasks` (returned or retried ones, dead letters), each with what to do once
+        /// the broker confirmed it (true) or refused it (false).
+        var tasks: [TaskPublish] = []
+    }
+    struct TaskPublish {
+        var key: String
+        var body: Data
+        var done: @Sendable (Bool) -> Void
     }
     private let state = Mutex(State())
     /// Set by `stop`: ends the loop after one more drain, and any backoff wait at once.
@@ -63,6 +71,14 @@ public final class AMQPEventPublisher: Sendable {
         wakeup.wake()
     }
 
+    /// Publishes a task on `fem.tasks` with `routingKey` (a work pool's `pool.<name>` or `pool.<name>.dead`),
+    /// persistent, with confirms and the node's account as user_id (password logins); `done` gets true once the
+    /// broker confirmed it, false when it refused it. Kept (and published again after a reconnect) until then.
+    public func publishTask(routingKey: String, body: Data, done: @escaping @Sendable (Bool) -> Void) {
+        state.withLock { $0.tasks.append(TaskPublish(key: routingKey, body: body, done: done)) }
+        wakeup.wake()
+    }
+
     /// Stops after one more attempt to drain the outbox, waiting at most `timeout` for it (a Service's shutdown
     /// awaits this; no thread is blocked). True when the publisher ended within the time.
     @discardableResult
@@ -95,14 +111,21 @@ public final class AMQPEventPublisher: Sendable {
                 defer { s.direct.removeAll() }
                 return s.direct
             }
+            let tasks = state.withLock { s -> [TaskPublish] in
+                defer { s.tasks.removeAll() }
+                return s.tasks
+            }
             let batch: [OutboxEntry]
             do {
                 batch = try outbox.pendingEvents(limit: batchSize)
             } catch {
-                state.withLock { $0.direct.insert(contentsOf: extra, at: 0) }
+                state.withLock {
+                    $0.direct.insert(contentsOf: extra, at: 0)
+                    $0.tasks.insert(contentsOf: tasks, at: 0)
+                }
                 throw error
             }
-            if batch.isEmpty && beat == nil && extra.isEmpty {
+            if batch.isEmpty && beat == nil && extra.isEmpty && tasks.isEmpty {
                 if stopping { return }
                 let ready = wakeup.poll(socket: conn.socketDescriptor, timeoutMilliseconds: 1000)
                 if ready.socket || !ready.wakeup {
@@ -120,13 +143,21 @@ public final class AMQPEventPublisher: Sendable {
                                              body: Array(entry.body), userID: userID))
             }
             var directTags: [UInt64] = []
+            var taskTags: [UInt64] = []
             do {
                 for m in extra {
                     directTags.append(try conn.publish(exchange: WireNames.eventsExchange, routingKey: m.key,
                                                        body: Array(m.body)))
                 }
+                for t in tasks {
+                    taskTags.append(try conn.publish(exchange: WireNames.tasksExchange, routingKey: t.key,
+                                                     body: Array(t.body), userID: userID))
+                }
             } catch {
-                state.withLock { $0.direct.insert(contentsOf: extra, at: 0) }
+                state.withLock {
+                    $0.direct.insert(contentsOf: extra, at: 0)
+                    $0.tasks.insert(contentsOf: tasks, at: 0)
+                }
                 throw error
             }
             if let beat {
@@ -137,9 +168,13 @@ public final class AMQPEventPublisher: Sendable {
             do {
                 nacked = Set(try conn.waitForConfirms())
             } catch {
-                state.withLock { $0.direct.insert(contentsOf: extra, at: 0) }
+                state.withLock {
+                    $0.direct.insert(contentsOf: extra, at: 0)
+                    $0.tasks.insert(contentsOf: tasks, at: 0)
+                }
                 throw error
             }
+            for (t, tag) in zip(tasks, taskTags) { t.done(!nacked.contains(tag)) }
             let refusedDirect = zip(extra, directTags).filter { nacked.contains($0.1) }.map(\.0)
             if !refusedDirect.isEmpty { state.withLock { $0.direct.insert(contentsOf: refusedDirect, at: 0) } }
             let confirmed = zip(batch, tags).filter { !nacked.contains($0.1) }.map(\.0.id)

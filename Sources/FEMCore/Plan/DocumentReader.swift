@@ -46,6 +46,9 @@ public enum DocumentReader {
         let timeout = f.int("timeout_seconds", min: 1)
         let stageOut = stageOut(f.object("stage_out"))
         let flower = flowerTask(f.object("flower"))
+        let retry = RetrySpec.read(f.object("retry"))
+        let attempt = f.int("attempt", min: 1, max: Int64(RetrySpec.maxAttempts)) ?? 1
+        let pool = PoolTicket.read(f.object("pool"))
         f.finish()
         if let plan {
             if paramsReadable { checkParams(params, against: plan, log: log) }
@@ -55,7 +58,8 @@ public enum DocumentReader {
         }
         guard log.issues.isEmpty, let plan, let executionID, let version else { throw ValidationError(log.issues) }
         return TaskSpec(schemaVersion: version, taskID: taskID ?? defaultTaskID(), executionID: executionID, plan: plan,
-                        params: params, timeoutSeconds: timeout, stageOut: stageOut, flower: flower)
+                        params: params, timeoutSeconds: timeout, stageOut: stageOut, flower: flower, retry: retry,
+                        attempt: attempt, pool: pool)
     }
 
     static func schemaVersion(_ f: Fields, supported: [Int]) -> Int? {
@@ -114,6 +118,7 @@ public enum DocumentReader {
         let network = f.string("network", allowed: NetworkMode.allCases.map(\.rawValue)).flatMap(NetworkMode.init)
         let timeout = f.int("timeout_seconds", min: 1)
         let flower = flowerPlan(f.object("flower"))
+        let retry = RetrySpec.read(f.object("retry"))
         f.finish()
 
         if launcher == "docker" && image == nil && f.values["image"] == nil {
@@ -129,7 +134,7 @@ public enum DocumentReader {
         return ToolPlan(schemaVersion: version, id: id, version: toolVersion, description: description,
                         launcher: launcher, image: image, pullPolicy: pull, source: source, command: command, env: env,
                         inputs: inputs, outputs: outputs, resources: resources, network: network ?? .none,
-                        timeoutSeconds: timeout, flower: flower)
+                        timeoutSeconds: timeout, flower: flower, retry: retry)
     }
 
     static func source(_ f: Fields?) -> PlanSource? {

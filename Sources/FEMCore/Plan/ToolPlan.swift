@@ -19,6 +19,8 @@ public struct ToolPlan: Sendable, Equatable {
     public var network: NetworkMode
     public var timeoutSeconds: Int?
     public var flower: FlowerPlan?
+    /// `retry`: a pool task failing with a listed class goes back to its pool (the task's own `retry` wins).
+    public var retry: RetrySpec? = nil
 }
 
 public enum PullPolicy: String, Sendable, Equatable, CaseIterable {
@@ -112,6 +114,15 @@ public struct TaskSpec: Sendable, Equatable {
     public var timeoutSeconds: Int?
     public var stageOut: StageOutTarget?
     public var flower: FlowerTask?
+    /// `retry` (pool tasks): overrides the plan's.
+    public var retry: RetrySpec? = nil
+    /// `attempt`: 1 for the first run; a pool task retried after a failure comes again with the next number.
+    public var attempt: Int = 1
+    /// `pool`: where the task is in its work pool (written by the nodes that passed it on).
+    public var pool: PoolTicket? = nil
+
+    /// The retry rule that applies: the task's, else its plan's.
+    public var effectiveRetry: RetrySpec? { retry ?? plan.retry }
 }
 
 public struct StageOutTarget: Sendable, Equatable, CustomStringConvertible {

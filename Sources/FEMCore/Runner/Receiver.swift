@@ -22,12 +22,19 @@ public struct Receiver: Sendable {
     /// A node notice sent directly, not through the outbox: reason, message, data.
     let notify: @Sendable (String, String, [String: JSONValue]) -> Void
     let backoff: RequeueBackoff
+    /// Work pools: whether this node takes a pool task, and how one it does not take goes back.
+    let pools: PoolPlacement?
+    /// Node accounts whose returned pool tasks this node accepts (besides the orchestrators').
+    public var poolPeers: Set<String>
 
     public init(nodeID: String, maxMessageBytes: Int, journal: any Journal, runner: Runner, logger: Logger,
                 admission: @escaping @Sendable () -> String? = { nil },
                 notify: @escaping @Sendable (String, String, [String: JSONValue]) -> Void = { _, _, _ in },
                 requeueDelay: Duration = .seconds(1), orchestrators: Set<String>? = nil,
+                pools: PoolPlacement? = nil, poolPeers: Set<String> = [],
                 eventsAdded: @escaping @Sendable () -> Void) {
+        self.pools = pools
+        self.poolPeers = poolPeers
         self.orchestrators = orchestrators
         self.nodeID = nodeID
         self.maxMessageBytes = maxMessageBytes
@@ -90,22 +97,41 @@ public struct Receiver: Sendable {
         switch message.channel {
         case .task: await handleTask(message)
         case .control: await handleControl(message)
+        case .pool(let name): await handlePoolTask(message, pool: name)
         }
+    }
+
+    /// A task from a work pool: taken (journaled like a task of the node's own queue) when this node can start it
+    /// now, else returned to the pool with this node's reason.
+    private func handlePoolTask(_ message: InboundMessage, pool: String) async {
+        guard let task = await read(message) else { return }
+        guard let pools else {
+            await admit([(message, task.spec, task.document)])
+            return
+        }
+        if let reason = await pools.gate(task.spec, task.document, pool) {
+            logger.info("pool \(pool): passed on (\(reason))", metadata: ["task": "\(task.spec.taskID)"])
+            await pools.pass(message, task.document, pool, reason)
+            return
+        }
+        await admit([(message, task.spec, task.document)])
     }
 
     /// Why the message's sender may not task or control this node; nil when it may.
     func unauthorised(_ message: InboundMessage) -> String? {
         guard let orchestrators else { return nil }
-        let what = message.channel == .task ? "task" : "control message"
-        let allowed = orchestrators.sorted().joined(separator: ", ")
+        let what = message.channel == .control ? "control message" : "task"
+        var accepted = orchestrators
+        if case .pool = message.channel { accepted.formUnion(poolPeers) }
+        let allowed = accepted.sorted().joined(separator: ", ")
         guard let user = message.userID, !user.isEmpty else {
             return "\(what) refused: it carries no user_id, and this node accepts tasks and control messages only from "
                 + "its orchestrator accounts (\(allowed))"
         }
-        guard orchestrators.contains(user) else {
+        guard accepted.contains(user) else {
             let shown = Patterns.matches(#"^[A-Za-z0-9_.@-]{1,64}$"#, user) ? user : "(an unprintable name)"
             return "\(what) refused: it was published by the broker account \"\(shown)\", which is not one of this "
-                + "node's orchestrator accounts (\(allowed))"
+                + "node's orchestrator accounts\(message.channel == .control || message.channel == .task ? "" : " or pool peers") (\(allowed))"
         }
         return nil
     }

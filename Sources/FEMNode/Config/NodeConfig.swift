@@ -43,6 +43,12 @@ public struct NodeConfig: Sendable {
     public var maxMessageBytes: Int
     /// Broker accounts whose tasks and control messages this node accepts (checked against the AMQP `user_id`).
     public var orchestrators: [String]
+    /// `node.pools`: the work pools this node takes tasks from (`fem.pool.<name>`), besides its own queue.
+    public var pools: [String] = []
+    /// `node.pool_max_passes`: returns to the pool before a pool task is dead-lettered as unplaceable.
+    public var poolMaxPasses: Int = 10
+    /// `broker.pool_peers`: node accounts whose returned pool tasks this node accepts.
+    public var poolPeers: [String] = []
 
     /// `launchers.enabled`: nothing runs unless listed.
     public var enabledLaunchers: [String]
@@ -255,6 +261,9 @@ extension NodeConfig {
             datasets: file.validDatasets, source: source)
         config.minFreeMB = file.node.minFreeMB
         config.drainSeconds = file.node.drainSeconds
+        config.pools = file.node.pools
+        config.poolMaxPasses = file.node.poolMaxPasses
+        config.poolPeers = file.broker.poolPeers
         config.dockerWaitSeconds = d.waitForDaemonSeconds
         let s = file.launchers.slurm
         config.slurm = SlurmLauncherConfig(

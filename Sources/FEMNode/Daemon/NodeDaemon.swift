@@ -33,6 +33,7 @@ struct NodeApplication: Sendable {
     let disk: DiskWatch
     let admission: Admission
     let endpoint: AMQPEndpoint
+    let pools: PoolWork
 
     init(config: NodeConfig) throws {
         self.config = config
@@ -50,8 +51,13 @@ struct NodeApplication: Sendable {
         self.publisher = publisher
         let disk = DiskWatch(workDir: config.workDir, logFile: config.logFile, minFreeMB: config.minFreeMB)
         self.disk = disk
+        let ended = TaskEndedHook()
         node = try NodeAssembly(config: config, journal: journal, logger: logger,
-                                diskPressure: { since in disk.pressure(since: since) }) { publisher.wake() }
+                                diskPressure: { since in disk.pressure(since: since) },
+                                taskEnded: { id, state, detail in ended.call(id, state, detail) }) { publisher.wake() }
+        let pools = PoolWork(config: config, journal: journal, runner: node.runner, publisher: publisher, logger: logger)
+        self.pools = pools
+        ended.set { id, state, detail in pools.taskEnded(id, state: state, detail: detail) }
         let notices = NodeNotices(nodeID: config.nodeID, publisher: publisher)
         self.notices = notices
         logTrouble.set { news in
@@ -67,11 +73,14 @@ struct NodeApplication: Sendable {
         let admission = Admission(disk: disk)
         self.admission = admission
         source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
-                                maxMessageBytes: config.maxMessageBytes, logger: logger)
+                                maxMessageBytes: config.maxMessageBytes, logger: logger, pools: config.pools,
+                                poolRoom: { admission.refusal == nil ? pools.room() : 0 })
+        pools.attach(source)
         receiver = Receiver(nodeID: config.nodeID, maxMessageBytes: config.maxMessageBytes, journal: node.journal,
                             runner: node.runner, logger: logger, admission: { admission.refusal },
                             notify: { reason, message, data in notices.send(reason, message, data) },
-                            orchestrators: Set(config.orchestrators)) { publisher.wake() }
+                            orchestrators: Set(config.orchestrators), pools: pools.placement,
+                            poolPeers: Set(config.poolPeers)) { publisher.wake() }
     }
 
     /// Started in this order and shut down in the reverse one: the runner drains first (the receiver still reads

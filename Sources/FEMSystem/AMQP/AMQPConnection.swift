@@ -87,6 +87,8 @@ public final class AMQPConnection {
     static let basicNackMethod: UInt32 = 0x003C_0078
     static let basicReturnMethod: UInt32 = 0x003C_0032
     static let basicDeliverMethod: UInt32 = 0x003C_003C
+    static let basicGetOkMethod: UInt32 = 0x003C_0047
+    static let basicGetEmptyMethod: UInt32 = 0x003C_0048
     static let channelCloseMethod: UInt32 = 0x0014_0028
     static let connectionCloseMethod: UInt32 = 0x000A_0032
 
@@ -253,6 +255,16 @@ public final class AMQPConnection {
         return Self.string(ok.pointee.queue)
     }
 
+    /// A durable quorum queue (`x-queue-type = quorum`): replicated on a cluster, it keeps a delivery count; work
+    /// pools use it. Declaring it again with the same arguments is a no-op.
+    public func declareQuorumQueue(_ name: String, channel: UInt16 = 1) throws {
+        let declared = withBytes([name]) { b in fem_amqp_queue_declare_quorum(state, channel, b[0]) }
+        if declared == nil {
+            try check("declare quorum queue \(name)")
+            throw AMQPError(.protocolError, "cannot declare quorum queue \(name)")
+        }
+    }
+
     public func bindQueue(_ queue: String, exchange: String, routingKey: String, channel: UInt16 = 1) throws {
         withBytes([queue, exchange, routingKey]) { b in
             _ = amqp_queue_bind(state, channel, b[0], b[1], b[2], amqp_empty_table)
@@ -359,6 +371,23 @@ public final class AMQPConnection {
                 continue
             }
         }
+    }
+
+    /// basic.get: asks `queue` for one message (pull). True when one is on its way: it arrives through
+    /// `nextDelivery(timeoutMilliseconds:maxBodyBytes:)` like a pushed delivery (same size limit, frame by frame);
+    /// false when the queue is empty. Deliveries of other channels that arrive meanwhile stay queued in rabbitmq-c.
+    public func basicGet(queue: String, channel: UInt16) throws -> Bool {
+        let reply = withBytes([queue]) { b in amqp_basic_get(state, channel, b[0], 0) }
+        if let error = Self.error(from: reply, doing: "get a message from \(queue)") { throw error }
+        if reply.reply.id == Self.basicGetEmptyMethod { return false }
+        guard reply.reply.id == Self.basicGetOkMethod, let decoded = reply.reply.decoded else {
+            throw AMQPError(.protocolError, "cannot get a message from \(queue): unexpected reply \(reply.reply.id)")
+        }
+        let ok = decoded.assumingMemoryBound(to: amqp_basic_get_ok_t.self).pointee
+        partial[channel] = PartialDelivery(delivery: AMQPDelivery(
+            channel: channel, deliveryTag: ok.delivery_tag, exchange: Self.string(ok.exchange),
+            routingKey: Self.string(ok.routing_key), redelivered: ok.redelivered != 0, body: []))
+        return true
     }
 
     /// Waits up to `timeoutMilliseconds` for a delivery. Returns nil on timeout or on a frame that was not a

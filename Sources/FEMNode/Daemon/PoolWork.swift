@@ -1,0 +1,185 @@
+import FEMCore
+import FEMJournal
+import FEMTransport
+import Foundation
+import Logging
+import Synchronization
+
+/// The node's side of work pools (`node.pools`): how many pool tasks it could start now, whether it takes one that
+/// arrived, how one it cannot take goes back (or, after `node.pool_max_passes`, to the dead-letter queue with an
+/// `unplaceable` event), and the retry of a pool task that failed here with a class its `retry` lists.
+final class PoolWork: Sendable {
+    let config: NodeConfig
+    let journal: SQLiteJournal
+    let runner: Runner
+    let publisher: AMQPEventPublisher
+    let logger: Logger
+    /// Set once the task source exists (it needs `room`): paused after a pass, so the task goes to another node.
+    private let source = Mutex<AMQPTaskSource?>(nil)
+    /// The documents of pool tasks taken here that may be retried, as they arrived: the journal drops a task's
+    /// stage-out token when it ends, and a retry elsewhere needs it. After a restart the journal's copy is used.
+    private let retryable = Mutex<[String: JSONValue]>([:])
+    /// After passing a task on, the pools are not asked for work for this long.
+    static let passPauseSeconds = 2.0
+
+    init(config: NodeConfig, journal: SQLiteJournal, runner: Runner, publisher: AMQPEventPublisher, logger: Logger) {
+        self.config = config
+        self.journal = journal
+        self.runner = runner
+        self.publisher = publisher
+        self.logger = logger
+    }
+
+    func attach(_ source: AMQPTaskSource) { self.source.withLock { $0 = source } }
+
+    /// How many more tasks this node could start now: `max_concurrent_tasks` less what the journal holds running or
+    /// waiting to run. A plain journal read (WAL: never waits for a writer), safe on the consumer thread.
+    func room() -> Int {
+        guard let counts = try? journal.counts() else { return 0 }
+        // ADAPTER(capacity): tasks waiting for resources (`queued`) hold no slot yet but will; count them as waiting.
+        let waiting = counts.queued + ((try? journal.count(states: Self.waitingStates)) ?? 0)
+        return max(0, config.maxConcurrentTasks - counts.running - waiting)
+    }
+
+    /// States besides `received` in which a task waits to start (capacity's `queued`, when this build has it).
+    static let waitingStates: Set<TaskState> = Set(["queued"].compactMap(TaskState.init(rawValue:)))
+
+    var placement: PoolPlacement {
+        PoolPlacement(gate: { [self] spec, document, pool in await gate(spec, document: document, pool: pool) },
+                      pass: { [self] message, document, pool, reason in
+                          pass(message, document: document, pool: pool, reason: reason)
+                      })
+    }
+
+    /// Why this node does not take the pool task now; nil when it does.
+    func gate(_ spec: TaskSpec, document: JSONValue, pool: String) async -> String? {
+        if let ticket = spec.pool, ticket.tried.contains(config.nodeID) {
+            return "an earlier attempt of this task failed on this node; another node should try it"
+        }
+        if let why = constraintsRefusal(spec, document: document) { return why }
+        if let why = await resourcesRefusal(spec) { return why }
+        let free = room()
+        if free < 1 {
+            return "no free slot: max_concurrent_tasks is \(config.maxConcurrentTasks) and all are taken"
+        }
+        if spec.effectiveRetry != nil { retryable.withLock { $0[spec.taskID] = document } }
+        return nil
+    }
+
+    /// ADAPTER(constraints): the task's and its plan's `constraints` against this node's attributes, once the
+    /// constraints part is in this build (ConstraintExpression, NodeAttributes); until then every node matches.
+    func constraintsRefusal(_ spec: TaskSpec, document: JSONValue) -> String? {
+        nil
+    }
+
+    /// ADAPTER(capacity): `Runner.admission(for:)` once the capacity part is in this build: `.never` and
+    /// `.mustWait` pass the task on (another node may fit it, or have it free now). Until then: nothing to check.
+    func resourcesRefusal(_ spec: TaskSpec) async -> String? {
+        nil
+    }
+
+    /// Returns the task to its pool with this node's reason (or gives it up after `pool_max_passes` passes: the
+    /// pool's dead-letter queue and an `unplaceable` event); the delivery is acknowledged once the broker confirmed
+    /// the new message (at least once: a connection lost before the ack brings the original back as well).
+    func pass(_ message: InboundMessage, document: JSONValue, pool: String, reason: String) {
+        var ticket = PoolTicket.of(document) ?? PoolTicket(name: pool)
+        ticket.name = pool
+        ticket.passes += 1
+        ticket.declined.append(.init(node: config.nodeID, reason: reason))
+        var doc = document.objectValue ?? [:]
+        doc["pool"] = ticket.json
+        let body = JSONValue.object(doc).encoded()
+        source.withLock { $0 }?.pausePools(seconds: Self.passPauseSeconds)
+        let taskID = document["task_id"]?.stringValue ?? "?"
+        guard ticket.passes >= config.poolMaxPasses else {
+            publisher.publishTask(routingKey: WireNames.poolKey(pool), body: body) { [logger] ok in
+                if ok {
+                    message.ack()
+                } else {
+                    logger.warning("the broker refused the returned pool task; the delivery goes back as it was",
+                                   metadata: ["task": "\(taskID)"])
+                    message.requeue()
+                }
+            }
+            return
+        }
+        let event = unplaceable(document: document, ticket: ticket, pool: pool)
+        let eventBody = event.encoded()
+        let dead = WireNames.deadPoolQueue(pool)
+        logger.warning("pool \(pool): no node took the task after \(ticket.passes) passes; moved to \(dead)",
+                       metadata: ["task": "\(taskID)"])
+        publisher.publishTask(routingKey: WireNames.deadPoolKey(pool), body: body) { [publisher] ok in
+            if ok {
+                message.ack()
+                publisher.publishDirect(routingKey: event.routingKey, body: eventBody)
+            } else {
+                message.requeue()
+            }
+        }
+    }
+
+    /// The `unplaceable` event: every node's reason, the passes, and where the task is now.
+    func unplaceable(document: JSONValue, ticket: PoolTicket, pool: String) -> TaskEvent {
+        let reasons = ticket.declined.map { "\($0.node): \($0.reason)" }.joined(separator: "; ")
+        let taskID = document["task_id"]?.stringValue
+        var event = TaskEvent(
+            kind: .unplaceable, nodeID: config.nodeID,
+            taskID: taskID.flatMap { Patterns.matches(Patterns.taskID, $0) ? $0 : nil },
+            executionID: document["execution_id"]?.stringValue.flatMap { Patterns.matches(Patterns.taskID, $0) ? $0 : nil },
+            state: .declined, seq: 0, time: Date(),
+            detail: EventDetail(message: "no node of pool \(pool) could take the task after \(ticket.passes) passes "
+                                + "(\(reasons)); it is in \(WireNames.deadPoolQueue(pool))",
+                                data: ["pool": .string(pool), "passes": .int(Int64(ticket.passes)),
+                                       "declined": ticket.json["declined"] ?? .array([]),
+                                       "dead_letter_queue": .string(WireNames.deadPoolQueue(pool))]))
+        event.attempt = document["attempt"]?.intValue.map(Int.init) ?? 1
+        return event
+    }
+
+    /// A pool task that failed here with a class its `retry` lists goes back to its pool for the next attempt, with
+    /// this node among those that tried it (so another node takes it where there is one). Called on the runner's
+    /// journal thread once the failure is journaled.
+    func taskEnded(_ taskID: String, state: TaskState, detail: EventDetail) {
+        let kept = retryable.withLock { $0.removeValue(forKey: taskID) }
+        guard state == .failed, let failure = detail.failureClass else { return }
+        guard let document = kept ?? (try? journal.task(taskID))?.document,
+              let spec = try? DocumentReader.readTask(document, requireTaskID: true),
+              var ticket = spec.pool, let retry = spec.effectiveRetry, retry.on.contains(failure) else { return }
+        guard spec.attempt < retry.attempts else {
+            note(taskID, "not retried: attempt \(spec.attempt) of \(retry.attempts) failed (\(failure.rawValue))")
+            return
+        }
+        if !ticket.tried.contains(config.nodeID) { ticket.tried.append(config.nodeID) }
+        ticket.passes = 0
+        ticket.declined = []
+        var doc = document.objectValue ?? [:]
+        doc["attempt"] = .int(Int64(spec.attempt + 1))
+        doc["pool"] = ticket.json
+        let pool = ticket.name
+        note(taskID, "failed with \(failure.rawValue), which its retry lists: returned to pool \(pool) for attempt "
+             + "\(spec.attempt + 1) of \(retry.attempts), on another node where there is one",
+             data: ["pool": .string(pool), "next_attempt": .int(Int64(spec.attempt + 1))])
+        publisher.publishTask(routingKey: WireNames.poolKey(pool), body: JSONValue.object(doc).encoded()) { [logger] ok in
+            if !ok {
+                logger.error("the broker refused the retry of the task in pool \(pool)", metadata: ["task": "\(taskID)"])
+            }
+        }
+    }
+
+    private func note(_ taskID: String, _ message: String, data: [String: JSONValue]? = nil) {
+        logger.info("\(message)", metadata: ["task": "\(taskID)"])
+        _ = try? journal.note(taskID, kind: .notice, detail: EventDetail(message: message, data: data), at: Date())
+        publisher.wake()
+    }
+}
+
+/// The runner's end-of-task callback, bound after the runner exists (PoolWork needs the runner).
+final class TaskEndedHook: Sendable {
+    private let body = Mutex<(@Sendable (String, TaskState, EventDetail) -> Void)?>(nil)
+
+    func set(_ f: @escaping @Sendable (String, TaskState, EventDetail) -> Void) { body.withLock { $0 = f } }
+
+    func call(_ taskID: String, _ state: TaskState, _ detail: EventDetail) {
+        body.withLock { $0 }?(taskID, state, detail)
+    }
+}
