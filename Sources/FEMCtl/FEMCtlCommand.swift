@@ -10,7 +10,7 @@ public struct FEMCtlCommand: AsyncParsableCommand {
         commandName: "femctl",
         abstract: "Submit, watch and cancel fem-client tasks through the broker.",
         version: FEMVersion.string,
-        subcommands: [Setup.self, Submit.self, Watch.self, Cancel.self])
+        subcommands: [Setup.self, Submit.self, Watch.self, Cancel.self, Nodes.self])
 
     public init() {}
 }
@@ -106,10 +106,21 @@ extension FEMCtlCommand {
         @Flag(help: "Send to every node (routing key `all`).") var all = false
         @Option(name: .customLong("param"), help: "Set a parameter: name=value (repeatable).") var params: [String] = []
         @Option(help: "Send this many copies, each with a fresh task id (for load tests).") var count = 1
+        @Option(help: "Put the task in this work pool (fem.pool.<name>): a node of the pool with a free slot whose constraints and resources fit takes it (pull).")
+        var pool: String?
+        @Flag(help: "Send the task to the least busy node: listen to heartbeats for --listen seconds, keep the nodes whose heartbeat shows the task's constraints met, pick the one with the most free capacity (push).")
+        var leastBusy = false
+        @Option(help: "With --least-busy: seconds to listen to heartbeats (at least one heartbeat interval).")
+        var listen: Double = 31
 
         func validate() throws {
-            if node.isEmpty == !all { throw ValidationError("give --node <id> (one or more) or --all") }
+            let targets = [!node.isEmpty, all, pool != nil, leastBusy].filter { $0 }.count
+            if targets != 1 { throw ValidationError("give one of --node <id> (one or more), --all, --pool <name> or --least-busy") }
             if count < 1 { throw ValidationError("--count must be at least 1") }
+            if let pool, !Patterns.matches(#"^[a-z0-9-]{1,64}$"#, pool) {
+                throw ValidationError("--pool: \"\(TextEscaping.escaped(pool))\" is not a pool name (lowercase letters, digits and '-', 1 to 64)")
+            }
+            if listen <= 0 || listen > 3600 { throw ValidationError("--listen: must be between 0 and 3600 seconds") }
         }
 
         func run() async throws {
@@ -128,6 +139,14 @@ extension FEMCtlCommand {
             } catch let e as FEMCore.ValidationError {
                 throw ValidationError("\(file):\n" + e.issues.map { "  \($0)" }.joined(separator: "\n"))
             }
+            var node = self.node
+            if leastBusy {
+                let spec = try DocumentReader.readTask(.object(document))
+                let beats = try NodeDirectory.listen(broker: broker, seconds: listen)
+                let choice = try NodeDirectory.leastBusy(beats, for: spec, document: .object(document))
+                try? FileWriter.writeAll(2, Array("chose node \(choice.node): \(choice.why)\n".utf8))
+                node = [choice.node]
+            }
             let conn = try broker.connect()
             try conn.openChannel(1)
             try conn.declareExchange(WireNames.tasksExchange)
@@ -139,7 +158,8 @@ extension FEMCtlCommand {
                 try conn.bindQueue(q, exchange: WireNames.tasksExchange, routingKey: WireNames.broadcastKey)
             }
             try conn.enablePublisherConfirms()
-            let keys = all ? [WireNames.broadcastKey] : node.map(WireNames.nodeKey)
+            // A pool's queue is declared by its nodes (they consume it); a pool no node serves yet drops the task.
+            let keys = all ? [WireNames.broadcastKey] : pool.map { [WireNames.poolKey($0)] } ?? node.map(WireNames.nodeKey)
             for i in 0..<count {
                 let id = (count == 1 ? givenID : nil) ?? UUID().uuidString.lowercased()
                 document["task_id"] = .string(id)

@@ -104,7 +104,14 @@ public struct Receiver: Sendable {
     /// A task from a work pool: taken (journaled like a task of the node's own queue) when this node can start it
     /// now, else returned to the pool with this node's reason.
     private func handlePoolTask(_ message: InboundMessage, pool: String) async {
-        guard let task = await read(message) else { return }
+        guard var task = await read(message) else { return }
+        if task.spec.pool == nil, case .object(var fields) = task.document {
+            // Journaled with its pool, so that a retry (even after a restart) knows where the task goes back to.
+            let ticket = PoolTicket(name: pool)
+            fields["pool"] = ticket.json
+            task.document = .object(fields)
+            task.spec.pool = ticket
+        }
         guard let pools else {
             await admit([(message, task.spec, task.document)])
             return

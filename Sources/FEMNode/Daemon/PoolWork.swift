@@ -56,6 +56,13 @@ final class PoolWork: Sendable {
         if let ticket = spec.pool, ticket.tried.contains(config.nodeID) {
             return "an earlier attempt of this task failed on this node; another node should try it"
         }
+        if !config.enabledLaunchers.contains(spec.plan.launcher) {
+            return "launcher \(spec.plan.launcher) is not enabled on this node"
+        }
+        let missing = spec.plan.inputs.filter { config.datasets[$0] == nil }
+        if !missing.isEmpty {
+            return "dataset \(missing.joined(separator: ", ")) is not on this node"
+        }
         if let why = constraintsRefusal(spec, document: document) { return why }
         if let why = await resourcesRefusal(spec) { return why }
         let free = room()
