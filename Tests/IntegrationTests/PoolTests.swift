@@ -269,4 +269,30 @@ struct PoolTests {
         #expect(fleet.final(Tasks.id(t))?.nodeID == fleet.nodes[2].id)
         for (op, long) in zip(ops, longs) { try op.cancel(Tasks.id(long)) }
     }
+
+    @Test func aRetryWithAnUnknownFailureClassIsRejectedNamingTheField() throws {
+        let node = try TestNode("pl-badretry", extra: Self.hostNode)
+        try node.start()
+        let op = try Operator(node: node)
+        var t = Tasks.task(["/bin/true"])
+        t["retry"] = .object(["attempts": .int(2), "on": .array([.string("node_restrat")])])
+        try op.submit(t)
+        try op.waitFor("the rejection") { evs in evs.contains { $0.taskID == Tasks.id(t) && $0.state == .rejected } }
+        let rejected = try #require(op.events(of: Tasks.id(t)).first { $0.state == .rejected })
+        #expect((rejected.detail.message ?? "").contains("retry.on[0]"))
+        #expect((rejected.detail.message ?? "").contains("\"node_restrat\" is not a failure class"))
+    }
+
+    @Test func aBadPoolNameOrPeerIsRefusedAtStartNamingTheKey() throws {
+        let node = try TestNode("pl-badcfg")
+        try node.editConfig { text in
+            text.replacingOccurrences(of: "drain_seconds = 0\n", with: "drain_seconds = 0\npools = [\"GPU pool\"]\npool_max_passes = 0\n")
+                .replacingOccurrences(of: "max_message_bytes = 65536\n", with: "max_message_bytes = 65536\npool_peers = [\"a b\"]\n")
+        }
+        let check = try node.run(["check"])
+        #expect(check.status != 0)
+        #expect(check.output.contains("node.pools: \"GPU pool\" is not a pool name"), "\(check.output)")
+        #expect(check.output.contains("node.pool_max_passes: 0 is out of range"), "\(check.output)")
+        #expect(check.output.contains("broker.pool_peers: \"a b\" is not a broker account name"), "\(check.output)")
+    }
 }
