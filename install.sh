@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # Installs what fem-client needs on Debian 12 (with Swift), builds it in release mode, and creates
 # config/fem-client.toml from the commented template if it does not exist.
+#   bash install.sh             # packages, task user, release build, config
+#   bash install.sh --service   # the same, then the systemd unit (config/fem-client.service) for this checkout
 set -euo pipefail
 cd "$(dirname "$0")"
+service=false
+for arg in "$@"; do
+  case $arg in
+    --service) service=true ;;
+    *) echo "install.sh: unknown argument $arg (only --service)" >&2; exit 64 ;;
+  esac
+done
 
 bash scripts/install-packages.sh
 bash scripts/create-task-user.sh
@@ -17,3 +26,23 @@ if [[ ! -f config/fem-client.toml ]]; then
   echo "install.sh: created config/fem-client.toml from config/fem-client.example.toml"
 fi
 echo "install.sh: done; binaries in $(swift build -c release --show-bin-path)"
+
+if $service; then
+  unit=${FEM_SYSTEMD_DIR:-/etc/systemd/system}/fem-client.service
+  if [[ ! -w $(dirname "$unit") ]]; then
+    echo "install.sh: cannot write $(dirname "$unit"): run install.sh --service as root" >&2; exit 1
+  fi
+  bash scripts/service-unit.sh --bin "$(swift build -c release --show-bin-path)/fem-client" \
+    --config "$(pwd)/config/fem-client.toml" --dir "$(pwd)" > "$unit.part"
+  mv "$unit.part" "$unit"
+  echo "install.sh: wrote the systemd unit $unit (daemon from this checkout, config $(pwd)/config/fem-client.toml)"
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null; then
+    systemctl daemon-reload
+    echo "install.sh: ran systemctl daemon-reload"
+  else
+    echo "install.sh: systemd is not running here (a container?): run 'systemctl daemon-reload' where it runs"
+  fi
+  echo "install.sh: start it now and at every boot with: systemctl enable --now fem-client"
+  echo "            (stop start.sh's daemon first: bash stop.sh --keep-broker; the two must not run at once)"
+  echo "            reload the config: systemctl reload fem-client; see it: fem-client status; docs/operations.md"
+fi

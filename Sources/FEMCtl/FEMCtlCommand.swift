@@ -102,7 +102,7 @@ extension FEMCtlCommand {
         static let configuration = CommandConfiguration(abstract: "Send a task to nodes; prints the task id.")
         @OptionGroup var broker: BrokerOptions
         @Argument(help: "A task file.") var file: String
-        @Option(help: "A node id (repeatable).") var node: [String] = []
+        @Option(help: "A node id (repeatable); with --least-busy, the nodes to choose from.") var node: [String] = []
         @Flag(help: "Send to every node (routing key `all`).") var all = false
         @Option(name: .customLong("param"), help: "Set a parameter: name=value (repeatable).") var params: [String] = []
         @Option(help: "Send this many copies, each with a fresh task id (for load tests).") var count = 1
@@ -114,8 +114,12 @@ extension FEMCtlCommand {
         var listen: Double = 31
 
         func validate() throws {
-            let targets = [!node.isEmpty, all, pool != nil, leastBusy].filter { $0 }.count
-            if targets != 1 { throw ValidationError("give one of --node <id> (one or more), --all, --pool <name> or --least-busy") }
+            // With --least-busy, --node names the candidates (default: every node heard from).
+            let targets = [!node.isEmpty && !leastBusy, all, pool != nil, leastBusy].filter { $0 }.count
+            if targets != 1 {
+                throw ValidationError("give one of --node <id> (one or more), --all, --pool <name> or --least-busy "
+                                      + "(with --node: the candidates)")
+            }
             if count < 1 { throw ValidationError("--count must be at least 1") }
             if let pool, !Patterns.matches(#"^[a-z0-9-]{1,64}$"#, pool) {
                 throw ValidationError("--pool: \"\(TextEscaping.escaped(pool))\" is not a pool name (lowercase letters, digits and '-', 1 to 64)")
@@ -142,7 +146,9 @@ extension FEMCtlCommand {
             var node = self.node
             if leastBusy {
                 let spec = try DocumentReader.readTask(.object(document))
+                let candidates = Set(node)
                 let beats = try NodeDirectory.listen(broker: broker, seconds: listen)
+                    .filter { candidates.isEmpty || candidates.contains($0.nodeID) }
                 let choice = try NodeDirectory.leastBusy(beats, for: spec, document: .object(document))
                 try? FileWriter.writeAll(2, Array("chose node \(choice.node): \(choice.why)\n".utf8))
                 node = [choice.node]

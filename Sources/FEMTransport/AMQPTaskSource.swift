@@ -41,13 +41,18 @@ public final class AMQPTaskSource: TaskSource, Sendable {
     /// (the lock is for the compiler's sake, never contended).
     private let unsettled = Mutex<[UInt16: Set<UInt64>]>([:])
     private let stream: AsyncStream<InboundMessage>
+    private let connection: @Sendable (Bool) -> Void
 
     /// `maxMessageBytes`: a message whose content header declares more is read and dropped frame by frame, never
     /// held whole, and handed on with an empty body and its declared size (the receiver rejects it).
+    /// `connection`: told `true` each time the consumer is connected (queues declared, consuming) and `false` when
+    /// that connection is lost (the daemon's status file and systemd's READY=1).
     public init(endpoint: AMQPEndpoint, nodeID: String, prefetch: Int, maxMessageBytes: Int = 1 << 20, logger: Logger,
-                pools: [String] = [], poolRoom: @escaping @Sendable () -> Int = { 0 }) {
+                pools: [String] = [], poolRoom: @escaping @Sendable () -> Int = { 0 },
+                connection: @escaping @Sendable (Bool) -> Void = { _ in }) {
         self.pools = pools
         self.poolRoom = poolRoom
+        self.connection = connection
         self.endpoint = endpoint
         self.nodeID = nodeID
         self.prefetch = UInt16(clamping: max(1, prefetch))
@@ -140,6 +145,8 @@ public final class AMQPTaskSource: TaskSource, Sendable {
             }
             unsettled.withLock { $0.removeAll() }
             logger.notice("\(again ? "reconnected" : "connected") to the broker at \(endpoint)")
+            connection(true)
+            defer { connection(false) }
             try serve(conn, generation: gen)
         }
         continuation.finish()

@@ -261,7 +261,8 @@ struct PoolTests {
         let t = Tasks.task(["/bin/true"])
         let file = try TestEnv.scratch("least-busy") + "/task.json"
         try JSONValue.object(t).encoded().write(to: URL(fileURLWithPath: file))
-        let out = try Shell.run([try TestEnv.binary("femctl"), "submit", file, "--least-busy", "--listen", "5"],
+        let out = try Shell.run([try TestEnv.binary("femctl"), "submit", file, "--least-busy", "--listen", "5"]
+                                + fleet.nodes.flatMap { ["--node", $0.id] },
                                 environment: env)
         #expect(out.status == 0, "\(out.output)")
         #expect(out.output.contains("chose node \(fleet.nodes[2].id)"), "\(out.output)")

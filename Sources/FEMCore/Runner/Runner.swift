@@ -4,12 +4,14 @@ import Logging
 /// Drives each task through `received → staging_in → running → staging_out → completed | failed | cancelled`
 /// (or `declined`). It knows only the core's ports: journal, launchers, sandboxes, stage-in and stage-out.
 public actor Runner {
-    let settings: RunnerSettings
+    /// `settings`, `registry`, `stageIn` and `stageOut` change on a config reload (`reload`): a task takes them
+    /// when its step starts; the supervisor keeps the grace and reporter limits it was built with.
+    var settings: RunnerSettings
     let journal: any Journal
-    let registry: LauncherRegistry
+    var registry: LauncherRegistry
     let sandboxes: any SandboxProvider
-    let stageIn: any StageIn
-    let stageOut: any StageOut
+    var stageIn: any StageIn
+    var stageOut: any StageOut
     let logger: Logger
     /// Called after every journal write that adds an event, to wake the publisher.
     let eventsAdded: @Sendable () -> Void
@@ -66,6 +68,20 @@ public actor Runner {
     }
 
     public var activeCount: Int { active.count }
+
+    /// A config reload (SIGHUP): launchers, staging and the policy settings below from the new config, for what
+    /// starts from now on. Every other setting (identity, slots, grace) stays as the runner was built.
+    public func reload(settings new: RunnerSettings, registry: LauncherRegistry, stageIn: any StageIn,
+                       stageOut: any StageOut) {
+        settings.datasets = new.datasets
+        settings.envAllowed = new.envAllowed
+        settings.defaultTimeoutSeconds = new.defaultTimeoutSeconds
+        settings.maxTimeoutSeconds = new.maxTimeoutSeconds
+        settings.allowTimeoutAbovePlan = new.allowTimeoutAbovePlan
+        self.registry = registry
+        self.stageIn = stageIn
+        self.stageOut = stageOut
+    }
 
     /// State changes not yet written to the journal (task id → the state it is really in), for the heartbeat.
     public var unrecordedStates: [String: TaskState] { unrecorded.mapValues(\.state) }

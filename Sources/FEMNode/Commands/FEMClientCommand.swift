@@ -14,7 +14,7 @@ public struct FEMClientCommand: AsyncParsableCommand {
         abstract: "The node half of a Federated Execution Manager.",
         version: FEMVersion.string,
         subcommands: [Daemon.self, Check.self, Tasks.self, Show.self, OutputsCommand.self, Validate.self, Render.self,
-                      Run.self])
+                      Run.self, StatusCommand.self])
 
     public init() {}
 }
@@ -56,6 +56,9 @@ extension FEMClientCommand {
                 config = try NodeConfig.load(path: options.config,
                                              environment: ProcessInfo.processInfo.environment)
                 print("ok    configuration \(options.config) (node \(config.nodeID))")
+                if let drift = StatusCommand.configDrift(configPath: options.config, workDir: config.workDir) {
+                    print("warn  \(drift)")
+                }
             } catch let e as ConfigError {
                 print("FAIL  \(e.description)")
                 throw ExitCode(1)

@@ -120,12 +120,18 @@ struct NodeSection: Codable, Sendable {
     var pools: [String] = []
     /// Passes (returns to the pool by a node that could not take it) before a pool task is dead-lettered.
     var poolMaxPasses = 10
+    /// receiver.log rotates itself past this size (0: never; logrotate with a SIGHUP instead), keeping `logKeep` files.
+    var logMaxMB = 0
+    var logKeep = 5
+    /// "text" (one readable line) or "json" (one JSON object per line, for log shippers).
+    var logFormat = "text"
 
     enum CodingKeys: String, CodingKey {
         case id, name, workDir = "work_dir", logFile = "log_file", maxConcurrentTasks = "max_concurrent_tasks",
              heartbeatInterval = "heartbeat_interval", defaultTimeout = "default_timeout", maxTimeout = "max_timeout",
              allowTimeoutAbovePlan = "allow_timeout_above_plan", stopGrace = "stop_grace", minFreeMB = "min_free_mb",
              drainSeconds = "drain_seconds", pools, poolMaxPasses = "pool_max_passes"
+        case logMaxMB = "log_max_mb", logKeep = "log_keep", logFormat = "log_format"
     }
 
     init() {}
@@ -147,6 +153,9 @@ struct NodeSection: Codable, Sendable {
         drainSeconds = r.value(c, .drainSeconds) ?? drainSeconds
         pools = r.value(c, .pools) ?? pools
         poolMaxPasses = r.value(c, .poolMaxPasses) ?? poolMaxPasses
+        logMaxMB = r.value(c, .logMaxMB) ?? logMaxMB
+        logKeep = r.value(c, .logKeep) ?? logKeep
+        logFormat = r.value(c, .logFormat) ?? logFormat
     }
 
     func validate(_ v: inout ConfigValidator) {
@@ -164,6 +173,11 @@ struct NodeSection: Codable, Sendable {
                    + "1 to 64; it names the queue fem.pool.<name>)")
         }
         if Set(pools).count != pools.count { v.note("node.pools: lists a pool more than once") }
+        v.range(k(.logMaxMB), logMaxMB, 0...1_048_576)
+        v.range(k(.logKeep), logKeep, 1...100)
+        if !["text", "json"].contains(logFormat) {
+            v.note("\(k(.logFormat)): \"\(logFormat)\" is not one of \"text\", \"json\"")
+        }
     }
 }
 

@@ -31,6 +31,10 @@ public struct NodeConfig: Sendable {
     public var drainSeconds: Int = 30
     /// A task that finds dockerd unreachable waits this long for it (with a notice) before failing.
     public var dockerWaitSeconds: Int = 60
+    /// `node.log_max_mb` (0: no size rotation), `node.log_keep`, `node.log_format` ("text" or "json").
+    public var logMaxMB: Int = 0
+    public var logKeep: Int = 5
+    public var logFormat: String = "text"
     /// `[launchers.slurm]` (its task user filled in when the launcher is enabled).
     public var slurm = SlurmLauncherConfig()
 
@@ -264,6 +268,9 @@ extension NodeConfig {
         config.pools = file.node.pools
         config.poolMaxPasses = file.node.poolMaxPasses
         config.poolPeers = file.broker.poolPeers
+        config.logMaxMB = file.node.logMaxMB
+        config.logKeep = file.node.logKeep
+        config.logFormat = file.node.logFormat
         config.dockerWaitSeconds = d.waitForDaemonSeconds
         let s = file.launchers.slurm
         config.slurm = SlurmLauncherConfig(

@@ -13,6 +13,7 @@ import UnixSignals
 public enum NodeDaemon {
     public static func run(config: NodeConfig) async throws {
         ignoreSIGPIPE()
+        ignoreSIGHUP()  // until HangupService handles it: reopen the log, reload the config
         // Each task holds at most one blocking call at a time (a transfer, a spawn, a cleanup): twice the task
         // slots and a margin, so a timed-out task's cleanup never queues behind other tasks' long transfers.
         BlockingPool.configureShared(size: max(16, 2 * config.maxConcurrentTasks + 4))
@@ -34,15 +35,26 @@ struct NodeApplication: Sendable {
     let admission: Admission
     let endpoint: AMQPEndpoint
     let pools: PoolWork
+    /// receiver.log, reopened on SIGHUP; the status file and systemd; the config a reload replaces.
+    let logSink: LineLogHandler.Sink?
+    let operations: Operations
+    let live: LiveConfig
+    var reload: ConfigReload {
+        ConfigReload(live: live, runner: node.runner, operations: operations, logger: logger)
+    }
 
     init(config: NodeConfig) throws {
         self.config = config
         let logTrouble = LogTrouble()
-        let makeHandler = try LineLogHandler.factory(path: config.logFile, trouble: logTrouble)
+        let (makeHandler, sink) = try LineLogHandler.factory(
+            path: config.logFile, trouble: logTrouble,
+            options: .init(maxMB: config.logMaxMB, keep: config.logKeep, json: config.logFormat == "json"))
+        logSink = sink
         let logger = Logger(label: "fem-client", factory: makeHandler)
         self.logger = logger
         let endpoint = try config.endpoint()
         self.endpoint = endpoint
+        live = LiveConfig(config)
 
         // The journal first: the publisher reads its outbox, and the runner wakes the publisher when it adds events.
         try NodeAssembly.prepareWorkDir(config)
@@ -72,9 +84,12 @@ struct NodeApplication: Sendable {
         }
         let admission = Admission(disk: disk)
         self.admission = admission
+        let operations = Operations(config: config, broker: "\(endpoint)", launchers: node.registry.names, logger: logger)
+        self.operations = operations
         source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
                                 maxMessageBytes: config.maxMessageBytes, logger: logger, pools: config.pools,
-                                poolRoom: { admission.refusal == nil ? pools.room() : 0 })
+                                poolRoom: { admission.refusal == nil ? pools.room() : 0 },
+                                connection: { operations.broker(connected: $0) })
         pools.attach(source)
         receiver = Receiver(nodeID: config.nodeID, maxMessageBytes: config.maxMessageBytes, journal: node.journal,
                             runner: node.runner, logger: logger, admission: { admission.refusal },
@@ -87,7 +102,9 @@ struct NodeApplication: Sendable {
     /// cancels and returns new deliveries to the broker, heartbeats say `draining`, the airlock still releases), then
     /// the watchers stop, then the receiver stops consuming, and the publisher, last, sends what the journal holds.
     var services: [ServiceGroupConfiguration.ServiceConfiguration] {
-        [
+        var list: [ServiceGroupConfiguration.ServiceConfiguration] = [
+            // SIGHUP (log reopen, config reload): first, so it is handled until the very end of a stop.
+            .init(service: HangupService(app: self)),
             .init(service: PublisherService(publisher: publisher, logger: logger)),
             .init(service: ReceiverService(receiver: receiver, source: source)),
             .init(service: EveryService(name: "heartbeat", interval: .seconds(config.heartbeatSeconds)) { [self] in
@@ -107,6 +124,11 @@ struct NodeApplication: Sendable {
             .init(service: SecondSignalService(logger: logger), failureTerminationBehavior: .cancelGroup),
             .init(service: RunnerService(app: self)),
         ]
+        // systemd's watchdog: first, so the graceful shutdown reaches it last (it pings through the drain).
+        if let interval = operations.systemd.watchdogPingInterval {
+            list.insert(.init(service: WatchdogService(operations: operations, interval: interval)), at: 0)
+        }
+        return list
     }
 
     func run() async throws {
@@ -116,6 +138,7 @@ struct NodeApplication: Sendable {
             work dir \(config.workDir), up to \(config.maxConcurrentTasks) tasks at once
             """)
         await node.runner.recover()
+        operations.versions(await engineVersions(config))
         if config.enabledLaunchers.contains("docker") {
             // Docker API calls: blocking, so on the pool.
             _ = try? await offload("foreign-containers") { [config, node, logger] in
@@ -135,8 +158,12 @@ struct NodeApplication: Sendable {
     }
 
     func sendHeartbeat() async {
-        let beat = await node.heartbeat(version: FEMVersion.string, pressure: admission.refusal,
+        var beat = await node.heartbeat(version: FEMVersion.string, pressure: admission.refusal,
                                         draining: admission.draining)
+        // Datasets as the last config reload left them.
+        beat.datasets = live.value.datasets.sorted { $0.key < $1.key }.map { DatasetAdvert(id: $0.key, labels: $0.value.labels) }
+        operations.heartbeat(beat, awaitingApproval: try? node.journal.count(states: [.awaitingApproval]),
+                             draining: admission.draining)
         if let body = try? JSONEncoder.fem.encode(beat) {
             publisher.publishHeartbeat(routingKey: beat.routingKey, body: body)
         }
@@ -243,6 +270,7 @@ struct RunnerService: Service {
         do { try await gracefulShutdown() } catch { return }
         let drainSeconds = app.config.drainSeconds
         guard app.admission.startDraining() else { return }
+        app.operations.draining()
         app.logger.notice("stopping: no longer taking tasks; running ones may go on for up to \(drainSeconds) s")
         app.notices.send("draining", "the node stops: it takes no new tasks and lets running ones go on for up to "
                          + "\(drainSeconds) s", ["drain_seconds": .int(Int64(drainSeconds))])

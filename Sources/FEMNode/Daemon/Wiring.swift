@@ -43,16 +43,7 @@ public struct NodeAssembly: Sendable {
         settings.taskEnded = taskEnded
         runner = Runner(settings: settings, journal: self.journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
-                        stageOut: OutputDelivery(policy: DeliveryPolicy(
-                            nodeID: config.nodeID,
-                            limits: OutputLimits(maxFileBytes: config.maxOutputFileBytes,
-                                                 maxTaskBytes: config.maxOutputTaskBytes),
-                            allowedURLs: try URLPolicy(config.outputAllowedURLs),
-                            requireApproval: config.requireApproval,
-                            holdLogs: config.holdLogs,
-                            retry: RetryPolicy(attempts: config.outputRetries,
-                                               base: .milliseconds(config.outputRetryDelayMilliseconds)),
-                            credentials: config.credentials, caFile: config.outputCAFile)),
+                        stageOut: try Self.stageOut(config),
                         logger: logger, follower: LogFiles(),
                         hooks: NodeHooks(hooks: config.hooks, logFile: "\(config.workDir)/hooks.log", logger: logger),
                         unrecorded: UnrecordedFiles(dir: "\(config.workDir)/unrecorded"),
@@ -115,6 +106,18 @@ public struct NodeAssembly: Sendable {
             }
         }
         return LauncherRegistry(list)
+    }
+
+    /// Stage-out: where outputs may go, the airlock, limits and retries.
+    static func stageOut(_ config: NodeConfig) throws -> OutputDelivery {
+        OutputDelivery(policy: DeliveryPolicy(
+            nodeID: config.nodeID,
+            limits: OutputLimits(maxFileBytes: config.maxOutputFileBytes, maxTaskBytes: config.maxOutputTaskBytes),
+            allowedURLs: try URLPolicy(config.outputAllowedURLs),
+            requireApproval: config.requireApproval,
+            holdLogs: config.holdLogs,
+            retry: RetryPolicy(attempts: config.outputRetries, base: .milliseconds(config.outputRetryDelayMilliseconds)),
+            credentials: config.credentials, caFile: config.outputCAFile))
     }
 
     /// Stage-in steps: the plan's source (git or task files) into `src/`, then the image pull when docker is enabled.
