@@ -296,4 +296,25 @@ struct PoolTests {
         #expect(check.output.contains("node.pool_max_passes: 0 is out of range"), "\(check.output)")
         #expect(check.output.contains("broker.pool_peers: \"a b\" is not a broker account name"), "\(check.output)")
     }
+
+    @Test func aFailedTaskSwitchesToItsNextAlternativeOnAnotherNode() throws {
+        let fleet = try Fleet("pl-alt", extras: [Self.hostNode, Self.hostNode, Self.hostNode])
+        var t = Tasks.task(["/bin/false"])
+        var second = Tasks.plan(["/bin/true"]).objectValue ?? [:]
+        second["id"] = .string("fallback-tool")
+        t["alternatives"] = .array([.object(second)])
+        try fleet.submit(t)
+        let id = Tasks.id(t)
+        try fleet.waitFor("the alternative to complete") { evs in
+            evs.contains { $0.taskID == id && $0.state == .completed && $0.kind == .state }
+        }
+        let failed = try #require(fleet.seen.first { $0.taskID == id && $0.state == .failed && $0.kind == .state })
+        let completed = try #require(fleet.final(id))
+        #expect(failed.attempt == 1 && completed.attempt == 2)
+        #expect(completed.nodeID != failed.nodeID)
+        #expect(fleet.seen.contains { $0.taskID == id && $0.kind == .notice && $0.nodeID == failed.nodeID
+            && ($0.detail.message ?? "").contains("next alternative, plan fallback-tool") })
+        let ran = try #require(fleet.nodes.first { $0.id == completed.nodeID })
+        #expect(ran.log.contains("task=\(id) received fallback-tool"))
+    }
 }

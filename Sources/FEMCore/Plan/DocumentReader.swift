@@ -49,6 +49,17 @@ public enum DocumentReader {
         let retry = RetrySpec.read(f.object("retry"))
         let attempt = f.int("attempt", min: 1, max: Int64(RetrySpec.maxAttempts)) ?? 1
         let pool = PoolTicket.read(f.object("pool"))
+        // Alternatives (pool tasks): plans tried in order when the one before fails; the params fit each of them.
+        var alternatives: [ToolPlan] = []
+        for (p, item) in f.array("alternatives") ?? [] {
+            if let alt = Self.plan(item, path: p, log: log) {
+                alternatives.append(alt)
+                if paramsReadable { checkParams(params, against: alt, log: log) }
+            }
+        }
+        if alternatives.count > RetrySpec.maxAttempts {
+            log.add("alternatives", "at most \(RetrySpec.maxAttempts) alternatives")
+        }
         f.finish()
         if let plan {
             if paramsReadable { checkParams(params, against: plan, log: log) }
@@ -59,7 +70,7 @@ public enum DocumentReader {
         guard log.issues.isEmpty, let plan, let executionID, let version else { throw ValidationError(log.issues) }
         return TaskSpec(schemaVersion: version, taskID: taskID ?? defaultTaskID(), executionID: executionID, plan: plan,
                         params: params, timeoutSeconds: timeout, stageOut: stageOut, flower: flower, retry: retry,
-                        attempt: attempt, pool: pool)
+                        attempt: attempt, pool: pool, alternatives: alternatives)
     }
 
     static func schemaVersion(_ f: Fields, supported: [Int]) -> Int? {

@@ -120,6 +120,8 @@ public struct TaskSpec: Sendable, Equatable {
     public var attempt: Int = 1
     /// `pool`: where the task is in its work pool (written by the nodes that passed it on).
     public var pool: PoolTicket? = nil
+    /// `alternatives` (pool tasks): plans tried in order, each when the one before failed (and is not retried).
+    public var alternatives: [ToolPlan] = []
 
     /// The retry rule that applies: the task's, else its plan's.
     public var effectiveRetry: RetrySpec? { retry ?? plan.retry }

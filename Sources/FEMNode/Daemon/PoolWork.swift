@@ -69,7 +69,9 @@ final class PoolWork: Sendable {
         if free < 1 {
             return "no free slot: max_concurrent_tasks is \(config.maxConcurrentTasks) and all are taken"
         }
-        if spec.effectiveRetry != nil { retryable.withLock { $0[spec.taskID] = document } }
+        if spec.effectiveRetry != nil || !spec.alternatives.isEmpty {
+            retryable.withLock { $0[spec.taskID] = document }
+        }
         return nil
     }
 
@@ -151,9 +153,12 @@ final class PoolWork: Sendable {
         guard state == .failed, let failure = detail.failureClass else { return }
         guard let document = kept ?? (try? journal.task(taskID))?.document,
               let spec = try? DocumentReader.readTask(document, requireTaskID: true),
-              var ticket = spec.pool, let retry = spec.effectiveRetry, retry.on.contains(failure) else { return }
-        guard spec.attempt < retry.attempts else {
-            note(taskID, "not retried: attempt \(spec.attempt) of \(retry.attempts) failed (\(failure.rawValue))")
+              var ticket = spec.pool else { return }
+        guard let retry = spec.effectiveRetry, retry.on.contains(failure), spec.attempt < retry.attempts else {
+            if let retry = spec.effectiveRetry, retry.on.contains(failure) {
+                note(taskID, "not retried: attempt \(spec.attempt) of \(retry.attempts) failed (\(failure.rawValue))")
+            }
+            nextAlternative(taskID, spec: spec, document: document, ticket: ticket, failure: failure)
             return
         }
         if !ticket.tried.contains(config.nodeID) { ticket.tried.append(config.nodeID) }
@@ -169,6 +174,32 @@ final class PoolWork: Sendable {
         publisher.publishTask(routingKey: WireNames.poolKey(pool), body: JSONValue.object(doc).encoded()) { [logger] ok in
             if !ok {
                 logger.error("the broker refused the retry of the task in pool \(pool)", metadata: ["task": "\(taskID)"])
+            }
+        }
+    }
+
+    /// AGATA's switch: a pool task with `alternatives` that failed (and is not retried) goes back to its pool with
+    /// the next plan, as the next attempt, for another node of the pool.
+    func nextAlternative(_ taskID: String, spec: TaskSpec, document: JSONValue, ticket: PoolTicket,
+                         failure: FailureClass) {
+        guard case .array(let rest)? = document["alternatives"], let next = rest.first,
+              let nextPlan = spec.alternatives.first else { return }
+        var doc = document.objectValue ?? [:]
+        doc["plan"] = next
+        doc["alternatives"] = .array(Array(rest.dropFirst()))
+        doc["attempt"] = .int(Int64(spec.attempt + 1))
+        // Another node runs it: this node's journal holds the task id already (it would be a duplicate here).
+        doc["pool"] = PoolTicket(name: ticket.name, tried: ticket.tried.contains(config.nodeID) ? ticket.tried
+                                 : ticket.tried + [config.nodeID]).json
+        let pool = ticket.name
+        note(taskID, "failed with \(failure.rawValue); its next alternative, plan \(nextPlan.id) \(nextPlan.version), "
+             + "goes to pool \(pool) as attempt \(spec.attempt + 1) (\(rest.count - 1) alternative(s) left after it)",
+             data: ["pool": .string(pool), "next_attempt": .int(Int64(spec.attempt + 1)),
+                    "next_plan": .string(nextPlan.id)])
+        publisher.publishTask(routingKey: WireNames.poolKey(pool), body: JSONValue.object(doc).encoded()) { [logger] ok in
+            if !ok {
+                logger.error("the broker refused the next alternative of the task in pool \(pool)",
+                             metadata: ["task": "\(taskID)"])
             }
         }
     }
