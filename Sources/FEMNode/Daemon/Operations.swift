@@ -181,7 +181,7 @@ struct HangupService: Service {
 
     func run() async throws {
         let signals = await UnixSignalsSequence(trapping: .sighup)
-        try await cancelWhenGracefulShutdown {
+        await cancelWhenGracefulShutdown {
             for await _ in signals {
                 if let why = app.logSink?.reopen() {
                     app.logger.warning("SIGHUP: cannot reopen the log \(app.config.logFile) (\(why)); writing on to the old file")
