@@ -54,7 +54,8 @@ struct NodeApplication: Sendable {
         self.logger = logger
         let endpoint = try config.endpoint()
         self.endpoint = endpoint
-        live = LiveConfig(config)
+        let live = LiveConfig(config)
+        self.live = live
 
         // The journal first: the publisher reads its outbox, and the runner wakes the publisher when it adds events.
         try NodeAssembly.prepareWorkDir(config)
@@ -67,7 +68,8 @@ struct NodeApplication: Sendable {
         node = try NodeAssembly(config: config, journal: journal, logger: logger,
                                 diskPressure: { since in disk.pressure(since: since) },
                                 taskEnded: { id, state, detail in ended.call(id, state, detail) }) { publisher.wake() }
-        let pools = PoolWork(config: config, journal: journal, runner: node.runner, publisher: publisher, logger: logger)
+        let pools = PoolWork(config: config, journal: journal, runner: node.runner, publisher: publisher, logger: logger,
+                             datasets: { live.value.datasets.keys })
         self.pools = pools
         ended.set { id, state, detail in pools.taskEnded(id, state: state, detail: detail) }
         let notices = NodeNotices(nodeID: config.nodeID, publisher: publisher)

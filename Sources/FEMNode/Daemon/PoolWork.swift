@@ -22,7 +22,12 @@ final class PoolWork: Sendable {
     /// After passing a task on, the pools are not asked for work for this long.
     static let passPauseSeconds = 2.0
 
-    init(config: NodeConfig, journal: SQLiteJournal, runner: Runner, publisher: AMQPEventPublisher, logger: Logger) {
+    /// The dataset ids configured now (`[datasets]` applies live on a reload).
+    let datasets: @Sendable () -> Dictionary<String, NodeConfig.Dataset>.Keys
+
+    init(config: NodeConfig, journal: SQLiteJournal, runner: Runner, publisher: AMQPEventPublisher, logger: Logger,
+         datasets: @escaping @Sendable () -> Dictionary<String, NodeConfig.Dataset>.Keys) {
+        self.datasets = datasets
         self.config = config
         self.journal = journal
         self.runner = runner
@@ -59,7 +64,8 @@ final class PoolWork: Sendable {
         if !config.enabledLaunchers.contains(spec.plan.launcher) {
             return "launcher \(spec.plan.launcher) is not enabled on this node"
         }
-        let missing = spec.plan.inputs.filter { config.datasets[$0] == nil }
+        let here = Set(datasets())
+        let missing = spec.plan.inputs.filter { !here.contains($0) }
         if !missing.isEmpty {
             return "dataset \(missing.joined(separator: ", ")) is not on this node"
         }
