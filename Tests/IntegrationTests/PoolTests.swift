@@ -67,7 +67,7 @@ struct PoolTests {
         }
 
         @discardableResult
-        func waitFor(_ what: String, timeout: Double = 40, _ done: ([TaskEvent]) -> Bool) throws -> [TaskEvent] {
+        func waitFor(_ what: String, timeout: Double = 60, _ done: ([TaskEvent]) -> Bool) throws -> [TaskEvent] {
             let deadline = Date().addingTimeInterval(timeout)
             while !done(seen) {
                 if Date() > deadline {
@@ -87,7 +87,7 @@ struct PoolTests {
             seen.last { $0.taskID == taskID && $0.kind == .state && $0.state.isTerminal }
         }
 
-        func waitForFinal(_ ids: [String], timeout: Double = 40) throws {
+        func waitForFinal(_ ids: [String], timeout: Double = 60) throws {
             try waitFor("\(ids.count) pool task(s) to end", timeout: timeout) { events in
                 ids.allSatisfy { id in events.contains { $0.taskID == id && $0.kind == .state && $0.state.isTerminal } }
             }
