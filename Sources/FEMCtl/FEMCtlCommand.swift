@@ -171,8 +171,9 @@ extension FEMCtlCommand {
                 document["task_id"] = .string(id)
                 let body = Array(JSONValue.object(document).encoded())
                 for key in keys {
+                    // Mandatory for a pool: a pool no node has declared yet would drop the task silently.
                     try conn.publish(exchange: WireNames.tasksExchange, routingKey: key, body: body,
-                                     userID: publisherID(conn))
+                                     userID: publisherID(conn), mandatory: pool != nil)
                 }
                 print(id)
                 flushOut()
@@ -183,6 +184,10 @@ extension FEMCtlCommand {
             let nacked = try conn.waitForConfirms()
             if !nacked.isEmpty {
                 throw ValidationError("the broker refused \(nacked.count) publish(es)")
+            }
+            if let pool, conn.takeReturnedPublishes() > 0 {
+                throw ValidationError("--pool \(pool): no queue takes tasks for this pool (fem.pool.\(pool) is declared by "
+                                      + "the pool's nodes when they start); the task was not sent")
             }
         }
     }

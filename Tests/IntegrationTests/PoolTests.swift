@@ -121,6 +121,12 @@ struct PoolTests {
                                 environment: BrokerAccounts.femctlEnvironment(brokerDir: fleet.nodes[0].brokerDir,
                                                                               port: fleet.nodes[0].port))
         #expect(out.status == 0, "\(out.output)")
+        // A pool no node serves: femctl says the task was not sent instead of letting the broker drop it.
+        let nowhere = try Shell.run([try TestEnv.binary("femctl"), "submit", file, "--pool", "no-such-pool-\(fleet.pool)"],
+                                    environment: BrokerAccounts.femctlEnvironment(brokerDir: fleet.nodes[0].brokerDir,
+                                                                                  port: fleet.nodes[0].port))
+        #expect(nowhere.status != 0)
+        #expect(nowhere.output.contains("no queue takes tasks for this pool"), "\(nowhere.output)")
         try fleet.waitForFinal([Tasks.id(t)])
         let final = try #require(fleet.final(Tasks.id(t)))
         #expect(final.state == .completed)

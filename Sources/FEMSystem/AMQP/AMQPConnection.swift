@@ -462,7 +462,7 @@ public final class AMQPConnection {
     /// (see `waitForConfirms`).
     @discardableResult
     public func publish(exchange: String, routingKey: String, body: [UInt8], persistent: Bool = true,
-                        channel: UInt16 = 1, userID: String? = nil) throws -> UInt64 {
+                        channel: UInt16 = 1, userID: String? = nil, mandatory: Bool = false) throws -> UInt64 {
         var props = amqp_basic_properties_t()
         props._flags = 0x8000 | 0x1000  // AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG
         props.delivery_mode = persistent ? 2 : 1
@@ -472,7 +472,7 @@ public final class AMQPConnection {
             if userID != nil { props.user_id = b[3] }
             return body.withUnsafeBufferPointer { buffer in
                 let bytes = amqp_bytes_t(len: buffer.count, bytes: UnsafeMutableRawPointer(mutating: buffer.baseAddress))
-                return amqp_basic_publish(state, channel, b[1], b[2], 0, 0, &props, bytes)
+                return amqp_basic_publish(state, channel, b[1], b[2], mandatory ? 1 : 0, 0, &props, bytes)
             }
         }
         if status != AMQP_STATUS_OK.rawValue {
@@ -508,6 +508,9 @@ public final class AMQPConnection {
             } else if id == Self.basicNackMethod, let d = frame.payload.method.decoded {
                 let nack = d.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
                 confirm(tag: nack.delivery_tag, multiple: nack.multiple != 0, nack: true)
+            } else if id == Self.basicReturnMethod {
+                // A `mandatory` publish no queue took (its content frames follow and are skipped above).
+                returnedPublishes += 1
             } else if id == Self.connectionCloseMethod || id == Self.channelCloseMethod {
                 throw AMQPError(.closedByServer, "the broker closed the connection while confirming publishes")
             }
@@ -515,6 +518,14 @@ public final class AMQPConnection {
         defer { nackedTags.removeAll() }
         return nackedTags
     }
+
+    /// `mandatory` publishes the broker returned because no queue was bound for their routing key (seen while
+    /// waiting for confirms; RabbitMQ sends the return before the confirm). Reading it resets it.
+    public func takeReturnedPublishes() -> Int {
+        defer { returnedPublishes = 0 }
+        return returnedPublishes
+    }
+    private var returnedPublishes = 0
 
     /// Publisher-confirm bookkeeping: tags are per channel and cumulative for the connection's life.
     private var publishedTags: UInt64 = 0
