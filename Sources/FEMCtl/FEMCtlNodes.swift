@@ -88,7 +88,7 @@ enum NodeDirectory {
         for n in nodes {
             if n.draining { refused.append("\(n.nodeID): draining"); continue }
             if let p = n.pressure { refused.append("\(n.nodeID): \(p)"); continue }
-            if let why = constraintsRefusal(document, attributes: n.attributes) {
+            if let why = constraintsRefusal(spec, attributes: n.beat["attributes"]) {
                 refused.append("\(n.nodeID): \(why)")
                 continue
             }
@@ -105,10 +105,17 @@ enum NodeDirectory {
                    + (refused.isEmpty ? "" : ", refused: " + refused.joined(separator: "; "))))
     }
 
-    /// ADAPTER(constraints): the task's and its plan's `constraints` against the heartbeat's `attributes`, once the
-    /// constraints part (ConstraintExpression) is in this build; until then every node matches.
-    static func constraintsRefusal(_ document: JSONValue, attributes: [String: JSONValue]?) -> String? {
-        nil
+    /// Why the task's constraints (its own and-ed with its plan's) are not met by what the node's heartbeat says
+    /// (`attributes`); nil when they are, or when neither has constraints. A node whose heartbeat has no attributes
+    /// (an older node) cannot be judged, and is left out when there are constraints.
+    static func constraintsRefusal(_ spec: TaskSpec, attributes: JSONValue?) -> String? {
+        guard spec.constraints != nil || spec.plan.constraints != nil else { return nil }
+        guard let attributes,
+              let decoded = try? JSONDecoder.fem.decode(NodeAttributes.self, from: attributes.encoded()) else {
+            return "its heartbeat carries no attributes to check the task's constraints against"
+        }
+        let verdict = spec.constraintVerdict(on: decoded)
+        return verdict.matched ? nil : verdict.reason ?? "constraints not met"
     }
 }
 

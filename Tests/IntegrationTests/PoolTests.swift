@@ -109,7 +109,7 @@ struct PoolTests {
     @Test func aPoolTaskRunsOnlyOnANodeThatHasWhatItNeeds() throws {
         // Only node 1 has the dataset the task reads; nodes 0 and 2 pass it on, saying why.
         let fleet = try Fleet("pl-ds", extras: [Self.hostNode, Self.hostNode + (try Self.dataset("cohort-b")),
-                                                Self.hostNode])
+                                                Self.hostNode + "\n[node.labels]\nsite = \"hospital-c\"\n"])
         var t = Tasks.task(["/bin/true"])
         var plan = t["plan"]?.objectValue ?? [:]
         plan["inputs"] = .array([.string("cohort-b")])
@@ -136,6 +136,45 @@ struct PoolTests {
         #expect(fleet.seen.filter { $0.taskID == Tasks.id(t) }.allSatisfy { $0.nodeID == fleet.nodes[1].id })
         for i in [0, 2] where fleet.passes(i) > 0 {
             #expect(fleet.nodes[i].log.contains("dataset cohort-b is not on this node"))
+        }
+
+        // Constraints: only node 2 is at hospital-c; the others pass the task on, never run it.
+        var c = Tasks.task(["/bin/true"])
+        c["constraints"] = .string(#"labels.site == "hospital-c""#)
+        try fleet.submit(c)
+        try fleet.waitForFinal([Tasks.id(c)])
+        #expect(fleet.final(Tasks.id(c))?.state == .completed)
+        #expect(fleet.seen.filter { $0.taskID == Tasks.id(c) }.allSatisfy { $0.nodeID == fleet.nodes[2].id })
+        for i in [0, 1] where fleet.nodes[i].log.contains("task=\(Tasks.id(c))") {
+            #expect(fleet.nodes[i].log.contains("passed on (constraints not met by this node"))
+        }
+    }
+
+    @Test func aTaskBiggerThanANodeIsPassedThereAndRunsWhereItFits() throws {
+        let small = Self.hostNode + "\n[node.capacity]\ncpus = 1\n"
+        let fleet = try Fleet("pl-big", extras: [small, small, Self.hostNode + "\n[node.capacity]\ncpus = 4\n"],
+                              maxPasses: 20)
+        var tasks: [[String: JSONValue]] = []
+        for _ in 0..<3 {
+            // Each holds node 2's CPUs for a second: the others wait in the pool, where the small nodes see them.
+            var t = Tasks.task(["/bin/sleep", "1"])
+            var plan = t["plan"]?.objectValue ?? [:]
+            plan["resources"] = .object(["cpus": .int(3)])
+            t["plan"] = .object(plan)
+            try fleet.submit(t)
+            tasks.append(t)
+        }
+        try fleet.waitForFinal(tasks.map(Tasks.id), timeout: 90)
+        for t in tasks {
+            let final = try #require(fleet.final(Tasks.id(t)))
+            #expect(final.state == .completed)
+            #expect(final.nodeID == fleet.nodes[2].id)
+            // Never declined anywhere: a small node passes it on, naming the resource.
+            #expect(!fleet.seen.contains { $0.taskID == Tasks.id(t) && $0.state == .declined })
+        }
+        #expect(fleet.passes(0) + fleet.passes(1) > 0, "the small nodes never saw a task")
+        for i in [0, 1] where fleet.passes(i) > 0 {
+            #expect(fleet.nodes[i].log.contains("cpus"), "\(fleet.nodes[i].log)")
         }
     }
 

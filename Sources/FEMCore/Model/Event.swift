@@ -106,6 +106,11 @@ public struct Heartbeat: Sendable, Codable, Equatable {
     public var unrecorded: Int?
     /// The node is draining for a stop: it takes no new tasks, and running ones finish.
     public var draining: Bool?
+    /// The node's attributes (what `constraints` are evaluated against), a flat object.
+    public var attributes: NodeAttributes?
+    /// `[node.capacity]`: what task resources may reserve in all, and what is free of it now.
+    public var capacity: Capacity?
+    public var free: Capacity?
 
     public init(nodeID: String, version: String, time: Date, running: Int, queued: Int, freeDiskBytes: UInt64?,
                 launchers: [String], datasets: [DatasetAdvert] = []) {
@@ -127,6 +132,8 @@ public struct Heartbeat: Sendable, Codable, Equatable {
         case version, time, running, queued
         case freeDiskBytes = "free_disk_bytes"
         case launchers, datasets, pressure, unrecorded, draining
+        case attributes
+        case capacity, free
     }
 
     public var routingKey: String { "node.\(nodeID).heartbeat" }

@@ -60,6 +60,8 @@ public enum DocumentReader {
         if alternatives.count > RetrySpec.maxAttempts {
             log.add("alternatives", "at most \(RetrySpec.maxAttempts) alternatives")
         }
+        let constraints = constraintsText(f)
+        let priority = f.int("priority", min: -1000, max: 1000)
         f.finish()
         if let plan {
             if paramsReadable { checkParams(params, against: plan, log: log) }
@@ -68,9 +70,11 @@ public enum DocumentReader {
             }
         }
         guard log.issues.isEmpty, let plan, let executionID, let version else { throw ValidationError(log.issues) }
-        return TaskSpec(schemaVersion: version, taskID: taskID ?? defaultTaskID(), executionID: executionID, plan: plan,
-                        params: params, timeoutSeconds: timeout, stageOut: stageOut, flower: flower, retry: retry,
-                        attempt: attempt, pool: pool, alternatives: alternatives)
+        var task = TaskSpec(schemaVersion: version, taskID: taskID ?? defaultTaskID(), executionID: executionID,
+                            plan: plan, params: params, timeoutSeconds: timeout, stageOut: stageOut, flower: flower,
+                            retry: retry, attempt: attempt, pool: pool, alternatives: alternatives, priority: priority)
+        task.constraints = constraints
+        return task
     }
 
     static func schemaVersion(_ f: Fields, supported: [Int]) -> Int? {
@@ -130,6 +134,8 @@ public enum DocumentReader {
         let timeout = f.int("timeout_seconds", min: 1)
         let flower = flowerPlan(f.object("flower"))
         let retry = RetrySpec.read(f.object("retry"))
+        let constraints = constraintsText(f)
+        let priority = f.int("priority", min: -1000, max: 1000)
         f.finish()
 
         if launcher == "docker" && image == nil && f.values["image"] == nil {
@@ -142,10 +148,24 @@ public enum DocumentReader {
             checkArgs(command, plan: f, inputs: inputs, env: env)
         }
         guard let version, let id, let toolVersion, let launcher, let command else { return nil }
-        return ToolPlan(schemaVersion: version, id: id, version: toolVersion, description: description,
-                        launcher: launcher, image: image, pullPolicy: pull, source: source, command: command, env: env,
-                        inputs: inputs, outputs: outputs, resources: resources, network: network ?? .none,
-                        timeoutSeconds: timeout, flower: flower, retry: retry)
+        var plan = ToolPlan(schemaVersion: version, id: id, version: toolVersion, description: description,
+                            launcher: launcher, image: image, pullPolicy: pull, source: source, command: command,
+                            env: env, inputs: inputs, outputs: outputs, resources: resources,
+                            network: network ?? .none, timeoutSeconds: timeout, flower: flower, retry: retry,
+                            priority: priority)
+        plan.constraints = constraints
+        return plan
+    }
+
+    /// `constraints`: a non-empty string within the expression length limit. Its syntax is checked where it is
+    /// evaluated (the node declines a task whose expression cannot be read, naming `constraints` and the column).
+    static func constraintsText(_ f: Fields) -> String? {
+        guard let text = f.string("constraints") else { return nil }
+        guard text.utf8.count <= ConstraintExpression.maxLength else {
+            f.log.add(f.sub("constraints"), "is \(text.utf8.count) bytes long; the limit is \(ConstraintExpression.maxLength)")
+            return nil
+        }
+        return text
     }
 
     static func source(_ f: Fields?) -> PlanSource? {

@@ -21,6 +21,10 @@ public struct ToolPlan: Sendable, Equatable {
     public var flower: FlowerPlan?
     /// `retry`: a pool task failing with a listed class goes back to its pool (the task's own `retry` wins).
     public var retry: RetrySpec? = nil
+    /// A selection criterion over node attributes (docs/templates/README.md, "Constraints"); nil: any node.
+    public var constraints: String? = nil
+    /// Start order among this node's waiting tasks: higher first, FIFO within one priority (default 0).
+    public var priority: Int? = nil
 }
 
 public enum PullPolicy: String, Sendable, Equatable, CaseIterable {
@@ -125,6 +129,13 @@ public struct TaskSpec: Sendable, Equatable {
 
     /// The retry rule that applies: the task's, else its plan's.
     public var effectiveRetry: RetrySpec? { retry ?? plan.retry }
+    /// The task's own selection criterion, and-ed with its plan's.
+    public var constraints: String? = nil
+    /// Overrides the plan's `priority` for this task.
+    public var priority: Int? = nil
+
+    /// The priority the node queues the task with: the task's, else the plan's, else 0.
+    public var effectivePriority: Int { priority ?? plan.priority ?? 0 }
 }
 
 public struct StageOutTarget: Sendable, Equatable, CustomStringConvertible {

@@ -26,15 +26,19 @@ public struct Receiver: Sendable {
     let pools: PoolPlacement?
     /// Node accounts whose returned pool tasks this node accepts (besides the orchestrators').
     public var poolPeers: Set<String>
+    /// The node's attributes as last fingerprinted: what tasks' `constraints` are evaluated against.
+    let attributes: @Sendable () -> NodeAttributes
 
     public init(nodeID: String, maxMessageBytes: Int, journal: any Journal, runner: Runner, logger: Logger,
                 admission: @escaping @Sendable () -> String? = { nil },
                 notify: @escaping @Sendable (String, String, [String: JSONValue]) -> Void = { _, _, _ in },
                 requeueDelay: Duration = .seconds(1), orchestrators: Set<String>? = nil,
                 pools: PoolPlacement? = nil, poolPeers: Set<String> = [],
+                attributes: @escaping @Sendable () -> NodeAttributes = { NodeAttributes() },
                 eventsAdded: @escaping @Sendable () -> Void) {
         self.pools = pools
         self.poolPeers = poolPeers
+        self.attributes = attributes
         self.orchestrators = orchestrators
         self.nodeID = nodeID
         self.maxMessageBytes = maxMessageBytes
@@ -114,6 +118,14 @@ public struct Receiver: Sendable {
         }
         guard let pools else {
             await admit([(message, task.spec, task.document)])
+            return
+        }
+        // Constraints first: a pool task this node does not match goes to another node, not `declined` here.
+        let verdict = constraintVerdict(for: task.spec)
+        if !verdict.matched {
+            let reason = verdict.reason ?? "constraints not met by this node"
+            logger.info("pool \(pool): passed on (\(reason))", metadata: ["task": "\(task.spec.taskID)"])
+            await pools.pass(message, task.document, pool, reason)
             return
         }
         if let reason = await pools.gate(task.spec, task.document, pool) {
@@ -198,10 +210,25 @@ public struct Receiver: Sendable {
         }
         // All acks first (the source sends them together), then the runner gets the tasks.
         var admitted: [String] = []
+        var unmet: [(String, String)] = []
         for (item, result) in zip(group, results) {
-            if await settle(item.message, spec: item.spec, result: result, at: now) { admitted.append(item.spec.taskID) }
+            if await settle(item.message, spec: item.spec, result: result, at: now) {
+                // A task this node does not meet the constraints of ends here, journaled and declined with why.
+                let verdict = constraintVerdict(for: item.spec)
+                if verdict.matched {
+                    admitted.append(item.spec.taskID)
+                } else {
+                    unmet.append((item.spec.taskID, verdict.reason ?? "constraints not met by this node"))
+                }
+            }
         }
+        for (id, reason) in unmet { await runner.record(id, .declined, EventDetail(message: reason)) }
         for id in admitted { await runner.enqueue(id) }
+    }
+
+    /// Whether this node meets the task's constraints (its plan's and its own), against the node's attributes now.
+    public func constraintVerdict(for task: TaskSpec) -> ConstraintVerdict {
+        task.constraintVerdict(on: attributes())
     }
 
     /// Acknowledges the delivery once its task is journaled (or returns it to the broker); true when the task is

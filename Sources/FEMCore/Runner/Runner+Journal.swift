@@ -10,6 +10,12 @@ extension Runner {
     func record(_ taskID: String, _ state: TaskState, _ detail: EventDetail) async -> Bool {
         var delay = settings.journalRetryBase
         var failures = 0
+        var detail = detail
+        if state.isTerminal, let history = try? journal.history(taskID) {
+            // Every terminal event says how long each step took, from the journaled changes (restarts included).
+            let timings = TaskTimings(history: history, end: Date())
+            detail.data = (detail.data ?? [:]).merging(["timings": timings.json]) { $1 }
+        }
         attempts: while true {
             do {
                 try journal.transition(taskID, to: state, detail: detail, at: Date())

@@ -6,6 +6,9 @@ public struct RunnerSettings: Sendable {
     public var nodeID: String
     public var nodeName: String
     public var maxConcurrentTasks: Int
+    /// `[node.capacity]`: what running tasks' `resources` may reserve in all (the daemon passes the host's values or
+    /// the configured caps; the default has no practical limit).
+    public var capacity: Capacity = .unlimited
     public var defaultTimeoutSeconds: Int
     /// A task may ask for more time than its plan declares only when this is true.
     public var allowTimeoutAbovePlan: Bool

@@ -44,10 +44,21 @@ extension FEMClientCommand {
             do {
                 let doc = try DocumentReader.readAny(value)
                 let what: String
+                var constraints: [(String, String?)] = []
                 switch doc {
-                case .plan(let p): what = "plan \(p.id) \(p.version) (\(p.launcher))"
-                case .task(let t): what = "task for plan \(t.plan.id) \(t.plan.version), execution \(t.executionID)"
+                case .plan(let p):
+                    what = "plan \(p.id) \(p.version) (\(p.launcher))"
+                    constraints = [("plan.constraints", p.constraints)]
+                case .task(let t):
+                    what = "task for plan \(t.plan.id) \(t.plan.version), execution \(t.executionID)"
+                    constraints = [("plan.constraints", t.plan.constraints), ("constraints", t.constraints)]
                 }
+                // A node declines a task whose expression it cannot read: say so here, before it is sent.
+                var unreadable: [ValidationIssue] = []
+                for case let (path, text?) in constraints {
+                    do { _ = try ConstraintExpression.parse(text) } catch { unreadable.append(ValidationIssue(path, "\(error)")) }
+                }
+                if !unreadable.isEmpty { throw FEMCore.ValidationError(unreadable) }
                 if json {
                     print(#"{"errors":[],"valid":true}"#)
                 } else {
@@ -92,10 +103,27 @@ extension FEMClientCommand {
             } catch {
                 throw ValidationError("cannot render: \(error)")
             }
+            // This node's attributes, computed here as the daemon computes them, when there are constraints to check.
+            var verdict: ConstraintVerdict?
+            if task.plan.constraints != nil || task.constraints != nil {
+                let attributes = await NodeFingerprint(config: config, launchers: registry.names).refresh()
+                verdict = task.constraintVerdict(on: attributes)
+            }
             if json {
                 let e = JSONEncoder.fem
                 e.outputFormatting.insert(.prettyPrinted)
-                print(String(decoding: try e.encode(rendered), as: UTF8.self))
+                var data = try e.encode(rendered)
+                if let verdict, case .object(var object) = try JSONValue.parse(data) {
+                    // Added beside the rendered command: `constraints` {plan, task, matched, reason}.
+                    var c: [String: JSONValue] = ["matched": .bool(verdict.matched)]
+                    c["plan"] = task.plan.constraints.map(JSONValue.string)
+                    c["task"] = task.constraints.map(JSONValue.string)
+                    c["reason"] = verdict.reason.map(JSONValue.string)
+                    object["constraints"] = .object(c)
+                    e.outputFormatting.insert(.sortedKeys)
+                    data = try e.encode(JSONValue.object(object))
+                }
+                print(String(decoding: data, as: UTF8.self))
                 return
             }
             print("launcher     \(rendered.launcher)\(launcher == nil ? "  (not enabled on this node)" : "")")
@@ -114,6 +142,12 @@ extension FEMClientCommand {
             if let g = rendered.gpus { limits.append("gpus \(g)") }
             if let s = rendered.storageMB { limits.append("storage \(s) MB") }
             print("limits       \(limits.joined(separator: ", "))")
+            if let verdict {
+                print("constraints  " + [task.plan.constraints.map { "plan: \($0)" }, task.constraints.map { "task: \($0)" }]
+                        .compactMap { $0 }.joined(separator: "; "))
+                print(verdict.matched ? "             this node (\(config.nodeID)) matches"
+                        : "             this node (\(config.nodeID)) does NOT match: \(verdict.reason ?? "")")
+            }
         }
 
         func quote(_ s: String) -> String {

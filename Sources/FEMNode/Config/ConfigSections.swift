@@ -120,17 +120,23 @@ struct NodeSection: Codable, Sendable {
     var pools: [String] = []
     /// Passes (returns to the pool by a node that could not take it) before a pool task is dead-lettered.
     var poolMaxPasses = 10
+    /// `[node.labels]`: key = string, number, boolean or a list of them.
+    var labels: [String: AttributeValue] = [:]
     /// receiver.log rotates itself past this size (0: never; logrotate with a SIGHUP instead), keeping `logKeep` files.
     var logMaxMB = 0
     var logKeep = 5
     /// "text" (one readable line) or "json" (one JSON object per line, for log shippers).
     var logFormat = "text"
+    /// `[node.capacity]`.
+    var capacity = CapacitySection()
 
     enum CodingKeys: String, CodingKey {
         case id, name, workDir = "work_dir", logFile = "log_file", maxConcurrentTasks = "max_concurrent_tasks",
              heartbeatInterval = "heartbeat_interval", defaultTimeout = "default_timeout", maxTimeout = "max_timeout",
              allowTimeoutAbovePlan = "allow_timeout_above_plan", stopGrace = "stop_grace", minFreeMB = "min_free_mb",
              drainSeconds = "drain_seconds", pools, poolMaxPasses = "pool_max_passes"
+        case capacity
+        case labels
         case logMaxMB = "log_max_mb", logKeep = "log_keep", logFormat = "log_format"
     }
 
@@ -156,6 +162,46 @@ struct NodeSection: Codable, Sendable {
         logMaxMB = r.value(c, .logMaxMB) ?? logMaxMB
         logKeep = r.value(c, .logKeep) ?? logKeep
         logFormat = r.value(c, .logFormat) ?? logFormat
+        labels = Self.labels(c, r)
+        capacity = r.section(c, .capacity) ?? capacity
+    }
+
+    /// `[node.labels]`, each value a string, a number, a boolean or a list of those (a problem names the key).
+    static func labels(_ c: KeyedDecodingContainer<CodingKeys>, _ r: ConfigReading) -> [String: AttributeValue] {
+        let path = c.codingPath + [CodingKeys.labels]
+        r.markKnown(ConfigReading.name(path))
+        guard c.contains(.labels) else { return [:] }
+        guard let table = r.rawValue(at: path)?.table else {
+            r.note("node.labels: expected a table ([node.labels]) of key = value")
+            return [:]
+        }
+        func scalar(_ v: any TOMLValueConvertible) -> AttributeValue? {
+            if let b = v.bool { return .bool(b) }
+            if let i = v.int { return .number(Double(i)) }
+            if let d = v.double, d.isFinite { return .number(d) }
+            if let s = v.string { return .string(s) }
+            return nil
+        }
+        var labels: [String: AttributeValue] = [:]
+        for key in table.keys.sorted() {
+            guard let value = table[key] else { continue }
+            if let s = scalar(value) {
+                labels[key] = s
+            } else if let array = value.array {
+                var items: [AttributeValue] = []
+                for (i, item) in array.enumerated() {
+                    guard let s = scalar(item) else {
+                        r.note("node.labels.\(key)[\(i)]: expected a string, number or boolean, got \(item.type)")
+                        continue
+                    }
+                    items.append(s)
+                }
+                labels[key] = .list(items)
+            } else {
+                r.note("node.labels.\(key): expected a string, number, boolean or a list of them, got \(value.type)")
+            }
+        }
+        return labels
     }
 
     func validate(_ v: inout ConfigValidator) {
@@ -173,11 +219,45 @@ struct NodeSection: Codable, Sendable {
                    + "1 to 64; it names the queue fem.pool.<name>)")
         }
         if Set(pools).count != pools.count { v.note("node.pools: lists a pool more than once") }
+        v.labels(labels)
         v.range(k(.logMaxMB), logMaxMB, 0...1_048_576)
         v.range(k(.logKeep), logKeep, 1...100)
         if !["text", "json"].contains(logFormat) {
             v.note("\(k(.logFormat)): \"\(logFormat)\" is not one of \"text\", \"json\"")
         }
+        capacity.validate(&v)
+    }
+}
+
+/// `[node.capacity]`: what running tasks' `resources` may reserve in all. A key left out takes the host's value
+/// (CPUs online, MemTotal, free disk under the work dir at start; GPUs: 0).
+struct CapacitySection: Codable, Sendable {
+    var cpus: Int?
+    var memoryMB: Int?
+    var gpus: Int?
+    var storageMB: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case cpus, memoryMB = "memory_mb", gpus, storageMB = "storage_mb"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        cpus = r.value(c, .cpus)
+        memoryMB = r.value(c, .memoryMB)
+        gpus = r.value(c, .gpus)
+        storageMB = r.value(c, .storageMB)
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        let k = { (key: CodingKeys) in "node.capacity.\(key.stringValue)" }
+        if let cpus { v.range(k(.cpus), cpus, 1...65_536) }
+        if let memoryMB { v.range(k(.memoryMB), memoryMB, 1...(1 << 40)) }
+        if let gpus { v.range(k(.gpus), gpus, 0...1024) }
+        if let storageMB { v.range(k(.storageMB), storageMB, 0...(1 << 40)) }
     }
 }
 

@@ -27,6 +27,11 @@ public struct NodeConfig: Sendable {
     public var stopGraceSeconds: Int
     /// Below this much free space (MB) on the work dir's or the log's filesystem the node takes no new tasks.
     public var minFreeMB: Int = 256
+    /// `[node.capacity]` as configured: nil fields take the host's values (`NodeAssembly.capacity`).
+    public var capacityCPUs: Int?
+    public var capacityMemoryMB: Int?
+    public var capacityGPUs: Int?
+    public var capacityStorageMB: Int?
     /// On SIGTERM, running tasks may go on for this long before the daemon stops (work left is recovered at start).
     public var drainSeconds: Int = 30
     /// A task that finds dockerd unreachable waits this long for it (with a notice) before failing.
@@ -106,6 +111,8 @@ public struct NodeConfig: Sendable {
     public var reporterMaxMetricsPerLine: Int
 
     public var datasets: [String: Dataset]
+    /// `[node.labels]`: free-form attributes for constraints, as `labels.<key>`.
+    public var labels: [String: AttributeValue] = [:]
     /// Where the file was read from, for messages.
     public var source: String
 
@@ -268,9 +275,14 @@ extension NodeConfig {
         config.pools = file.node.pools
         config.poolMaxPasses = file.node.poolMaxPasses
         config.poolPeers = file.broker.poolPeers
+        config.labels = file.node.labels
         config.logMaxMB = file.node.logMaxMB
         config.logKeep = file.node.logKeep
         config.logFormat = file.node.logFormat
+        config.capacityCPUs = file.node.capacity.cpus
+        config.capacityMemoryMB = file.node.capacity.memoryMB
+        config.capacityGPUs = file.node.capacity.gpus
+        config.capacityStorageMB = file.node.capacity.storageMB
         config.dockerWaitSeconds = d.waitForDaemonSeconds
         let s = file.launchers.slurm
         config.slurm = SlurmLauncherConfig(

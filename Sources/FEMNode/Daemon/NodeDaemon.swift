@@ -35,6 +35,8 @@ struct NodeApplication: Sendable {
     let admission: Admission
     let endpoint: AMQPEndpoint
     let pools: PoolWork
+    /// The node's attributes, for constraints and heartbeats.
+    let fingerprint: NodeFingerprint
     /// receiver.log, reopened on SIGHUP; the status file and systemd; the config a reload replaces.
     let logSink: LineLogHandler.Sink?
     let operations: Operations
@@ -86,6 +88,9 @@ struct NodeApplication: Sendable {
         }
         let admission = Admission(disk: disk)
         self.admission = admission
+        // Labels and datasets as the last config reload left them.
+        let fingerprint = NodeFingerprint(config: { live.value }, launchers: node.registry.names)
+        self.fingerprint = fingerprint
         let operations = Operations(config: config, broker: "\(endpoint)", launchers: node.registry.names, logger: logger)
         self.operations = operations
         source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
@@ -97,7 +102,8 @@ struct NodeApplication: Sendable {
                             runner: node.runner, logger: logger, admission: { admission.refusal },
                             notify: { reason, message, data in notices.send(reason, message, data) },
                             orchestrators: Set(config.orchestrators), pools: pools.placement,
-                            poolPeers: Set(config.poolPeers)) { publisher.wake() }
+                            poolPeers: Set(config.poolPeers),
+                            attributes: { fingerprint.current }) { publisher.wake() }
     }
 
     /// Started in this order and shut down in the reverse one: the runner drains first (the receiver still reads
@@ -139,6 +145,7 @@ struct NodeApplication: Sendable {
             fem-client \(FEMVersion.string) starting: node \(config.nodeID), broker \(endpoint), launchers \(launchers), \
             work dir \(config.workDir), up to \(config.maxConcurrentTasks) tasks at once
             """)
+        await fingerprint.refresh()
         await node.runner.recover()
         operations.versions(await engineVersions(config))
         if config.enabledLaunchers.contains("docker") {
@@ -162,6 +169,7 @@ struct NodeApplication: Sendable {
     func sendHeartbeat() async {
         var beat = await node.heartbeat(version: FEMVersion.string, pressure: admission.refusal,
                                         draining: admission.draining)
+        beat.attributes = await fingerprint.refresh()
         // Datasets as the last config reload left them.
         beat.datasets = live.value.datasets.sorted { $0.key < $1.key }.map { DatasetAdvert(id: $0.key, labels: $0.value.labels) }
         operations.heartbeat(beat, awaitingApproval: try? node.journal.count(states: [.awaitingApproval]),

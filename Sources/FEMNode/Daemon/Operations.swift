@@ -346,6 +346,7 @@ struct ConfigReload: Sendable {
         },
         Key("datasets") { "\($0.datasets.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })" },
         Key("launchers.env_allowed") { "\($0.envAllowed)" },
+        Key("node.labels") { "\($0.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })" },
         Key("node.default_timeout, node.max_timeout or node.allow_timeout_above_plan") {
             "\($0.defaultTimeoutSeconds) \($0.maxTimeoutSeconds) \($0.allowTimeoutAbovePlan)"
         },

@@ -38,16 +38,12 @@ final class PoolWork: Sendable {
     func attach(_ source: AMQPTaskSource) { self.source.withLock { $0 = source } }
 
     /// How many more tasks this node could start now: `max_concurrent_tasks` less what the journal holds running or
-    /// waiting to run. A plain journal read (WAL: never waits for a writer), safe on the consumer thread.
+    /// waiting to run (`received`, `queued`). A plain journal read (WAL: never waits for a writer), safe on the
+    /// consumer thread. Whether a task's resources fit is judged when it arrives (`resourcesRefusal`).
     func room() -> Int {
         guard let counts = try? journal.counts() else { return 0 }
-        // ADAPTER(capacity): tasks waiting for resources (`queued`) hold no slot yet but will; count them as waiting.
-        let waiting = counts.queued + ((try? journal.count(states: Self.waitingStates)) ?? 0)
-        return max(0, config.maxConcurrentTasks - counts.running - waiting)
+        return max(0, config.maxConcurrentTasks - counts.running - counts.queued)
     }
-
-    /// States besides `received` in which a task waits to start (capacity's `queued`, when this build has it).
-    static let waitingStates: Set<TaskState> = Set(["queued"].compactMap(TaskState.init(rawValue:)))
 
     var placement: PoolPlacement {
         PoolPlacement(gate: { [self] spec, document, pool in await gate(spec, document: document, pool: pool) },
@@ -69,7 +65,6 @@ final class PoolWork: Sendable {
         if !missing.isEmpty {
             return "dataset \(missing.joined(separator: ", ")) is not on this node"
         }
-        if let why = constraintsRefusal(spec, document: document) { return why }
         if let why = await resourcesRefusal(spec) { return why }
         let free = room()
         if free < 1 {
@@ -81,16 +76,19 @@ final class PoolWork: Sendable {
         return nil
     }
 
-    /// ADAPTER(constraints): the task's and its plan's `constraints` against this node's attributes, once the
-    /// constraints part is in this build (ConstraintExpression, NodeAttributes); until then every node matches.
-    func constraintsRefusal(_ spec: TaskSpec, document: JSONValue) -> String? {
-        nil
-    }
-
-    /// ADAPTER(capacity): `Runner.admission(for:)` once the capacity part is in this build: `.never` and
-    /// `.mustWait` pass the task on (another node may fit it, or have it free now). Until then: nothing to check.
+    /// Whether the task's resources fit this node now (`Runner.admission`): one that can never fit here, or that would
+    /// have to wait for resources or a slot, goes to another node of the pool (which may fit it, or have room now).
     func resourcesRefusal(_ spec: TaskSpec) async -> String? {
-        nil
+        switch await runner.admission(for: spec) {
+        case .fitsNow: return nil
+        case .never(let why): return why
+        case .mustWait:
+            let r = spec.plan.resources
+            let asked = [r.cpus.map { "cpus \(String(format: "%g", $0))" }, r.memoryMB.map { "memory_mb \($0)" },
+                         r.gpus.map { "gpus \($0)" }, r.storageMB.map { "storage_mb \($0)" }].compactMap { $0 }
+            return "no room now: " + (asked.isEmpty ? "no free slot" : "its resources (\(asked.joined(separator: ", "))) "
+                                      + "do not fit what is free, or no slot is free")
+        }
     }
 
     /// Returns the task to its pool with this node's reason (or gives it up after `pool_max_passes` passes: the

@@ -41,6 +41,7 @@ public struct NodeAssembly: Sendable {
                                      holdToolText: config.requireApproval))
         settings.diskPressure = diskPressure
         settings.taskEnded = taskEnded
+        settings.capacity = HostCapacity.of(config)
         runner = Runner(settings: settings, journal: self.journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
                         stageOut: try Self.stageOut(config),
@@ -153,6 +154,8 @@ public struct NodeAssembly: Sendable {
         beat.pressure = pressure
         beat.unrecorded = unrecorded.isEmpty ? nil : unrecorded.count
         beat.draining = draining ? true : nil
+        beat.capacity = await runner.capacity
+        beat.free = await runner.freeCapacity
         return beat
     }
 }
