@@ -75,6 +75,16 @@ public actor Runner {
 
     public var activeCount: Int { active.count }
 
+    /// The node's attributes (`NodeFingerprint`), for the constraints check before a task starts; nil: no check
+    /// here (unit tests, `fem-client run`).
+    var attributes: (@Sendable () -> NodeAttributes)?
+
+    /// The daemon hands over its fingerprint before `recover()`: a task journaled as received but not yet checked
+    /// against its constraints when the daemon stopped is checked before it starts, never run unchecked.
+    public func checkConstraints(against attributes: @escaping @Sendable () -> NodeAttributes) {
+        self.attributes = attributes
+    }
+
     /// A config reload (SIGHUP): launchers, staging and the policy settings below from the new config, for what
     /// starts from now on. Every other setting (identity, slots, grace) stays as the runner was built.
     public func reload(settings new: RunnerSettings, registry: LauncherRegistry, stageIn: any StageIn,

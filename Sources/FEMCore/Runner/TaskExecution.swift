@@ -77,6 +77,15 @@ extension Runner {
             await record(taskID, .cancelled, EventDetail(message: "cancelled by the orchestrator"))
             return nil
         }
+        // The receiver declines a task whose constraints this node does not meet right after journaling it; a task
+        // recovered from before that check (the daemon stopped in between) is checked here, before it starts.
+        if rec.state == .received || rec.state == .queued, let attributes {
+            let verdict = spec.constraintVerdict(on: attributes())
+            if !verdict.matched {
+                await record(taskID, .declined, EventDetail(message: verdict.reason ?? "constraints not met by this node"))
+                return nil
+            }
+        }
         let preparation = LaunchPreparation(settings: settings, registry: registry, sandboxes: sandboxes,
                                             stageIn: stageIn, stageOut: stageOut)
         switch preparation.prepare(spec) {

@@ -146,6 +146,7 @@ struct NodeApplication: Sendable {
             work dir \(config.workDir), up to \(config.maxConcurrentTasks) tasks at once
             """)
         await fingerprint.refresh()
+        await node.runner.checkConstraints(against: { [fingerprint] in fingerprint.current })
         await node.runner.recover()
         operations.versions(await engineVersions(config))
         if config.enabledLaunchers.contains("docker") {
