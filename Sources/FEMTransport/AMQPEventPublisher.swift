@@ -24,6 +24,26 @@ public final class AMQPEventPublisher: Sendable {
         var key: String
         var body: Data
         var done: @Sendable (Bool) -> Void
+        /// Connections this publish was lost with: a publish the broker refuses by closing the channel (no
+        /// permission) must not wedge the events behind it forever.
+        var failures = 0
+    }
+    static let maxTaskPublishFailures = 5
+
+    /// Puts task publishes back after a failed connection, except those that failed too often (told `false`).
+    private func keep(_ tasks: [TaskPublish]) {
+        var again: [TaskPublish] = []
+        for var t in tasks {
+            t.failures += 1
+            if t.failures >= Self.maxTaskPublishFailures {
+                let key = t.key, failures = t.failures
+                logger.error("gave up publishing a task with key \(key) after \(failures) failed connections")
+                t.done(false)
+            } else {
+                again.append(t)
+            }
+        }
+        state.withLock { $0.tasks.insert(contentsOf: again, at: 0) }
     }
     private let state = Mutex(State())
     /// Set by `stop`: ends the loop after one more drain, and any backoff wait at once.
@@ -119,6 +139,7 @@ public final class AMQPEventPublisher: Sendable {
             do {
                 batch = try outbox.pendingEvents(limit: batchSize)
             } catch {
+                // Not sent at all: back as they were.
                 state.withLock {
                     $0.direct.insert(contentsOf: extra, at: 0)
                     $0.tasks.insert(contentsOf: tasks, at: 0)
@@ -154,10 +175,8 @@ public final class AMQPEventPublisher: Sendable {
                                                      body: Array(t.body), userID: userID))
                 }
             } catch {
-                state.withLock {
-                    $0.direct.insert(contentsOf: extra, at: 0)
-                    $0.tasks.insert(contentsOf: tasks, at: 0)
-                }
+                state.withLock { $0.direct.insert(contentsOf: extra, at: 0) }
+                keep(tasks)
                 throw error
             }
             if let beat {
@@ -168,10 +187,8 @@ public final class AMQPEventPublisher: Sendable {
             do {
                 nacked = Set(try conn.waitForConfirms())
             } catch {
-                state.withLock {
-                    $0.direct.insert(contentsOf: extra, at: 0)
-                    $0.tasks.insert(contentsOf: tasks, at: 0)
-                }
+                state.withLock { $0.direct.insert(contentsOf: extra, at: 0) }
+                keep(tasks)
                 throw error
             }
             for (t, tag) in zip(tasks, taskTags) { t.done(!nacked.contains(tag)) }

@@ -362,4 +362,23 @@ struct PoolTests {
         let ran = try #require(fleet.nodes.first { $0.id == completed.nodeID })
         #expect(ran.log.contains("task=\(id) received fallback-tool"))
     }
+
+    @Test func aTaskOnTheNodesOwnQueueNamingAPoolIsNotSentIntoIt() throws {
+        // The `pool` field is the nodes' record; on a task sent to one node it names no pool of that node's, so a
+        // failure is not "retried" into it, and the node goes on as usual.
+        let node = try TestNode("pl-own", extra: Self.hostNode)
+        try node.start()
+        let op = try Operator(node: node)
+        var t = Tasks.task(["/bin/false"])
+        t["retry"] = .object(["attempts": .int(3), "on": .array([.string("task_failure")])])
+        t["pool"] = .object(["name": .string("not-this-nodes-\(UUID().uuidString.prefix(6).lowercased())")])
+        try op.submit(t)
+        let next = Tasks.task(["/bin/true"])
+        try op.submit(next)
+        try op.waitForFinal([Tasks.id(t), Tasks.id(next)])
+        #expect(op.finalState(of: Tasks.id(t))?.state == .failed)
+        #expect(op.finalState(of: Tasks.id(next))?.state == .completed)
+        #expect(!op.events(of: Tasks.id(t)).contains { ($0.detail.message ?? "").contains("returned to pool") })
+        #expect(op.events(of: Tasks.id(t)).allSatisfy { $0.attempt == 1 })
+    }
 }

@@ -157,7 +157,10 @@ final class PoolWork: Sendable {
         guard state == .failed, let failure = detail.failureClass else { return }
         guard let document = kept ?? (try? journal.task(taskID))?.document,
               let spec = try? DocumentReader.readTask(document, requireTaskID: true),
-              var ticket = spec.pool else { return }
+              var ticket = spec.pool,
+              // Only back to a pool this node serves (its account may publish there); a `pool` field on a task sent
+              // to the node's own queue names no pool of ours.
+              config.pools.contains(ticket.name) else { return }
         guard let retry = spec.effectiveRetry, retry.on.contains(failure), spec.attempt < retry.attempts else {
             if let retry = spec.effectiveRetry, retry.on.contains(failure) {
                 note(taskID, "not retried: attempt \(spec.attempt) of \(retry.attempts) failed (\(failure.rawValue))")
