@@ -80,8 +80,8 @@ enum NodeDirectory {
     static func leastBusy(_ nodes: [NodeSighting], for spec: TaskSpec, document: JSONValue) throws
         -> (node: String, why: String) {
         guard !nodes.isEmpty else {
-            throw ValidationError("--least-busy: no node sent a heartbeat while femctl listened; listen longer "
-                                  + "(--listen, at least one heartbeat interval) or check that nodes run")
+            throw CommandFailure("--least-busy: no node sent a heartbeat while femctl listened; listen longer "
+                                 + "(--listen, at least one heartbeat interval) or check that nodes run")
         }
         var refused: [String] = []
         var candidates: [NodeSighting] = []
@@ -95,7 +95,7 @@ enum NodeDirectory {
             candidates.append(n)
         }
         guard let best = candidates.max(by: { $0.freeness.lexicographicallyPrecedes($1.freeness) }) else {
-            throw ValidationError("--least-busy: no node can take the task: " + refused.joined(separator: "; "))
+            throw CommandFailure("--least-busy: no node can take the task: " + refused.joined(separator: "; "))
         }
         let load = "\(best.running) running, \(best.queued) waiting"
         let freeText = best.free == nil ? "" : ", free \(best.freeSummary)"

@@ -24,11 +24,7 @@ struct ConfigOption: ParsableArguments {
     var config: String = ProcessInfo.processInfo.environment["FEM_CONFIG"] ?? "config/fem-client.toml"
 
     func load() throws -> NodeConfig {
-        do {
-            return try NodeConfig.load(path: config, environment: ProcessInfo.processInfo.environment)
-        } catch let e as ConfigError {
-            throw ValidationError(e.description)
-        }
+        try loadConfig()
     }
 }
 
@@ -52,6 +48,10 @@ extension FEMClientCommand {
         func run() async throws {
             var failures: [String] = []
             let config: NodeConfig
+            if let why = ConfigOption.unreadable(options.config) {
+                print("FAIL  \(why)")
+                throw ExitCode(1)
+            }
             do {
                 config = try NodeConfig.load(path: options.config,
                                              environment: ProcessInfo.processInfo.environment)
@@ -203,12 +203,12 @@ extension FEMClientCommand {
 
         func run() async throws {
             let config = try options.load()
-            let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+            let journal = try config.openJournal()
             var states: Set<TaskState>?
             if !state.isEmpty {
                 states = Set(try state.map {
                     guard let s = TaskState(rawValue: $0) else {
-                        throw ValidationError("--state: \"\($0)\" is not one of "
+                        throw CommandFailure.invalid("--state: \"\($0)\" is not one of "
                                               + TaskState.allCases.map(\.rawValue).joined(separator: ", "))
                     }
                     return s
@@ -239,9 +239,9 @@ extension FEMClientCommand {
 
         func run() async throws {
             let config = try options.load()
-            let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+            let journal = try config.openJournal()
             guard let rec = try journal.task(taskID) else {
-                throw ValidationError("task \(taskID) is not in the journal at \(config.journalPath)")
+                throw CommandFailure("task \(taskID) is not in the journal at \(config.journalPath)")
             }
             let history = try journal.history(taskID)
             if json {
@@ -268,14 +268,15 @@ extension FEMClientCommand {
 /// How tasks and events print, shared by `tasks`, `show`, `run` and `femctl watch`.
 enum TaskView {
     static let tableHeader = pad("TASK", 38) + pad("STATE", 18) + pad("LAUNCHER", 10) + pad("TOOL", 24)
-        + pad("UPDATED", 26) + pad("TIMINGS", 40) + "DETAIL"
+        + pad("EXECUTION", 20) + pad("UPDATED", 26) + pad("TIMINGS", 40) + "DETAIL"
 
     static func tableRow(_ r: TaskRecord, timings: TaskTimings? = nil) -> String {
         var detail = r.failureClass.map { "\($0.rawValue) " } ?? ""
         if let e = r.exitCode { detail += "exit=\(e) " }
         detail += r.message ?? ""
         return pad(TextEscaping.escaped(r.taskID), 38) + pad(r.state.rawValue, 18) + pad(r.launcher, 10)
-            + pad(TextEscaping.escaped(tool(r)), 24) + pad(FEMTime.format(r.updatedAt), 26)
+            + pad(TextEscaping.escaped(tool(r)), 24) + pad(TextEscaping.escaped(r.executionID), 20)
+            + pad(FEMTime.format(r.updatedAt), 26)
             + pad(timings?.compact ?? "", 40) + TextEscaping.escaped(detail)
     }
 

@@ -265,6 +265,28 @@ public final class AMQPConnection {
         }
     }
 
+    /// How many consumers a queue has, by a passive declare: nil when the queue does not exist (the broker then
+    /// closes `channel`, so give a channel of its own). `femctl submit` warns with it when no node takes a queue.
+    public func queueConsumers(_ name: String, channel: UInt16) throws -> UInt32? {
+        let declared = withBytes([name]) { b in
+            amqp_queue_declare(state, channel, b[0], 1, 0, 0, 0, amqp_empty_table)
+        }
+        guard let ok = declared else {
+            let reply = amqp_get_rpc_reply(state)
+            if reply.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION,
+               reply.reply.id == Self.channelCloseMethod,
+               let close = reply.reply.decoded?.assumingMemoryBound(to: amqp_channel_close_t.self),
+               close.pointee.reply_code == 404 {
+                var closeOK = amqp_channel_close_ok_t()
+                _ = amqp_send_method(state, channel, Self.channelCloseMethod + 1, &closeOK)  // channel.close-ok
+                return nil
+            }
+            try check("look up queue \(name)")
+            throw AMQPError(.protocolError, "cannot look up queue \(name)")
+        }
+        return ok.pointee.consumer_count
+    }
+
     public func bindQueue(_ queue: String, exchange: String, routingKey: String, channel: UInt16 = 1) throws {
         withBytes([queue, exchange, routingKey]) { b in
             _ = amqp_queue_bind(state, channel, b[0], b[1], b[2], amqp_empty_table)
