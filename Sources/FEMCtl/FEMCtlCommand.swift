@@ -10,7 +10,7 @@ public struct FEMCtlCommand: AsyncParsableCommand {
         commandName: "femctl",
         abstract: "Submit, watch and cancel fem-client tasks through the broker.",
         version: FEMVersion.string,
-        subcommands: [Setup.self, Submit.self, Watch.self, Cancel.self])
+        subcommands: [Setup.self, Submit.self, Watch.self, Cancel.self, Nodes.self])
 
     public init() {}
 }
@@ -106,16 +106,31 @@ extension FEMCtlCommand {
                 + "is down): the task waits there until a node with that id connects.")
         @OptionGroup var broker: BrokerOptions
         @Argument(help: "A task file or a plan file.") var file: String
-        @Option(help: "A node id (repeatable).") var node: [String] = []
+        @Option(help: "A node id (repeatable); with --least-busy, the nodes to choose from.") var node: [String] = []
         @Flag(help: "Send to every node (routing key `all`).") var all = false
         @Option(name: .customLong("param"), help: "Set a parameter: name=value (repeatable).") var params: [String] = []
         @Option(help: "Send this many copies, each with a fresh task id (for load tests).") var count = 1
         @Flag(help: "Send nothing and exit 1 when no node consumes a --node queue (instead of a warning).")
         var requireConsumer = false
+        @Option(help: "Put the task in this work pool (fem.pool.<name>): a node of the pool with a free slot whose constraints and resources fit takes it (pull).")
+        var pool: String?
+        @Flag(help: "Send the task to the least busy node: listen to heartbeats for --listen seconds, keep the nodes whose heartbeat shows the task's constraints met, pick the one with the most free capacity (push).")
+        var leastBusy = false
+        @Option(help: "With --least-busy: seconds to listen to heartbeats (at least one heartbeat interval).")
+        var listen: Double = 31
 
         func validate() throws {
-            if node.isEmpty == !all { throw ValidationError("give --node <id> (one or more) or --all") }
+            // With --least-busy, --node names the candidates (default: every node heard from).
+            let targets = [!node.isEmpty && !leastBusy, all, pool != nil, leastBusy].filter { $0 }.count
+            if targets != 1 {
+                throw ValidationError("give one of --node <id> (one or more), --all, --pool <name> or --least-busy "
+                                      + "(with --node: the candidates)")
+            }
             if count < 1 { throw ValidationError("--count must be at least 1") }
+            if let pool, !Patterns.matches(#"^[a-z0-9-]{1,64}$"#, pool) {
+                throw ValidationError("--pool: \"\(TextEscaping.escaped(pool))\" is not a pool name (lowercase letters, digits and '-', 1 to 64)")
+            }
+            if listen <= 0 || listen > 3600 { throw ValidationError("--listen: must be between 0 and 3600 seconds") }
         }
 
         func run() async throws {
@@ -134,6 +149,16 @@ extension FEMCtlCommand {
             } catch let e as FEMCore.ValidationError {
                 throw CommandFailure.invalid("\(file):\n" + e.issues.map { "  \($0)" }.joined(separator: "\n"))
             }
+            var node = self.node
+            if leastBusy {
+                let spec = try DocumentReader.readTask(.object(document))
+                let candidates = Set(node)
+                let beats = try NodeDirectory.listen(broker: broker, seconds: listen)
+                    .filter { candidates.isEmpty || candidates.contains($0.nodeID) }
+                let choice = try NodeDirectory.leastBusy(beats, for: spec, document: .object(document))
+                try? FileWriter.writeAll(2, Array("chose node \(choice.node): \(choice.why)\n".utf8))
+                node = [choice.node]
+            }
             let conn = try broker.connect()
             try conn.openChannel(1)
             try conn.declareExchange(WireNames.tasksExchange)
@@ -146,14 +171,16 @@ extension FEMCtlCommand {
                 try Self.checkConsumer(conn, node: n, queue: q, require: requireConsumer)
             }
             try conn.enablePublisherConfirms()
-            let keys = all ? [WireNames.broadcastKey] : node.map(WireNames.nodeKey)
+            // A pool's queue is declared by its nodes (they consume it); a pool no node serves yet drops the task.
+            let keys = all ? [WireNames.broadcastKey] : pool.map { [WireNames.poolKey($0)] } ?? node.map(WireNames.nodeKey)
             for i in 0..<count {
                 let id = (count == 1 ? givenID : nil) ?? UUID().uuidString.lowercased()
                 document["task_id"] = .string(id)
                 let body = Array(JSONValue.object(document).encoded())
                 for key in keys {
+                    // Mandatory for a pool: a pool no node has declared yet would drop the task silently.
                     try conn.publish(exchange: WireNames.tasksExchange, routingKey: key, body: body,
-                                     userID: publisherID(conn))
+                                     userID: publisherID(conn), mandatory: pool != nil)
                 }
                 print(id)
                 flushOut()
@@ -164,6 +191,10 @@ extension FEMCtlCommand {
             let nacked = try conn.waitForConfirms()
             if !nacked.isEmpty {
                 throw CommandFailure("the broker refused \(nacked.count) publish(es)")
+            }
+            if let pool, conn.takeReturnedPublishes() > 0 {
+                throw CommandFailure("--pool \(pool): no queue takes tasks for this pool (fem.pool.\(pool) is declared by "
+                                     + "the pool's nodes when they start); the task was not sent")
             }
         }
     }

@@ -201,8 +201,14 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
                 try db.cachedStatement(sql: "UPDATE tasks SET seq = ? WHERE task_id = ?").execute(arguments: [seq, taskID])
             }
         }
-        let event = TaskEvent(kind: kind, nodeID: nodeID, taskID: taskID, executionID: executionID, state: state,
+        var event = TaskEvent(kind: kind, nodeID: nodeID, taskID: taskID, executionID: executionID, state: state,
                               seq: seq, time: at, detail: detail)
+        if let taskID {
+            // Every task event says which attempt it belongs to (the document's `attempt`, 1 when absent).
+            event.attempt = try Int.fetchOne(db.cachedStatement(sql: """
+                SELECT COALESCE(json_extract(document, '$.attempt'), 1) FROM tasks WHERE task_id = ?
+                """), arguments: [taskID]) ?? 1
+        }
         let body = event.encoded()
         try db.cachedStatement(sql: "INSERT INTO events (task_id, seq, kind, state, at, body) VALUES (?, ?, ?, ?, ?, ?)")
             .execute(arguments: [taskID, seq, kind.rawValue, state.rawValue, FEMTime.format(at),

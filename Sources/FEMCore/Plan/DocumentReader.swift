@@ -46,6 +46,20 @@ public enum DocumentReader {
         let timeout = f.int("timeout_seconds", min: 1)
         let stageOut = stageOut(f.object("stage_out"))
         let flower = flowerTask(f.object("flower"))
+        let retry = RetrySpec.read(f.object("retry"))
+        let attempt = f.int("attempt", min: 1, max: Int64(RetrySpec.maxAttempts)) ?? 1
+        let pool = PoolTicket.read(f.object("pool"))
+        // Alternatives (pool tasks): plans tried in order when the one before fails; the params fit each of them.
+        var alternatives: [ToolPlan] = []
+        for (p, item) in f.array("alternatives") ?? [] {
+            if let alt = Self.plan(item, path: p, log: log) {
+                alternatives.append(alt)
+                if paramsReadable { checkParams(params, against: alt, log: log) }
+            }
+        }
+        if alternatives.count > RetrySpec.maxAttempts {
+            log.add("alternatives", "at most \(RetrySpec.maxAttempts) alternatives")
+        }
         let constraints = constraintsText(f)
         let priority = f.int("priority", min: -1000, max: 1000)
         f.finish()
@@ -58,7 +72,7 @@ public enum DocumentReader {
         guard log.issues.isEmpty, let plan, let executionID, let version else { throw ValidationError(log.issues) }
         var task = TaskSpec(schemaVersion: version, taskID: taskID ?? defaultTaskID(), executionID: executionID,
                             plan: plan, params: params, timeoutSeconds: timeout, stageOut: stageOut, flower: flower,
-                            priority: priority)
+                            retry: retry, attempt: attempt, pool: pool, alternatives: alternatives, priority: priority)
         task.constraints = constraints
         return task
     }
@@ -120,6 +134,7 @@ public enum DocumentReader {
         let network = f.string("network", allowed: NetworkMode.allCases.map(\.rawValue)).flatMap(NetworkMode.init)
         let timeout = f.int("timeout_seconds", min: 1)
         let flower = flowerPlan(f.object("flower"))
+        let retry = RetrySpec.read(f.object("retry"))
         let constraints = constraintsText(f)
         let priority = f.int("priority", min: -1000, max: 1000)
         f.finish()
@@ -137,7 +152,8 @@ public enum DocumentReader {
         var plan = ToolPlan(schemaVersion: version, id: id, version: toolVersion, description: description,
                             launcher: launcher, image: image, pullPolicy: pull, source: source, command: command,
                             env: env, inputs: inputs, outputs: outputs, resources: resources,
-                            network: network ?? .none, timeoutSeconds: timeout, flower: flower, priority: priority)
+                            network: network ?? .none, timeoutSeconds: timeout, flower: flower, retry: retry,
+                            priority: priority)
         plan.constraints = constraints
         return plan
     }

@@ -58,6 +58,7 @@ extension Runner {
         }
         // After the log line, so receiver.log never lags behind what the orchestrator sees.
         eventsAdded()
+        if state.isTerminal { settings.taskEnded(taskID, state, detail) }
         return true
     }
 

@@ -119,6 +119,10 @@ struct NodeSection: Codable, Sendable {
     var stopGrace = 10
     var minFreeMB = 256
     var drainSeconds = 30
+    /// Work pools consumed besides the node's own queue (`fem.pool.<name>`).
+    var pools: [String] = []
+    /// Passes (returns to the pool by a node that could not take it) before a pool task is dead-lettered.
+    var poolMaxPasses = 10
     /// `[node.labels]`: key = string, number, boolean or a list of them.
     var labels: [String: AttributeValue] = [:]
     /// receiver.log rotates itself past this size (0: never; logrotate with a SIGHUP instead), keeping `logKeep` files.
@@ -133,7 +137,7 @@ struct NodeSection: Codable, Sendable {
         case id, name, workDir = "work_dir", logFile = "log_file", maxConcurrentTasks = "max_concurrent_tasks",
              heartbeatInterval = "heartbeat_interval", defaultTimeout = "default_timeout", maxTimeout = "max_timeout",
              allowTimeoutAbovePlan = "allow_timeout_above_plan", stopGrace = "stop_grace", minFreeMB = "min_free_mb",
-             drainSeconds = "drain_seconds"
+             drainSeconds = "drain_seconds", pools, poolMaxPasses = "pool_max_passes"
         case capacity
         case labels
         case logMaxMB = "log_max_mb", logKeep = "log_keep", logFormat = "log_format"
@@ -156,6 +160,8 @@ struct NodeSection: Codable, Sendable {
         stopGrace = r.value(c, .stopGrace) ?? stopGrace
         minFreeMB = r.value(c, .minFreeMB) ?? minFreeMB
         drainSeconds = r.value(c, .drainSeconds) ?? drainSeconds
+        pools = r.value(c, .pools) ?? pools
+        poolMaxPasses = r.value(c, .poolMaxPasses) ?? poolMaxPasses
         logMaxMB = r.value(c, .logMaxMB) ?? logMaxMB
         logKeep = r.value(c, .logKeep) ?? logKeep
         logFormat = r.value(c, .logFormat) ?? logFormat
@@ -210,6 +216,12 @@ struct NodeSection: Codable, Sendable {
         v.range(k(.stopGrace), stopGrace, 0...3600)
         v.range(k(.minFreeMB), minFreeMB, 0...(1 << 30))
         v.range(k(.drainSeconds), drainSeconds, 0...86_400)
+        v.range(k(.poolMaxPasses), poolMaxPasses, 1...1000)
+        for p in pools where !Patterns.matches(#"^[a-z0-9-]{1,64}$"#, p) {
+            v.note("node.pools: \"\(TextEscaping.escaped(p))\" is not a pool name (lowercase letters, digits and '-', "
+                   + "1 to 64; it names the queue fem.pool.<name>)")
+        }
+        if Set(pools).count != pools.count { v.note("node.pools: lists a pool more than once") }
         v.labels(labels)
         v.range(k(.logMaxMB), logMaxMB, 0...1_048_576)
         v.range(k(.logKeep), logKeep, 1...100)
@@ -263,10 +275,13 @@ struct BrokerSection: Codable, Sendable {
     var prefetch = 16
     var maxMessageBytes = 1 << 20
     var orchestrators = ["fem-orchestrator"]
+    /// Accounts of the other nodes in this node's pools: a pool task one of them returned (it could not take it, or
+    /// it failed there and is retried) carries that node's account as user_id.
+    var poolPeers: [String] = []
 
     enum CodingKeys: String, CodingKey {
         case url, passwordFile = "password_file", caFile = "ca_file", certFile = "cert_file", keyFile = "key_file",
-             prefetch, maxMessageBytes = "max_message_bytes", orchestrators
+             prefetch, maxMessageBytes = "max_message_bytes", orchestrators, poolPeers = "pool_peers"
     }
 
     init() {}
@@ -282,11 +297,16 @@ struct BrokerSection: Codable, Sendable {
         prefetch = r.value(c, .prefetch) ?? prefetch
         maxMessageBytes = r.value(c, .maxMessageBytes) ?? maxMessageBytes
         orchestrators = r.value(c, .orchestrators) ?? orchestrators
+        poolPeers = r.value(c, .poolPeers) ?? poolPeers
     }
 
     func validate(_ v: inout ConfigValidator) {
         v.range("broker.prefetch", prefetch, 1...65_535)
         v.range("broker.max_message_bytes", maxMessageBytes, 1024...(128 << 20))
+        for a in poolPeers where !Patterns.matches(#"^[A-Za-z0-9_.@-]{1,64}$"#, a) {
+            v.note("broker.pool_peers: \"\(TextEscaping.escaped(a))\" is not a broker account name (letters, digits, "
+                   + "_ . @ -, at most 64)")
+        }
     }
 }
 

@@ -52,6 +52,12 @@ public struct NodeConfig: Sendable {
     public var maxMessageBytes: Int
     /// Broker accounts whose tasks and control messages this node accepts (checked against the AMQP `user_id`).
     public var orchestrators: [String]
+    /// `node.pools`: the work pools this node takes tasks from (`fem.pool.<name>`), besides its own queue.
+    public var pools: [String] = []
+    /// `node.pool_max_passes`: returns to the pool before a pool task is dead-lettered as unplaceable.
+    public var poolMaxPasses: Int = 10
+    /// `broker.pool_peers`: node accounts whose returned pool tasks this node accepts.
+    public var poolPeers: [String] = []
 
     /// `launchers.enabled`: nothing runs unless listed.
     public var enabledLaunchers: [String]
@@ -269,6 +275,9 @@ extension NodeConfig {
         config.minFreeMB = file.node.minFreeMB
         config.drainSeconds = file.node.drainSeconds
         config.metricsListen = file.metrics.listen.isEmpty ? nil : try? MetricsListen.parse(file.metrics.listen)
+        config.pools = file.node.pools
+        config.poolMaxPasses = file.node.poolMaxPasses
+        config.poolPeers = file.broker.poolPeers
         config.labels = file.node.labels
         config.logMaxMB = file.node.logMaxMB
         config.logKeep = file.node.logKeep

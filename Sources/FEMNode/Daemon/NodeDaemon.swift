@@ -36,6 +36,7 @@ struct NodeApplication: Sendable {
     let endpoint: AMQPEndpoint
     /// `[metrics]`: nil when off.
     let metrics: NodeMetrics?
+    let pools: PoolWork
     /// The node's attributes, for constraints and heartbeats.
     let fingerprint: NodeFingerprint
     /// receiver.log, reopened on SIGHUP; the status file and systemd; the config a reload replaces.
@@ -57,7 +58,8 @@ struct NodeApplication: Sendable {
         self.logger = logger
         let endpoint = try config.endpoint()
         self.endpoint = endpoint
-        live = LiveConfig(config)
+        let live = LiveConfig(config)
+        self.live = live
 
         // The journal first: the publisher reads its outbox, and the runner wakes the publisher when it adds events.
         // The metrics hear every state change and event the journal commits.
@@ -70,8 +72,14 @@ struct NodeApplication: Sendable {
         self.publisher = publisher
         let disk = DiskWatch(workDir: config.workDir, logFile: config.logFile, minFreeMB: config.minFreeMB)
         self.disk = disk
+        let ended = TaskEndedHook()
         node = try NodeAssembly(config: config, journal: journal, logger: logger,
-                                diskPressure: { since in disk.pressure(since: since) }) { publisher.wake() }
+                                diskPressure: { since in disk.pressure(since: since) },
+                                taskEnded: { id, state, detail in ended.call(id, state, detail) }) { publisher.wake() }
+        let pools = PoolWork(config: config, journal: journal, runner: node.runner, publisher: publisher, logger: logger,
+                             datasets: { live.value.datasets.keys })
+        self.pools = pools
+        ended.set { id, state, detail in pools.taskEnded(id, state: state, detail: detail) }
         let notices = NodeNotices(nodeID: config.nodeID, publisher: publisher)
         self.notices = notices
         logTrouble.set { news in
@@ -89,18 +97,20 @@ struct NodeApplication: Sendable {
         let admission = Admission(disk: disk)
         self.admission = admission
         // Labels and datasets as the last config reload left them.
-        let live = self.live
         let fingerprint = NodeFingerprint(config: { live.value }, launchers: node.registry.names)
         self.fingerprint = fingerprint
         let operations = Operations(config: config, broker: "\(endpoint)", launchers: node.registry.names, logger: logger)
         self.operations = operations
         source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
-                                maxMessageBytes: config.maxMessageBytes, logger: logger,
+                                maxMessageBytes: config.maxMessageBytes, logger: logger, pools: config.pools,
+                                poolRoom: { admission.refusal == nil ? pools.room() : 0 },
                                 connection: { operations.broker(connected: $0) })
+        pools.attach(source)
         receiver = Receiver(nodeID: config.nodeID, maxMessageBytes: config.maxMessageBytes, journal: node.journal,
                             runner: node.runner, logger: logger, admission: { admission.refusal },
                             notify: { reason, message, data in notices.send(reason, message, data) },
-                            orchestrators: Set(config.orchestrators),
+                            orchestrators: Set(config.orchestrators), pools: pools.placement,
+                            poolPeers: Set(config.poolPeers),
                             attributes: { fingerprint.current }) { publisher.wake() }
     }
 

@@ -285,6 +285,9 @@ struct ConfigReload: Sendable {
         Key("broker.key_file") { $0.keyFile }, Key("broker.prefetch") { "\($0.prefetch)" },
         Key("broker.max_message_bytes") { "\($0.maxMessageBytes)" },
         Key("broker.orchestrators") { "\($0.orchestrators)" }, Key("launchers.enabled") { "\($0.enabledLaunchers)" },
+        Key("node.pools, node.pool_max_passes or broker.pool_peers") {
+            "\($0.pools) \($0.poolMaxPasses) \($0.poolPeers)"
+        },
         Key("hooks") { "\($0.hooks)" }, Key("journal.keep_days") { "\($0.journalKeepDays)" },
         Key("sandboxes") { "\($0.keepCompletedHours) \($0.keepFailedHours)" },
         Key("outputs.require_approval") { "\($0.requireApproval)" }, Key("outputs.hold_logs") { "\($0.holdLogs)" },
@@ -317,6 +320,9 @@ struct ConfigReload: Sendable {
         next.prefetch = old.prefetch
         next.maxMessageBytes = old.maxMessageBytes
         next.orchestrators = old.orchestrators
+        next.pools = old.pools
+        next.poolMaxPasses = old.poolMaxPasses
+        next.poolPeers = old.poolPeers
         next.enabledLaunchers = old.enabledLaunchers
         next.hooks = old.hooks
         next.journalKeepDays = old.journalKeepDays
