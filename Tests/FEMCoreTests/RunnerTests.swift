@@ -421,6 +421,25 @@ struct RunnerTests {
         #expect(launcher.destroyed == ["a"])
     }
 
+    /// After a restart, work that was already running keeps the slot even when an older task had not started yet:
+    /// the older one waits (`queued`) instead of taking the slot while the running work goes unwatched.
+    @Test func recoveredRunningWorkGoesAheadOfAnOlderTaskThatHadNotStarted() async throws {
+        try admit("older")
+        try admit("running")
+        try journal.transition("running", to: .stagingIn, detail: .none, at: Date())
+        try journal.transition("running", to: .running, detail: .none, at: Date())
+        try journal.setHandle("running", LaunchHandle(launcher: "process", state: FakeState(id: "running")))
+        let launcher = FakeLauncher(script: .exit(0, after: .milliseconds(10)), recovery: .running)
+        let r = runner(launcher, max: 1)
+        await r.recover()
+        await r.waitUntilIdle()
+        #expect(try journal.task("running")?.state == .completed)
+        #expect(try journal.task("older")?.state == .completed)
+        let older = try states("older")
+        #expect(older.contains(.queued), "the older task waited for the slot: \(older)")
+        #expect(launcher.started == ["older"], "the running work was re-attached, not started again")
+    }
+
     @Test func aCancelRecordedBeforeARestartStopsReattachedWork() async throws {
         try admit("a")
         try journal.transition("a", to: .stagingIn, detail: .none, at: Date())

@@ -120,13 +120,18 @@ public actor Runner {
 
     /// Queues a journaled task; it starts when a slot is free and its resources fit (see `pump`).
     public func enqueue(_ taskID: String) {
+        add(taskID)
+        pump()
+    }
+
+    /// Puts a task in its place in the queue without starting anything.
+    private func add(_ taskID: String) {
         guard active[taskID] == nil, !queue.contains(where: { $0.id == taskID }) else { return }
         let entry = QueueEntry(taskID, record: try? journal.task(taskID), arrival: arrivals,
                                usesNodeResources: { usesNodeResources(launcher: $0) })
         arrivals += 1
         let at = queue.firstIndex { entry.precedes($0) } ?? queue.endIndex
         queue.insert(entry, at: at)
-        pump()
     }
 
     /// Waits until nothing is queued or running.
@@ -213,20 +218,28 @@ public actor Runner {
             logger.error("cannot read the journal to recover tasks: \(error)")
             return
         }
+        // Every recovered task takes its place first and only then does anything start: resumed work (running,
+        // staging out, approved outputs) goes ahead of tasks not yet started whatever their age, and keeps its slot
+        // and its reservation instead of losing them to an older task that had not started.
         for rec in open.sorted(by: { $0.receivedAt < $1.receivedAt }) {
             logger.info("recovering task in state \(rec.state.rawValue)", metadata: ["task": "\(rec.taskID)"])
-            enqueue(rec.taskID)
+            add(rec.taskID)
         }
-        resumeDecided()
+        for id in decidedApprovals() { add(id) }
+        pump()
     }
 
     /// Tasks whose outputs waited for approval and now have a decision (`fem-client outputs approve|reject`
     /// journals it) go on with their stage-out. Waiting tasks hold no slot; the daemon calls this every second.
     public func resumeDecided() {
-        guard let waiting = try? journal.tasks(states: [.awaitingApproval], limit: 100_000) else { return }
-        for rec in waiting where ((try? journal.completedStep(Self.approvalStep, of: rec.taskID)) ?? nil) != nil {
-            enqueue(rec.taskID)
-        }
+        for id in decidedApprovals() { enqueue(id) }
+    }
+
+    /// Tasks awaiting approval whose decision is journaled.
+    private func decidedApprovals() -> [String] {
+        guard let waiting = try? journal.tasks(states: [.awaitingApproval], limit: 100_000) else { return [] }
+        return waiting.filter { ((try? journal.completedStep(Self.approvalStep, of: $0.taskID)) ?? nil) != nil }
+            .map(\.taskID)
     }
 
     /// What the launcher can tell about a task's work now (running, exited or gone; CPU and memory used), from the
