@@ -229,6 +229,7 @@ struct OperationsTests {
         try node.editConfig {
             $0.replacingOccurrences(of: #"allowed_executables = ["/bin/sh"]"#, with: #"allowed_executables = ["/bin/sh", "/bin/echo"]"#)
                 .replacingOccurrences(of: "heartbeat_interval = 2", with: "heartbeat_interval = 3")
+                + "\n[node.capacity]\ncpus = 1\n"
         }
         let check = try node.run(["check"])
         #expect(check.output.contains("warn  the configuration file"), "\(check.output)")
@@ -237,6 +238,7 @@ struct OperationsTests {
         Glibc.kill(pid, SIGHUP)
         try eventually("the reload's log line") { node.log.contains("launchers.process changed") }
         #expect(node.log.contains("config reload: node.heartbeat_interval changed; restart to apply"), "\(node.log)")
+        #expect(node.log.contains("config reload: node.capacity changed; restart to apply"), "\(node.log)")
         let second = Tasks.task(["/bin/echo", "hi"])
         try op.submit(second)
         try op.waitForFinal([Tasks.id(second)])

@@ -278,6 +278,11 @@ struct ConfigReload: Sendable {
         Key("node.log_file") { $0.logFile },
         Key("node.log_max_mb, node.log_keep or node.log_format") { "\($0.logMaxMB) \($0.logKeep) \($0.logFormat)" },
         Key("node.max_concurrent_tasks") { "\($0.maxConcurrentTasks)" },
+        // The runner's ledger holds reservations against the capacity it started with, like the slot count.
+        Key("node.capacity") {
+            "\(String(describing: $0.capacityCPUs)) \(String(describing: $0.capacityMemoryMB)) "
+                + "\(String(describing: $0.capacityGPUs)) \(String(describing: $0.capacityStorageMB))"
+        },
         Key("node.heartbeat_interval") { "\($0.heartbeatSeconds)" }, Key("node.stop_grace") { "\($0.stopGraceSeconds)" },
         Key("node.min_free_mb") { "\($0.minFreeMB)" }, Key("node.drain_seconds") { "\($0.drainSeconds)" },
         Key("broker.url") { $0.brokerURL }, Key("broker.password_file") { "\($0.brokerPassword ?? "")" },
@@ -307,6 +312,10 @@ struct ConfigReload: Sendable {
         next.logKeep = old.logKeep
         next.logFormat = old.logFormat
         next.maxConcurrentTasks = old.maxConcurrentTasks
+        next.capacityCPUs = old.capacityCPUs
+        next.capacityMemoryMB = old.capacityMemoryMB
+        next.capacityGPUs = old.capacityGPUs
+        next.capacityStorageMB = old.capacityStorageMB
         next.heartbeatSeconds = old.heartbeatSeconds
         next.stopGraceSeconds = old.stopGraceSeconds
         next.minFreeMB = old.minFreeMB
