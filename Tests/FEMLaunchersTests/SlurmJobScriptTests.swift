@@ -154,6 +154,11 @@ struct SlurmJobScriptTests {
         #expect(SlurmContainerScript.imageProblem("--privileged") != nil)
         #expect(SlurmContainerScript.imageProblem("a b") != nil)
         #expect(SlurmContainerScript.imageProblem("127.0.0.1:5000/fem/busybox:1.36") == nil)
+        // podman transports read the node's files: refused whatever the allowlist says.
+        #expect(SlurmContainerScript.imageProblem("oci-archive:/tmp/x.tar") != nil)
+        #expect(SlurmContainerScript.imageProblem("dir:/etc") != nil)
+        #expect(SlurmContainerScript.imageProblem("docker://evil.example/x") != nil)
+        #expect(SlurmContainerScript.imageProblem("localhost:5000/x@sha256:" + String(repeating: "a", count: 64)) == nil)
         #expect(SlurmContainerScript.envFile(["A": "x y", "B": "it's $(id)"]) == "A=x y\nB=it's $(id)\n")
         #expect(SlurmContainerScript.envFile(["A": "line\nbreak"]) == nil)
         #expect(SlurmContainerScript.registriesConf(insecure: ["127.0.0.1:5000"]).contains(

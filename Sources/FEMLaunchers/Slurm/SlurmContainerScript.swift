@@ -94,6 +94,14 @@ public enum SlurmContainerScript {
         if image.isEmpty || image.hasPrefix("-") || image.unicodeScalars.contains(where: { !allowed.contains($0) }) {
             return "image \"\(image)\" is not an image reference (letters, digits, . _ - / : @)"
         }
+        // A colon in the first path component is a registry's port (digits) or nothing: `oci-archive:/x.tar`,
+        // `dir:/path` and `docker://…` are podman transports that read the node's files, never registry references.
+        if let slash = image.firstIndex(of: "/"), let colon = image[..<slash].firstIndex(of: ":") {
+            let port = image[image.index(after: colon)..<slash]
+            if port.isEmpty || !port.allSatisfy(\.isASCII) || !port.allSatisfy(\.isNumber) {
+                return "image \"\(image)\" names a transport or a bad registry port before its first \"/\" (only host[:port]/name references)"
+            }
+        }
         return nil
     }
 

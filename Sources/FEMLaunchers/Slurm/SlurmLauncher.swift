@@ -458,7 +458,7 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
             podman: config.podman, image: SlurmContainerScript.qualified(image), argv: job.command.argv,
             workingDirectory: job.command.workingDirectory, mounts: containerMounts(job), envFile: envFile,
             registriesConf: registries, uid: config.user?.uid ?? Posix.effectiveUserID,
-            gid: config.user?.gid ?? Posix.realGroupID, pidsLimit: config.pidsLimit, tmpfsMB: config.tmpfsMB)
+            gid: config.user?.gid ?? Posix.effectiveGroupID, pidsLimit: config.pidsLimit, tmpfsMB: config.tmpfsMB)
         return SlurmContainerScript.render(taskID: job.task.taskID, container: container)
     }
 

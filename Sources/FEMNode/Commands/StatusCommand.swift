@@ -22,7 +22,12 @@ struct StatusCommand: AsyncParsableCommand {
 
     static func read(workDir: String) -> Reading {
         let path = NodeStatusFile.path(workDir: workDir)
-        guard FileManager.default.fileExists(atPath: path) else { return .noFile(path: path) }
+        // A file that is there but cannot be reached (a work dir this user may not enter) is not "never ran".
+        do {
+            guard try Posix.statIfPresent(path) != nil else { return .noFile(path: path) }
+        } catch {
+            return .unreadable(path: path, why: "\(error)")
+        }
         let status: NodeStatusFile
         do {
             status = try JSONDecoder.fem.decode(NodeStatusFile.self, from: Data(contentsOf: URL(fileURLWithPath: path)))
@@ -62,8 +67,12 @@ struct StatusCommand: AsyncParsableCommand {
         } else {
             print(Self.screen(reading, now: Date()))
         }
-        if case .running = reading { return }
-        throw ExitCode(3)
+        switch reading {
+        case .running: return
+        // Whether the daemon runs is unknown: a failure (1), not "not running" (3).
+        case .unreadable: throw ExitCode(1)
+        case .noFile, .stale: throw ExitCode(3)
+        }
     }
 
     static func screen(_ reading: Reading, now: Date) -> String {

@@ -74,8 +74,9 @@ public struct LineLogHandler: LogHandler {
                 s.fd = fd
                 s.size = 0
             } catch {
-                // The old file goes on growing; tried again with the next line.
-                s.size = 0
+                // The old file goes on growing; tried again once another tenth of the limit was written (not at every
+                // line: a rename that keeps failing would cost each line a failed rename).
+                s.size = maxBytes - maxBytes / 10
             }
         }
 

@@ -8,7 +8,7 @@ import ServiceLifecycle
 
 /// `[metrics] listen`: an IP address (or `localhost`) and a port, as parsed values, never a name to resolve.
 public struct MetricsListen: Sendable, Equatable, CustomStringConvertible {
-    /// An IPv4 or IPv6 address in its usual text form, or `localhost`.
+    /// An IPv4 or IPv6 address in its usual text form (`localhost` is read as 127.0.0.1).
     public var host: String
     /// 0 lets the system choose a free port (the log says which).
     public var port: Int
@@ -36,7 +36,8 @@ public struct MetricsListen: Sendable, Equatable, CustomStringConvertible {
         let bracketed = host.hasPrefix("[") && host.hasSuffix("]")
         if bracketed { host = String(host.dropFirst().dropLast()) }
         if host.lowercased() == "localhost" && !bracketed {
-            return MetricsListen(host: "localhost", port: port, isLoopback: true)
+            // Bound as 127.0.0.1: the name is never handed to a resolver.
+            return MetricsListen(host: "127.0.0.1", port: port, isLoopback: true)
         }
         if let address = IPAddress(host), address.isIPv6 == bracketed {
             return MetricsListen(host: host.lowercased(), port: port, isLoopback: address.isLoopback)

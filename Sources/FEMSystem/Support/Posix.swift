@@ -276,6 +276,7 @@ public enum Posix {
     public static var realUserID: UInt32 { getuid() }
     public static var realGroupID: UInt32 { getgid() }
     public static var effectiveUserID: UInt32 { geteuid() }
+    public static var effectiveGroupID: UInt32 { getegid() }
     public static var processID: Int32 { getpid() }
 
     /// An entry of the password database.
