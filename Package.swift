@@ -50,8 +50,12 @@ let package = Package(
         .target(name: "FEMLaunchers", dependencies: ["FEMCore", "FEMSystem"]),
 
         // 5. Composition root (config, wiring, commands) and the two thin executables.
+        // The command-line tools' shared entry point (errors as one line, exit codes).
+        .target(name: "FEMCommandLine", dependencies: [
+            "FEMCore", "FEMSystem", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
         .target(name: "FEMNode", dependencies: [
-            "FEMCore", "FEMSystem", "FEMJournal", "FEMTransport", "FEMStaging", "FEMLaunchers",
+            "FEMCore", "FEMSystem", "FEMJournal", "FEMTransport", "FEMStaging", "FEMLaunchers", "FEMCommandLine",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "TOMLKit", package: "TOMLKit"),
@@ -65,7 +69,7 @@ let package = Package(
         .executableTarget(name: "fem-client", dependencies: ["FEMNode"]),
         // femctl, the operator's side: broker only (no journal, no TOML, no launchers).
         .target(name: "FEMCtl", dependencies: [
-            "FEMCore", "FEMSystem", "FEMTransport",
+            "FEMCore", "FEMSystem", "FEMTransport", "FEMCommandLine",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
         .executableTarget(name: "femctl", dependencies: ["FEMCtl"]),

@@ -21,8 +21,9 @@ struct LayeringTests {
         "FEMLaunchers": ["FEMCore", "FEMSystem"],
         // 5. The daemon's composition root and the operator's side (broker only: no journal, no launchers), and the
         // executables that only call into them.
-        "FEMNode": ["FEMCore", "FEMSystem", "FEMJournal", "FEMTransport", "FEMStaging", "FEMLaunchers"],
-        "FEMCtl": ["FEMCore", "FEMSystem", "FEMTransport"],
+        "FEMCommandLine": ["FEMCore", "FEMSystem"],
+        "FEMNode": ["FEMCore", "FEMSystem", "FEMJournal", "FEMTransport", "FEMStaging", "FEMLaunchers", "FEMCommandLine"],
+        "FEMCtl": ["FEMCore", "FEMSystem", "FEMTransport", "FEMCommandLine"],
         "fem-client": ["FEMNode"],
         "femctl": ["FEMCtl"],
     ]

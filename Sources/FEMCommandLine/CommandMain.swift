@@ -3,18 +3,11 @@ import FEMCore
 import FEMSystem
 import Foundation
 
-extension FEMCtlCommand {
-    /// The entry point of `femctl`: a command line the parser refuses gets the usage banner and exit 64; a
-    /// command that fails while it runs prints one line `femctl <command>: <what failed>` (exit codes in
-    /// `CommandFailure`).
-    public static func mainReportingFailures() async -> Never {
-        await CommandMain.run(FEMCtlCommand.self)
-    }
-}
-
-/// Parses, runs, and reports a failure as `<tool> <command>: <message>` (the same as fem-client's copy).
-enum CommandMain {
-    static func run<Root: AsyncParsableCommand>(_ root: Root.Type,
+/// The entry point of both command-line tools (`fem-client`, `femctl`): parses, runs, and reports. A command line
+/// the parser refuses gets the usage banner and exit 64; a command that fails while it runs prints one line
+/// `<tool> <command>: <what failed>` (exit codes in `CommandFailure`).
+public enum CommandMain {
+    public static func run<Root: AsyncParsableCommand>(_ root: Root.Type,
                                                 arguments: [String] = Array(CommandLine.arguments.dropFirst())) async
         -> Never {
         var command: any ParsableCommand
