@@ -156,6 +156,28 @@ struct PackageTests {
         let checkAgain = try Self.inRoot(root, "fem-client check --config /etc/fem-client/fem-client.toml")
         #expect(checkAgain.status == 0, "\(checkAgain.output)")
 
+        // An upgrade whose packaged config changed too: dpkg keeps the admin's (apt's usual unattended choice,
+        // --force-confold) and puts the new one beside it as fem-client.toml.dpkg-dist.
+        let next = "\(out)/next"
+        let unpackedDeb = try Shell.run(["/usr/bin/dpkg-deb", "-R", deb, next])
+        try #require(unpackedDeb.status == 0, "\(unpackedDeb.output)")
+        let nextControl = try String(contentsOfFile: "\(next)/DEBIAN/control", encoding: .utf8)
+        try nextControl.replacingOccurrences(of: "\nVersion: \(FEMVersion.string)\n", with: "\nVersion: \(FEMVersion.string).1\n")
+            .write(toFile: "\(next)/DEBIAN/control", atomically: true, encoding: .utf8)
+        try (original + "# a line the next version adds\n")
+            .write(toFile: "\(next)/etc/fem-client/fem-client.toml", atomically: true, encoding: .utf8)
+        let nextDeb = "\(root)/tmp/fem-client-next.deb"
+        let repacked = try Shell.run(["/usr/bin/dpkg-deb", "--build", "--root-owner-group", "-Zxz", "-z0", next, nextDeb])
+        try #require(repacked.status == 0, "\(repacked.output)")
+        let upgrade = try Self.inRoot(root, "apt-get install -y -q -o Dpkg::Options::=--force-confdef "
+                                      + "-o Dpkg::Options::=--force-confold /tmp/fem-client-next.deb")
+        #expect(upgrade.status == 0, "\(upgrade.output)")
+        #expect((try? String(contentsOfFile: configPath, encoding: .utf8)) == edited, "an upgrade kept the edited config")
+        #expect((try? String(contentsOfFile: "\(configPath).dpkg-dist", encoding: .utf8))?
+                    .hasSuffix("# a line the next version adds\n") == true, "the new config is beside it: \(upgrade.output)")
+        let upgraded = try Self.inRoot(root, "dpkg-query -W -f='${Version}' fem-client")
+        #expect(upgraded.output == "\(FEMVersion.string).1", "\(upgraded.output)")
+
         // 8. purge removes the config, the work dir and the logs; the admin's broker files stay.
         let purge = try Self.inRoot(root, "apt-get purge -y -q fem-client")
         #expect(purge.status == 0, "\(purge.output)")
