@@ -3,13 +3,17 @@
 # config/fem-client.toml from the commented template if it does not exist.
 #   bash install.sh             # packages, task user, release build, config
 #   bash install.sh --service   # the same, then the systemd unit (config/fem-client.service) for this checkout
+#   bash install.sh --prefix DIR  # where completions and man pages go (default /usr/local as root, else ~/.local)
 set -euo pipefail
 cd "$(dirname "$0")"
 service=false
-for arg in "$@"; do
-  case $arg in
-    --service) service=true ;;
-    *) echo "install.sh: unknown argument $arg (only --service)" >&2; exit 64 ;;
+prefix=""
+while (( $# )); do
+  case $1 in
+    --service) service=true; shift ;;
+    --prefix) prefix=${2:?install.sh: --prefix needs a folder}; shift 2 ;;
+    --prefix=*) prefix=${1#--prefix=}; shift ;;
+    *) echo "install.sh: unknown argument $1 (--service, --prefix DIR)" >&2; exit 64 ;;
   esac
 done
 
@@ -25,6 +29,8 @@ if [[ ! -f config/fem-client.toml ]]; then
   cp config/fem-client.example.toml config/fem-client.toml
   echo "install.sh: created config/fem-client.toml from config/fem-client.example.toml"
 fi
+# Shell completions (bash, zsh, fish) and the manual pages fem-client(1), femctl(1), made from the binaries.
+bash scripts/install-shell-docs.sh --bin "$(swift build -c release --show-bin-path)" ${prefix:+--prefix "$prefix"}
 echo "install.sh: done; binaries in $(swift build -c release --show-bin-path)"
 
 if $service; then

@@ -6,20 +6,21 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-bash scripts/install-packages.sh busybox-static podman docker-registry apache2-utils nginx fcgiwrap git munge slurmctld slurmd slurm-client debootstrap dpkg-dev
+bash scripts/install-packages.sh busybox-static podman uidmap catatonit docker-registry apache2-utils nginx fcgiwrap git munge slurmctld slurmd slurm-client man-db groff-base prometheus debootstrap dpkg-dev
 python3 -c "import jsonschema" 2>/dev/null || python3 -m pip install -q jsonschema
 # Host-process tests run tasks as the unprivileged fem-task user (CI starts from a fresh machine).
-bash scripts/create-task-user.sh
+bash scripts/create-task-user.sh --subids
 
 services=$(pwd)/.build-test/services
 mkdir -p "$services"
 # State of earlier runs: the shared broker's queues (one durable queue per test operator; thousands slow its start)
 # and the tests' scratch folders. Service folders holding a running service's PID file are kept.
 rm -rf "$services/broker/mnesia"
-find "$services" -mindepth 1 -maxdepth 1 -type d ! -name broker ! -name docker ! -name registry ! -name web ! -name slurm ! -name podman -exec rm -rf {} +
+find "$services" -mindepth 1 -maxdepth 1 -type d ! -name broker ! -name docker ! -name registry ! -name web ! -name slurm ! -name podman ! -name prometheus -exec rm -rf {} +
 # Every broker here, the shared one and those tests start for themselves, records its PID under $services;
 # on exit each is stopped by that PID.
 cleanup() {
+  bash scripts/dev-prometheus.sh stop --dir "$services/prometheus" || true
   bash scripts/dev-slurm.sh stop --dir "$services/slurm" || true
   bash scripts/dev-web.sh stop --dir "$services/web" || true
   bash scripts/dev-registry.sh stop --dir "$services/registry" || true
@@ -44,6 +45,8 @@ bash scripts/dev-registry.sh start --dir "$services/registry"
 bash scripts/dev-web.sh start --dir "$services/web"
 # A single-node Slurm (munged, slurmctld, slurmd on free loopback ports; memory enforced with cgroups).
 bash scripts/dev-slurm.sh start --dir "$services/slurm"
+# Prometheus on 127.0.0.1:19090, scraping every second the nodes tests list in its targets/ folder (file_sd).
+bash scripts/dev-prometheus.sh start --dir "$services/prometheus" --port 19090
 
 export FEM_TEST_BROKER_DIR="$services/broker"
 export FEM_TEST_BROKER_PORT=5699
@@ -52,6 +55,7 @@ export FEM_TEST_REGISTRY_DIR="$services/registry"
 export FEM_TEST_WEB_DIR="$services/web"
 export FEM_TEST_SLURM_DIR="$services/slurm"
 export FEM_TEST_PODMAN_SOCKET="$services/podman/podman.sock"
+export FEM_TEST_PROMETHEUS_DIR="$services/prometheus" FEM_TEST_PROMETHEUS_URL=http://127.0.0.1:19090
 
 # Flower 1.41 for the federation tests: the orchestrator's side (SuperLink, `flwr run`, a legacy server) runs from
 # this environment; nodes make their own under FEM_TEST_VENV_DIR. Both are kept between runs (about 45 s to make).

@@ -21,7 +21,9 @@
 #   <node id>         configure: only its queues fem.node.<id> and fem.node.<id>.control (the exchanges it only
 #                     looks up); read: those queues and fem.tasks/fem.control, binding only with the keys
 #                     node.<id> and all (topic permissions); write: its queues (bindings) and fem.events, with
-#                     routing keys node.<id>.* only (topic permissions).
+#                     routing keys node.<id>.* only (topic permissions). Work pools: configure/read/write on the
+#                     quorum queues fem.pool.<name> and fem.pool.<name>.dead, binding them with pool.<name>(.dead),
+#                     and write on fem.tasks with those keys only (returning a pool task it cannot take).
 set -euo pipefail
 
 cmd=${1:-}; shift || true
@@ -180,14 +182,17 @@ node, file = sys.argv[1], sys.argv[2]
 password = open(file).read().strip().encode()
 salt = os.urandom(4)
 queues = r"fem\.node\.%s(\.control)?" % node
+pools = r"fem\.pool\.[a-z0-9-]+(\.dead)?"
 print(json.dumps({
     "users": [{"name": node, "tags": [], "hashing_algorithm": "rabbit_password_hashing_sha256",
                "password_hash": base64.b64encode(salt + hashlib.sha256(salt + password).digest()).decode()}],
-    "permissions": [{"user": node, "vhost": "/", "configure": "^%s$" % queues,
-                     "write": r"^(%s|fem\.events)$" % queues, "read": r"^(%s|fem\.tasks|fem\.control)$" % queues}],
+    "permissions": [{"user": node, "vhost": "/", "configure": "^(%s|%s)$" % (queues, pools),
+                     "write": r"^(%s|%s|fem\.events|fem\.tasks)$" % (queues, pools),
+                     "read": r"^(%s|%s|fem\.tasks|fem\.control)$" % (queues, pools)}],
     "topic_permissions": [
         {"user": node, "vhost": "/", "exchange": "fem.events", "write": r"^node\.%s\." % node, "read": "^$"},
-        {"user": node, "vhost": "/", "exchange": "fem.tasks", "write": "^$", "read": r"^(node\.%s|all)$" % node},
+        {"user": node, "vhost": "/", "exchange": "fem.tasks", "write": r"^pool\.[a-z0-9-]+(\.dead)?$",
+         "read": r"^(node\.%s|all|pool\.[a-z0-9-]+(\.dead)?)$" % node},
         {"user": node, "vhost": "/", "exchange": "fem.control", "write": "^$", "read": r"^node\.%s$" % node}]}))
 PY
   echo "broker account $node_id ready (password in $file)"

@@ -99,9 +99,9 @@ cat > "$doc/copyright" <<EOF
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: fem-client
 Comment: Built by scripts/package-deb.sh from the fem-client source tree (commit $commit).
- The Swift runtime and Foundation (Apache-2.0 with Runtime Library Exception) and the Swift packages
- swift-argument-parser, swift-log, swift-service-lifecycle (Apache-2.0), GRDB.swift and TOMLKit (MIT) are linked
- into the binaries.
+ The Swift runtime and Foundation (Apache-2.0 with Runtime Library Exception) and the Swift packages of
+ Package.swift (swift-argument-parser, swift-log, swift-service-lifecycle, swift-metrics, swift-prometheus,
+ hummingbird and SwiftNIO: Apache-2.0; GRDB.swift, TOMLKit: MIT) are linked into the binaries.
 
 Files: *
 Copyright: 2025-2026 the fem-client authors
@@ -116,42 +116,20 @@ EOF
   echo " -- $maintainer  $(date -R)"
 } | gzip -9n > "$doc/changelog.gz"   # a native package (no Debian revision): changelog.gz, not changelog.Debian.gz
 
-# 6. Shell completions, from the binaries' argument parsers (swift-argument-parser writes them).
-for b in fem-client femctl; do
-  install -d "$stage/usr/share/bash-completion/completions" "$stage/usr/share/zsh/vendor-completions" \
-             "$stage/usr/share/fish/vendor_completions.d"
-  # bash-completion sources the file: no #! line.
-  "$bin/$b" --generate-completion-script bash | sed '1{/^#!/d}' > "$stage/usr/share/bash-completion/completions/$b"
-  "$bin/$b" --generate-completion-script zsh > "$stage/usr/share/zsh/vendor-completions/_$b"
-  "$bin/$b" --generate-completion-script fish > "$stage/usr/share/fish/vendor_completions.d/$b.fish"
-done
+# 6. Shell completions and manual pages, from the binaries themselves: scripts/install-shell-docs.sh (install.sh's
+# way: swift-argument-parser's --generate-completion-script, scripts/manpage.py), into the stage with Debian's paths:
+# zsh's vendor-completions, gzipped pages, and no #! line in the bash completions (bash-completion sources them).
+bash "$root/scripts/install-shell-docs.sh" --bin "$bin" --prefix /usr --destdir "$stage" >&2
+mkdir -p "$stage/usr/share/zsh/vendor-completions"
+mv "$stage"/usr/share/zsh/site-functions/* "$stage/usr/share/zsh/vendor-completions/"
+rmdir "$stage/usr/share/zsh/site-functions"
+sed -i '1{/^#!/d}' "$stage"/usr/share/bash-completion/completions/*
+gzip -9n "$stage"/usr/share/man/man1/*.1
 chmod 0644 "$stage"/usr/share/bash-completion/completions/* "$stage"/usr/share/zsh/vendor-completions/* \
-           "$stage"/usr/share/fish/vendor_completions.d/*
-
-# 7. Hook for the manual pages (issue 17 item 6): every *.1 page found in FEM_MAN_DIR, or else in the checkout's
-# share/man/man1/ or man/ (where a generator writes them), goes gzipped into /usr/share/man/man1. None found: none
-# shipped (said on stderr). Completions made by such a generator under share/bash-completion/completions/ replace the
-# ones above.
-stage_generated_docs() {
-  local dir pages=()
-  for dir in ${FEM_MAN_DIR:-} "$root/share/man/man1" "$root/man"; do
-    [[ -d $dir ]] || continue
-    shopt -s nullglob; pages=("$dir"/*.1); shopt -u nullglob
-    ((${#pages[@]})) && break
-  done
-  if ((${#pages[@]})); then
-    install -d "$stage/usr/share/man/man1"
-    for p in "${pages[@]}"; do gzip -9n < "$p" > "$stage/usr/share/man/man1/$(basename "$p").gz"; done
-    chmod 0644 "$stage"/usr/share/man/man1/*
-    echo "package-deb.sh: manual pages: ${pages[*]##*/}" >&2
-  else
-    echo "package-deb.sh: no manual pages found (FEM_MAN_DIR, share/man/man1, man/): none shipped" >&2
-  fi
-  if [[ -d $root/share/bash-completion/completions ]]; then
-    install -m 0644 "$root"/share/bash-completion/completions/* "$stage/usr/share/bash-completion/completions/"
-  fi
-}
-stage_generated_docs
+           "$stage"/usr/share/fish/vendor_completions.d/* "$stage"/usr/share/man/man1/*
+for f in fem-client.1.gz femctl.1.gz; do
+  [[ -s $stage/usr/share/man/man1/$f ]] || { echo "package-deb.sh: scripts/install-shell-docs.sh made no $f" >&2; exit 1; }
+done
 
 # 8. DEBIAN/control: Depends from the binaries' shared libraries (dpkg-shlibdeps reads the installed packages' shlibs).
 mkdir -p "$work/shlibs/debian"

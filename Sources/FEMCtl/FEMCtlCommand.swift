@@ -10,7 +10,7 @@ public struct FEMCtlCommand: AsyncParsableCommand {
         commandName: "femctl",
         abstract: "Submit, watch and cancel fem-client tasks through the broker.",
         version: FEMVersion.string,
-        subcommands: [Setup.self, Submit.self, Watch.self, Cancel.self])
+        subcommands: [Setup.self, Submit.self, Watch.self, Cancel.self, Nodes.self])
 
     public init() {}
 }
@@ -48,7 +48,7 @@ struct BrokerOptions: ParsableArguments {
                     password = try String(contentsOfFile: named.1, encoding: .utf8)
                         .trimmingCharacters(in: .whitespacesAndNewlines)
                 } catch {
-                    throw ValidationError("\(named.0): cannot read \(named.1): \(error.localizedDescription)")
+                    throw CommandFailure("\(named.0): cannot read \(named.1): \(error.localizedDescription)")
                 }
             } else if let text = try? String(contentsOfFile: "\(Self.devDir)/orchestrator.password", encoding: .utf8) {
                 password = text.trimmingCharacters(in: .whitespacesAndNewlines)
@@ -58,7 +58,7 @@ struct BrokerOptions: ParsableArguments {
             return try BrokerURL.parse(url, password: password, caFile: ca, certFile: cert, keyFile: key,
                                        key: "--broker-url", passwordHint: "use --password-file or FEMCTL_BROKER_PASSWORD")
         } catch {
-            throw ValidationError(error.description)
+            throw CommandFailure.invalid(error.description)
         }
     }
 
@@ -68,7 +68,7 @@ struct BrokerOptions: ParsableArguments {
         do {
             return try AMQPConnection(endpoint: endpoint)
         } catch {
-            throw ValidationError("broker: \(error)")
+            throw CommandFailure("broker: \(error)")
         }
     }
 }
@@ -99,34 +99,65 @@ extension FEMCtlCommand {
     }
 
     struct Submit: AsyncParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Send a task to nodes; prints the task id.")
+        static let configuration = CommandConfiguration(
+            abstract: "Send a task (or a plan) to nodes; prints the task id.",
+            discussion: "A plan file is sent as a task of its own (a fresh execution id); --param sets its arguments. "
+                + "With --node, a warning goes to stderr when no node consumes that node's queue (a typo, or the node "
+                + "is down): the task waits there until a node with that id connects.")
         @OptionGroup var broker: BrokerOptions
-        @Argument(help: "A task file.") var file: String
-        @Option(help: "A node id (repeatable).") var node: [String] = []
+        @Argument(help: "A task file or a plan file.") var file: String
+        @Option(help: "A node id (repeatable); with --least-busy, the nodes to choose from.") var node: [String] = []
         @Flag(help: "Send to every node (routing key `all`).") var all = false
         @Option(name: .customLong("param"), help: "Set a parameter: name=value (repeatable).") var params: [String] = []
         @Option(help: "Send this many copies, each with a fresh task id (for load tests).") var count = 1
+        @Flag(help: "Send nothing and exit 1 when no node consumes a --node queue (instead of a warning).")
+        var requireConsumer = false
+        @Option(help: "Put the task in this work pool (fem.pool.<name>): a node of the pool with a free slot whose constraints and resources fit takes it (pull).")
+        var pool: String?
+        @Flag(help: "Send the task to the least busy node: listen to heartbeats for --listen seconds, keep the nodes whose heartbeat shows the task's constraints met, pick the one with the most free capacity (push).")
+        var leastBusy = false
+        @Option(help: "With --least-busy: seconds to listen to heartbeats (at least one heartbeat interval).")
+        var listen: Double = 31
 
         func validate() throws {
-            if node.isEmpty == !all { throw ValidationError("give --node <id> (one or more) or --all") }
+            // With --least-busy, --node names the candidates (default: every node heard from).
+            let targets = [!node.isEmpty && !leastBusy, all, pool != nil, leastBusy].filter { $0 }.count
+            if targets != 1 {
+                throw ValidationError("give one of --node <id> (one or more), --all, --pool <name> or --least-busy "
+                                      + "(with --node: the candidates)")
+            }
             if count < 1 { throw ValidationError("--count must be at least 1") }
+            if let pool, !Patterns.matches(#"^[a-z0-9-]{1,64}$"#, pool) {
+                throw ValidationError("--pool: \"\(TextEscaping.escaped(pool))\" is not a pool name (lowercase letters, digits and '-', 1 to 64)")
+            }
+            if listen <= 0 || listen > 3600 { throw ValidationError("--listen: must be between 0 and 3600 seconds") }
         }
 
         func run() async throws {
-            guard let data = FileManager.default.contents(atPath: file) else { throw ValidationError("cannot read \(file)") }
+            let data = try Self.read(file)
             var document: [String: JSONValue]
             do {
                 document = try TaskDocument.task(from: JSONValue.parse(data), params: params).objectValue ?? [:]
             } catch let e as TaskDocument.ParamError {
-                throw ValidationError(e.description)
+                throw CommandFailure.invalid(e.description)
             } catch {
-                throw ValidationError("\(file): \(error)")
+                throw CommandFailure.invalid("\(file): \(error)")
             }
             let givenID = document["task_id"]?.stringValue
             do {
                 _ = try DocumentReader.readTask(.object(document))
             } catch let e as FEMCore.ValidationError {
-                throw ValidationError("\(file):\n" + e.issues.map { "  \($0)" }.joined(separator: "\n"))
+                throw CommandFailure.invalid("\(file):\n" + e.issues.map { "  \($0)" }.joined(separator: "\n"))
+            }
+            var node = self.node
+            if leastBusy {
+                let spec = try DocumentReader.readTask(.object(document))
+                let candidates = Set(node)
+                let beats = try NodeDirectory.listen(broker: broker, seconds: listen)
+                    .filter { candidates.isEmpty || candidates.contains($0.nodeID) }
+                let choice = try NodeDirectory.leastBusy(beats, for: spec, document: .object(document))
+                try? FileWriter.writeAll(2, Array("chose node \(choice.node): \(choice.why)\n".utf8))
+                node = [choice.node]
             }
             let conn = try broker.connect()
             try conn.openChannel(1)
@@ -137,26 +168,33 @@ extension FEMCtlCommand {
                 _ = try conn.declareQueue(q)
                 try conn.bindQueue(q, exchange: WireNames.tasksExchange, routingKey: WireNames.nodeKey(n))
                 try conn.bindQueue(q, exchange: WireNames.tasksExchange, routingKey: WireNames.broadcastKey)
+                try Self.checkConsumer(conn, node: n, queue: q, require: requireConsumer)
             }
             try conn.enablePublisherConfirms()
-            let keys = all ? [WireNames.broadcastKey] : node.map(WireNames.nodeKey)
+            // A pool's queue is declared by its nodes (they consume it); a pool no node serves yet drops the task.
+            let keys = all ? [WireNames.broadcastKey] : pool.map { [WireNames.poolKey($0)] } ?? node.map(WireNames.nodeKey)
             for i in 0..<count {
                 let id = (count == 1 ? givenID : nil) ?? UUID().uuidString.lowercased()
                 document["task_id"] = .string(id)
                 let body = Array(JSONValue.object(document).encoded())
                 for key in keys {
+                    // Mandatory for a pool: a pool no node has declared yet would drop the task silently.
                     try conn.publish(exchange: WireNames.tasksExchange, routingKey: key, body: body,
-                                     userID: publisherID(conn))
+                                     userID: publisherID(conn), mandatory: pool != nil)
                 }
                 print(id)
                 flushOut()
                 if (i + 1) % 200 == 0, !(try conn.waitForConfirms()).isEmpty {
-                    throw ValidationError("the broker refused some publishes")
+                    throw CommandFailure("the broker refused some publishes")
                 }
             }
             let nacked = try conn.waitForConfirms()
             if !nacked.isEmpty {
-                throw ValidationError("the broker refused \(nacked.count) publish(es)")
+                throw CommandFailure("the broker refused \(nacked.count) publish(es)")
+            }
+            if let pool, conn.takeReturnedPublishes() > 0 {
+                throw CommandFailure("--pool \(pool): no queue takes tasks for this pool (fem.pool.\(pool) is declared by "
+                                     + "the pool's nodes when they start); the task was not sent")
             }
         }
     }
@@ -249,32 +287,39 @@ extension FEMCtlCommand {
 struct WatchTable {
     var rows: [String: (event: TaskEvent, order: Int)] = [:]
     let tty = Posix.isTerminal(STDOUT_FILENO)
+    var headerPrinted = false
+    /// STATE holds `awaiting_approval`; what kind of event it was (progress, notice, …) goes to DETAIL.
+    static let header = pad("NODE", 14) + pad("TASK", 38) + pad("STATE", 19) + pad("SEQ", 5) + "DETAIL"
 
     mutating func apply(_ e: TaskEvent) {
         let key = "\(e.nodeID)/\(e.taskID ?? "-")"
         let order = rows[key]?.order ?? rows.count
         if let old = rows[key], old.event.seq > e.seq { return }
         rows[key] = (e, order)
-        if !tty { print(line(e)) }
+        if !tty {
+            if !headerPrinted { print(Self.header) }
+            headerPrinted = true
+            print(line(e))
+        }
     }
 
     func render() {
         guard tty else { return }
         var out = "\u{1B}[H\u{1B}[2J"
-        out += pad("NODE", 14) + pad("TASK", 38) + pad("STATE", 18) + pad("SEQ", 5)
-            + "DETAIL\n"
+        out += Self.header + "\n"
         for (_, row) in rows.sorted(by: { $0.value.order < $1.value.order }) { out += line(row.event) + "\n" }
         print(out, terminator: "")
     }
 
     func line(_ e: TaskEvent) -> String {
-        var detail = e.detail.failureClass.map { "\($0.rawValue) " } ?? ""
+        var detail = e.kind == .state ? "" : "[\(e.kind.rawValue)] "
+        detail += e.detail.failureClass.map { "\($0.rawValue) " } ?? ""
         if let x = e.detail.exitCode { detail += "exit=\(x) " }
         detail += e.detail.message ?? ""
-        let state = e.kind == .state ? e.state.rawValue : "\(e.state.rawValue)/\(e.kind.rawValue)"
+        let state = e.state.rawValue
         // Event text comes from messages and tools: escaped before it reaches the terminal.
         return pad(TextEscaping.escaped(e.nodeID), 14) + pad(TextEscaping.escaped(e.taskID ?? "-"), 38)
-            + pad(state, 18) + pad("\(e.seq)", 5) + TextEscaping.escaped(detail)
+            + pad(state, 19) + pad("\(e.seq)", 5) + TextEscaping.escaped(detail)
     }
 }
 

@@ -8,10 +8,13 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
     public let nodeID: String
     public let path: String
     private let db: DatabasePool
+    /// Hears every committed state change and event (the daemon's `[metrics]`); nothing by default.
+    private let metrics: any TaskMetrics
 
-    public init(path: String, nodeID: String) throws {
+    public init(path: String, nodeID: String, metrics: any TaskMetrics = NoTaskMetrics()) throws {
         self.nodeID = nodeID
         self.path = path
+        self.metrics = metrics
         var config = Configuration()
         config.busyMode = .timeout(10)
         // Footprint: the journal is small and the OS caches its file, so each connection keeps a small page cache
@@ -133,25 +136,25 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
     }
 
     public func recordRejection(taskID: String?, executionID: String?, message: String, at: Date) throws {
-        try durableWrite { db in
+        let event = try durableWrite { db -> TaskEvent in
             // No task row: a rejected message does not use up its task id (a later valid task with that id runs; its
             // events continue the id's sequence numbers). A task we already have is never touched, and is not said to
             // be `rejected`: a bad copy of it gets a notice in its own state.
             if let taskID, let live = try Self.fetchTask(db, taskID) {
-                _ = try self.appendEvent(db, taskID: taskID, executionID: live.executionID, kind: .notice,
-                                         state: live.state,
-                                         detail: EventDetail(message: "a copy of this task's message was rejected "
-                                                             + "(the task goes on): \(message)"), at: at)
-                return
+                return try self.appendEvent(db, taskID: taskID, executionID: live.executionID, kind: .notice,
+                                            state: live.state,
+                                            detail: EventDetail(message: "a copy of this task's message was rejected "
+                                                                + "(the task goes on): \(message)"), at: at)
             }
-            _ = try self.appendEvent(db, taskID: taskID, executionID: executionID, kind: .state, state: .rejected,
-                                     detail: EventDetail(message: message), at: at, updateRow: false)
+            return try self.appendEvent(db, taskID: taskID, executionID: executionID, kind: .state, state: .rejected,
+                                        detail: EventDetail(message: message), at: at, updateRow: false)
         }
+        if event.kind == .state { metrics.stateChanged(event, from: nil, since: nil) } else { metrics.noted(event) }
     }
 
     @discardableResult
     public func transition(_ taskID: String, to state: TaskState, detail: EventDetail, at: Date) throws -> TaskEvent {
-        try db.write { db in
+        let (event, from, since) = try db.write { db -> (TaskEvent, TaskState, Date?) in
             guard let rec = try Self.fetchState(db, taskID) else { throw JournalError.unknownTask(taskID) }
             guard rec.state.canMove(to: state) else {
                 throw JournalError.illegalTransition(taskID, rec.state, state)
@@ -168,18 +171,22 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
                     WHERE task_id = ? AND json_extract(document, '$.stage_out.token') IS NOT NULL
                     """).execute(arguments: [taskID])
             }
-            return try self.appendEvent(db, taskID: taskID, executionID: rec.executionID, kind: .state, state: state,
-                                        detail: detail, at: at)
+            return (try self.appendEvent(db, taskID: taskID, executionID: rec.executionID, kind: .state, state: state,
+                                         detail: detail, at: at), rec.state, rec.since)
         }
+        metrics.stateChanged(event, from: from, since: since)
+        return event
     }
 
     @discardableResult
     public func note(_ taskID: String, kind: EventKind, detail: EventDetail, at: Date) throws -> TaskEvent {
-        try db.write { db in
+        let event = try db.write { db in
             guard let rec = try Self.fetchState(db, taskID) else { throw JournalError.unknownTask(taskID) }
             return try self.appendEvent(db, taskID: taskID, executionID: rec.executionID, kind: kind, state: rec.state,
                                         detail: kind == .duplicate ? detail.withState(rec.state) : detail, at: at)
         }
+        metrics.noted(event)
+        return event
     }
 
     /// Adds the event to the history and the outbox, with the task's next sequence number.
@@ -194,8 +201,14 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
                 try db.cachedStatement(sql: "UPDATE tasks SET seq = ? WHERE task_id = ?").execute(arguments: [seq, taskID])
             }
         }
-        let event = TaskEvent(kind: kind, nodeID: nodeID, taskID: taskID, executionID: executionID, state: state,
+        var event = TaskEvent(kind: kind, nodeID: nodeID, taskID: taskID, executionID: executionID, state: state,
                               seq: seq, time: at, detail: detail)
+        if let taskID {
+            // Every task event says which attempt it belongs to (the document's `attempt`, 1 when absent).
+            event.attempt = try Int.fetchOne(db.cachedStatement(sql: """
+                SELECT COALESCE(json_extract(document, '$.attempt'), 1) FROM tasks WHERE task_id = ?
+                """), arguments: [taskID]) ?? 1
+        }
         let body = event.encoded()
         try db.cachedStatement(sql: "INSERT INTO events (task_id, seq, kind, state, at, body) VALUES (?, ?, ?, ?, ?, ?)")
             .execute(arguments: [taskID, seq, kind.rawValue, state.rawValue, FEMTime.format(at),
@@ -318,14 +331,16 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
         }
     }
 
-    /// A task's state and execution id only: what a state change needs, without reading its document.
-    private static func fetchState(_ db: Database, _ id: String) throws -> (state: TaskState, executionID: String)? {
-        guard let row = try Row.fetchOne(db.cachedStatement(sql: "SELECT state, execution_id FROM tasks WHERE task_id = ?"),
-                                         arguments: [id]) else { return nil }
+    /// A task's state, since when it is in it, and its execution id only: what a state change needs, without
+    /// reading its document.
+    private static func fetchState(_ db: Database, _ id: String) throws
+        -> (state: TaskState, executionID: String, since: Date?)? {
+        guard let row = try Row.fetchOne(db.cachedStatement(
+            sql: "SELECT state, execution_id, updated_at FROM tasks WHERE task_id = ?"), arguments: [id]) else { return nil }
         guard let state = TaskState(rawValue: row["state"]) else {
             throw JournalError.corrupt(id, "state \"\(row["state"] as String)\" is not a known state")
         }
-        return (state, row["execution_id"])
+        return (state, row["execution_id"], FEMTime.parse(row["updated_at"]))
     }
 
     private static func fetchTask(_ db: Database, _ id: String) throws -> TaskRecord? {

@@ -10,18 +10,28 @@ import Synchronization
 public final class AMQPTaskSource: TaskSource, Sendable {
     public static let taskChannel: UInt16 = 1
     public static let controlChannel: UInt16 = 2
+    /// Work pools are read here, by basic.get (see `pullPools`).
+    public static let poolChannel: UInt16 = 3
 
     private let endpoint: AMQPEndpoint
     private let nodeID: String
     private let prefetch: UInt16
     private let maxMessageBytes: Int
     private let logger: Logger
+    /// Work pools consumed besides the node's own queue.
+    private let pools: [String]
+    /// How many more tasks the node could start now (free slots); the source holds at most that many pool
+    /// deliveries not yet settled.
+    private let poolRoom: @Sendable () -> Int
     private let wakeup = WakeupPipe()
     private typealias Ack = (generation: Int, channel: UInt16, tag: UInt64, requeue: Bool)
     private struct State {
         var pendingAcks: [Ack] = []
         var generation = 0
         var started = false
+        /// No pool is asked for work before this time (monotonic seconds): set after a delivery was passed on, so
+        /// another node gets a chance at it first.
+        var poolsPausedUntil = 0.0
     }
     private let state = Mutex(State())
     /// Set by `stop`: ends the loop, and any backoff wait at once.
@@ -38,7 +48,10 @@ public final class AMQPTaskSource: TaskSource, Sendable {
     /// `connection`: told `true` each time the consumer is connected (queues declared, consuming) and `false` when
     /// that connection is lost (the daemon's status file and systemd's READY=1).
     public init(endpoint: AMQPEndpoint, nodeID: String, prefetch: Int, maxMessageBytes: Int = 1 << 20, logger: Logger,
+                pools: [String] = [], poolRoom: @escaping @Sendable () -> Int = { 0 },
                 connection: @escaping @Sendable (Bool) -> Void = { _ in }) {
+        self.pools = pools
+        self.poolRoom = poolRoom
         self.connection = connection
         self.endpoint = endpoint
         self.nodeID = nodeID
@@ -75,6 +88,13 @@ public final class AMQPTaskSource: TaskSource, Sendable {
 
     private var isStopped: Bool { stopping.isCancelled }
 
+    /// After this node passed a pool delivery on: it asks the pools for nothing for `seconds`, so the delivery goes
+    /// to another node rather than straight back here.
+    public func pausePools(seconds: Double) {
+        let until = monotonicNow() + seconds
+        state.withLock { $0.poolsPausedUntil = max($0.poolsPausedUntil, until) }
+    }
+
     /// Declares the node's side of wire protocol v1 on a connection: its two queues and their bindings. The shared
     /// exchanges are only looked up (a passive declare): `femctl setup` declares them, so a node's broker account
     /// needs no configure permission on them (which would also let it delete them).
@@ -98,11 +118,26 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         try conn.setPrefetch(32, channel: controlChannel)
     }
 
+    /// Work pools: durable quorum queues `fem.pool.<name>` bound to `fem.tasks` with `pool.<name>`, and their
+    /// dead-letter queues `fem.pool.<name>.dead` (where a task no node could take ends), on the pool channel.
+    public static func declarePools(_ conn: AMQPConnection, pools: [String]) throws {
+        guard !pools.isEmpty else { return }
+        try conn.openChannel(poolChannel)
+        for pool in pools {
+            for (queue, key) in [(WireNames.poolQueue(pool), WireNames.poolKey(pool)),
+                                 (WireNames.deadPoolQueue(pool), WireNames.deadPoolKey(pool))] {
+                try conn.declareQuorumQueue(queue, channel: poolChannel)
+                try conn.bindQueue(queue, exchange: WireNames.tasksExchange, routingKey: key, channel: poolChannel)
+            }
+        }
+    }
+
     private func runLoop() {
         runReconnecting(endpoint, label: "broker connection", logger: logger, stop: stopping) { conn, again in
             try Self.declareTopology(conn, nodeID: nodeID, prefetch: prefetch)
             try conn.consume(queue: WireNames.taskQueue(node: nodeID), channel: Self.taskChannel)
             try conn.consume(queue: WireNames.controlQueue(node: nodeID), channel: Self.controlChannel)
+            try Self.declarePools(conn, pools: pools)
             let gen = state.withLock { s -> Int in
                 s.generation += 1
                 s.pendingAcks.removeAll()
@@ -118,22 +153,60 @@ public final class AMQPTaskSource: TaskSource, Sendable {
     }
 
     private func serve(_ conn: AMQPConnection, generation gen: Int) throws {
+        var pull = PoolPull()
         while !isStopped {
             try flushAcks(conn, generation: gen)
+            try pullPools(conn, &pull)
             if conn.hasBufferedData {
-                try receive(conn, timeout: 1000, generation: gen)
+                if try receive(conn, timeout: 1000, generation: gen) == Self.poolChannel { pull.awaiting = false }
                 continue
             }
-            let ready = wakeup.poll(socket: conn.socketDescriptor, timeoutMilliseconds: 1000)
+            // While a pool message is arriving, or the pools may be asked again soon, wait briefly.
+            let wait = pull.awaiting || !pools.isEmpty ? 100 : 1000
+            let ready = wakeup.poll(socket: conn.socketDescriptor, timeoutMilliseconds: wait)
             if ready.socket {
-                try receive(conn, timeout: 1000, generation: gen)
+                if try receive(conn, timeout: 1000, generation: gen) == Self.poolChannel { pull.awaiting = false }
             } else if !ready.wakeup {
                 // Idle: let rabbitmq-c process heartbeats and notice a dead connection.
-                try receive(conn, timeout: 1, generation: gen)
+                if try receive(conn, timeout: 1, generation: gen) == Self.poolChannel { pull.awaiting = false }
             }
         }
         try flushAcks(conn, generation: gen)
         continuation.finish()
+    }
+
+    /// Where the pool pull stands on one connection.
+    struct PoolPull {
+        /// A basic.get answered get-ok; its message is still arriving.
+        var awaiting = false
+        /// The next pool to ask first (round robin).
+        var next = 0
+        /// When the pools may be asked again after they were all empty (monotonic seconds).
+        var notBefore = 0.0
+    }
+
+    /// Prefetch follows free capacity: the node asks its pools for one task at a time (basic.get) and only while it
+    /// holds fewer unsettled pool deliveries than it could start now, so a busy node never sits on work an idle node
+    /// could run. Chosen over a consumer with basic.qos because quorum queues have no channel-wide (global) QoS, and
+    /// a per-consumer prefetch changed by a new basic.qos applies only to consumers made after it: following the free
+    /// slots would mean cancelling and re-consuming at every change, and the deliveries the old consumer still held
+    /// would not count against the new one's limit. basic.get holds exactly what was asked for. An empty round asks
+    /// again after 0.5 s; a delivery that arrived lets the next one be asked for at once.
+    private func pullPools(_ conn: AMQPConnection, _ pull: inout PoolPull) throws {
+        guard !pools.isEmpty, !pull.awaiting else { return }
+        let now = monotonicNow()
+        guard now >= pull.notBefore, now >= state.withLock({ $0.poolsPausedUntil }) else { return }
+        let held = unsettled.withLock { $0[Self.poolChannel]?.count ?? 0 }
+        guard poolRoom() > held else { return }
+        for i in 0..<pools.count {
+            let pool = pools[(pull.next + i) % pools.count]
+            if try conn.basicGet(queue: WireNames.poolQueue(pool), channel: Self.poolChannel) {
+                pull.awaiting = true
+                pull.next = (pull.next + i + 1) % pools.count
+                return
+            }
+        }
+        pull.notBefore = now + 0.5
     }
 
     private func flushAcks(_ conn: AMQPConnection, generation gen: Int) throws {
@@ -174,9 +247,19 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         return [(last, true)] + acks.filter { $0 > last }.sorted().map { ($0, false) }
     }
 
-    private func receive(_ conn: AMQPConnection, timeout: Int, generation gen: Int) throws {
-        guard let d = try conn.nextDelivery(timeoutMilliseconds: timeout, maxBodyBytes: maxMessageBytes) else { return }
-        let channel: InboundMessage.Channel = d.channel == Self.controlChannel ? .control : .task
+    /// Hands on the next delivery, if one arrives within `timeout`; returns its channel.
+    @discardableResult
+    private func receive(_ conn: AMQPConnection, timeout: Int, generation gen: Int) throws -> UInt16? {
+        guard let d = try conn.nextDelivery(timeoutMilliseconds: timeout, maxBodyBytes: maxMessageBytes) else { return nil }
+        let channel: InboundMessage.Channel
+        switch d.channel {
+        case Self.controlChannel: channel = .control
+        case Self.poolChannel:
+            // The routing key names the pool (`pool.<name>`); the queue it came from is one of ours in any case.
+            let name = d.routingKey.hasPrefix("pool.") ? String(d.routingKey.dropFirst(5)) : ""
+            channel = .pool(pools.contains(name) ? name : pools.first ?? name)
+        default: channel = .task
+        }
         _ = unsettled.withLock { $0[d.channel, default: []].insert(d.deliveryTag) }
         var message = InboundMessage(channel: channel, body: d.body, redelivered: d.redelivered,
                                      size: Int(clamping: d.declaredBodySize), ack: { [weak self] in
@@ -190,5 +273,12 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         })
         message.userID = d.userID
         continuation.yield(message)
+        return d.channel
     }
+}
+
+private func monotonicNow() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

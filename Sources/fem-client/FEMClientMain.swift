@@ -3,6 +3,6 @@ import FEMNode
 @main
 struct FEMClientMain {
     static func main() async {
-        await FEMClientCommand.main()
+        await FEMClientCommand.mainReportingFailures()
     }
 }

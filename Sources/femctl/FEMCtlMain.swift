@@ -3,6 +3,6 @@ import FEMCtl
 @main
 struct FEMCtlMain {
     static func main() async {
-        await FEMCtlCommand.main()
+        await FEMCtlCommand.mainReportingFailures()
     }
 }

@@ -178,7 +178,7 @@ struct RunnerTests {
     }
 
     func admit(_ id: String, launcher: String = "process", timeout: Int? = nil, planTimeout: Int? = nil,
-               stageOut: String? = nil) throws {
+               stageOut: String? = nil, constraints: String? = nil) throws {
         var plan: [String: JSONValue] = ["schema_version": 1, "id": "t", "version": "1", "launcher": .string(launcher),
                                          "command": .object(["base": .array(["/bin/true"])])]
         if launcher == "docker" { plan["image"] = "x" }
@@ -186,6 +186,7 @@ struct RunnerTests {
         var doc: [String: JSONValue] = ["schema_version": 1, "task_id": .string(id), "execution_id": "e", "plan": .object(plan)]
         if let timeout { doc["timeout_seconds"] = .int(Int64(timeout)) }
         if let stageOut { doc["stage_out"] = .object(["url": .string(stageOut)]) }
+        if let constraints { doc["constraints"] = .string(constraints) }
         let spec = try DocumentReader.readTask(.object(doc), requireTaskID: true)
         #expect(try journal.admit(spec, document: .object(doc), at: Date()) == .admitted)
     }
@@ -292,7 +293,7 @@ struct RunnerTests {
         await r.cancel("b", reason: "operator")
         await r.cancel("a", reason: nil)
         await r.waitUntilIdle()
-        #expect(try states("b") == [.received, .cancelled])
+        #expect(try states("b") == [.received, .queued, .cancelled], "it waited for the slot in `queued`")
         #expect(try journal.task("a")?.state == .cancelled)
         #expect(launcher.started == ["a"])
     }
@@ -305,6 +306,23 @@ struct RunnerTests {
         let rec = try #require(try journal.task("a"))
         #expect(rec.state == .declined)
         #expect(rec.message?.contains("launcher \"docker\" is not enabled") == true)
+    }
+
+    /// A task journaled but not yet checked against its constraints when the daemon stopped (the receiver checks
+    /// right after journaling) is checked by the runner before it starts: declined with the reason, never run.
+    @Test func aRecoveredTaskIsCheckedAgainstItsConstraintsBeforeItStarts() async throws {
+        let launcher = FakeLauncher(script: .exit(0, after: .zero))
+        let r = runner(launcher)
+        await r.checkConstraints(against: { NodeAttributes(["labels.site": .string("hospital-a")]) })
+        try admit("elsewhere", constraints: "labels.site == \"hospital-b\"")
+        try admit("here", constraints: "labels.site == \"hospital-a\"")
+        await r.recover()
+        await r.waitUntilIdle()
+        let declined = try #require(try journal.task("elsewhere"))
+        #expect(declined.state == .declined)
+        #expect(declined.message?.contains("labels.site is \"hospital-a\"") == true)
+        #expect(try journal.task("here")?.state == .completed)
+        #expect(launcher.started == ["here"])
     }
 
     @Test func timeoutAbovePlanIsDeclinedUnlessAllowed() async throws {

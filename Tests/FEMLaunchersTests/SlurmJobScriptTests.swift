@@ -136,4 +136,95 @@ struct SlurmJobScriptTests {
         #expect(cancelled.signal == 15)
         #expect(SlurmJobInfo.parse("slurm_load_jobs error: Invalid job id specified") == nil)
     }
+
+    @Test func squeueRowsAreReadByID() {
+        let rows = SlurmJobInfo.parse(squeue: "12|FAILED|NonZeroExitCode\n13|PENDING|Resources\n14|RUNNING|None\nbad line\n")
+        #expect(rows["12"]?.state == "FAILED")
+        #expect(rows["13"]?.phase == .pending("Resources"))
+        #expect(rows["14"]?.phase == .running)
+        #expect(rows.count == 3)
+        #expect(SlurmJobInfo.parse(squeue: "").isEmpty)
+    }
+
+    @Test func imageReferencesAreQualifiedAndChecked() {
+        #expect(SlurmContainerScript.qualified("busybox:1") == "docker.io/library/busybox:1")
+        #expect(SlurmContainerScript.qualified("fem/x:1") == "docker.io/fem/x:1")
+        #expect(SlurmContainerScript.qualified("127.0.0.1:5000/fem/busybox:1.36") == "127.0.0.1:5000/fem/busybox:1.36")
+        #expect(SlurmContainerScript.registryHost("127.0.0.1:5000/fem/busybox@sha256:ab") == "127.0.0.1:5000")
+        #expect(SlurmContainerScript.imageProblem("--privileged") != nil)
+        #expect(SlurmContainerScript.imageProblem("a b") != nil)
+        #expect(SlurmContainerScript.imageProblem("127.0.0.1:5000/fem/busybox:1.36") == nil)
+        #expect(SlurmContainerScript.envFile(["A": "x y", "B": "it's $(id)"]) == "A=x y\nB=it's $(id)\n")
+        #expect(SlurmContainerScript.envFile(["A": "line\nbreak"]) == nil)
+        #expect(SlurmContainerScript.registriesConf(insecure: ["127.0.0.1:5000"]).contains(
+            "location = \"127.0.0.1:5000\"\ninsecure = true"))
+    }
+
+    /// The container script, run by a real /bin/sh with a stand-in podman that records its arguments: podman gets
+    /// the locked-down options, the image, and the argv corpus as one item each; no value of the plan's environment is
+    /// on its command line; its own environment is only what the script sets.
+    @Test func containerScriptHandsPodmanTheHardenedRunAndTheArgvIntact() async throws {
+        let dir = NSTemporaryDirectory() + "fem-slurm-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let fake = "\(dir)/podman"
+        let program = """
+            #!/usr/bin/python3
+            import json, os, sys
+            with open(os.environ["XDG_RUNTIME_DIR"] + "/../../../calls-" + os.path.basename(os.environ["HOME"]), "a") as f:
+                f.write(json.dumps([sys.argv[1:], sorted(os.environ)]) + "\\n")
+
+            """
+        // Written by a child process: a descriptor of this (threaded) process open for writing it could be inherited
+        // by another test's fork, and exec would then fail with ETXTBSY.
+        let made = try await ChildProcess.run(executable: "/bin/sh", arguments: [
+            "-c", "printf '%s' \"$1\" > \"$2\" && chmod 755 \"$2\"", "sh", program, fake], environment: ["PATH": "/usr/bin:/bin"])
+        try #require(made.succeeded, "\(made.diagnostic)")
+        let container = SlurmContainerScript.Container(
+            podman: fake, image: "127.0.0.1:5000/fem/busybox:1.36", argv: ["/bin/echo"] + Self.corpus,
+            workingDirectory: "/s p/src", mounts: [.init(path: "/s p/src", writable: false), .init(path: "/s p/out", writable: true)],
+            envFile: "/s p/logs/container.env", registriesConf: "/s p/logs/registries.conf", uid: 999, gid: 995,
+            pidsLimit: 64, tmpfsMB: 32)
+        let script = SlurmContainerScript.render(taskID: "t-1", container: container)
+            .replacingOccurrences(of: "/tmp/fem-podman.XXXXXX", with: "\(dir)/x/fem-podman.XXXXXX")
+        try FileManager.default.createDirectory(atPath: "\(dir)/x", withIntermediateDirectories: true)
+        try script.write(toFile: "\(dir)/job.sh", atomically: true, encoding: .utf8)
+        let r = try await ChildProcess.run(executable: "/bin/sh", arguments: ["\(dir)/job.sh"],
+                                           environment: ["PATH": "/usr/bin:/bin", "SECRET_OUTER": "leak"])
+        #expect(r.succeeded, "\(r.diagnostic)")
+        let names = try FileManager.default.contentsOfDirectory(atPath: dir).filter { $0.hasPrefix("calls-") }
+        #expect(names.count == 1)
+        let lines = try String(contentsOfFile: "\(dir)/\(names.first ?? "-")", encoding: .utf8)
+            .split(separator: "\n").compactMap { try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [Any] }
+        let calls = lines.compactMap { $0.first as? [String] }
+        // pull, run, then the cleanup: any container left (rm), the storage (podman unshare rm).
+        #expect(calls.count == 4 && calls.last?.contains("unshare") == true, "\(calls)")
+        let pull = calls.first ?? [], run = calls.count > 1 ? calls[1] : []
+        #expect(pull.suffix(3) == ["pull", "--quiet", "127.0.0.1:5000/fem/busybox:1.36"], "\(pull)")
+        for option in ["--network=none", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--read-only",
+                       "--read-only-tmpfs=false", "--userns=keep-id", "--rm", "--init", "--pull=never", "--log-level=error",
+                       "--storage-driver=overlay"] {
+            #expect(run.contains(option), "\(option) in \(run)")
+        }
+        func after(_ flag: String) -> [String] {
+            run.indices.filter { run[$0] == flag && $0 + 1 < run.count }.map { run[$0 + 1] }
+        }
+        #expect(after("--user") == ["999:995"])
+        #expect(after("--tmpfs") == ["/tmp:rw,nosuid,nodev,size=32m"])
+        #expect(after("--ulimit") == ["nproc=64:64"])
+        #expect(after("--env-file") == ["/s p/logs/container.env"])
+        #expect(after("--mount") == ["type=bind,source=/s p/src,destination=/s p/src,ro=true",
+                                     "type=bind,source=/s p/out,destination=/s p/out"])
+        #expect(after("--workdir") == ["/s p/src"])
+        #expect(after("--entrypoint") == [#"["/bin/echo"]"#])
+        let image = try #require(run.firstIndex(of: "127.0.0.1:5000/fem/busybox:1.36"))
+        #expect(Array(run[(image + 1)...]) == Self.corpus)
+        #expect(!run.contains { $0.contains("leak") })
+        let env = (lines.dropFirst().first?.last as? [String])?.filter { $0 != "LC_CTYPE" }  // python adds it (PEP 538)
+        #expect(env == ["CONTAINERS_REGISTRIES_CONF", "HOME", "PATH", "XDG_CONFIG_HOME", "XDG_DATA_HOME",
+                        "XDG_RUNTIME_DIR"], "\(env ?? [])")
+        // The per-job folder is gone.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: "\(dir)/x").isEmpty)
+        for i in 1...3 { #expect(!FileManager.default.fileExists(atPath: "/tmp/fem-pwned\(i)")) }
+    }
 }

@@ -149,6 +149,17 @@ struct NodeConfigTests {
                 == ["node.max_concurrent_tasks (from FEM_NODE_MAX_CONCURRENT_TASKS): \"many\" is not an integer"])
     }
 
+    @Test func capacityIsTheHostsUnlessCappedAndBadValuesAreNamed() throws {
+        let host = HostCapacity.of(try NodeConfig.parse(Self.toml(), source: "t", environment: [:]))
+        #expect(host.cpus > 0 && host.memoryMB > 0 && host.gpus == 0, "\(host)")
+        let text = Self.toml() + "\n[node.capacity]\ncpus = 2\nmemory_mb = 4000\ngpus = 1\nstorage_mb = 500\n"
+        let capped = try NodeConfig.parse(text, source: "t", environment: ["FEM_NODE_CAPACITY_GPUS": "3"])
+        #expect(HostCapacity.of(capped) == Capacity(cpus: 2, memoryMB: 4000, gpus: 3, storageMB: 500))
+        #expect(Self.problems(Self.toml() + "\n[node.capacity]\ncpus = 0\ngpus = -1\n")
+                == ["node.capacity.cpus: 0 is out of range (1…65536)", "node.capacity.gpus: -1 is out of range (0…1024)"])
+        #expect(Self.problems(Self.toml() + "\n[node.capacity]\ncpu = 2\n").contains { $0.contains("node.capacity.cpu") })
+    }
+
     @Test func brokerURLMustBeTLSAndCarryNoPassword() {
         #expect(Self.problems(Self.toml(broker: "url = \"amqp://fem@localhost:5672/\"")).first?
             .contains("only TLS is supported") == true)

@@ -7,7 +7,7 @@ import Testing
 @Suite(.serialized)
 struct BrokerRestartTests {
     @Test func hundredTasksCompleteExactlyOnceAcrossABrokerRestart() throws {
-        let broker = try OwnBroker(port: 5698)
+        let broker = try OwnBroker(port: 5795)  // not 5698: a developer's shared broker may hold that one
         let node = try TestNode("restart", brokerDir: broker.dir, port: broker.port, extra: TestNode.hostProcesses,
                                 maxConcurrent: 4)
         try node.start()
@@ -32,8 +32,12 @@ struct BrokerRestartTests {
             let id = Tasks.id(t)
             let states = op.events(of: id).filter { $0.kind == .state }
             #expect(op.finalState(of: id)?.state == .completed, "\(id)")
-            // Every event arrived: sequence numbers 1...n without a gap, in one piece.
-            #expect(Set(states.map(\.seq)) == Set(1...5), "\(id): \(states.map(\.seq))")
+            // Every event arrived: sequence numbers 1...n without a gap, in one piece. A task that waited for one of
+            // the four slots has a `queued` event besides the five of a task that started at once.
+            let expected: [TaskState] = [.received, .queued, .stagingIn, .running, .stagingOut, .completed]
+            let seen = states.sorted { $0.seq < $1.seq }.map(\.state)
+            #expect(seen == expected || seen == expected.filter { $0 != .queued }, "\(id): \(seen)")
+            #expect(Set(states.map(\.seq)) == Set(1...max(1, states.count)), "\(id): \(states.map(\.seq))")
             #expect(states.filter { $0.state == .running }.count == 1, "\(id) ran once")
         }
         // Exactly once, counted by the work itself.

@@ -29,17 +29,27 @@ struct CommandLineTests {
         let submit = try femctl(node, ["submit", "\(TestEnv.repoRoot)/docs/templates/examples/hello-process.task.json",
                                        "--node", node.id, "--param", "name=operator"])
         #expect(submit.status == 0, "\(submit.output)")
+        #expect(!submit.output.contains("warning"), "a node consumes its queue: \(submit.output)")
         let taskID = submit.output.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(Patterns.matches(Patterns.taskID, taskID))
         watcher.waitUntilExit()
         let watched = (status: watcher.terminationStatus, output: try String(contentsOfFile: watchOut, encoding: .utf8))
         #expect(watched.status == 0)
+        // A header, and a STATE column wide enough for every state.
+        #expect(watched.output.hasPrefix("NODE"), "\(watched.output)")
+        #expect(watched.output.contains(" STATE "))
         for state in ["received", "staging_in", "running", "staging_out", "completed"] {
             #expect(watched.output.contains(state), "watch shows \(state)")
         }
         #expect(watched.output.contains(taskID))
         let greeting = try String(contentsOfFile: "\(node.dir)/var/sandboxes/\(taskID)/out/greeting.txt", encoding: .utf8)
         #expect(greeting.hasPrefix("hello, operator"))
+        // The node's journal lists it with its tool and execution.
+        let tasks = try node.run(["tasks"])
+        let row = tasks.output.split(separator: "\n").first { $0.hasPrefix(taskID) } ?? ""
+        #expect(tasks.output.hasPrefix("TASK") && tasks.output.contains(" EXECUTION "), "\(tasks.output)")
+        #expect(row.contains("completed") && row.contains("hello-process@1.0.0") && row.contains("exec-hello-1"),
+                "\(tasks.output)")
     }
 
     @Test func femctlCancel() throws {
@@ -72,7 +82,7 @@ struct CommandLineTests {
         try #"{"schema_version":1,"id":"Bad Id","version":"1","launcher":"process","command":{"base":["x"],"args":[{"id":"a","type":"integr"}]},"colour":"red"}"#
             .write(toFile: file, atomically: true, encoding: .utf8)
         let r = try Shell.run([try TestEnv.binary("fem-client"), "validate", file])
-        #expect(r.status == 1)
+        #expect(r.status == 2, "invalid input: \(r.output)")
         #expect(r.output.contains("3 problems"))
         #expect(r.output.contains("plan.id: \"Bad Id\" does not match"))
         #expect(r.output.contains("plan.command.args[0].type: \"integr\" is not one of str, int, float, bool, file, dataset"))

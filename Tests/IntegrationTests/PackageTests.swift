@@ -40,7 +40,8 @@ struct PackageTests {
                      "usr/share/doc/fem-client/security.md", "usr/share/doc/fem-client/copyright",
                      "usr/share/doc/fem-client/changelog.gz", "usr/share/doc/fem-client/templates/",
                      "usr/share/bash-completion/completions/fem-client", "usr/share/bash-completion/completions/femctl",
-                     "usr/share/zsh/vendor-completions/_fem-client", "usr/share/fish/vendor_completions.d/femctl.fish"] {
+                     "usr/share/zsh/vendor-completions/_fem-client", "usr/share/fish/vendor_completions.d/femctl.fish",
+                     "usr/share/man/man1/fem-client.1.gz", "usr/share/man/man1/femctl.1.gz"] {
             #expect(entry(path) != nil, "dpkg-deb -c lists no ./\(path):\n\(list.output)")
         }
         for path in ["usr/bin/fem-client", "usr/bin/femctl"] {

@@ -18,7 +18,8 @@ struct SlurmTests {
         }
         let r = try Shell.run(["/usr/bin/sinfo", "-h", "-o", "%T"], environment: ["SLURM_CONF": "\(d)/slurm.conf",
                                                                                  "PATH": "/usr/bin:/bin"])
-        guard r.status == 0, r.output.contains("idle") || r.output.contains("mixed") || r.output.contains("alloc") else {
+        // A node still completing an earlier job (its epilog, a container's cleanup) is up as well.
+        guard r.status == 0, ["idle", "mixed", "alloc", "completing"].contains(where: r.output.contains) else {
             throw HarnessError("the Slurm in \(d) does not answer (sinfo: \(r.output)); start it with "
                                + "scripts/dev-slurm.sh start --dir \(d)")
         }
@@ -200,7 +201,7 @@ struct SlurmTests {
         }
     }
 
-    /// Slurm does not answer (scontrol fails every time) for longer than unreachable_seconds: the task fails
+    /// Slurm does not answer (scontrol and squeue fail every time) for longer than unreachable_seconds: the task fails
     /// saying so, and its job, still running in Slurm, is cancelled (not left running unsupervised).
     @Test func aJobSlurmDoesNotAnswerAboutIsCancelledWhenGivenUp() throws {
         let tools = try FakeTools()
@@ -208,6 +209,7 @@ struct SlurmTests {
         let broken = try tools.script("scontrol-unreachable", FakeTools.unreachableScontrol)
         let node = try node("slurm-unreach", extra: """
             scontrol = "\(broken)"
+            squeue = "\(broken)"
             unreachable_seconds = 3
             """)
         try node.start()
@@ -224,15 +226,19 @@ struct SlurmTests {
         #expect(try jobState(id) == "CANCELLED")
     }
 
-    /// One scontrol per job per poll interval serves both the job's wait and the queue notices, also while the job
-    /// waits in the queue (counted through a wrapper that logs each call, then runs the real scontrol).
-    @Test func oneQueryPerIntervalPerJob() throws {
+    /// One squeue per poll interval, for all of the node's jobs, serves every job's wait and the queue notices, also
+    /// while a job waits in the queue; scontrol is asked about a job only once it ended (its exit code). Counted
+    /// through wrappers that log each call, then run the real command.
+    @Test func oneSqueuePerIntervalForAllJobs() throws {
         let tools = try FakeTools()
         defer { tools.remove() }
         let dir = tools.dir
-        let counting = try tools.script("scontrol-counting", "echo \"$*\" >> '\(dir)/calls'\nexec /usr/bin/scontrol \"$@\"\n")
+        let scontrol = try tools.script("scontrol-counting",
+                                        "echo \"$*\" >> '\(dir)/scontrol-calls'\nexec /usr/bin/scontrol \"$@\"\n")
+        let squeue = try tools.script("squeue-counting", "echo \"$*\" >> '\(dir)/squeue-calls'\nexec /usr/bin/squeue \"$@\"\n")
         let node = try node("slurm-polls", extra: """
-            scontrol = "\(counting)"
+            scontrol = "\(scontrol)"
+            squeue = "\(squeue)"
             max_cpus = 2
             """)
         try node.editConfig { $0.replacingOccurrences(of: "poll_interval_ms = 100", with: "poll_interval_ms = 500") }
@@ -250,11 +256,22 @@ struct SlurmTests {
         let elapsed = Date().timeIntervalSince(t0)
         #expect(op.finalState(of: Tasks.id(second))?.state == .completed)
         let secondJob = try jobID(second)
-        let calls = ((try? String(contentsOfFile: "\(dir)/calls", encoding: .utf8)) ?? "")
-            .split(whereSeparator: \.isNewline).filter { $0.hasSuffix(" \(secondJob)") }.count
-        // The job waited about 5 s: two loops polling on their own would make twice elapsed / 0.5 s calls.
+        func lines(_ name: String) -> [Substring] {
+            ((try? String(contentsOfFile: "\(dir)/\(name)", encoding: .utf8)) ?? "").split(whereSeparator: \.isNewline)
+        }
+        let polls = lines("squeue-calls").filter { $0.contains("--jobs=") }
+        let both = polls.filter { $0.contains("--jobs=\(firstJob),\(secondJob)") || $0.contains("--jobs=\(secondJob),\(firstJob)") }
+        let scontrolLines = lines("scontrol-calls").filter { $0.hasSuffix(" \(secondJob)") }
+        let scontrolCalls = scontrolLines.count
+        // The second job waited about 5 s while the first ran: both listed in the same squeue, about one per
+        // interval (two loops polling on their own would make twice as many).
         #expect(elapsed > 3, "the second job waited in the queue (\(elapsed) s)")
-        #expect(calls >= 3 && Double(calls) <= elapsed / 0.5 + 3, "\(calls) scontrol calls in \(elapsed) s")
+        #expect(both.count >= 3, "squeue listed both jobs at once: \(polls)")
+        #expect(Double(polls.count) <= elapsed / 0.5 + 4, "\(polls.count) squeue calls in \(elapsed) s")
+        // scontrol: for a wait that began after the shared squeue did (until the next one lists the job), once for
+        // the ended job's exit code, and in the cleanup (destroy); never once per poll.
+        #expect(scontrolCalls >= 1 && scontrolCalls <= 4 && Double(scontrolCalls) < elapsed / 0.5 / 2,
+                "scontrol only around the job's start and end: \(scontrolLines) in \(elapsed) s")
     }
 
     /// sbatch submits but prints no job id: the job is found by its name and comment and followed to its end (not
@@ -391,7 +408,7 @@ struct SlurmTests {
         #expect(end == "survived\n")
     }
 
-    /// Restarted while Slurm does not answer (scontrol fails): the job is not declared lost and left running in
+    /// Restarted while Slurm does not answer (scontrol and squeue fail): the job is not declared lost and left running in
     /// the sandbox; it is followed, and once Slurm stayed silent for unreachable_seconds it is cancelled.
     @Test func aRestartWhileSlurmIsSilentFollowsTheJobThenCancelsIt() throws {
         let node = try node("slurm-restart-silent")
@@ -409,7 +426,7 @@ struct SlurmTests {
         let tools = try FakeTools()
         defer { tools.remove() }
         let broken = try tools.script("scontrol-unreachable", FakeTools.unreachableScontrol)
-        try node.editConfig { $0 + "\nscontrol = \"\(broken)\"\nunreachable_seconds = 3\n" }
+        try node.editConfig { $0 + "\nscontrol = \"\(broken)\"\nsqueue = \"\(broken)\"\nunreachable_seconds = 3\n" }
         try node.start()
         try op.waitForFinal([Tasks.id(t)], timeout: 90)
         let e = try #require(op.finalState(of: Tasks.id(t)))
@@ -434,12 +451,206 @@ struct SlurmTests {
         #expect(end == "collected\n")
     }
 
+    /// The open test registry's image, pinned by the digest scripts/dev-registry.sh pushed.
+    static func pinnedImage() throws -> String {
+        guard let d = TestEnv.env["FEM_TEST_REGISTRY_DIR"], FileManager.default.fileExists(atPath: "\(d)/digest") else {
+            throw HarnessError("FEM_TEST_REGISTRY_DIR is not set or holds no digest: the registries of "
+                               + "scripts/dev-registry.sh are needed (bash test.sh starts them)")
+        }
+        let digest = try String(contentsOfFile: "\(d)/digest", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard digest.hasPrefix("sha256:") else { throw HarnessError("\(d)/digest holds no digest: \(digest)") }
+        return "127.0.0.1:5000/fem/busybox@\(digest)"
+    }
+
+    /// A plan that names an image runs as a Slurm job executing rootless podman (pulled from the test registry by
+    /// digest): as the non-root task user, with no network (only `lo`) and no capabilities, on a read-only root;
+    /// parameters reach it as one argv item each; its output is staged out over WebDAV. An image off the allowlist,
+    /// and the host network, are declined saying why.
+    @Test func aContainerPlanRunsThroughPodmanOnSlurm() throws {
+        let web = try TestEnv.webDir()
+        let image = try Self.pinnedImage()
+        let node = try node("slurm-podman", extra: """
+            container_runtime = "podman"
+            allowed_images = ["127.0.0.1:5000/fem/*"]
+            insecure_registries = ["127.0.0.1:5000"]
+            [outputs]
+            allowed_urls = ["https://localhost:18443/dav/"]
+            ca_file = "\(web)/ca.pem"
+            [credentials.upload-login]
+            username = "fem-upload"
+            password_file = "\(web)/password-fem-upload"
+            urls = ["https://localhost:18443/dav/"]
+            """)
+        try node.start()
+        let op = try Operator(node: node)
+        let prefix = "slurm-podman-\(UUID().uuidString.prefix(6).lowercased())"
+        let corpus = ["two words", "$(touch \(node.dir)/pwned1)", "`touch \(node.dir)/pwned2`", "it's", "'", "${PATH}",
+                      "*", "-rf", "a=b", "ünïcödé ✓"]
+        var params: [String: JSONValue] = [:]
+        for (i, v) in corpus.enumerated() { params["v\(i)"] = .string(v) }
+        let script = "o=$FEM_OUTPUT_DIR; id -u > $o/who.txt; id -g >> $o/who.txt; ls /sys/class/net > $o/net.txt; "
+            + "ip -o link | cut -d: -f2 | tr -d ' ' > $o/links.txt; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status > $o/caps.txt; "
+            + "if touch /rootfs-probe 2>/dev/null; then echo writable; else echo read-only; fi > $o/rootfs.txt; "
+            + "touch /tmp/probe && echo tmp-ok >> $o/rootfs.txt; "
+            + "if touch $FEM_INPUT_DIR/probe 2>/dev/null; then echo in-writable; else echo in-read-only; fi >> $o/rootfs.txt; "
+            + "grep memory /proc/self/cgroup > $o/cgroup.txt; "
+            + "for a in \"$@\"; do printf '%s\\n' \"$a\"; done > $o/args.txt; echo from-podman"
+        var t = task(["/bin/sh", "-c", script, "sh"], plan: ["image": .string(image), "outputs": [["pattern": "*.txt"]]],
+                     params: params,
+                     args: corpus.indices.map { .object(["id": .string("v\($0)"), "type": "str", "position": .int(Int64($0))]) })
+        t["stage_out"] = ["url": .string("https://localhost:18443/dav/\(prefix)"), "credentials": "upload-login"]
+        let dest = "\(web)/dav/\(prefix)/exec-test/\(node.id)/\(Tasks.id(t))/out"
+        let offList = task(["/bin/sh", "-c", "true"], plan: ["image": "127.0.0.1:5001/fem/private:1"])
+        let hostNet = task(["/bin/sh", "-c", "true"], plan: ["image": .string(image), "network": "host"])
+        for x in [t, offList, hostNet] { try op.submit(x) }
+        try op.waitForFinal([t, offList, hostNet].map(Tasks.id), timeout: 120)
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .completed, "\(final.detail) \(op.events(of: Tasks.id(t)).map(\.detail))")
+        let ids = try jobs(t)
+        #expect(ids.count == 1, "one job per task: \(ids)")
+        #expect(try jobState(ids.first ?? "-") == "COMPLETED")
+        func delivered(_ name: String) throws -> String {
+            try String(contentsOfFile: "\(dest)/\(name)", encoding: .utf8)
+        }
+        let user = try #require(getpwnam("fem-task"))
+        #expect(try delivered("who.txt") == "\(user.pointee.pw_uid)\n\(user.pointee.pw_gid)\n",
+                "the container ran as the task user, not root")
+        #expect(try delivered("net.txt") == "lo\n", "no network but loopback")
+        #expect(try delivered("links.txt") == "lo\n", "ip link shows only lo")
+        #expect(try delivered("caps.txt") == "CapEff:\t0000000000000000\nNoNewPrivs:\t1\n")
+        #expect(try delivered("rootfs.txt") == "read-only\ntmp-ok\nin-read-only\n")
+        #expect(try delivered("args.txt") == corpus.map { $0 + "\n" }.joined())
+        // Rootless podman makes no cgroup of its own here (v1): the container stays in the job's, where Slurm's
+        // --mem holds it.
+        let cgroup = try delivered("cgroup.txt")
+        #expect(cgroup.contains("/job_\(ids.first ?? "-")/"), "\(cgroup)")
+        for i in 1...2 { #expect(!FileManager.default.fileExists(atPath: "\(node.dir)/pwned\(i)")) }
+        let stdout = try String(contentsOfFile: "\(node.dir)/var/sandboxes/\(Tasks.id(t))/logs/stdout.log", encoding: .utf8)
+        #expect(stdout == "from-podman\n", "only the container's output: \(stdout)")
+        // The environment file is the job user's and no one else's; the podman command line holds no values.
+        var st = stat()
+        #expect(stat("\(node.dir)/var/sandboxes/\(Tasks.id(t))/logs/container.env", &st) == 0)
+        #expect(st.st_mode & 0o777 == 0o400, "mode \(String(st.st_mode & 0o777, radix: 8))")
+        let off = try #require(op.finalState(of: Tasks.id(offList)))
+        #expect(off.state == .declined && off.detail.message == "image \"127.0.0.1:5001/fem/private:1\" is not on this "
+                + "node's allowlist (launchers.slurm.allowed_images)", "\(off.detail)")
+        let net = try #require(op.finalState(of: Tasks.id(hostNet)))
+        #expect(net.state == .declined && net.detail.message?.contains("host network") == true, "\(net.detail)")
+        #expect(try jobs(offList).isEmpty && jobs(hostNet).isEmpty, "nothing declined was submitted")
+    }
+
+    /// A container over the plan's memory is stopped by Slurm's limit (the container's cgroup is below the job's):
+    /// killed by SIGKILL, and the job's stderr says the memory limit was reached. (On cgroup v1 the kernel counts the
+    /// kill only in the container's own cgroup, so Slurm records FAILED 137, not OUT_OF_MEMORY.)
+    @Test func aContainerOverItsMemoryIsKilledAtTheJobsLimit() throws {
+        let node = try node("slurm-podman-oom", extra: """
+            container_runtime = "podman"
+            allowed_images = ["127.0.0.1:5000/fem/*"]
+            insecure_registries = ["127.0.0.1:5000"]
+            """)
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task(["/bin/dd", "if=/dev/zero", "of=/dev/null", "bs=600M", "count=1"],
+                     plan: ["image": .string(try Self.pinnedImage()), "resources": ["memory_mb": 300]])
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 90)
+        let e = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(e.state == .failed && e.detail.exitCode == 137, "\(e.detail)")
+        #expect(try jobState(try jobID(t)) == "FAILED")
+        let stderr = try String(contentsOfFile: "\(node.dir)/var/sandboxes/\(Tasks.id(t))/logs/stderr.log", encoding: .utf8)
+        #expect(stderr.contains("the container was killed (SIGKILL) when the job reached its memory limit"), "\(stderr)")
+    }
+
+    /// The per-job podman folders in /tmp (storage and runroot) that exist now.
+    func podmanFolders() -> Set<String> {
+        Set(((try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []).filter { $0.hasPrefix("fem-podman.") })
+    }
+
+    /// A container task that outlives its timeout is stopped through Slurm (scancel): the program, not the
+    /// container's init, gets the SIGTERM, the task fails `timeout`, the job is CANCELLED and gone from squeue, and
+    /// the job's podman storage in /tmp is removed.
+    @Test func aContainerTimeoutEndsTheJobAndLeavesNoStorage() throws {
+        let node = try node("slurm-podman-stop", extra: """
+            container_runtime = "podman"
+            allowed_images = ["127.0.0.1:5000/fem/*"]
+            insecure_registries = ["127.0.0.1:5000"]
+            """)
+        try node.start()
+        let op = try Operator(node: node)
+        let before = podmanFolders()
+        let t = task(["/bin/sleep", "120"], timeout: 8, plan: ["image": .string(try Self.pinnedImage())])
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 90)
+        let e = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(e.state == .failed && e.detail.failureClass == .timeout, "\(e.detail)")
+        let id = try jobID(t)
+        #expect(try !active(id), "job \(id) is gone from squeue")
+        #expect(try jobState(id) == "CANCELLED")
+        try eventually("the job's podman folder to be removed", timeout: 30) { podmanFolders().subtracting(before).isEmpty }
+    }
+
+    /// Where the node runs no containers on Slurm (container_runtime left at "none"), a plan naming an image is
+    /// declined saying so, and nothing is submitted.
+    @Test func aContainerPlanIsDeclinedWithoutAContainerRuntime() throws {
+        let node = try node("slurm-nopodman")
+        try node.start()
+        let op = try Operator(node: node)
+        let t = task(["/bin/sh", "-c", "true"], plan: ["image": .string(try Self.pinnedImage())])
+        try op.submit(t)
+        try op.waitForFinal([Tasks.id(t)], timeout: 60)
+        let e = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(e.state == .declined, "\(e.detail)")
+        #expect(e.detail.message?.contains("this node runs no containers on Slurm (launchers.slurm.container_runtime "
+                                           + "is \"none\"") == true, "\(e.detail)")
+        #expect(try jobs(t).isEmpty)
+    }
+
+    /// A plan picks its partition among the node's allowed ones (`resources.partition`), and the job runs there;
+    /// without one, the node's default; one not allowed is declined naming it and the allowed ones.
+    @Test func aPlanPicksItsPartitionAmongTheAllowedOnes() throws {
+        let node = try node("slurm-partition", extra: """
+            allowed_partitions = ["debug", "short"]
+            """)
+        try node.start()
+        let op = try Operator(node: node)
+        // `short` allows 10 minutes (scripts/dev-slurm.sh): the job's --time (the timeout plus a minute) fits.
+        let short = task(["/bin/sh", "-c", "true"], timeout: 60, plan: ["resources": ["partition": "short"]])
+        let plain = task(["/bin/sh", "-c", "true"])
+        let other = task(["/bin/sh", "-c", "true"], plan: ["resources": ["partition": "gpu"]])
+        let spaced = task(["/bin/sh", "-c", "true"], plan: ["resources": ["partition": "short "]])
+        for t in [short, plain, other, spaced] { try op.submit(t) }
+        try op.waitForFinal([short, plain, other, spaced].map(Tasks.id), timeout: 60)
+        func partition(_ t: [String: JSONValue]) throws -> String {
+            let line = try slurm(["/usr/bin/scontrol", "show", "job", "-o", try jobID(t)])
+            return line.split(separator: " ").first { $0.hasPrefix("Partition=") }.map { String($0.dropFirst(10)) } ?? line
+        }
+        #expect(op.finalState(of: Tasks.id(short))?.state == .completed, "\(String(describing: op.finalState(of: Tasks.id(short))?.detail))")
+        #expect(try partition(short) == "short")
+        #expect(op.finalState(of: Tasks.id(plain))?.state == .completed)
+        #expect(try partition(plain) == "debug", "the first allowed one is the default")
+        let e = try #require(op.finalState(of: Tasks.id(other)))
+        #expect(e.state == .declined && e.detail.message == "resources.partition: \"gpu\" is not a partition this "
+                + "node's jobs may use (launchers.slurm.allowed_partitions: debug, short)", "\(e.detail)")
+        #expect(try jobs(other).isEmpty)
+        // Not a Slurm name at all: refused when the task is read.
+        let s = try #require(op.finalState(of: Tasks.id(spaced)))
+        #expect(s.state == .rejected, "\(s.detail)")
+        #expect(s.detail.message?.contains("partition") == true, "\(s.detail)")
+        #expect(try jobs(spaced).isEmpty)
+    }
+
     /// Unsafe configurations are refused at start, naming the key.
     @Test func unsafeConfigurationsAreRefused() throws {
         let slurm = try Self.slurmDir()
         for (name, section, key) in [
             ("slurm-noshare", "shared_dir = \"/nonexistent-shared\"", "launchers.slurm.shared_dir"),
             ("slurm-root", "shared_dir = \"/\"\nuser = \"root\"", "launchers.slurm.user"),
+            ("slurm-runtime", "shared_dir = \"%DIR%\"\ncontainer_runtime = \"docker\"",
+             "launchers.slurm.container_runtime: \"docker\" is not one of none, podman"),
+            ("slurm-podman-bin", "shared_dir = \"%DIR%\"\ncontainer_runtime = \"podman\"\npodman = \"/nonexistent/podman\"",
+             "launchers.slurm.podman: /nonexistent/podman is not an executable file"),
+            ("slurm-insecure", "shared_dir = \"%DIR%\"\ninsecure_registries = [\"evil\\\"]\\n[x]\"]",
+             "launchers.slurm.insecure_registries:"),
         ] {
             let node = try TestNode(name)
             try node.editConfig { $0 + """
@@ -449,7 +660,7 @@ struct SlurmTests {
                 [launchers.slurm]
                 slurm_conf = "\(slurm)/slurm.conf"
                 allowed_executables = ["/bin/sh"]
-                \(section)
+                \(section.replacingOccurrences(of: "%DIR%", with: node.dir))
                 """ }
             let r = try Shell.run([try TestEnv.binary("fem-client"), "daemon", "--config", node.configPath],
                                   environment: ["PATH": "/usr/bin:/bin"], cwd: node.dir)

@@ -34,6 +34,9 @@ public enum EventKind: String, Sendable, Codable {
     case notice
     /// An airlock decision on a task's outputs (who, when, why), journaled by `fem-client outputs approve|reject`.
     case approval
+    /// A pool task no node could take: given up after its passes, moved to the pool's dead-letter queue; the detail
+    /// lists every node's reason. Sent by the node that gave it up (not journaled: the task never was on it).
+    case unplaceable
 }
 
 /// Wire protocol v1: one task event, published on `fem.events` with key `node.<id>.task.<state|kind>`.
@@ -50,6 +53,8 @@ public struct TaskEvent: Sendable, Codable, Equatable {
     public var seq: Int
     public var time: Date
     public var detail: EventDetail
+    /// Which attempt of the task this is (1 for the first; a pool task retried elsewhere comes with the next).
+    public var attempt: Int?
 
     public init(kind: EventKind, nodeID: String, taskID: String?, executionID: String?, state: TaskState, seq: Int,
                 time: Date, detail: EventDetail) {
@@ -70,7 +75,7 @@ public struct TaskEvent: Sendable, Codable, Equatable {
         case nodeID = "node_id"
         case taskID = "task_id"
         case executionID = "execution_id"
-        case state, seq, time, detail
+        case state, seq, time, detail, attempt
     }
 
     public var routingKey: String {
@@ -101,6 +106,11 @@ public struct Heartbeat: Sendable, Codable, Equatable {
     public var unrecorded: Int?
     /// The node is draining for a stop: it takes no new tasks, and running ones finish.
     public var draining: Bool?
+    /// The node's attributes (what `constraints` are evaluated against), a flat object.
+    public var attributes: NodeAttributes?
+    /// `[node.capacity]`: what task resources may reserve in all, and what is free of it now.
+    public var capacity: Capacity?
+    public var free: Capacity?
 
     public init(nodeID: String, version: String, time: Date, running: Int, queued: Int, freeDiskBytes: UInt64?,
                 launchers: [String], datasets: [DatasetAdvert] = []) {
@@ -122,6 +132,8 @@ public struct Heartbeat: Sendable, Codable, Equatable {
         case version, time, running, queued
         case freeDiskBytes = "free_disk_bytes"
         case launchers, datasets, pressure, unrecorded, draining
+        case attributes
+        case capacity, free
     }
 
     public var routingKey: String { "node.\(nodeID).heartbeat" }
@@ -202,5 +214,11 @@ public enum WireNames {
     public static func taskQueue(node: String) -> String { "fem.node.\(node)" }
     public static func controlQueue(node: String) -> String { "fem.node.\(node).control" }
     public static func nodeKey(_ node: String) -> String { "node.\(node)" }
+    /// A work pool: the quorum queue `fem.pool.<name>`, bound to `fem.tasks` with the key `pool.<name>`; tasks no
+    /// node could take end in `fem.pool.<name>.dead` (key `pool.<name>.dead`).
+    public static func poolQueue(_ pool: String) -> String { "fem.pool.\(pool)" }
+    public static func poolKey(_ pool: String) -> String { "pool.\(pool)" }
+    public static func deadPoolQueue(_ pool: String) -> String { "fem.pool.\(pool).dead" }
+    public static func deadPoolKey(_ pool: String) -> String { "pool.\(pool).dead" }
     public static let broadcastKey = "all"
 }

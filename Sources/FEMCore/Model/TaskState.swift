@@ -1,6 +1,8 @@
 /// The life of a task on a node. `rejected` and `declined` end a task before it ever runs.
 public enum TaskState: String, Sendable, Codable, CaseIterable {
     case received
+    /// Admitted, waiting for the node's resources or a free slot (`Runner` starts it when they fit).
+    case queued
     case stagingIn = "staging_in"
     case running
     case stagingOut = "staging_out"
@@ -22,6 +24,8 @@ public enum TaskState: String, Sendable, Codable, CaseIterable {
     public func canMove(to next: TaskState) -> Bool {
         switch (self, next) {
         case (.received, .stagingIn), (.received, .declined), (.received, .cancelled), (.received, .failed):
+            true
+        case (.received, .queued), (.queued, .stagingIn), (.queued, .declined), (.queued, .cancelled), (.queued, .failed):
             true
         case (.stagingIn, .running), (.stagingIn, .declined), (.stagingIn, .failed), (.stagingIn, .cancelled),
              (.stagingIn, .stagingOut):

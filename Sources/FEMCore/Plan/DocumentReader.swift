@@ -46,6 +46,22 @@ public enum DocumentReader {
         let timeout = f.int("timeout_seconds", min: 1)
         let stageOut = stageOut(f.object("stage_out"))
         let flower = flowerTask(f.object("flower"))
+        let retry = RetrySpec.read(f.object("retry"))
+        let attempt = f.int("attempt", min: 1, max: Int64(RetrySpec.maxAttempts)) ?? 1
+        let pool = PoolTicket.read(f.object("pool"))
+        // Alternatives (pool tasks): plans tried in order when the one before fails; the params fit each of them.
+        var alternatives: [ToolPlan] = []
+        for (p, item) in f.array("alternatives") ?? [] {
+            if let alt = Self.plan(item, path: p, log: log) {
+                alternatives.append(alt)
+                if paramsReadable { checkParams(params, against: alt, log: log) }
+            }
+        }
+        if alternatives.count > RetrySpec.maxAttempts {
+            log.add("alternatives", "at most \(RetrySpec.maxAttempts) alternatives")
+        }
+        let constraints = constraintsText(f)
+        let priority = f.int("priority", min: -1000, max: 1000)
         f.finish()
         if let plan {
             if paramsReadable { checkParams(params, against: plan, log: log) }
@@ -54,8 +70,11 @@ public enum DocumentReader {
             }
         }
         guard log.issues.isEmpty, let plan, let executionID, let version else { throw ValidationError(log.issues) }
-        return TaskSpec(schemaVersion: version, taskID: taskID ?? defaultTaskID(), executionID: executionID, plan: plan,
-                        params: params, timeoutSeconds: timeout, stageOut: stageOut, flower: flower)
+        var task = TaskSpec(schemaVersion: version, taskID: taskID ?? defaultTaskID(), executionID: executionID,
+                            plan: plan, params: params, timeoutSeconds: timeout, stageOut: stageOut, flower: flower,
+                            retry: retry, attempt: attempt, pool: pool, alternatives: alternatives, priority: priority)
+        task.constraints = constraints
+        return task
     }
 
     static func schemaVersion(_ f: Fields, supported: [Int]) -> Int? {
@@ -108,12 +127,16 @@ public enum DocumentReader {
         var resources = Resources.none
         if let r = f.object("resources") {
             resources = Resources(cpus: r.number("cpus", exclusiveMin: 0), memoryMB: r.int("memory_mb", min: 4),
-                                  gpus: r.int("gpus", min: 0), storageMB: r.int("storage_mb", min: 1))
+                                  gpus: r.int("gpus", min: 0), storageMB: r.int("storage_mb", min: 1),
+                                  partition: r.string("partition", pattern: Patterns.slurmName))
             r.finish()
         }
         let network = f.string("network", allowed: NetworkMode.allCases.map(\.rawValue)).flatMap(NetworkMode.init)
         let timeout = f.int("timeout_seconds", min: 1)
         let flower = flowerPlan(f.object("flower"))
+        let retry = RetrySpec.read(f.object("retry"))
+        let constraints = constraintsText(f)
+        let priority = f.int("priority", min: -1000, max: 1000)
         f.finish()
 
         if launcher == "docker" && image == nil && f.values["image"] == nil {
@@ -126,10 +149,24 @@ public enum DocumentReader {
             checkArgs(command, plan: f, inputs: inputs, env: env)
         }
         guard let version, let id, let toolVersion, let launcher, let command else { return nil }
-        return ToolPlan(schemaVersion: version, id: id, version: toolVersion, description: description,
-                        launcher: launcher, image: image, pullPolicy: pull, source: source, command: command, env: env,
-                        inputs: inputs, outputs: outputs, resources: resources, network: network ?? .none,
-                        timeoutSeconds: timeout, flower: flower)
+        var plan = ToolPlan(schemaVersion: version, id: id, version: toolVersion, description: description,
+                            launcher: launcher, image: image, pullPolicy: pull, source: source, command: command,
+                            env: env, inputs: inputs, outputs: outputs, resources: resources,
+                            network: network ?? .none, timeoutSeconds: timeout, flower: flower, retry: retry,
+                            priority: priority)
+        plan.constraints = constraints
+        return plan
+    }
+
+    /// `constraints`: a non-empty string within the expression length limit. Its syntax is checked where it is
+    /// evaluated (the node declines a task whose expression cannot be read, naming `constraints` and the column).
+    static func constraintsText(_ f: Fields) -> String? {
+        guard let text = f.string("constraints") else { return nil }
+        guard text.utf8.count <= ConstraintExpression.maxLength else {
+            f.log.add(f.sub("constraints"), "is \(text.utf8.count) bytes long; the limit is \(ConstraintExpression.maxLength)")
+            return nil
+        }
+        return text
     }
 
     static func source(_ f: Fields?) -> PlanSource? {

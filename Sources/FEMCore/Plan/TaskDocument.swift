@@ -25,11 +25,31 @@ public enum TaskDocument {
             }
             let name = String(p[..<eq])
             let text = String(p[p.index(after: eq)...])
-            let type = args.first { $0["id"]?.stringValue == name }?["type"]?.stringValue
+            let ids = args.compactMap { $0["id"]?.stringValue }
+            guard let arg = args.first(where: { $0["id"]?.stringValue == name }) else {
+                let planID = task["plan"]?["id"]?.stringValue.map { " \($0)" } ?? ""
+                throw ParamError(description: "--param \(p): the plan\(planID) has no argument \(name) (its arguments: "
+                                 + (ids.isEmpty ? "none" : ids.joined(separator: ", ")) + ")")
+            }
+            let type = arg["type"]?.stringValue
+            // The plan's own words: `--param count=abc: count is an int`, never JSON types.
+            if let problem = problem(text, name: name, type: type) {
+                throw ParamError(description: "--param \(p): \(problem)")
+            }
             given[name] = typed(text, type: type)
         }
         task["params"] = .object(given)
         return .object(task)
+    }
+
+    /// Why `text` is not a value of the plan's argument type `type`, in the plan's terms; nil when it is.
+    public static func problem(_ text: String, name: String, type: String?) -> String? {
+        switch type {
+        case "int": Int64(text) == nil ? "\(name) is an int (a whole number such as 3), not \"\(text.prefix(40))\"" : nil
+        case "float": Double(text) == nil ? "\(name) is a float (a number such as 0.8), not \"\(text.prefix(40))\"" : nil
+        case "bool": text == "true" || text == "false" ? nil : "\(name) is a bool (true or false), not \"\(text.prefix(40))\""
+        default: nil
+        }
     }
 
     /// `--param count=3` is an integer when the plan says `int`; otherwise the text as given, so a wrong value

@@ -19,6 +19,12 @@ public struct ToolPlan: Sendable, Equatable {
     public var network: NetworkMode
     public var timeoutSeconds: Int?
     public var flower: FlowerPlan?
+    /// `retry`: a pool task failing with a listed class goes back to its pool (the task's own `retry` wins).
+    public var retry: RetrySpec? = nil
+    /// A selection criterion over node attributes (docs/templates/README.md, "Constraints"); nil: any node.
+    public var constraints: String? = nil
+    /// Start order among this node's waiting tasks: higher first, FIFO within one priority (default 0).
+    public var priority: Int? = nil
 }
 
 public enum PullPolicy: String, Sendable, Equatable, CaseIterable {
@@ -83,6 +89,8 @@ public struct Resources: Sendable, Equatable {
     public var memoryMB: Int?
     public var gpus: Int?
     public var storageMB: Int?
+    /// The Slurm partition the plan asks for (`launchers.slurm` checks it against the node's allowed ones).
+    public var partition: String? = nil
 
     public static let none = Resources(cpus: nil, memoryMB: nil, gpus: nil, storageMB: nil)
 }
@@ -112,6 +120,24 @@ public struct TaskSpec: Sendable, Equatable {
     public var timeoutSeconds: Int?
     public var stageOut: StageOutTarget?
     public var flower: FlowerTask?
+    /// `retry` (pool tasks): overrides the plan's.
+    public var retry: RetrySpec? = nil
+    /// `attempt`: 1 for the first run; a pool task retried after a failure comes again with the next number.
+    public var attempt: Int = 1
+    /// `pool`: where the task is in its work pool (written by the nodes that passed it on).
+    public var pool: PoolTicket? = nil
+    /// `alternatives` (pool tasks): plans tried in order, each when the one before failed (and is not retried).
+    public var alternatives: [ToolPlan] = []
+
+    /// The retry rule that applies: the task's, else its plan's.
+    public var effectiveRetry: RetrySpec? { retry ?? plan.retry }
+    /// The task's own selection criterion, and-ed with its plan's.
+    public var constraints: String? = nil
+    /// Overrides the plan's `priority` for this task.
+    public var priority: Int? = nil
+
+    /// The priority the node queues the task with: the task's, else the plan's, else 0.
+    public var effectivePriority: Int { priority ?? plan.priority ?? 0 }
 }
 
 public struct StageOutTarget: Sendable, Equatable, CustomStringConvertible {

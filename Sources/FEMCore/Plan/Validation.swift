@@ -36,6 +36,8 @@ public enum Patterns {
     public static let argID = #"^[A-Za-z_][A-Za-z0-9_-]{0,63}$"#
     public static let datasetID = #"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"#
     public static let envName = #"^(?!FEM_)[A-Za-z_][A-Za-z0-9_]{0,127}$"#
+    /// A Slurm partition (account, QOS) name: Slurm's own characters, never an option.
+    public static let slurmName = #"^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$"#
     public static let credentialsRef = #"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"#
     public static let sha256 = #"^[0-9a-f]{64}$"#
     public static let commit = #"^[0-9a-f]{40}$"#

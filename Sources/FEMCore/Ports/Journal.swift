@@ -121,7 +121,7 @@ public protocol Journal: Outbox {
 
 extension Journal {
     public func counts() throws -> (running: Int, queued: Int) {
-        (try count(states: [.stagingIn, .running, .stagingOut]), try count(states: [.received]))
+        (try count(states: [.stagingIn, .running, .stagingOut]), try count(states: [.received, .queued]))
     }
 
     public func count(states: Set<TaskState>) throws -> Int { try tasks(states: states, limit: .max).count }

@@ -1,6 +1,7 @@
 /// A message from the broker, with the means to acknowledge it once it is safely journaled.
 public struct InboundMessage: Sendable {
-    public enum Channel: Sendable { case task, control }
+    /// `pool`: taken from the work pool of that name (`fem.pool.<name>`); one the node cannot take goes back there.
+    public enum Channel: Sendable, Equatable { case task, control, pool(String) }
 
     public var channel: Channel
     public var body: [UInt8]

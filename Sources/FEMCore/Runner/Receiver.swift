@@ -22,12 +22,23 @@ public struct Receiver: Sendable {
     /// A node notice sent directly, not through the outbox: reason, message, data.
     let notify: @Sendable (String, String, [String: JSONValue]) -> Void
     let backoff: RequeueBackoff
+    /// Work pools: whether this node takes a pool task, and how one it does not take goes back.
+    let pools: PoolPlacement?
+    /// Node accounts whose returned pool tasks this node accepts (besides the orchestrators').
+    public var poolPeers: Set<String>
+    /// The node's attributes as last fingerprinted: what tasks' `constraints` are evaluated against.
+    let attributes: @Sendable () -> NodeAttributes
 
     public init(nodeID: String, maxMessageBytes: Int, journal: any Journal, runner: Runner, logger: Logger,
                 admission: @escaping @Sendable () -> String? = { nil },
                 notify: @escaping @Sendable (String, String, [String: JSONValue]) -> Void = { _, _, _ in },
                 requeueDelay: Duration = .seconds(1), orchestrators: Set<String>? = nil,
+                pools: PoolPlacement? = nil, poolPeers: Set<String> = [],
+                attributes: @escaping @Sendable () -> NodeAttributes = { NodeAttributes() },
                 eventsAdded: @escaping @Sendable () -> Void) {
+        self.pools = pools
+        self.poolPeers = poolPeers
+        self.attributes = attributes
         self.orchestrators = orchestrators
         self.nodeID = nodeID
         self.maxMessageBytes = maxMessageBytes
@@ -90,22 +101,56 @@ public struct Receiver: Sendable {
         switch message.channel {
         case .task: await handleTask(message)
         case .control: await handleControl(message)
+        case .pool(let name): await handlePoolTask(message, pool: name)
         }
+    }
+
+    /// A task from a work pool: taken (journaled like a task of the node's own queue) when this node can start it
+    /// now, else returned to the pool with this node's reason.
+    private func handlePoolTask(_ message: InboundMessage, pool: String) async {
+        guard var task = await read(message) else { return }
+        if task.spec.pool == nil, case .object(var fields) = task.document {
+            // Journaled with its pool, so that a retry (even after a restart) knows where the task goes back to.
+            let ticket = PoolTicket(name: pool)
+            fields["pool"] = ticket.json
+            task.document = .object(fields)
+            task.spec.pool = ticket
+        }
+        guard let pools else {
+            await admit([(message, task.spec, task.document)])
+            return
+        }
+        // Constraints first: a pool task this node does not match goes to another node, not `declined` here.
+        let verdict = constraintVerdict(for: task.spec)
+        if !verdict.matched {
+            let reason = verdict.reason ?? "constraints not met by this node"
+            logger.info("pool \(pool): passed on (\(reason))", metadata: ["task": "\(task.spec.taskID)"])
+            await pools.pass(message, task.document, pool, reason)
+            return
+        }
+        if let reason = await pools.gate(task.spec, task.document, pool) {
+            logger.info("pool \(pool): passed on (\(reason))", metadata: ["task": "\(task.spec.taskID)"])
+            await pools.pass(message, task.document, pool, reason)
+            return
+        }
+        await admit([(message, task.spec, task.document)])
     }
 
     /// Why the message's sender may not task or control this node; nil when it may.
     func unauthorised(_ message: InboundMessage) -> String? {
         guard let orchestrators else { return nil }
-        let what = message.channel == .task ? "task" : "control message"
-        let allowed = orchestrators.sorted().joined(separator: ", ")
+        let what = message.channel == .control ? "control message" : "task"
+        var accepted = orchestrators
+        if case .pool = message.channel { accepted.formUnion(poolPeers) }
+        let allowed = accepted.sorted().joined(separator: ", ")
         guard let user = message.userID, !user.isEmpty else {
             return "\(what) refused: it carries no user_id, and this node accepts tasks and control messages only from "
                 + "its orchestrator accounts (\(allowed))"
         }
-        guard orchestrators.contains(user) else {
+        guard accepted.contains(user) else {
             let shown = Patterns.matches(#"^[A-Za-z0-9_.@-]{1,64}$"#, user) ? user : "(an unprintable name)"
             return "\(what) refused: it was published by the broker account \"\(shown)\", which is not one of this "
-                + "node's orchestrator accounts (\(allowed))"
+                + "node's orchestrator accounts\(message.channel == .control || message.channel == .task ? "" : " or pool peers") (\(allowed))"
         }
         return nil
     }
@@ -165,10 +210,25 @@ public struct Receiver: Sendable {
         }
         // All acks first (the source sends them together), then the runner gets the tasks.
         var admitted: [String] = []
+        var unmet: [(String, String)] = []
         for (item, result) in zip(group, results) {
-            if await settle(item.message, spec: item.spec, result: result, at: now) { admitted.append(item.spec.taskID) }
+            if await settle(item.message, spec: item.spec, result: result, at: now) {
+                // A task this node does not meet the constraints of ends here, journaled and declined with why.
+                let verdict = constraintVerdict(for: item.spec)
+                if verdict.matched {
+                    admitted.append(item.spec.taskID)
+                } else {
+                    unmet.append((item.spec.taskID, verdict.reason ?? "constraints not met by this node"))
+                }
+            }
         }
+        for (id, reason) in unmet { await runner.record(id, .declined, EventDetail(message: reason)) }
         for id in admitted { await runner.enqueue(id) }
+    }
+
+    /// Whether this node meets the task's constraints (its plan's and its own), against the node's attributes now.
+    public func constraintVerdict(for task: TaskSpec) -> ConstraintVerdict {
+        task.constraintVerdict(on: attributes())
     }
 
     /// Acknowledges the delivery once its task is journaled (or returns it to the broker); true when the task is

@@ -10,6 +10,12 @@ extension Runner {
     func record(_ taskID: String, _ state: TaskState, _ detail: EventDetail) async -> Bool {
         var delay = settings.journalRetryBase
         var failures = 0
+        var detail = detail
+        if state.isTerminal, let history = try? journal.history(taskID) {
+            // Every terminal event says how long each step took, from the journaled changes (restarts included).
+            let timings = TaskTimings(history: history, end: Date())
+            detail.data = (detail.data ?? [:]).merging(["timings": timings.json]) { $1 }
+        }
         attempts: while true {
             do {
                 try journal.transition(taskID, to: state, detail: detail, at: Date())
@@ -52,6 +58,7 @@ extension Runner {
         }
         // After the log line, so receiver.log never lags behind what the orchestrator sees.
         eventsAdded()
+        if state.isTerminal { settings.taskEnded(taskID, state, detail) }
         return true
     }
 

@@ -28,7 +28,12 @@ public actor Runner {
 
     public nonisolated var unownedExecutor: UnownedSerialExecutor { journalThread.asUnownedSerialExecutor() }
 
-    var queue: [String] = []
+    /// Tasks waiting for a slot and their resources, in start order (see `QueueEntry.precedes`).
+    var queue: [QueueEntry] = []
+    /// The node's capacity and what active tasks reserve of it.
+    var ledger: ResourceLedger
+    /// Gives queue entries their arrival order.
+    var arrivals = 0
     /// Why each active task was cancelled, once it was.
     var cancelReasons: [String: String] = [:]
     /// Interrupts the stage-in step or start a task is in (set while one runs).
@@ -55,6 +60,7 @@ public actor Runner {
         self.follower = follower
         self.hooks = hooks
         self.settings = settings
+        self.ledger = ResourceLedger(capacity: settings.capacity)
         self.journal = journal
         self.registry = registry
         self.sandboxes = sandboxes
@@ -68,6 +74,16 @@ public actor Runner {
     }
 
     public var activeCount: Int { active.count }
+
+    /// The node's attributes (`NodeFingerprint`), for the constraints check before a task starts; nil: no check
+    /// here (unit tests, `fem-client run`).
+    var attributes: (@Sendable () -> NodeAttributes)?
+
+    /// The daemon hands over its fingerprint before `recover()`: a task journaled as received but not yet checked
+    /// against its constraints when the daemon stopped is checked before it starts, never run unchecked.
+    public func checkConstraints(against attributes: @escaping @Sendable () -> NodeAttributes) {
+        self.attributes = attributes
+    }
 
     /// A config reload (SIGHUP): launchers, staging and the policy settings below from the new config, for what
     /// starts from now on. Every other setting (identity, slots, grace) stays as the runner was built.
@@ -86,8 +102,8 @@ public actor Runner {
     /// State changes not yet written to the journal (task id → the state it is really in), for the heartbeat.
     public var unrecordedStates: [String: TaskState] { unrecorded.mapValues(\.state) }
 
-    /// The drain for a stop: no queued task starts any more (they stay `received` in the journal and run after the
-    /// next start); waits until nothing runs, or `limit` passed. Returns how many tasks are still active.
+    /// The drain for a stop: no waiting task starts any more (they stay `received` or `queued` in the journal and run
+    /// after the next start); waits until nothing runs, or `limit` passed. Returns how many tasks are still active.
     public func drain(limit: Duration) async -> Int {
         draining = true
         let deadline = clock.now + limit
@@ -102,10 +118,14 @@ public actor Runner {
         stopping = true
     }
 
-    /// Queues a journaled task; it starts when a slot is free.
+    /// Queues a journaled task; it starts when a slot is free and its resources fit (see `pump`).
     public func enqueue(_ taskID: String) {
-        guard active[taskID] == nil, !queue.contains(taskID) else { return }
-        queue.append(taskID)
+        guard active[taskID] == nil, !queue.contains(where: { $0.id == taskID }) else { return }
+        let entry = QueueEntry(taskID, record: try? journal.task(taskID), arrival: arrivals,
+                               usesNodeResources: { usesNodeResources(launcher: $0) })
+        arrivals += 1
+        let at = queue.firstIndex { entry.precedes($0) } ?? queue.endIndex
+        queue.insert(entry, at: at)
         pump()
     }
 
@@ -115,14 +135,49 @@ public actor Runner {
         await withCheckedContinuation { idleWaiters.append($0) }
     }
 
+    /// Whether a task with these resources would start now: `.never` when they exceed the node's capacity (the
+    /// reason names the resource and both amounts), `.mustWait` when they do not fit what is free now, no slot is
+    /// free (`max_concurrent_tasks`), or tasks wait in the queue already (it would queue behind them), else `.fitsNow`.
+    public func admission(for resources: Resources) -> Admission {
+        switch ledger.admission(for: resources) {
+        case .never(let why): return .never(why)
+        case .mustWait: return .mustWait
+        case .fitsNow:
+            let waiting = queue.contains { $0.needsAdmission }
+            return active.count < settings.maxConcurrentTasks && !waiting ? .fitsNow : .mustWait
+        }
+    }
+
+    /// `admission(for:)` for a whole task: the resources of work a cluster scheduler places (Slurm) are the
+    /// cluster's, not this node's, so such a task needs only a slot.
+    public func admission(for task: TaskSpec) -> Admission {
+        admission(for: usesNodeResources(launcher: task.plan.launcher) ? task.plan.resources : .none)
+    }
+
+    /// False for a launcher whose work a cluster scheduler places (`QueuedLauncher`: Slurm): its `resources` are asked
+    /// of the cluster, which queues the work itself, and reserve nothing here.
+    func usesNodeResources(launcher name: String) -> Bool {
+        !(registry.launcher(named: name) is any QueuedLauncher)
+    }
+
+    /// The node's capacity minus what active tasks reserve.
+    public var freeCapacity: Capacity { ledger.free }
+
+    /// The node's whole capacity (`[node.capacity]`).
+    public var capacity: Capacity { ledger.capacity }
+
+    /// Tasks waiting to start (for resources, a slot, or an earlier task).
+    public var queuedCount: Int { queue.count }
+
     /// Cancels a task wherever it is: queued tasks end at once, a stage-in step or a start is interrupted (the
     /// tool never starts), running work is stopped.
     public func cancel(_ taskID: String, reason: String?) async {
         let why = reason.map { "cancelled: \($0)" } ?? "cancelled by the orchestrator"
-        if let i = queue.firstIndex(of: taskID) {
+        if let i = queue.firstIndex(where: { $0.id == taskID }) {
             queue.remove(at: i)
             await record(taskID, .cancelled, EventDetail(message: why))
             logger.info("cancelled before it started", metadata: ["task": "\(taskID)"])
+            pump()  // the tasks behind it may start now
             signalIdleIfNeeded()
             return
         }
@@ -153,7 +208,7 @@ public actor Runner {
     public func recover() {
         let open: [TaskRecord]
         do {
-            open = try journal.tasks(states: [.received, .stagingIn, .running, .stagingOut], limit: 1_000_000)
+            open = try journal.tasks(states: [.received, .queued, .stagingIn, .running, .stagingOut], limit: 1_000_000)
         } catch {
             logger.error("cannot read the journal to recover tasks: \(error)")
             return
@@ -188,22 +243,103 @@ public actor Runner {
     /// for the steward to review with the outputs.
     public static let heldTextStep = "held_text"
 
-    private func pump() {
+    /// Starts what may start, in queue order. Policy: strict order, no backfill. A task that must wait (its
+    /// resources do not fit what is free, or no slot is free) blocks every task behind it, even smaller ones that
+    /// would fit: a big task is never starved by a stream of small ones, at the cost of idle capacity meanwhile
+    /// (Slurm's backfill lets small jobs pass only when it knows they end before the big one could start; tasks here
+    /// have timeouts, not run-time estimates, so that guarantee is not available). Tasks that can never fit are
+    /// declined wherever they are in the queue; work resumed past its start (re-attached, stage-out) needs a slot
+    /// only, and goes first.
+    func pump() {
         guard !draining else { return }
-        while active.count < settings.maxConcurrentTasks, !queue.isEmpty {
-            let id = queue.removeFirst()
-            let (stream, continuation) = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingNewest(1))
-            active[id] = continuation
-            Task { [weak self] in
-                await self?.execute(id, cancelSignal: stream)
-                await self?.finished(id)
+        var blockedBy: String?
+        var i = 0
+        while i < queue.count {
+            let entry = queue[i]
+            if !entry.needsAdmission {
+                if active.count < settings.maxConcurrentTasks {
+                    queue.remove(at: i)
+                    start(entry)
+                } else {
+                    i += 1
+                }
+                continue
             }
+            // Behind a blocked task, one already checked and announced has nothing to do: a pump stays cheap per
+            // waiting task however long the queue (the capacity does not change, so a task that fit it still does).
+            if blockedBy != nil && entry.vetted && entry.announced {
+                i += 1
+                continue
+            }
+            if let never = ledger.neverFits(entry.resources) {
+                queue.remove(at: i)
+                decline(entry.id, never)
+                continue
+            }
+            queue[i].vetted = true
+            if blockedBy == nil {
+                if active.count < settings.maxConcurrentTasks, ledger.shortfall(entry.resources) == nil {
+                    queue.remove(at: i)
+                    start(entry)
+                    continue
+                }
+                blockedBy = entry.id
+                if !entry.announced {
+                    markQueued(i, ledger.shortfall(entry.resources).map { "waiting for \($0)" }
+                                  ?? "waiting for a free slot (\(active.count) of \(settings.maxConcurrentTasks) tasks running)")
+                }
+            } else if entry.announced {
+                // (checked just now; nothing to announce)
+            } else if let short = ledger.shortfall(entry.resources) {
+                markQueued(i, "waiting for \(short)")
+            } else {
+                markQueued(i, "waiting behind task \(blockedBy ?? "") (tasks start in order of priority, then arrival)")
+            }
+            i += 1
+        }
+    }
+
+    private func start(_ entry: QueueEntry) {
+        let id = entry.id
+        if entry.reserves { ledger.reserve(id, entry.resources) }
+        let (stream, continuation) = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        active[id] = continuation
+        Task { [weak self] in
+            await self?.execute(id, cancelSignal: stream)
+            await self?.finished(id)
+        }
+    }
+
+    /// A task whose resources exceed the node's capacity: declined (it is active meanwhile, so that `waitUntilIdle`
+    /// waits for the decline to be journaled).
+    private func decline(_ id: String, _ reason: String) {
+        let (_, continuation) = AsyncStream<String>.makeStream(bufferingPolicy: .bufferingNewest(1))
+        active[id] = continuation
+        Task { [weak self] in
+            await self?.record(id, .declined, EventDetail(message: reason + "; it can never run here"))
+            await self?.finished(id)
+        }
+    }
+
+    /// Journals and events `queued` once for a task that must wait, with what it waits for. A refused write leaves
+    /// the task `received` (it waits all the same; its start journals `staging_in` from there).
+    private func markQueued(_ index: Int, _ why: String) {
+        guard !queue[index].announced else { return }
+        queue[index].announced = true
+        let id = queue[index].id
+        do {
+            try journal.transition(id, to: .queued, detail: EventDetail(message: why), at: Date())
+            logger.info("queued: \(why)", metadata: ["task": "\(id)"])
+            eventsAdded()
+        } catch {
+            logger.warning("cannot journal queued (\(why)): \(error)", metadata: ["task": "\(id)"])
         }
     }
 
     private func finished(_ id: String) {
         active[id]?.finish()
         active[id] = nil
+        ledger.release(id)
         cancelReasons[id] = nil
         interrupters[id] = nil
         pump()
@@ -215,5 +351,48 @@ public actor Runner {
         let waiters = idleWaiters
         idleWaiters = []
         waiters.forEach { $0.resume() }
+    }
+}
+
+extension Runner {
+    public typealias Admission = ResourceAdmission
+
+    /// A task waiting in the runner's queue.
+    struct QueueEntry {
+        let id: String
+        let priority: Int
+        let resources: Resources
+        let arrival: Int
+        /// Not started yet: it starts when its resources fit. False for work resumed past its start (running,
+        /// staging out, approved outputs): it needs a slot only.
+        let needsAdmission: Bool
+        /// It holds its resources while active (everything but a stage-out after approval: awaiting approval holds
+        /// no reservation, and neither does sending its outputs afterwards).
+        let reserves: Bool
+        /// `queued` was journaled (or the task was `queued` already when it was read).
+        var announced: Bool
+        /// A pump found that it can fit the node's capacity.
+        var vetted = false
+
+        init(_ id: String, record: TaskRecord?, arrival: Int, usesNodeResources: (String) -> Bool) {
+            self.id = id
+            self.arrival = arrival
+            let spec = record.flatMap { try? DocumentReader.readTask($0.document, requireTaskID: true) }
+            // An unreadable record needs no admission: `execute` fails it at once.
+            resources = spec.map { usesNodeResources($0.plan.launcher) ? $0.plan.resources : .none } ?? .none
+            priority = spec?.effectivePriority ?? 0
+            let state = record?.state ?? .received
+            needsAdmission = spec != nil && [.received, .queued, .stagingIn].contains(state)
+            reserves = state != .awaitingApproval
+            // Only a `received` task can be announced `queued` (a restarted `staging_in` waits silently).
+            announced = state != .received
+        }
+
+        /// Resumed work first, then higher priority, then earlier arrival.
+        func precedes(_ other: QueueEntry) -> Bool {
+            if needsAdmission != other.needsAdmission { return !needsAdmission }
+            if priority != other.priority { return priority > other.priority }
+            return arrival < other.arrival
+        }
     }
 }

@@ -6,6 +6,9 @@ public struct RunnerSettings: Sendable {
     public var nodeID: String
     public var nodeName: String
     public var maxConcurrentTasks: Int
+    /// `[node.capacity]`: what running tasks' `resources` may reserve in all (the daemon passes the host's values or
+    /// the configured caps; the default has no practical limit).
+    public var capacity: Capacity = .unlimited
     public var defaultTimeoutSeconds: Int
     /// A task may ask for more time than its plan declares only when this is true.
     public var allowTimeoutAbovePlan: Bool
@@ -28,6 +31,8 @@ public struct RunnerSettings: Sendable {
     /// Why the node's disk was full at some time since the given date (nil when it was not): a task that fails while
     /// it is, fails `node_disk_full` with that cause (its writes, its logs included, fail too).
     public var diskPressure: @Sendable (Date) -> String? = { _ in nil }
+    /// Called once a task's final state is journaled (the daemon retries a failed pool task elsewhere).
+    public var taskEnded: @Sendable (_ taskID: String, _ state: TaskState, _ detail: EventDetail) -> Void = { _, _, _ in }
 
     public init(nodeID: String, nodeName: String? = nil, maxConcurrentTasks: Int = 2, defaultTimeoutSeconds: Int = 3600,
                 allowTimeoutAbovePlan: Bool = false, maxTimeoutSeconds: Int = 7 * 24 * 3600,

@@ -72,10 +72,19 @@ extension Runner {
                                                       message: "the journaled task can no longer be read: \(error)"))
             return nil
         }
-        let notStarted = rec.state == .received || rec.state == .stagingIn
+        let notStarted = rec.state == .received || rec.state == .queued || rec.state == .stagingIn
         if rec.cancelRequested && notStarted {
             await record(taskID, .cancelled, EventDetail(message: "cancelled by the orchestrator"))
             return nil
+        }
+        // The receiver declines a task whose constraints this node does not meet right after journaling it; a task
+        // recovered from before that check (the daemon stopped in between) is checked here, before it starts.
+        if rec.state == .received || rec.state == .queued, let attributes {
+            let verdict = spec.constraintVerdict(on: attributes())
+            if !verdict.matched {
+                await record(taskID, .declined, EventDetail(message: verdict.reason ?? "constraints not met by this node"))
+                return nil
+            }
         }
         let preparation = LaunchPreparation(settings: settings, registry: registry, sandboxes: sandboxes,
                                             stageIn: stageIn, stageOut: stageOut)
@@ -111,7 +120,7 @@ extension Runner {
             detail.message = [detail.message, "outcome not recorded because the journal failed: \(kept.error)"]
                 .compactMap { $0 }.joined(separator: "; ")
             unrecordedStore.remove(taskID)
-            if rec.state == .received {
+            if rec.state == .received || rec.state == .queued {
                 guard await record(taskID, .stagingIn, .none) else { return nil }
             }
             return .stageOut(TaskOutcome(state: saved, detail: detail))
@@ -119,7 +128,7 @@ extension Runner {
             unrecordedStore.remove(taskID)  // a change that did not matter (the task had not run) or was written
         }
         switch rec.state {
-        case .received, .stagingIn:
+        case .received, .queued, .stagingIn:
             return .stageIn
         case .running:
             return .reattach
@@ -141,7 +150,7 @@ extension Runner {
     /// a cancel that came as it ended still keeps the tool from starting.
     func stageInPhase(_ rec: TaskRecord, job: LaunchJob, launcher: any Launcher) async -> PhaseEnd {
         let taskID = rec.taskID
-        if rec.state == .received {
+        if rec.state == .received || rec.state == .queued {
             guard await record(taskID, .stagingIn, .none) else { return .stopped }
         }
         let sandboxes = self.sandboxes

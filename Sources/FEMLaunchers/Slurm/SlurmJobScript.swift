@@ -112,6 +112,20 @@ public struct SlurmJobInfo: Sendable, Equatable {
                             signal: codes.count > 1 ? codes[1] : 0)
     }
 
+    /// The jobs in `squeue -h --format=%i|%T|%r` output (id, state, reason), by id. squeue has no exit code: these
+    /// are read for the phase of a job that has not ended.
+    public static func parse(squeue output: String) -> [String: SlurmJobInfo] {
+        var jobs: [String: SlurmJobInfo] = [:]
+        for line in output.split(whereSeparator: \.isNewline) {
+            let f = line.split(separator: "|", maxSplits: 2, omittingEmptySubsequences: false).map {
+                $0.trimmingCharacters(in: .whitespaces)
+            }
+            guard f.count == 3, !f[0].isEmpty, f[0].allSatisfy(\.isNumber), !f[1].isEmpty else { continue }
+            jobs[f[0]] = SlurmJobInfo(state: f[1], reason: f[2].isEmpty ? "None" : f[2], exitCode: 0, signal: 0)
+        }
+        return jobs
+    }
+
     public enum Phase: Sendable, Equatable {
         /// Waiting for resources (Slurm's reason says why).
         case pending(String)

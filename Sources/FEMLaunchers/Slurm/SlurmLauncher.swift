@@ -28,8 +28,8 @@ public struct SlurmLauncherConfig: Sendable {
     public var squeue: String
     public var scontrol: String
     public var scancel: String
-    /// How often each job's state is read (one `scontrol` per job per interval, serving both `wait` and the queue
-    /// notices).
+    /// How often the jobs' states are read (one `squeue` for all followed jobs per interval, serving every `wait`
+    /// and the queue notices; `scontrol` once per job when it ended).
     public var pollInterval: Duration
     /// How long Slurm may stay unreachable before a job is given up (and cancelled); at least SlurmctldTimeout.
     public var unreachableTolerance: Duration
@@ -38,6 +38,18 @@ public struct SlurmLauncherConfig: Sendable {
     /// The node's id: in every job's name and comment (`fem-task:<node>:<task>`), so that a node only ever finds and
     /// cancels its own jobs.
     public var nodeID: String
+    /// How a plan that names an image runs: `none` (such plans are declined) or `podman` (a job running rootless
+    /// `podman run` as the job's user, locked down as the docker launcher's containers).
+    public var containerRuntime = "none"
+    public var podman = "/usr/bin/podman"
+    /// Images such plans may name, with the docker launcher's patterns (`launchers.docker.allowed_images`).
+    public var allowedImages: [String] = []
+    /// Registries (`host[:port]`) podman pulls from without TLS (a test registry on loopback).
+    public var insecureRegistries: [String] = []
+    public var pidsLimit = 256
+    public var tmpfsMB = 64
+    /// Dataset id → host path (bind-mounted read-only into containers at the same path).
+    public var datasets: [String: String] = [:]
 
     public init(sharedDir: String = "", partition: String = "", allowedPartitions: [String] = [], account: String = "",
                 qos: String = "", maxCPUs: Int = 2, defaultMemoryMB: Int = 512, maxMemoryMB: Int = 8192,
@@ -113,6 +125,10 @@ public struct SlurmLauncherConfig: Sendable {
             where !Posix.isExecutableFile(tool) {
             return "launchers.slurm.\(key): \(tool) is not an executable file (apt-get install slurm-client)"
         }
+        if containerRuntime == "podman", !Posix.isExecutableFile(podman) {
+            return "launchers.slurm.podman: \(podman) is not an executable file (apt-get install podman uidmap "
+                + "catatonit), and launchers.slurm.container_runtime is \"podman\""
+        }
         return nil
     }
 }
@@ -123,18 +139,27 @@ public struct SlurmLauncherConfig: Sendable {
 ///   ever read by a shell; `--export=NONE` keeps the daemon's environment out of the job;
 /// - `--chdir` the sandbox's working directory, `--output/--error` the sandbox's log files (followed by the runner
 ///   for the reporter protocol as for the other launchers), job name and comment `fem-task:<node>:<task>`;
-/// - resources from the plan capped by the node (`--cpus-per-task`, `--mem`, `--gres=gpu:N`, `--time`), partition,
-///   account and QOS from the node config; `--no-requeue`, so Slurm itself never runs a job twice;
+/// - resources from the plan capped by the node (`--cpus-per-task`, `--mem`, `--gres=gpu:N`, `--time`), the
+///   partition the plan picks (`resources.partition`) among `allowed_partitions`, account and QOS from the node
+///   config; `--no-requeue`, so Slurm itself never runs a job twice;
+/// - a plan that names an image runs in rootless podman inside the job (`container_runtime = "podman"`, see
+///   SlurmContainerScript), and is declined where the node runs no containers on Slurm;
 /// - as `launchers.slurm.user` (`--uid/--gid`), never as root; the sandbox is the task user's while the job runs and
 ///   given back to the daemon after, as for host processes. Memory, CPU and process limits are Slurm's (its cgroups
 ///   on the compute node); the network is the compute node's (Slurm has no per-job network isolation).
-/// The job is followed with `scontrol show job` (22.05: no `--json`; `sacct` needs slurmdbd) until it ends; a
+/// The jobs are followed with one `squeue --jobs=…` per poll for all of them, and `scontrol show job` (22.05: no
+/// `--json`; `sacct` needs slurmdbd) for a job squeue lists as ended or no longer lists, until it ends; a
 /// restarted daemon follows the journaled job id again, or collects how it ended, and never submits it again.
 public final class SlurmLauncher: QueuedLauncher, Sendable {
     public let name = "slurm"
     private let config: SlurmLauncherConfig
     /// Each followed job's last state, as `wait` read it (the queue notices read it here).
     private let phases = Mutex<[String: SlurmJobInfo.Phase]>([:])
+    /// The jobs `wait` follows (job id → how many waits follow it): what each poll's one `squeue` lists.
+    private let followed = Mutex<[String: Int]>([:])
+    /// The last `squeue` of the followed jobs: when it began, and its answer, shared by every wait that asks within
+    /// half a poll interval (so one squeue per interval serves all the node's jobs).
+    private let listing = Mutex<(began: ContinuousClock.Instant, rows: Task<[String: SlurmJobInfo], any Error>)?>(nil)
 
     public init(config: SlurmLauncherConfig) {
         self.config = config
@@ -174,11 +199,85 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
     }
 
     public func policyCheck(_ job: LaunchJob) -> String? {
-        if case .failure(let d) = authorize(job) { return d.reason }
+        if job.task.plan.image != nil {
+            if let why = containerProblem(job) { return why }
+        } else if case .failure(let d) = authorize(job) {
+            return d.reason
+        }
         if !SlurmLauncherConfig.isInside(job.sandbox.sandbox, config.sharedDir) {
             return "the sandbox \(job.sandbox.sandbox) is not under launchers.slurm.shared_dir (\(config.sharedDir))"
         }
+        if case .failure(let d) = partition(for: job) { return d.reason }
         return nil
+    }
+
+    /// The partitions a plan may pick (`resources.partition`): `allowed_partitions`, else only `partition`.
+    var allowedPartitions: [String] {
+        config.allowedPartitions.isEmpty ? (config.partition.isEmpty ? [] : [config.partition]) : config.allowedPartitions
+    }
+
+    /// The job's partition: the plan's when it is one of the node's allowed ones (compared as parsed names, exactly),
+    /// else the node's `partition`, else the first allowed one, else "" (the cluster's default).
+    func partition(for job: LaunchJob) -> Result<String, PolicyDecline> {
+        guard let asked = job.task.plan.resources.partition else {
+            return .success(config.partition.isEmpty ? config.allowedPartitions.first ?? "" : config.partition)
+        }
+        let allowed = allowedPartitions
+        if allowed.contains(asked) { return .success(asked) }
+        return .failure(PolicyDecline("resources.partition: \"\(asked)\" is not a partition this node's jobs may use "
+                                      + "(launchers.slurm.allowed_partitions: "
+                                      + (allowed.isEmpty ? "none" : allowed.joined(separator: ", ")) + ")"))
+    }
+
+    /// Why a plan that names an image cannot run here, or nil: containers need `container_runtime = "podman"`, an
+    /// allowed image, no host network and no GPUs (podman on the compute node is given none).
+    func containerProblem(_ job: LaunchJob) -> String? {
+        let plan = job.task.plan
+        guard let image = plan.image else { return nil }
+        guard config.containerRuntime == "podman" else {
+            return "the plan names an image (\(image)), and this node runs no containers on Slurm "
+                + "(launchers.slurm.container_runtime is \"\(config.containerRuntime)\"; \"podman\" runs them)"
+        }
+        if let why = SlurmContainerScript.imageProblem(image) { return why }
+        // The docker launcher's patterns, and its matching.
+        let allowlist = DockerLauncherConfig(socket: "", allowedImages: config.allowedImages, user: "", pidsLimit: 0,
+                                             defaultMemoryMB: 0, maxMemoryMB: 0, maxCPUs: 0, tmpfsMB: 0,
+                                             allowHostNetwork: false, allowGPUs: false, nodeID: "", datasets: [:])
+        if !allowlist.allows(image: image) {
+            return "image \"\(image)\" is not on this node's allowlist (launchers.slurm.allowed_images)"
+        }
+        if plan.network == .host {
+            return "the plan asks for the host network; containers on Slurm run without a network"
+        }
+        if let gpus = plan.resources.gpus, gpus > 0 {
+            return "the plan asks for \(gpus) GPU(s); containers on Slurm are given none on this node"
+        }
+        if job.command.argv.first?.isEmpty ?? true { return "command.base: the command is empty" }
+        if SlurmContainerScript.envFile(containerEnvironment(job)) == nil {
+            return "env: a value holds a line break, which cannot be passed to a container on Slurm"
+        }
+        for m in containerMounts(job) where m.path.contains(",") || m.path.contains("=") {
+            return "the path \(m.path) holds \",\" or \"=\", so it cannot be bind-mounted into a container"
+        }
+        return nil
+    }
+
+    /// What the container gets: the plan's checked environment, HOME in its tmpfs unless the plan sets one.
+    func containerEnvironment(_ job: LaunchJob) -> [String: String] {
+        var env = job.command.environment
+        env["HOME"] = env["HOME"] ?? "/tmp"
+        return env
+    }
+
+    /// The sandbox's folders and the plan's datasets, at their host paths (the paths the command was rendered with).
+    func containerMounts(_ job: LaunchJob) -> [SlurmContainerScript.Mount] {
+        var mounts = [SlurmContainerScript.Mount(path: job.sandbox.src, writable: false),
+                      SlurmContainerScript.Mount(path: job.sandbox.input, writable: false),
+                      SlurmContainerScript.Mount(path: job.sandbox.output, writable: true)]
+        for id in job.command.datasets.sorted() {
+            if let host = config.datasets[id] { mounts.append(SlurmContainerScript.Mount(path: host, writable: false)) }
+        }
+        return mounts
     }
 
     func environment(_ job: LaunchJob) -> [String: String] {
@@ -236,12 +335,19 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
     }
 
     public func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
-        let executable: String
-        switch authorize(job) {
-        case .success(let path): executable = path
+        if let why = policyCheck(job) { throw TaskFailure(.taskFailure, why) }
+        var executable = ""
+        if job.task.plan.image == nil {
+            switch authorize(job) {
+            case .success(let path): executable = path
+            case .failure(let d): throw TaskFailure(.taskFailure, d.reason)
+            }
+        }
+        let partition: String
+        switch self.partition(for: job) {
+        case .success(let p): partition = p
         case .failure(let d): throw TaskFailure(.taskFailure, d.reason)
         }
-        if let why = policyCheck(job) { throw TaskFailure(.taskFailure, why) }
         let taskID = job.task.taskID
         let script = "\(job.sandbox.logs)/slurm-job.sh"
         do {
@@ -250,8 +356,13 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
             for name in ["home", "tmp"] {
                 try fm.createDirectory(atPath: "\(job.sandbox.sandbox)/\(name)", withIntermediateDirectories: true)
             }
-            let text = SlurmJobScript.render(taskID: taskID, argv: [executable] + job.command.argv.dropFirst(),
+            let text: String
+            if let image = job.task.plan.image {
+                text = try writeContainerFiles(job, image: image)
+            } else {
+                text = SlurmJobScript.render(taskID: taskID, argv: [executable] + job.command.argv.dropFirst(),
                                              environment: environment(job))
+            }
             // 0600: it holds the task's environment and arguments. sbatch (run as root) reads it at submission and
             // Slurm keeps its own copy, so the job (as the task user) never reads this file.
             try Posix.writeFileAtomically(script, Array(text.utf8), mode: 0o600)
@@ -276,7 +387,7 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
                                              maxMemoryMB: config.maxMemoryMB)
         let args = SlurmJobScript.sbatchArguments(
             nodeID: config.nodeID, taskID: taskID, script: script, workingDirectory: job.command.workingDirectory, stdout: job.stdoutPath,
-            stderr: job.stderrPath, request: request, partition: config.partition, account: config.account,
+            stderr: job.stderrPath, request: request, partition: partition, account: config.account,
             qos: config.qos, user: config.user.map { ($0.uid, $0.gid) })
         let submitted: CommandResult
         do {
@@ -311,7 +422,7 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
             takeBack(job.sandbox.sandbox)
             throw TaskFailure(.taskFailure, "Slurm refused the job (asked: \(request.cpus) CPUs, \(request.memoryMB) MB"
                               + (request.gpus > 0 ? ", \(request.gpus) GPUs" : "")
-                              + (config.partition.isEmpty ? "" : ", partition \(config.partition)") + "): "
+                              + (partition.isEmpty ? "" : ", partition \(partition)") + "): "
                               + submitted.diagnostic)
         }
         let handle = LaunchHandle(launcher: name, state: SlurmJobState(
@@ -331,6 +442,26 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
         return handle
     }
 
+    /// The files a container job reads besides its script, in the sandbox's `logs/` (the daemon's folder, 0711, so
+    /// they cannot be swapped for links): the environment file (the job user's, 0400: it may hold the plan's
+    /// values) and podman's registries.conf (0644). Returns the job script.
+    private func writeContainerFiles(_ job: LaunchJob, image: String) throws -> String {
+        let envFile = "\(job.sandbox.logs)/container.env", registries = "\(job.sandbox.logs)/registries.conf"
+        guard let env = SlurmContainerScript.envFile(containerEnvironment(job)) else {
+            throw TaskFailure(.taskFailure, "env: a value holds a line break, which cannot be passed to a container")
+        }
+        try Posix.writeFileAtomically(envFile, Array(env.utf8), mode: 0o400)
+        if let user = config.user { try Posix.chown(envFile, uid: user.uid, gid: user.gid) }
+        try Posix.writeFileAtomically(registries, Array(SlurmContainerScript.registriesConf(
+            insecure: config.insecureRegistries).utf8), mode: 0o644)
+        let container = SlurmContainerScript.Container(
+            podman: config.podman, image: SlurmContainerScript.qualified(image), argv: job.command.argv,
+            workingDirectory: job.command.workingDirectory, mounts: containerMounts(job), envFile: envFile,
+            registriesConf: registries, uid: config.user?.uid ?? Posix.effectiveUserID,
+            gid: config.user?.gid ?? Posix.realGroupID, pidsLimit: config.pidsLimit, tmpfsMB: config.tmpfsMB)
+        return SlurmContainerScript.render(taskID: job.task.taskID, container: container)
+    }
+
     /// The job's state now; nil when Slurm no longer knows the job (older than MinJobAge, or never there).
     func query(_ jobID: String, shielded: Bool = false) async throws -> SlurmJobInfo? {
         let r = try await client(config.scontrol, ["show", "job", "-o", jobID], shielded: shielded)
@@ -339,15 +470,58 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
         throw TaskFailure(.runnerSystemFailure, "scontrol show job \(jobID) failed: \(r.diagnostic)")
     }
 
+    /// The states and reasons of every followed job, from one `squeue --jobs=<all of them>` (a fixed `--format`:
+    /// Slurm 22.05's `squeue --json` ignores `--jobs` and `--user` and would list every job of the cluster).
+    func listed() async throws -> [String: SlurmJobInfo] {
+        let now = ContinuousClock.now, fresh = config.pollInterval / 2
+        let rows = listing.withLock { last -> Task<[String: SlurmJobInfo], any Error> in
+            if let last, now - last.began < fresh { return last.rows }
+            let ids = followed.withLock { $0.keys.sorted() }
+            let task = Task { try await self.squeue(ids) }
+            last = (now, task)
+            return task
+        }
+        return try await rows.value
+    }
+
+    func squeue(_ ids: [String]) async throws -> [String: SlurmJobInfo] {
+        guard !ids.isEmpty else { return [:] }
+        let r = try await client(config.squeue, ["-h", "--states=all", "--jobs=\(ids.joined(separator: ","))",
+                                                 "--format=%i|%T|%r"])
+        if r.succeeded { return SlurmJobInfo.parse(squeue: r.stdout) }
+        // One id that Slurm no longer knows (squeue answers so only when all the listed ids are unknown).
+        if r.diagnostic.contains("Invalid job id") { return [:] }
+        throw TaskFailure(.runnerSystemFailure, "squeue failed: \(r.diagnostic)")
+    }
+
+    /// A followed job's state: squeue's while it is pending or running; once it ended, or when squeue no longer
+    /// lists it, `scontrol show job` (which has its exit code and signal).
+    func followedState(_ jobID: String) async throws -> SlurmJobInfo? {
+        if let info = try await listed()[jobID] {
+            switch info.phase {
+            case .pending, .running: return info
+            case .ended: break
+            }
+        }
+        return try await query(jobID)
+    }
+
     public func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome {
         let state = try handle.state(as: SlurmJobState.self)
-        defer { phases.withLock { _ = $0.removeValue(forKey: state.jobID) } }
+        followed.withLock { $0[state.jobID, default: 0] += 1 }
+        defer {
+            phases.withLock { _ = $0.removeValue(forKey: state.jobID) }
+            followed.withLock {
+                let left = ($0[state.jobID] ?? 1) - 1
+                $0[state.jobID] = left > 0 ? left : nil
+            }
+        }
         var unreachableSince: ContinuousClock.Instant?
         while true {
             try Task.checkCancellation()
             let info: SlurmJobInfo?
             do {
-                info = try await query(state.jobID)
+                info = try await followedState(state.jobID)
                 unreachableSince = nil
             } catch let e as CancellationError {
                 throw e
@@ -368,7 +542,7 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
                 takeBack(state.sandbox)
                 throw TaskFailure(.runnerSystemFailure, "Slurm no longer knows job \(state.jobID)")
             }
-            // The queue-state loop reads this: one scontrol per job per interval serves both.
+            // The queue-state loop reads this: one squeue per interval serves every job's wait and notices.
             phases.withLock { $0[state.jobID] = info.phase }
             if case .ended(let outcome) = info.phase {
                 takeBack(state.sandbox)

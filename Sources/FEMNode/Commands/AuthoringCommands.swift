@@ -2,6 +2,7 @@ import ArgumentParser
 import FEMCore
 import FEMJournal
 import FEMLaunchers
+import FEMSystem
 import Foundation
 import Logging
 import Synchronization
@@ -10,13 +11,11 @@ import Synchronization
 /// the plan's argument types.
 enum DocumentFile {
     static func load(_ path: String) throws -> JSONValue {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ValidationError("cannot read \(path)")
-        }
+        let data = try LocalNode.read(path)
         do {
             return try JSONValue.parse(data)
         } catch {
-            throw ValidationError("\(path): \(error)")
+            throw CommandFailure.invalid("\(path): \(error)")
         }
     }
 
@@ -25,7 +24,7 @@ enum DocumentFile {
         do {
             return try TaskDocument.task(from: load(path), params: params)
         } catch let e as TaskDocument.ParamError {
-            throw ValidationError(e.description)
+            throw CommandFailure.invalid(e.description)
         }
     }
 
@@ -44,10 +43,21 @@ extension FEMClientCommand {
             do {
                 let doc = try DocumentReader.readAny(value)
                 let what: String
+                var constraints: [(String, String?)] = []
                 switch doc {
-                case .plan(let p): what = "plan \(p.id) \(p.version) (\(p.launcher))"
-                case .task(let t): what = "task for plan \(t.plan.id) \(t.plan.version), execution \(t.executionID)"
+                case .plan(let p):
+                    what = "plan \(p.id) \(p.version) (\(p.launcher))"
+                    constraints = [("plan.constraints", p.constraints)]
+                case .task(let t):
+                    what = "task for plan \(t.plan.id) \(t.plan.version), execution \(t.executionID)"
+                    constraints = [("plan.constraints", t.plan.constraints), ("constraints", t.constraints)]
                 }
+                // A node declines a task whose expression it cannot read: say so here, before it is sent.
+                var unreadable: [ValidationIssue] = []
+                for case let (path, text?) in constraints {
+                    do { _ = try ConstraintExpression.parse(text) } catch { unreadable.append(ValidationIssue(path, "\(error)")) }
+                }
+                if !unreadable.isEmpty { throw FEMCore.ValidationError(unreadable) }
                 if json {
                     print(#"{"errors":[],"valid":true}"#)
                 } else {
@@ -62,7 +72,7 @@ extension FEMClientCommand {
                     print("\(file): \(e.issues.count) problem\(e.issues.count == 1 ? "" : "s")")
                     for issue in e.issues { print("  \(issue)") }
                 }
-                throw ExitCode(1)
+                throw ExitCode(CommandFailure.invalid)
             }
         }
     }
@@ -73,10 +83,13 @@ extension FEMClientCommand {
         @OptionGroup var options: ConfigOption
         @Argument(help: "A task file (or a plan file).") var file: String
         @Option(name: .customLong("param"), help: "Set a parameter: name=value (repeatable).") var params: [String] = []
+        @Option(name: .customLong("dataset"), help: "Use this folder as a dataset for this run: id=path (repeatable; a dataset the node's config lacks).")
+        var datasetPaths: [String] = []
         @Flag(help: "Print JSON.") var json = false
 
         func run() async throws {
-            let config = try LocalNode.config(options.config, workDir: nil)
+            var config = try LocalNode.config(options.config, workDir: nil)
+            try LocalNode.addDatasets(datasetPaths, to: &config)
             let task = try LocalNode.readTask(file, params: params)
             let registry = NodeAssembly.launchers(config)
             let host = ToolPaths.under("\(config.workDir)/sandboxes/\(task.taskID)")
@@ -89,13 +102,32 @@ extension FEMClientCommand {
             let rendered: RenderedCommand
             do {
                 rendered = try Renderer.render(task, context: context, timeoutSeconds: timeout)
+            } catch RenderError.unknownDataset(let id) {
+                throw LocalNode.missingDataset(id, config: config, configPath: options.config)
             } catch {
-                throw ValidationError("cannot render: \(error)")
+                throw CommandFailure.invalid("cannot render: \(error)")
+            }
+            // This node's attributes, computed here as the daemon computes them, when there are constraints to check.
+            var verdict: ConstraintVerdict?
+            if task.plan.constraints != nil || task.constraints != nil {
+                let attributes = await NodeFingerprint(config: config, launchers: registry.names).refresh()
+                verdict = task.constraintVerdict(on: attributes)
             }
             if json {
                 let e = JSONEncoder.fem
                 e.outputFormatting.insert(.prettyPrinted)
-                print(String(decoding: try e.encode(rendered), as: UTF8.self))
+                var data = try e.encode(rendered)
+                if let verdict, case .object(var object) = try JSONValue.parse(data) {
+                    // Added beside the rendered command: `constraints` {plan, task, matched, reason}.
+                    var c: [String: JSONValue] = ["matched": .bool(verdict.matched)]
+                    c["plan"] = task.plan.constraints.map(JSONValue.string)
+                    c["task"] = task.constraints.map(JSONValue.string)
+                    c["reason"] = verdict.reason.map(JSONValue.string)
+                    object["constraints"] = .object(c)
+                    e.outputFormatting.insert(.sortedKeys)
+                    data = try e.encode(JSONValue.object(object))
+                }
+                print(String(decoding: data, as: UTF8.self))
                 return
             }
             print("launcher     \(rendered.launcher)\(launcher == nil ? "  (not enabled on this node)" : "")")
@@ -114,6 +146,12 @@ extension FEMClientCommand {
             if let g = rendered.gpus { limits.append("gpus \(g)") }
             if let s = rendered.storageMB { limits.append("storage \(s) MB") }
             print("limits       \(limits.joined(separator: ", "))")
+            if let verdict {
+                print("constraints  " + [task.plan.constraints.map { "plan: \($0)" }, task.constraints.map { "task: \($0)" }]
+                        .compactMap { $0 }.joined(separator: "; "))
+                print(verdict.matched ? "             this node (\(config.nodeID)) matches"
+                        : "             this node (\(config.nodeID)) does NOT match: \(verdict.reason ?? "")")
+            }
         }
 
         func quote(_ s: String) -> String {
@@ -128,12 +166,17 @@ extension FEMClientCommand {
         @OptionGroup var options: ConfigOption
         @Argument(help: "A task file or a plan file.") var file: String
         @Option(name: .customLong("param"), help: "Set a parameter: name=value (repeatable).") var params: [String] = []
+        @Option(name: .customLong("dataset"), help: "Use this folder as a dataset for this run: id=path (repeatable; a dataset the node's config lacks).")
+        var datasetPaths: [String] = []
         @Option(help: "Work dir for local runs (journal and sandboxes).") var workDir = "var/local-runs"
         @Option(help: "Where outputs and logs are staged out.") var output: String?
 
         func run() async throws {
             var config = try LocalNode.config(options.config, workDir: workDir)
+            try LocalNode.addDatasets(datasetPaths, to: &config)
             var task = try LocalNode.readTask(file, params: params, freshID: true)
+            // A dataset this node lacks would only decline the task: say which and how to give it, before running.
+            try LocalNode.checkDatasets(task, config: config, configPath: options.config)
             let outDir = URL(fileURLWithPath: output ?? "\(config.workDir)/outputs").standardizedFileURL.path
             // The person running this chose the output folder, and is the one who would approve: a local run
             // delivers there, without the airlock.
@@ -156,7 +199,7 @@ extension FEMClientCommand {
 
             print("task \(task.taskID): \(task.plan.id) \(task.plan.version) with launcher \(task.plan.launcher)")
             guard case .admitted = try node.journal.admit(task, document: .object(document), at: Date()) else {
-                throw ValidationError("task \(task.taskID) already exists in \(config.journalPath)")
+                throw CommandFailure("task \(task.taskID) already exists in \(config.journalPath)")
             }
             printer.drain(node.journal)
             await node.runner.enqueue(task.taskID)
@@ -169,7 +212,8 @@ extension FEMClientCommand {
             print("logs     \(sandbox.logs)/stdout.log, \(sandbox.logs)/stderr.log")
             print("outputs  \(outDir)/\(task.executionID)/\(config.nodeID)/\(task.taskID)  (manifest.json lists them)")
             print("journal  \(config.journalPath); node log \(logPath)")
-            if rec.state != .completed { throw ExitCode(1) }
+            if rec.state == .declined || rec.state == .rejected { throw ExitCode(CommandFailure.invalid) }
+            if rec.state != .completed { throw ExitCode(CommandFailure.failure) }
         }
     }
 }
@@ -203,10 +247,15 @@ enum LocalNode {
                 config = try NodeConfig.load(path: path, environment: ProcessInfo.processInfo.environment,
                                              brokerFiles: false)
             } catch let e as ConfigError {
-                throw ValidationError(e.description)
+                throw CommandFailure.invalid("\(path): " + e.description)
             }
         } else {
             config = try NodeConfig.local()
+            // Said once, on stderr: a --config with a typo would otherwise run with other settings than meant.
+            let full = NodeConfig.absolutePath(path)
+            let note = "note: no configuration file \(path)\(full == path ? "" : " (\(full))"): using the built-in local "
+                + "defaults (process launcher for /bin/sh, /bin/bash, /usr/bin/python3, /usr/bin/Rscript; no datasets)\n"
+            try? FileWriter.writeAll(2, Array(note.utf8))
         }
         if let workDir { config.workDir = NodeConfig.absolutePath(workDir) }
         config.workDir = NodeConfig.absolutePath(config.workDir)
@@ -220,7 +269,7 @@ enum LocalNode {
             if freshID { task.taskID = "local-\(DocumentFile.shortID())" }
             return task
         } catch let e as FEMCore.ValidationError {
-            throw ValidationError("\(file):\n" + e.issues.map { "  \($0)" }.joined(separator: "\n"))
+            throw CommandFailure.invalid("\(file):\n" + e.issues.map { "  \($0)" }.joined(separator: "\n"))
         }
     }
 }

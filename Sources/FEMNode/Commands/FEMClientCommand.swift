@@ -14,7 +14,7 @@ public struct FEMClientCommand: AsyncParsableCommand {
         abstract: "The node half of a Federated Execution Manager.",
         version: FEMVersion.string,
         subcommands: [Daemon.self, Check.self, Tasks.self, Show.self, OutputsCommand.self, Validate.self, Render.self,
-                      Run.self, StatusCommand.self])
+                      Run.self, StatusCommand.self, Stats.self])
 
     public init() {}
 }
@@ -24,11 +24,7 @@ struct ConfigOption: ParsableArguments {
     var config: String = ProcessInfo.processInfo.environment["FEM_CONFIG"] ?? "config/fem-client.toml"
 
     func load() throws -> NodeConfig {
-        do {
-            return try NodeConfig.load(path: config, environment: ProcessInfo.processInfo.environment)
-        } catch let e as ConfigError {
-            throw ValidationError(e.description)
-        }
+        try loadConfig()
     }
 }
 
@@ -52,6 +48,10 @@ extension FEMClientCommand {
         func run() async throws {
             var failures: [String] = []
             let config: NodeConfig
+            if let why = ConfigOption.unreadable(options.config) {
+                print("FAIL  \(why)")
+                throw ExitCode(1)
+            }
             do {
                 config = try NodeConfig.load(path: options.config,
                                              environment: ProcessInfo.processInfo.environment)
@@ -203,25 +203,31 @@ extension FEMClientCommand {
 
         func run() async throws {
             let config = try options.load()
-            let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+            let journal = try config.openJournal()
             var states: Set<TaskState>?
             if !state.isEmpty {
                 states = Set(try state.map {
                     guard let s = TaskState(rawValue: $0) else {
-                        throw ValidationError("--state: \"\($0)\" is not one of "
+                        throw CommandFailure.invalid("--state: \"\($0)\" is not one of "
                                               + TaskState.allCases.map(\.rawValue).joined(separator: ", "))
                     }
                     return s
                 })
             }
             let rows = try journal.tasks(states: states, limit: limit)
+            let now = Date()
+            let timings = rows.map { TaskView.timings($0, history: (try? journal.history($0.taskID)) ?? [], now: now) }
             if json {
-                let items: [JSONValue] = rows.map(TaskView.json)
+                let items: [JSONValue] = zip(rows, timings).map { r, t in
+                    var o = TaskView.json(r).objectValue ?? [:]
+                    o["timings"] = t.json
+                    return .object(o)
+                }
                 print(String(decoding: JSONValue.array(items).encoded(), as: UTF8.self))
                 return
             }
             print(TaskView.tableHeader)
-            for r in rows { print(TaskView.tableRow(r)) }
+            for (r, t) in zip(rows, timings) { print(TaskView.tableRow(r, timings: t)) }
         }
     }
 
@@ -233,9 +239,9 @@ extension FEMClientCommand {
 
         func run() async throws {
             let config = try options.load()
-            let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+            let journal = try config.openJournal()
             guard let rec = try journal.task(taskID) else {
-                throw ValidationError("task \(taskID) is not in the journal at \(config.journalPath)")
+                throw CommandFailure("task \(taskID) is not in the journal at \(config.journalPath)")
             }
             let history = try journal.history(taskID)
             if json {
@@ -261,14 +267,32 @@ extension FEMClientCommand {
 
 /// How tasks and events print, shared by `tasks`, `show`, `run` and `femctl watch`.
 enum TaskView {
-    static let tableHeader = pad("TASK", 38) + pad("STATE", 18) + pad("LAUNCHER", 10) + pad("UPDATED", 26) + "DETAIL"
+    static let tableHeader = pad("TASK", 38) + pad("STATE", 18) + pad("LAUNCHER", 10) + pad("TOOL", 24)
+        + pad("EXECUTION", 20) + pad("UPDATED", 26) + pad("TIMINGS", 40) + "DETAIL"
 
-    static func tableRow(_ r: TaskRecord) -> String {
+    static func tableRow(_ r: TaskRecord, timings: TaskTimings? = nil) -> String {
         var detail = r.failureClass.map { "\($0.rawValue) " } ?? ""
         if let e = r.exitCode { detail += "exit=\(e) " }
         detail += r.message ?? ""
         return pad(TextEscaping.escaped(r.taskID), 38) + pad(r.state.rawValue, 18) + pad(r.launcher, 10)
-            + pad(FEMTime.format(r.updatedAt), 26) + TextEscaping.escaped(detail)
+            + pad(TextEscaping.escaped(tool(r)), 24) + pad(TextEscaping.escaped(r.executionID), 20)
+            + pad(FEMTime.format(r.updatedAt), 26)
+            + pad(timings?.compact ?? "", 40) + TextEscaping.escaped(detail)
+    }
+
+    /// `id@version` of the task's plan (`?` when the journal no longer keeps its document).
+    static func tool(_ r: TaskRecord) -> String {
+        guard let plan = r.document["plan"], let id = plan["id"]?.stringValue else { return "?" }
+        return id + (plan["version"]?.stringValue.map { "@\($0)" } ?? "")
+    }
+
+    /// The timings of the task's terminal event, or, while it is not over, its steps so far (until `now`).
+    static func timings(_ r: TaskRecord, history: [TaskEvent], now: Date) -> TaskTimings {
+        if r.state.isTerminal {
+            let end = history.last { $0.kind == .state && $0.state.isTerminal }
+            return TaskTimings(end?.detail.data?["timings"]) ?? TaskTimings(history: history)
+        }
+        return TaskTimings(history: history, end: now)
     }
 
     static func json(_ r: TaskRecord) -> JSONValue {
@@ -280,6 +304,7 @@ enum TaskView {
         if let e = r.exitCode { o["exit_code"] = .int(Int64(e)) }
         if let c = r.failureClass { o["failure_class"] = .string(c.rawValue) }
         if let m = r.message { o["message"] = .string(m) }
+        o["tool"] = .string(tool(r))
         return .object(o)
     }
 

@@ -16,23 +16,17 @@ struct OutputsCommand: AsyncParsableCommand {
         subcommands: [List.self, Show.self, Approve.self, Reject.self])
 
     static func open(_ options: ConfigOption) throws -> (NodeConfig, SQLiteJournal) {
-        var config: NodeConfig
-        do {
-            config = try NodeConfig.load(path: options.config, environment: ProcessInfo.processInfo.environment,
-                                            brokerFiles: false)
-        } catch let e as ConfigError {
-            throw ValidationError(e.description)
-        }
-        return (config, try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID))
+        let config = try options.loadConfig(brokerFiles: false)
+        return (config, try config.openJournal())
     }
 
     static func waiting(_ journal: SQLiteJournal, _ taskID: String) throws -> TaskRecord {
-        guard let rec = try journal.task(taskID) else { throw ValidationError("task \(taskID) is not in the journal") }
+        guard let rec = try journal.task(taskID) else { throw CommandFailure("task \(taskID) is not in the journal") }
         guard rec.state == .awaitingApproval else {
-            throw ValidationError("task \(taskID) is \(rec.state.rawValue), not awaiting_approval: there is nothing to decide")
+            throw CommandFailure("task \(taskID) is \(rec.state.rawValue), not awaiting_approval: there is nothing to decide")
         }
         if let decided = try journal.completedStep(Runner.approvalStep, of: taskID) {
-            throw ValidationError("task \(taskID) is already decided (\(decided)); the daemon is sending or dropping its outputs")
+            throw CommandFailure("task \(taskID) is already decided (\(decided)); the daemon is sending or dropping its outputs")
         }
         return rec
     }
@@ -71,7 +65,7 @@ struct OutputsCommand: AsyncParsableCommand {
         _ = try waiting(journal, taskID)
         let held = manifest(journal, taskID)
         if approve && held == nil {
-            throw ValidationError("task \(taskID) has no journaled manifest of held outputs (held by an older version?): "
+            throw CommandFailure("task \(taskID) has no journaled manifest of held outputs (held by an older version?): "
                                   + "it cannot be approved; reject it and run the task again")
         }
         // The OS account that runs this command: not a name anyone can type.
@@ -132,12 +126,12 @@ struct OutputsCommand: AsyncParsableCommand {
 
         func run() async throws {
             let (config, journal) = try OutputsCommand.open(options)
-            guard let rec = try journal.task(taskID) else { throw ValidationError("task \(taskID) is not in the journal") }
+            guard let rec = try journal.task(taskID) else { throw CommandFailure("task \(taskID) is not in the journal") }
             guard let manifest = OutputsCommand.manifest(journal, taskID) else {
                 // No outputs were held (no stage_out target, or the task never got that far); its held text, if any,
                 // is still the steward's to read.
                 guard !json, let held = try journal.completedStep(Runner.heldTextStep, of: taskID) else {
-                    throw ValidationError("task \(taskID) has no journaled manifest of held outputs (state "
+                    throw CommandFailure("task \(taskID) has no journaled manifest of held outputs (state "
                                           + "\(rec.state.rawValue))")
                 }
                 print("task        \(taskID.escapedForTerminal)   (\(rec.state.rawValue))")

@@ -41,13 +41,7 @@ struct StatusCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let config: NodeConfig
-        do {
-            config = try NodeConfig.load(path: options.config, environment: ProcessInfo.processInfo.environment,
-                                         brokerFiles: false)
-        } catch let e as ConfigError {
-            throw ValidationError(e.description)
-        }
+        let config = try options.loadConfig(brokerFiles: false)
         let reading = Self.read(workDir: config.workDir)
         if json {
             var object: [String: JSONValue] = [:]

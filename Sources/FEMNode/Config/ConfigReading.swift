@@ -68,9 +68,9 @@ final class ConfigReading {
     private(set) var known: Set<String> = []
 
     /// The fixed sections, each a table. `[launchers.process]` and its siblings sit inside `[launchers]`.
-    static let sections = ["node", "broker", "launchers", "launchers.process", "launchers.docker", "launchers.flower",
+    static let sections = ["node", "node.capacity", "broker", "launchers", "launchers.process", "launchers.docker", "launchers.flower",
                            "launchers.slurm",
-                           "stage_in", "sandboxes", "outputs", "journal", "reporter"]
+                           "stage_in", "sandboxes", "outputs", "journal", "reporter", "metrics"]
     /// Sections whose keys are names (credentials, hooks, datasets): their readers name unknown keys themselves.
     static let namedSections: Set<String> = ["registries", "credentials", "hooks", "datasets"]
 
@@ -88,6 +88,9 @@ final class ConfigReading {
     }
 
     func note(_ problem: String) { problems.append(problem) }
+
+    /// A key read as a whole by its section (`node.labels`): nothing in it is unknown.
+    func markKnown(_ name: String) { known.insert(name) }
 
     static func name(_ path: [any CodingKey]) -> String { path.map(\.stringValue).joined(separator: ".") }
 

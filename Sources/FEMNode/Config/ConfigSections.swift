@@ -1,3 +1,4 @@
+import FEMCore
 import Foundation
 import TOMLKit
 
@@ -17,6 +18,7 @@ struct ConfigFile: Codable, Sendable {
     var outputs = OutputsSection()
     var journal = JournalSection()
     var reporter = ReporterSection()
+    var metrics = MetricsSection()
     /// `[registries."host:port"]`: logins for image pulls.
     var registries: [String: LoginEntry] = [:]
     /// `[credentials."name"]`: logins plans and tasks name by reference.
@@ -29,6 +31,7 @@ struct ConfigFile: Codable, Sendable {
     enum CodingKeys: String, CodingKey {
         case node, broker, launchers, stageIn = "stage_in", sandboxes, outputs, journal, reporter, registries,
              credentials, hooks, datasets
+        case metrics
     }
 
     init() {}
@@ -44,6 +47,7 @@ struct ConfigFile: Codable, Sendable {
         outputs = r.section(c, .outputs) ?? outputs
         journal = r.section(c, .journal) ?? journal
         reporter = r.section(c, .reporter) ?? reporter
+        metrics = r.section(c, .metrics) ?? metrics
         registries = Self.named(c, .registries, r, notATable: "expected [registries.\"name\"] sections") { name in
             "registries.\"\(name)\": expected a table with " + LoginEntry.allowed(tokens: false).joined(separator: ", ")
         }
@@ -115,17 +119,27 @@ struct NodeSection: Codable, Sendable {
     var stopGrace = 10
     var minFreeMB = 256
     var drainSeconds = 30
+    /// Work pools consumed besides the node's own queue (`fem.pool.<name>`).
+    var pools: [String] = []
+    /// Passes (returns to the pool by a node that could not take it) before a pool task is dead-lettered.
+    var poolMaxPasses = 10
+    /// `[node.labels]`: key = string, number, boolean or a list of them.
+    var labels: [String: AttributeValue] = [:]
     /// receiver.log rotates itself past this size (0: never; logrotate with a SIGHUP instead), keeping `logKeep` files.
     var logMaxMB = 0
     var logKeep = 5
     /// "text" (one readable line) or "json" (one JSON object per line, for log shippers).
     var logFormat = "text"
+    /// `[node.capacity]`.
+    var capacity = CapacitySection()
 
     enum CodingKeys: String, CodingKey {
         case id, name, workDir = "work_dir", logFile = "log_file", maxConcurrentTasks = "max_concurrent_tasks",
              heartbeatInterval = "heartbeat_interval", defaultTimeout = "default_timeout", maxTimeout = "max_timeout",
              allowTimeoutAbovePlan = "allow_timeout_above_plan", stopGrace = "stop_grace", minFreeMB = "min_free_mb",
-             drainSeconds = "drain_seconds"
+             drainSeconds = "drain_seconds", pools, poolMaxPasses = "pool_max_passes"
+        case capacity
+        case labels
         case logMaxMB = "log_max_mb", logKeep = "log_keep", logFormat = "log_format"
     }
 
@@ -146,9 +160,51 @@ struct NodeSection: Codable, Sendable {
         stopGrace = r.value(c, .stopGrace) ?? stopGrace
         minFreeMB = r.value(c, .minFreeMB) ?? minFreeMB
         drainSeconds = r.value(c, .drainSeconds) ?? drainSeconds
+        pools = r.value(c, .pools) ?? pools
+        poolMaxPasses = r.value(c, .poolMaxPasses) ?? poolMaxPasses
         logMaxMB = r.value(c, .logMaxMB) ?? logMaxMB
         logKeep = r.value(c, .logKeep) ?? logKeep
         logFormat = r.value(c, .logFormat) ?? logFormat
+        labels = Self.labels(c, r)
+        capacity = r.section(c, .capacity) ?? capacity
+    }
+
+    /// `[node.labels]`, each value a string, a number, a boolean or a list of those (a problem names the key).
+    static func labels(_ c: KeyedDecodingContainer<CodingKeys>, _ r: ConfigReading) -> [String: AttributeValue] {
+        let path = c.codingPath + [CodingKeys.labels]
+        r.markKnown(ConfigReading.name(path))
+        guard c.contains(.labels) else { return [:] }
+        guard let table = r.rawValue(at: path)?.table else {
+            r.note("node.labels: expected a table ([node.labels]) of key = value")
+            return [:]
+        }
+        func scalar(_ v: any TOMLValueConvertible) -> AttributeValue? {
+            if let b = v.bool { return .bool(b) }
+            if let i = v.int { return .number(Double(i)) }
+            if let d = v.double, d.isFinite { return .number(d) }
+            if let s = v.string { return .string(s) }
+            return nil
+        }
+        var labels: [String: AttributeValue] = [:]
+        for key in table.keys.sorted() {
+            guard let value = table[key] else { continue }
+            if let s = scalar(value) {
+                labels[key] = s
+            } else if let array = value.array {
+                var items: [AttributeValue] = []
+                for (i, item) in array.enumerated() {
+                    guard let s = scalar(item) else {
+                        r.note("node.labels.\(key)[\(i)]: expected a string, number or boolean, got \(item.type)")
+                        continue
+                    }
+                    items.append(s)
+                }
+                labels[key] = .list(items)
+            } else {
+                r.note("node.labels.\(key): expected a string, number, boolean or a list of them, got \(value.type)")
+            }
+        }
+        return labels
     }
 
     func validate(_ v: inout ConfigValidator) {
@@ -160,11 +216,51 @@ struct NodeSection: Codable, Sendable {
         v.range(k(.stopGrace), stopGrace, 0...3600)
         v.range(k(.minFreeMB), minFreeMB, 0...(1 << 30))
         v.range(k(.drainSeconds), drainSeconds, 0...86_400)
+        v.range(k(.poolMaxPasses), poolMaxPasses, 1...1000)
+        for p in pools where !Patterns.matches(#"^[a-z0-9-]{1,64}$"#, p) {
+            v.note("node.pools: \"\(TextEscaping.escaped(p))\" is not a pool name (lowercase letters, digits and '-', "
+                   + "1 to 64; it names the queue fem.pool.<name>)")
+        }
+        if Set(pools).count != pools.count { v.note("node.pools: lists a pool more than once") }
+        v.labels(labels)
         v.range(k(.logMaxMB), logMaxMB, 0...1_048_576)
         v.range(k(.logKeep), logKeep, 1...100)
         if !["text", "json"].contains(logFormat) {
             v.note("\(k(.logFormat)): \"\(logFormat)\" is not one of \"text\", \"json\"")
         }
+        capacity.validate(&v)
+    }
+}
+
+/// `[node.capacity]`: what running tasks' `resources` may reserve in all. A key left out takes the host's value
+/// (CPUs online, MemTotal, free disk under the work dir at start; GPUs: 0).
+struct CapacitySection: Codable, Sendable {
+    var cpus: Int?
+    var memoryMB: Int?
+    var gpus: Int?
+    var storageMB: Int?
+
+    enum CodingKeys: String, CodingKey {
+        case cpus, memoryMB = "memory_mb", gpus, storageMB = "storage_mb"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        cpus = r.value(c, .cpus)
+        memoryMB = r.value(c, .memoryMB)
+        gpus = r.value(c, .gpus)
+        storageMB = r.value(c, .storageMB)
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        let k = { (key: CodingKeys) in "node.capacity.\(key.stringValue)" }
+        if let cpus { v.range(k(.cpus), cpus, 1...65_536) }
+        if let memoryMB { v.range(k(.memoryMB), memoryMB, 1...(1 << 40)) }
+        if let gpus { v.range(k(.gpus), gpus, 0...1024) }
+        if let storageMB { v.range(k(.storageMB), storageMB, 0...(1 << 40)) }
     }
 }
 
@@ -179,10 +275,13 @@ struct BrokerSection: Codable, Sendable {
     var prefetch = 16
     var maxMessageBytes = 1 << 20
     var orchestrators = ["fem-orchestrator"]
+    /// Accounts of the other nodes in this node's pools: a pool task one of them returned (it could not take it, or
+    /// it failed there and is retried) carries that node's account as user_id.
+    var poolPeers: [String] = []
 
     enum CodingKeys: String, CodingKey {
         case url, passwordFile = "password_file", caFile = "ca_file", certFile = "cert_file", keyFile = "key_file",
-             prefetch, maxMessageBytes = "max_message_bytes", orchestrators
+             prefetch, maxMessageBytes = "max_message_bytes", orchestrators, poolPeers = "pool_peers"
     }
 
     init() {}
@@ -198,11 +297,16 @@ struct BrokerSection: Codable, Sendable {
         prefetch = r.value(c, .prefetch) ?? prefetch
         maxMessageBytes = r.value(c, .maxMessageBytes) ?? maxMessageBytes
         orchestrators = r.value(c, .orchestrators) ?? orchestrators
+        poolPeers = r.value(c, .poolPeers) ?? poolPeers
     }
 
     func validate(_ v: inout ConfigValidator) {
         v.range("broker.prefetch", prefetch, 1...65_535)
         v.range("broker.max_message_bytes", maxMessageBytes, 1024...(128 << 20))
+        for a in poolPeers where !Patterns.matches(#"^[A-Za-z0-9_.@-]{1,64}$"#, a) {
+            v.note("broker.pool_peers: \"\(TextEscaping.escaped(a))\" is not a broker account name (letters, digits, "
+                   + "_ . @ -, at most 64)")
+        }
     }
 }
 
@@ -254,8 +358,16 @@ struct SlurmSection: Codable, Sendable {
     var scancel = "/usr/bin/scancel"
     var pollIntervalMS = 1000
     var unreachableSeconds = 300
+    var containerRuntime = "none"
+    var podman = "/usr/bin/podman"
+    var allowedImages: [String] = []
+    var insecureRegistries: [String] = []
+    var pidsLimit = 256
+    var tmpfsMB = 64
 
     enum CodingKeys: String, CodingKey {
+        case containerRuntime = "container_runtime", podman, allowedImages = "allowed_images",
+             insecureRegistries = "insecure_registries", pidsLimit = "pids_limit", tmpfsMB = "tmpfs_mb"
         case sharedDir = "shared_dir", partition, allowedPartitions = "allowed_partitions", account, qos, user,
              allowedExecutables = "allowed_executables", path, maxCPUs = "max_cpus",
              defaultMemoryMB = "default_memory_mb", maxMemoryMB = "max_memory_mb", slurmConf = "slurm_conf",
@@ -286,6 +398,12 @@ struct SlurmSection: Codable, Sendable {
         scancel = r.value(c, .scancel) ?? scancel
         pollIntervalMS = r.value(c, .pollIntervalMS) ?? pollIntervalMS
         unreachableSeconds = r.value(c, .unreachableSeconds) ?? unreachableSeconds
+        containerRuntime = r.value(c, .containerRuntime) ?? containerRuntime
+        podman = r.value(c, .podman) ?? podman
+        allowedImages = r.value(c, .allowedImages) ?? allowedImages
+        insecureRegistries = r.value(c, .insecureRegistries) ?? insecureRegistries
+        pidsLimit = r.value(c, .pidsLimit) ?? pidsLimit
+        tmpfsMB = r.value(c, .tmpfsMB) ?? tmpfsMB
     }
 
     func validate(_ v: inout ConfigValidator) {
@@ -294,13 +412,25 @@ struct SlurmSection: Codable, Sendable {
         v.range("launchers.slurm.max_memory_mb", maxMemoryMB, 6...(1 << 30))
         v.range("launchers.slurm.poll_interval_ms", pollIntervalMS, 50...60_000)
         v.range("launchers.slurm.unreachable_seconds", unreachableSeconds, 1...86_400)
+        v.range("launchers.slurm.pids_limit", pidsLimit, 16...1_000_000)
+        v.range("launchers.slurm.tmpfs_mb", tmpfsMB, 1...(1 << 20))
+        if !["none", "podman"].contains(containerRuntime) {
+            v.note("launchers.slurm.container_runtime: \"\(containerRuntime)\" is not one of none, podman")
+        }
+        // Registry hosts (`host` or `host:port`) go into podman's registries.conf: a host name's characters only.
+        let host = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-.:[]"))
+        for registry in insecureRegistries
+            where registry.isEmpty || registry.unicodeScalars.contains(where: { !host.contains($0) }) {
+            v.note("launchers.slurm.insecure_registries: \"\(registry)\" is not a registry host (host or host:port)")
+        }
         // Names go into sbatch options: Slurm's own character set only.
         let plain = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_."))
         for (key, value) in [("partition", partition), ("account", account), ("qos", qos)] + allowedPartitions.map({ ("allowed_partitions", $0) })
             where value.unicodeScalars.contains(where: { !plain.contains($0) }) || value.hasPrefix("-") {
             v.note("launchers.slurm.\(key): \"\(value)\" is not a Slurm name (letters, digits, - _ . only)")
         }
-        for (key, value) in [("sbatch", sbatch), ("squeue", squeue), ("scontrol", scontrol), ("scancel", scancel)]
+        for (key, value) in [("sbatch", sbatch), ("squeue", squeue), ("scontrol", scontrol), ("scancel", scancel),
+                             ("podman", podman)]
             where !value.hasPrefix("/") {
             v.note("launchers.slurm.\(key): \"\(value)\" must be an absolute path")
         }
@@ -612,6 +742,40 @@ struct ReporterSection: Codable, Sendable {
         v.range("reporter.max_events_per_task", maxEventsPerTask, 1...10_000_000)
         v.range("reporter.max_event_bytes_per_task", maxEventBytesPerTask, 1024...(1 << 30))
         v.range("reporter.max_metrics_per_line", maxMetricsPerLine, 1...1000)
+    }
+}
+
+/// `[metrics]`: Prometheus metrics on `GET /metrics`, off unless `listen` is set. Served without authentication, so
+/// on loopback unless `allow_remote` says otherwise.
+struct MetricsSection: Codable, Sendable {
+    var listen = ""
+    var allowRemote = false
+
+    enum CodingKeys: String, CodingKey {
+        case listen, allowRemote = "allow_remote"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        listen = r.value(c, .listen) ?? listen
+        allowRemote = r.value(c, .allowRemote) ?? allowRemote
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        guard !listen.isEmpty else { return }
+        do {
+            let address = try MetricsListen.parse(listen)
+            if !address.isLoopback && !allowRemote {
+                v.note("metrics.listen: \(address) is not a loopback address: the metrics would be served without "
+                       + "authentication to whoever can reach it; set metrics.allow_remote = true to allow that (and "
+                       + "limit who may connect with a firewall), or listen on 127.0.0.1")
+            }
+        } catch {
+            v.note("metrics.listen: \(error)")
+        }
     }
 }
 

@@ -15,6 +15,30 @@ struct ConfigValidator {
             note("\(name): \(value) is out of range (\(allowed.lowerBound)…\(allowed.upperBound))")
         }
     }
+
+    /// `[node.labels]`: keys are simple identifiers (constraints read them as `labels.<key>`), at most 64 of them;
+    /// strings up to 256 characters, lists up to 64 items.
+    mutating func labels(_ labels: [String: AttributeValue]) {
+        if labels.count > 64 { note("node.labels: \(labels.count) labels; at most 64") }
+        for (key, value) in labels.sorted(by: { $0.key < $1.key }) {
+            let name = "node.labels.\(key)"
+            if !Patterns.matches(#"^[A-Za-z_][A-Za-z0-9_]{0,63}$"#, key) {
+                let shown = Patterns.matches(#"^[ -~]{1,64}$"#, key) ? "\"\(key)\"" : "(an unprintable key)"
+                note("node.labels: the key \(shown) is not a simple identifier (a letter or _, then letters, digits or _; "
+                     + "at most 64)")
+                continue
+            }
+            func check(_ v: AttributeValue, _ at: String) {
+                if case .string(let s) = v, s.count > 256 { note("\(at): the string is \(s.count) characters; at most 256") }
+            }
+            if case .list(let items) = value {
+                if items.count > 64 { note("\(name): \(items.count) items; at most 64") }
+                for (i, item) in items.enumerated() { check(item, "\(name)[\(i)]") }
+            } else {
+                check(value, name)
+            }
+        }
+    }
 }
 
 /// The checks after decoding: ranges, formats, allowlists, and (with `brokerFiles`) the files the node will read.
@@ -33,6 +57,7 @@ extension ConfigFile {
         outputs.validate(&v)
         journal.validate(&v)
         reporter.validate(&v)
+        metrics.validate(&v)
 
         for l in launchers.enabled where !NodeConfig.knownLaunchers.contains(l) {
             v.note("launchers.enabled: \"\(l)\" is not a launcher this build has (it has: "

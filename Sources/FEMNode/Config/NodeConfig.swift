@@ -27,6 +27,11 @@ public struct NodeConfig: Sendable {
     public var stopGraceSeconds: Int
     /// Below this much free space (MB) on the work dir's or the log's filesystem the node takes no new tasks.
     public var minFreeMB: Int = 256
+    /// `[node.capacity]` as configured: nil fields take the host's values (`NodeAssembly.capacity`).
+    public var capacityCPUs: Int?
+    public var capacityMemoryMB: Int?
+    public var capacityGPUs: Int?
+    public var capacityStorageMB: Int?
     /// On SIGTERM, running tasks may go on for this long before the daemon stops (work left is recovered at start).
     public var drainSeconds: Int = 30
     /// A task that finds dockerd unreachable waits this long for it (with a notice) before failing.
@@ -47,6 +52,12 @@ public struct NodeConfig: Sendable {
     public var maxMessageBytes: Int
     /// Broker accounts whose tasks and control messages this node accepts (checked against the AMQP `user_id`).
     public var orchestrators: [String]
+    /// `node.pools`: the work pools this node takes tasks from (`fem.pool.<name>`), besides its own queue.
+    public var pools: [String] = []
+    /// `node.pool_max_passes`: returns to the pool before a pool task is dead-lettered as unplaceable.
+    public var poolMaxPasses: Int = 10
+    /// `broker.pool_peers`: node accounts whose returned pool tasks this node accepts.
+    public var poolPeers: [String] = []
 
     /// `launchers.enabled`: nothing runs unless listed.
     public var enabledLaunchers: [String]
@@ -100,6 +111,10 @@ public struct NodeConfig: Sendable {
     public var reporterMaxMetricsPerLine: Int
 
     public var datasets: [String: Dataset]
+    /// `[metrics] listen`: where `GET /metrics` is served (nil: metrics are off).
+    public var metricsListen: MetricsListen?
+    /// `[node.labels]`: free-form attributes for constraints, as `labels.<key>`.
+    public var labels: [String: AttributeValue] = [:]
     /// Where the file was read from, for messages.
     public var source: String
 
@@ -259,9 +274,18 @@ extension NodeConfig {
             datasets: file.validDatasets, source: source)
         config.minFreeMB = file.node.minFreeMB
         config.drainSeconds = file.node.drainSeconds
+        config.metricsListen = file.metrics.listen.isEmpty ? nil : try? MetricsListen.parse(file.metrics.listen)
+        config.pools = file.node.pools
+        config.poolMaxPasses = file.node.poolMaxPasses
+        config.poolPeers = file.broker.poolPeers
+        config.labels = file.node.labels
         config.logMaxMB = file.node.logMaxMB
         config.logKeep = file.node.logKeep
         config.logFormat = file.node.logFormat
+        config.capacityCPUs = file.node.capacity.cpus
+        config.capacityMemoryMB = file.node.capacity.memoryMB
+        config.capacityGPUs = file.node.capacity.gpus
+        config.capacityStorageMB = file.node.capacity.storageMB
         config.dockerWaitSeconds = d.waitForDaemonSeconds
         let s = file.launchers.slurm
         config.slurm = SlurmLauncherConfig(
@@ -271,6 +295,13 @@ extension NodeConfig {
             user: taskUsers["slurm"], slurmConf: absolutePath(s.slurmConf), sbatch: s.sbatch, squeue: s.squeue,
             scontrol: s.scontrol, scancel: s.scancel, pollInterval: .milliseconds(s.pollIntervalMS),
             unreachableTolerance: .seconds(s.unreachableSeconds), nodeID: id)
+        config.slurm.containerRuntime = s.containerRuntime
+        config.slurm.podman = s.podman
+        config.slurm.allowedImages = s.allowedImages
+        config.slurm.insecureRegistries = s.insecureRegistries
+        config.slurm.pidsLimit = s.pidsLimit
+        config.slurm.tmpfsMB = s.tmpfsMB
+        config.slurm.datasets = config.datasets.mapValues(\.path)
         return config
     }
 

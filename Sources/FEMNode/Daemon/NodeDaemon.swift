@@ -34,6 +34,11 @@ struct NodeApplication: Sendable {
     let disk: DiskWatch
     let admission: Admission
     let endpoint: AMQPEndpoint
+    /// `[metrics]`: nil when off.
+    let metrics: NodeMetrics?
+    let pools: PoolWork
+    /// The node's attributes, for constraints and heartbeats.
+    let fingerprint: NodeFingerprint
     /// receiver.log, reopened on SIGHUP; the status file and systemd; the config a reload replaces.
     let logSink: LineLogHandler.Sink?
     let operations: Operations
@@ -53,40 +58,60 @@ struct NodeApplication: Sendable {
         self.logger = logger
         let endpoint = try config.endpoint()
         self.endpoint = endpoint
-        live = LiveConfig(config)
+        let live = LiveConfig(config)
+        self.live = live
 
         // The journal first: the publisher reads its outbox, and the runner wakes the publisher when it adds events.
+        // The metrics hear every state change and event the journal commits.
+        let metrics = config.metricsListen.map { _ in NodeMetrics(version: FEMVersion.string) }
+        self.metrics = metrics
         try NodeAssembly.prepareWorkDir(config)
-        let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID)
+        let journal = try SQLiteJournal(path: config.journalPath, nodeID: config.nodeID,
+                                        metrics: metrics ?? NoTaskMetrics())
         let publisher = AMQPEventPublisher(endpoint: endpoint, outbox: journal, logger: logger)
         self.publisher = publisher
         let disk = DiskWatch(workDir: config.workDir, logFile: config.logFile, minFreeMB: config.minFreeMB)
         self.disk = disk
+        let ended = TaskEndedHook()
         node = try NodeAssembly(config: config, journal: journal, logger: logger,
-                                diskPressure: { since in disk.pressure(since: since) }) { publisher.wake() }
+                                diskPressure: { since in disk.pressure(since: since) },
+                                taskEnded: { id, state, detail in ended.call(id, state, detail) }) { publisher.wake() }
+        let pools = PoolWork(config: config, journal: journal, runner: node.runner, publisher: publisher, logger: logger,
+                             datasets: { live.value.datasets.keys })
+        self.pools = pools
+        ended.set { id, state, detail in pools.taskEnded(id, state: state, detail: detail) }
         let notices = NodeNotices(nodeID: config.nodeID, publisher: publisher)
         self.notices = notices
         logTrouble.set { news in
             switch news {
             case .dropping(let error):
+                metrics?.logTrouble(failing: true)
                 notices.send("log_dropping", "the node cannot write its log \(config.logFile) (\(error)); log lines are "
                              + "dropped and counted until writes work again", ["error": .string(error)])
             case .recovered(let dropped, let error):
+                metrics?.logTrouble(failing: false, dropped: dropped)
                 notices.send("log_recovered", "the node writes its log again; \(dropped) line(s) were dropped while "
                              + "writes failed (\(error))", ["dropped_lines": .int(Int64(dropped))])
             }
         }
         let admission = Admission(disk: disk)
         self.admission = admission
+        // Labels and datasets as the last config reload left them.
+        let fingerprint = NodeFingerprint(config: { live.value }, launchers: node.registry.names)
+        self.fingerprint = fingerprint
         let operations = Operations(config: config, broker: "\(endpoint)", launchers: node.registry.names, logger: logger)
         self.operations = operations
         source = AMQPTaskSource(endpoint: endpoint, nodeID: config.nodeID, prefetch: config.prefetch,
-                                maxMessageBytes: config.maxMessageBytes, logger: logger,
+                                maxMessageBytes: config.maxMessageBytes, logger: logger, pools: config.pools,
+                                poolRoom: { admission.refusal == nil ? pools.room() : 0 },
                                 connection: { operations.broker(connected: $0) })
+        pools.attach(source)
         receiver = Receiver(nodeID: config.nodeID, maxMessageBytes: config.maxMessageBytes, journal: node.journal,
                             runner: node.runner, logger: logger, admission: { admission.refusal },
                             notify: { reason, message, data in notices.send(reason, message, data) },
-                            orchestrators: Set(config.orchestrators)) { publisher.wake() }
+                            orchestrators: Set(config.orchestrators), pools: pools.placement,
+                            poolPeers: Set(config.poolPeers),
+                            attributes: { fingerprint.current }) { publisher.wake() }
     }
 
     /// Started in this order and shut down in the reverse one: the runner drains first (the receiver still reads
@@ -115,11 +140,35 @@ struct NodeApplication: Sendable {
             .init(service: SecondSignalService(logger: logger), failureTerminationBehavior: .cancelGroup),
             .init(service: RunnerService(app: self)),
         ]
+        // The metrics near the start (stopped late): they watch the drain to its end.
+        list.insert(contentsOf: metricsServices, at: 0)
         // systemd's watchdog: first, so the graceful shutdown reaches it last (it pings through the drain).
         if let interval = operations.systemd.watchdogPingInterval {
             list.insert(.init(service: WatchdogService(operations: operations, interval: interval)), at: 0)
         }
         return list
+    }
+
+    var metricsServices: [ServiceGroupConfiguration.ServiceConfiguration] {
+        guard let metrics, let listen = config.metricsListen else { return [] }
+        return [.init(service: MetricsService(listen: listen, metrics: metrics, sample: { [self] in await metricsSample() },
+                                              logger: logger))]
+    }
+
+    /// The node's own facts for a scrape (task facts come from the journal as they happen).
+    func metricsSample() async -> NodeMetrics.Sample {
+        var s = NodeMetrics.Sample()
+        s.running = await node.runner.activeCount
+        s.queued = await node.runner.queuedCount
+        s.outbox = try? node.journal.outboxCount()
+        let link = publisher.link
+        s.brokerConnected = link.connected
+        s.brokerReconnects = link.reconnects
+        s.lastHeartbeat = link.lastHeartbeatConfirmed
+        s.freeDiskBytes = freeDiskBytes(at: config.workDir)
+        s.diskPressure = disk.pressure != nil
+        s.draining = admission.draining
+        return s
     }
 
     func run() async throws {
@@ -128,6 +177,8 @@ struct NodeApplication: Sendable {
             fem-client \(FEMVersion.string) starting: node \(config.nodeID), broker \(endpoint), launchers \(launchers), \
             work dir \(config.workDir), up to \(config.maxConcurrentTasks) tasks at once
             """)
+        await fingerprint.refresh()
+        await node.runner.checkConstraints(against: { [fingerprint] in fingerprint.current })
         await node.runner.recover()
         operations.versions(await engineVersions(config))
         if config.enabledLaunchers.contains("docker") {
@@ -151,6 +202,7 @@ struct NodeApplication: Sendable {
     func sendHeartbeat() async {
         var beat = await node.heartbeat(version: FEMVersion.string, pressure: admission.refusal,
                                         draining: admission.draining)
+        beat.attributes = await fingerprint.refresh()
         // Datasets as the last config reload left them.
         beat.datasets = live.value.datasets.sorted { $0.key < $1.key }.map { DatasetAdvert(id: $0.key, labels: $0.value.labels) }
         operations.heartbeat(beat, awaitingApproval: try? node.journal.count(states: [.awaitingApproval]),

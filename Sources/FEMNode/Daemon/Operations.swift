@@ -285,12 +285,17 @@ struct ConfigReload: Sendable {
         Key("broker.key_file") { $0.keyFile }, Key("broker.prefetch") { "\($0.prefetch)" },
         Key("broker.max_message_bytes") { "\($0.maxMessageBytes)" },
         Key("broker.orchestrators") { "\($0.orchestrators)" }, Key("launchers.enabled") { "\($0.enabledLaunchers)" },
+        Key("node.pools, node.pool_max_passes or broker.pool_peers") {
+            "\($0.pools) \($0.poolMaxPasses) \($0.poolPeers)"
+        },
         Key("hooks") { "\($0.hooks)" }, Key("journal.keep_days") { "\($0.journalKeepDays)" },
         Key("sandboxes") { "\($0.keepCompletedHours) \($0.keepFailedHours)" },
         Key("outputs.require_approval") { "\($0.requireApproval)" }, Key("outputs.hold_logs") { "\($0.holdLogs)" },
         Key("reporter") {
             "\($0.reporterMaxEventsPerTask) \($0.reporterMaxEventBytesPerTask) \($0.reporterMaxMetricsPerLine)"
         },
+        // The metrics endpoint is bound once, at start.
+        Key("metrics.listen") { $0.metricsListen?.description ?? "" },
     ]
 
     static func keepRunning(_ old: NodeConfig, in next: inout NodeConfig) {
@@ -306,6 +311,7 @@ struct ConfigReload: Sendable {
         next.stopGraceSeconds = old.stopGraceSeconds
         next.minFreeMB = old.minFreeMB
         next.drainSeconds = old.drainSeconds
+        next.metricsListen = old.metricsListen
         next.brokerURL = old.brokerURL
         next.brokerPassword = old.brokerPassword
         next.caFile = old.caFile
@@ -314,6 +320,9 @@ struct ConfigReload: Sendable {
         next.prefetch = old.prefetch
         next.maxMessageBytes = old.maxMessageBytes
         next.orchestrators = old.orchestrators
+        next.pools = old.pools
+        next.poolMaxPasses = old.poolMaxPasses
+        next.poolPeers = old.poolPeers
         next.enabledLaunchers = old.enabledLaunchers
         next.hooks = old.hooks
         next.journalKeepDays = old.journalKeepDays
@@ -340,6 +349,7 @@ struct ConfigReload: Sendable {
         },
         Key("datasets") { "\($0.datasets.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })" },
         Key("launchers.env_allowed") { "\($0.envAllowed)" },
+        Key("node.labels") { "\($0.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })" },
         Key("node.default_timeout, node.max_timeout or node.allow_timeout_above_plan") {
             "\($0.defaultTimeoutSeconds) \($0.maxTimeoutSeconds) \($0.allowTimeoutAbovePlan)"
         },

@@ -18,6 +18,7 @@ public struct NodeAssembly: Sendable {
     /// journal opened here.
     public init(config: NodeConfig, journal: SQLiteJournal? = nil, logger: Logger,
                 diskPressure: @escaping @Sendable (Date) -> String? = { _ in nil },
+                taskEnded: @escaping @Sendable (String, TaskState, EventDetail) -> Void = { _, _, _ in },
                 eventsAdded: @escaping @Sendable () -> Void) throws {
         self.config = config
         if let journal {
@@ -39,6 +40,8 @@ public struct NodeAssembly: Sendable {
                                      maxMetricsPerLine: config.reporterMaxMetricsPerLine,
                                      holdToolText: config.requireApproval))
         settings.diskPressure = diskPressure
+        settings.taskEnded = taskEnded
+        settings.capacity = HostCapacity.of(config)
         runner = Runner(settings: settings, journal: self.journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
                         stageOut: try Self.stageOut(config),
@@ -151,6 +154,8 @@ public struct NodeAssembly: Sendable {
         beat.pressure = pressure
         beat.unrecorded = unrecorded.isEmpty ? nil : unrecorded.count
         beat.draining = draining ? true : nil
+        beat.capacity = await runner.capacity
+        beat.free = await runner.freeCapacity
         return beat
     }
 }

@@ -87,6 +87,8 @@ public final class AMQPConnection {
     static let basicNackMethod: UInt32 = 0x003C_0078
     static let basicReturnMethod: UInt32 = 0x003C_0032
     static let basicDeliverMethod: UInt32 = 0x003C_003C
+    static let basicGetOkMethod: UInt32 = 0x003C_0047
+    static let basicGetEmptyMethod: UInt32 = 0x003C_0048
     static let channelCloseMethod: UInt32 = 0x0014_0028
     static let connectionCloseMethod: UInt32 = 0x000A_0032
 
@@ -253,6 +255,38 @@ public final class AMQPConnection {
         return Self.string(ok.pointee.queue)
     }
 
+    /// A durable quorum queue (`x-queue-type = quorum`): replicated on a cluster, it keeps a delivery count; work
+    /// pools use it. Declaring it again with the same arguments is a no-op.
+    public func declareQuorumQueue(_ name: String, channel: UInt16 = 1) throws {
+        let declared = withBytes([name]) { b in fem_amqp_queue_declare_quorum(state, channel, b[0]) }
+        if declared == nil {
+            try check("declare quorum queue \(name)")
+            throw AMQPError(.protocolError, "cannot declare quorum queue \(name)")
+        }
+    }
+
+    /// How many consumers a queue has, by a passive declare: nil when the queue does not exist (the broker then
+    /// closes `channel`, so give a channel of its own). `femctl submit` warns with it when no node takes a queue.
+    public func queueConsumers(_ name: String, channel: UInt16) throws -> UInt32? {
+        let declared = withBytes([name]) { b in
+            amqp_queue_declare(state, channel, b[0], 1, 0, 0, 0, amqp_empty_table)
+        }
+        guard let ok = declared else {
+            let reply = amqp_get_rpc_reply(state)
+            if reply.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION,
+               reply.reply.id == Self.channelCloseMethod,
+               let close = reply.reply.decoded?.assumingMemoryBound(to: amqp_channel_close_t.self),
+               close.pointee.reply_code == 404 {
+                var closeOK = amqp_channel_close_ok_t()
+                _ = amqp_send_method(state, channel, Self.channelCloseMethod + 1, &closeOK)  // channel.close-ok
+                return nil
+            }
+            try check("look up queue \(name)")
+            throw AMQPError(.protocolError, "cannot look up queue \(name)")
+        }
+        return ok.pointee.consumer_count
+    }
+
     public func bindQueue(_ queue: String, exchange: String, routingKey: String, channel: UInt16 = 1) throws {
         withBytes([queue, exchange, routingKey]) { b in
             _ = amqp_queue_bind(state, channel, b[0], b[1], b[2], amqp_empty_table)
@@ -361,6 +395,23 @@ public final class AMQPConnection {
         }
     }
 
+    /// basic.get: asks `queue` for one message (pull). True when one is on its way: it arrives through
+    /// `nextDelivery(timeoutMilliseconds:maxBodyBytes:)` like a pushed delivery (same size limit, frame by frame);
+    /// false when the queue is empty. Deliveries of other channels that arrive meanwhile stay queued in rabbitmq-c.
+    public func basicGet(queue: String, channel: UInt16) throws -> Bool {
+        let reply = withBytes([queue]) { b in amqp_basic_get(state, channel, b[0], 0) }
+        if let error = Self.error(from: reply, doing: "get a message from \(queue)") { throw error }
+        if reply.reply.id == Self.basicGetEmptyMethod { return false }
+        guard reply.reply.id == Self.basicGetOkMethod, let decoded = reply.reply.decoded else {
+            throw AMQPError(.protocolError, "cannot get a message from \(queue): unexpected reply \(reply.reply.id)")
+        }
+        let ok = decoded.assumingMemoryBound(to: amqp_basic_get_ok_t.self).pointee
+        partial[channel] = PartialDelivery(delivery: AMQPDelivery(
+            channel: channel, deliveryTag: ok.delivery_tag, exchange: Self.string(ok.exchange),
+            routingKey: Self.string(ok.routing_key), redelivered: ok.redelivered != 0, body: []))
+        return true
+    }
+
     /// Waits up to `timeoutMilliseconds` for a delivery. Returns nil on timeout or on a frame that was not a
     /// delivery (heartbeats, confirms); throws when the connection or channel is gone.
     public func nextDelivery(timeoutMilliseconds: Int) throws -> AMQPDelivery? {
@@ -433,7 +484,7 @@ public final class AMQPConnection {
     /// (see `waitForConfirms`).
     @discardableResult
     public func publish(exchange: String, routingKey: String, body: [UInt8], persistent: Bool = true,
-                        channel: UInt16 = 1, userID: String? = nil) throws -> UInt64 {
+                        channel: UInt16 = 1, userID: String? = nil, mandatory: Bool = false) throws -> UInt64 {
         var props = amqp_basic_properties_t()
         props._flags = 0x8000 | 0x1000  // AMQP_BASIC_CONTENT_TYPE_FLAG | AMQP_BASIC_DELIVERY_MODE_FLAG
         props.delivery_mode = persistent ? 2 : 1
@@ -443,7 +494,7 @@ public final class AMQPConnection {
             if userID != nil { props.user_id = b[3] }
             return body.withUnsafeBufferPointer { buffer in
                 let bytes = amqp_bytes_t(len: buffer.count, bytes: UnsafeMutableRawPointer(mutating: buffer.baseAddress))
-                return amqp_basic_publish(state, channel, b[1], b[2], 0, 0, &props, bytes)
+                return amqp_basic_publish(state, channel, b[1], b[2], mandatory ? 1 : 0, 0, &props, bytes)
             }
         }
         if status != AMQP_STATUS_OK.rawValue {
@@ -479,6 +530,9 @@ public final class AMQPConnection {
             } else if id == Self.basicNackMethod, let d = frame.payload.method.decoded {
                 let nack = d.assumingMemoryBound(to: amqp_basic_nack_t.self).pointee
                 confirm(tag: nack.delivery_tag, multiple: nack.multiple != 0, nack: true)
+            } else if id == Self.basicReturnMethod {
+                // A `mandatory` publish no queue took (its content frames follow and are skipped above).
+                returnedPublishes += 1
             } else if id == Self.connectionCloseMethod || id == Self.channelCloseMethod {
                 throw AMQPError(.closedByServer, "the broker closed the connection while confirming publishes")
             }
@@ -486,6 +540,14 @@ public final class AMQPConnection {
         defer { nackedTags.removeAll() }
         return nackedTags
     }
+
+    /// `mandatory` publishes the broker returned because no queue was bound for their routing key (seen while
+    /// waiting for confirms; RabbitMQ sends the return before the confirm). Reading it resets it.
+    public func takeReturnedPublishes() -> Int {
+        defer { returnedPublishes = 0 }
+        return returnedPublishes
+    }
+    private var returnedPublishes = 0
 
     /// Publisher-confirm bookkeeping: tags are per channel and cumulative for the connection's life.
     private var publishedTags: UInt64 = 0

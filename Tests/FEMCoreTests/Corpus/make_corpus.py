@@ -126,7 +126,7 @@ case("plan-dataset-not-declared", "plan", plan(command={"base": ["/bin/cat", "%%
 # --- invalid tasks (schema agrees)
 case("task-missing-execution", "task", task(execution_id=None), False, ["execution_id"])
 case("task-bad-task-id", "task", task(task_id="../etc"), False, ["task_id"])
-case("task-unknown-field", "task", task(priority=1), False, ["priority"])
+case("task-unknown-field", "task", task(urgency=1), False, ["urgency"])
 case("task-params-not-object", "task", task(params=[1]), False, ["params"])
 case("task-bad-timeout", "task", task(timeout_seconds="60"), False, ["timeout_seconds"])
 case("task-stage-out-ftp", "task", task(stage_out={"url": "ftp://x"}), False, ["stage_out.url"])
@@ -139,4 +139,9 @@ case("task-unknown-param", "task", task(params={"name": "a", "colour": "red"}), 
 case("task-missing-required", "task", task(params={}), False, ["params.name"], schema_valid=True)
 case("task-bool-given-string", "task", task(params={"name": "a", "flag": "true"}), False, ["params.flag"], schema_valid=True)
 case("task-str-given-number", "task", task(params={"name": 5}), False, ["params.name"], schema_valid=True)
+# --- constraints: a string (its syntax is checked on the node, which declines a task it cannot read)
+case("task-plan-constraints", "task", task(plan=plan(constraints='cpus >= 1 and gpu_model =~ "A100"'),
+                                           constraints='"camera" in labels.sensors'), True)
+case("task-constraints-not-a-string", "task", task(plan=plan(constraints=""), constraints=3), False,
+     ["constraints", "plan.constraints"])
 print(f"wrote {n} cases")
