@@ -3,8 +3,8 @@
 # so the package needs only Debian's libraries), the systemd unit, /etc/fem-client/fem-client.toml (a conffile: dpkg
 # never overwrites an edited one), the logrotate snippet, docs, shell completions and manual pages.
 #   scripts/package-deb.sh [--out DIR]    # DIR defaults to the checkout; prints the .deb's path last
-#   scripts/package-deb.sh --fast ...     # xz -0 instead of xz -6: about 5 s instead of 1-2.5 min, 40 MB instead of
-#                                         # 33 (the tests use it; zstd would be faster still, but lintian refuses it)
+#   scripts/package-deb.sh --fast ...     # xz -0 instead of xz -6: about 5 s instead of 1-2.5 min, ~43 MB instead of
+#                                         # ~35 (the tests use it; zstd would be faster still, but lintian refuses it)
 #   scripts/package-deb.sh --build-only   # only the release build (test.sh warms it before the tests)
 # The release build lives in .build-release (its own folder: it never fights the debug build in .build).
 # docs/operations.md "Installing from the Debian package" says how to install, enable, upgrade and remove it.

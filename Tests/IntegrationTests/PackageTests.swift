@@ -16,6 +16,7 @@ struct PackageTests {
     @Test func theDebianPackageInstallsIntoAFreshDebian12AndKeepsAnEditedConfig() throws {
         let started = Date()
         let out = try TestEnv.scratch("deb")
+        defer { try? FileManager.default.removeItem(atPath: out) }   // ~45 MB of packages
 
         // 1. The script builds the package (the release build is incremental: test.sh warms it first).
         let built = try Shell.run(["/bin/bash", "\(TestEnv.repoRoot)/scripts/package-deb.sh", "--fast", "--out", out])
