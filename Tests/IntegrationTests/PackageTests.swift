@@ -145,6 +145,23 @@ struct PackageTests {
             #expect(check.output.contains(line), "check says no \"\(line)\": \(check.output)")
         }
 
+        // The packaged daemon starts as the unit starts it (in /var/lib/fem-client), connects, logs to
+        // /var/log/fem-client/receiver.log and stops on SIGTERM (it drains; nothing runs).
+        let daemon = try Self.inRoot(root, """
+            cd /var/lib/fem-client
+            /usr/bin/fem-client daemon --config /etc/fem-client/fem-client.toml > /tmp/daemon.out 2>&1 &
+            pid=$!; i=0
+            until grep -q "connected to the broker" /var/log/fem-client/receiver.log 2>/dev/null; do
+              kill -0 $pid 2>/dev/null || { echo "the daemon exited:"; cat /tmp/daemon.out; exit 1; }
+              i=$((i + 1)); [ $i -le 300 ] || { echo "not connected within 30 s:"; cat /tmp/daemon.out; kill -KILL $pid; exit 1; }
+              sleep 0.1
+            done
+            kill -TERM $pid; wait $pid; echo "daemon exit $?"
+            """)
+        #expect(daemon.status == 0 && daemon.output.contains("daemon exit 0"), "the packaged daemon: \(daemon.output)")
+        let receiverLog = (try? String(contentsOfFile: "\(root)/var/log/fem-client/receiver.log", encoding: .utf8)) ?? ""
+        #expect(receiverLog.contains("connected to the broker"), "\(receiverLog)")
+
         // 7. remove keeps the edited config (and the work dir); a reinstall does not overwrite it.
         let remove = try Self.inRoot(root, "apt-get remove -y -q fem-client")
         #expect(remove.status == 0, "\(remove.output)")
