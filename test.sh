@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-bash scripts/install-packages.sh busybox-static podman uidmap catatonit docker-registry apache2-utils nginx fcgiwrap git munge slurmctld slurmd slurm-client man-db groff-base prometheus
+bash scripts/install-packages.sh busybox-static podman uidmap catatonit docker-registry apache2-utils nginx fcgiwrap git munge slurmctld slurmd slurm-client man-db groff-base prometheus debootstrap dpkg-dev
 python3 -c "import jsonschema" 2>/dev/null || python3 -m pip install -q jsonschema
 # Host-process tests run tasks as the unprivileged fem-task user (CI starts from a fresh machine).
 bash scripts/create-task-user.sh --subids
@@ -71,6 +71,8 @@ export FEM_TEST_FLWR_VENV="$cache/flwr"
 export FEM_TEST_VENV_DIR="$cache/venvs"
 
 swift build --build-tests
+# The release build PackageTests packages (scripts/package-deb.sh; .build-release), made here so the test only packages.
+bash scripts/package-deb.sh --build-only
 export FEM_TEST_BIN_DIR="$(swift build --show-bin-path)"
 # The unit suites run on their own first: the integration suites wait synchronously for daemons, brokers and
 # containers, and in one process those waits hold the few threads of Swift's cooperative pool that the runner's
