@@ -19,6 +19,9 @@ final class PoolWork: Sendable {
     /// The documents of pool tasks taken here that may be retried, as they arrived: the journal drops a task's
     /// stage-out token when it ends, and a retry elsewhere needs it. After a restart the journal's copy is used.
     private let retryable = Mutex<[String: JSONValue]>([:])
+    /// Tasks whose last `gate` refusal here was temporary (no free slot, resources busy now): their pass-on does not
+    /// count toward `pool_max_passes`, since the task would fit once a running job ends. Set by `gate`, taken by `pass`.
+    private let waitRefused = Mutex<Set<String>>([])
     /// After passing a task on, the pools are not asked for work for this long.
     static let passPauseSeconds = 2.0
 
@@ -65,9 +68,13 @@ final class PoolWork: Sendable {
         if !missing.isEmpty {
             return "dataset \(missing.joined(separator: ", ")) is not on this node"
         }
-        if let why = await resourcesRefusal(spec) { return why }
+        if let (why, temporary) = await resourcesRefusal(spec) {
+            if temporary { _ = waitRefused.withLock { $0.insert(spec.taskID) } }
+            return why
+        }
         let free = room()
         if free < 1 {
+            _ = waitRefused.withLock { $0.insert(spec.taskID) }
             return "no free slot: max_concurrent_tasks is \(config.maxConcurrentTasks) and all are taken"
         }
         if spec.effectiveRetry != nil || !spec.alternatives.isEmpty {
@@ -78,26 +85,38 @@ final class PoolWork: Sendable {
 
     /// Whether the task's resources fit this node now (`Runner.admission`): one that can never fit here, or that would
     /// have to wait for resources or a slot, goes to another node of the pool (which may fit it, or have room now).
-    func resourcesRefusal(_ spec: TaskSpec) async -> String? {
+    /// `temporary`: the refusal holds only until a running job ends (`.mustWait`), so it does not count as a pass.
+    func resourcesRefusal(_ spec: TaskSpec) async -> (reason: String, temporary: Bool)? {
         switch await runner.admission(for: spec) {
         case .fitsNow: return nil
-        case .never(let why): return why
+        case .never(let why): return (why, false)
         case .mustWait:
             let r = spec.plan.resources
             let asked = [r.cpus.map { "cpus \(String(format: "%g", $0))" }, r.memoryMB.map { "memory_mb \($0)" },
                          r.gpus.map { "gpus \($0)" }, r.storageMB.map { "storage_mb \($0)" }].compactMap { $0 }
-            return "no room now: " + (asked.isEmpty ? "no free slot" : "its resources (\(asked.joined(separator: ", "))) "
-                                      + "do not fit what is free, or no slot is free")
+            return ("no room now: " + (asked.isEmpty ? "no free slot" : "its resources (\(asked.joined(separator: ", "))) "
+                                       + "do not fit what is free, or no slot is free"), true)
         }
     }
 
     /// Returns the task to its pool with this node's reason (or gives it up after `pool_max_passes` passes: the
     /// pool's dead-letter queue and an `unplaceable` event); the delivery is acknowledged once the broker confirmed
     /// the new message (at least once: a connection lost before the ack brings the original back as well).
+    /// A temporary refusal (no free slot, resources busy now) is recorded but not counted as a pass: the task would
+    /// fit here once a running job ends, so it must not reach the dead-letter queue for that. It cannot loop hot:
+    /// this node's pool pulls pause for `passPauseSeconds` after every pass-on, counted or not.
     func pass(_ message: InboundMessage, document: JSONValue, pool: String, reason: String) {
         var ticket = PoolTicket.of(document) ?? PoolTicket(name: pool)
         ticket.name = pool
-        ticket.passes += 1
+        let taskIDRead = document["task_id"]?.stringValue
+        let temporary = taskIDRead.map { id in waitRefused.withLock { $0.remove(id) != nil } } ?? false
+        if temporary {
+            // Recorded once per node and reason: a task that waits long must not grow its document pass by pass.
+            let kept = String(reason.prefix(PoolTicket.maxReason))
+            ticket.declined.removeAll { $0.node == config.nodeID && $0.reason == kept }
+        } else {
+            ticket.passes += 1
+        }
         ticket.declined.append(.init(node: config.nodeID, reason: reason))
         var doc = document.objectValue ?? [:]
         doc["pool"] = ticket.json
