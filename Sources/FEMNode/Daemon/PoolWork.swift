@@ -77,8 +77,12 @@ final class PoolWork: Sendable {
             _ = waitRefused.withLock { $0.insert(spec.taskID) }
             return "no free slot: max_concurrent_tasks is \(config.maxConcurrentTasks) and all are taken"
         }
-        if spec.effectiveRetry != nil || !spec.alternatives.isEmpty {
-            retryable.withLock { $0[spec.taskID] = document }
+        // Kept only for a task new here: a duplicate id (already journaled, running or ended) never ends again on
+        // this node, so its document (which may hold stage-out tokens) would stay in the map for good, or replace
+        // the running task's own. A task declined at admission ends through `taskEnded`, which drops it.
+        let journaled: Bool? = try? (journal.task(spec.taskID) != nil)
+        if spec.effectiveRetry != nil || !spec.alternatives.isEmpty, journaled == false {
+            retryable.withLock { if $0[spec.taskID] == nil { $0[spec.taskID] = document } }
         }
         return nil
     }
