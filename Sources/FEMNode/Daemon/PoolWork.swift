@@ -198,12 +198,19 @@ final class PoolWork: Sendable {
         doc["attempt"] = .int(Int64(spec.attempt + 1))
         doc["pool"] = ticket.json
         let pool = ticket.name
-        note(taskID, "failed with \(failure.rawValue), which its retry lists: returned to pool \(pool) for attempt "
-             + "\(spec.attempt + 1) of \(retry.attempts), on another node where there is one",
-             data: ["pool": .string(pool), "next_attempt": .int(Int64(spec.attempt + 1))])
-        publisher.publishTask(routingKey: WireNames.poolKey(pool), body: JSONValue.object(doc).encoded()) { [logger] ok in
-            if !ok {
+        let nextAttempt = spec.attempt + 1
+        // The orchestrator is told the task went back only once the broker confirmed it; when the broker refused it
+        // (or it was given up after failed connections) it is told the task is not coming back.
+        publisher.publishTask(routingKey: WireNames.poolKey(pool), body: JSONValue.object(doc).encoded()) { [self] ok in
+            if ok {
+                note(taskID, "failed with \(failure.rawValue), which its retry lists: returned to pool \(pool) for "
+                     + "attempt \(nextAttempt) of \(retry.attempts), on another node where there is one",
+                     data: ["pool": .string(pool), "next_attempt": .int(Int64(nextAttempt))])
+            } else {
                 logger.error("the broker refused the retry of the task in pool \(pool)", metadata: ["task": "\(taskID)"])
+                note(taskID, "failed with \(failure.rawValue), which its retry lists, but attempt \(nextAttempt) could "
+                     + "not be sent to pool \(pool) (the broker refused it or could not be reached): the task is not retried",
+                     data: ["pool": .string(pool), "next_attempt": .int(Int64(nextAttempt)), "retry_sent": .bool(false)])
             }
         }
     }
@@ -222,14 +229,23 @@ final class PoolWork: Sendable {
         doc["pool"] = PoolTicket(name: ticket.name, tried: ticket.tried.contains(config.nodeID) ? ticket.tried
                                  : ticket.tried + [config.nodeID]).json
         let pool = ticket.name
-        note(taskID, "failed with \(failure.rawValue); its next alternative, plan \(nextPlan.id) \(nextPlan.version), "
-             + "goes to pool \(pool) as attempt \(spec.attempt + 1) (\(rest.count - 1) alternative(s) left after it)",
-             data: ["pool": .string(pool), "next_attempt": .int(Int64(spec.attempt + 1)),
-                    "next_plan": .string(nextPlan.id)])
-        publisher.publishTask(routingKey: WireNames.poolKey(pool), body: JSONValue.object(doc).encoded()) { [logger] ok in
-            if !ok {
+        let nextAttempt = spec.attempt + 1
+        let left = rest.count - 1
+        // Told to the orchestrator only once the broker confirmed it (see `taskEnded`).
+        publisher.publishTask(routingKey: WireNames.poolKey(pool), body: JSONValue.object(doc).encoded()) { [self] ok in
+            if ok {
+                note(taskID, "failed with \(failure.rawValue); its next alternative, plan \(nextPlan.id) "
+                     + "\(nextPlan.version), goes to pool \(pool) as attempt \(nextAttempt) (\(left) alternative(s) left "
+                     + "after it)",
+                     data: ["pool": .string(pool), "next_attempt": .int(Int64(nextAttempt)), "next_plan": .string(nextPlan.id)])
+            } else {
                 logger.error("the broker refused the next alternative of the task in pool \(pool)",
                              metadata: ["task": "\(taskID)"])
+                note(taskID, "failed with \(failure.rawValue); its next alternative, plan \(nextPlan.id) "
+                     + "\(nextPlan.version), could not be sent to pool \(pool) (the broker refused it or could not be "
+                     + "reached): the task is not tried again",
+                     data: ["pool": .string(pool), "next_attempt": .int(Int64(nextAttempt)), "next_plan": .string(nextPlan.id),
+                            "retry_sent": .bool(false)])
             }
         }
     }
