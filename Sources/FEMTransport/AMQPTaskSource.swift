@@ -29,9 +29,9 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         var pendingAcks: [Ack] = []
         var generation = 0
         var started = false
-        /// No pool is asked for work before this time (monotonic seconds): set after a delivery was passed on, so
-        /// another node gets a chance at it first.
-        var poolsPausedUntil = 0.0
+        /// No pool is asked for work before this time: set after a delivery was passed on, so another node gets a
+        /// chance at it first.
+        var poolsPausedUntil = ContinuousClock.now
     }
     private let state = Mutex(State())
     /// Set by `stop`: ends the loop, and any backoff wait at once.
@@ -91,7 +91,7 @@ public final class AMQPTaskSource: TaskSource, Sendable {
     /// After this node passed a pool delivery on: it asks the pools for nothing for `seconds`, so the delivery goes
     /// to another node rather than straight back here.
     public func pausePools(seconds: Double) {
-        let until = monotonicNow() + seconds
+        let until = ContinuousClock.now.advanced(by: .seconds(seconds))
         state.withLock { $0.poolsPausedUntil = max($0.poolsPausedUntil, until) }
     }
 
@@ -181,8 +181,8 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         var awaiting = false
         /// The next pool to ask first (round robin).
         var next = 0
-        /// When the pools may be asked again after they were all empty (monotonic seconds).
-        var notBefore = 0.0
+        /// When the pools may be asked again after they were all empty.
+        var notBefore = ContinuousClock.now
     }
 
     /// Prefetch follows free capacity: the node asks its pools for one task at a time (basic.get) and only while it
@@ -194,7 +194,7 @@ public final class AMQPTaskSource: TaskSource, Sendable {
     /// again after 0.5 s; a delivery that arrived lets the next one be asked for at once.
     private func pullPools(_ conn: AMQPConnection, _ pull: inout PoolPull) throws {
         guard !pools.isEmpty, !pull.awaiting else { return }
-        let now = monotonicNow()
+        let now = ContinuousClock.now
         guard now >= pull.notBefore, now >= state.withLock({ $0.poolsPausedUntil }) else { return }
         let held = unsettled.withLock { $0[Self.poolChannel]?.count ?? 0 }
         guard poolRoom() > held else { return }
@@ -206,7 +206,7 @@ public final class AMQPTaskSource: TaskSource, Sendable {
                 return
             }
         }
-        pull.notBefore = now + 0.5
+        pull.notBefore = now.advanced(by: .milliseconds(500))
     }
 
     private func flushAcks(_ conn: AMQPConnection, generation gen: Int) throws {
@@ -275,10 +275,4 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         continuation.yield(message)
         return d.channel
     }
-}
-
-private func monotonicNow() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }
