@@ -32,6 +32,9 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         /// No pool is asked for work before this time: set after a delivery was passed on, so another node gets a
         /// chance at it first.
         var poolsPausedUntil = ContinuousClock.now
+        /// The pool whose queue the outstanding basic.get asked (get-ok received, message still arriving): the
+        /// delivery belongs to it, whatever its routing key says.
+        var poolAsked: String?
     }
     private let state = Mutex(State())
     /// Set by `stop`: ends the loop, and any backoff wait at once.
@@ -201,6 +204,7 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         for i in 0..<pools.count {
             let pool = pools[(pull.next + i) % pools.count]
             if try conn.basicGet(queue: WireNames.poolQueue(pool), channel: Self.poolChannel) {
+                state.withLock { $0.poolAsked = pool }
                 pull.awaiting = true
                 pull.next = (pull.next + i + 1) % pools.count
                 return
@@ -255,9 +259,16 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         switch d.channel {
         case Self.controlChannel: channel = .control
         case Self.poolChannel:
-            // The routing key names the pool (`pool.<name>`); the queue it came from is one of ours in any case.
-            let name = d.routingKey.hasPrefix("pool.") ? String(d.routingKey.dropFirst(5)) : ""
-            channel = .pool(pools.contains(name) ? name : pools.first ?? name)
+            // The pool is the one whose queue the basic.get asked (recorded by `pullPools`), not a guess from the
+            // routing key: a message published to one pool's key may sit in another's queue (dead-lettering, a
+            // shovel). Without a recorded ask (cannot happen: this channel only reads by basic.get) the delivery
+            // is returned rather than attributed to a pool it may not belong to.
+            guard let name = state.withLock({ s -> String? in defer { s.poolAsked = nil }; return s.poolAsked }) else {
+                _ = unsettled.withLock { $0[d.channel, default: []].insert(d.deliveryTag) }
+                state.withLock { $0.pendingAcks.append((gen, d.channel, d.deliveryTag, true)) }
+                return d.channel
+            }
+            channel = .pool(name)
         default: channel = .task
         }
         _ = unsettled.withLock { $0[d.channel, default: []].insert(d.deliveryTag) }
