@@ -88,13 +88,16 @@ enum NodeDirectory {
         for n in nodes {
             if n.draining { refused.append("\(n.nodeID): draining"); continue }
             if let p = n.pressure { refused.append("\(n.nodeID): \(p)"); continue }
-            if let why = constraintsRefusal(spec, attributes: n.beat["attributes"]) {
+            if let why = constraintsRefusal(spec, attributes: n.beat["attributes"]) ?? placementRefusal(spec, n) {
                 refused.append("\(n.nodeID): \(why)")
                 continue
             }
             candidates.append(n)
         }
-        guard let best = candidates.max(by: { $0.freeness.lexicographicallyPrecedes($1.freeness) }) else {
+        // A node whose `free` covers the task's resources now comes first (it starts the task at once); among
+        // those, or among the rest, the freest.
+        let rank = { (n: NodeSighting) -> [Double] in [fitsNow(spec, n) ? 1 : 0] + n.freeness }
+        guard let best = candidates.max(by: { rank($0).lexicographicallyPrecedes(rank($1)) }) else {
             throw CommandFailure("--least-busy: no node can take the task: " + refused.joined(separator: "; "))
         }
         let load = "\(best.running) running, \(best.queued) waiting"
@@ -103,6 +106,51 @@ enum NodeDirectory {
         return (best.nodeID, "the least busy of \(candidates.count) node(s) that can take it (\(load)\(freeText))"
                 + (others == 0 && refused.isEmpty ? "" : "; not chosen: \(others) busier"
                    + (refused.isEmpty ? "" : ", refused: " + refused.joined(separator: "; "))))
+    }
+
+    /// The task's resources as heartbeat capacity keys (only those it asks for).
+    static func asked(_ spec: TaskSpec) -> [(key: String, value: Double)] {
+        let r = spec.plan.resources
+        return [("cpus", r.cpus), ("memory_mb", r.memoryMB.map(Double.init)), ("gpus", r.gpus.map(Double.init)),
+                ("storage_mb", r.storageMB.map(Double.init))].compactMap { k, v in v.map { (k, $0) } }
+    }
+
+    static func number(_ v: JSONValue?) -> Double? {
+        switch v {
+        case .int(let i)?: Double(i)
+        case .double(let d)?: d
+        default: nil
+        }
+    }
+
+    /// Why the node's heartbeat says it can never run the task: its launcher is not enabled there, a dataset the
+    /// plan reads is not there, or the task asks more than the node's whole `capacity`. Nil when none holds, or the
+    /// heartbeat does not say (an older node).
+    static func placementRefusal(_ spec: TaskSpec, _ n: NodeSighting) -> String? {
+        if case .array(let launchers)? = n.beat["launchers"],
+           !launchers.contains(.string(spec.plan.launcher)) {
+            return "launcher \(spec.plan.launcher) is not enabled there"
+        }
+        if case .array(let datasets)? = n.beat["datasets"] {
+            let there = Set(datasets.compactMap { $0["id"]?.stringValue })
+            let missing = spec.plan.inputs.filter { !there.contains($0) }
+            if !missing.isEmpty { return "dataset \(missing.joined(separator: ", ")) is not there" }
+        }
+        if let capacity = n.beat["capacity"]?.objectValue {
+            let over = asked(spec).filter { a in number(capacity[a.key]).map { a.value > $0 } ?? false }
+            if !over.isEmpty {
+                return "the task asks more than its capacity ("
+                    + over.map { "\($0.key) \(String(format: "%g", $0.value)) > "
+                        + "\(NodeSighting.text(capacity[$0.key]))" }.joined(separator: ", ") + ")"
+            }
+        }
+        return nil
+    }
+
+    /// Whether the node's heartbeat `free` covers the task's resources now (false when it has no `free`).
+    static func fitsNow(_ spec: TaskSpec, _ n: NodeSighting) -> Bool {
+        guard let free = n.free else { return false }
+        return asked(spec).allSatisfy { a in number(free[a.key]).map { a.value <= $0 } ?? false }
     }
 
     /// Why the task's constraints (its own and-ed with its plan's) are not met by what the node's heartbeat says

@@ -29,9 +29,12 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         var pendingAcks: [Ack] = []
         var generation = 0
         var started = false
-        /// No pool is asked for work before this time (monotonic seconds): set after a delivery was passed on, so
-        /// another node gets a chance at it first.
-        var poolsPausedUntil = 0.0
+        /// No pool is asked for work before this time: set after a delivery was passed on, so another node gets a
+        /// chance at it first.
+        var poolsPausedUntil = ContinuousClock.now
+        /// The pool whose queue the outstanding basic.get asked (get-ok received, message still arriving): the
+        /// delivery belongs to it, whatever its routing key says.
+        var poolAsked: String?
     }
     private let state = Mutex(State())
     /// Set by `stop`: ends the loop, and any backoff wait at once.
@@ -91,7 +94,7 @@ public final class AMQPTaskSource: TaskSource, Sendable {
     /// After this node passed a pool delivery on: it asks the pools for nothing for `seconds`, so the delivery goes
     /// to another node rather than straight back here.
     public func pausePools(seconds: Double) {
-        let until = monotonicNow() + seconds
+        let until = ContinuousClock.now.advanced(by: .seconds(seconds))
         state.withLock { $0.poolsPausedUntil = max($0.poolsPausedUntil, until) }
     }
 
@@ -181,8 +184,8 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         var awaiting = false
         /// The next pool to ask first (round robin).
         var next = 0
-        /// When the pools may be asked again after they were all empty (monotonic seconds).
-        var notBefore = 0.0
+        /// When the pools may be asked again after they were all empty.
+        var notBefore = ContinuousClock.now
     }
 
     /// Prefetch follows free capacity: the node asks its pools for one task at a time (basic.get) and only while it
@@ -194,19 +197,20 @@ public final class AMQPTaskSource: TaskSource, Sendable {
     /// again after 0.5 s; a delivery that arrived lets the next one be asked for at once.
     private func pullPools(_ conn: AMQPConnection, _ pull: inout PoolPull) throws {
         guard !pools.isEmpty, !pull.awaiting else { return }
-        let now = monotonicNow()
+        let now = ContinuousClock.now
         guard now >= pull.notBefore, now >= state.withLock({ $0.poolsPausedUntil }) else { return }
         let held = unsettled.withLock { $0[Self.poolChannel]?.count ?? 0 }
         guard poolRoom() > held else { return }
         for i in 0..<pools.count {
             let pool = pools[(pull.next + i) % pools.count]
             if try conn.basicGet(queue: WireNames.poolQueue(pool), channel: Self.poolChannel) {
+                state.withLock { $0.poolAsked = pool }
                 pull.awaiting = true
                 pull.next = (pull.next + i + 1) % pools.count
                 return
             }
         }
-        pull.notBefore = now + 0.5
+        pull.notBefore = now.advanced(by: .milliseconds(500))
     }
 
     private func flushAcks(_ conn: AMQPConnection, generation gen: Int) throws {
@@ -255,9 +259,16 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         switch d.channel {
         case Self.controlChannel: channel = .control
         case Self.poolChannel:
-            // The routing key names the pool (`pool.<name>`); the queue it came from is one of ours in any case.
-            let name = d.routingKey.hasPrefix("pool.") ? String(d.routingKey.dropFirst(5)) : ""
-            channel = .pool(pools.contains(name) ? name : pools.first ?? name)
+            // The pool is the one whose queue the basic.get asked (recorded by `pullPools`), not a guess from the
+            // routing key: a message published to one pool's key may sit in another's queue (dead-lettering, a
+            // shovel). Without a recorded ask (cannot happen: this channel only reads by basic.get) the delivery
+            // is returned rather than attributed to a pool it may not belong to.
+            guard let name = state.withLock({ s -> String? in defer { s.poolAsked = nil }; return s.poolAsked }) else {
+                _ = unsettled.withLock { $0[d.channel, default: []].insert(d.deliveryTag) }
+                state.withLock { $0.pendingAcks.append((gen, d.channel, d.deliveryTag, true)) }
+                return d.channel
+            }
+            channel = .pool(name)
         default: channel = .task
         }
         _ = unsettled.withLock { $0[d.channel, default: []].insert(d.deliveryTag) }
@@ -275,10 +286,4 @@ public final class AMQPTaskSource: TaskSource, Sendable {
         continuation.yield(message)
         return d.channel
     }
-}
-
-private func monotonicNow() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

@@ -178,6 +178,33 @@ struct PoolTests {
         }
     }
 
+    @Test func aTaskWaitingForBusyResourcesIsNotDeadLetteredForIt() throws {
+        // Every node fits one task at a time (2 CPUs, each task asks 2); six tasks of 2 s each keep the pool busy,
+        // so nodes refuse them for now ("no room now") many times. Those temporary refusals must not count toward
+        // pool_max_passes (2): every task runs, none is given up as unplaceable.
+        let two = Self.hostNode + "\n[node.capacity]\ncpus = 2\n"
+        let fleet = try Fleet("pl-wait", extras: [two, two, two], maxPasses: 2)
+        var tasks: [[String: JSONValue]] = []
+        for _ in 0..<6 {
+            var t = Tasks.task(["/bin/sleep", "2"])
+            var plan = t["plan"]?.objectValue ?? [:]
+            plan["resources"] = .object(["cpus": .int(2)])
+            t["plan"] = .object(plan)
+            try fleet.submit(t)
+            tasks.append(t)
+        }
+        try fleet.waitForFinal(tasks.map(Tasks.id), timeout: 120)
+        for t in tasks {
+            let final = try #require(fleet.final(Tasks.id(t)))
+            #expect(final.state == .completed, "\(final)")
+        }
+        #expect(!fleet.seen.contains { $0.kind == .unplaceable }, "a waiting task was dead-lettered")
+        // The nodes did refuse tasks for now (the case under test happened), more often than pool_max_passes.
+        let passes = (0..<3).map(fleet.passes).reduce(0, +)
+        #expect(passes > 2, "passes: \(passes)")
+        #expect(fleet.nodes.contains { $0.log.contains("no room now") })
+    }
+
     @Test func aNodeAtCapacityTakesNoPoolDeliveriesWhileAnotherHasRoom() throws {
         // Node 0 has one slot, taken by a long task sent to its own queue; nodes 1 and 2 have room.
         let fleet = try Fleet("pl-busy", extras: [Self.hostNode, Self.hostNode, Self.hostNode], maxConcurrent: [1, 1, 1])

@@ -110,7 +110,8 @@ struct NodeApplication: Sendable {
                             runner: node.runner, logger: logger, admission: { admission.refusal },
                             notify: { reason, message, data in notices.send(reason, message, data) },
                             orchestrators: Set(config.orchestrators), pools: pools.placement,
-                            poolPeers: Set(config.poolPeers),
+                            // The node's own account too: a task it passed back to its pool may come back to it.
+                            poolPeers: Set(config.poolPeers).union(endpoint.user.isEmpty ? [] : [endpoint.user]),
                             attributes: { fingerprint.current }) { publisher.wake() }
     }
 

@@ -19,6 +19,9 @@ final class PoolWork: Sendable {
     /// The documents of pool tasks taken here that may be retried, as they arrived: the journal drops a task's
     /// stage-out token when it ends, and a retry elsewhere needs it. After a restart the journal's copy is used.
     private let retryable = Mutex<[String: JSONValue]>([:])
+    /// Tasks whose last `gate` refusal here was temporary (no free slot, resources busy now): their pass-on does not
+    /// count toward `pool_max_passes`, since the task would fit once a running job ends. Set by `gate`, taken by `pass`.
+    private let waitRefused = Mutex<Set<String>>([])
     /// After passing a task on, the pools are not asked for work for this long.
     static let passPauseSeconds = 2.0
 
@@ -65,39 +68,59 @@ final class PoolWork: Sendable {
         if !missing.isEmpty {
             return "dataset \(missing.joined(separator: ", ")) is not on this node"
         }
-        if let why = await resourcesRefusal(spec) { return why }
+        if let (why, temporary) = await resourcesRefusal(spec) {
+            if temporary { _ = waitRefused.withLock { $0.insert(spec.taskID) } }
+            return why
+        }
         let free = room()
         if free < 1 {
+            _ = waitRefused.withLock { $0.insert(spec.taskID) }
             return "no free slot: max_concurrent_tasks is \(config.maxConcurrentTasks) and all are taken"
         }
-        if spec.effectiveRetry != nil || !spec.alternatives.isEmpty {
-            retryable.withLock { $0[spec.taskID] = document }
+        // Kept only for a task new here: a duplicate id (already journaled, running or ended) never ends again on
+        // this node, so its document (which may hold stage-out tokens) would stay in the map for good, or replace
+        // the running task's own. A task declined at admission ends through `taskEnded`, which drops it.
+        let journaled: Bool? = try? (journal.task(spec.taskID) != nil)
+        if spec.effectiveRetry != nil || !spec.alternatives.isEmpty, journaled == false {
+            retryable.withLock { if $0[spec.taskID] == nil { $0[spec.taskID] = document } }
         }
         return nil
     }
 
     /// Whether the task's resources fit this node now (`Runner.admission`): one that can never fit here, or that would
     /// have to wait for resources or a slot, goes to another node of the pool (which may fit it, or have room now).
-    func resourcesRefusal(_ spec: TaskSpec) async -> String? {
+    /// `temporary`: the refusal holds only until a running job ends (`.mustWait`), so it does not count as a pass.
+    func resourcesRefusal(_ spec: TaskSpec) async -> (reason: String, temporary: Bool)? {
         switch await runner.admission(for: spec) {
         case .fitsNow: return nil
-        case .never(let why): return why
+        case .never(let why): return (why, false)
         case .mustWait:
             let r = spec.plan.resources
             let asked = [r.cpus.map { "cpus \(String(format: "%g", $0))" }, r.memoryMB.map { "memory_mb \($0)" },
                          r.gpus.map { "gpus \($0)" }, r.storageMB.map { "storage_mb \($0)" }].compactMap { $0 }
-            return "no room now: " + (asked.isEmpty ? "no free slot" : "its resources (\(asked.joined(separator: ", "))) "
-                                      + "do not fit what is free, or no slot is free")
+            return ("no room now: " + (asked.isEmpty ? "no free slot" : "its resources (\(asked.joined(separator: ", "))) "
+                                       + "do not fit what is free, or no slot is free"), true)
         }
     }
 
     /// Returns the task to its pool with this node's reason (or gives it up after `pool_max_passes` passes: the
     /// pool's dead-letter queue and an `unplaceable` event); the delivery is acknowledged once the broker confirmed
     /// the new message (at least once: a connection lost before the ack brings the original back as well).
+    /// A temporary refusal (no free slot, resources busy now) is recorded but not counted as a pass: the task would
+    /// fit here once a running job ends, so it must not reach the dead-letter queue for that. It cannot loop hot:
+    /// this node's pool pulls pause for `passPauseSeconds` after every pass-on, counted or not.
     func pass(_ message: InboundMessage, document: JSONValue, pool: String, reason: String) {
         var ticket = PoolTicket.of(document) ?? PoolTicket(name: pool)
         ticket.name = pool
-        ticket.passes += 1
+        let taskIDRead = document["task_id"]?.stringValue
+        let temporary = taskIDRead.map { id in waitRefused.withLock { $0.remove(id) != nil } } ?? false
+        if temporary {
+            // Recorded once per node and reason: a task that waits long must not grow its document pass by pass.
+            let kept = String(reason.prefix(PoolTicket.maxReason))
+            ticket.declined.removeAll { $0.node == config.nodeID && $0.reason == kept }
+        } else {
+            ticket.passes += 1
+        }
         ticket.declined.append(.init(node: config.nodeID, reason: reason))
         var doc = document.objectValue ?? [:]
         doc["pool"] = ticket.json
@@ -175,12 +198,19 @@ final class PoolWork: Sendable {
         doc["attempt"] = .int(Int64(spec.attempt + 1))
         doc["pool"] = ticket.json
         let pool = ticket.name
-        note(taskID, "failed with \(failure.rawValue), which its retry lists: returned to pool \(pool) for attempt "
-             + "\(spec.attempt + 1) of \(retry.attempts), on another node where there is one",
-             data: ["pool": .string(pool), "next_attempt": .int(Int64(spec.attempt + 1))])
-        publisher.publishTask(routingKey: WireNames.poolKey(pool), body: JSONValue.object(doc).encoded()) { [logger] ok in
-            if !ok {
+        let nextAttempt = spec.attempt + 1
+        // The orchestrator is told the task went back only once the broker confirmed it; when the broker refused it
+        // (or it was given up after failed connections) it is told the task is not coming back.
+        publisher.publishTask(routingKey: WireNames.poolKey(pool), body: JSONValue.object(doc).encoded()) { [self] ok in
+            if ok {
+                note(taskID, "failed with \(failure.rawValue), which its retry lists: returned to pool \(pool) for "
+                     + "attempt \(nextAttempt) of \(retry.attempts), on another node where there is one",
+                     data: ["pool": .string(pool), "next_attempt": .int(Int64(nextAttempt))])
+            } else {
                 logger.error("the broker refused the retry of the task in pool \(pool)", metadata: ["task": "\(taskID)"])
+                note(taskID, "failed with \(failure.rawValue), which its retry lists, but attempt \(nextAttempt) could "
+                     + "not be sent to pool \(pool) (the broker refused it or could not be reached): the task is not retried",
+                     data: ["pool": .string(pool), "next_attempt": .int(Int64(nextAttempt)), "retry_sent": .bool(false)])
             }
         }
     }
@@ -199,14 +229,23 @@ final class PoolWork: Sendable {
         doc["pool"] = PoolTicket(name: ticket.name, tried: ticket.tried.contains(config.nodeID) ? ticket.tried
                                  : ticket.tried + [config.nodeID]).json
         let pool = ticket.name
-        note(taskID, "failed with \(failure.rawValue); its next alternative, plan \(nextPlan.id) \(nextPlan.version), "
-             + "goes to pool \(pool) as attempt \(spec.attempt + 1) (\(rest.count - 1) alternative(s) left after it)",
-             data: ["pool": .string(pool), "next_attempt": .int(Int64(spec.attempt + 1)),
-                    "next_plan": .string(nextPlan.id)])
-        publisher.publishTask(routingKey: WireNames.poolKey(pool), body: JSONValue.object(doc).encoded()) { [logger] ok in
-            if !ok {
+        let nextAttempt = spec.attempt + 1
+        let left = rest.count - 1
+        // Told to the orchestrator only once the broker confirmed it (see `taskEnded`).
+        publisher.publishTask(routingKey: WireNames.poolKey(pool), body: JSONValue.object(doc).encoded()) { [self] ok in
+            if ok {
+                note(taskID, "failed with \(failure.rawValue); its next alternative, plan \(nextPlan.id) "
+                     + "\(nextPlan.version), goes to pool \(pool) as attempt \(nextAttempt) (\(left) alternative(s) left "
+                     + "after it)",
+                     data: ["pool": .string(pool), "next_attempt": .int(Int64(nextAttempt)), "next_plan": .string(nextPlan.id)])
+            } else {
                 logger.error("the broker refused the next alternative of the task in pool \(pool)",
                              metadata: ["task": "\(taskID)"])
+                note(taskID, "failed with \(failure.rawValue); its next alternative, plan \(nextPlan.id) "
+                     + "\(nextPlan.version), could not be sent to pool \(pool) (the broker refused it or could not be "
+                     + "reached): the task is not tried again",
+                     data: ["pool": .string(pool), "next_attempt": .int(Int64(nextAttempt)), "next_plan": .string(nextPlan.id),
+                            "retry_sent": .bool(false)])
             }
         }
     }
