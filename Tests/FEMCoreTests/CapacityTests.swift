@@ -364,21 +364,9 @@ struct HoldingStageOut: StageOut {
 }
 
 /// A fake whose work waits in a cluster scheduler's queue (as Slurm's).
-struct ClusterFakeLauncher: QueuedLauncher {
+struct ClusterFakeLauncher: QueuedLauncher, ForwardingFake {
     let inner: FakeLauncher
-    var name: String { inner.name }
     var queuePollInterval: Duration { .seconds(1) }
     func queueState(_ handle: LaunchHandle) async -> QueueState { .started }
-    func toolPaths(forHost sandbox: ToolPaths) -> ToolPaths { sandbox }
-    func datasetPath(id: String, hostPath: String) -> String { hostPath }
-    func policyCheck(_ job: LaunchJob) -> String? { nil }
-    func start(_ job: LaunchJob, persist: @Sendable (LaunchHandle) async throws -> Void) async throws -> LaunchHandle {
-        try await inner.start(job, persist: persist)
-    }
-    func destroy(_ handle: LaunchHandle) async { await inner.destroy(handle) }
-    func inspect(_ handle: LaunchHandle) async -> LaunchInspection { await inner.inspect(handle) }
-    func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome { try await inner.wait(handle) }
-    func stop(_ handle: LaunchHandle, grace: Duration) async { await inner.stop(handle, grace: grace) }
-    func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery { await inner.recover(job, handle: handle) }
 }
 

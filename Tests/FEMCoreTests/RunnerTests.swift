@@ -103,12 +103,12 @@ final class FakeLauncher: Launcher, @unchecked Sendable {
     func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery { recovery }
 }
 
-/// A fake whose work talks to a server: its log lines say when it reached it or lost it (as a Flower SuperNode's).
-struct LinkedFakeLauncher: ServerLinkedLauncher {
-    let inner: FakeLauncher
-    var unreachableLimit: Duration? = .seconds(30)
-    var finishDeliveryLimit: Duration? = .seconds(30)
-    var finishLinger: Duration = .seconds(5)
+/// A fake that hands its work to an inner `FakeLauncher`; the fakes built on it add what one kind of launcher adds.
+protocol ForwardingFake: Launcher {
+    var inner: FakeLauncher { get }
+}
+
+extension ForwardingFake {
     var name: String { inner.name }
     func toolPaths(forHost sandbox: ToolPaths) -> ToolPaths { sandbox }
     func datasetPath(id: String, hostPath: String) -> String { hostPath }
@@ -121,6 +121,14 @@ struct LinkedFakeLauncher: ServerLinkedLauncher {
     func wait(_ handle: LaunchHandle) async throws -> LaunchOutcome { try await inner.wait(handle) }
     func stop(_ handle: LaunchHandle, grace: Duration) async { await inner.stop(handle, grace: grace) }
     func recover(_ job: LaunchJob, handle: LaunchHandle?) async -> Recovery { await inner.recover(job, handle: handle) }
+}
+
+/// A fake whose work talks to a server: its log lines say when it reached it or lost it (as a Flower SuperNode's).
+struct LinkedFakeLauncher: ServerLinkedLauncher, ForwardingFake {
+    let inner: FakeLauncher
+    var unreachableLimit: Duration? = .seconds(30)
+    var finishDeliveryLimit: Duration? = .seconds(30)
+    var finishLinger: Duration = .seconds(5)
     func linkEvent(inLogLine line: String) -> LinkEvent? {
         switch line {
         case "lost": .disconnected("lost the server")
