@@ -101,6 +101,38 @@ struct SlurmJobScriptTests {
         #expect(why?.contains("which contains \"=\"") == true, "\(why ?? "nil")")
     }
 
+    /// A plan picks partition, account and QOS among the node's allowed ones, compared exactly; anything else is
+    /// declined naming the field and the allowed names.
+    @Test func aPlanPicksAccountAndQOSAmongTheAllowedOnes() throws {
+        let dir = try Posix.realpath(NSTemporaryDirectory()) + "/fem-slurm-placement-\(UUID().uuidString)"
+        try FileManager.default.createDirectory(atPath: "\(dir)/shared", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var config = SlurmLauncherConfig(sharedDir: "\(dir)/shared", account: "lab-a", qos: "normal",
+                                         allowedExecutables: ["/bin/true"])
+        config.allowedAccounts = ["lab-a", "lab-b"]
+        let launcher = SlurmLauncher(config: config)
+        func check(_ resources: [String: JSONValue]) throws -> String? {
+            let doc: JSONValue = ["schema_version": 1, "task_id": "t1", "execution_id": "e", "plan": [
+                "schema_version": 1, "id": "t", "version": "1", "launcher": "slurm", "resources": .object(resources),
+                "command": ["base": ["/bin/true"]]]]
+            let task = try DocumentReader.readTask(doc, requireTaskID: true)
+            let paths = ToolPaths.under("\(dir)/shared/sandboxes/t1")
+            let command = try Renderer.render(task, context: RenderContext(nodeID: "n1", nodeName: "n1", paths: paths,
+                                                                           datasets: [:]), timeoutSeconds: 30)
+            return launcher.policyCheck(LaunchJob(task: task, command: command, sandbox: paths))
+        }
+        #expect(try check([:]) == nil)
+        #expect(try check(["account": "lab-b"]) == nil)
+        #expect(try check(["account": "lab-c"]) == "resources.account: \"lab-c\" is not an account this node's jobs "
+                + "may use (launchers.slurm.allowed_accounts: lab-a, lab-b)")
+        // Without allowed_qos, only the node's own `qos` may be asked for.
+        #expect(try check(["qos": "normal"]) == nil)
+        #expect(try check(["qos": "high"]) == "resources.qos: \"high\" is not a QOS this node's jobs may use "
+                + "(launchers.slurm.allowed_qos: normal)")
+        // Not a Slurm name: refused when the task is read, before any launcher sees it.
+        #expect(throws: (any Error).self) { try check(["qos": "--uid=0"]) }
+    }
+
     @Test func jobIDFromParsableOutput() {
         #expect(SlurmJobScript.parseJobID("42\n") == "42")
         #expect(SlurmJobScript.parseJobID("42;cluster\n") == "42")

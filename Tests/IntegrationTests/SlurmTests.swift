@@ -102,17 +102,24 @@ struct SlurmTests {
         return "\(sandbox)/out/\(name)"
     }
 
+    /// Outputs go to the WebDAV server of scripts/dev-web.sh (nginx, TLS, its upload account).
+    static func davOutputs(_ web: String) -> String {
+        """
+        [outputs]
+        allowed_urls = ["https://localhost:18443/dav/"]
+        ca_file = "\(web)/ca.pem"
+        [credentials.upload-login]
+        username = "fem-upload"
+        password_file = "\(web)/password-fem-upload"
+        urls = ["https://localhost:18443/dav/"]
+        """
+    }
+
     /// Staged out over WebDAV (nginx of scripts/dev-web.sh), as for the other launchers.
     @Test func aTaskRunsAsAJobAndItsOutputsAreStagedOut() throws {
         let web = try TestEnv.webDir()
         let node = try node("slurm-ok", extra: """
-            [outputs]
-            allowed_urls = ["https://localhost:18443/dav/"]
-            ca_file = "\(web)/ca.pem"
-            [credentials.upload-login]
-            username = "fem-upload"
-            password_file = "\(web)/password-fem-upload"
-            urls = ["https://localhost:18443/dav/"]
+            \(Self.davOutputs(web))
             """)
         try node.start()
         let op = try Operator(node: node)
@@ -473,13 +480,7 @@ struct SlurmTests {
             container_runtime = "podman"
             allowed_images = ["127.0.0.1:5000/fem/*"]
             insecure_registries = ["127.0.0.1:5000"]
-            [outputs]
-            allowed_urls = ["https://localhost:18443/dav/"]
-            ca_file = "\(web)/ca.pem"
-            [credentials.upload-login]
-            username = "fem-upload"
-            password_file = "\(web)/password-fem-upload"
-            urls = ["https://localhost:18443/dav/"]
+            \(Self.davOutputs(web))
             """)
         try node.start()
         let op = try Operator(node: node)
@@ -610,24 +611,35 @@ struct SlurmTests {
     @Test func aPlanPicksItsPartitionAmongTheAllowedOnes() throws {
         let node = try node("slurm-partition", extra: """
             allowed_partitions = ["debug", "short"]
+            allowed_accounts = ["lab-a", "lab-b"]
             """)
         try node.start()
         let op = try Operator(node: node)
         // `short` allows 10 minutes (scripts/dev-slurm.sh): the job's --time (the timeout plus a minute) fits.
-        let short = task(["/bin/sh", "-c", "true"], timeout: 60, plan: ["resources": ["partition": "short"]])
+        let short = task(["/bin/sh", "-c", "true"], timeout: 60,
+                         plan: ["resources": ["partition": "short", "account": "lab-b"]])
         let plain = task(["/bin/sh", "-c", "true"])
         let other = task(["/bin/sh", "-c", "true"], plan: ["resources": ["partition": "gpu"]])
         let spaced = task(["/bin/sh", "-c", "true"], plan: ["resources": ["partition": "short "]])
-        for t in [short, plain, other, spaced] { try op.submit(t) }
-        try op.waitForFinal([short, plain, other, spaced].map(Tasks.id), timeout: 60)
-        func partition(_ t: [String: JSONValue]) throws -> String {
+        let account = task(["/bin/sh", "-c", "true"], plan: ["resources": ["account": "lab-c"]])
+        for t in [short, plain, other, spaced, account] { try op.submit(t) }
+        try op.waitForFinal([short, plain, other, spaced, account].map(Tasks.id), timeout: 60)
+        func field(_ name: String, _ t: [String: JSONValue]) throws -> String {
             let line = try slurm(["/usr/bin/scontrol", "show", "job", "-o", try jobID(t)])
-            return line.split(separator: " ").first { $0.hasPrefix("Partition=") }.map { String($0.dropFirst(10)) } ?? line
+            return line.split(separator: " ").first { $0.hasPrefix("\(name)=") }
+                .map { String($0.dropFirst(name.count + 1)) } ?? line
         }
+        func partition(_ t: [String: JSONValue]) throws -> String { try field("Partition", t) }
         #expect(op.finalState(of: Tasks.id(short))?.state == .completed, "\(String(describing: op.finalState(of: Tasks.id(short))?.detail))")
         #expect(try partition(short) == "short")
         #expect(op.finalState(of: Tasks.id(plain))?.state == .completed)
         #expect(try partition(plain) == "debug", "the first allowed one is the default")
+        #expect(try field("Account", short) == "lab-b")
+        #expect(try field("Account", plain) == "lab-a", "the first allowed account is the default")
+        let a = try #require(op.finalState(of: Tasks.id(account)))
+        #expect(a.state == .declined && a.detail.message == "resources.account: \"lab-c\" is not an account this "
+                + "node's jobs may use (launchers.slurm.allowed_accounts: lab-a, lab-b)", "\(a.detail)")
+        #expect(try jobs(account).isEmpty)
         let e = try #require(op.finalState(of: Tasks.id(other)))
         #expect(e.state == .declined && e.detail.message == "resources.partition: \"gpu\" is not a partition this "
                 + "node's jobs may use (launchers.slurm.allowed_partitions: debug, short)", "\(e.detail)")

@@ -128,7 +128,9 @@ public enum DocumentReader {
         if let r = f.object("resources") {
             resources = Resources(cpus: r.number("cpus", exclusiveMin: 0), memoryMB: r.int("memory_mb", min: 4),
                                   gpus: r.int("gpus", min: 0), storageMB: r.int("storage_mb", min: 1),
-                                  partition: r.string("partition", pattern: Patterns.slurmName))
+                                  partition: r.string("partition", pattern: Patterns.slurmName),
+                                  account: r.string("account", pattern: Patterns.slurmName),
+                                  qos: r.string("qos", pattern: Patterns.slurmName))
             r.finish()
         }
         let network = f.string("network", allowed: NetworkMode.allCases.map(\.rawValue)).flatMap(NetworkMode.init)

@@ -91,6 +91,9 @@ public struct Resources: Sendable, Equatable {
     public var storageMB: Int?
     /// The Slurm partition the plan asks for (`launchers.slurm` checks it against the node's allowed ones).
     public var partition: String? = nil
+    /// The Slurm account and QOS the plan asks for, checked the same way.
+    public var account: String? = nil
+    public var qos: String? = nil
 
     public static let none = Resources(cpus: nil, memoryMB: nil, gpus: nil, storageMB: nil)
 }

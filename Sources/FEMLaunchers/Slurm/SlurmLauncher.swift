@@ -12,6 +12,9 @@ public struct SlurmLauncherConfig: Sendable {
     public var allowedPartitions: [String]
     public var account: String
     public var qos: String
+    /// The accounts and QOS a plan may pick (`resources.account`, `resources.qos`), as `allowedPartitions`.
+    public var allowedAccounts: [String] = []
+    public var allowedQOS: [String] = []
     /// Caps on what a plan may ask (the plan's request is lowered to these).
     public var maxCPUs: Int
     public var defaultMemoryMB: Int
@@ -118,8 +121,10 @@ public struct SlurmLauncherConfig: Sendable {
                 + "inside \(sharedDir) (\(Self.resolved(sharedDir))), so compute "
                 + "nodes could not reach the tasks' sandboxes; put node.work_dir on the shared filesystem"
         }
-        if !partition.isEmpty, !allowedPartitions.isEmpty, !allowedPartitions.contains(partition) {
-            return "launchers.slurm.partition: \"\(partition)\" is not in launchers.slurm.allowed_partitions"
+        for (key, value, allowed) in [("partition", partition, allowedPartitions), ("account", account, allowedAccounts),
+                                      ("qos", qos, allowedQOS)]
+            where !value.isEmpty && !allowed.isEmpty && !allowed.contains(value) {
+            return "launchers.slurm.\(key): \"\(value)\" is not in launchers.slurm.allowed_\(key == "qos" ? "qos" : key + "s")"
         }
         for (key, tool) in [("sbatch", sbatch), ("squeue", squeue), ("scontrol", scontrol), ("scancel", scancel)]
             where !Posix.isExecutableFile(tool) {
@@ -207,26 +212,47 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
         if !SlurmLauncherConfig.isInside(job.sandbox.sandbox, config.sharedDir) {
             return "the sandbox \(job.sandbox.sandbox) is not under launchers.slurm.shared_dir (\(config.sharedDir))"
         }
-        if case .failure(let d) = partition(for: job) { return d.reason }
+        if case .failure(let d) = placement(for: job) { return d.reason }
         return nil
     }
 
-    /// The partitions a plan may pick (`resources.partition`): `allowed_partitions`, else only `partition`.
-    var allowedPartitions: [String] {
-        config.allowedPartitions.isEmpty ? (config.partition.isEmpty ? [] : [config.partition]) : config.allowedPartitions
+    /// Where the job goes: partition, account and QOS, each the plan's when it is one of the node's allowed ones
+    /// (compared as parsed names, exactly), else the node's setting, else the first allowed one, else "" (the
+    /// cluster's default). A plan asking for one the node does not allow is declined, naming it and the allowed ones.
+    struct Placement: Equatable {
+        var partition: String
+        var account: String
+        var qos: String
     }
 
-    /// The job's partition: the plan's when it is one of the node's allowed ones (compared as parsed names, exactly),
-    /// else the node's `partition`, else the first allowed one, else "" (the cluster's default).
-    func partition(for job: LaunchJob) -> Result<String, PolicyDecline> {
-        guard let asked = job.task.plan.resources.partition else {
-            return .success(config.partition.isEmpty ? config.allowedPartitions.first ?? "" : config.partition)
+    func placement(for job: LaunchJob) -> Result<Placement, PolicyDecline> {
+        let r = job.task.plan.resources
+        let choices = [
+            Self.choose(r.partition, field: "resources.partition", noun: "a partition", key: "allowed_partitions",
+                        setting: config.partition, allowed: config.allowedPartitions),
+            Self.choose(r.account, field: "resources.account", noun: "an account", key: "allowed_accounts",
+                        setting: config.account, allowed: config.allowedAccounts),
+            Self.choose(r.qos, field: "resources.qos", noun: "a QOS", key: "allowed_qos",
+                        setting: config.qos, allowed: config.allowedQOS),
+        ]
+        var chosen: [String] = []
+        for choice in choices {
+            switch choice {
+            case .success(let name): chosen.append(name)
+            case .failure(let decline): return .failure(decline)
+            }
         }
-        let allowed = allowedPartitions
+        return .success(Placement(partition: chosen[0], account: chosen[1], qos: chosen[2]))
+    }
+
+    /// One of `placement`'s choices. The names a plan may pick: `allowed`, else only the node's `setting`.
+    static func choose(_ asked: String?, field: String, noun: String, key: String, setting: String,
+                       allowed configured: [String]) -> Result<String, PolicyDecline> {
+        guard let asked else { return .success(setting.isEmpty ? configured.first ?? "" : setting) }
+        let allowed = configured.isEmpty ? (setting.isEmpty ? [] : [setting]) : configured
         if allowed.contains(asked) { return .success(asked) }
-        return .failure(PolicyDecline("resources.partition: \"\(asked)\" is not a partition this node's jobs may use "
-                                      + "(launchers.slurm.allowed_partitions: "
-                                      + (allowed.isEmpty ? "none" : allowed.joined(separator: ", ")) + ")"))
+        return .failure(PolicyDecline("\(field): \"\(asked)\" is not \(noun) this node's jobs may use "
+                                      + "(launchers.slurm.\(key): " + (allowed.isEmpty ? "none" : allowed.joined(separator: ", ")) + ")"))
     }
 
     /// Why a plan that names an image cannot run here, or nil: containers need `container_runtime = "podman"`, an
@@ -343,11 +369,12 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
             case .failure(let d): throw TaskFailure(.taskFailure, d.reason)
             }
         }
-        let partition: String
-        switch self.partition(for: job) {
-        case .success(let p): partition = p
+        let placement: Placement
+        switch self.placement(for: job) {
+        case .success(let p): placement = p
         case .failure(let d): throw TaskFailure(.taskFailure, d.reason)
         }
+        let partition = placement.partition
         let taskID = job.task.taskID
         let script = "\(job.sandbox.logs)/slurm-job.sh"
         do {
@@ -387,8 +414,8 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
                                              maxMemoryMB: config.maxMemoryMB)
         let args = SlurmJobScript.sbatchArguments(
             nodeID: config.nodeID, taskID: taskID, script: script, workingDirectory: job.command.workingDirectory, stdout: job.stdoutPath,
-            stderr: job.stderrPath, request: request, partition: partition, account: config.account,
-            qos: config.qos, user: config.user.map { ($0.uid, $0.gid) })
+            stderr: job.stderrPath, request: request, partition: partition, account: placement.account,
+            qos: placement.qos, user: config.user.map { ($0.uid, $0.gid) })
         let submitted: CommandResult
         do {
             submitted = try await client(config.sbatch, args)

@@ -344,7 +344,9 @@ struct SlurmSection: Codable, Sendable {
     var partition = ""
     var allowedPartitions: [String] = []
     var account = ""
+    var allowedAccounts: [String] = []
     var qos = ""
+    var allowedQOS: [String] = []
     var user = "fem-task"
     var allowedExecutables: [String] = []
     var path = "/usr/local/bin:/usr/bin:/bin"
@@ -369,6 +371,7 @@ struct SlurmSection: Codable, Sendable {
         case containerRuntime = "container_runtime", podman, allowedImages = "allowed_images",
              insecureRegistries = "insecure_registries", pidsLimit = "pids_limit", tmpfsMB = "tmpfs_mb"
         case sharedDir = "shared_dir", partition, allowedPartitions = "allowed_partitions", account, qos, user,
+             allowedAccounts = "allowed_accounts", allowedQOS = "allowed_qos",
              allowedExecutables = "allowed_executables", path, maxCPUs = "max_cpus",
              defaultMemoryMB = "default_memory_mb", maxMemoryMB = "max_memory_mb", slurmConf = "slurm_conf",
              sbatch, squeue, scontrol, scancel, pollIntervalMS = "poll_interval_ms",
@@ -384,7 +387,9 @@ struct SlurmSection: Codable, Sendable {
         partition = r.value(c, .partition) ?? partition
         allowedPartitions = r.value(c, .allowedPartitions) ?? allowedPartitions
         account = r.value(c, .account) ?? account
+        allowedAccounts = r.value(c, .allowedAccounts) ?? allowedAccounts
         qos = r.value(c, .qos) ?? qos
+        allowedQOS = r.value(c, .allowedQOS) ?? allowedQOS
         user = r.value(c, .user) ?? user
         allowedExecutables = r.value(c, .allowedExecutables) ?? allowedExecutables
         path = r.value(c, .path) ?? path
@@ -425,7 +430,10 @@ struct SlurmSection: Codable, Sendable {
         }
         // Names go into sbatch options: Slurm's own character set only.
         let plain = CharacterSet.alphanumerics.union(CharacterSet(charactersIn: "-_."))
-        for (key, value) in [("partition", partition), ("account", account), ("qos", qos)] + allowedPartitions.map({ ("allowed_partitions", $0) })
+        let names = [("partition", partition), ("account", account), ("qos", qos)]
+            + allowedPartitions.map { ("allowed_partitions", $0) } + allowedAccounts.map { ("allowed_accounts", $0) }
+            + allowedQOS.map { ("allowed_qos", $0) }
+        for (key, value) in names
             where value.unicodeScalars.contains(where: { !plain.contains($0) }) || value.hasPrefix("-") {
             v.note("launchers.slurm.\(key): \"\(value)\" is not a Slurm name (letters, digits, - _ . only)")
         }

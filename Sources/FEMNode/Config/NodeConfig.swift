@@ -295,6 +295,8 @@ extension NodeConfig {
             user: taskUsers["slurm"], slurmConf: absolutePath(s.slurmConf), sbatch: s.sbatch, squeue: s.squeue,
             scontrol: s.scontrol, scancel: s.scancel, pollInterval: .milliseconds(s.pollIntervalMS),
             unreachableTolerance: .seconds(s.unreachableSeconds), nodeID: id)
+        config.slurm.allowedAccounts = s.allowedAccounts
+        config.slurm.allowedQOS = s.allowedQOS
         config.slurm.containerRuntime = s.containerRuntime
         config.slurm.podman = s.podman
         config.slurm.allowedImages = s.allowedImages
