@@ -178,7 +178,7 @@ struct FEMBench {
         }
         let a = median(ours), b = median(waited), c = median(polled)
         print(String(format: "rounds                     %d (taking turns)", n))
-        print(String(format: "fem-client slurm launcher  median %.1f ms (job script, sbatch, scontrol every 100 ms, "
+        print(String(format: "fem-client slurm launcher  median %.1f ms (job script, sbatch, one squeue for all jobs every 100 ms, "
                      + "sandbox to fem-task and back)", a * 1000))
         print(String(format: "sbatch --wait              median %.1f ms (same script and options)", b * 1000))
         print(String(format: "sbatch + scontrol polling  median %.1f ms (every 100 ms)", c * 1000))
