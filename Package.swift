@@ -21,6 +21,10 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
         .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        // [trust]: Ed25519 signatures on tool plans.
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        // [console]: bcrypt password hashes and sessions for the steward's console.
+        .package(url: "https://github.com/hummingbird-project/hummingbird-auth", from: "2.5.0"),
     ],
     targets: [
         // 1. C system libraries: a module map and a shim.h each, nothing else.
@@ -65,6 +69,10 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
             .product(name: "Hummingbird", package: "hummingbird"),
             .product(name: "HummingbirdCore", package: "hummingbird"),
+            .product(name: "HummingbirdTLS", package: "hummingbird"),
+            .product(name: "HummingbirdAuth", package: "hummingbird-auth"),
+            .product(name: "HummingbirdBcrypt", package: "hummingbird-auth"),
+            .product(name: "Crypto", package: "swift-crypto"),
         ]),
         .executableTarget(name: "fem-client", dependencies: ["FEMNode"]),
         // femctl, the operator's side: broker only (no journal, no TOML, no launchers).

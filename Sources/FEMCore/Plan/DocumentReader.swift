@@ -157,6 +157,7 @@ public enum DocumentReader {
                             network: network ?? .none, timeoutSeconds: timeout, flower: flower, retry: retry,
                             priority: priority)
         plan.constraints = constraints
+        plan.document = value
         return plan
     }
 

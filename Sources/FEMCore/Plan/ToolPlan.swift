@@ -25,6 +25,12 @@ public struct ToolPlan: Sendable, Equatable {
     public var constraints: String? = nil
     /// Start order among this node's waiting tasks: higher first, FIFO within one priority (default 0).
     public var priority: Int? = nil
+    /// The plan as its document was received (a signature and a registry approval are over its canonical form).
+    public var document: JSONValue? = nil
+
+    /// `sha256:<hex>` of the plan's canonical form without its signature (`PlanIdentity`); nil for a plan built
+    /// in code.
+    public var contentHash: String? { document.map(PlanIdentity.hash) }
 }
 
 public enum PullPolicy: String, Sendable, Equatable, CaseIterable {

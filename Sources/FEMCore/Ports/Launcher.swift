@@ -95,6 +95,8 @@ public struct LaunchJob: Sendable {
     public var sandbox: ToolPaths
     public var stdoutPath: String
     public var stderrPath: String
+    /// What the node's trust policy bound this run to (an approved image digest, the plan's signer).
+    public var trust = TrustVerdict()
 
     public init(task: TaskSpec, command: RenderedCommand, sandbox: ToolPaths) {
         self.task = task

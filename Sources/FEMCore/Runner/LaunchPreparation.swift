@@ -33,7 +33,14 @@ struct LaunchPreparation: Sendable {
         } catch {
             return .failure(PolicyDecline("\(error)"))
         }
-        let job = LaunchJob(task: spec, command: command, sandbox: hostPaths)
+        // The site's trust policy (signature, tool registry) before any of the plan's own requests are weighed.
+        let verdict: TrustVerdict
+        switch settings.trust.admit(spec.plan, taskID: spec.taskID) {
+        case .success(let v): verdict = v
+        case .failure(let d): return .failure(d)
+        }
+        var job = LaunchJob(task: spec, command: command, sandbox: hostPaths)
+        job.trust = verdict
         // Every launcher: no plan variable that makes a program load or run other code (EnvironmentPolicy).
         if let reason = EnvironmentPolicy.problem(in: spec.plan.env, allowed: settings.envAllowed) {
             return .failure(PolicyDecline(reason))

@@ -31,6 +31,8 @@ public struct RunnerSettings: Sendable {
     /// Why the node's disk was full at some time since the given date (nil when it was not): a task that fails while
     /// it is, fails `node_disk_full` with that cause (its writes, its logs included, fail too).
     public var diskPressure: @Sendable (Date) -> String? = { _ in nil }
+    /// `[trust]`: signed plans and the site's tool registry (OpenPlanTrust: any plan the allowlists permit).
+    public var trust: any PlanTrust = OpenPlanTrust()
     /// Called once a task's final state is journaled (the daemon retries a failed pool task elsewhere).
     public var taskEnded: @Sendable (_ taskID: String, _ state: TaskState, _ detail: EventDetail) -> Void = { _, _, _ in }
 

@@ -20,68 +20,11 @@ struct OutputsCommand: AsyncParsableCommand {
         return (config, try config.openJournal())
     }
 
-    static func waiting(_ journal: SQLiteJournal, _ taskID: String) throws -> TaskRecord {
-        guard let rec = try journal.task(taskID) else { throw CommandFailure("task \(taskID) is not in the journal") }
-        guard rec.state == .awaitingApproval else {
-            throw CommandFailure("task \(taskID) is \(rec.state.rawValue), not awaiting_approval: there is nothing to decide")
-        }
-        if let decided = try journal.completedStep(Runner.approvalStep, of: taskID) {
-            throw CommandFailure("task \(taskID) is already decided (\(decided)); the daemon is sending or dropping its outputs")
-        }
-        return rec
-    }
-
-    /// The parts of `manifest.json` a reviewer looks at.
-    struct ManifestView: Decodable {
-        struct File: Decodable {
-            var path: String
-            var size: Int64
-            var sha256: String
-        }
-        var tool: [String: String]
-        var state: String
-        var exit_code: Int32?
-        var git_commit: String?
-        var image: String?
-        var image_digest: String?
-        var files: [File]
-
-        var bytes: Int64 { files.reduce(0) { $0 + $1.size } }
-        var toolName: String { [tool["id"], tool["version"]].compactMap { $0 }.joined(separator: " ") }
-    }
-
-    /// The manifest journaled when the outputs were staged, raw, read, and its sha256 (what an approval binds to).
-    static func manifest(_ journal: SQLiteJournal, _ taskID: String) -> (raw: Data, view: ManifestView, sha256: String)? {
-        guard let text = try? journal.completedStep(OutputDelivery.manifestStep, of: taskID) else { return nil }
-        let data = Data(text.utf8)
-        guard let view = try? JSONDecoder().decode(ManifestView.self, from: data) else { return nil }
-        let digest = SHA256Digest()
-        digest.update(Array(data))
-        return (data, view, digest.finalizeHex())
-    }
-
     static func decide(_ options: ConfigOption, taskID: String, approve: Bool, reason: String?) throws {
         let (_, journal) = try open(options)
-        _ = try waiting(journal, taskID)
-        let held = manifest(journal, taskID)
-        if approve && held == nil {
-            throw CommandFailure("task \(taskID) has no journaled manifest of held outputs (held by an older version?): "
-                                  + "it cannot be approved; reject it and run the task again")
-        }
-        // The OS account that runs this command: not a name anyone can type.
-        let who = currentUser()
-        let decision = approve ? "approved" : "rejected: \(reason ?? "")"
-        var data: [String: JSONValue] = ["decision": .string(approve ? "approved" : "rejected"), "by": .string(who),
-                                         "uid": .int(Int64(Posix.realUserID)), "at": .string(FEMTime.format(Date()))]
-        if let held { data["manifest_sha256"] = .string(held.sha256) }
-        if let reason { data["reason"] = .string(reason) }
-        let message = "outputs \(approve ? "approved" : "rejected") by \(who)" + (reason.map { ": \($0)" } ?? "")
-        // The event first, then the steps the daemon acts on: an acted-on decision always has its record, and an
-        // approval names the manifest it was given for.
-        try journal.note(taskID, kind: .approval, detail: EventDetail(message: message, data: data), at: Date())
-        if approve, let held { try journal.markStep(taskID, OutputDelivery.approvedManifestStep, info: held.sha256) }
-        try journal.markStep(taskID, Runner.approvalStep, info: decision)
-        print("\(taskID): \(message.escapedForTerminal)" + (held.map { " (manifest sha256 \($0.sha256))" } ?? ""))
+        let decided = try Airlock.decide(journal, taskID: taskID, approve: approve, reason: reason, by: .shell())
+        print("\(taskID): \(decided.message.escapedForTerminal)"
+              + (decided.manifestSHA256.map { " (manifest sha256 \($0))" } ?? ""))
         print(approve ? "the daemon uploads the outputs within a few seconds (fem-client show \(taskID))"
                       : "the outputs will not leave this node")
     }
@@ -90,12 +33,6 @@ struct OutputsCommand: AsyncParsableCommand {
     static func printHeld(_ held: String) {
         print("tool text   held on this node (never sent in events):")
         for line in held.split(separator: "\n") { print("  \(String(line).escapedForTerminal)") }
-    }
-
-    /// The real user running the command (getuid → passwd), e.g. the steward behind `sudo -u fem`.
-    static func currentUser() -> String {
-        let uid = Posix.realUserID
-        return Posix.account(uid: uid)?.name ?? "uid \(uid)"
     }
 
     struct List: AsyncParsableCommand {
@@ -107,7 +44,7 @@ struct OutputsCommand: AsyncParsableCommand {
             let rows = try journal.tasks(states: [.awaitingApproval], limit: 10_000)
             print("TASK                                   WAITING SINCE         FILES       BYTES  TOOL")
             for r in rows {
-                let m = OutputsCommand.manifest(journal, r.taskID)?.view
+                let m = Airlock.manifest(journal, r.taskID)?.view
                 let id = r.taskID.padding(toLength: 38, withPad: " ", startingAt: 0)
                 let since = String(FEMTime.format(r.updatedAt).prefix(19))
                 let files = String(m?.files.count ?? 0).leftPadded(5)
@@ -127,7 +64,7 @@ struct OutputsCommand: AsyncParsableCommand {
         func run() async throws {
             let (config, journal) = try OutputsCommand.open(options)
             guard let rec = try journal.task(taskID) else { throw CommandFailure("task \(taskID) is not in the journal") }
-            guard let manifest = OutputsCommand.manifest(journal, taskID) else {
+            guard let manifest = Airlock.manifest(journal, taskID) else {
                 // No outputs were held (no stage_out target, or the task never got that far); its held text, if any,
                 // is still the steward's to read.
                 guard !json, let held = try journal.completedStep(Runner.heldTextStep, of: taskID) else {
