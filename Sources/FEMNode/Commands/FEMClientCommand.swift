@@ -14,7 +14,7 @@ public struct FEMClientCommand: AsyncParsableCommand {
         abstract: "The node half of a Federated Execution Manager.",
         version: FEMVersion.string,
         subcommands: [Daemon.self, Check.self, Tasks.self, Show.self, OutputsCommand.self, Validate.self, Render.self,
-                      Run.self, StatusCommand.self, Stats.self])
+                      Run.self, StatusCommand.self, Stats.self, ToolsCommand.self])
 
     public init() {}
 }
