@@ -51,6 +51,10 @@ struct ToolRegistryTests {
         #expect(declined.detail.message == "plan test-tool 1.0 (\(short)) is not approved on this node (fem-client "
                 + "tools approve); no version of test-tool is approved", "\(declined.detail.message ?? "")")
 
+        let checkBefore = try node.run(["check"])
+        #expect(checkBefore.output.contains("warn  trust.require_approved_tools: only approved tool plans run; 0 approved "
+                                            + "(fem-client tools list): every task is declined"), "\(checkBefore.output)")
+
         // Approved from the shell while the daemon runs: the next task runs.
         let approve = try node.run(["tools", "approve", file, "--reason", "reviewed the script"])
         #expect(approve.status == 0, "\(approve.output)")
@@ -59,6 +63,9 @@ struct ToolRegistryTests {
         let again = try node.run(["tools", "approve", file])
         #expect(again.status == 0 && again.output.contains("is already approved on this node; nothing changed"),
                 "\(again.output)")
+
+        #expect(try node.run(["check"]).output.contains("info  trust.require_approved_tools: only approved tool plans "
+                                                        + "run; 1 approved (fem-client tools list)"))
 
         let approved = Self.task(plan)
         try op.submit(approved)
