@@ -160,19 +160,78 @@ struct ToolRegistryTests {
         try engine.distributionDigest("\(Self.repo):\(tag)")
     }
 
+    /// `repo:<new tag>` pushed to the test registry as a copy of the base image; returns the tag and its digest.
+    func pushedTag(_ engine: DockerEngine) throws -> (tag: String, digest: String) {
+        let tag = "t" + UUID().uuidString.prefix(8).lowercased()
+        try engine.pull(Self.base)
+        let tagged = try engineCall("POST", "/images/\(Self.base)/tag?repo=\(Self.repo)&tag=\(tag)")
+        try #require(tagged.status == 201, "tag: \(String(decoding: tagged.body, as: UTF8.self))")
+        try push(tag)
+        return (tag, try registryDigest(engine, tag))
+    }
+
+    /// Moves `repo:tag` in the registry to another image (a commit of the base with one more label); returns the
+    /// digest it points to now.
+    func moveTag(_ engine: DockerEngine, _ tag: String) throws -> String {
+        let container = try engine.createContainer(name: nil, body: ["Image": Self.base, "Cmd": ["/bin/true"]])
+        defer { try? engine.remove(container) }
+        let changes = DockerEngineQuery.escape("LABEL org.fem-client.test=\(tag)")
+        let committed = try engineCall("POST", "/commit?container=\(container)&repo=\(Self.repo)&tag=\(tag)&changes=\(changes)")
+        try #require(committed.status == 201, "commit: \(String(decoding: committed.body, as: UTF8.self))")
+        try push(tag)
+        return try registryDigest(engine, tag)
+    }
+
+    /// A Slurm container job (rootless podman in the job) pulls and runs the approved digest, whatever the tag says
+    /// now: the tag is moved after the approval, the job runs, and its script names only `repo@<approved digest>`.
+    @Test func aSlurmContainerJobRunsThePinnedDigestAfterTheTagMoved() throws {
+        let engine = DockerEngine()
+        try #require((try? engine.ping()) ?? false, "dockerd is not answering on /var/run/docker.sock")
+        let slurm = try SlurmTests.slurmDir()
+        let (tag, approvedDigest) = try pushedTag(engine)
+        let reference = "\(Self.repo):\(tag)"
+        let node = try TestNode("registry-slurm")
+        try node.editConfig { $0 + """
+
+            [launchers]
+            enabled = ["slurm"]
+            [launchers.slurm]
+            shared_dir = "\(node.dir)"
+            slurm_conf = "\(slurm)/slurm.conf"
+            allowed_executables = ["/bin/sh"]
+            poll_interval_ms = 100
+            container_runtime = "podman"
+            allowed_images = ["127.0.0.1:5000/fem/*"]
+            insecure_registries = ["127.0.0.1:5000"]
+            \(Self.registryOn)
+            """ }
+        try node.start()
+        let op = try Operator(node: node)
+        let plan: JSONValue = ["schema_version": 1, "id": "pinned-job", "version": "1.0", "launcher": "slurm",
+                               "image": .string(reference), "command": ["base": ["/bin/sh", "-c", "echo pinned-job-ran"]]]
+        let approve = try node.run(["tools", "approve", try planFile(node, plan, name: "job")])
+        #expect(approve.status == 0 && approve.output.contains("\(reference) → \(approvedDigest)"), "\(approve.output)")
+        let movedDigest = try moveTag(engine, tag)
+        try #require(movedDigest != approvedDigest)
+
+        let t = Self.task(plan)
+        try op.submit(t)
+        let ran = try final(op, t, timeout: 120)
+        #expect(ran.state == .completed, "\(ran.detail.message ?? "")")
+        let script = try String(contentsOfFile: "\(node.dir)/var/sandboxes/\(Tasks.id(t))/logs/slurm-job.sh", encoding: .utf8)
+        #expect(script.contains("\(Self.repo)@\(approvedDigest)"), "\(script)")
+        #expect(!script.contains(tag) && !script.contains(movedDigest), "the job never names the tag nor the moved image")
+        try? engine.removeImage(reference)
+    }
+
     @Test func aDockerPlanRunsByItsPinnedDigestAndAMovedTagIsRefused() throws {
         let engine = DockerEngine()
         try #require((try? engine.ping()) ?? false, "dockerd is not answering on /var/run/docker.sock")
         guard let dir = TestEnv.env["FEM_TEST_REGISTRY_DIR"], FileManager.default.fileExists(atPath: "\(dir)/digest") else {
             throw HarnessError("FEM_TEST_REGISTRY_DIR is not set: the test registry on 127.0.0.1:5000 is needed")
         }
-        let tag = "t" + UUID().uuidString.prefix(8).lowercased()
+        let (tag, approvedDigest) = try pushedTag(engine)
         let reference = "\(Self.repo):\(tag)"
-        try engine.pull(Self.base)
-        let tagged = try engineCall("POST", "/images/\(Self.base)/tag?repo=\(Self.repo)&tag=\(tag)")
-        try #require(tagged.status == 201, "tag: \(String(decoding: tagged.body, as: UTF8.self))")
-        try push(tag)
-        let approvedDigest = try registryDigest(engine, tag)
 
         let node = try TestNode("registry-docker", extra: """
             [launchers]
@@ -199,13 +258,7 @@ struct ToolRegistryTests {
         #expect(progress.contains("image \(reference) ready (\(Self.repo)@\(approvedDigest))"), "\(progress)")
 
         // Another image under the same tag (a commit of the base with one more label), pushed: the tag was moved.
-        let container = try engine.createContainer(name: nil, body: ["Image": Self.base, "Cmd": ["/bin/true"]])
-        defer { try? engine.remove(container) }
-        let changes = DockerEngineQuery.escape("LABEL org.fem-client.test=\(tag)")
-        let committed = try engineCall("POST", "/commit?container=\(container)&repo=\(Self.repo)&tag=\(tag)&changes=\(changes)")
-        try #require(committed.status == 201, "commit: \(String(decoding: committed.body, as: UTF8.self))")
-        try push(tag)
-        let movedDigest = try registryDigest(engine, tag)
+        let movedDigest = try moveTag(engine, tag)
         try #require(movedDigest != approvedDigest)
 
         let moved = Self.task(plan)
