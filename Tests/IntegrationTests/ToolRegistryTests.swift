@@ -132,6 +132,11 @@ struct ToolRegistryTests {
                                        "--image-digest", "latest"])
         #expect(notADigest.status == 2 && notADigest.output.contains("--image-digest: \"latest\" is not a digest"),
                 "\(notADigest.output)")
+        let odd: JSONValue = ["schema_version": 1, "id": "img", "version": "1", "launcher": "docker",
+                              "image": "127.0.0.1:5000/fem/x?all=1#", "command": ["base": ["/bin/true"]]]
+        let oddImage = try node.run(["tools", "approve", try planFile(node, odd, name: "odd")])
+        #expect(oddImage.status == 2 && oddImage.output.contains("image: image \"127.0.0.1:5000/fem/x?all=1#\" is not an "
+                                                                 + "image reference"), "\(oddImage.output)")
         let badHash = try node.run(["tools", "revoke", "sha256:abc", "--reason", "x"])
         #expect(badHash.status == 2 && badHash.output.contains("is not a plan hash"), "\(badHash.output)")
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import FEMCore
 import FEMJournal
+import FEMLaunchers
 import FEMStaging
 import FEMSystem
 import Foundation
@@ -71,6 +72,8 @@ struct ToolsCommand: AsyncParsableCommand {
                 }
                 return nil
             }
+            // The reference goes into an Engine API path: only what a reference may hold.
+            if let why = SlurmContainerScript.imageProblem(image) { throw CommandFailure.invalid("image: \(why)") }
             if image.contains("@") {
                 let named = DockerEngine.split(image).1 ?? ""
                 guard Patterns.matches(ToolsCommand.digestPattern, named) else {
