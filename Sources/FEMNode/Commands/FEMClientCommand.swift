@@ -14,7 +14,7 @@ public struct FEMClientCommand: AsyncParsableCommand {
         abstract: "The node half of a Federated Execution Manager.",
         version: FEMVersion.string,
         subcommands: [Daemon.self, Check.self, Tasks.self, Show.self, OutputsCommand.self, Validate.self, Render.self,
-                      Run.self, StatusCommand.self, Stats.self])
+                      Run.self, KeysCommand.self, SignCommand.self, VerifyCommand.self, StatusCommand.self, Stats.self])
 
     public init() {}
 }

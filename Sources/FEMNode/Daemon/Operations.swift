@@ -238,10 +238,11 @@ struct ConfigReload: Sendable {
         do {
             // The launchers' own refusals (a host launcher that could not be confined), as at start.
             try NodeAssembly.prepareWorkDir(next)
-            let settings = RunnerSettings(
+            var settings = RunnerSettings(
                 nodeID: next.nodeID, nodeName: next.nodeName, defaultTimeoutSeconds: next.defaultTimeoutSeconds,
                 allowTimeoutAbovePlan: next.allowTimeoutAbovePlan, maxTimeoutSeconds: next.maxTimeoutSeconds,
                 datasets: next.datasets.mapValues(\.path), envAllowed: next.envAllowed)
+            settings.trust = NodeAssembly.trust(next)
             await runner.reload(settings: settings, registry: NodeAssembly.launchers(next),
                                 stageIn: try NodeAssembly.stageIn(next), stageOut: try NodeAssembly.stageOut(next))
         } catch {
@@ -368,6 +369,7 @@ struct ConfigReload: Sendable {
         Key("launchers.slurm") { "\($0.slurm)" },
         Key("credentials") { "\($0.credentials.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })" },
         Key("registries") { "\($0.registries.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })" },
+        Key("trust") { "\($0.trust)" },
     ]
 }
 

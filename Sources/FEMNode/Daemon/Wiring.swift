@@ -42,6 +42,7 @@ public struct NodeAssembly: Sendable {
         settings.diskPressure = diskPressure
         settings.taskEnded = taskEnded
         settings.capacity = HostCapacity.of(config)
+        settings.trust = Self.trust(config)
         runner = Runner(settings: settings, journal: self.journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
                         stageOut: try Self.stageOut(config),
@@ -107,6 +108,11 @@ public struct NodeAssembly: Sendable {
             }
         }
         return LauncherRegistry(list)
+    }
+
+    /// `[trust]`: the node's own word on which plans run, one policy after another (the first refusal wins).
+    static func trust(_ config: NodeConfig) -> any PlanTrust {
+        CombinedPlanTrust([SignaturePolicy(config.trust)])
     }
 
     /// Stage-out: where outputs may go, the airlock, limits and retries.
