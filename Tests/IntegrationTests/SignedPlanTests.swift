@@ -85,6 +85,9 @@ struct SignedPlanTests {
         let plan = try #require(good["plan"])
         #expect(running.detail.data?["plan_sha256"] == .string(PlanIdentity.hash(plan)))
         #expect(node.log.contains("task=\(Tasks.id(unknown)) declined: plan test-tool 1.0 is signed by key id"))
+        // The wire protocol with signatures is version 3, as the heartbeat says.
+        try op.waitFor("a heartbeat", timeout: 15) { _ in !op.heartbeats.isEmpty }
+        #expect(op.heartbeats.last?.protocolVersion == 3)
     }
 
     @Test func aForgedSignatureIsDeclinedEvenWhenSignaturesAreNotRequired() throws {
@@ -154,5 +157,53 @@ struct SignedPlanTests {
         Self.expectDeclined(op, node, byAlice, "plan test-tool 1.0 is signed by key id \(alice.id), which this node does "
                             + "not trust (trusted keys: bob (key id \(bob.id)))")
         #expect(op.finalState(of: Tasks.id(byBob))?.state == .completed, "\(Self.reason(op, byBob))")
+    }
+
+    /// The author's commands refuse what would weaken a signature: a private key others can read, a key file of
+    /// another kind, an existing key file, an invalid plan; `verify` says why a changed plan fails (exit 2).
+    @Test func theSigningCommandsRefuseWithReasons() throws {
+        let dir = try TestEnv.scratch("signing-cli-\(UUID().uuidString.prefix(6))")
+        let bin = try TestEnv.binary("fem-client")
+        func run(_ args: [String]) throws -> (status: Int32, output: String) {
+            try Shell.run([bin] + args, cwd: dir)
+        }
+        let made = try run(["keys", "generate", "--out", "alice"])
+        #expect(made.status == 0, "\(made.output)")
+        let id = try SigningKeys.keyID(publicKey: SigningKeys.readPublicKey("\(dir)/alice.pub"))
+        #expect(made.output.contains("key id       \(id)") && made.output.contains("[trust.keys.alice]\npublic_key = \"MCowBQYDK2VwAyEA"))
+        let again = try run(["keys", "generate", "--out", "alice"])
+        #expect(again.status == 1 && again.output.contains("alice.key exists already; not replaced"), "\(again.output)")
+
+        let plan = "\(TestEnv.repoRoot)/docs/templates/examples/hello-process.plan.json"
+        let signed = try run(["sign", plan, "--key", "alice.key", "--out", "signed.json"])
+        #expect(signed.status == 0 && signed.output.contains("key id       \(id)"), "\(signed.output)")
+        let ok = try run(["verify", "signed.json", "--public-key", "alice.pub"])
+        #expect(ok.status == 0 && ok.output.contains("signature verifies with trusted key alice"), "\(ok.output)")
+
+        // One value changed after signing.
+        let text = try String(contentsOfFile: "\(dir)/signed.json", encoding: .utf8)
+        try text.replacingOccurrences(of: "\"timeout_seconds\" : 60", with: "\"timeout_seconds\" : 6000")
+            .write(toFile: "\(dir)/changed.json", atomically: true, encoding: .utf8)
+        let changed = try run(["verify", "changed.json", "--public-key", "alice.pub"])
+        #expect(changed.status == 2 && changed.output.contains("does not verify with trusted key alice (key id \(id)): the "
+                                                                + "plan was changed after it was signed"), "\(changed.output)")
+        let unsigned = try run(["verify", plan, "--public-key", "alice.pub"])
+        #expect(unsigned.status == 2 && unsigned.output.contains("is not signed"), "\(unsigned.output)")
+
+        // A private key others may read is not used.
+        chmod("\(dir)/alice.key", 0o644)
+        let open = try run(["sign", plan, "--key", "alice.key", "--out", "x.json"])
+        #expect(open.status == 2 && open.output.contains("mode 644 lets others read the private key"), "\(open.output)")
+        #expect(!FileManager.default.fileExists(atPath: "\(dir)/x.json"))
+        // The public key where the private one belongs.
+        let wrong = try run(["sign", plan, "--key", "alice.pub", "--out", "x.json"])
+        #expect(wrong.status == 2 && wrong.output.contains("expected a -----BEGIN PRIVATE KEY----- block, found -----BEGIN "
+                                                            + "PUBLIC KEY-----"), "\(wrong.output)")
+        // An invalid plan is not signed.
+        try #"{"schema_version": 1, "id": "Bad"}"#.write(toFile: "\(dir)/bad.json", atomically: true, encoding: .utf8)
+        chmod("\(dir)/alice.key", 0o600)
+        let bad = try run(["sign", "bad.json", "--key", "alice.key"])
+        #expect(bad.status == 2 && bad.output.contains("not a valid plan, so not signed") && bad.output.contains("plan.id"),
+                "\(bad.output)")
     }
 }

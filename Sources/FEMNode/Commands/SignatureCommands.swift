@@ -143,7 +143,7 @@ struct VerifyCommand: AsyncParsableCommand {
         let source: String
         if let publicKey {
             do {
-                keys = [TrustedKey(name: URL(fileURLWithPath: publicKey).lastPathComponent,
+                keys = [TrustedKey(name: URL(fileURLWithPath: publicKey).deletingPathExtension().lastPathComponent,
                                    publicKey: try SigningKeys.readPublicKey(publicKey))]
             } catch {
                 throw CommandFailure.invalid("\(error)")

@@ -70,13 +70,13 @@ final class Operations: Sendable {
         let now = Date()
         state = Mutex(State(status: NodeStatusFile(
             pid: Posix.processID, nodeID: config.nodeID, version: FEMVersion.string,
-            protocolVersion: TaskEvent.schemaVersion, startedAt: now, configPath: NodeConfig.absolutePath(config.source),
+            protocolVersion: WireNames.protocolVersion, startedAt: now, configPath: NodeConfig.absolutePath(config.source),
             configLoadedAt: now,
             configModified: NodeStatusFile.modified(config.source), broker: broker, brokerConnected: false,
             brokerConnectedSince: nil, brokerDisconnectedSince: now, lastHeartbeat: nil,
             heartbeatInterval: config.heartbeatSeconds, running: 0, queued: 0, awaitingApproval: 0,
             freeDiskBytes: freeDiskBytes(at: config.workDir), pressure: nil, draining: false, launchers: launchers,
-            versions: ["fem-client": FEMVersion.string, "protocol": "\(TaskEvent.schemaVersion)"], writtenAt: now)))
+            versions: ["fem-client": FEMVersion.string, "protocol": "\(WireNames.protocolVersion)"], writtenAt: now)))
     }
 
     /// The broker connection came up or went down. The first time it is up (journaled state was recovered before

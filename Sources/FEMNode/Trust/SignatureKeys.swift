@@ -100,6 +100,15 @@ public enum SigningKeys {
 
     /// The raw private key from a PKCS#8 PEM file; a file others may read is refused (the key signs as its owner).
     public static func readPrivateKey(_ path: String) throws -> [UInt8] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            throw KeyError("\(path): cannot read it as text (a PEM file)")
+        }
+        let raw: [UInt8]
+        do {
+            raw = try privateKey(der: pemBody(text, label: "PRIVATE KEY"))
+        } catch let e as KeyError {
+            throw KeyError("\(path): \(e.description)")
+        }
         let status: FileStatus
         do {
             status = try Posix.stat(path)
@@ -110,14 +119,7 @@ public enum SigningKeys {
             throw KeyError("\(path): mode \(String(status.permissions & 0o777, radix: 8)) lets others read the private "
                            + "key; chmod 600 \(path)")
         }
-        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else {
-            throw KeyError("\(path): cannot read it as text (a PEM file)")
-        }
-        do {
-            return try privateKey(der: pemBody(text, label: "PRIVATE KEY"))
-        } catch let e as KeyError {
-            throw KeyError("\(path): \(e.description)")
-        }
+        return raw
     }
 
     /// The raw public key from a SPKI PEM file (a private key file is refused: it does not belong on a node).
