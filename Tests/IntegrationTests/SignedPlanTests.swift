@@ -135,6 +135,10 @@ struct SignedPlanTests {
         try op.waitForFinal([Tasks.id(before)])
         #expect(op.finalState(of: Tasks.id(before))?.state == .completed, "\(Self.reason(op, before))")
 
+        // `fem-client check` says what the node trusts.
+        let check = try node.run(["check"])
+        #expect(check.output.contains("ok    plans must be signed by: alice (key id \(alice.id)) (trust)"), "\(check.output)")
+
         // Rotation: Bob's key replaces Alice's.
         let aliceLine = Data(SigningKeys.publicDER(alice.public)).base64EncodedString()
         let bobLine = Data(SigningKeys.publicDER(bob.public)).base64EncodedString()
