@@ -184,6 +184,18 @@ struct SignedPlanTests {
         let ok = try run(["verify", "signed.json", "--public-key", "alice.pub"])
         #expect(ok.status == 0 && ok.output.contains("signature verifies with trusted key alice"), "\(ok.output)")
 
+        // Signing again replaces the signature: Bob's now, not Alice's.
+        #expect(try run(["keys", "generate", "--out", "bob"]).status == 0)
+        let resigned = try run(["sign", "signed.json", "--key", "bob.key", "--out", "bob-signed.json"])
+        #expect(resigned.status == 0, "\(resigned.output)")
+        #expect(try run(["verify", "bob-signed.json", "--public-key", "bob.pub"]).status == 0)
+        let notAlice = try run(["verify", "bob-signed.json", "--public-key", "alice.pub"])
+        #expect(notAlice.status == 2 && notAlice.output.contains("which this node does not trust (trusted keys: alice"),
+                "\(notAlice.output)")
+        let longName = try run(["sign", plan, "--key", "alice.key", "--out", "x.json", "--signer", "a\u{7}b"])
+        #expect(longName.status == 2 && longName.output.contains("--signer: at most 256 characters, no control characters"),
+                "\(longName.output)")
+
         // One value changed after signing.
         let text = try String(contentsOfFile: "\(dir)/signed.json", encoding: .utf8)
         try text.replacingOccurrences(of: "\"timeout_seconds\" : 60", with: "\"timeout_seconds\" : 6000")

@@ -80,7 +80,12 @@ struct SignCommand: AsyncParsableCommand {
     var signer: String?
 
     func run() async throws {
-        let document = try DocumentFile.load(plan)
+        var document = try DocumentFile.load(plan)
+        // An existing signature is replaced, whatever it was.
+        if case .object(var members) = document {
+            members[PlanIdentity.signatureMember] = nil
+            document = .object(members)
+        }
         let parsed: ToolPlan
         do {
             parsed = try DocumentReader.readPlan(document)
@@ -96,8 +101,7 @@ struct SignCommand: AsyncParsableCommand {
         }
         // The result must read back as the same plan: what is signed is what a node will check.
         guard (try? DocumentReader.readPlan(signed.document))?.signature == signed.signature else {
-            throw CommandFailure("the signed plan does not read back (signer: at most 256 characters, no control "
-                                 + "characters)")
+            throw CommandFailure.invalid("--signer: at most 256 characters, no control characters")
         }
         let target = out ?? plan
         let encoder = JSONEncoder.fem
