@@ -222,4 +222,25 @@ struct SignedPlanTests {
         #expect(bad.status == 2 && bad.output.contains("not a valid plan, so not signed") && bad.output.contains("plan.id"),
                 "\(bad.output)")
     }
+
+    /// A `[trust]` the node cannot honour stops it at start, naming the key: a key that is not Ed25519, and
+    /// `require_signed_plans` with no key at all.
+    @Test func aBrokenTrustConfigStopsTheDaemonNamingTheKey() throws {
+        let node = try TestNode("signed-badconf", extra: TestNode.hostProcesses + """
+
+            [trust]
+            require_signed_plans = true
+            [trust.keys.alice]
+            public_key = "MCowBQYDK2VwAyEA"
+            """)
+        let daemon = try Shell.run([try TestEnv.binary("fem-client"), "daemon", "--config", node.configPath])
+        #expect(daemon.status == 2, "\(daemon.output)")
+        #expect(daemon.output.contains("trust.keys.alice.public_key: not an Ed25519 public key: 12 bytes starting "
+                                       + "302a300506032b6570032100; expected SubjectPublicKeyInfo DER of 44 bytes"),
+                "\(daemon.output)")
+        try node.editConfig { $0.replacingOccurrences(of: "[trust.keys.alice]\npublic_key = \"MCowBQYDK2VwAyEA\"", with: "") }
+        let check = try node.run(["check"])
+        #expect(check.status != 0 && check.output.contains("trust.require_signed_plans: is true but no "
+                                                           + "[trust.keys.<name>] is configured"), "\(check.output)")
+    }
 }
