@@ -172,7 +172,7 @@ struct RunnerFaultTests {
         await r.waitUntilIdle()
         // Promptly, well before the step would end (the 2 s bound is checked through the daemon in FaultTests; here the
         // test process's threads may be busy with other suites).
-        #expect(ContinuousClock.now - t0 < .seconds(10))
+        #expect(ContinuousClock.now - t0 < .seconds(25), "ended on the cancel, before the step's 30 s")
         #expect(try memory.task("a")?.state == .cancelled)
         #expect(try states("a").contains(.running) == false)
         #expect(try memory.task("a")?.message?.contains("the tool was not started") == true)
@@ -194,7 +194,7 @@ struct RunnerFaultTests {
         await r.waitUntilIdle()
         // Promptly, well before the step would end (the 2 s bound is checked through the daemon in FaultTests; here the
         // test process's threads may be busy with other suites).
-        #expect(ContinuousClock.now - t0 < .seconds(10))
+        #expect(ContinuousClock.now - t0 < .seconds(25), "ended on the cancel, before the step's 30 s")
         #expect(try memory.task("a")?.state == .cancelled)
         #expect(launcher.started.isEmpty)
     }
@@ -216,7 +216,7 @@ struct RunnerFaultTests {
         await r.waitUntilIdle()
         // Promptly, well before the step would end (the 2 s bound is checked through the daemon in FaultTests; here the
         // test process's threads may be busy with other suites).
-        #expect(ContinuousClock.now - t0 < .seconds(10))
+        #expect(ContinuousClock.now - t0 < .seconds(25), "ended on the cancel, before the step's 30 s")
         #expect(try memory.task("a")?.state == .cancelled)
         #expect(launcher.started.isEmpty, "the start was interrupted before anything ran")
     }

@@ -255,19 +255,18 @@ struct RunnerTests {
         #expect(launcher.destroyed == ["a"], "what is left of stopped work is removed")
     }
 
-    /// The injected clock: a 30 s limit on being away from the server passes in milliseconds of the test.
+    /// The injected clock (`FastClock`): a 30 s limit on being away from the server passes in milliseconds of the
+    /// test. No wall-clock bound is asserted: a loaded machine may take seconds for anything.
     @Test func workAwayFromItsServerPastTheLimitFailsUnreachableAndIsStopped() async throws {
         let fake = FakeLauncher(script: .hang)
         let r = runner(LinkedFakeLauncher(inner: fake), follower: ScriptedFollower(stderr: ["lost"]))
         try admit("a")
-        let t0 = ContinuousClock.now
         await r.enqueue("a")
         await r.waitUntilIdle()
         let rec = try #require(try journal.task("a"))
         #expect(rec.state == .failed && rec.failureClass == .serverUnreachable)
         #expect(rec.message == "lost the server, for longer than 30 s")
         #expect(fake.stops == 1)
-        #expect(ContinuousClock.now - t0 < .seconds(10))
     }
 
     /// After `Finished` the work may deliver its last reply (up to its limit), then it is stopped; the task completed.

@@ -80,7 +80,7 @@ struct FlowerCancelTests {
             connectAttempts: 2, retryDelay: .milliseconds(10), unreachableLimit: .seconds(30)))
         let (took, spawned) = try await cancelStart(launcher, try job(mode: "supernode", server: "127.0.0.1:1"),
                                                     after: .milliseconds(500))
-        #expect(took < .seconds(10), "stopped \(took) after the cancel, long before the step would end")
+        #expect(took < .seconds(40), "stopped \(took) after the cancel, before the step's 60 s")
         #expect(!spawned, "the SuperNode never started")
         // The environment maker's process group was killed.
         var left = processes(marker)
@@ -107,7 +107,7 @@ struct FlowerCancelTests {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         _ = FileManager.default.createFile(atPath: "\(dir)/.fem-ready", contents: Data())
         let (took, spawned) = try await cancelStart(launcher, j, after: .milliseconds(800))
-        #expect(took < .seconds(10), "stopped \(took) after the cancel, long before the step would end")
+        #expect(took < .seconds(40), "stopped \(took) after the cancel, before the step's 60 s")
         #expect(!spawned, "the client never started")
     }
 

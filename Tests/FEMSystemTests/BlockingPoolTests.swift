@@ -119,7 +119,7 @@ struct BlockingPoolTests {
         job.cancel()
         let slept = try await job.value
         #expect(!slept, "the body saw the cancel")
-        #expect(ContinuousClock.now - t0 < .seconds(2), "and stopped at once")
+        #expect(ContinuousClock.now - t0 < .seconds(15), "and stopped on the cancel, not after its 30 s")
     }
 
     @Test func offloadKeepsItsCancelContract() async throws {
@@ -196,6 +196,6 @@ struct LatchTests {
         let t0 = ContinuousClock.now
         waiter.cancel()
         #expect(await waiter.value == false)
-        #expect(ContinuousClock.now - t0 < .seconds(2))
+        #expect(ContinuousClock.now - t0 < .seconds(30), "ended on the cancel, not after its 60 s")
     }
 }
