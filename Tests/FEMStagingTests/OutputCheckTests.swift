@@ -60,6 +60,33 @@ struct OutputCheckTests {
         }
     }
 
+    @Test func aRecordIsBoundedInAll() throws {
+        var reader = TableReader(tabs: false)
+        reader.maxRecordBytes = 10
+        #expect(throws: TableReader.Problem.recordTooLong(line: 2, limit: 10)) {
+            try reader.feed(Array("a\n1234,5678,90ab\n".utf8)) { _ in }
+        }
+    }
+
+    @Test func longColumnNamesAreShortenedInFindings() throws {
+        let name = "n_" + String(repeating: "x", count: 5000)
+        let found = try MinCellCountCheck().check(output("out/t.csv", "\(name)\n4\n"), settings: settings)
+        let kept = try #require(found.first?.columnName)
+        #expect(kept.utf8.count <= 256 && kept.hasSuffix("…") && kept.hasPrefix("n_xxx"))
+    }
+
+    @Test func aFileThatCannotBeReadIsAFindingWhosePathStaysOnTheNode() throws {
+        let plan = try DocumentReader.readPlan(["schema_version": 1, "id": "t", "version": "1", "launcher": "process",
+                                                "command": ["base": ["/bin/true"]], "outputs": [["pattern": "*"]]])
+        let gone = CollectedFile(source: "/nonexistent/staging/secret-name.csv", path: "out/secret-name.csv", size: 1,
+                                 sha256: "")
+        let found = OutputChecks.run([gone], plan: plan, settings: settings)
+        #expect(found.count == 2 && found.allSatisfy { $0.message.hasPrefix("could not be checked: ") }, "\(found)")
+        let sent = OutputChecks.eventForm(found, files: [gone], plan: plan, pathsLeave: false)
+        let text = String(decoding: try JSONEncoder().encode(sent), as: UTF8.self)
+        #expect(!text.contains("secret-name"), "\(text)")
+    }
+
     @Test func feedingInBlocksGivesTheSameRecords() throws {
         let text = Array("h1,h2\n\"a,\"\"b\r\nc\",1\r\n2,3\n".utf8)
         var reader = TableReader(tabs: false)

@@ -155,7 +155,7 @@ public enum OutputChecks {
                     findings += try check.check(output, settings: settings)
                 } catch {
                     findings.append(OutputFinding(check: check.name, file: file.path,
-                                                  message: "could not be checked: \(error)"))
+                                                  message: unreadable + ": \(error)"))
                 }
             }
         }
@@ -185,11 +185,27 @@ public enum OutputChecks {
         !pattern.contains { "*?[]\\".contains($0) }
     }
 
-    /// A finding's message for events: the cell-level count messages name the value, so they are replaced.
+    /// The start of the message of a finding about a file a check could not read (the error names its path).
+    static let unreadable = "could not be checked"
+
+    /// A finding's message for events: the cell-level count messages name the value, and a read error the staged
+    /// copy's path, so they are replaced.
     static func eventMessage(_ f: OutputFinding) -> String {
         if f.check == MinCellCountCheck.checkName && f.value != nil {
             return "a count below this node's minimum cell count (the value is on the node: fem-client outputs show)"
         }
+        if f.message.hasPrefix(unreadable) { return unreadable + " (the reason is on the node: fem-client outputs show)" }
         return f.message
+    }
+
+    /// The tool's text as a finding keeps it: at most 256 bytes (a header name can be long).
+    static func shortened(_ s: String) -> String {
+        guard s.utf8.count > 256 else { return s }
+        var out = ""
+        for c in s {
+            if out.utf8.count + c.utf8.count > 253 { break }
+            out.append(c)
+        }
+        return out + "…"
     }
 }

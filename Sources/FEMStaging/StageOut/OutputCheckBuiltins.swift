@@ -62,8 +62,9 @@ public struct MinCellCountCheck: OutputCheck {
                     more += 1
                     continue
                 }
-                findings.append(OutputFinding(check: name, file: output.path, row: r.line, column: i + 1, columnName: n,
-                                              value: cell, message: "count \(v) is below this node's minimum cell "
+                findings.append(OutputFinding(check: name, file: output.path, row: r.line, column: i + 1,
+                                              columnName: OutputChecks.shortened(n),
+                                              value: OutputChecks.shortened(cell), message: "count \(v) is below this node's minimum cell "
                                                   + "count \(minimum)"))
             }
         })

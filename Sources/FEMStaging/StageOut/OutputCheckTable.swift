@@ -26,11 +26,12 @@ public struct TableReader: Sendable {
         case textAfterQuote(line: Int)
         case fieldTooLong(line: Int, limit: Int)
         case tooManyFields(line: Int, limit: Int)
+        case recordTooLong(line: Int, limit: Int)
 
         public var line: Int {
             switch self {
             case .notUTF8(let l), .unterminatedQuote(let l), .textAfterQuote(let l), .fieldTooLong(let l, _),
-                 .tooManyFields(let l, _): l
+                 .tooManyFields(let l, _), .recordTooLong(let l, _): l
             }
         }
 
@@ -41,6 +42,7 @@ public struct TableReader: Sendable {
             case .textAfterQuote(let l): "line \(l) has text after a closing quote (a quote inside a field must be doubled)"
             case .fieldTooLong(let l, let limit): "a field on line \(l) is longer than \(limit) bytes"
             case .tooManyFields(let l, let limit): "the record on line \(l) has more than \(limit) fields"
+            case .recordTooLong(let l, let limit): "the record on line \(l) is longer than \(limit) bytes"
             }
         }
     }
@@ -48,12 +50,14 @@ public struct TableReader: Sendable {
     public let separator: UInt8
     public var maxFieldBytes = 1 << 20
     public var maxFields = 10_000
+    public var maxRecordBytes = 4 << 20
 
     private enum State: Sendable { case fieldStart, unquoted, quoted, quoteInQuoted }
     private var state = State.fieldStart
     private var field: [UInt8] = []
     private var fields: [String] = []
     private var recordQuoted = false
+    private var recordBytes = 0
     /// The current line (1-based) and the one the current record started on.
     private var line = 1
     private var recordLine = 1
@@ -152,6 +156,8 @@ public struct TableReader: Sendable {
 
     private mutating func append(_ b: UInt8) throws {
         guard field.count < maxFieldBytes else { throw Problem.fieldTooLong(line: line, limit: maxFieldBytes) }
+        guard recordBytes < maxRecordBytes else { throw Problem.recordTooLong(line: recordLine, limit: maxRecordBytes) }
+        recordBytes += 1
         field.append(b)
     }
 
@@ -168,6 +174,7 @@ public struct TableReader: Sendable {
         record.quoted = recordQuoted
         fields.removeAll(keepingCapacity: true)
         recordQuoted = false
+        recordBytes = 0
         pending = false
         state = .fieldStart
         try emit(record)
