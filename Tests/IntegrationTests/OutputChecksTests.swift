@@ -17,12 +17,12 @@ struct OutputChecksTests {
         web = try TestEnv.webDir()
     }
 
-    func node(_ name: String, checks: String) throws -> TestNode {
+    func node(_ name: String, checks: String, airlock: Bool = true) throws -> TestNode {
         try TestNode(name, extra: """
             \(TestNode.hostProcesses)
             [outputs]
             allowed_urls = ["http://127.0.0.1:18080/dav/"]
-            require_approval = true
+            require_approval = \(airlock)
             retries = 4
             retry_delay_ms = 100
             [outputs.checks]
@@ -184,6 +184,46 @@ struct OutputChecksTests {
         #expect(yes.status == 0, "\(yes.output)")
         try op.waitForFinal([Tasks.id(flagged)])
         #expect(op.finalState(of: Tasks.id(flagged))?.state == .completed)
+    }
+
+    @Test func withoutTheAirlockFindingsAreInTheManifestAndTheFinalEvent() throws {
+        let node = try node("oc-open", checks: "", airlock: false)
+        try node.start()
+        let op = try Operator(node: node)
+        let prefix = "checks-\(UUID().uuidString.prefix(6).lowercased())"
+        let script = "cd \"$FEM_OUTPUT_DIR\" && printf 'site,count\\nA,3\\n' > t.csv"
+        let sent = task(script, outputs: [["pattern": "*.csv"]], prefix: prefix)
+        var kept = task(script, outputs: [["pattern": "*.csv"]], prefix: prefix)
+        kept["stage_out"] = nil
+        try op.submit(sent)
+        try op.submit(kept)
+        try op.waitForFinal([Tasks.id(sent), Tasks.id(kept)])
+        let a = try #require(op.finalState(of: Tasks.id(sent)))
+        #expect(a.state == .completed, "\(a.detail)")
+        guard case .array(let found)? = a.detail.data?["outputs"]?["findings"] else {
+            Issue.record("no findings in the final event: \(a.detail)")
+            return
+        }
+        // The files leave with their names: the path is sent, the cell value and column name still are not.
+        #expect(found.count == 1 && found.first?["file"] == "out/t.csv" && found.first?["row"] == 2
+                && found.first?["column"] == 2, "\(found)")
+        #expect(!String(decoding: try JSONEncoder().encode(found), as: UTF8.self).contains("count 3"), "\(found)")
+        let manifest = try #require(delivered(prefix, sent, node, "manifest.json"), "no manifest delivered")
+        let m = try JSONDecoder().decode(Held.self, from: Data(contentsOf: URL(fileURLWithPath: manifest)))
+        #expect(m.findings?.first?.value == "3" && m.findings?.first?.column_name == "count", "\(String(describing: m.findings))")
+
+        // Without a target the outputs stay in the sandbox, with their manifest; the event names no tool path.
+        let b = try #require(op.finalState(of: Tasks.id(kept)))
+        #expect(b.state == .completed, "\(b.detail)")
+        #expect(b.detail.data?["outputs"]?["findings_count"] == 1, "\(b.detail)")
+        guard case .array(let keptFound)? = b.detail.data?["outputs"]?["findings"] else {
+            Issue.record("no findings in the final event: \(b.detail)")
+            return
+        }
+        #expect(keptFound.first?["file"] == nil && keptFound.first?["file_index"] != nil, "\(keptFound)")
+        let local = "\(node.dir)/var/sandboxes/\(Tasks.id(kept))/manifest.json"
+        let n = try JSONDecoder().decode(Held.self, from: Data(contentsOf: URL(fileURLWithPath: local)))
+        #expect(n.findings?.first?.row == 2, "\(String(describing: n.findings))")
     }
 
     @Test func aPlanWithABadKindIsDeclinedAndBlockingWithoutTheAirlockIsAConfigError() throws {
