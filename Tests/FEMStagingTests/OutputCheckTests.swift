@@ -87,6 +87,29 @@ struct OutputCheckTests {
         #expect(!text.contains("secret-name"), "\(text)")
     }
 
+    @Test func aCSVDeclaredAsAFileIsStillATableByName() throws {
+        #expect(try fileType(output("out/r.csv", "a,b\n1\n", kind: .file)).map(\.row) == [2])
+    }
+
+    @Test func findingsPerTaskAreCapped() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("oc-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var files: [CollectedFile] = []
+        for i in 0..<3 {
+            try Data("n\n1\n2\n3\n".utf8).write(to: URL(fileURLWithPath: "\(dir)/\(i).csv"))
+            files.append(CollectedFile(source: "\(dir)/\(i).csv", path: "out/\(i).csv", size: 10, sha256: ""))
+        }
+        let plan = try DocumentReader.readPlan(["schema_version": 1, "id": "t", "version": "1", "launcher": "process",
+                                                "command": ["base": ["/bin/true"]], "outputs": [["pattern": "*.csv"]]])
+        var s = settings
+        s.maxFindingsPerTask = 4
+        let found = OutputChecks.run(files, plan: plan, settings: s)
+        #expect(found.count == 5)
+        #expect(found.last?.file == "out/1.csv" && found.last?.message.hasPrefix("and 5 more findings") == true,
+                "\(found)")
+    }
+
     @Test func feedingInBlocksGivesTheSameRecords() throws {
         let text = Array("h1,h2\n\"a,\"\"b\r\nc\",1\r\n2,3\n".utf8)
         var reader = TableReader(tabs: false)

@@ -46,6 +46,8 @@ public struct OutputCheckSettings: Sendable, Equatable {
     public var maxFindingsPerFile = 100
     /// Bytes of a file the checks read at most (the rest is not checked, and a finding says so).
     public var maxScanBytes: Int64 = 256 << 20
+    /// Findings listed per task (the manifest is journaled); the rest are summed up in one more.
+    public var maxFindingsPerTask = 5000
 
     public init() {}
 
@@ -158,6 +160,14 @@ public enum OutputChecks {
                                                   message: unreadable + ": \(error)"))
                 }
             }
+        }
+        let cap = max(1, settings.maxFindingsPerTask)
+        if findings.count > cap {
+            let first = findings[cap]
+            let more = findings.count - cap
+            findings = Array(findings.prefix(cap))
+            findings.append(OutputFinding(check: first.check, file: first.file, message: "and \(more) more findings in "
+                                          + "this and later files (only the first \(cap) of the task are listed)"))
         }
         return findings
     }

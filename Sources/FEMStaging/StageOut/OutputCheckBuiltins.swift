@@ -180,7 +180,7 @@ public struct FileTypeCheck: OutputCheck {
         case .file?, nil:
             break
         }
-        if kind == nil && ["csv", "tsv"].contains(ext) {
+        if ["csv", "tsv"].contains(ext) {  // kind nil or file: the name still claims a table
             return try table(output, settings: settings, magic: magic, claim: "is named .\(ext)")
         }
         if let allowed = Self.magicExtensions[ext] {
