@@ -156,6 +156,32 @@ struct OutputChecksTests {
         #expect(sentManifest.findings?.count == 2, "the delivered manifest carries the findings it was approved with")
     }
 
+    @Test func heldFindingsSurviveADaemonRestartAndStillBlock() throws {
+        let node = try node("oc-restart", checks: "block_on_findings = true")
+        try node.start()
+        let op = try Operator(node: node)
+        let prefix = "checks-\(UUID().uuidString.prefix(6).lowercased())"
+        let t = task("cd \"$FEM_OUTPUT_DIR\" && printf 'n\\n4\\n' > t.csv", outputs: [["pattern": "*.csv"]],
+                     prefix: prefix)
+        try op.submit(t)
+        let held = try waitForHold(op, t)
+        #expect(held.detail.message?.hasSuffix("; 1 finding(s) of the output checks") == true, "\(held.detail)")
+        node.stop()
+        // The table changes while the daemon is down: what was checked and held is the staged copy.
+        try "n\n400\n".write(toFile: "\(node.dir)/var/sandboxes/\(Tasks.id(t))/out/t.csv", atomically: false,
+                              encoding: .utf8)
+        try node.start()
+        let refused = try node.run(["outputs", "approve", Tasks.id(t)])
+        #expect(refused.status != 0 && refused.output.contains("1 finding(s) of the output checks"), "\(refused.output)")
+        let yes = try node.run(["outputs", "approve", Tasks.id(t), "--override", "a single site total"])
+        #expect(yes.status == 0, "\(yes.output)")
+        try op.waitForFinal([Tasks.id(t)])
+        let final = try #require(op.finalState(of: Tasks.id(t)))
+        #expect(final.state == .completed && final.detail.data?["outputs"]?["findings_count"] == 1, "\(final.detail)")
+        let sent = try #require(delivered(prefix, t, node, "out/t.csv"))
+        #expect(try String(contentsOfFile: sent, encoding: .utf8) == "n\n4\n")
+    }
+
     @Test func withoutBlockingFindingsAreReportedAndACleanTableHasNone() throws {
         let node = try node("oc-report", checks: "min_cell_count = 5\ncount_columns = [\"cases\"]")
         try node.start()

@@ -269,8 +269,9 @@ extension Runner {
                 outputs["findings_count"] = .int(Int64(summary.findingsCount))
             }
             if summary.awaitingApproval {
+                let found = summary.findingsCount > 0 ? "; \(summary.findingsCount) finding(s) of the output checks" : ""
                 await record(taskID, .awaitingApproval, EventDetail(
-                    message: "outputs wait for approval (fem-client outputs show|approve|reject \(taskID))",
+                    message: "outputs wait for approval (fem-client outputs show|approve|reject \(taskID))\(found)",
                     data: ["outputs": .object(outputs)]))
                 return
             }
