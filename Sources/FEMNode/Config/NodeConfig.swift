@@ -115,6 +115,8 @@ public struct NodeConfig: Sendable {
     public var datasets: [String: Dataset]
     /// `[metrics] listen`: where `GET /metrics` is served (nil: metrics are off).
     public var metricsListen: MetricsListen?
+    /// `[trust] require_approved_tools`: only plans approved in the node's tool registry run.
+    public var requireApprovedTools = false
     /// `[node.labels]`: free-form attributes for constraints, as `labels.<key>`.
     public var labels: [String: AttributeValue] = [:]
     /// Where the file was read from, for messages.
@@ -279,6 +281,7 @@ extension NodeConfig {
         config.drainSeconds = file.node.drainSeconds
         config.metricsListen = file.metrics.listen.isEmpty ? nil : try? MetricsListen.parse(file.metrics.listen)
         config.pools = file.node.pools
+        config.requireApprovedTools = file.trust.requireApprovedTools
         config.poolMaxPasses = file.node.poolMaxPasses
         config.poolPeers = file.broker.poolPeers
         config.labels = file.node.labels
