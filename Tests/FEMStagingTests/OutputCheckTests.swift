@@ -87,6 +87,22 @@ struct OutputCheckTests {
         #expect(!text.contains("secret-name"), "\(text)")
     }
 
+    @Test func readingIsBoundedAndABoundedReadIsAFinding() throws {
+        var s = settings
+        s.maxScanBytes = 8
+        let csv = "n\n12\n13\n2\n"  // the 2 is past the bound
+        let counted = try MinCellCountCheck().check(output("out/t.csv", csv), settings: s)
+        #expect(counted.map(\.message) == ["only the first 8 bytes were checked: the file is larger"])
+        s.minCellCount = 0
+        let typed = try FileTypeCheck().check(output("out/t.csv", csv), settings: s)
+        #expect(typed.map(\.message) == ["only the first 8 bytes were checked: the file is larger"])
+        let text = try FileTypeCheck().check(output("out/t.txt", bytes: Array("abcdefghij".utf8) + [0xFF], kind: .text),
+                                             settings: s)
+        #expect(text.map(\.message) == ["only the first 8 bytes were checked: the file is larger"])
+        let json = try FileTypeCheck().check(output("out/t.json", "[1, 2, 3, 4, 5]"), settings: s)
+        #expect(json.first?.message == "is named .json but is larger than 8 bytes: it was not checked")
+    }
+
     @Test func aCSVDeclaredAsAFileIsStillATableByName() throws {
         #expect(try fileType(output("out/r.csv", "a,b\n1\n", kind: .file)).map(\.row) == [2])
     }

@@ -169,10 +169,12 @@ public struct FileTypeCheck: OutputCheck {
             return magic?.isImage == true ? [] : finding("is declared an image (kind \"image\") but is not a PNG, "
                                                           + "JPEG or GIF image\(content)")
         case .text?:
-            if let offset = try Self.firstNonUTF8(output, limit: settings.maxScanBytes) {
+            let scan = try Self.firstNonUTF8(output, limit: settings.maxScanBytes)
+            if let offset = scan.offset {
                 return finding("is declared text (kind \"text\") but is not UTF-8 text (at byte \(offset))\(content)")
             }
-            return []
+            return scan.truncated ? finding("only the first \(settings.maxScanBytes) bytes were checked: the file is "
+                                            + "larger") : []
         case .table?:
             return try table(output, settings: settings, magic: magic, claim: "is declared a table (kind \"table\")")
         case .archive?:
@@ -244,8 +246,9 @@ public struct FileTypeCheck: OutputCheck {
         return []
     }
 
-    /// The offset of the first byte that is not part of valid UTF-8 (nil: all of it is, up to `limit`).
-    static func firstNonUTF8(_ output: CheckedOutput, limit: Int64) throws -> Int64? {
+    /// The offset of the first byte that is not part of valid UTF-8 (nil: all of it is, up to `limit`), and whether
+    /// the file is longer than `limit`.
+    static func firstNonUTF8(_ output: CheckedOutput, limit: Int64) throws -> (offset: Int64?, truncated: Bool) {
         var carry: [UInt8] = []
         var offset: Int64 = 0  // of carry's first byte
         var bad: Int64?
@@ -266,7 +269,7 @@ public struct FileTypeCheck: OutputCheck {
             return true
         }
         if bad == nil && !more && !carry.isEmpty { bad = offset }
-        return bad
+        return (bad, more && bad == nil)
     }
 
     enum UTF8Scan: Equatable { case valid, incomplete(Int), invalid(Int) }
