@@ -121,8 +121,16 @@ public enum DocumentReader {
             let pattern = o.string("pattern", required: true)
             if let pattern, let problem = Glob.problem(in: pattern) { log.add(o.sub("pattern"), problem) }
             let max = o.int("max_bytes", min: 1)
+            let kind = o.string("kind", allowed: OutputKind.allCases.map(\.rawValue)).flatMap(OutputKind.init)
+            let countColumns = o.stringArray("count_columns", pattern: Patterns.countColumn, unique: true)
+            if countColumns != nil, let kind, kind != .table {
+                log.add(o.sub("count_columns"), "only for a table (kind \"table\"), not kind \"\(kind.rawValue)\"")
+            }
             o.finish()
-            if let pattern { outputs.append(OutputRule(pattern: pattern, maxBytes: max.map(Int64.init))) }
+            if let pattern {
+                outputs.append(OutputRule(pattern: pattern, maxBytes: max.map(Int64.init), kind: kind,
+                                          countColumns: countColumns ?? []))
+            }
         }
         var resources = Resources.none
         if let r = f.object("resources") {

@@ -123,6 +123,16 @@ public struct OutputRule: Sendable, Equatable {
     /// A glob relative to the sandbox's `out/` folder: `*`, `?`, `**` and `[...]`.
     public var pattern: String
     public var maxBytes: Int64?
+    /// What the matching files are (`outputs[].kind`), checked by content at collection (`[outputs.checks]`); nil:
+    /// told by the file's name.
+    public var kind: OutputKind? = nil
+    /// `outputs[].count_columns`: column name patterns of a table that hold counts, in addition to the node's.
+    public var countColumns: [String] = []
+}
+
+/// What an output claims to be (`outputs[].kind`).
+public enum OutputKind: String, Sendable, Equatable, CaseIterable {
+    case table, image, text, archive, file
 }
 
 public struct Resources: Sendable, Equatable {

@@ -41,6 +41,8 @@ public enum Patterns {
     public static let credentialsRef = #"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"#
     public static let sha256 = #"^[0-9a-f]{64}$"#
     public static let commit = #"^[0-9a-f]{40}$"#
+    /// A table column name or name pattern (`n_*`): 1 to 128 characters, no control characters.
+    public static let countColumn = #"^[^\x00-\x1F\x7F]{1,128}$"#
 
     /// Does `pattern` match the whole of `text`? NSRegularExpression's `$` also matches before a final line
     /// terminator (`"abc\n"`, `"abc\r\n"`, `"abc\u{2028}"`), so the match must also span every UTF-16 unit.
@@ -53,7 +55,7 @@ public enum Patterns {
 
     private static let cache: [String: NSRegularExpression] = {
         var c: [String: NSRegularExpression] = [:]
-        for p in [planID, version, taskID, argID, datasetID, envName, credentialsRef, sha256, commit] {
+        for p in [planID, version, taskID, argID, datasetID, envName, credentialsRef, sha256, commit, countColumn] {
             c[p] = try? NSRegularExpression(pattern: p)
         }
         return c

@@ -74,6 +74,11 @@ public struct StageOutSummary: Sendable, Equatable {
     public var bytes: Int64
     public var location: String?
     public var awaitingApproval: Bool
+    /// What the output checks found, as events may carry it (no cell values or column names); at most
+    /// `maxEventFindings` of `findingsCount`.
+    public var findings: [JSONValue] = []
+    public var findingsCount = 0
+    public static let maxEventFindings = 50
 
     public init(files: Int, bytes: Int64, location: String?, awaitingApproval: Bool = false) {
         self.files = files

@@ -264,9 +264,15 @@ extension Runner {
                                                       reporter: reporter(for: taskID))
             var outputs: [String: JSONValue] = ["files": .int(Int64(summary.files)), "bytes": .int(summary.bytes),
                                                 "location": summary.location.map(JSONValue.string) ?? .null]
+            if summary.findingsCount > 0 {
+                // The output checks' findings, without cell values or column names (the manifest has those).
+                outputs["findings"] = .array(summary.findings)
+                outputs["findings_count"] = .int(Int64(summary.findingsCount))
+            }
             if summary.awaitingApproval {
+                let found = summary.findingsCount > 0 ? "; \(summary.findingsCount) finding(s) of the output checks" : ""
                 await record(taskID, .awaitingApproval, EventDetail(
-                    message: "outputs wait for approval (fem-client outputs show|approve|reject \(taskID))",
+                    message: "outputs wait for approval (fem-client outputs show|approve|reject \(taskID))\(found)",
                     data: ["outputs": .object(outputs)]))
                 return
             }

@@ -20,9 +20,11 @@ struct OutputsCommand: AsyncParsableCommand {
         return (config, try config.openJournal())
     }
 
-    static func decide(_ options: ConfigOption, taskID: String, approve: Bool, reason: String?) throws {
-        let (_, journal) = try open(options)
-        let decided = try Airlock.decide(journal, taskID: taskID, approve: approve, reason: reason, by: .shell())
+    static func decide(_ options: ConfigOption, taskID: String, approve: Bool, reason: String?,
+                       override: String? = nil) throws {
+        let (config, journal) = try open(options)
+        let decided = try Airlock.decide(journal, taskID: taskID, approve: approve, reason: reason, by: .shell(),
+                                         override: override, blockOnFindings: config.outputChecks.blockOnFindings)
         print("\(taskID): \(decided.message.escapedForTerminal)"
               + (decided.manifestSHA256.map { " (manifest sha256 \($0))" } ?? ""))
         print(approve ? "the daemon uploads the outputs within a few seconds (fem-client show \(taskID))"
@@ -42,14 +44,16 @@ struct OutputsCommand: AsyncParsableCommand {
         func run() async throws {
             let (_, journal) = try OutputsCommand.open(options)
             let rows = try journal.tasks(states: [.awaitingApproval], limit: 10_000)
-            print("TASK                                   WAITING SINCE         FILES       BYTES  TOOL")
+            print("TASK                                   WAITING SINCE         FILES       BYTES  FINDINGS  TOOL")
             for r in rows {
                 let m = Airlock.manifest(journal, r.taskID)?.view
                 let id = r.taskID.padding(toLength: 38, withPad: " ", startingAt: 0)
                 let since = String(FEMTime.format(r.updatedAt).prefix(19))
                 let files = String(m?.files.count ?? 0).leftPadded(5)
                 let bytes = String(m?.bytes ?? 0).leftPadded(11)
-                print("\(id.escapedForTerminal) \(since)   \(files) \(bytes)  \((m?.toolName ?? "?").escapedForTerminal)")
+                let findings = String(m?.findings?.count ?? 0).leftPadded(8)
+                print("\(id.escapedForTerminal) \(since)   \(files) \(bytes)  \(findings)  "
+                      + "\((m?.toolName ?? "?").escapedForTerminal)")
             }
             if rows.isEmpty { print("(no outputs waiting)") }
         }
@@ -106,7 +110,33 @@ struct OutputsCommand: AsyncParsableCommand {
             for f in m.files {
                 print("  \(String(f.size).leftPadded(12))  \(f.path.escapedForTerminal)  sha256 \(f.sha256.escapedForTerminal)")
             }
+            OutputsCommand.printFindings(m.findings, blocking: config.outputChecks.blockOnFindings)
             if let held = try journal.completedStep(Runner.heldTextStep, of: taskID) { OutputsCommand.printHeld(held) }
+        }
+    }
+
+    /// What the output checks found, one finding a line (the file, row and column names and cell values are the
+    /// tool's text: escaped).
+    static func printFindings(_ findings: [Airlock.Finding]?, blocking: Bool) {
+        guard let findings else {
+            print("findings    none recorded (the outputs were collected before the output checks)")
+            return
+        }
+        guard !findings.isEmpty else {
+            print("findings    none (outputs.checks)")
+            return
+        }
+        print("findings    \(findings.count)" + (blocking ? " (approval needs --override REASON: "
+                                                  + "outputs.checks.block_on_findings)" : ""))
+        for f in findings {
+            var at: [String] = []
+            if let row = f.row { at.append("row \(row)") }
+            if let column = f.column {
+                at.append("column \(column)" + (f.column_name.map { " \"\($0.escapedForTerminal)\"" } ?? ""))
+            }
+            if let value = f.value { at.append("value \"\(value.escapedForTerminal)\"") }
+            print("  \(f.check.escapedForTerminal)  \(f.file.escapedForTerminal)"
+                  + (at.isEmpty ? "" : "  " + at.joined(separator: ", ")) + ": \(f.message.escapedForTerminal)")
         }
     }
 
@@ -116,9 +146,11 @@ struct OutputsCommand: AsyncParsableCommand {
         @Argument(help: "The task id.") var taskID: String
         @Option(help: "Why (recorded with the decision). The approver recorded is the OS user running this command.")
         var reason: String?
+        @Option(help: "Why outputs with findings of the output checks are approved anyway (journaled and sent with the decision; required when outputs.checks.block_on_findings is true).")
+        var override: String?
 
         func run() async throws {
-            try OutputsCommand.decide(options, taskID: taskID, approve: true, reason: reason)
+            try OutputsCommand.decide(options, taskID: taskID, approve: true, reason: reason, override: override)
         }
     }
 

@@ -1,4 +1,5 @@
 import FEMCore
+import FEMStaging
 import Foundation
 import TOMLKit
 
@@ -678,11 +679,14 @@ struct OutputsSection: Codable, Sendable {
     var caFile = ""
     var retries = 5
     var retryDelayMS = 1000
+    /// `[outputs.checks]`.
+    var checks = OutputChecksSection()
 
     enum CodingKeys: String, CodingKey {
         case maxFileBytes = "max_file_bytes", maxTaskBytes = "max_task_bytes", allowedURLs = "allowed_urls",
              requireApproval = "require_approval", holdLogs = "hold_logs", caFile = "ca_file", retries,
              retryDelayMS = "retry_delay_ms"
+        case checks
     }
 
     init() {}
@@ -698,6 +702,7 @@ struct OutputsSection: Codable, Sendable {
         caFile = r.value(c, .caFile) ?? caFile
         retries = r.value(c, .retries) ?? retries
         retryDelayMS = r.value(c, .retryDelayMS) ?? retryDelayMS
+        checks = r.section(c, .checks) ?? checks
     }
 
     func validate(_ v: inout ConfigValidator) {
@@ -705,6 +710,52 @@ struct OutputsSection: Codable, Sendable {
         v.range("outputs.max_task_bytes", maxTaskBytes, 1...Int.max)
         v.range("outputs.retries", retries, 1...50)
         v.range("outputs.retry_delay_ms", retryDelayMS, 0...600_000)
+        checks.validate(&v, requireApproval: requireApproval)
+    }
+}
+
+/// `[outputs.checks]`: disclosure checks run over a task's outputs when they are collected (before the airlock).
+struct OutputChecksSection: Codable, Sendable {
+    var minCellCount = OutputCheckSettings().minCellCount
+    var countColumns = OutputCheckSettings().countColumns
+    var fileTypes = OutputCheckSettings().fileTypes
+    var blockOnFindings = OutputCheckSettings().blockOnFindings
+
+    enum CodingKeys: String, CodingKey {
+        case minCellCount = "min_cell_count", countColumns = "count_columns", fileTypes = "file_types",
+             blockOnFindings = "block_on_findings"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        minCellCount = r.value(c, .minCellCount) ?? minCellCount
+        countColumns = r.value(c, .countColumns) ?? countColumns
+        fileTypes = r.value(c, .fileTypes) ?? fileTypes
+        blockOnFindings = r.value(c, .blockOnFindings) ?? blockOnFindings
+    }
+
+    var settings: OutputCheckSettings {
+        var s = OutputCheckSettings()
+        s.minCellCount = minCellCount
+        s.countColumns = countColumns
+        s.fileTypes = fileTypes
+        s.blockOnFindings = blockOnFindings
+        return s
+    }
+
+    func validate(_ v: inout ConfigValidator, requireApproval: Bool) {
+        v.range("outputs.checks.min_cell_count", minCellCount, 0...1_000_000)
+        for (i, p) in countColumns.enumerated() where !Patterns.matches(Patterns.countColumn, p) {
+            v.note("outputs.checks.count_columns[\(i)]: must be a column name pattern of 1 to 128 characters "
+                      + "without control characters")
+        }
+        if blockOnFindings && !requireApproval {
+            v.note("outputs.checks.block_on_findings = true needs outputs.require_approval = true: without the "
+                      + "airlock there is no approval to block")
+        }
     }
 }
 

@@ -104,6 +104,8 @@ public struct NodeConfig: Sendable {
     public var outputCAFile: String?
     public var outputRetries: Int
     public var outputRetryDelayMilliseconds: Int
+    /// `[outputs.checks]`: disclosure checks over the outputs at collection.
+    public var outputChecks = OutputCheckSettings()
 
     /// `[reporter]`: caps on the events a tool's reports cause, per task.
     public var reporterMaxEventsPerTask: Int
@@ -277,6 +279,7 @@ extension NodeConfig {
             reporterMaxMetricsPerLine: file.reporter.maxMetricsPerLine,
             datasets: file.validDatasets, source: source)
         config.minFreeMB = file.node.minFreeMB
+        config.outputChecks = file.outputs.checks.settings
         config.drainSeconds = file.node.drainSeconds
         config.metricsListen = file.metrics.listen.isEmpty ? nil : try? MetricsListen.parse(file.metrics.listen)
         config.pools = file.node.pools

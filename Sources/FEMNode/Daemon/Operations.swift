@@ -360,6 +360,7 @@ struct ConfigReload: Sendable {
             "\($0.maxOutputFileBytes) \($0.maxOutputTaskBytes) \($0.outputCAFile ?? "") \($0.outputRetries) "
                 + "\($0.outputRetryDelayMilliseconds)"
         },
+        Key("outputs.checks") { "\($0.outputChecks)" },
         Key("datasets") { "\($0.datasets.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })" },
         Key("launchers.env_allowed") { "\($0.envAllowed)" },
         Key("node.labels") { "\($0.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })" },

@@ -120,14 +120,16 @@ public struct NodeAssembly: Sendable {
 
     /// Stage-out: where outputs may go, the airlock, limits and retries.
     static func stageOut(_ config: NodeConfig) throws -> OutputDelivery {
-        OutputDelivery(policy: DeliveryPolicy(
+        var policy = DeliveryPolicy(
             nodeID: config.nodeID,
             limits: OutputLimits(maxFileBytes: config.maxOutputFileBytes, maxTaskBytes: config.maxOutputTaskBytes),
             allowedURLs: try URLPolicy(config.outputAllowedURLs),
             requireApproval: config.requireApproval,
             holdLogs: config.holdLogs,
             retry: RetryPolicy(attempts: config.outputRetries, base: .milliseconds(config.outputRetryDelayMilliseconds)),
-            credentials: config.credentials, caFile: config.outputCAFile))
+            credentials: config.credentials, caFile: config.outputCAFile)
+        policy.checks = config.outputChecks
+        return OutputDelivery(policy: policy)
     }
 
     /// Stage-in steps: the plan's source (git or task files) into `src/`, then the image pull when docker is enabled.

@@ -19,6 +19,8 @@ public struct Manifest: Encodable, Sendable {
     public var startedAt: Date?
     public var endedAt: Date
     public var files: [CollectedFile]
+    /// What the output checks found (`[outputs.checks]`), bound into the manifest an approval is given for.
+    public var findings: [OutputFinding]? = nil
 
     enum CodingKeys: String, CodingKey {
         case schemaVersion = "schema_version"
@@ -34,7 +36,7 @@ public struct Manifest: Encodable, Sendable {
         case failureClass = "failure_class"
         case startedAt = "started_at"
         case endedAt = "ended_at"
-        case files
+        case files, findings
     }
 
     public init(job: LaunchJob, record: TaskRecord, nodeID: String, outcome: TaskOutcome, startedAt: Date?,

@@ -20,6 +20,8 @@ public struct DeliveryPolicy: Sendable {
     /// The node-owned folder outputs are copied into at collection (`<work_dir>/staging`); nil: next to the
     /// `sandboxes` folder.
     public var stagingRoot: String? = nil
+    /// `[outputs.checks]`: the checks run over the outputs at collection.
+    public var checks = OutputCheckSettings()
 
     public init(nodeID: String, limits: OutputLimits, allowedURLs: URLPolicy, requireApproval: Bool, holdLogs: Bool,
                 retry: RetryPolicy, credentials: [String: Credential], caFile: String?) {
@@ -100,12 +102,15 @@ public struct OutputDelivery: StageOut {
         guard let target = job.task.stageOut else {
             // Nothing leaves the node: the outputs and their manifest stay in the sandbox.
             let files = try OutputCollector.collect(plan: job.task.plan, sandbox: job.sandbox, limits: policy.limits)
-            let manifest = Manifest(job: job, record: record, nodeID: policy.nodeID, outcome: outcome,
+            var manifest = Manifest(job: job, record: record, nodeID: policy.nodeID, outcome: outcome,
                                     startedAt: record.receivedAt, gitCommit: reporter.isDone("git"),
                                     imageDigest: reporter.isDone("image"), files: files)
+            manifest.findings = OutputChecks.run(files, plan: job.task.plan, settings: policy.checks)
             try write(manifest.encoded(), to: "\(job.sandbox.sandbox)/manifest.json")
-            return StageOutSummary(files: files.count, bytes: files.reduce(Int64(0)) { $0 + $1.size },
-                                   location: job.sandbox.sandbox)
+            var summary = StageOutSummary(files: files.count, bytes: files.reduce(Int64(0)) { $0 + $1.size },
+                                          location: job.sandbox.sandbox)
+            summarize(manifest.findings ?? [], files: files, plan: job.task.plan, pathsLeave: false, into: &summary)
+            return summary
         }
         let destination = try Self.destination(target, job: job, policy: policy)
         let folder = stagingFolder(job)
@@ -128,9 +133,11 @@ public struct OutputDelivery: StageOut {
                                   + "(symlinks, devices, FIFOs, sockets): not collected",
                                   ["not_collected": .int(Int64(staged.skipped))])
             }
-            let manifest = Manifest(job: job, record: record, nodeID: policy.nodeID, outcome: outcome,
+            var manifest = Manifest(job: job, record: record, nodeID: policy.nodeID, outcome: outcome,
                                     startedAt: record.receivedAt, gitCommit: reporter.isDone("git"),
                                     imageDigest: reporter.isDone("image"), files: files)
+            // The checks read the staged copies: what they found is what would leave.
+            manifest.findings = OutputChecks.run(files, plan: job.task.plan, settings: policy.checks)
             manifestJSON = String(decoding: manifest.encoded(), as: UTF8.self)
             try write(Data(manifestJSON.utf8), to: manifestPath)
             // A copy for whoever looks into the sandbox; the journaled one is what counts.
@@ -142,6 +149,11 @@ public struct OutputDelivery: StageOut {
         let manifestFile = CollectedFile(source: manifestPath, path: "manifest.json",
                                          size: Int64(manifestJSON.utf8.count), sha256: digest.finalizeHex())
         let bytes = files.reduce(Int64(0)) { $0 + $1.size }
+        let findings = Self.heldFindings(manifestJSON)
+        // Without the airlock the files leave with their names anyway; with it, names wait for the approval.
+        let pathsLeave = !policy.requireApproval
+        var checked = StageOutSummary(files: 0, bytes: 0, location: nil)
+        summarize(findings, files: files, plan: job.task.plan, pathsLeave: pathsLeave, into: &checked)
 
         var sendNow = files
         if policy.requireApproval {
@@ -152,8 +164,10 @@ public struct OutputDelivery: StageOut {
                 try await deliver(sendNow, to: destination, reporter: reporter)
                 let location = sendNow.isEmpty ? nil : destination.description
                 if decision != nil { try? FileManager.default.removeItem(atPath: folder) }
-                return StageOutSummary(files: sendNow.count, bytes: sendNow.reduce(0) { $0 + $1.size },
-                                       location: location, awaitingApproval: decision == nil)
+                var summary = StageOutSummary(files: sendNow.count, bytes: sendNow.reduce(0) { $0 + $1.size },
+                                              location: location, awaitingApproval: decision == nil)
+                (summary.findings, summary.findingsCount) = (checked.findings, checked.findingsCount)
+                return summary
             }
             guard reporter.isDone(Self.approvedManifestStep) == manifestFile.sha256 else {
                 throw TaskFailure(.stageOutFailure, "the approval was not given for the held manifest (sha256 "
@@ -162,7 +176,22 @@ public struct OutputDelivery: StageOut {
         }
         try await deliver(sendNow + [manifestFile], to: destination, reporter: reporter)
         try? FileManager.default.removeItem(atPath: folder)
-        return StageOutSummary(files: files.count, bytes: bytes, location: destination.description)
+        var summary = StageOutSummary(files: files.count, bytes: bytes, location: destination.description)
+        (summary.findings, summary.findingsCount) = (checked.findings, checked.findingsCount)
+        return summary
+    }
+
+    /// The findings of a journaled manifest (none in manifests made before the checks).
+    static func heldFindings(_ manifestJSON: String) -> [OutputFinding] {
+        struct Held: Decodable { var findings: [OutputFinding]? }
+        return (try? JSONDecoder().decode(Held.self, from: Data(manifestJSON.utf8)))?.findings ?? []
+    }
+
+    /// The findings as the task's events carry them.
+    private func summarize(_ findings: [OutputFinding], files: [CollectedFile], plan: ToolPlan, pathsLeave: Bool,
+                           into summary: inout StageOutSummary) {
+        summary.findingsCount = findings.count
+        summary.findings = OutputChecks.eventForm(findings, files: files, plan: plan, pathsLeave: pathsLeave)
     }
 
     /// The files a journaled manifest lists, at their places in the staging folder.
