@@ -113,6 +113,8 @@ public struct NodeConfig: Sendable {
     public var datasets: [String: Dataset]
     /// `[metrics] listen`: where `GET /metrics` is served (nil: metrics are off).
     public var metricsListen: MetricsListen?
+    /// `[console]`: the steward's web console (nil: off).
+    public var console: ConsoleSettings?
     /// `[node.labels]`: free-form attributes for constraints, as `labels.<key>`.
     public var labels: [String: AttributeValue] = [:]
     /// Where the file was read from, for messages.
@@ -275,6 +277,8 @@ extension NodeConfig {
         config.minFreeMB = file.node.minFreeMB
         config.drainSeconds = file.node.drainSeconds
         config.metricsListen = file.metrics.listen.isEmpty ? nil : try? MetricsListen.parse(file.metrics.listen)
+        config.console = file.console.settings(brokerCert: absolutePath(cert), brokerKey: absolutePath(key),
+                                               resolve: absolutePath)
         config.pools = file.node.pools
         config.poolMaxPasses = file.node.poolMaxPasses
         config.poolPeers = file.broker.poolPeers
