@@ -165,11 +165,13 @@ struct ConsoleTests {
         #expect(check.output.contains("console.accounts.carol.colour: is not a known key"), "\(check.output)")
     }
 
-    @Test func withTLSTheConsoleServesHTTPSWithTheNodesCertificateAndASecureCookie() throws {
+    @Test func withTLSTheConsoleServesHTTPSAndTheCookieIsSecure() throws {
         let node = try node("console-tls", console: """
             [console]
             listen = "127.0.0.1:0"
             tls = true
+            tls_cert_file = "\(web)/server.pem"
+            tls_key_file = "\(web)/server.key"
             [console.accounts.\(Self.steward)]
             password_hash = "\(try Self.hash(Self.stewardPassword))"
             role = "steward"
@@ -178,11 +180,11 @@ struct ConsoleTests {
         let base = try consoleAddress(node)
         #expect(base.hasPrefix("https://127.0.0.1:"), "\(base)")
         let port = base.split(separator: ":").last.map(String.init) ?? ""
-        // The node's certificate (the broker's cert_file) is for localhost, signed by the test CA.
+        // A server certificate for localhost (the test web server's), signed by its CA.
         // The password from a file (curl's `@file`), never in argv.
         let passwordFile = "\(node.dir)/console-password"
         try Self.stewardPassword.write(toFile: passwordFile, atomically: true, encoding: .utf8)
-        let login = try Shell.run(["/usr/bin/curl", "-sS", "-o", "/dev/null", "-D", "-", "--cacert", "\(node.brokerDir)/ca.pem",
+        let login = try Shell.run(["/usr/bin/curl", "-sS", "-o", "/dev/null", "-D", "-", "--cacert", "\(web)/ca.pem",
                                    "--data-urlencode", "account=\(Self.steward)", "--data-urlencode", "password@\(passwordFile)",
                                    "https://localhost:\(port)/login"], environment: ["PATH": "/usr/bin:/bin"])
         #expect(login.status == 0 && login.output.contains("HTTP/1.1 303"), "\(login.output)")

@@ -232,6 +232,12 @@ struct ConsoleApp: Sendable {
         guard let origin = request.headers[.origin] else { return nil }
         let expected = "\(settings.tls == nil ? "http" : "https")://\(request.head.authority ?? "")"
         if origin.lowercased() == expected.lowercased() { return nil }
+        // Under `Referrer-Policy: no-referrer` Chromium sends `Origin: null` on the console's own form posts; the
+        // browser's `Sec-Fetch-Site` (which no page can set) then says they are same-origin. A null origin from
+        // anywhere else (a sandboxed frame, another site) says cross-site and stays refused.
+        if origin == "null", let name = HTTPFields.Element.Name("Sec-Fetch-Site"), request.headers[name] == "same-origin" {
+            return nil
+        }
         return "Refused by the CSRF check: the request comes from \(TextEscaping.escaped(String(origin.prefix(200)))), not from this console (\(expected))."
     }
 

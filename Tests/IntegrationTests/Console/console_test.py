@@ -51,8 +51,12 @@ wait = WebDriverWait(drv, 15)
 
 
 def shot(name):
+    """The whole page (the window grown to its height, at most 3000 px), then back to 1280x1000."""
     path = os.path.join(SHOTS, name)
+    height = drv.execute_script("return document.documentElement.scrollHeight")
+    drv.set_window_size(1280, min(max(height + 140, 700), 3000))
     drv.save_screenshot(path)
+    drv.set_window_size(1280, 1000)
     print(f"ok: screenshot {path}", flush=True)
 
 
@@ -108,11 +112,11 @@ try:
     login("nobody-" + STEWARD, STEWARD_PW)
     err2 = wait.until(EC.presence_of_element_located((By.ID, "login-error"))).text
     check(err2 == err, "an unknown account gets the same message as a wrong password")
-    still_waiting("the failed logins")
 
     # 2. A viewer sees the review page but may not decide: 403 naming the role.
     login(VIEWER, VIEWER_PW)
     wait.until(EC.presence_of_element_located((By.ID, "tasks")))
+    still_waiting("the failed logins")
     drv.get(BASE + "/outputs/" + TASK)
     wait.until(EC.presence_of_element_located((By.ID, "decide-form")))
     drv.find_element(By.ID, "reason").send_keys("a viewer tries")
@@ -169,6 +173,9 @@ try:
                         cookie["value"], origin="http://evil.example")
     check(status == 403 and "CSRF check" in body and "evil.example" in body,
           f"a POST from another origin is refused by the CSRF check ({status})")
+    status, body = post(f"/outputs/{TASK}/decide", {"decision": "approve", "reason": "forged", "csrf": token},
+                        cookie["value"], origin="null")
+    check(status == 403 and "CSRF check" in body, f"a POST from an opaque origin (null, not same-origin) is refused ({status})")
     status, _ = post(f"/outputs/{TASK}/decide", {"decision": "approve", "reason": "forged", "csrf": token}, "0" * 64)
     check(status == 403, f"a POST without a session is refused ({status})")
     still_waiting("the forged POSTs")
