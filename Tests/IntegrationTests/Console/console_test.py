@@ -178,7 +178,22 @@ try:
     check(status == 403 and "CSRF check" in body, f"a POST from an opaque origin (null, not same-origin) is refused ({status})")
     status, _ = post(f"/outputs/{TASK}/decide", {"decision": "approve", "reason": "forged", "csrf": token}, "0" * 64)
     check(status == 403, f"a POST without a session is refused ({status})")
-    still_waiting("the forged POSTs")
+    # A decision on a manifest other than the held one (the page was older than the outputs) is refused.
+    status, body = post(f"/outputs/{TASK}/decide", {"decision": "approve", "reason": "stale", "csrf": token,
+                                                     "manifest_sha256": "0" * 64}, cookie["value"])
+    check(status == 409 and "review it again" in body, f"a decision on another manifest is refused ({status})")
+    # Only files the manifest lists are served, and only images.
+    for bad in ("../../journal.sqlite", "out/counts.csv", "/etc/passwd"):
+        drv.get(BASE + f"/outputs/{TASK}/file?path=" + urllib.parse.quote(bad, safe=""))
+        msg = wait.until(EC.presence_of_element_located((By.ID, "message"))).text
+        check("No such task or file" in msg, f"the file endpoint refuses {bad!r}")
+    # A rejection needs a reason.
+    drv.get(BASE + "/outputs/" + TASK)
+    wait.until(EC.presence_of_element_located((By.ID, "decide-form")))
+    drv.find_element(By.ID, "reject").click()
+    msg = wait.until(EC.presence_of_element_located((By.ID, "message"))).text
+    check("a rejection needs a reason" in msg, f"a rejection without a reason is refused ({msg!r})")
+    still_waiting("the forged POSTs, the stale manifest and the reasonless rejection")
 
     # 5. The steward approves with a reason; the task completes.
     drv.get(BASE + "/outputs/" + TASK)
