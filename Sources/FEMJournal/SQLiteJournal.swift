@@ -7,7 +7,7 @@ import GRDB
 public final class SQLiteJournal: Journal, @unchecked Sendable {
     public let nodeID: String
     public let path: String
-    private let db: DatabasePool
+    let db: DatabasePool
     /// Hears every committed state change and event (the daemon's `[metrics]`); nothing by default.
     private let metrics: any TaskMetrics
 
@@ -77,6 +77,8 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
                 );
                 """)
         }
+        // The node's tool registry (`fem-client tools`, ToolApprovals.swift).
+        m.registerMigration("v2-tool-approvals") { db in try createToolApprovals(db) }
         return m
     }
 

@@ -14,7 +14,7 @@ public struct FEMClientCommand: AsyncParsableCommand {
         abstract: "The node half of a Federated Execution Manager.",
         version: FEMVersion.string,
         subcommands: [Daemon.self, Check.self, Tasks.self, Show.self, OutputsCommand.self, ConsoleCommand.self, Validate.self, Render.self,
-                      Run.self, StatusCommand.self, Stats.self])
+                      Run.self, StatusCommand.self, Stats.self, ToolsCommand.self])
 
     public init() {}
 }
@@ -188,6 +188,13 @@ extension FEMClientCommand {
                 }
             }
             print("info  datasets: \(config.datasets.isEmpty ? "none" : config.datasets.keys.sorted().joined(separator: ", "))")
+            if config.requireApprovedTools {
+                // The tool registry: with nothing approved, every task is declined.
+                let approved = FileManager.default.fileExists(atPath: config.journalPath)
+                    ? ((try? SQLiteJournal(path: config.journalPath, nodeID: config.nodeID).toolApprovals(includeRevoked: false))?.count ?? 0) : 0
+                print((approved == 0 ? "warn  " : "info  ") + "trust.require_approved_tools: only approved tool plans run; "
+                      + "\(approved) approved (fem-client tools list)" + (approved == 0 ? ": every task is declined" : ""))
+            }
             print("info  libraries: rabbitmq-c \(LibraryVersions.rabbitmq), libgit2 \(LibraryVersions.libgit2), "
                   + LibraryVersions.curl)
             if !failures.isEmpty { throw ExitCode(1) }

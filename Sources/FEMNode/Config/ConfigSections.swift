@@ -19,6 +19,7 @@ struct ConfigFile: Codable, Sendable {
     var journal = JournalSection()
     var reporter = ReporterSection()
     var metrics = MetricsSection()
+    var trust = TrustSection()
     var console = ConsoleSection()
     /// `[registries."host:port"]`: logins for image pulls.
     var registries: [String: LoginEntry] = [:]
@@ -33,6 +34,7 @@ struct ConfigFile: Codable, Sendable {
         case node, broker, launchers, stageIn = "stage_in", sandboxes, outputs, journal, reporter, registries,
              credentials, hooks, datasets
         case metrics
+        case trust
         case console
     }
 
@@ -50,6 +52,7 @@ struct ConfigFile: Codable, Sendable {
         journal = r.section(c, .journal) ?? journal
         reporter = r.section(c, .reporter) ?? reporter
         metrics = r.section(c, .metrics) ?? metrics
+        trust = r.section(c, .trust) ?? trust
         console = r.section(c, .console) ?? console
         registries = Self.named(c, .registries, r, notATable: "expected [registries.\"name\"] sections") { name in
             "registries.\"\(name)\": expected a table with " + LoginEntry.allowed(tokens: false).joined(separator: ", ")
@@ -787,6 +790,23 @@ struct MetricsSection: Codable, Sendable {
         } catch {
             v.note("metrics.listen: \(error)")
         }
+    }
+}
+
+/// `[trust]`: the site's word on which plans may run beyond the launchers' allowlists (docs/security.md, "Trust").
+struct TrustSection: Codable, Sendable {
+    /// Only plans whose canonical hash an administrator approved (`fem-client tools approve`) run.
+    var requireApprovedTools = false
+
+    enum CodingKeys: String, CodingKey {
+        case requireApprovedTools = "require_approved_tools"
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        requireApprovedTools = ConfigReading.of(decoder).value(c, .requireApprovedTools) ?? requireApprovedTools
     }
 }
 

@@ -115,6 +115,8 @@ public struct NodeConfig: Sendable {
     public var metricsListen: MetricsListen?
     /// `[console]`: the steward's web console (nil: off).
     public var console: ConsoleSettings?
+    /// `[trust] require_approved_tools`: only plans approved in the node's tool registry run.
+    public var requireApprovedTools = false
     /// `[node.labels]`: free-form attributes for constraints, as `labels.<key>`.
     public var labels: [String: AttributeValue] = [:]
     /// Where the file was read from, for messages.
@@ -280,6 +282,7 @@ extension NodeConfig {
         config.console = file.console.settings(brokerCert: absolutePath(cert), brokerKey: absolutePath(key),
                                                resolve: absolutePath)
         config.pools = file.node.pools
+        config.requireApprovedTools = file.trust.requireApprovedTools
         config.poolMaxPasses = file.node.poolMaxPasses
         config.poolPeers = file.broker.poolPeers
         config.labels = file.node.labels

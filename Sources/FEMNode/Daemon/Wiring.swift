@@ -42,6 +42,10 @@ public struct NodeAssembly: Sendable {
         settings.diskPressure = diskPressure
         settings.taskEnded = taskEnded
         settings.capacity = HostCapacity.of(config)
+        // [trust]: the site's own word on which plans run (each policy in turn; the first refusal wins).
+        var trust: [any PlanTrust] = []
+        if config.requireApprovedTools { trust.append(ToolRegistryPolicy(journal: self.journal)) }
+        if !trust.isEmpty { settings.trust = CombinedPlanTrust(trust) }
         runner = Runner(settings: settings, journal: self.journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
                         stageOut: try Self.stageOut(config),

@@ -52,10 +52,12 @@ public struct ImageStageIn: StageIn {
         let policy = plan.pullPolicy ?? (image.contains("@") ? .ifNotPresent : .always)
         let auth = registryAuth[Self.registryHost(image)]
         let engine = self.engine
+        let pinned = job.trust.imageDigest
         let resolved: String = try await offload("fem-pull", cancellable: { cancel in
             do {
                 if policy == .ifNotPresent, let info = try engine.inspectImage(image) {
                     reporter.progress("image \(image) is present; not pulled", ["image": .string(image)])
+                    if let pinned { return try Self.pin(image, info: info, to: pinned, plan: plan) }
                     return info.RepoDigests?.first ?? info.Id
                 }
                 reporter.progress("pulling \(image)", ["image": .string(image)])
@@ -69,6 +71,7 @@ public struct ImageStageIn: StageIn {
                 guard let info = try engine.inspectImage(image) else {
                     throw TaskFailure(.stageInFailure, "image \(image) is not present after its pull")
                 }
+                if let pinned { return try Self.pin(image, info: info, to: pinned, plan: plan) }
                 return info.RepoDigests?.first { $0.hasPrefix(DockerEngine.split(image).0 + "@") } ?? info.Id
             } catch let e as DockerError {
                 throw Self.failure(e, image: image)
@@ -76,6 +79,18 @@ public struct ImageStageIn: StageIn {
         })
         reporter.markDone("image", resolved)
         reporter.progress("image \(image) ready (\(resolved))", ["image": .string(image), "digest": .string(resolved)])
+    }
+
+    /// The tool registry's pin (`TrustVerdict.imageDigest`): the local image `image` now names must carry the approved
+    /// manifest digest, or the task is declined naming both digests (the tag was moved since the approval). Returns
+    /// `repo@<pinned>`, the reference the launcher runs, so a tag moved after this check cannot slip in.
+    static func pin(_ image: String, info: DockerEngine.ImageInfo, to pinned: String, plan: ToolPlan) throws -> String {
+        let repo = DockerEngine.split(image).0
+        let digests = (info.RepoDigests ?? []).filter { $0.hasPrefix(repo + "@") }.map { String($0.dropFirst(repo.count + 1)) }
+        if digests.contains(pinned) { return "\(repo)@\(pinned)" }
+        let now = digests.first ?? "image id \(info.Id)"
+        throw PolicyDecline("image \(image) resolves to \(now), but this node approved \(plan.id) \(plan.version) with "
+                            + "\(pinned): the tag was moved; approve the plan again after review")
     }
 
     /// What went wrong, in words an administrator can act on.

@@ -235,6 +235,22 @@ public struct DockerEngine: Sendable {
         }
     }
 
+    /// The manifest digest (`sha256:<hex>`) `reference` resolves to in its registry now, asked through dockerd
+    /// (`GET /distribution/{name}/json`) without pulling. `registryAuth` as for `pull`.
+    public func distributionDigest(_ reference: String, registryAuth: String? = nil) throws -> String {
+        let r = try request("GET", "/distribution/\(reference)/json",
+                            headers: registryAuth.map { [("X-Registry-Auth", $0)] } ?? [], timeout: 60)
+        if r.status == 401 || r.status == 403 {
+            throw DockerError(code: .pullFailed, message: "resolve \(reference): \(Self.message(r.body))")
+        }
+        try expect(r, [200], "resolve \(reference) in its registry")
+        let obj = try JSONSerialization.jsonObject(with: Data(r.body)) as? [String: Any]
+        guard let digest = (obj?["Descriptor"] as? [String: Any])?["digest"] as? String, digest.hasPrefix("sha256:") else {
+            throw DockerError(code: .server, message: "resolve \(reference): the answer names no sha256 digest")
+        }
+        return digest
+    }
+
     /// Removes a local image (404 is fine: it is gone either way).
     public func removeImage(_ reference: String) throws {
         try expect(request("DELETE", "/images/\(reference)?force=true"), [200, 404], "remove image \(reference)")
