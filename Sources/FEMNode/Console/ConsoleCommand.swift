@@ -22,20 +22,10 @@ struct ConsoleCommand: AsyncParsableCommand {
             guard (10...16).contains(cost) else {
                 throw CommandFailure("--cost: \(cost) is out of range (10…16)", code: CommandFailure.invalid)
             }
-            let interactive = isatty(STDIN_FILENO) == 1
-            var saved = termios()
-            if interactive {
-                try? FileWriter.writeAll(2, Array("password (not shown): ".utf8))
-                tcgetattr(STDIN_FILENO, &saved)
-                var quiet = saved
-                quiet.c_lflag &= ~tcflag_t(ECHO)
-                tcsetattr(STDIN_FILENO, TCSANOW, &quiet)
-            }
-            let line = readLine(strippingNewline: true)
-            if interactive {
-                tcsetattr(STDIN_FILENO, TCSANOW, &saved)
-                try? FileWriter.writeAll(2, Array("\n".utf8))
-            }
+            let interactive = Posix.isTerminal(0)
+            if interactive { try? FileWriter.writeAll(2, Array("password (not shown): ".utf8)) }
+            let line = TerminalEcho.off(0) { readLine(strippingNewline: true) }
+            if interactive { try? FileWriter.writeAll(2, Array("\n".utf8)) }
             guard let password = line, !password.isEmpty else {
                 throw CommandFailure("no password on standard input (type one, or pipe it in)")
             }

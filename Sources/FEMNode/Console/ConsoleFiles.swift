@@ -1,4 +1,5 @@
 import FEMCore
+import FEMSystem
 import Foundation
 
 /// What the console reads from the node's folders: the staged copies of held outputs (previews) and the tail of a
@@ -19,38 +20,39 @@ enum ConsoleFiles {
 
     /// The first `limit` bytes of a regular file (not a link), and whether there was more.
     static func head(_ path: String, limit: Int) -> (bytes: [UInt8], more: Bool)? {
-        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
-        var buffer = [UInt8](repeating: 0, count: limit + 1)
+        guard let fd = try? Posix.openForReading(path) else { return nil }
+        defer { Posix.release(fd) }
+        guard let st = try? Posix.fstat(fd, path: path), st.kind == .regular else { return nil }
+        let bytes = readUpTo(fd, limit + 1, path)
+        return (Array(bytes.prefix(limit)), bytes.count > limit)
+    }
+
+    /// Up to `count` bytes from the descriptor's position.
+    static func readUpTo(_ fd: Int32, _ count: Int, _ path: String) -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: count)
         var got = 0
-        while got < buffer.count {
-            let n = buffer.withUnsafeMutableBytes { buf in read(fd, buf.baseAddress.map { $0 + got }, buf.count - got) }
+        while got < count {
+            let n = buffer.withUnsafeMutableBytes { buf in
+                (try? Posix.read(fd, into: UnsafeMutableRawBufferPointer(rebasing: buf[got...]), path: path)) ?? 0
+            }
             if n <= 0 { break }
             got += n
         }
-        return (Array(buffer.prefix(min(got, limit))), got > limit)
+        return Array(buffer.prefix(got))
     }
 
     /// The last `lines` lines of a regular file, from at most its last 64 KiB.
     static func tail(_ path: String, lines: Int = 100) -> [String]? {
-        let fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
-        let start = max(0, Int(st.st_size) - textLimit)
-        guard lseek(fd, off_t(start), SEEK_SET) >= 0 else { return nil }
-        var buffer = [UInt8](repeating: 0, count: textLimit)
-        var got = 0
-        while got < buffer.count {
-            let n = buffer.withUnsafeMutableBytes { buf in read(fd, buf.baseAddress.map { $0 + got }, buf.count - got) }
-            if n <= 0 { break }
-            got += n
+        guard let fd = try? Posix.openForReading(path) else { return nil }
+        defer { Posix.release(fd) }
+        guard let st = try? Posix.fstat(fd, path: path), st.kind == .regular else { return nil }
+        let start = max(0, st.size - Int64(textLimit))
+        if start > 0 {
+            // The handle only moves the shared offset; the descriptor is released above.
+            let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: false)
+            guard (try? handle.seek(toOffset: UInt64(start))) != nil else { return nil }
         }
-        var text = String(decoding: buffer.prefix(got), as: UTF8.self)
+        var text = String(decoding: readUpTo(fd, textLimit, path), as: UTF8.self)
         if text.hasSuffix("\n") { text.removeLast() }
         var all = text.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         // A cut first line is dropped (unless it is all there is).
