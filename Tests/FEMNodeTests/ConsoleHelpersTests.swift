@@ -1,4 +1,5 @@
 @testable import FEMNode
+import FEMCore
 import Foundation
 import Testing
 
@@ -98,5 +99,33 @@ struct ConsoleHelpersTests {
         #expect(!problems.joined().contains("short"), "the refused hash is not echoed")
         let none = NodeConfigTests.problems(NodeConfigTests.toml("[console]\nlisten = \"127.0.0.1:8480\""))
         #expect(none.contains { $0.hasPrefix("console.accounts: none, so nobody could log in") }, "\(none)")
+    }
+
+    @Test func theReviewPageEscapesToolTextAndAsksForAnOverrideOnlyWithFindings() throws {
+        let json = """
+            {"tool": {"id": "t<b>", "version": "1"}, "state": "completed", "exit_code": 0, "image": "img\\"><script>",
+             "files": [{"path": "out/<img src=x onerror=alert(1)>.csv", "size": 3, "sha256": "ab"}],
+             "findings": [{"check": "small_cells", "file": "out/a.csv", "row": 2, "column": 1,
+                           "message": "<script>count 3 < 5</script>"}]}
+            """
+        var manifest = try JSONDecoder().decode(Airlock.ManifestView.self, from: Data(json.utf8))
+        let rec = TaskRecord(taskID: "t1", executionID: "e<1>", state: .awaitingApproval,
+                             document: .object(["stage_out": .object(["url": "https://x/dav/", "credentials": "up",
+                                                                      "token": "SECRET-TOKEN"])]),
+                             launcher: "process", receivedAt: Date(), updatedAt: Date(), seq: 3, handle: nil,
+                             exitCode: 0, failureClass: nil, message: nil, cancelRequested: false)
+        let viewer = ConsolePages.Viewer(account: "alice", role: .steward, csrf: "c0ffee")
+        let preview = ConsolePages.Preview.table([["a", "<script>x</script>"]], truncated: false)
+        var page = ConsolePages.review(.init(rec: rec, manifest: manifest, sha256: "abc", previews: [manifest.files[0].path: preview],
+                                             decided: nil), viewer: viewer, nodeID: "n")
+        #expect(!page.contains("<script>") && !page.contains("<img src=x"), "\(page)")
+        #expect(page.contains("&lt;script&gt;count 3 &lt; 5&lt;/script&gt;") && page.contains("&lt;td&gt;") == false)
+        #expect(page.contains("name=\"override\""), "an override reason is asked for when there are findings")
+        #expect(page.contains("name=\"csrf\" value=\"c0ffee\"") && page.contains("value=\"abc\""))
+        #expect(page.contains("(credentials up)") && !page.contains("SECRET-TOKEN"), "the credentials' name, never a token")
+        manifest.findings = nil
+        page = ConsolePages.review(.init(rec: rec, manifest: manifest, sha256: "abc", previews: [:], decided: nil),
+                                   viewer: viewer, nodeID: "n")
+        #expect(!page.contains("name=\"override\""))
     }
 }
