@@ -192,7 +192,7 @@ struct OperationsTests {
         #expect(screen.output.contains("fem-client is running: pid \(node.pid ?? 0), node \(node.id)"), "\(screen.output)")
         #expect(screen.output.contains("broker      connected since"), "\(screen.output)")
         #expect(screen.output.contains("0 running, 0 queued, 0 awaiting approval"), "\(screen.output)")
-        #expect(screen.output.contains("fem-client \(FEMVersion.string)") && screen.output.contains("protocol 1"))
+        #expect(screen.output.contains("fem-client \(FEMVersion.string)") && screen.output.contains("protocol \(WireNames.protocolVersion)"))
         let json = try node.run(["status", "--json"])
         #expect(json.status == 0)
         let o = try JSONValue.parse(Data(json.output.utf8))

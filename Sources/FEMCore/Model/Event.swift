@@ -206,8 +206,9 @@ public struct ControlMessage: Sendable, Codable, Equatable {
 
 /// Exchange and queue names of the wire protocol, in one place.
 public enum WireNames {
-    /// docs/protocol.md's version. 2: deliveries go to `<url>/<execution_id>/<node_id>/<task_id>/<path>`.
-    public static let protocolVersion = 2
+    /// docs/protocol.md's version. 2: deliveries go to `<url>/<execution_id>/<node_id>/<task_id>/<path>`; 3: a plan may
+    /// carry an Ed25519 `signature` over its canonical form.
+    public static let protocolVersion = 3
     public static let tasksExchange = "fem.tasks"
     public static let controlExchange = "fem.control"
     public static let eventsExchange = "fem.events"

@@ -139,6 +139,7 @@ public enum DocumentReader {
         let retry = RetrySpec.read(f.object("retry"))
         let constraints = constraintsText(f)
         let priority = f.int("priority", min: -1000, max: 1000)
+        let signature = signature(f.object(PlanIdentity.signatureMember))
         f.finish()
 
         if launcher == "docker" && image == nil && f.values["image"] == nil {
@@ -158,7 +159,31 @@ public enum DocumentReader {
                             priority: priority)
         plan.constraints = constraints
         plan.document = value
+        plan.signature = signature
         return plan
+    }
+
+    /// `signature`: well-formed only (algorithm, key id, 64 bytes of base64); whether it verifies, and with which
+    /// trusted key, is the node's trust policy's call.
+    static func signature(_ f: Fields?) -> PlanSignature? {
+        guard let f else { return nil }
+        let algorithm = f.string("algorithm", required: true, allowed: PlanSignature.algorithms)
+        let keyID = f.string("key_id", required: true, pattern: PlanSignature.keyIDPattern)
+        var value: [UInt8]?
+        if let raw = f.raw("value", required: true) {
+            if case .string(let s) = raw, let data = Data(base64Encoded: s), data.count == 64 {
+                value = Array(data)
+            } else {
+                f.log.add(f.sub("value"), "expected base64 of 64 bytes (an Ed25519 signature)")
+            }
+        }
+        let signer = f.string("signer", nonEmpty: false)
+        if let signer, signer.count > 256 || signer.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) {
+            f.log.add(f.sub("signer"), "at most 256 characters, no control characters")
+        }
+        f.finish()
+        guard let algorithm, let keyID, let value else { return nil }
+        return PlanSignature(algorithm: algorithm, keyID: keyID, value: value, signer: signer)
     }
 
     /// `constraints`: a non-empty string within the expression length limit. Its syntax is checked where it is

@@ -1,3 +1,5 @@
+import Foundation
+
 /// A tool plan: how to run one tool, written once by its author. See docs/templates/README.md.
 public struct ToolPlan: Sendable, Equatable {
     public static let supportedSchemaVersions = [1]
@@ -27,10 +29,43 @@ public struct ToolPlan: Sendable, Equatable {
     public var priority: Int? = nil
     /// The plan as its document was received (a signature and a registry approval are over its canonical form).
     public var document: JSONValue? = nil
+    /// `signature`: the author's Ed25519 signature over the plan's canonical form (`PlanIdentity.signedBytes`).
+    /// Checked by the node's trust policy (`[trust]`), never by the reader.
+    public var signature: PlanSignature? = nil
 
     /// `sha256:<hex>` of the plan's canonical form without its signature (`PlanIdentity`); nil for a plan built
     /// in code.
     public var contentHash: String? { document.map(PlanIdentity.hash) }
+}
+
+/// A plan's `signature` member as received: well-formed, not yet verified (docs/protocol.md, "Signed plans").
+public struct PlanSignature: Sendable, Equatable {
+    public static let algorithms = ["ed25519"]
+    /// `key_id`: 16 lowercase hex digits, the first 8 bytes of the SHA-256 of the raw 32-byte public key.
+    public static let keyIDPattern = #"^[0-9a-f]{16}$"#
+
+    public var algorithm: String
+    public var keyID: String
+    /// The 64 signature bytes (`value`, base64 on the wire).
+    public var value: [UInt8]
+    /// `signer`: the author's name as the author wrote it; informational, never trusted (the node names the key
+    /// from its own config).
+    public var signer: String?
+
+    public init(algorithm: String = "ed25519", keyID: String, value: [UInt8], signer: String? = nil) {
+        self.algorithm = algorithm
+        self.keyID = keyID
+        self.value = value
+        self.signer = signer
+    }
+
+    /// The member as it goes into a plan document.
+    public var json: JSONValue {
+        var o: [String: JSONValue] = ["algorithm": .string(algorithm), "key_id": .string(keyID),
+                                      "value": .string(Data(value).base64EncodedString())]
+        if let signer { o["signer"] = .string(signer) }
+        return .object(o)
+    }
 }
 
 public enum PullPolicy: String, Sendable, Equatable, CaseIterable {

@@ -85,7 +85,7 @@ public actor Runner {
         self.attributes = attributes
     }
 
-    /// A config reload (SIGHUP): launchers, staging and the policy settings below from the new config, for what
+    /// A config reload (SIGHUP): launchers, staging and the policy settings below (trust included) from the new config, for what
     /// starts from now on. Every other setting (identity, slots, grace) stays as the runner was built.
     public func reload(settings new: RunnerSettings, registry: LauncherRegistry, stageIn: any StageIn,
                        stageOut: any StageOut) {
@@ -94,6 +94,7 @@ public actor Runner {
         settings.defaultTimeoutSeconds = new.defaultTimeoutSeconds
         settings.maxTimeoutSeconds = new.maxTimeoutSeconds
         settings.allowTimeoutAbovePlan = new.allowTimeoutAbovePlan
+        settings.trust = new.trust
         self.registry = registry
         self.stageIn = stageIn
         self.stageOut = stageOut

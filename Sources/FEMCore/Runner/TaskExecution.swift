@@ -194,8 +194,9 @@ extension Runner {
     func launchPhase(_ job: LaunchJob, launcher: any Launcher, cancelSignal: AsyncStream<String>) async
         -> TaskOutcome? {
         let taskID = job.task.taskID
-        let runDetail = EventDetail(message: "launched with \(launcher.name)",
-                                    data: ["timeout_seconds": .int(Int64(job.command.timeoutSeconds ?? 0))])
+        // With what the node's trust policy found (who signed the plan, its hash), for the orchestrator's records.
+        let runData = job.trust.eventData.merging(["timeout_seconds": .int(Int64(job.command.timeoutSeconds ?? 0))]) { $1 }
+        let runDetail = EventDetail(message: "launched with \(launcher.name)", data: runData)
         guard await record(taskID, .running, runDetail) else { return nil }
         let journal = self.journal
         let thread = journalThread

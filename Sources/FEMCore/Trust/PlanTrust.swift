@@ -15,10 +15,13 @@ public struct TrustVerdict: Sendable, Equatable {
     public var imageDigest: String?
     /// The trusted key that signed the plan (its name in `[trust.keys]`), when it was signed.
     public var signer: String?
+    /// What the task's `running` event says about the plan's trust (`signed_by`, `plan_sha256`, `signature`).
+    public var eventData: [String: JSONValue] = [:]
 
-    public init(imageDigest: String? = nil, signer: String? = nil) {
+    public init(imageDigest: String? = nil, signer: String? = nil, eventData: [String: JSONValue] = [:]) {
         self.imageDigest = imageDigest
         self.signer = signer
+        self.eventData = eventData
     }
 }
 
@@ -41,6 +44,7 @@ public struct CombinedPlanTrust: PlanTrust {
             case .success(let v):
                 verdict.imageDigest = verdict.imageDigest ?? v.imageDigest
                 verdict.signer = verdict.signer ?? v.signer
+                verdict.eventData.merge(v.eventData) { first, _ in first }
             }
         }
         return .success(verdict)

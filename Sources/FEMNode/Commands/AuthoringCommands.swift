@@ -47,6 +47,7 @@ extension FEMClientCommand {
                 switch doc {
                 case .plan(let p):
                     what = "plan \(p.id) \(p.version) (\(p.launcher))"
+                        + (p.signature.map { ", signed with key id \($0.keyID) (`fem-client verify` checks it)" } ?? "")
                     constraints = [("plan.constraints", p.constraints)]
                 case .task(let t):
                     what = "task for plan \(t.plan.id) \(t.plan.version), execution \(t.executionID)"

@@ -14,7 +14,7 @@ public struct FEMClientCommand: AsyncParsableCommand {
         abstract: "The node half of a Federated Execution Manager.",
         version: FEMVersion.string,
         subcommands: [Daemon.self, Check.self, Tasks.self, Show.self, OutputsCommand.self, ConsoleCommand.self, Validate.self, Render.self,
-                      Run.self, StatusCommand.self, Stats.self, ToolsCommand.self])
+                      Run.self, KeysCommand.self, SignCommand.self, VerifyCommand.self, StatusCommand.self, Stats.self, ToolsCommand.self])
 
     public init() {}
 }
@@ -56,6 +56,11 @@ extension FEMClientCommand {
                 config = try NodeConfig.load(path: options.config,
                                              environment: ProcessInfo.processInfo.environment)
                 print("ok    configuration \(options.config) (node \(config.nodeID))")
+                if config.trust.requireSignedPlans || !config.trust.keys.isEmpty {
+                    print("ok    plans " + (config.trust.requireSignedPlans ? "must be" : "may be") + " signed by: "
+                          + (config.trust.keys.isEmpty ? "no key" : config.trust.keys.map(\.description).joined(separator: ", "))
+                          + " (trust)")
+                }
                 if let drift = StatusCommand.configDrift(configPath: options.config, workDir: config.workDir) {
                     print("warn  \(drift)")
                 }

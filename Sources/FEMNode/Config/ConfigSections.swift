@@ -793,20 +793,143 @@ struct MetricsSection: Codable, Sendable {
     }
 }
 
-/// `[trust]`: the site's word on which plans may run beyond the launchers' allowlists (docs/security.md, "Trust").
+/// `[trust]`: the node's own word on which plans may run (docs/security.md, "Signed plans"): the authors' keys it
+/// trusts and whether a plan must be signed by one of them. More trust keys go here as properties.
 struct TrustSection: Codable, Sendable {
+    var requireSignedPlans = false
     /// Only plans whose canonical hash an administrator approved (`fem-client tools approve`) run.
     var requireApprovedTools = false
+    /// `[trust.keys.<name>]`: the public keys of the authors this node trusts, by a name of the site's choosing.
+    var keys: [String: TrustKeyEntry] = [:]
 
     enum CodingKeys: String, CodingKey {
-        case requireApprovedTools = "require_approved_tools"
+        case requireSignedPlans = "require_signed_plans", requireApprovedTools = "require_approved_tools", keys
     }
 
     init() {}
 
     init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
-        requireApprovedTools = ConfigReading.of(decoder).value(c, .requireApprovedTools) ?? requireApprovedTools
+        let r = ConfigReading.of(decoder)
+        requireSignedPlans = r.value(c, .requireSignedPlans) ?? requireSignedPlans
+        requireApprovedTools = r.value(c, .requireApprovedTools) ?? requireApprovedTools
+        guard c.contains(.keys) else { return }
+        r.markKnown("trust.keys")  // each entry names its own unknown keys
+        guard let t = try? c.nestedContainer(keyedBy: NameKey.self, forKey: .keys) else {
+            r.note("trust.keys: expected [trust.keys.<name>] sections with public_key or public_key_file")
+            return
+        }
+        for name in t.allKeys {
+            guard (try? t.nestedContainer(keyedBy: NameKey.self, forKey: name)) != nil else {
+                r.note("trust.keys.\(name.stringValue): expected a table with public_key or public_key_file")
+                continue
+            }
+            do {
+                keys[name.stringValue] = try t.decode(TrustKeyEntry.self, forKey: name)
+            } catch {
+                r.note(r.describe(error, expected: "a table"))
+            }
+        }
+    }
+
+    /// Every key parsed: names, exactly one source each, an Ed25519 public key, no key id twice, and a key at all
+    /// when signatures are required.
+    func validate(_ v: inout ConfigValidator) {
+        let keys = resolve(&v)
+        if requireSignedPlans && self.keys.isEmpty {
+            v.note("trust.require_signed_plans: is true but no [trust.keys.<name>] is configured, so no plan could run; "
+                   + "add the public keys of the authors you trust (fem-client keys generate prints the lines)")
+        }
+        var byID: [String: String] = [:]
+        for key in keys {
+            if let other = byID[key.keyID] {
+                v.note("trust.keys.\(key.name): has the same key (key id \(key.keyID)) as trust.keys.\(other); list a "
+                       + "key once")
+            } else {
+                byID[key.keyID] = key.name
+            }
+        }
+    }
+
+    /// The trusted keys that parse (the others are noted in `v`), sorted by name.
+    func resolve(_ v: inout ConfigValidator) -> [TrustedKey] {
+        var out: [TrustedKey] = []
+        for (name, entry) in keys.sorted(by: { $0.key < $1.key }) {
+            let at = "trust.keys.\(name)"
+            guard Patterns.matches(#"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"#, name) else {
+                v.note("trust.keys: \"\(TextEscaping.escaped(name))\" is not a key name (letters, digits, . _ -, at "
+                       + "most 64)")
+                continue
+            }
+            for k in entry.keys where !TrustKeyEntry.allowed.contains(k) {
+                v.note("\(at).\(k): is not a known key (\(TrustKeyEntry.allowed.joined(separator: ", ")))")
+            }
+            let given = TrustKeyEntry.allowed.filter { entry.keys.contains($0) }
+            guard given.count == 1 else {
+                v.note("\(at): needs exactly one of public_key (the base64 of the SPKI DER, the body of its -----BEGIN "
+                       + "PUBLIC KEY----- file) or public_key_file")
+                continue
+            }
+            let raw: [UInt8]
+            if let text = entry.publicKey {
+                do {
+                    raw = try SigningKeys.publicKey(text: text)
+                } catch {
+                    v.note("\(at).public_key: \(error)")
+                    continue
+                }
+            } else if let file = entry.publicKeyFile {
+                do {
+                    raw = try SigningKeys.readPublicKey(NodeConfig.absolutePath(file))
+                } catch {
+                    v.note("\(at).public_key_file: \(error)")
+                    continue
+                }
+            } else {
+                continue  // not a string: already named
+            }
+            out.append(TrustedKey(name: name, publicKey: raw))
+        }
+        return out
+    }
+
+    /// The running form (after `validate` found no problem).
+    var config: TrustConfig {
+        var ignored = ConfigValidator()
+        return TrustConfig(requireSignedPlans: requireSignedPlans, keys: resolve(&ignored))
+    }
+}
+
+/// `[trust.keys.<name>]`.
+struct TrustKeyEntry: Codable, Sendable {
+    static let allowed = ["public_key", "public_key_file"]
+    var publicKey: String?
+    var publicKeyFile: String?
+    /// Every key the entry's table has, for naming unknown ones.
+    var keys: [String] = []
+
+    enum CodingKeys: String, CodingKey {
+        case publicKey = "public_key", publicKeyFile = "public_key_file"
+    }
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        let at = ConfigReading.name(decoder.codingPath)
+        keys = try decoder.container(keyedBy: NameKey.self).allKeys.map(\.stringValue)
+        publicKey = r.value(c, .publicKey, display: "\(at).public_key")
+        publicKeyFile = r.value(c, .publicKeyFile, display: "\(at).public_key_file")
+    }
+}
+
+/// `[trust]` as the node runs with it.
+public struct TrustConfig: Sendable, Equatable {
+    public var requireSignedPlans = false
+    public var keys: [TrustedKey] = []
+
+    public init(requireSignedPlans: Bool = false, keys: [TrustedKey] = []) {
+        self.requireSignedPlans = requireSignedPlans
+        self.keys = keys
     }
 }
 

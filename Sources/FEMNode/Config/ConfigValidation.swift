@@ -58,6 +58,7 @@ extension ConfigFile {
         journal.validate(&v)
         reporter.validate(&v)
         metrics.validate(&v)
+        trust.validate(&v)
         console.validate(&v)
 
         for l in launchers.enabled where !NodeConfig.knownLaunchers.contains(l) {

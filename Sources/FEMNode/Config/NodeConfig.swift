@@ -119,6 +119,8 @@ public struct NodeConfig: Sendable {
     public var requireApprovedTools = false
     /// `[node.labels]`: free-form attributes for constraints, as `labels.<key>`.
     public var labels: [String: AttributeValue] = [:]
+    /// `[trust]`: the authors' keys this node trusts and whether plans must be signed.
+    public var trust = TrustConfig()
     /// Where the file was read from, for messages.
     public var source: String
 
@@ -286,6 +288,7 @@ extension NodeConfig {
         config.poolMaxPasses = file.node.poolMaxPasses
         config.poolPeers = file.broker.poolPeers
         config.labels = file.node.labels
+        config.trust = file.trust.config
         config.logMaxMB = file.node.logMaxMB
         config.logKeep = file.node.logKeep
         config.logFormat = file.node.logFormat

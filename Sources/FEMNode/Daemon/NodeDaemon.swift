@@ -44,7 +44,7 @@ struct NodeApplication: Sendable {
     let operations: Operations
     let live: LiveConfig
     var reload: ConfigReload {
-        ConfigReload(live: live, runner: node.runner, operations: operations, logger: logger)
+        ConfigReload(live: live, runner: node.runner, journal: node.journal, operations: operations, logger: logger)
     }
 
     init(config: NodeConfig) throws {

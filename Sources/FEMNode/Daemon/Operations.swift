@@ -1,4 +1,5 @@
 import FEMCore
+import FEMJournal
 import FEMSystem
 import Foundation
 import Logging
@@ -70,13 +71,13 @@ final class Operations: Sendable {
         let now = Date()
         state = Mutex(State(status: NodeStatusFile(
             pid: Posix.processID, nodeID: config.nodeID, version: FEMVersion.string,
-            protocolVersion: TaskEvent.schemaVersion, startedAt: now, configPath: NodeConfig.absolutePath(config.source),
+            protocolVersion: WireNames.protocolVersion, startedAt: now, configPath: NodeConfig.absolutePath(config.source),
             configLoadedAt: now,
             configModified: NodeStatusFile.modified(config.source), broker: broker, brokerConnected: false,
             brokerConnectedSince: nil, brokerDisconnectedSince: now, lastHeartbeat: nil,
             heartbeatInterval: config.heartbeatSeconds, running: 0, queued: 0, awaitingApproval: 0,
             freeDiskBytes: freeDiskBytes(at: config.workDir), pressure: nil, draining: false, launchers: launchers,
-            versions: ["fem-client": FEMVersion.string, "protocol": "\(TaskEvent.schemaVersion)"], writtenAt: now)))
+            versions: ["fem-client": FEMVersion.string, "protocol": "\(WireNames.protocolVersion)"], writtenAt: now)))
     }
 
     /// The broker connection came up or went down. The first time it is up (journaled state was recovered before
@@ -208,6 +209,8 @@ final class LiveConfig: Sendable {
 struct ConfigReload: Sendable {
     let live: LiveConfig
     let runner: Runner
+    /// Where the tool registry's approvals are (`[trust] require_approved_tools`).
+    let journal: SQLiteJournal
     let operations: Operations
     let logger: Logger
 
@@ -238,10 +241,11 @@ struct ConfigReload: Sendable {
         do {
             // The launchers' own refusals (a host launcher that could not be confined), as at start.
             try NodeAssembly.prepareWorkDir(next)
-            let settings = RunnerSettings(
+            var settings = RunnerSettings(
                 nodeID: next.nodeID, nodeName: next.nodeName, defaultTimeoutSeconds: next.defaultTimeoutSeconds,
                 allowTimeoutAbovePlan: next.allowTimeoutAbovePlan, maxTimeoutSeconds: next.maxTimeoutSeconds,
                 datasets: next.datasets.mapValues(\.path), envAllowed: next.envAllowed)
+            settings.trust = NodeAssembly.trust(next, journal: journal)
             await runner.reload(settings: settings, registry: NodeAssembly.launchers(next),
                                 stageIn: try NodeAssembly.stageIn(next), stageOut: try NodeAssembly.stageOut(next))
         } catch {
@@ -368,6 +372,7 @@ struct ConfigReload: Sendable {
         Key("launchers.slurm") { "\($0.slurm)" },
         Key("credentials") { "\($0.credentials.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })" },
         Key("registries") { "\($0.registries.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" })" },
+        Key("trust") { "\($0.trust) approved_tools=\($0.requireApprovedTools)" },
     ]
 }
 

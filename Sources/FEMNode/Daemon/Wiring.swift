@@ -42,10 +42,7 @@ public struct NodeAssembly: Sendable {
         settings.diskPressure = diskPressure
         settings.taskEnded = taskEnded
         settings.capacity = HostCapacity.of(config)
-        // [trust]: the site's own word on which plans run (each policy in turn; the first refusal wins).
-        var trust: [any PlanTrust] = []
-        if config.requireApprovedTools { trust.append(ToolRegistryPolicy(journal: self.journal)) }
-        if !trust.isEmpty { settings.trust = CombinedPlanTrust(trust) }
+        settings.trust = Self.trust(config, journal: self.journal)
         runner = Runner(settings: settings, journal: self.journal, registry: registry, sandboxes: sandboxes,
                         stageIn: try Self.stageIn(config),
                         stageOut: try Self.stageOut(config),
@@ -111,6 +108,14 @@ public struct NodeAssembly: Sendable {
             }
         }
         return LauncherRegistry(list)
+    }
+
+    /// `[trust]`: the node's own word on which plans run, one policy after another (the first refusal wins).
+    /// `[trust]`: the signature policy, then the tool registry when it is on (each in turn; the first refusal wins).
+    static func trust(_ config: NodeConfig, journal: SQLiteJournal) -> any PlanTrust {
+        var policies: [any PlanTrust] = [SignaturePolicy(config.trust)]
+        if config.requireApprovedTools { policies.append(ToolRegistryPolicy(journal: journal)) }
+        return CombinedPlanTrust(policies)
     }
 
     /// Stage-out: where outputs may go, the airlock, limits and retries.

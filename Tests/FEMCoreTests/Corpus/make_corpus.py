@@ -144,4 +144,13 @@ case("task-plan-constraints", "task", task(plan=plan(constraints='cpus >= 1 and 
                                            constraints='"camera" in labels.sensors'), True)
 case("task-constraints-not-a-string", "task", task(plan=plan(constraints=""), constraints=3), False,
      ["constraints", "plan.constraints"])
+# --- signature: well-formed only here (the node's [trust] verifies it)
+SIG = {"algorithm": "ed25519", "key_id": "0123456789abcdef", "value": "A" * 86 + "==", "signer": "Alice"}
+case("plan-signed", "plan", plan(signature=SIG), True)
+case("plan-signature-malformed", "plan", plan(signature={"algorithm": "rsa", "key_id": "0123", "value": "AAAA",
+                                                          "extra": 1}), False,
+     ["plan.signature.algorithm", "plan.signature.key_id", "plan.signature.value", "plan.signature.extra"])
+case("task-alternative-signature-missing-value", "task", task(alternatives=[plan(signature={"algorithm": "ed25519",
+                                                                                            "key_id": "0123456789abcdef"})]),
+     False, ["alternatives[0].signature.value"])
 print(f"wrote {n} cases")
