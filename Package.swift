@@ -93,7 +93,7 @@ let package = Package(
         .testTarget(name: "FEMNodeTests", dependencies: ["FEMNode", "FEMCore", "FEMSystem"]),
         .testTarget(name: "FEMCtlTests", dependencies: ["FEMCtl", "FEMCore", "FEMTransport"]),
         .testTarget(name: "IntegrationTests", dependencies: ["FEMCore", "FEMSystem", "FEMJournal", "FEMLaunchers", "FEMNode"],
-                    exclude: ["Support/flaky_server.py", "Flower"]),
+                    exclude: ["Support/flaky_server.py", "Flower", "Console"]),
     ],
     swiftLanguageModes: [.v6]
 )

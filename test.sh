@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-bash scripts/install-packages.sh busybox-static podman uidmap catatonit docker-registry apache2-utils nginx fcgiwrap git munge slurmctld slurmd slurm-client man-db groff-base prometheus debootstrap dpkg-dev
+bash scripts/install-packages.sh busybox-static podman uidmap catatonit docker-registry apache2-utils nginx fcgiwrap git munge slurmctld slurmd slurm-client man-db groff-base prometheus debootstrap dpkg-dev chromium chromium-driver
 python3 -c "import jsonschema" 2>/dev/null || python3 -m pip install -q jsonschema
 # Host-process tests run tasks as the unprivileged fem-task user (CI starts from a fresh machine).
 bash scripts/create-task-user.sh --subids
@@ -68,6 +68,15 @@ if [[ ! -f "$cache/flwr/.ready" ]]; then
   touch "$cache/flwr/.ready"
 fi
 export FEM_TEST_FLWR_VENV="$cache/flwr"
+# Selenium for the console's browser tests (ConsoleTests): it drives Debian's chromium through chromium-driver.
+if [[ ! -f "$cache/selenium/.ready" ]]; then
+  echo "test.sh: installing selenium into $cache/selenium (once)"
+  rm -rf "$cache/selenium"; mkdir -p "$cache"
+  /usr/bin/python3 -m venv "$cache/selenium"
+  "$cache/selenium/bin/pip" install -q --disable-pip-version-check selenium
+  touch "$cache/selenium/.ready"
+fi
+export FEM_TEST_SELENIUM_PYTHON="$cache/selenium/bin/python"
 export FEM_TEST_VENV_DIR="$cache/venvs"
 
 swift build --build-tests

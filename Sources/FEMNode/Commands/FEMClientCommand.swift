@@ -13,7 +13,7 @@ public struct FEMClientCommand: AsyncParsableCommand {
         commandName: "fem-client",
         abstract: "The node half of a Federated Execution Manager.",
         version: FEMVersion.string,
-        subcommands: [Daemon.self, Check.self, Tasks.self, Show.self, OutputsCommand.self, Validate.self, Render.self,
+        subcommands: [Daemon.self, Check.self, Tasks.self, Show.self, OutputsCommand.self, ConsoleCommand.self, Validate.self, Render.self,
                       Run.self, KeysCommand.self, SignCommand.self, VerifyCommand.self, StatusCommand.self, Stats.self, ToolsCommand.self])
 
     public init() {}

@@ -70,7 +70,8 @@ final class ConfigReading {
     /// The fixed sections, each a table. `[launchers.process]` and its siblings sit inside `[launchers]`.
     static let sections = ["node", "node.capacity", "broker", "launchers", "launchers.process", "launchers.docker", "launchers.flower",
                            "launchers.slurm",
-                           "stage_in", "sandboxes", "outputs", "outputs.checks", "journal", "reporter", "metrics", "trust"]
+                           "stage_in", "sandboxes", "outputs", "outputs.checks", "journal", "reporter", "metrics", "trust",
+                           "console"]
     /// Sections whose keys are names (credentials, hooks, datasets): their readers name unknown keys themselves.
     static let namedSections: Set<String> = ["registries", "credentials", "hooks", "datasets"]
 

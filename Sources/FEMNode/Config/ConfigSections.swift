@@ -21,6 +21,7 @@ struct ConfigFile: Codable, Sendable {
     var reporter = ReporterSection()
     var metrics = MetricsSection()
     var trust = TrustSection()
+    var console = ConsoleSection()
     /// `[registries."host:port"]`: logins for image pulls.
     var registries: [String: LoginEntry] = [:]
     /// `[credentials."name"]`: logins plans and tasks name by reference.
@@ -35,6 +36,7 @@ struct ConfigFile: Codable, Sendable {
              credentials, hooks, datasets
         case metrics
         case trust
+        case console
     }
 
     init() {}
@@ -52,6 +54,7 @@ struct ConfigFile: Codable, Sendable {
         reporter = r.section(c, .reporter) ?? reporter
         metrics = r.section(c, .metrics) ?? metrics
         trust = r.section(c, .trust) ?? trust
+        console = r.section(c, .console) ?? console
         registries = Self.named(c, .registries, r, notATable: "expected [registries.\"name\"] sections") { name in
             "registries.\"\(name)\": expected a table with " + LoginEntry.allowed(tokens: false).joined(separator: ", ")
         }
@@ -978,6 +981,118 @@ public struct TrustConfig: Sendable, Equatable {
     public init(requireSignedPlans: Bool = false, keys: [TrustedKey] = []) {
         self.requireSignedPlans = requireSignedPlans
         self.keys = keys
+    }
+}
+
+/// `[console]`: the steward's web console (docs/console.md), off unless `listen` is set. Accounts are
+/// `[console.accounts.<name>]` with a bcrypt `password_hash` and a `role` (`viewer` or `steward`).
+struct ConsoleSection: Codable, Sendable {
+    struct Account: Codable, Sendable {
+        var passwordHash: String?
+        var role: String?
+
+        enum CodingKeys: String, CodingKey {
+            case passwordHash = "password_hash", role
+        }
+    }
+
+    var listen = ""
+    var tls = false
+    var tlsCertFile = ""
+    var tlsKeyFile = ""
+    var sessionMinutes = 30
+    var accounts: [String: Account] = [:]
+
+    enum CodingKeys: String, CodingKey {
+        case listen, tls, tlsCertFile = "tls_cert_file", tlsKeyFile = "tls_key_file", sessionMinutes = "session_minutes",
+             accounts
+    }
+
+    init() {}
+
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        let r = ConfigReading.of(decoder)
+        listen = r.value(c, .listen) ?? listen
+        tls = r.value(c, .tls) ?? tls
+        tlsCertFile = r.value(c, .tlsCertFile) ?? tlsCertFile
+        tlsKeyFile = r.value(c, .tlsKeyFile) ?? tlsKeyFile
+        sessionMinutes = r.value(c, .sessionMinutes) ?? sessionMinutes
+        guard c.contains(.accounts) else { return }
+        guard let table = try? c.nestedContainer(keyedBy: NameKey.self, forKey: .accounts) else {
+            r.note("console.accounts: expected [console.accounts.<name>] sections")
+            r.markKnown("console.accounts")
+            return
+        }
+        for name in table.allKeys {
+            let at = "console.accounts.\(name.stringValue)"
+            guard let entry = try? table.nestedContainer(keyedBy: Account.CodingKeys.self, forKey: name) else {
+                r.note("\(at): expected a table with password_hash and role")
+                r.markKnown(at)
+                continue
+            }
+            accounts[name.stringValue] = Account(passwordHash: r.value(entry, .passwordHash, display: "\(at).password_hash"),
+                                                 role: r.value(entry, .role, display: "\(at).role"))
+        }
+    }
+
+    func validate(_ v: inout ConfigValidator) {
+        v.range("console.session_minutes", sessionMinutes, 1...1440)
+        if tlsCertFile.isEmpty != tlsKeyFile.isEmpty {
+            v.note("console.tls_cert_file, console.tls_key_file: set both (or neither, to use the broker's cert_file and "
+                   + "key_file)")
+        }
+        for (name, account) in accounts.sorted(by: { $0.key < $1.key }) {
+            let at = "console.accounts.\(name)"
+            if !ConsoleSettings.isAccountName(name) {
+                v.note("console.accounts: \"\(TextEscaping.escaped(name))\" is not an account name (letters, digits, "
+                       + "_ . @ -, at most 64)")
+            }
+            if let hash = account.passwordHash {
+                if !ConsoleSettings.isBcryptHash(hash) {
+                    // Never the value: it may be a password pasted by mistake.
+                    v.note("\(at).password_hash: is not a bcrypt hash ($2b$ or $2a$, cost 04-31, 60 characters); make "
+                           + "one with `fem-client console hash-password`")
+                }
+            } else {
+                v.note("\(at).password_hash: is required (make one with `fem-client console hash-password`)")
+            }
+            if let role = account.role {
+                if ConsoleSettings.Role(rawValue: role) == nil {
+                    v.note("\(at).role: \"\(TextEscaping.escaped(role))\" is not a role (viewer or steward)")
+                }
+            } else {
+                v.note("\(at).role: is required (viewer or steward)")
+            }
+        }
+        guard !listen.isEmpty else { return }
+        do {
+            let address = try MetricsListen.parse(listen)
+            if !address.isLoopback && !tls {
+                v.note("console.listen: \(address) is not a loopback address: the console's passwords and session "
+                       + "cookies would cross the network in clear; set console.tls = true, or listen on 127.0.0.1")
+            }
+        } catch {
+            v.note("console.listen: \(error)")
+        }
+        if accounts.isEmpty {
+            v.note("console.accounts: none, so nobody could log in to the console; add [console.accounts.<name>] "
+                   + "with password_hash and role")
+        }
+    }
+
+    /// What the daemon serves, once validated (nil: the console is off).
+    func settings(brokerCert: String, brokerKey: String, resolve: (String) -> String) -> ConsoleSettings? {
+        guard !listen.isEmpty, let address = try? MetricsListen.parse(listen) else { return nil }
+        var list: [String: ConsoleSettings.Account] = [:]
+        for (name, a) in accounts {
+            guard let hash = a.passwordHash, let role = a.role.flatMap(ConsoleSettings.Role.init) else { continue }
+            list[name] = .init(passwordHash: hash, role: role)
+        }
+        let cert = tlsCertFile.isEmpty ? brokerCert : resolve(tlsCertFile)
+        let key = tlsKeyFile.isEmpty ? brokerKey : resolve(tlsKeyFile)
+        return ConsoleSettings(listen: address, tls: tls ? .init(certFile: cert, keyFile: key) : nil,
+                               sessionMinutes: sessionMinutes, accounts: list)
     }
 }
 

@@ -59,6 +59,7 @@ extension ConfigFile {
         reporter.validate(&v)
         metrics.validate(&v)
         trust.validate(&v)
+        console.validate(&v)
 
         for l in launchers.enabled where !NodeConfig.knownLaunchers.contains(l) {
             v.note("launchers.enabled: \"\(l)\" is not a launcher this build has (it has: "

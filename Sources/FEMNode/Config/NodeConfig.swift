@@ -115,6 +115,8 @@ public struct NodeConfig: Sendable {
     public var datasets: [String: Dataset]
     /// `[metrics] listen`: where `GET /metrics` is served (nil: metrics are off).
     public var metricsListen: MetricsListen?
+    /// `[console]`: the steward's web console (nil: off).
+    public var console: ConsoleSettings?
     /// `[trust] require_approved_tools`: only plans approved in the node's tool registry run.
     public var requireApprovedTools = false
     /// `[node.labels]`: free-form attributes for constraints, as `labels.<key>`.
@@ -282,6 +284,8 @@ extension NodeConfig {
         config.outputChecks = file.outputs.checks.settings
         config.drainSeconds = file.node.drainSeconds
         config.metricsListen = file.metrics.listen.isEmpty ? nil : try? MetricsListen.parse(file.metrics.listen)
+        config.console = file.console.settings(brokerCert: absolutePath(cert), brokerKey: absolutePath(key),
+                                               resolve: absolutePath)
         config.pools = file.node.pools
         config.requireApprovedTools = file.trust.requireApprovedTools
         config.poolMaxPasses = file.node.poolMaxPasses

@@ -143,6 +143,8 @@ struct NodeApplication: Sendable {
         ]
         // The metrics near the start (stopped late): they watch the drain to its end.
         list.insert(contentsOf: metricsServices, at: 0)
+        // The steward's console: stopped late too (decisions are still taken while tasks drain).
+        list.insert(contentsOf: consoleServices, at: 0)
         // systemd's watchdog: first, so the graceful shutdown reaches it last (it pings through the drain).
         if let interval = operations.systemd.watchdogPingInterval {
             list.insert(.init(service: WatchdogService(operations: operations, interval: interval)), at: 0)
@@ -154,6 +156,17 @@ struct NodeApplication: Sendable {
         guard let metrics, let listen = config.metricsListen else { return [] }
         return [.init(service: MetricsService(listen: listen, metrics: metrics, sample: { [self] in await metricsSample() },
                                               logger: logger))]
+    }
+
+    var consoleServices: [ServiceGroupConfiguration.ServiceConfiguration] {
+        guard let console = config.console else { return [] }
+        return [.init(service: ConsoleService(settings: console, nodeID: config.nodeID, workDir: config.workDir,
+                                              journalPath: config.journalPath, logger: logger,
+                                              blockOnFindings: { [live] in live.value.outputChecks.blockOnFindings }) {
+            [node, publisher] in
+            await node.runner.resumeDecided()
+            publisher.wake()
+        })]
     }
 
     /// The node's own facts for a scrape (task facts come from the journal as they happen).
