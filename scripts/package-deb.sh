@@ -90,11 +90,13 @@ done
 chmod 0644 "$config"
 install -m 0644 "$root/config/fem-client.logrotate" "$stage/etc/logrotate.d/fem-client"
 
-# 5. Docs: README and docs/*.md side by side (the unit's Documentation= names operations.md there), the templates.
+# 5. Docs: README and docs/*.md side by side (the unit's Documentation= names operations.md there), the templates,
+#    and the console's screenshots (docs/console.md links docs/console/*.png).
 install -m 0644 "$root/README.md" "$doc/README.md"
 for f in "$root"/docs/*.md; do install -m 0644 "$f" "$doc/$(basename "$f")"; done
 cp -r "$root/docs/templates" "$doc/templates"
-find "$doc/templates" -type d -exec chmod 0755 {} + -o -type f -exec chmod 0644 {} +
+cp -r "$root/docs/console" "$doc/console"
+find "$doc/templates" "$doc/console" -type d -exec chmod 0755 {} + -o -type f -exec chmod 0644 {} +
 cat > "$doc/copyright" <<EOF
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: fem-client

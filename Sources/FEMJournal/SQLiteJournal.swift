@@ -233,6 +233,30 @@ public final class SQLiteJournal: Journal, @unchecked Sendable {
         }
     }
 
+    /// An airlock decision, all or nothing, in one transaction: only while the task is `awaiting_approval` and has
+    /// no decision yet, the `approval` event, then `steps` (in order), then `decisionStep`. Returns nil, having
+    /// written nothing, when the task is no longer waiting or another decision came first (two stewards at once).
+    public func recordDecision(_ taskID: String, detail: EventDetail, steps: [(step: String, info: String)],
+                               decisionStep: String, decision: String, at: Date) throws -> TaskEvent? {
+        let event: TaskEvent? = try db.write { db in
+            guard let rec = try Self.fetchState(db, taskID) else { throw JournalError.unknownTask(taskID) }
+            guard rec.state == .awaitingApproval else { return nil }
+            let decided = try String.fetchOne(db, sql: "SELECT info FROM steps WHERE task_id = ? AND step = ?",
+                                              arguments: [taskID, decisionStep])
+            guard decided == nil else { return nil }
+            let event = try self.appendEvent(db, taskID: taskID, executionID: rec.executionID, kind: .approval,
+                                             state: rec.state, detail: detail, at: at)
+            let now = FEMTime.format(Date())
+            for (step, info) in steps + [(decisionStep, decision)] {
+                try db.execute(sql: "INSERT OR REPLACE INTO steps (task_id, step, info, done_at) VALUES (?, ?, ?, ?)",
+                               arguments: [taskID, step, info, now])
+            }
+            return event
+        }
+        if let event { metrics.noted(event) }
+        return event
+    }
+
     public func markStep(_ taskID: String, _ step: String, info: String) throws {
         try db.write { db in
             try db.cachedStatement(sql: "INSERT OR REPLACE INTO steps (task_id, step, info, done_at) VALUES (?, ?, ?, ?)")

@@ -66,7 +66,10 @@ struct DockerEngineTests {
     @Test func followedContainersShareOneStreamsThread() async throws {
         try requireEngine()
         let ids = try (0..<4).map { i in
-            try run(["sh", "-c", "sleep 1; for n in 1 2 3; do echo out\(i).$n; echo err\(i).$n >&2; done; exit \(i)"],
+            // Each waits for the test's USR1 before it writes and exits, so all four follows are in flight at once
+            // however slowly a loaded machine starts them.
+            try run(["sh", "-c", "trap 'go=1' USR1; while [ -z \"$go\" ]; do sleep 0.1; done; "
+                     + "for n in 1 2 3; do echo out\(i).$n; echo err\(i).$n >&2; done; exit \(i)"],
                     label: UUID().uuidString)
         }
         defer { for id in ids { try? engine.remove(id) } }
@@ -84,8 +87,17 @@ struct DockerEngineTests {
                     return text.withLock { (i, $0.out, $0.err, code) }
                 }
             }
-            #expect(await eventually { HTTPStreams.shared.activeCount == 4 }, "4 follows in flight")
+            #expect(await eventually(60) { HTTPStreams.shared.activeCount == 4 }, "4 follows in flight")
             #expect(threads(named: "fem-http-streams") == 1, "4 followed containers share one streams thread")
+            // Now let them write and end (a container not yet started gets its signal from a retry).
+            for id in ids {
+                var sent = false
+                for _ in 0..<100 where !sent {
+                    if (try? engine.kill(id, signal: "USR1")) != nil { sent = true } else {
+                        try await Task.sleep(for: .milliseconds(100))
+                    }
+                }
+            }
             return try await group.reduce(into: []) { $0.append($1) }
         }
         for (i, out, err, code) in results {

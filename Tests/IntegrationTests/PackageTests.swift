@@ -39,7 +39,7 @@ struct PackageTests {
                      "etc/fem-client/fem-client.toml", "etc/logrotate.d/fem-client",
                      "usr/share/doc/fem-client/README.md", "usr/share/doc/fem-client/operations.md",
                      "usr/share/doc/fem-client/security.md", "usr/share/doc/fem-client/copyright",
-                     "usr/share/doc/fem-client/changelog.gz", "usr/share/doc/fem-client/templates/",
+                     "usr/share/doc/fem-client/changelog.gz", "usr/share/doc/fem-client/templates/", "usr/share/doc/fem-client/console/",
                      "usr/share/bash-completion/completions/fem-client", "usr/share/bash-completion/completions/femctl",
                      "usr/share/zsh/vendor-completions/_fem-client", "usr/share/fish/vendor_completions.d/femctl.fish",
                      "usr/share/man/man1/fem-client.1.gz", "usr/share/man/man1/femctl.1.gz"] {

@@ -128,9 +128,16 @@ enum Airlock {
             + (decider.via == "shell" ? "" : " (\(decider.via))")
             + (approve && overriding != nil && !findings.isEmpty ? " overriding \(findings.count) finding(s)" : "")
             + (reason.map { ": \($0)" } ?? "")
-        try journal.note(taskID, kind: .approval, detail: EventDetail(message: message, data: data), at: Date())
-        if approve, let held { try journal.markStep(taskID, OutputDelivery.approvedManifestStep, info: held.sha256) }
-        try journal.markStep(taskID, Runner.approvalStep, info: decision)
+        // One transaction: a second decision made at the same time (the console and a shell) finds this one and
+        // writes nothing, so a rejection can never be followed by an approval that releases the outputs.
+        let steps = approve ? held.map { [(step: OutputDelivery.approvedManifestStep, info: $0.sha256)] } ?? [] : []
+        let recorded = try journal.recordDecision(taskID, detail: EventDetail(message: message, data: data), steps: steps,
+                                                  decisionStep: Runner.approvalStep, decision: decision, at: Date())
+        if recorded == nil {
+            let other = (try? journal.completedStep(Runner.approvalStep, of: taskID)) ?? nil
+            throw CommandFailure("task \(taskID) was decided meanwhile" + (other.map { " (\($0))" } ?? "")
+                                  + "; nothing was changed")
+        }
         return Decision(message: message, manifestSHA256: held?.sha256)
     }
 }
