@@ -67,7 +67,13 @@ struct SignedPlanTests {
         let unknown = try Self.task("signed", signedWith: mallory.private)
         let changed = Self.altered(try Self.task("signed", signedWith: alice.private))
         let good = try Self.task("signed", signedWith: alice.private)
-        let all = [unsigned, unknown, changed, good]
+        // Signed by a trusted key, but its code comes from a branch: what runs is not what was signed.
+        var branch = Tasks.task(["/bin/echo", "signed"])
+        if case .object(var plan)? = branch["plan"] {
+            plan["source"] = ["git": ["url": "git://127.0.0.1:19418/tool.git", "ref": "main"]]
+            branch["plan"] = try SigningKeys.sign(plan: .object(plan), privateKey: alice.private, signer: "someone").document
+        }
+        let all = [unsigned, unknown, changed, good, branch]
         for t in all { try op.submit(t) }
         try op.waitForFinal(all.map(Tasks.id))
 
@@ -78,6 +84,10 @@ struct SignedPlanTests {
         Self.expectDeclined(op, node, changed, "plan test-tool 1.0: its signature does not verify with trusted key alice "
                             + "(key id \(alice.id)): the plan was changed after it was signed, or the signature is not "
                             + "this key's")
+        Self.expectDeclined(op, node, branch, "plan test-tool 1.0 is signed by alice, but plan.source.git has no commit "
+                            + "(ref main is whatever the server holds at run time): pin the reviewed commit in `commit`; "
+                            + "this node requires signed plans (trust.require_signed_plans), and a moving source is not "
+                            + "what was signed")
         #expect(op.finalState(of: Tasks.id(good))?.state == .completed, "\(Self.reason(op, good))")
         let running = try #require(op.events(of: Tasks.id(good)).first { $0.kind == .state && $0.state == .running })
         #expect(running.detail.data?["signed_by"] == .string("alice"))

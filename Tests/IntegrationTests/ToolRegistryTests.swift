@@ -137,6 +137,23 @@ struct ToolRegistryTests {
         let oddImage = try node.run(["tools", "approve", try planFile(node, odd, name: "odd")])
         #expect(oddImage.status == 2 && oddImage.output.contains("image: image \"127.0.0.1:5000/fem/x?all=1#\" is not an "
                                                                  + "image reference"), "\(oddImage.output)")
+        // A plan whose code comes from a branch or an unchecked file is not what a reviewer saw: not approved.
+        var branch = Tasks.plan(["/bin/true"])
+        if case .object(var p) = branch {
+            p["source"] = ["git": ["url": "git://127.0.0.1:19418/tool.git", "ref": "main"]]
+            branch = .object(p)
+        }
+        let moving = try node.run(["tools", "approve", try planFile(node, branch, name: "branch")])
+        #expect(moving.status == 2 && moving.output.contains("not approved: plan.source.git has no commit (ref main is "
+                                                             + "whatever the server holds at run time)"), "\(moving.output)")
+        var file = Tasks.plan(["/bin/true"])
+        if case .object(var p) = file {
+            p["source"] = ["files": [["url": "http://127.0.0.1:18080/files/tool.py", "path": "tool.py"]]]
+            file = .object(p)
+        }
+        let unchecked = try node.run(["tools", "approve", try planFile(node, file, name: "file")])
+        #expect(unchecked.status == 2 && unchecked.output.contains("plan.source.files[0] (tool.py) has no sha256"),
+                "\(unchecked.output)")
         let badHash = try node.run(["tools", "revoke", "sha256:abc", "--reason", "x"])
         #expect(badHash.status == 2 && badHash.output.contains("is not a plan hash"), "\(badHash.output)")
     }

@@ -50,3 +50,24 @@ public struct CombinedPlanTrust: PlanTrust {
         return .success(verdict)
     }
 }
+
+/// What a reviewed plan must fix besides its own bytes: the code it fetches. A git branch or an unchecked file URL
+/// serves whatever its server holds at run time, so a plan a site approved, or an author signed, would run code
+/// nobody reviewed. Images are pinned by digest at approval (the tool registry); sources must be pinned in the plan.
+public enum PlanPinning {
+    /// Why `plan` does not fix the code it fetches (naming the field and what to add); nil when it does.
+    public static func unpinned(_ plan: ToolPlan) -> String? {
+        switch plan.source {
+        case .git(let git)? where git.commit == nil:
+            return "plan.source.git has no commit (ref \(git.ref ?? "HEAD") is whatever the server holds at run "
+                + "time): pin the reviewed commit in `commit`"
+        case .files(let files)?:
+            if let i = files.firstIndex(where: { $0.sha256 == nil }) {
+                return "plan.source.files[\(i)] (\(files[i].path)) has no sha256: pin the reviewed file's sha256"
+            }
+            return nil
+        default:
+            return nil
+        }
+    }
+}

@@ -150,7 +150,7 @@ public final class DockerLauncher: Launcher, Sendable {
         return [
             // An image the tool registry pinned runs by its digest (checked at stage-in): a tag moved since then
             // cannot slip in.
-            "Image": job.trust.imageDigest.map { DockerEngine.split(plan.image ?? "").0 + "@" + $0 } ?? plan.image ?? "",
+            "Image": job.trust.imageDigest.map { DockerEngine.repository(plan.image ?? "") + "@" + $0 } ?? plan.image ?? "",
             "Entrypoint": Array(job.command.argv.prefix(1)),
             "Cmd": Array(job.command.argv.dropFirst()),
             "Env": env.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" },

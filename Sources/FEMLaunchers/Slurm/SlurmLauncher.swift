@@ -388,7 +388,7 @@ public final class SlurmLauncher: QueuedLauncher, Sendable {
                 // An image the tool registry pinned is pulled and run by its digest in the job: only the approved
                 // content can run, wherever the tag points now.
                 text = try writeContainerFiles(job, image: job.trust.imageDigest.map {
-                    DockerEngine.split(image).0 + "@" + $0 } ?? image)
+                    DockerEngine.repository(image) + "@" + $0 } ?? image)
             } else {
                 text = SlurmJobScript.render(taskID: taskID, argv: [executable] + job.command.argv.dropFirst(),
                                              environment: environment(job))

@@ -39,6 +39,10 @@ struct ToolsCommand: AsyncParsableCommand {
                 throw CommandFailure.invalid("\(file): not a valid tool plan: "
                                              + e.issues.map { "\($0)" }.joined(separator: "; "))
             }
+            // A reviewed plan must fix the code it fetches; a branch or an unchecked file is not what was reviewed.
+            if let loose = PlanPinning.unpinned(plan) {
+                throw CommandFailure.invalid("\(file): not approved: \(loose)")
+            }
             let hash = PlanIdentity.hash(value)
             let needsRegistry = plan.image.map { !$0.contains("@") } == true && imageDigest == nil
             let config = try options.loadConfig(brokerFiles: needsRegistry)

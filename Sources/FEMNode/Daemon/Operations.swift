@@ -298,6 +298,9 @@ struct ConfigReload: Sendable {
             "\($0.pools) \($0.poolMaxPasses) \($0.poolPeers)"
         },
         Key("hooks") { "\($0.hooks)" }, Key("journal.keep_days") { "\($0.journalKeepDays)" },
+        // The console's listener and accounts are read when it starts: a removed account or a changed role takes
+        // effect at the restart the log line asks for.
+        Key("console") { String(describing: $0.console) },
         Key("sandboxes") { "\($0.keepCompletedHours) \($0.keepFailedHours)" },
         Key("outputs.require_approval") { "\($0.requireApproval)" }, Key("outputs.hold_logs") { "\($0.holdLogs)" },
         Key("reporter") {
@@ -339,6 +342,7 @@ struct ConfigReload: Sendable {
         next.enabledLaunchers = old.enabledLaunchers
         next.hooks = old.hooks
         next.journalKeepDays = old.journalKeepDays
+        next.console = old.console
         next.keepCompletedHours = old.keepCompletedHours
         next.keepFailedHours = old.keepFailedHours
         next.requireApproval = old.requireApproval

@@ -110,7 +110,6 @@ public struct NodeAssembly: Sendable {
         return LauncherRegistry(list)
     }
 
-    /// `[trust]`: the node's own word on which plans run, one policy after another (the first refusal wins).
     /// `[trust]`: the signature policy, then the tool registry when it is on (each in turn; the first refusal wins).
     static func trust(_ config: NodeConfig, journal: SQLiteJournal) -> any PlanTrust {
         var policies: [any PlanTrust] = [SignaturePolicy(config.trust)]

@@ -64,6 +64,11 @@ public struct SignaturePolicy: PlanTrust {
                                           + "\(key.keyID)): the plan was changed after it was signed, or the signature "
                                           + "is not this key's"))
         }
+        // Where signatures are required, a signed plan must also fix the code it fetches.
+        if requireSigned, let loose = PlanPinning.unpinned(plan) {
+            return .failure(PolicyDecline("\(what) is signed by \(key.name), but \(loose); this node requires signed "
+                                          + "plans (trust.require_signed_plans), and a moving source is not what was signed"))
+        }
         var data: [String: JSONValue] = ["signed_by": .string(key.name), "key_id": .string(key.keyID)]
         data["plan_sha256"] = hash
         return .success(TrustVerdict(signer: key.name, eventData: data))

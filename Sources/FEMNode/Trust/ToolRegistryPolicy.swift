@@ -17,7 +17,14 @@ struct ToolRegistryPolicy: PlanTrust {
         let name = "plan \(plan.id) \(plan.version) (\(Self.short(hash)))"
         do {
             if let approval = try journal.toolApproval(hash: hash) {
-                if !approval.isRevoked { return .success(TrustVerdict(imageDigest: approval.imageDigest)) }
+                if !approval.isRevoked {
+                    // Approved before sources had to be pinned (or with the node's check bypassed): still not run.
+                    if let loose = PlanPinning.unpinned(plan) {
+                        return .failure(PolicyDecline("\(name) is approved, but \(loose) (trust.require_approved_tools "
+                                                      + "runs only code that was reviewed)"))
+                    }
+                    return .success(TrustVerdict(imageDigest: approval.imageDigest))
+                }
                 let when = approval.revokedAt.map(FEMTime.format) ?? "?"
                 return .failure(PolicyDecline("\(name) was revoked on this node by \(approval.revokedBy ?? "?") at "
                                               + "\(when): \(approval.revokeReason ?? "")"))

@@ -85,10 +85,14 @@ public struct ImageStageIn: StageIn {
     /// manifest digest, or the task is declined naming both digests (the tag was moved since the approval). Returns
     /// `repo@<pinned>`, the reference the launcher runs, so a tag moved after this check cannot slip in.
     static func pin(_ image: String, info: DockerEngine.ImageInfo, to pinned: String, plan: ToolPlan) throws -> String {
-        let repo = DockerEngine.split(image).0
-        let digests = (info.RepoDigests ?? []).filter { $0.hasPrefix(repo + "@") }.map { String($0.dropFirst(repo.count + 1)) }
-        if digests.contains(pinned) { return "\(repo)@\(pinned)" }
-        let now = digests.first ?? "image id \(info.Id)"
+        let repo = DockerEngine.repository(image)
+        // The digests of the image the reference names now, whatever name dockerd files them under (it reports
+        // `alpine@…` for `docker.io/library/alpine:3`): a manifest digest names its content, so a match is the
+        // approved image.
+        let all = (info.RepoDigests ?? []).compactMap { entry in entry.firstIndex(of: "@").map { String(entry[entry.index(after: $0)...]) } }
+        if all.contains(pinned) { return "\(repo)@\(pinned)" }
+        let sameName = (info.RepoDigests ?? []).filter { $0.hasPrefix(repo + "@") }.map { String($0.dropFirst(repo.count + 1)) }
+        let now = sameName.first ?? all.first ?? "image id \(info.Id)"
         throw PolicyDecline("image \(image) resolves to \(now), but this node approved \(plan.id) \(plan.version) with "
                             + "\(pinned): the tag was moved; approve the plan again after review")
     }

@@ -257,6 +257,12 @@ public struct DockerEngine: Sendable {
     }
 
     /// `registry:5000/repo:tag` → (`registry:5000/repo`, `tag`); `repo@sha256:…` → (`repo`, `sha256:…`).
+    /// The repository of a reference, without its tag or digest: `repo` of `repo:tag`, `repo:tag@sha256:…` and
+    /// `repo@sha256:…` (what `repo@<digest>` is made from).
+    public static func repository(_ reference: String) -> String {
+        split(split(reference).0).0
+    }
+
     public static func split(_ reference: String) -> (String, String?) {
         if let at = reference.firstIndex(of: "@") {
             return (String(reference[..<at]), String(reference[reference.index(after: at)...]))
