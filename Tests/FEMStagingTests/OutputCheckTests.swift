@@ -173,10 +173,28 @@ struct OutputCheckTests {
     @Test func onlyTablesAreRead() throws {
         let csv = "n\n3\n"
         #expect(try MinCellCountCheck().check(output("out/t.txt", csv), settings: settings).isEmpty)
-        #expect(try MinCellCountCheck().check(output("out/t.csv", csv, kind: .text), settings: settings).isEmpty)
+        // A .csv is a table whatever kind its rule declares: a plan cannot take it out of the check.
+        #expect(try MinCellCountCheck().check(output("out/t.csv", csv, kind: .text), settings: settings).count == 1)
+        #expect(try MinCellCountCheck().check(output("out/t.csv", csv, kind: .file), settings: settings).count == 1)
         #expect(try MinCellCountCheck().check(output("out/t.txt", csv, kind: .table), settings: settings).count == 1)
         #expect(try MinCellCountCheck().check(output("out/t.tsv", "a\tn\nx\t3\n"), settings: settings)
                 .map(\.column) == [2])
+    }
+
+    @Test func theSeparatorIsTheOneTheHeaderUses() throws {
+        // A spreadsheet's ;-separated .csv, a tab-separated table named .csv, a |-separated one: read by columns.
+        for sep in [";", "\t", "|"] {
+            let csv = ["region", "n"].joined(separator: sep) + "\n" + ["\"north, east\"", "3"].joined(separator: sep) + "\n"
+            let found = try MinCellCountCheck().check(output("out/t.csv", csv), settings: settings)
+            #expect(found.map { [$0.row, $0.column] } == [[2, 2]], "separator \(sep.debugDescription)")
+        }
+        // Commas inside quotes do not count; a one-column table keeps the file's own separator.
+        #expect(try MinCellCountCheck().check(output("out/t.csv", "\"a,b,c\";n\nx;4\n"), settings: settings)
+                .map(\.column) == [2])
+        #expect(try MinCellCountCheck().check(output("out/t.csv", "n\n2\n"), settings: settings).map(\.row) == [2])
+        // A .csv of kind text must still parse as a table.
+        let ragged = try FileTypeCheck().check(output("out/t.csv", "a,b\n1\n", kind: .text), settings: settings)
+        #expect(ragged.count == 1, "\(ragged)")
     }
 
     @Test func findingsPerFileAreCapped() throws {

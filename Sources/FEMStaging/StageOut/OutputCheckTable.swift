@@ -72,6 +72,27 @@ public struct TableReader: Sendable {
         separator = tabs ? 0x09 : 0x2C
     }
 
+    /// A reader for fields separated by `separator` (`,` `;` tab or `|`).
+    public init(separator: UInt8) {
+        self.separator = separator
+    }
+
+    /// The separator a table's first line uses: the most frequent of `,` `;` tab `|` outside quotes, `fallback`
+    /// when none appears (a one-column table) or on a tie with it. A European spreadsheet's `;`-separated `.csv`
+    /// is read by its columns, not as one column per line that no count pattern would match.
+    public static func sniffSeparator(_ bytes: UnsafeRawBufferPointer, fallback: UInt8) -> UInt8 {
+        let candidates: [UInt8] = [0x2C, 0x3B, 0x09, 0x7C]
+        var counts = [UInt8: Int]()
+        var quoted = false
+        for b in bytes {
+            if b == 0x22 { quoted.toggle(); continue }
+            if !quoted && (b == 0x0A || b == 0x0D) { break }
+            if !quoted && candidates.contains(b) { counts[b, default: 0] += 1 }
+        }
+        let best = candidates.max { (counts[$0] ?? 0) < (counts[$1] ?? 0) } ?? fallback
+        return (counts[best] ?? 0) > (counts[fallback] ?? 0) ? best : fallback
+    }
+
     /// Reads `bytes`, handing on each record completed in them.
     public mutating func feed(_ bytes: UnsafeRawBufferPointer, _ emit: (Record) throws -> Void) throws {
         if let failed { throw failed }
@@ -203,6 +224,7 @@ enum TableScan {
     static func scan(_ output: CheckedOutput, limit: Int64, header: ([String]) -> Void,
                      record: (TableReader.Record) -> Void) throws -> Outcome {
         var reader = TableReader(tabs: output.fileExtension == "tsv")
+        let fallback = reader.separator
         var first = true
         var sawHeader = false
         func handle(_ r: TableReader.Record) {
@@ -219,6 +241,7 @@ enum TableScan {
             if first {
                 first = false
                 if block.starts(with: [0xEF, 0xBB, 0xBF]) { block = UnsafeRawBufferPointer(rebasing: block[3...]) }
+                reader = TableReader(separator: TableReader.sniffSeparator(block, fallback: fallback))
             }
             do {
                 try reader.feed(block, handle)
