@@ -23,7 +23,8 @@ enum ConsoleFiles {
         guard let fd = try? Posix.openForReading(path) else { return nil }
         defer { Posix.release(fd) }
         guard let st = try? Posix.fstat(fd, path: path), st.kind == .regular else { return nil }
-        let bytes = readUpTo(fd, limit + 1, path)
+        // No more buffer than the file has (it may grow meanwhile: one byte more says so).
+        let bytes = readUpTo(fd, Int(min(Int64(limit), max(0, st.size))) + 1, path)
         return (Array(bytes.prefix(limit)), bytes.count > limit)
     }
 

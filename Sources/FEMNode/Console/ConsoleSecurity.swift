@@ -171,3 +171,73 @@ final class ConsoleSessions: Sendable {
 
     var count: Int { sessions.withLock { $0.count } }
 }
+
+/// Bounds on password guessing and on the bcrypt work logins cost: per account name (known or not), five failures in
+/// fifteen minutes lock that name for a minute, doubling with each lockout up to fifteen minutes; at most four logins
+/// are checked at once; past fifty failures in a minute on the whole console, logins wait for the minute to pass.
+/// A locked or refused login costs no bcrypt. A success clears the account's failures.
+final class LoginThrottle: Sendable {
+    static let failuresToLock = 5
+    static let failureWindow: TimeInterval = 15 * 60
+    static let firstLock: TimeInterval = 60
+    static let longestLock: TimeInterval = 15 * 60
+    static let maxInFlight = 4
+    static let consoleFailuresPerMinute = 50
+
+    private struct Account {
+        var failures: [Date] = []
+        var lockedUntil: Date?
+        var lockouts = 0
+    }
+    private struct State {
+        var accounts: [String: Account] = [:]
+        var recentFailures: [Date] = []
+        var inFlight = 0
+    }
+    private let state = Mutex(State())
+
+    /// Why a login for `name` is not checked now (nil: go ahead, and call `finish` after).
+    func admit(_ name: String, now: Date = Date()) -> String? {
+        state.withLock { s in
+            if let until = s.accounts[name]?.lockedUntil, until > now {
+                return "Too many failed logins for this account: try again in \(Int(until.timeIntervalSince(now).rounded(.up))) s."
+            }
+            s.recentFailures.removeAll { now.timeIntervalSince($0) > 60 }
+            if s.recentFailures.count >= Self.consoleFailuresPerMinute {
+                return "Too many failed logins on this console in the last minute: try again in a minute."
+            }
+            guard s.inFlight < Self.maxInFlight else { return "The console is busy checking other logins: try again." }
+            s.inFlight += 1
+            return nil
+        }
+    }
+
+    /// The outcome of an admitted login. Returns the lock's length when this failure locked the account.
+    @discardableResult
+    func finish(_ name: String, succeeded: Bool, now: Date = Date()) -> TimeInterval? {
+        state.withLock { s in
+            s.inFlight = max(0, s.inFlight - 1)
+            if succeeded {
+                s.accounts[name] = nil
+                return nil
+            }
+            s.recentFailures.append(now)
+            var a = s.accounts[name] ?? Account()
+            a.failures = a.failures.filter { now.timeIntervalSince($0) <= Self.failureWindow } + [now]
+            var locked: TimeInterval?
+            if a.failures.count >= Self.failuresToLock {
+                let length = min(Self.longestLock, Self.firstLock * pow(2, Double(a.lockouts)))
+                a.lockedUntil = now.addingTimeInterval(length)
+                a.lockouts += 1
+                a.failures = []
+                locked = length
+            }
+            // Bounded: names nobody has tried for a window are forgotten (an attacker's invented names included).
+            if s.accounts.count > 10_000 {
+                s.accounts = s.accounts.filter { ($0.value.lockedUntil ?? .distantPast) > now || !$0.value.failures.isEmpty }
+            }
+            s.accounts[name] = a
+            return locked
+        }
+    }
+}

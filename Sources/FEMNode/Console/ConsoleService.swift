@@ -35,7 +35,7 @@ struct ConsoleService: Service {
                              sessions: ConsoleSessions(idle: TimeInterval(settings.sessionMinutes * 60)),
                              dummyHash: dummy, logger: logger, blockOnFindings: blockOnFindings, decided: decided)
         let router = Router()
-        router.add(middleware: ConsoleHeaders<BasicRequestContext>(secure: settings.tls != nil))
+        router.add(middleware: ConsoleHeaders<BasicRequestContext>(secure: settings.tls != nil, logger: logger))
         app.routes(router)
 
         let listen = settings.listen, logger = self.logger
@@ -79,6 +79,7 @@ struct ConsoleService: Service {
 /// console's own files (no inline script or style, nothing from elsewhere).
 struct ConsoleHeaders<Context: RequestContext>: RouterMiddleware {
     let secure: Bool
+    let logger: Logger
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         var response: Response
@@ -87,6 +88,11 @@ struct ConsoleHeaders<Context: RequestContext>: RouterMiddleware {
         } catch let error as Hummingbird.HTTPError {
             response = Response(status: error.status, headers: [.contentType: "text/plain; charset=utf-8"],
                                 body: .init(byteBuffer: ByteBuffer(string: "\(error.status.code) \(error.status.reasonPhrase)\n")))
+        } catch {
+            // A journal or file error: a plain 500 with the same headers as every page, the cause in the log only.
+            logger.error("console: \(request.method) \(request.uri.path) failed: \(error)")
+            response = Response(status: .internalServerError, headers: [.contentType: "text/plain; charset=utf-8"],
+                                body: .init(byteBuffer: ByteBuffer(string: "500 the console could not answer; see the node's log\n")))
         }
         response.headers[.contentSecurityPolicy] =
             "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; frame-ancestors 'none'; form-action 'self'"
@@ -107,6 +113,7 @@ struct ConsoleApp: Sendable {
     let journal: SQLiteJournal
     let pool: BlockingPool
     let sessions: ConsoleSessions
+    let throttle = LoginThrottle()
     let dummyHash: String
     let logger: Logger
     let blockOnFindings: @Sendable () -> Bool
@@ -250,15 +257,29 @@ struct ConsoleApp: Sendable {
             return Self.html(.forbidden, ConsolePages.message("Refused", refusal, viewer: nil, nodeID: nodeID))
         }
         let form = try await Self.form(request) ?? [:]
-        let name = form["account"] ?? "", password = form["password"] ?? ""
+        let name = String((form["account"] ?? "").prefix(64)), password = form["password"] ?? ""
+        let shown = TextEscaping.escaped(name)
+        if let wait = throttle.admit(name) {
+            logger.warning("console: login for account \"\(shown)\" not checked: \(wait)")
+            return Self.html(.tooManyRequests, ConsolePages.login(nodeID: nodeID, error: wait))
+        }
         let account = settings.accounts[name]
         let hash = account?.passwordHash ?? dummyHash
         // The same work whether the account exists or not; bcrypt off the server's threads.
-        let matches = try await pool.run { Bcrypt.verify(password, hash: hash) }
+        let matches: Bool
+        do {
+            matches = try await pool.run { Bcrypt.verify(password, hash: hash) }
+        } catch {
+            throttle.finish(name, succeeded: false)
+            throw error
+        }
         guard let account, matches, !password.isEmpty else {
-            logger.warning("console: failed login for account \"\(TextEscaping.escaped(String(name.prefix(64))))\"")
+            let locked = throttle.finish(name, succeeded: false)
+            let lock = locked.map { "; the account is locked for \(Int($0)) s" } ?? ""
+            logger.warning("console: failed login for account \"\(shown)\"\(lock)")
             return Self.html(.unauthorized, ConsolePages.login(nodeID: nodeID, error: "Wrong account or password."))
         }
+        throttle.finish(name, succeeded: true)
         let (id, _) = sessions.open(account: name, role: account.role)
         logger.notice("console: \(name) logged in (role \(account.role.rawValue))")
         var r = Self.redirect("/tasks")
@@ -330,7 +351,11 @@ struct ConsoleApp: Sendable {
                              + "with the decision).", viewer: viewer, nodeID: nodeID))
         }
         let decider = Airlock.Decider(name: viewer.account, via: "console", uid: nil)
-        let sha = form["manifest_sha256"]
+        // The decision is bound to the manifest the page showed; a form without it is not the console's.
+        guard let sha = form["manifest_sha256"], Patterns.matches(#"^[0-9a-f]{64}$"#, sha) else {
+            return Self.html(.badRequest, ConsolePages.message("Refused", "Refused: the form names no manifest "
+                             + "(manifest_sha256); open the review page and decide there.", viewer: viewer, nodeID: nodeID))
+        }
         do {
             let decision = try await pool.run { [journal] in
                 try Airlock.decide(journal, taskID: id, approve: approve, reason: reason, by: decider,
