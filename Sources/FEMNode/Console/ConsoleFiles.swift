@@ -9,6 +9,8 @@ enum ConsoleFiles {
     static let textLimit = 64 * 1024
     static let csvRows = 20
     static let imageLimit = 20 * 1024 * 1024
+    /// Files previewed on one review page.
+    static let maxPreviews = 50
 
     /// `out/result.csv` → `<dir>/out/result.csv`, or nil for an absolute path, `..`, `.` or an empty part.
     static func inside(_ dir: String, _ relative: String) -> String? {

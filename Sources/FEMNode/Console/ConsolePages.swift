@@ -189,7 +189,11 @@ enum ConsolePages {
             body += "</tbody></table>"
         }
         body += "<h2>Previews of the staged copies</h2>"
-        for (i, f) in m.files.enumerated() {
+        if m.files.count > ConsoleFiles.maxPreviews {
+            body += "<p class=\"note\">The first \(ConsoleFiles.maxPreviews) of \(m.files.count) files; read the others in "
+                + "the staging folder or with <code>fem-client outputs show</code>.</p>"
+        }
+        for (i, f) in m.files.prefix(ConsoleFiles.maxPreviews).enumerated() {
             body += "<section class=\"preview\" id=\"preview-\(i)\"><h3>\(e(f.path))</h3>"
             switch r.previews[f.path] ?? .none("no preview") {
             case .text(let text, let truncated):

@@ -307,7 +307,10 @@ struct ConsoleApp: Sendable {
         return try await pool.run { [journal] in
             guard let rec = try journal.task(id), let held = Airlock.manifest(journal, id) else { return nil }
             var previews: [String: ConsolePages.Preview] = [:]
-            for f in held.view.files { previews[f.path] = ConsoleFiles.preview(dir: dir, path: f.path) }
+            // A bounded page: previews of the first files only (the list above names them all).
+            for f in held.view.files.prefix(ConsoleFiles.maxPreviews) {
+                previews[f.path] = ConsoleFiles.preview(dir: dir, path: f.path)
+            }
             let decided = rec.state == .awaitingApproval ? try journal.completedStep(Runner.approvalStep, of: id)
                 : "the task is \(rec.state.rawValue)"
             return ConsolePages.Review(rec: rec, manifest: held.view, sha256: held.sha256, previews: previews, decided: decided)
