@@ -46,6 +46,8 @@ struct ConsoleTests {
             [outputs]
             allowed_urls = ["http://127.0.0.1:18080/dav/"]
             require_approval = true
+            [outputs.checks]
+            block_on_findings = true
             [credentials.upload-login]
             username = "fem-upload"
             password_file = "\(web)/password-fem-upload"
@@ -128,6 +130,8 @@ struct ConsoleTests {
         #expect(d.detail.data?["by"] == .string(Self.steward) && d.detail.data?["via"] == "console", "\(d.detail)")
         #expect(d.detail.data?["decision"] == "approved" && d.detail.data?["reason"] == "aggregate counts only", "\(d.detail)")
         #expect(d.detail.data?["manifest_sha256"]?.stringValue?.count == 64, "\(d.detail)")
+        #expect(d.detail.data?["override"] == "the 7 is a count of sites, not of people" && d.detail.data?["findings"] == 1,
+                "the override of the one finding is journaled with the decision: \(d.detail)")
 
         for name in ["login", "tasks", "timeline", "review"] {
             #expect(FileManager.default.fileExists(atPath: "\(shots)/\(name).png"), "no screenshot \(name).png")
@@ -138,7 +142,8 @@ struct ConsoleTests {
         #expect(log.contains("console: failed login for account \"\(Self.steward)\""), "\(log)")
         #expect(log.contains("console: refused a decision on task \(Tasks.id(t)) by \(Self.viewer): role viewer"), "\(log)")
         #expect(log.contains("the CSRF token is missing or wrong"), "\(log)")
-        #expect(log.contains("outputs approved by \(Self.steward) (console): aggregate counts only"), "\(log)")
+        #expect(log.contains("outputs approved by \(Self.steward) (console) overriding 1 finding(s): aggregate counts only"),
+                "\(log)")
         #expect(!log.contains(Self.stewardPassword) && !log.contains(Self.viewerPassword), "a password is in the log")
     }
 

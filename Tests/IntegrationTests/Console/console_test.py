@@ -195,13 +195,28 @@ try:
     check("a rejection needs a reason" in msg, f"a rejection without a reason is refused ({msg!r})")
     still_waiting("the forged POSTs, the stale manifest and the reasonless rejection")
 
-    # 5. The steward approves with a reason; the task completes.
+    # 5. The table has a count of 7, below the node's 10, and this node blocks approval on findings: the review page
+    #    lists the finding, an approval without an override is refused and the task waits.
+    drv.get(BASE + "/outputs/" + TASK)
+    wait.until(EC.presence_of_element_located((By.ID, "decide-form")))
+    findings = text(By.ID, "findings")
+    check("min_cell_count" in findings and "out/counts.csv" in findings and "count 7 is below" in findings,
+          f"the review page lists the small count ({findings!r})")
+    drv.find_element(By.ID, "reason").send_keys("aggregate counts only")
+    drv.find_element(By.ID, "approve").click()
+    msg = wait.until(EC.presence_of_element_located((By.ID, "message"))).text
+    check("block_on_findings" in msg, f"an approval without an override of the findings is refused ({msg!r})")
+    still_waiting("an approval without an override of the findings")
+
+    # 6. The steward approves with a reason and an override; the task completes.
     drv.get(BASE + "/outputs/" + TASK)
     wait.until(EC.presence_of_element_located((By.ID, "decide-form")))
     drv.find_element(By.ID, "reason").send_keys("aggregate counts only")
+    drv.find_element(By.ID, "override").send_keys("the 7 is a count of sites, not of people")
     drv.find_element(By.ID, "approve").click()
     decision = wait.until(EC.presence_of_element_located((By.ID, "decision"))).text
-    check(f"approved by {STEWARD} (console): aggregate counts only" in decision, f"the decision is recorded ({decision!r})")
+    check(f"approved by {STEWARD} (console) overriding 1 finding(s): aggregate counts only" in decision,
+          f"the decision is recorded with its override ({decision!r})")
     deadline = time.time() + 60
     state = ""
     while time.time() < deadline:
