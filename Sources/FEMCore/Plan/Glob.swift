@@ -10,6 +10,14 @@ public enum Glob {
 
     /// Matches without backtracking blow-up: `*` within a segment and `**` across segments are each handled by
     /// the classic single-resume wildcard scan, so the time is at most (pattern length × name length) per level.
+    /// `*` (any run) and `?` (one character) over a whole name, every other character literal; with
+    /// `caseInsensitive`, letters match either case (column names in output checks).
+    public static func matchesName(_ pattern: String, _ name: String, caseInsensitive: Bool = false) -> Bool {
+        let p = Array(caseInsensitive ? pattern.lowercased() : pattern)
+        let s = Array(caseInsensitive ? name.lowercased() : name)
+        return scan(p.count, s.count, isStar: { p[$0] == "*" }, matchesOne: { p[$0] == "?" || p[$0] == s[$1] })
+    }
+
     public static func matches(_ pattern: String, _ path: String) -> Bool {
         let p = pattern.split(separator: "/").map { Token.parse(Array($0)) }
         let s = path.split(separator: "/").map { Array($0) }

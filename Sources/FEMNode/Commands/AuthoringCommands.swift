@@ -19,6 +19,15 @@ enum DocumentFile {
         }
     }
 
+    /// A plan document read and validated: `why` says what an invalid plan is not (e.g. "not a valid tool plan").
+    static func plan(_ document: JSONValue, file: String, why: String) throws -> ToolPlan {
+        do {
+            return try DocumentReader.readPlan(document)
+        } catch let e as FEMCore.ValidationError {
+            throw CommandFailure.invalid("\(file): \(why): " + e.issues.map(\.description).joined(separator: "; "))
+        }
+    }
+
     /// A task document from a task file, or a plan file wrapped into a local task (`TaskDocument`).
     static func task(from path: String, params: [String]) throws -> JSONValue {
         do {

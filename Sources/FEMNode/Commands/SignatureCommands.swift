@@ -86,13 +86,8 @@ struct SignCommand: AsyncParsableCommand {
             members[PlanIdentity.signatureMember] = nil
             document = .object(members)
         }
-        let parsed: ToolPlan
-        do {
-            parsed = try DocumentReader.readPlan(document)
-        } catch let e as FEMCore.ValidationError {
-            throw CommandFailure.invalid("\(plan): not a valid plan, so not signed (`fem-client validate` lists the "
-                                         + "problems): " + e.issues.map(\.description).joined(separator: "; "))
-        }
+        let parsed = try DocumentFile.plan(document, file: plan, why: "not a valid plan, so not signed (`fem-client "
+                                           + "validate` lists the problems)")
         let signed: (document: JSONValue, signature: PlanSignature)
         do {
             signed = try SigningKeys.sign(plan: document, privateKey: SigningKeys.readPrivateKey(key), signer: signer)
@@ -137,12 +132,7 @@ struct VerifyCommand: AsyncParsableCommand {
 
     func run() async throws {
         let document = try DocumentFile.load(plan)
-        let parsed: ToolPlan
-        do {
-            parsed = try DocumentReader.readPlan(document)
-        } catch let e as FEMCore.ValidationError {
-            throw CommandFailure.invalid("\(plan): not a valid plan: " + e.issues.map(\.description).joined(separator: "; "))
-        }
+        let parsed = try DocumentFile.plan(document, file: plan, why: "not a valid plan")
         let keys: [TrustedKey]
         let source: String
         if let publicKey {

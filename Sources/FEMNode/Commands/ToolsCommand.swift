@@ -32,13 +32,7 @@ struct ToolsCommand: AsyncParsableCommand {
 
         func run() async throws {
             let value = try DocumentFile.load(file)
-            let plan: ToolPlan
-            do {
-                plan = try DocumentReader.readPlan(value)
-            } catch let e as FEMCore.ValidationError {
-                throw CommandFailure.invalid("\(file): not a valid tool plan: "
-                                             + e.issues.map { "\($0)" }.joined(separator: "; "))
-            }
+            let plan = try DocumentFile.plan(value, file: file, why: "not a valid tool plan")
             // A reviewed plan must fix the code it fetches; a branch or an unchecked file is not what was reviewed.
             if let loose = PlanPinning.unpinned(plan) {
                 throw CommandFailure.invalid("\(file): not approved: \(loose)")

@@ -18,26 +18,7 @@ public struct MinCellCountCheck: OutputCheck {
 
     /// Does a column name match a pattern (a case-insensitive glob with `*` and `?`)?
     public static func matches(_ pattern: String, _ name: String) -> Bool {
-        let p = Array(pattern.lowercased()), s = Array(name.trimmingCharacters(in: .whitespaces).lowercased())
-        var pi = 0, si = 0, star = -1, mark = 0
-        while si < s.count {
-            if pi < p.count && (p[pi] == "?" || p[pi] == s[si]) {
-                pi += 1
-                si += 1
-            } else if pi < p.count && p[pi] == "*" {
-                star = pi
-                mark = si
-                pi += 1
-            } else if star >= 0 {
-                pi = star + 1
-                mark += 1
-                si = mark
-            } else {
-                return false
-            }
-        }
-        while pi < p.count && p[pi] == "*" { pi += 1 }
-        return pi == p.count
+        Glob.matchesName(pattern, name.trimmingCharacters(in: .whitespaces), caseInsensitive: true)
     }
 
     public func check(_ output: CheckedOutput, settings: OutputCheckSettings) throws -> [OutputFinding] {
