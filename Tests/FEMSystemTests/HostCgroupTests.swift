@@ -137,7 +137,12 @@ struct HostCgroupTests {
         chmod(script, 0o755)
         let writer = open(script, O_WRONLY)
         try #require(writer >= 0)
-        DispatchQueue.global().asyncAfter(deadline: .now() + 0.05) { close(writer) }
+        // Closed by a thread of its own: the shared dispatch queues may all be busy with other suites' blocking waits.
+        let closer = Thread {
+            usleep(50_000)
+            close(writer)
+        }
+        closer.start()
         let child = try ChildProcess.spawn(executable: script, arguments: [], environment: [:],
                                            workingDirectory: scratch, stdoutPath: "\(scratch)/o", stderrPath: "\(scratch)/e",
                                            confinement: .init(uid: 65534, gid: 65534, newNetwork: false))

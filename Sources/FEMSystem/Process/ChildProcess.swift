@@ -82,9 +82,10 @@ public enum ChildProcess {
         var pid: pid_t = -1
         // ETXTBSY: the executable was written a moment ago (a Python environment's wrapper) and a child spawned
         // meanwhile by another thread still holds a copy of its writer's descriptor until that child's own execve.
-        // The copy goes away within milliseconds: try again a few times before calling it a failure.
-        for attempt in 0..<8 {
-            if attempt > 0 { usleep(UInt32(5_000 << min(attempt, 4))) }
+        // The copy goes away within milliseconds on an idle host, later on a loaded one: try again for about 1.5 s
+        // (10, 20, 40, 80, then 160 ms apart) before calling it a failure.
+        for attempt in 0..<13 {
+            if attempt > 0 { usleep(UInt32(5_000 << min(attempt, 5))) }
             pid = spawnConfinedOnce(argv: argv, envp: envp, executable: executable, workingDirectory: workingDirectory,
                                     stdoutPath: stdoutPath, stderrPath: stderrPath, confinement: confinement,
                                     step: &step, err: &err)
